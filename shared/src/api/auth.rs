@@ -1,0 +1,134 @@
+//! Authentication: gateway keys for the API, the admin key for `/admin`.
+//!
+//! Keys arrive as `Authorization: Bearer …` (OpenAI SDKs) or `x-api-key: …` (Anthropic SDKs),
+//! are hashed with SHA-256, found by hash, and compared in constant time. Lookups are cached in
+//! memory for `server.key_cache_ttl_s` (default 5 s) so the hot path does not hit the store on
+//! every request; a revocation through this process takes effect at once, through another
+//! process within that TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+
+use crate::clock::Clock;
+use crate::gateway::Caller;
+use crate::keys::{KeyHash, KeyRecord};
+use crate::store::{KeyStore, StoreError};
+
+/// Entries kept before the lookup cache is cleared (bounds memory under a key-guessing flood).
+const MAX_CACHED_LOOKUPS: usize = 10_000;
+
+/// Why a request is not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No key in the request
+    #[error("no API key")]
+    Missing,
+    /// Unknown or revoked key
+    #[error("invalid API key")]
+    Invalid,
+    /// A valid key that is not the admin key, on an admin route
+    #[error("admin key required")]
+    NotAdmin,
+    /// The key store could not be asked
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The secret presented in a request's headers, if any.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim()).filter(|k| !k.is_empty());
+        }
+        return None;
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// Checks gateway keys against the store, with a short-lived in-memory cache.
+pub struct KeyAuth {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    ttl_ms: u64,
+    cache: Mutex<HashMap<KeyHash, (Option<KeyRecord>, u64)>>,
+}
+
+impl KeyAuth {
+    /// A checker over `store`, trusting lookups for `ttl_ms`.
+    pub fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>, ttl_ms: u64) -> Self {
+        Self {
+            store,
+            clock,
+            ttl_ms,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The caller a request's key identifies.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let secret = presented_key(headers).ok_or(AuthError::Missing)?;
+        let hash = KeyHash::of(secret);
+        let record = self.lookup(&hash).await?;
+        match record {
+            Some(r) if r.revoked_at_ms.is_none() && r.hash.ct_eq(&hash) => Ok(Caller {
+                key_id: r.id,
+                tenant: r.tenant,
+            }),
+            _ => Err(AuthError::Invalid),
+        }
+    }
+
+    async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
+        let now = self.clock.now_ms();
+        if let Some((record, until)) = self.lock().get(hash) {
+            if now < *until {
+                return Ok(record.clone());
+            }
+        }
+        let record = self.store.key_by_hash(hash).await?;
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED_LOOKUPS {
+            cache.clear();
+        }
+        cache.insert(*hash, (record.clone(), now.saturating_add(self.ttl_ms)));
+        Ok(record)
+    }
+
+    /// Drops every cached lookup (after a key is created or revoked here).
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (Option<KeyRecord>, u64)>> {
+        // The map holds no invariants a panic could break; a poisoned lock is still usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The admin key, held only as its hash.
+pub struct AdminKey(KeyHash);
+
+impl AdminKey {
+    /// Hashes the admin secret.
+    pub fn new(secret: &str) -> Self {
+        Self(KeyHash::of(secret))
+    }
+
+    /// Checks a request for the admin key: 401 without a key, 403 with another one.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        let secret = presented_key(headers).ok_or(AuthError::Missing)?;
+        if KeyHash::of(secret).ct_eq(&self.0) {
+            Ok(())
+        } else {
+            Err(AuthError::NotAdmin)
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Errors as OpenAI returns them: `{"error":{"message","type","code","param"}}` with the right
+//! status. This is the one place domain errors become HTTP; no internal detail crosses it.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::auth::AuthError;
+use crate::gateway::GatewayError;
+use crate::keys::KeySpecError;
+use crate::providers::ProviderError;
+use crate::store::StoreError;
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI's `type`.
+    pub kind: &'static str,
+    /// OpenAI's `code`: a stable machine-readable reason.
+    pub code: &'static str,
+    /// The request field at fault, if any.
+    pub param: Option<String>,
+    /// A sentence for humans; never internal detail.
+    pub message: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with no param and no retry hint.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            param: None,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 404 for a path that does not exist.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unrecognized request URL ({path})."),
+        )
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn wrong_method() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "This route does not accept that HTTP method.",
+        )
+    }
+
+    /// 413 for a body over the configured limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("The request body is larger than the {limit}-byte limit."),
+        )
+    }
+
+    /// 400 for a body that could not be read.
+    pub fn unreadable_body() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_body",
+            "The request body could not be read.",
+        )
+    }
+
+    /// 503 when a dependency the request needs is down.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "service_unavailable",
+            "Sluice is temporarily unable to serve this request. Please retry.",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "code": self.code,
+                "param": self.param,
+            }
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing_api_key",
+                "You didn't provide an API key. Send it as `Authorization: Bearer sk-sluice-…`.",
+            ),
+            AuthError::Invalid => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                "Incorrect API key provided.",
+            ),
+            AuthError::NotAdmin => Self::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "admin_key_required",
+                "This route needs the admin key.",
+            ),
+            AuthError::Store(_) => Self::unavailable(),
+        }
+    }
+}
+
+impl From<KeySpecError> for ApiError {
+    fn from(e: KeySpecError) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_key_spec",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        Self::unavailable()
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Invalid(inv) => {
+                let mut err = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    inv.to_string(),
+                );
+                err.param = inv.param();
+                err
+            }
+            GatewayError::UnknownModel(name) => {
+                let mut err = Self::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    format!(
+                        "The model `{}` does not exist or you do not have access to it.",
+                        name.chars().take(200).collect::<String>()
+                    ),
+                );
+                err.param = Some("model".into());
+                err
+            }
+            GatewayError::NoDeployment(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "no_deployment",
+                "No deployment is available for this model.",
+            ),
+            GatewayError::Upstream { error, .. } => upstream(error),
+            GatewayError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn upstream(error: ProviderError) -> ApiError {
+    const KIND: &str = "upstream_error";
+    match error {
+        ProviderError::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            KIND,
+            "upstream_timeout",
+            "The provider did not answer in time.",
+        ),
+        ProviderError::Connect(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            KIND,
+            "upstream_unreachable",
+            "The provider could not be reached.",
+        ),
+        ProviderError::Malformed(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            KIND,
+            "upstream_bad_response",
+            "The provider returned a malformed answer.",
+        ),
+        ProviderError::Status {
+            status,
+            message,
+            retry_after,
+        } => match status {
+            // The provider judged the request itself invalid: pass its reason on.
+            400 | 404 | 409 | 413 | 422 => {
+                let mut e = ApiError::new(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    "invalid_request_error",
+                    "upstream_rejected_request",
+                    format!(
+                        "The provider rejected the request: {}",
+                        message.as_deref().unwrap_or("no reason given")
+                    ),
+                );
+                e.param = None;
+                e
+            }
+            // The client's key is fine; it is the gateway's provider credentials that failed.
+            401 | 403 => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                KIND,
+                "upstream_auth_failed",
+                "The provider refused the gateway's credentials.",
+            ),
+            429 => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "upstream_rate_limited",
+                    "The provider is rate limiting requests. Please retry later.",
+                );
+                e.retry_after_s = Some(retry_after.map_or(1, |d| d.as_secs_f64().ceil() as u64));
+                e
+            }
+            408 | 504 => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                KIND,
+                "upstream_timeout",
+                "The provider did not answer in time.",
+            ),
+            _ => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                KIND,
+                "upstream_failed",
+                format!("The provider failed (HTTP {status})."),
+            ),
+        },
+    }
+}

@@ -1,0 +1,85 @@
+//! The HTTP app: one axum `Router` served by `sluice serve` and by the ingest Lambda alike.
+//!
+//! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
+//! `POST /v1/embeddings`, `GET /v1/models`; the admin API `POST|GET /admin/keys`,
+//! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
+//! OpenAI-shaped, and every request produces one access-log line.
+
+mod access_log;
+pub mod admin;
+pub mod auth;
+pub mod error;
+mod openai;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::store::SharedStore;
+use auth::{AdminKey, KeyAuth};
+pub use access_log::{Outcome, RequestId};
+pub use admin::key_json;
+
+/// Everything a handler needs, built once at start-up and shared.
+pub struct AppState {
+    /// The request pipeline.
+    pub gateway: Gateway,
+    /// Gateway-key checks.
+    pub keys: KeyAuth,
+    /// The admin key.
+    pub admin: AdminKey,
+    /// The store (for the admin API).
+    pub store: SharedStore,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Largest accepted body, for the 413 message.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// Assembles the state from a validated config and its dependencies.
+    pub fn new(
+        config: &Config,
+        store: SharedStore,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+        admin_secret: &str,
+    ) -> Self {
+        // Trait upcasting: the key checker needs only the key port of the store.
+        let key_store: Arc<dyn crate::store::KeyStore> = Arc::clone(&store) as _;
+        Self {
+            gateway: Gateway::new(config, Arc::clone(&store), http, Arc::clone(&clock)),
+            keys: KeyAuth::new(
+                key_store,
+                Arc::clone(&clock),
+                (config.server.key_cache_ttl_s * 1000.0) as u64,
+            ),
+            admin: AdminKey::new(admin_secret),
+            store,
+            clock,
+            max_body_bytes: config.server.max_body_bytes,
+        }
+    }
+}
+
+/// The router with every route, the body limit and the access log.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route("/health", get(openai::health))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/admin/keys/{id}", delete(admin::revoke_key))
+        .fallback(openai::no_route)
+        .method_not_allowed_fallback(openai::wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(access_log::access_log))
+        .with_state(state)
+}

@@ -1,0 +1,166 @@
+//! The OpenAI-compatible routes. Handlers are thin: authenticate, hand the body to the
+//! gateway, turn the reply into HTTP, and report the outcome for the access log.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::access_log::Outcome;
+use super::error::ApiError;
+use crate::gateway::cache::CacheControl;
+use crate::gateway::{Reply, ReplyBody, Trace};
+use crate::providers::Endpoint;
+
+/// `GET /health`: liveness, no auth.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Fallback for unknown paths.
+pub async fn no_route(OriginalUri(uri): OriginalUri) -> Response {
+    ApiError::no_route(uri.path()).into_response()
+}
+
+/// Fallback for known paths with the wrong method.
+pub async fn wrong_method() -> Response {
+    ApiError::wrong_method().into_response()
+}
+
+/// Finishes a response: attaches the outcome, or turns an error into OpenAI's shape.
+pub(super) fn finish(result: Result<Response, ApiError>, mut outcome: Outcome) -> Response {
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.error = Some(e.code);
+            e.into_response()
+        }
+    };
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+/// `GET /v1/models`: the public model names and aliases.
+pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut outcome = Outcome::default();
+    let result = async {
+        let caller = state.keys.authenticate(&headers).await?;
+        outcome.tenant = Some(caller.tenant);
+        outcome.key_id = Some(caller.key_id);
+        let data: Vec<Value> = state
+            .gateway
+            .catalog()
+            .names()
+            .iter()
+            .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "sluice"}))
+            .collect();
+        Ok::<_, ApiError>(Json(json!({"object": "list", "data": data})).into_response())
+    }
+    .await;
+    finish(result, outcome)
+}
+
+/// `POST /v1/chat/completions`
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    proxy(&state, Endpoint::ChatCompletions, &headers, body).await
+}
+
+/// `POST /v1/embeddings`
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    proxy(&state, Endpoint::Embeddings, &headers, body).await
+}
+
+async fn proxy(
+    state: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut outcome = Outcome::default();
+    let mut trace = Trace::default();
+    let result = async {
+        let caller = state.keys.authenticate(headers).await?;
+        outcome.tenant = Some(caller.tenant.clone());
+        outcome.key_id = Some(caller.key_id.clone());
+        let body = body.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(state.max_body_bytes)
+            } else {
+                ApiError::unreadable_body()
+            }
+        })?;
+        let cache_control = CacheControl::parse(
+            headers
+                .get(header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let reply = state
+            .gateway
+            .handle(&caller, endpoint, &body, cache_control, &mut trace)
+            .await?;
+        outcome.cache = reply.cache;
+        outcome.tokens_in = reply.usage.prompt_tokens;
+        outcome.tokens_out = reply.usage.completion_tokens;
+        outcome.cost_nano_usd = reply.cost_nano_usd;
+        Ok(reply_response(reply, trace.deployment.as_deref()))
+    }
+    .await;
+    outcome.model = trace.model;
+    outcome.deployment = trace.deployment;
+    finish(result, outcome)
+}
+
+/// Exact decimal USD from integer nano-USD, e.g. `0.000001950`.
+fn usd(nanos: u64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+}
+
+fn reply_response(reply: Reply, deployment: Option<&str>) -> Response {
+    let (content_type, body) = match reply.body {
+        ReplyBody::Json(bytes) => ("application/json", Body::from(bytes)),
+        ReplyBody::EventStream(stream) => ("text/event-stream", Body::from_stream(stream)),
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        "x-sluice-cache",
+        HeaderValue::from_static(reply.cache.as_str()),
+    );
+    if content_type == "text/event-stream" {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&usd(reply.cost_nano_usd)) {
+        headers.insert("x-sluice-cost-usd", v);
+    }
+    if let Some(v) = deployment.and_then(|d| HeaderValue::from_str(d).ok()) {
+        headers.insert("x-sluice-provider", v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usd;
+
+    #[test]
+    fn usd_is_exact() {
+        assert_eq!(usd(0), "0.000000000");
+        assert_eq!(usd(1_950), "0.000001950");
+        assert_eq!(usd(2_500_000_001), "2.500000001");
+    }
+}

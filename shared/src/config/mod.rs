@@ -1,0 +1,488 @@
+//! Typed configuration: one TOML file, parsed once at start-up.
+//!
+//! Parsing happens in three steps so that every error names the field it is about:
+//! TOML syntax (with line and column), `${ENV}` interpolation inside string values (with the
+//! field path), then typed deserialization with `deny_unknown_fields` (with the field path).
+//! [`Config::validate`] then checks what types cannot: references between sections, weights,
+//! prices, URLs. Without a file, [`Config::builtin`] serves the offline `mock` provider.
+
+mod env;
+mod prices;
+mod secret;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use prices::default_price;
+pub use secret::Secret;
+
+/// Why a configuration could not be loaded. Every message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{origin}: invalid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    /// A `${VAR}` placeholder names an environment variable that is not set.
+    #[error("{origin}: {field}: environment variable {var} is not set")]
+    MissingEnv {
+        origin: String,
+        field: String,
+        var: String,
+    },
+    /// A `${` without its closing `}`.
+    #[error("{origin}: {field}: unterminated ${{…}} placeholder")]
+    BadPlaceholder { origin: String, field: String },
+    /// A field has the wrong type, an unknown name or a bad value.
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Response cache settings.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Upstream providers and their API keys.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// Public model names and the deployments that serve them.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest accepted request body; larger bodies get 413 without being read whole.
+    pub max_body_bytes: usize,
+    /// Deadline for one upstream call (connect + full answer, or first byte for streams).
+    pub upstream_timeout_s: f64,
+    /// How long a looked-up gateway key is trusted from memory before the store is asked again.
+    pub key_cache_ttl_s: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            upstream_timeout_s: 120.0,
+            key_cache_ttl_s: 5.0,
+        }
+    }
+}
+
+/// Response cache settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Master switch; when off every request is `x-sluice-cache: bypass`.
+    pub enabled: bool,
+    /// TTL for models that do not set `cache_ttl_s`.
+    pub default_ttl_s: u64,
+    /// How long an expired entry is kept for stale fallbacks before it is purged.
+    pub stale_keep_s: u64,
+    /// Answers larger than this are not stored (they are still returned).
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_ttl_s: 3600,
+            stale_keep_s: 86_400,
+            max_entry_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Which wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI, or any OpenAI-compatible base URL (Azure OpenAI, vLLM, Ollama, …).
+    Openai,
+    /// The built-in offline provider for demos and tests.
+    Mock,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name that deployments refer to.
+    pub name: String,
+    /// Wire protocol.
+    pub kind: ProviderKind,
+    /// Base URL including the version path, e.g. `https://api.openai.com/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// One or more API keys; each becomes its own deployment for load balancing.
+    #[serde(default)]
+    pub api_keys: Vec<Secret>,
+}
+
+/// One public model name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients send in `model`.
+    pub name: String,
+    /// Other names that resolve to this model (e.g. `fast`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Where requests for this model can go.
+    pub deployments: Vec<DeploymentConfig>,
+    /// USD per million tokens; defaults to the built-in table for well-known upstream models.
+    #[serde(default)]
+    pub price: Option<Price>,
+    /// Cache TTL for this model's answers; `0` disables caching for it.
+    #[serde(default)]
+    pub cache_ttl_s: Option<u64>,
+}
+
+/// One provider + upstream model + weight.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A provider `name`.
+    pub provider: String,
+    /// The model name sent upstream.
+    pub model: String,
+    /// Relative share of traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Price of a model in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// USD per 1M prompt tokens.
+    pub input_per_mtok: f64,
+    /// USD per 1M completion tokens.
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    /// Cost of a call in nano-USD (1e-9 USD). Integer nanos keep ledgers exact under addition.
+    pub fn cost_nano_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        // USD per 1M tokens × 1000 = nano-USD per token.
+        let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
+            + completion_tokens as f64 * self.output_per_mtok * 1000.0;
+        nanos.round() as u64
+    }
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        Self::parse(&text, &origin, &|var| std::env::var(var).ok())
+    }
+
+    /// Parses TOML text; `lookup` resolves `${VAR}` placeholders. `origin` names the source in errors.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        env::interpolate(&mut value, origin, lookup)?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                field: if field == "." { "(top level)".into() } else { field },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The configuration used when no file is given: the offline `mock` provider behind a few
+    /// familiar model names, so `sluice serve` works on a machine without network.
+    pub fn builtin() -> Self {
+        let mock = |name: &str, upstream: &str| ModelConfig {
+            name: name.into(),
+            aliases: Vec::new(),
+            deployments: vec![DeploymentConfig {
+                provider: "mock".into(),
+                model: upstream.into(),
+                weight: 1,
+            }],
+            price: default_price(name),
+            cache_ttl_s: None,
+        };
+        let mut fast = mock("gpt-4o-mini", "mock-chat");
+        fast.aliases.push("fast".into());
+        Self {
+            server: ServerConfig::default(),
+            cache: CacheConfig::default(),
+            providers: vec![ProviderConfig {
+                name: "mock".into(),
+                kind: ProviderKind::Mock,
+                base_url: None,
+                api_keys: Vec::new(),
+            }],
+            models: vec![
+                fast,
+                mock("gpt-4o", "mock-chat"),
+                mock("text-embedding-3-small", "mock-embedding"),
+            ],
+        }
+    }
+
+    /// Checks what the types cannot: names are unique, references resolve, numbers make sense.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            field,
+            message,
+        };
+        if !(self.server.upstream_timeout_s.is_finite() && self.server.upstream_timeout_s > 0.0) {
+            return Err(invalid(
+                "server.upstream_timeout_s".into(),
+                "must be a positive number of seconds".into(),
+            ));
+        }
+        if !(self.server.key_cache_ttl_s.is_finite() && self.server.key_cache_ttl_s >= 0.0) {
+            return Err(invalid(
+                "server.key_cache_ttl_s".into(),
+                "must be zero or a positive number of seconds".into(),
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid(
+                "server.max_body_bytes".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        let mut provider_names = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = |f: &str| format!("providers[{i}].{f}");
+            if p.name.trim().is_empty() {
+                return Err(invalid(at("name"), "must not be empty".into()));
+            }
+            if !provider_names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("duplicate provider name `{}`", p.name),
+                ));
+            }
+            match p.kind {
+                ProviderKind::Openai => {
+                    let Some(url) = &p.base_url else {
+                        return Err(invalid(
+                            at("base_url"),
+                            "is required for kind = \"openai\"".into(),
+                        ));
+                    };
+                    if reqwest::Url::parse(url)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https"))
+                        .is_none()
+                    {
+                        return Err(invalid(
+                            at("base_url"),
+                            format!("`{url}` is not an http(s) URL"),
+                        ));
+                    }
+                    if p.api_keys.is_empty() {
+                        return Err(invalid(
+                            at("api_keys"),
+                            "needs at least one key for kind = \"openai\"".into(),
+                        ));
+                    }
+                    if let Some(k) = p.api_keys.iter().position(|k| k.expose().trim().is_empty()) {
+                        return Err(invalid(
+                            format!("providers[{i}].api_keys[{k}]"),
+                            "is empty".into(),
+                        ));
+                    }
+                }
+                ProviderKind::Mock => {}
+            }
+        }
+        let mut model_names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = |f: &str| format!("models[{i}].{f}");
+            for name in std::iter::once(&m.name).chain(&m.aliases) {
+                if name.trim().is_empty() {
+                    return Err(invalid(at("name"), "model names must not be empty".into()));
+                }
+                if !model_names.insert(name.as_str()) {
+                    return Err(invalid(
+                        at("name"),
+                        format!("model name or alias `{name}` is used twice"),
+                    ));
+                }
+            }
+            if m.deployments.is_empty() {
+                return Err(invalid(at("deployments"), "needs at least one".into()));
+            }
+            for (j, d) in m.deployments.iter().enumerate() {
+                if !provider_names.contains(d.provider.as_str()) {
+                    return Err(invalid(
+                        format!("models[{i}].deployments[{j}].provider"),
+                        format!("no provider is named `{}`", d.provider),
+                    ));
+                }
+                if d.model.trim().is_empty() {
+                    return Err(invalid(
+                        format!("models[{i}].deployments[{j}].model"),
+                        "must not be empty".into(),
+                    ));
+                }
+                if d.weight == 0 {
+                    return Err(invalid(
+                        format!("models[{i}].deployments[{j}].weight"),
+                        "must be at least 1".into(),
+                    ));
+                }
+            }
+            if let Some(price) = &m.price {
+                for (f, v) in [
+                    ("input_per_mtok", price.input_per_mtok),
+                    ("output_per_mtok", price.output_per_mtok),
+                ] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(invalid(
+                            format!("models[{i}].price.{f}"),
+                            "must be a non-negative number".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The price of a model: its own `price`, else the built-in table by public or upstream name.
+    pub fn price_of(model: &ModelConfig) -> Option<Price> {
+        model.price.or_else(|| {
+            default_price(&model.name)
+                .or_else(|| model.deployments.iter().find_map(|d| default_price(&d.model)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "http://127.0.0.1:9999/v1"
+api_keys = ["${FAKE_KEY}"]
+
+[[models]]
+name = "gpt-test"
+deployments = [{ provider = "fake", model = "gpt-4o-mini", weight = 1 }]
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
+cache_ttl_s = 3600
+"#;
+
+    fn env(var: &str) -> Option<String> {
+        (var == "FAKE_KEY").then(|| "sk-fake".to_owned())
+    }
+
+    #[test]
+    fn the_issue_example_parses_with_interpolated_secret() {
+        let c = Config::parse(EXAMPLE, "example.toml", &env).unwrap();
+        assert_eq!(c.providers[0].api_keys, vec![Secret::new("sk-fake")]);
+        assert!(!format!("{c:?}").contains("sk-fake"));
+        assert_eq!(c.models[0].cache_ttl_s, Some(3600));
+        assert_eq!(c.models[0].deployments[0].weight, 1);
+    }
+
+    #[test]
+    fn a_missing_env_var_names_the_field() {
+        let err = Config::parse(EXAMPLE, "example.toml", &|_| None).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("providers[0].api_keys[0]"), "{msg}");
+        assert!(msg.contains("FAKE_KEY"), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_path() {
+        let text = EXAMPLE.replace("weight = 1", "weigth = 1");
+        let msg = Config::parse(&text, "x.toml", &env).unwrap_err().to_string();
+        assert!(msg.contains("models[0].deployments[0]"), "{msg}");
+        assert!(msg.contains("weigth"), "{msg}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_path() {
+        let text = EXAMPLE.replace("cache_ttl_s = 3600", "cache_ttl_s = \"long\"");
+        let msg = Config::parse(&text, "x.toml", &env).unwrap_err().to_string();
+        assert!(msg.contains("models[0].cache_ttl_s"), "{msg}");
+    }
+
+    #[test]
+    fn a_dangling_provider_reference_is_named() {
+        let text = EXAMPLE.replace("provider = \"fake\"", "provider = \"nope\"");
+        let msg = Config::parse(&text, "x.toml", &env).unwrap_err().to_string();
+        assert!(
+            msg.contains("models[0].deployments[0].provider") && msg.contains("nope"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let msg = Config::parse("[[providers]\nname=", "x.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("x.toml") && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn builtin_config_is_valid() {
+        Config::builtin().validate("builtin").unwrap();
+    }
+
+    #[test]
+    fn well_known_models_get_default_prices() {
+        let c = Config::parse(
+            &EXAMPLE.replace("price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }", ""),
+            "x.toml",
+            &env,
+        )
+        .unwrap();
+        let p = Config::price_of(&c.models[0]).unwrap();
+        assert_eq!(p.input_per_mtok, 0.15);
+    }
+}

@@ -1,0 +1,24 @@
+//! Sluice: an AI API gateway. Applications send OpenAI-style requests to Sluice; Sluice
+//! caches identical answers, routes to providers, and measures and logs every call.
+//!
+//! This crate is the gateway itself, with no hosting code: `sluice serve` (the `cli` crate)
+//! and the Lambda functions are thin drivers around it.
+//!
+//! Layout:
+//! - [`config`]: the TOML config, parsed once into typed structs and validated.
+//! - [`api`]: the HTTP app (axum `Router`): routes, auth, admin, OpenAI-shaped errors, access log.
+//! - [`gateway`]: the request pipeline, model catalog, cache keys and policy.
+//! - [`providers`]: the provider trait and the closed enum of providers (OpenAI-compatible, mock).
+//! - [`store`]: storage ports and their adapters (SQLite here; DynamoDB beside it).
+//! - [`keys`]: gateway keys: generation, hashing, records.
+//! - [`tokens`]: token estimates.
+//! - [`clock`]: wall-clock time behind a trait so tests can move it.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod gateway;
+pub mod keys;
+pub mod providers;
+pub mod store;
+pub mod tokens;

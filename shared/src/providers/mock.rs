@@ -1,0 +1,258 @@
+//! The built-in offline provider: answers in OpenAI's format without a network.
+//!
+//! Behaviour is picked by the upstream model name, so configs can demo failures:
+//! names containing `error` answer HTTP 500, names containing `slow` wait 1.5 s first.
+//! Everything else answers deterministically from the request, so caching is visible.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, Usage};
+use crate::tokens;
+
+/// Dimensions of mock embeddings unless the request asks for `dimensions`.
+const DEFAULT_DIMENSIONS: usize = 16;
+
+/// The offline provider.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mock;
+
+impl ProviderApi for Mock {
+    async fn call(
+        &self,
+        _http: &reqwest::Client,
+        request: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let model = request
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("mock");
+        if model.contains("slow") {
+            tokio::time::timeout(request.timeout, tokio::time::sleep(Duration::from_millis(1500)))
+                .await
+                .map_err(|_| ProviderError::Timeout)?;
+        }
+        if model.contains("error") {
+            return Err(ProviderError::Status {
+                status: 500,
+                message: Some("mock provider failure (model name contains `error`)".into()),
+                retry_after: None,
+            });
+        }
+        match request.endpoint {
+            Endpoint::ChatCompletions => Ok(chat(model, request.body, request.stream)),
+            Endpoint::Embeddings => Ok(embeddings(model, request.body)),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Text of the last user message (string content, or the text parts of an array).
+fn last_user_text(body: &Map<String, Value>) -> String {
+    let messages = body.get("messages").and_then(Value::as_array);
+    let Some(last) = messages.and_then(|m| {
+        m.iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    }) else {
+        return String::new();
+    };
+    match last.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn short_id(seed: &str) -> String {
+    hex::encode(&Sha256::digest(seed.as_bytes())[..12])
+}
+
+fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamResponse {
+    let prompt: String = last_user_text(body).chars().take(200).collect();
+    let mut words: Vec<String> = format!("Mock response to: {prompt}")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let limit = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64);
+    let finish_reason = match limit {
+        Some(n) if (words.len() as u64) > n => {
+            words.truncate(n as usize);
+            "length"
+        }
+        _ => "stop",
+    };
+    let content = words.join(" ");
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let usage = Usage {
+        prompt_tokens: tokens::estimate_chat_prompt(messages, body.get("tools")),
+        completion_tokens: words.len() as u64,
+    };
+    let id = format!("chatcmpl-mock-{}", short_id(&content));
+    let created = unix_now();
+    let usage_json = json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    });
+    if stream {
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            })
+        };
+        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+        for (i, w) in words.iter().enumerate() {
+            let piece = if i == 0 { w.clone() } else { format!(" {w}") };
+            events.push(chunk(json!({ "content": piece }), None));
+        }
+        events.push(chunk(json!({}), Some(finish_reason)));
+        if include_usage {
+            events.push(json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [], "usage": usage_json,
+            }));
+        }
+        let mut frames: Vec<Result<Bytes, ProviderError>> = events
+            .into_iter()
+            .map(|e| Ok(Bytes::from(format!("data: {e}\n\n"))))
+            .collect();
+        frames.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+        return UpstreamResponse::Stream(futures_util::stream::iter(frames).boxed());
+    }
+    let answer = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage_json,
+        "system_fingerprint": "sluice-mock",
+    });
+    UpstreamResponse::Complete {
+        body: Bytes::from(answer.to_string()),
+        usage: Some(usage),
+    }
+}
+
+/// A deterministic unit vector derived from the text.
+fn embed(text: &str, dims: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(dims);
+    let mut block = Sha256::digest(text.as_bytes());
+    while v.len() < dims {
+        for pair in block.chunks_exact(2) {
+            if v.len() == dims {
+                break;
+            }
+            let n = u16::from_le_bytes([pair[0], pair[1]]);
+            v.push(f32::from(n) / 32768.0 - 1.0);
+        }
+        block = Sha256::digest(block);
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+fn embeddings(model: &str, body: &Map<String, Value>) -> UpstreamResponse {
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items.iter().map(|i| i.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .map_or(DEFAULT_DIMENSIONS, |d| d.clamp(1, 4096) as usize);
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let vector = embed(text, dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let prompt_tokens: u64 = inputs.iter().map(|t| tokens::estimate_text(t)).sum();
+    let answer = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    });
+    UpstreamResponse::Complete {
+        body: Bytes::from(answer.to_string()),
+        usage: Some(Usage {
+            prompt_tokens,
+            completion_tokens: 0,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embed("hello", 32);
+        assert_eq!(a, embed("hello", 32));
+        assert_ne!(a, embed("hullo", 32));
+        let norm: f32 = a.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn chat_echoes_and_honours_max_tokens() {
+        let body = json!({"model": "m", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "one two three four"}]});
+        let UpstreamResponse::Complete { body, usage } =
+            chat("m", body.as_object().unwrap(), false)
+        else {
+            panic!("expected a complete answer");
+        };
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "Mock response to:");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(usage.unwrap().completion_tokens, 3);
+    }
+}

@@ -1,0 +1,94 @@
+//! Storage ports: the traits the gateway needs from a store, and their adapters.
+//!
+//! Domain code takes the narrowest trait it needs (`&dyn KeyStore`, `&dyn CacheStore`).
+//! Each port has two adapters that must behave identically: the embedded SQLite store
+//! (`sqlite`, the local default) and DynamoDB (on AWS). Times are passed in by the caller so
+//! expiry follows the injectable [`crate::clock::Clock`].
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::keys::{KeyHash, KeyRecord};
+
+/// A store operation failed for a reason the caller cannot fix by changing its input.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend refused or failed the call (I/O, lock timeout, throttling, …).
+    #[error("store backend error: {0}")]
+    Backend(String),
+    /// A stored item could not be decoded.
+    #[error("stored item is corrupt: {0}")]
+    Corrupt(String),
+    /// An item with the same identity already exists.
+    #[error("item already exists: {0}")]
+    AlreadyExists(String),
+}
+
+/// Gateway keys, found by the hash of their secret.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key; fails with [`StoreError::AlreadyExists`] on a duplicate id or hash.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// The key whose secret hashes to `hash`, revoked or not.
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Marks a key revoked; `false` if there is no such key or it was already revoked.
+    async fn revoke_key(&self, id: &str, now_ms: u64) -> Result<bool, StoreError>;
+}
+
+/// Identity of a cached answer: a SHA-256 over tenant, endpoint, model and canonical request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The digest that identifies the entry.
+    pub digest: [u8; 32],
+    /// The tenant it belongs to (also inside the digest); kept for housekeeping.
+    pub tenant: String,
+}
+
+impl CacheKey {
+    /// Lower-case hex of the digest.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+}
+
+/// A stored answer and its lifetimes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedResponse {
+    /// The response body exactly as first returned to a client.
+    pub body: Bytes,
+    /// When it was stored.
+    pub created_at_ms: u64,
+    /// Until when it is fresh.
+    pub expires_at_ms: u64,
+    /// After this it is gone for every purpose, including stale fallbacks.
+    pub purge_at_ms: u64,
+}
+
+/// Exact-match response cache.
+#[async_trait]
+pub trait CacheStore: Send + Sync {
+    /// The entry under `key` unless it is past its purge time at `now_ms` (expired but not yet
+    /// purged entries are returned; the caller decides between fresh and stale).
+    async fn cache_get(
+        &self,
+        key: &CacheKey,
+        now_ms: u64,
+    ) -> Result<Option<CachedResponse>, StoreError>;
+    /// Stores or replaces the entry under `key`.
+    async fn cache_put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError>;
+}
+
+/// Everything the gateway needs from a store.
+pub trait Store: KeyStore + CacheStore {}
+
+impl<T: KeyStore + CacheStore> Store for T {}
+
+/// A shared handle to whichever store this process uses.
+pub type SharedStore = Arc<dyn Store>;
