@@ -1,1 +1,43 @@
+//! Test support: a fake OpenAI-compatible upstream that speaks the real wire format and records
+//! what it is sent, and an in-process Sluice bound to 127.0.0.1:0.
+//!
+//! Used by this crate's tests and by the `cli` crate's process-level tests.
 
+pub mod fake_upstream;
+pub mod gateway;
+
+pub use fake_upstream::{Behaviour, FakeUpstream, Recorded};
+pub use gateway::TestGateway;
+
+/// A config routing `gpt-test` and `embed-test` to the fake upstream at `base_url`, with the
+/// provider key `sk-provider-test`, 1 s upstream timeout and a 64 KiB body limit.
+pub fn fake_config(base_url: &str) -> String {
+    format!(
+        r#"
+[server]
+upstream_timeout_s = 1
+max_body_bytes = 65536
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{base_url}"
+api_keys = ["sk-provider-test"]
+
+[[models]]
+name = "gpt-test"
+aliases = ["fast"]
+deployments = [{{ provider = "fake", model = "gpt-4o-mini", weight = 1 }}]
+price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+cache_ttl_s = 3600
+
+[[models]]
+name = "embed-test"
+deployments = [{{ provider = "fake", model = "text-embedding-3-small" }}]
+cache_ttl_s = 3600
+"#
+    )
+}
+
+/// The provider key [`fake_config`] gives the fake upstream.
+pub const PROVIDER_KEY: &str = "sk-provider-test";

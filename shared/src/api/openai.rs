@@ -25,12 +25,12 @@ pub async fn health() -> Json<Value> {
 
 /// Fallback for unknown paths.
 pub async fn no_route(OriginalUri(uri): OriginalUri) -> Response {
-    ApiError::no_route(uri.path()).into_response()
+    finish(Err(ApiError::no_route(uri.path())), Outcome::default())
 }
 
 /// Fallback for known paths with the wrong method.
 pub async fn wrong_method() -> Response {
-    ApiError::wrong_method().into_response()
+    finish(Err(ApiError::wrong_method()), Outcome::default())
 }
 
 /// Finishes a response: attaches the outcome, or turns an error into OpenAI's shape.

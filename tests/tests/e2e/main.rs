@@ -1,0 +1,45 @@
+//! End-to-end tests of the gateway over real HTTP: Sluice in-process on 127.0.0.1:0 in front of
+//! a fake OpenAI-compatible upstream, with real SQLite. One binary, one module per concern.
+
+mod admin;
+mod cache;
+mod errors;
+mod forwarding;
+mod pooling;
+mod restart;
+
+use serde_json::Value;
+
+/// Reads a response's JSON body.
+pub async fn json(r: reqwest::Response) -> Value {
+    r.json().await.unwrap()
+}
+
+/// Asserts an OpenAI-shaped error with this status and code; returns the error object.
+pub async fn assert_error(r: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status, "unexpected status");
+    assert!(
+        r.headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body = json(r).await;
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("param").is_some(), "{body}");
+    error.clone()
+}
+
+/// The value of a response header.
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .unwrap()
+}
