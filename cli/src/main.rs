@@ -181,16 +181,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => Config::builtin(),
     };
     let store: SharedStore = Arc::new(open_store(&args.store)?);
-    let http = sluice::gateway::http_client()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let http =
+        sluice::gateway::http_client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let admin_secret = match std::env::var("SLUICE_ADMIN_KEY") {
         Ok(s) if !s.trim().is_empty() => s,
         _ => {
             let generated = format!("sk-sluice-admin-{}", keys::random_alnum(32));
             // Printed once to the terminal (not the log) so a first run is usable.
-            eprintln!(
-                "No SLUICE_ADMIN_KEY set; admin key for this run: {generated}"
-            );
+            eprintln!("No SLUICE_ADMIN_KEY set; admin key for this run: {generated}");
             generated
         }
     };

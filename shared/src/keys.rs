@@ -149,10 +149,10 @@ pub fn generate(
     if tenant.is_empty() || tenant.len() > 128 {
         return Err(KeySpecError::BadTenant);
     }
-    if let Some(b) = limits.budget_usd {
-        if !(b.is_finite() && b > 0.0) {
-            return Err(KeySpecError::BadBudget);
-        }
+    if let Some(b) = limits.budget_usd
+        && !(b.is_finite() && b > 0.0)
+    {
+        return Err(KeySpecError::BadBudget);
     }
     if limits.budget_usd.is_some() != limits.budget_period.is_some() {
         return Err(KeySpecError::BudgetWithoutPeriod);
@@ -201,7 +201,10 @@ mod tests {
         assert!(KeyHash::of(&a.secret).ct_eq(&a.record.hash));
         assert!(!KeyHash::of(&b.secret).ct_eq(&a.record.hash));
         assert!(!a.record.hint.contains(&a.secret[KEY_PREFIX.len() + 4..]));
-        assert_eq!(KeyHash::from_hex(&a.record.hash.to_hex()), Some(a.record.hash));
+        assert_eq!(
+            KeyHash::from_hex(&a.record.hash.to_hex()),
+            Some(a.record.hash)
+        );
     }
 
     #[test]

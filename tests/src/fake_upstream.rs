@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use base64::Engine as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 /// How the fake answers the next requests.
@@ -123,7 +123,9 @@ impl FakeUpstream {
 
     /// The newest request.
     pub fn last(&self) -> Recorded {
-        self.requests().pop().expect("the fake upstream has received no request")
+        self.requests()
+            .pop()
+            .expect("the fake upstream has received no request")
     }
 }
 
@@ -152,7 +154,12 @@ async fn handle(
         headers: headers.clone(),
         body: body.clone(),
     });
-    let behaviour = shared.behaviour.lock().unwrap().clone().unwrap_or(Behaviour::Ok);
+    let behaviour = shared
+        .behaviour
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or(Behaviour::Ok);
     match behaviour {
         Behaviour::Ok => {}
         Behaviour::Slow(d) => tokio::time::sleep(d).await,
@@ -169,7 +176,10 @@ async fn handle(
             return r;
         }
         Behaviour::Garbage => {
-            return ([(header::CONTENT_TYPE, "application/json")], "<html>oops</html>")
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                "<html>oops</html>",
+            )
                 .into_response();
         }
         Behaviour::ErrorIn200 => return axum::Json(error_body(500)).into_response(),
@@ -193,7 +203,11 @@ async fn handle(
             sse.push_str(&format!("data: {event}\n\n"));
         }
         sse.push_str("data: [DONE]\n\n");
-        return ([(header::CONTENT_TYPE, "text/event-stream")], Body::from(sse)).into_response();
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from(sse),
+        )
+            .into_response();
     }
     axum::Json(json!({
         "id": format!("chatcmpl-fake{n}"),

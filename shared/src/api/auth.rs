@@ -88,10 +88,10 @@ impl KeyAuth {
 
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
         let now = self.clock.now_ms();
-        if let Some((record, until)) = self.lock().get(hash) {
-            if now < *until {
-                return Ok(record.clone());
-            }
+        if let Some((record, until)) = self.lock().get(hash)
+            && now < *until
+        {
+            return Ok(record.clone());
         }
         let record = self.store.key_by_hash(hash).await?;
         let mut cache = self.lock();

@@ -21,9 +21,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::store::SharedStore;
-use auth::{AdminKey, KeyAuth};
 pub use access_log::{Outcome, RequestId};
 pub use admin::key_json;
+use auth::{AdminKey, KeyAuth};
 
 /// Everything a handler needs, built once at start-up and shared.
 pub struct AppState {

@@ -222,7 +222,11 @@ impl Config {
             let field = e.path().to_string();
             ConfigError::Invalid {
                 origin: origin.to_owned(),
-                field: if field == "." { "(top level)".into() } else { field },
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
                 message: e.into_inner().to_string(),
             }
         })?;
@@ -391,8 +395,12 @@ impl Config {
     /// The price of a model: its own `price`, else the built-in table by public or upstream name.
     pub fn price_of(model: &ModelConfig) -> Option<Price> {
         model.price.or_else(|| {
-            default_price(&model.name)
-                .or_else(|| model.deployments.iter().find_map(|d| default_price(&d.model)))
+            default_price(&model.name).or_else(|| {
+                model
+                    .deployments
+                    .iter()
+                    .find_map(|d| default_price(&d.model))
+            })
         })
     }
 }
@@ -439,7 +447,9 @@ cache_ttl_s = 3600
     #[test]
     fn an_unknown_field_is_named_with_its_path() {
         let text = EXAMPLE.replace("weight = 1", "weigth = 1");
-        let msg = Config::parse(&text, "x.toml", &env).unwrap_err().to_string();
+        let msg = Config::parse(&text, "x.toml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("models[0].deployments[0]"), "{msg}");
         assert!(msg.contains("weigth"), "{msg}");
     }
@@ -447,14 +457,18 @@ cache_ttl_s = 3600
     #[test]
     fn a_wrong_type_is_named_with_its_path() {
         let text = EXAMPLE.replace("cache_ttl_s = 3600", "cache_ttl_s = \"long\"");
-        let msg = Config::parse(&text, "x.toml", &env).unwrap_err().to_string();
+        let msg = Config::parse(&text, "x.toml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("models[0].cache_ttl_s"), "{msg}");
     }
 
     #[test]
     fn a_dangling_provider_reference_is_named() {
         let text = EXAMPLE.replace("provider = \"fake\"", "provider = \"nope\"");
-        let msg = Config::parse(&text, "x.toml", &env).unwrap_err().to_string();
+        let msg = Config::parse(&text, "x.toml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("models[0].deployments[0].provider") && msg.contains("nope"),
             "{msg}"
@@ -477,7 +491,10 @@ cache_ttl_s = 3600
     #[test]
     fn well_known_models_get_default_prices() {
         let c = Config::parse(
-            &EXAMPLE.replace("price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }", ""),
+            &EXAMPLE.replace(
+                "price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }",
+                "",
+            ),
             "x.toml",
             &env,
         )

@@ -201,8 +201,8 @@ mod tests {
 
     #[test]
     fn canonical_form_is_sorted_and_compact() {
-        let v: Value = serde_json::from_str(r#"{"b": [1.0, 2.5, "x"], "a": {"d": null, "c": true}}"#)
-            .unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"b": [1.0, 2.5, "x"], "a": {"d": null, "c": true}}"#).unwrap();
         assert_eq!(
             String::from_utf8(canonical_json(&v)).unwrap(),
             r#"{"a":{"c":true,"d":null},"b":[1,2.5,"x"]}"#

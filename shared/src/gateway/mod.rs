@@ -15,8 +15,7 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::config::{CacheConfig, Config};
 use crate::providers::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream,
-    Usage,
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream, Usage,
 };
 use crate::store::{CachedResponse, SharedStore, StoreError};
 use crate::tokens;
@@ -210,20 +209,20 @@ impl Gateway {
                 let cost_nano_usd = model
                     .price
                     .cost_nano_usd(usage.prompt_tokens, usage.completion_tokens);
-                if let (true, Some(key)) = (policy.store, &key) {
-                    if body.len() <= self.cache_config.max_entry_bytes {
-                        let now = self.clock.now_ms();
-                        let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
-                        let entry = CachedResponse {
-                            body: body.clone(),
-                            created_at_ms: now,
-                            expires_at_ms,
-                            purge_at_ms: expires_at_ms
-                                .saturating_add(self.cache_config.stale_keep_s * 1000),
-                        };
-                        if let Err(e) = self.store.cache_put(key, &entry).await {
-                            tracing::warn!(error = %e, "cache store failed; answer not cached");
-                        }
+                if let (true, Some(key)) = (policy.store, &key)
+                    && body.len() <= self.cache_config.max_entry_bytes
+                {
+                    let now = self.clock.now_ms();
+                    let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
+                    let entry = CachedResponse {
+                        body: body.clone(),
+                        created_at_ms: now,
+                        expires_at_ms,
+                        purge_at_ms: expires_at_ms
+                            .saturating_add(self.cache_config.stale_keep_s * 1000),
+                    };
+                    if let Err(e) = self.store.cache_put(key, &entry).await {
+                        tracing::warn!(error = %e, "cache store failed; answer not cached");
                     }
                 }
                 Ok(Reply {

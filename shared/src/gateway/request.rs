@@ -55,7 +55,14 @@ pub struct ParsedRequest {
     pub body: Map<String, Value>,
 }
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 fn invalid(field: impl Into<String>, expected: &'static str) -> InvalidRequest {
     InvalidRequest::Invalid {
@@ -134,7 +141,12 @@ fn check_chat(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
             Some(_) => return Err(invalid(field, "a positive integer")),
         }
     }
-    for field in ["temperature", "top_p", "presence_penalty", "frequency_penalty"] {
+    for field in [
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
         match body.get(field) {
             None | Some(Value::Null | Value::Number(_)) => {}
             Some(_) => return Err(invalid(field, "a number")),
@@ -199,17 +211,38 @@ mod tests {
         let cases = [
             ("{", None),
             ("[]", None),
-            (r#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+            ),
             (r#"{"model":"m"}"#, Some("messages")),
             (r#"{"model":5,"messages":[]}"#, Some("model")),
             (r#"{"model":"m","messages":"hi"}"#, Some("messages")),
             (r#"{"model":"m","messages":[]}"#, Some("messages")),
-            (r#"{"model":"m","messages":[{"role":"wizard"}]}"#, Some("messages[0].role")),
-            (r#"{"model":"m","messages":[{"role":"user","content":3}]}"#, Some("messages[0].content")),
-            (r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#, Some("max_tokens")),
-            (r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#, Some("temperature")),
-            (r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, Some("stream")),
-            (r#"{"model":"m","messages":[{"role":"user"}],"tools":{}}"#, Some("tools")),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard"}]}"#,
+                Some("messages[0].role"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":3}]}"#,
+                Some("messages[0].content"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#,
+                Some("temperature"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
+                Some("stream"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"tools":{}}"#,
+                Some("tools"),
+            ),
         ];
         for (body, param) in cases {
             let err = chat(body).unwrap_err();

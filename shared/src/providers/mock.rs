@@ -34,9 +34,12 @@ impl ProviderApi for Mock {
             .and_then(Value::as_str)
             .unwrap_or("mock");
         if model.contains("slow") {
-            tokio::time::timeout(request.timeout, tokio::time::sleep(Duration::from_millis(1500)))
-                .await
-                .map_err(|_| ProviderError::Timeout)?;
+            tokio::time::timeout(
+                request.timeout,
+                tokio::time::sleep(Duration::from_millis(1500)),
+            )
+            .await
+            .map_err(|_| ProviderError::Timeout)?;
         }
         if model.contains("error") {
             return Err(ProviderError::Status {
@@ -182,7 +185,12 @@ fn embed(text: &str, dims: usize) -> Vec<f32> {
         }
         block = Sha256::digest(block);
     }
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }

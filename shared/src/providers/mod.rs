@@ -122,9 +122,9 @@ impl Provider {
     /// Builds a provider from its (validated) config.
     pub fn from_config(config: &ProviderConfig) -> Self {
         match config.kind {
-            ProviderKind::Openai => {
-                Self::OpenAi(openai::OpenAi::new(config.base_url.as_deref().unwrap_or("")))
-            }
+            ProviderKind::Openai => Self::OpenAi(openai::OpenAi::new(
+                config.base_url.as_deref().unwrap_or(""),
+            )),
             ProviderKind::Mock => Self::Mock(mock::Mock),
         }
     }

@@ -53,7 +53,10 @@ impl ProviderApi for OpenAi {
                 .map_err(|_| ProviderError::Timeout)?
                 .map_err(transport)?;
             let response = check_status(response, request.timeout).await?;
-            let stream = response.bytes_stream().map(|r| r.map_err(transport)).boxed();
+            let stream = response
+                .bytes_stream()
+                .map(|r| r.map_err(transport))
+                .boxed();
             return Ok(UpstreamResponse::Stream(stream));
         }
         let body = tokio::time::timeout(request.timeout, async {

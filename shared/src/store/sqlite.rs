@@ -144,7 +144,9 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRecord, S
     let hash: String = row.get("hash")?;
     let period: Option<String> = row.get("budget_period")?;
     let Some(hash) = KeyHash::from_hex(&hash) else {
-        return Ok(Err(StoreError::Corrupt("key hash is not 64 hex digits".into())));
+        return Ok(Err(StoreError::Corrupt(
+            "key hash is not 64 hex digits".into(),
+        )));
     };
     let budget_period = match period.as_deref().map(BudgetPeriod::parse) {
         Some(None) => return Ok(Err(StoreError::Corrupt("unknown budget period".into()))),
@@ -158,7 +160,9 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRecord, S
         tenant: row.get("tenant")?,
         name: row.get("name")?,
         created_at_ms: row.get::<_, i64>("created_at_ms")? as u64,
-        revoked_at_ms: row.get::<_, Option<i64>>("revoked_at_ms")?.map(|v| v as u64),
+        revoked_at_ms: row
+            .get::<_, Option<i64>>("revoked_at_ms")?
+            .map(|v| v as u64),
         limits: KeyLimits {
             rpm: row.get("rpm")?,
             tpm: row.get("tpm")?,
@@ -276,7 +280,11 @@ impl CacheStore for SqliteStore {
         let key = key.clone();
         let entry = entry.clone();
         // Expired rows are deleted lazily: reads ignore them, and every so often a put sweeps.
-        let sweep = self.inner.puts.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY_PUTS == 0;
+        let sweep = self
+            .inner
+            .puts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PURGE_EVERY_PUTS);
         self.with_conn(move |c| {
             c.prepare_cached(
                 "INSERT OR REPLACE INTO cache_entries

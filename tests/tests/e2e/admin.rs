@@ -12,7 +12,13 @@ async fn admin_routes_need_the_admin_key() {
     let url = format!("{}/admin/keys", gw.url);
     let r = gw.http.get(&url).send().await.unwrap();
     assert_error(r, 401, "missing_api_key").await;
-    let r = gw.http.get(&url).bearer_auth(&user_key).send().await.unwrap();
+    let r = gw
+        .http
+        .get(&url)
+        .bearer_auth(&user_key)
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 403, "admin_key_required").await;
     let r = gw
         .http
@@ -55,9 +61,20 @@ async fn create_list_and_revoke() {
     assert_eq!(r.status(), 200);
 
     let url = format!("{}/admin/keys", gw.url);
-    let listed = json(gw.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap()).await;
+    let listed = json(
+        gw.http
+            .get(&url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let text = listed.to_string();
-    assert!(!text.contains(&secret), "a listing must never contain a secret");
+    assert!(
+        !text.contains(&secret),
+        "a listing must never contain a secret"
+    );
     let entry = &listed["data"].as_array().unwrap()[0];
     assert_eq!(entry["id"], id);
     assert_eq!(entry["revoked_at"], serde_json::Value::Null);
@@ -82,7 +99,15 @@ async fn create_list_and_revoke() {
         .await
         .unwrap();
     assert_error(r, 404, "key_not_found").await;
-    let listed = json(gw.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap()).await;
+    let listed = json(
+        gw.http
+            .get(&url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(listed["data"][0]["revoked_at"].is_u64());
 }
 

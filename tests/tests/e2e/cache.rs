@@ -23,7 +23,8 @@ async fn send(
     req.send().await.unwrap()
 }
 
-const HELLO: &str = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hello"}],"temperature":0}"#;
+const HELLO: &str =
+    r#"{"model":"gpt-test","messages":[{"role":"user","content":"hello"}],"temperature":0}"#;
 
 #[tokio::test]
 async fn a_repeated_request_is_answered_from_the_cache() {
@@ -65,7 +66,10 @@ async fn every_answer_changing_field_is_part_of_the_key() {
     send(&gw, &key, HELLO, None).await;
     let base: Value = serde_json::from_str(HELLO).unwrap();
     let changes = [
-        ("tools", json!([{"type": "function", "function": {"name": "f", "parameters": {}}}])),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ),
         ("response_format", json!({"type": "json_object"})),
         ("seed", json!(1)),
         ("temperature", json!(0.7)),
@@ -77,7 +81,11 @@ async fn every_answer_changing_field_is_part_of_the_key() {
         body[field] = value;
         let r = send(&gw, &key, &body.to_string(), None).await;
         assert_eq!(header(&r, "x-sluice-cache"), "miss", "changing {field}");
-        assert_eq!(up.calls(), i + 2, "changing {field} must reach the provider");
+        assert_eq!(
+            up.calls(),
+            i + 2,
+            "changing {field} must reach the provider"
+        );
     }
 }
 
@@ -120,7 +128,11 @@ async fn cache_control_no_cache_no_store_and_max_age() {
     let refreshed = json(r).await;
     let r = send(&gw, &key, HELLO, None).await;
     assert_eq!(header(&r, "x-sluice-cache"), "hit");
-    assert_eq!(json(r).await, refreshed, "no-cache must store its fresh answer");
+    assert_eq!(
+        json(r).await,
+        refreshed,
+        "no-cache must store its fresh answer"
+    );
     assert_eq!(up.calls(), 4);
 
     // max-age: an entry older than N seconds is not served.

@@ -27,7 +27,12 @@ async fn bad_keys_get_401() {
     let gw = TestGateway::start(&fake_config(&up.base_url)).await;
     let ok = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
     assert_error(raw(&gw, None, ok).await, 401, "missing_api_key").await;
-    assert_error(raw(&gw, Some("sk-sluice-wrong"), ok).await, 401, "invalid_api_key").await;
+    assert_error(
+        raw(&gw, Some("sk-sluice-wrong"), ok).await,
+        401,
+        "invalid_api_key",
+    )
+    .await;
     let r = gw
         .http
         .post(format!("{}/v1/chat/completions", gw.url))
@@ -60,16 +65,37 @@ async fn malformed_requests_get_400_naming_the_field_and_cost_nothing() {
         ("{not json", None),
         ("", None),
         ("[1,2]", None),
-        (r#"{"messages":[{"role":"user","content":"hi"}]}"#, Some("model")),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("model"),
+        ),
         (r#"{"model":"gpt-test"}"#, Some("messages")),
-        (r#"{"model":42,"messages":[{"role":"user","content":"hi"}]}"#, Some("model")),
+        (
+            r#"{"model":42,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("model"),
+        ),
         (r#"{"model":"gpt-test","messages":"hi"}"#, Some("messages")),
         (r#"{"model":"gpt-test","messages":[]}"#, Some("messages")),
-        (r#"{"model":"gpt-test","messages":[{"content":"hi"}]}"#, Some("messages[0].role")),
-        (r#"{"model":"gpt-test","messages":[{"role":"user","content":{"x":1}}]}"#, Some("messages[0].content")),
-        (r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"max_tokens":"ten"}"#, Some("max_tokens")),
-        (r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"stream":1}"#, Some("stream")),
-        (r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"temperature":[1]}"#, Some("temperature")),
+        (
+            r#"{"model":"gpt-test","messages":[{"content":"hi"}]}"#,
+            Some("messages[0].role"),
+        ),
+        (
+            r#"{"model":"gpt-test","messages":[{"role":"user","content":{"x":1}}]}"#,
+            Some("messages[0].content"),
+        ),
+        (
+            r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"max_tokens":"ten"}"#,
+            Some("max_tokens"),
+        ),
+        (
+            r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"stream":1}"#,
+            Some("stream"),
+        ),
+        (
+            r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"temperature":[1]}"#,
+            Some("temperature"),
+        ),
     ];
     for (body, param) in cases {
         let error = assert_error(raw(&gw, Some(&key), body).await, 400, "invalid_request").await;
@@ -81,7 +107,11 @@ async fn malformed_requests_get_400_naming_the_field_and_cost_nothing() {
         .await;
     let error = assert_error(r, 400, "invalid_request").await;
     assert_eq!(error["param"], "input");
-    assert_eq!(up.calls(), 0, "rejected requests must not reach the provider");
+    assert_eq!(
+        up.calls(),
+        0,
+        "rejected requests must not reach the provider"
+    );
 }
 
 #[tokio::test]
@@ -104,12 +134,15 @@ async fn bodies_over_the_limit_get_413() {
     let r = gw.chat(&key, "gpt-test", &big).await;
     assert_error(r, 413, "request_too_large").await;
     // Also when the body is streamed without a Content-Length.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..100).map(|_| Ok(vec![b' '; 1000])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..100).map(|_| Ok(vec![b' '; 1000])).collect();
     let r = gw
         .http
         .post(format!("{}/v1/chat/completions", gw.url))
         .bearer_auth(&key)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -120,7 +153,12 @@ async fn bodies_over_the_limit_get_413() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_openai_errors() {
     let gw = TestGateway::start_builtin().await;
-    let r = gw.http.get(format!("{}/v2/nothing", gw.url)).send().await.unwrap();
+    let r = gw
+        .http
+        .get(format!("{}/v2/nothing", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 404, "unknown_url").await;
     let r = gw
         .http
@@ -142,9 +180,21 @@ async fn upstream_failures_map_to_clear_gateway_errors() {
         (Behaviour::Garbage, 502, "upstream_bad_response"),
         (Behaviour::ErrorIn200, 502, "upstream_bad_response"),
         (Behaviour::Status(401, None), 502, "upstream_auth_failed"),
-        (Behaviour::Status(400, None), 400, "upstream_rejected_request"),
-        (Behaviour::Status(429, Some(7)), 429, "upstream_rate_limited"),
-        (Behaviour::Slow(Duration::from_millis(1500)), 504, "upstream_timeout"),
+        (
+            Behaviour::Status(400, None),
+            400,
+            "upstream_rejected_request",
+        ),
+        (
+            Behaviour::Status(429, Some(7)),
+            429,
+            "upstream_rate_limited",
+        ),
+        (
+            Behaviour::Slow(Duration::from_millis(1500)),
+            504,
+            "upstream_timeout",
+        ),
     ];
     for (i, (behaviour, status, code)) in cases.into_iter().enumerate() {
         up.set(behaviour.clone());
@@ -175,7 +225,12 @@ async fn an_unreachable_upstream_is_a_502() {
     let key = gw.create_key("t1").await;
     let r = gw.chat(&key, "gpt-test", "anyone there?").await;
     assert_error(r, 502, "upstream_unreachable").await;
-    let r = gw.http.get(format!("{}/health", gw.url)).send().await.unwrap();
+    let r = gw
+        .http
+        .get(format!("{}/health", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 

@@ -10,7 +10,12 @@ use crate::{header, json};
 async fn health_needs_no_key_and_models_lists_names_and_aliases() {
     let up = FakeUpstream::start().await;
     let gw = TestGateway::start(&fake_config(&up.base_url)).await;
-    let r = gw.http.get(format!("{}/health", gw.url)).send().await.unwrap();
+    let r = gw
+        .http
+        .get(format!("{}/health", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["status"], "ok");
 
@@ -74,14 +79,20 @@ async fn chat_body_is_forwarded_field_for_field_with_the_provider_key() {
     assert_eq!(seen.path, "/v1/chat/completions");
     let mut expected = request.clone();
     expected["model"] = json!("gpt-4o-mini");
-    assert_eq!(seen.body, expected, "every field must reach the provider unchanged");
+    assert_eq!(
+        seen.body, expected,
+        "every field must reach the provider unchanged"
+    );
     assert_eq!(
         seen.headers["authorization"].to_str().unwrap(),
         format!("Bearer {PROVIDER_KEY}")
     );
     for (name, value) in &seen.headers {
         assert!(
-            !value.as_bytes().windows(key.len()).any(|w| w == key.as_bytes()),
+            !value
+                .as_bytes()
+                .windows(key.len())
+                .any(|w| w == key.as_bytes()),
             "gateway key forwarded in header {name}"
         );
     }

@@ -29,7 +29,10 @@ pub async fn assert_error(r: reqwest::Response, status: u16, code: &str) -> Valu
     let body = json(r).await;
     let error = &body["error"];
     assert_eq!(error["code"], code, "{body}");
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(error["type"].is_string(), "{body}");
     assert!(error.get("param").is_some(), "{body}");
     error.clone()

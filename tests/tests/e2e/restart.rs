@@ -22,7 +22,11 @@ async fn keys_and_cache_survive_a_restart_and_secrets_are_not_on_disk() {
     let gw = TestGateway::start_with_db(&config, db).await;
     let r = gw.chat(&key, "gpt-test", "remember me").await;
     assert_eq!(r.status(), 200, "the key must survive a restart");
-    assert_eq!(header(&r, "x-sluice-cache"), "hit", "the cache must survive a restart");
+    assert_eq!(
+        header(&r, "x-sluice-cache"),
+        "hit",
+        "the cache must survive a restart"
+    );
     assert_eq!(up.calls(), 1);
     drop(gw);
 
@@ -32,7 +36,10 @@ async fn keys_and_cache_survive_a_restart_and_secrets_are_not_on_disk() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
     }
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-    assert!(!contains(key.as_bytes()), "the secret key is stored in clear");
+    assert!(
+        !contains(key.as_bytes()),
+        "the secret key is stored in clear"
+    );
     let hash = sluice::keys::KeyHash::of(&key).to_hex();
     assert!(contains(hash.as_bytes()), "the key's hash should be stored");
 }

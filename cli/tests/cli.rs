@@ -1,0 +1,374 @@
+//! The `sluice` binary as users run it: `serve` as a real process (JSON logs on stdout, the
+//! generated admin key on stderr, state kept across a `kill -9`), `keys` and `config check`.
+
+// Test helpers outside #[test] functions fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_tests::FakeUpstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/sluice.example.toml")
+}
+
+/// A running `sluice serve` whose output lines are collected.
+struct Served {
+    child: Child,
+    url: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Served {
+    fn start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .args(extra)
+            .env_remove("SLUICE_ADMIN_KEY")
+            .env_remove("SLUICE_CONFIG")
+            .env_remove("SLUICE_LISTEN")
+            .env_remove("SLUICE_DB")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let started = Instant::now();
+        let url = loop {
+            let found = stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix("Sluice listening on ").map(str::to_owned));
+            if let Some(url) = found {
+                break url;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "sluice serve exited with {status}: {:?}",
+                    stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "sluice serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            url,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn admin_key(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| {
+                l.split("admin key for this run: ")
+                    .nth(1)
+                    .map(str::to_owned)
+            })
+            .expect("no generated admin key was printed")
+    }
+
+    /// Waits for a stdout log line matching `pred`.
+    fn wait_log(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| pred(v));
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "log line never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn sluice(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn create_key(db: &Path, tenant: &str) -> String {
+    let out = sluice(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            tenant,
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn serve_prints_an_admin_key_and_logs_one_json_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("s.db"), &[], &[]);
+    let admin = served.admin_key();
+    assert!(admin.starts_with("sk-sluice-admin-"));
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/admin/keys", served.url))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap();
+    let prompt = "a very private prompt 4711";
+    let r = http
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    let line = served.wait_log(|v| v["request_id"] == request_id.as_str());
+    assert_eq!(line["target"], "sluice::access");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["tenant"], "acme");
+    assert_eq!(line["key_id"], created["id"]);
+    assert_eq!(line["model"], "gpt-4o-mini");
+    assert_eq!(line["deployment"], "mock/mock-chat");
+    assert_eq!(line["cache"], "miss");
+    assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(line["tokens_in"].as_u64().unwrap() > 0);
+    assert!(line["tokens_out"].as_u64().unwrap() > 0);
+    assert!(line["cost_usd"].as_f64().unwrap() > 0.0);
+
+    let log = served.stdout.lock().unwrap().join("\n");
+    for secret in [key, admin.as_str(), prompt] {
+        assert!(!log.contains(secret), "the log contains `{secret}`");
+    }
+    for l in served.stdout.lock().unwrap().iter() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not a JSON line: {l}"));
+    }
+}
+
+#[tokio::test]
+async fn keys_and_cache_survive_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let key = create_key(&db, "t1");
+    let body =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "persist"}]});
+    let http = reqwest::Client::new();
+    let mut served = Served::start(&db, &[], &[]);
+    let r = http
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-sluice-cache"], "miss");
+    served.child.kill().unwrap(); // SIGKILL: no graceful shutdown
+    served.child.wait().unwrap();
+    drop(served);
+
+    let served = Served::start(&db, &[], &[]);
+    let r = http
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sluice-cache"], "hit");
+}
+
+#[test]
+fn keys_create_list_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let db = db.to_str().unwrap();
+    let out = sluice(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "t9",
+            "--rpm",
+            "10",
+            "--tpm",
+            "1000",
+            "--budget-usd",
+            "2.5",
+            "--period",
+            "month",
+            "--json",
+            "--db",
+            db,
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = created["key"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["rpm"], 10);
+    assert_eq!(created["tpm"], 1000);
+    assert_eq!(created["budget_usd"], 2.5);
+    assert_eq!(created["period"], "month");
+
+    let out = sluice(&["keys", "list", "--db", db], &[]);
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert!(listing.contains(id) && listing.contains("t9") && listing.contains("active"));
+    assert!(!listing.contains(secret));
+
+    let out = sluice(&["keys", "revoke", id, "--db", db], &[]);
+    assert!(out.status.success());
+    let out = sluice(&["keys", "list", "--json", "--db", db], &[]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(listed[0]["revoked_at"].is_u64());
+    let out = sluice(&["keys", "revoke", id, "--db", db], &[]);
+    assert!(!out.status.success(), "revoking twice must fail");
+
+    let out = sluice(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "t",
+            "--budget-usd",
+            "1",
+            "--db",
+            db,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("period"));
+}
+
+#[test]
+fn config_check_accepts_the_example_and_names_bad_fields() {
+    let example = example_config();
+    let out = sluice(
+        &["config", "check", example.to_str().unwrap()],
+        &[("FAKE_KEY", "x")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(BIN)
+        .args(["config", "check", example.to_str().unwrap()])
+        .env_remove("FAKE_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("providers[0].api_keys[0]") && err.contains("FAKE_KEY"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("cache_ttl_s = 3600", "cache_ttl_s = -5");
+    std::fs::write(&bad, text).unwrap();
+    let out = sluice(
+        &["config", "check", bad.to_str().unwrap()],
+        &[("FAKE_KEY", "x")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("models[0].cache_ttl_s"), "{err}");
+}
+
+#[tokio::test]
+async fn the_example_config_works_as_written() {
+    // The example points its `fake` provider at 127.0.0.1:9999.
+    let up = FakeUpstream::start_on("127.0.0.1:9999").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("e.db");
+    let key = create_key(&db, "t1");
+    let config = example_config();
+    let served = Served::start(
+        &db,
+        &["--config", config.to_str().unwrap()],
+        &[("FAKE_KEY", "sk-fake-from-env")],
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sluice-provider"], "fake/gpt-4o-mini");
+    let seen = up.last();
+    assert_eq!(seen.headers["authorization"], "Bearer sk-fake-from-env");
+    assert_eq!(seen.body["model"], "gpt-4o-mini");
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs (a Python venv with the
+# official SDKs), then formatting, lints, every Rust test (unit, end-to-end, CLI process
+# tests), and the Python SDK tests against a real `sluice serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+started=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+VENV=${SLUICE_VENV:-.venv}
+step "python venv ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (deny warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, end-to-end, CLI)"
+cargo test --workspace --locked
+
+step "python SDK tests"
+SLUICE_BIN=target/debug/sluice "$VENV/bin/pytest" -q tests/python
+
+step "all tests passed"
