@@ -48,6 +48,8 @@ pub struct Recorded {
 
 #[derive(Default)]
 struct Shared {
+    /// Whether to keep every request and peer (off for long benchmark runs).
+    record: bool,
     calls: AtomicUsize,
     peers: Mutex<HashSet<SocketAddr>>,
     requests: Mutex<Vec<Recorded>>,
@@ -78,7 +80,19 @@ impl FakeUpstream {
 
     /// Starts on a given address (e.g. the `127.0.0.1:9999` of the example config).
     pub async fn start_on(addr: &str) -> Self {
-        let shared = Arc::new(Shared::default());
+        Self::start_with(addr, true).await
+    }
+
+    /// Starts without recording requests, so memory stays flat under long load.
+    pub async fn start_for_load(addr: &str) -> Self {
+        Self::start_with(addr, false).await
+    }
+
+    async fn start_with(addr: &str, record: bool) -> Self {
+        let shared = Arc::new(Shared {
+            record,
+            ..Shared::default()
+        });
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
             .route("/v1/embeddings", post(handle))
@@ -147,13 +161,15 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let n = shared.calls.fetch_add(1, Ordering::SeqCst) + 1;
-    shared.peers.lock().unwrap().insert(peer);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared.requests.lock().unwrap().push(Recorded {
-        path: uri.path().to_owned(),
-        headers: headers.clone(),
-        body: body.clone(),
-    });
+    if shared.record {
+        shared.peers.lock().unwrap().insert(peer);
+        shared.requests.lock().unwrap().push(Recorded {
+            path: uri.path().to_owned(),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
+    }
     let behaviour = shared
         .behaviour
         .lock()

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::keys::{KeyHash, KeyRecord};
 
 /// A store operation failed for a reason the caller cannot fix by changing its input.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend refused or failed the call (I/O, lock timeout, throttling, …).
     #[error("store backend error: {0}")]

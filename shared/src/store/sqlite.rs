@@ -1,17 +1,20 @@
 //! The embedded store: one SQLite file (WAL), the default for `sluice serve` and tests.
 //!
-//! rusqlite is synchronous, so every call runs on tokio's blocking pool over a small pool of
-//! connections. WAL lets readers proceed while one writer commits, and `busy_timeout` makes
-//! several processes sharing one file wait for each other instead of failing.
+//! rusqlite is synchronous, so every call runs on tokio's blocking pool. Writes go through one
+//! writer connection behind a mutex: SQLite allows one writer at a time anyway, and queueing on
+//! a mutex is far cheaper than SQLite's busy handler, which sleeps in millisecond steps. Reads
+//! use a small pool of reader connections, which WAL lets run while a write commits.
+//! `busy_timeout` still covers several processes sharing one file.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
 
 use super::{CacheKey, CacheStore, CachedResponse, KeyStore, StoreError};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
@@ -47,77 +50,203 @@ CREATE INDEX IF NOT EXISTS cache_entries_purge ON cache_entries (purge_at_ms);
 /// How often (in cache writes) expired entries are swept out.
 const PURGE_EVERY_PUTS: usize = 512;
 
+/// Most writes committed together in one transaction.
+const MAX_GROUP_COMMIT: usize = 256;
+
 /// The SQLite adapter for every store port.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
+/// A write queued for the writer thread. It runs inside its own savepoint and returns the
+/// function that delivers its result once the enclosing transaction has committed (or failed).
+type WriteJob = Box<dyn FnOnce(&Connection) -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
 struct Inner {
-    conns: Vec<Mutex<Connection>>,
+    /// Queue to the writer thread, which owns the only writing connection.
+    writer: mpsc::Sender<WriteJob>,
+    /// Held only so that dropping the store stops the checkpointer.
+    _stop: mpsc::Sender<()>,
+    /// Reader connections (none for `:memory:`, where the writer's connection is the database).
+    readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
     puts: AtomicUsize,
+}
+
+fn connect(path: &str) -> Result<Connection, StoreError> {
+    let memory = path == ":memory:";
+    let conn = if memory {
+        Connection::open_in_memory()
+    } else {
+        Connection::open_with_flags(
+            Path::new(path),
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    }
+    .map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(backend)?;
+    if !memory {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+    }
+    Ok(conn)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory
     /// database for unit tests.
     pub fn open(path: &str) -> Result<Self, StoreError> {
-        let memory = path == ":memory:";
-        let pool = if memory { 1 } else { 4 };
-        let mut conns = Vec::with_capacity(pool);
-        for i in 0..pool {
-            let conn = if memory {
-                Connection::open_in_memory()
-            } else {
-                Connection::open_with_flags(
-                    Path::new(path),
-                    OpenFlags::SQLITE_OPEN_READ_WRITE
-                        | OpenFlags::SQLITE_OPEN_CREATE
-                        | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-            }
-            .map_err(backend)?;
-            conn.busy_timeout(Duration::from_secs(10))
+        let writer_conn = connect(path)?;
+        migrate(&writer_conn)?;
+        // Dropping the store drops `_stop`, which ends the checkpointer thread.
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        if path != ":memory:" {
+            // Checkpoints copy the WAL back into the database and fsync; run at commit time they
+            // stall the writer (and every request waiting on it) for milliseconds. A background
+            // thread does them instead; PASSIVE never blocks writers or readers.
+            writer_conn
+                .pragma_update(None, "wal_autocheckpoint", 0)
                 .map_err(backend)?;
-            if !memory {
-                conn.pragma_update(None, "journal_mode", "WAL")
-                    .map_err(backend)?;
-                conn.pragma_update(None, "synchronous", "NORMAL")
-                    .map_err(backend)?;
-            }
-            if i == 0 {
-                migrate(&conn)?;
-            }
-            conns.push(Mutex::new(conn));
+            let checkpointer = connect(path)?;
+            std::thread::Builder::new()
+                .name("sluice-sqlite-checkpoint".into())
+                .spawn(move || checkpoint_loop(checkpointer, stop_rx))
+                .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
         }
+        let readers = if path == ":memory:" {
+            Vec::new()
+        } else {
+            (0..3)
+                .map(|_| connect(path).map(Mutex::new))
+                .collect::<Result<_, _>>()?
+        };
+        let (writer, jobs) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("sluice-sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, jobs))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                conns,
+                writer,
+                _stop: stop,
+                readers,
                 next: AtomicUsize::new(0),
                 puts: AtomicUsize::new(0),
             }),
         })
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a read on a reader connection on tokio's blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        if self.inner.readers.is_empty() {
+            return self.write(f).await;
+        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let i = inner.next.fetch_add(1, Ordering::Relaxed) % inner.conns.len();
+            let i = inner.next.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
             // A poisoned lock only means another call panicked mid-use; SQLite itself rolled
             // back any open statement, so the connection is still usable.
-            let mut conn = inner.conns[i]
+            let conn = inner.readers[i]
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
+            f(&conn)
         })
         .await
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// Runs a write atomically on the writer thread; resolves once it is committed.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error| {
+                let result = match commit_error {
+                    Some(e) => Err(e),
+                    None => result,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.inner
+            .writer
+            .send(job)
+            .map_err(|_| StoreError::Backend("the SQLite writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the SQLite writer dropped a write".into()))?
+    }
+}
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL in the background until the store is dropped.
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    }
+}
+
+/// Runs `f` inside a savepoint: its writes are kept if it succeeds and undone if it fails,
+/// without disturbing the other writes of the same group commit.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+/// The writer thread: takes every queued write, runs them in one transaction (group commit),
+/// commits, then tells each caller. One commit per batch instead of one per write is what
+/// keeps the cache-miss path fast: each SQLite commit appends whole pages to the WAL.
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP_COMMIT {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::warn!(error = %e, writes = batch.len(), "SQLite write transaction could not start");
+            // Dropping the jobs closes their reply channels: each caller gets a backend error.
+            drop(batch);
+            continue;
+        }
+        let delivers: Vec<Deliver> = batch.into_iter().map(|job| job(&conn)).collect();
+        let commit_error = conn.execute_batch("COMMIT").err().map(backend);
+        if commit_error.is_some() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for deliver in delivers {
+            deliver(commit_error.clone());
+        }
     }
 }
 
@@ -176,7 +305,7 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRecord, S
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
-        self.with_conn(move |c| {
+        self.write(move |c| {
             let res = c.execute(
                 "INSERT INTO gateway_keys (id, hash, hint, tenant, name, created_at_ms,
                      revoked_at_ms, rpm, tpm, budget_usd, budget_period)
@@ -210,7 +339,7 @@ impl KeyStore for SqliteStore {
 
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         let hash = hash.to_hex();
-        self.with_conn(move |c| {
+        self.read(move |c| {
             c.prepare_cached("SELECT * FROM gateway_keys WHERE hash = ?1")
                 .map_err(backend)?
                 .query_row([hash], key_from_row)
@@ -222,7 +351,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.with_conn(|c| {
+        self.read(|c| {
             let mut stmt = c
                 .prepare_cached("SELECT * FROM gateway_keys ORDER BY created_at_ms, id")
                 .map_err(backend)?;
@@ -234,7 +363,7 @@ impl KeyStore for SqliteStore {
 
     async fn revoke_key(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.with_conn(move |c| {
+        self.write(move |c| {
             let n = c
                 .execute(
                     "UPDATE gateway_keys SET revoked_at_ms = ?2
@@ -256,7 +385,7 @@ impl CacheStore for SqliteStore {
         now_ms: u64,
     ) -> Result<Option<CachedResponse>, StoreError> {
         let digest = key.digest;
-        self.with_conn(move |c| {
+        self.read(move |c| {
             c.prepare_cached(
                 "SELECT body, created_at_ms, expires_at_ms, purge_at_ms FROM cache_entries
                  WHERE digest = ?1 AND purge_at_ms > ?2",
@@ -285,7 +414,7 @@ impl CacheStore for SqliteStore {
             .puts
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(PURGE_EVERY_PUTS);
-        self.with_conn(move |c| {
+        self.write(move |c| {
             c.prepare_cached(
                 "INSERT OR REPLACE INTO cache_entries
                      (digest, tenant, body, created_at_ms, expires_at_ms, purge_at_ms)
@@ -342,6 +471,38 @@ mod tests {
         let listed = store.list_keys().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].revoked_at_ms, Some(50));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_in_a_group_commit_does_not_undo_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap()).unwrap();
+        let existing = keys::generate("t", None, KeyLimits::default(), 1).unwrap();
+        store.insert_key(&existing.record).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            let record = if i == 100 {
+                existing.record.clone()
+            } else {
+                keys::generate("t", None, KeyLimits::default(), 2)
+                    .unwrap()
+                    .record
+            };
+            tasks.push(tokio::spawn(async move { store.insert_key(&record).await }));
+        }
+        let mut failures = 0;
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                assert!(matches!(e, StoreError::AlreadyExists(_)), "{e}");
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 1);
+        // Read through a reader connection: every committed write is visible.
+        assert_eq!(store.list_keys().await.unwrap().len(), 200);
+        let reopened = SqliteStore::open(dir.path().join("g.db").to_str().unwrap()).unwrap();
+        assert_eq!(reopened.list_keys().await.unwrap().len(), 200);
     }
 
     #[tokio::test]
