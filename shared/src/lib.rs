@@ -9,7 +9,9 @@
 //! - [`api`]: the HTTP app (axum `Router`): routes, auth, admin, OpenAI-shaped errors, access log.
 //! - [`gateway`]: the request pipeline, model catalog, cache keys and policy.
 //! - [`providers`]: the provider trait and the closed enum of providers (OpenAI-compatible, mock).
-//! - [`store`]: storage ports and their adapters (SQLite here; DynamoDB beside it).
+//! - [`jobs`]: async jobs: acceptance, the worker that runs them, callbacks, embedding batching.
+//! - [`store`]: storage ports and their adapters (SQLite, DynamoDB).
+//! - [`queue`]: the job queue port and its adapters (SQLite table, SQS).
 //! - [`keys`]: gateway keys: generation, hashing, records.
 //! - [`tokens`]: token estimates.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
@@ -18,7 +20,9 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod gateway;
+pub mod jobs;
 pub mod keys;
 pub mod providers;
+pub mod queue;
 pub mod store;
 pub mod tokens;

@@ -26,6 +26,23 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat.completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+
+    /// Parses the stored name, or the API path (`/v1/chat/completions`, `/v1/embeddings`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim_start_matches("/v1/") {
+            "chat.completions" | "chat/completions" => Some(Self::ChatCompletions),
+            "embeddings" => Some(Self::Embeddings),
+            _ => None,
+        }
+    }
+
     /// The path below the API's base URL.
     pub fn path(self) -> &'static str {
         match self {

@@ -5,6 +5,8 @@
 //! (`sqlite`, the local default) and DynamoDB (on AWS). Times are passed in by the caller so
 //! expiry follows the injectable [`crate::clock::Clock`].
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{KeyHash, KeyRecord};
 
 /// A store operation failed for a reason the caller cannot fix by changing its input.
@@ -27,6 +30,9 @@ pub enum StoreError {
     /// An item with the same identity already exists.
     #[error("item already exists: {0}")]
     AlreadyExists(String),
+    /// The item is too large for the backend even compressed.
+    #[error("item too large to store: {0}")]
+    TooLarge(String),
 }
 
 /// Gateway keys, found by the hash of their secret.
@@ -85,10 +91,35 @@ pub trait CacheStore: Send + Sync {
     async fn cache_put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError>;
 }
 
-/// Everything the gateway needs from a store.
-pub trait Store: KeyStore + CacheStore {}
+/// Async jobs and their lifecycle; every state change is a conditional write.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new `queued` job; [`StoreError::AlreadyExists`] if the id is taken.
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError>;
+    /// The job, unless it does not exist or is past its retention at `now_ms`.
+    async fn get_job(&self, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError>;
+    /// Takes the job for a worker: `queued`, or `running` with an expired lease, becomes
+    /// `running` with a lease until `now_ms + lease_ms` and one more attempt.
+    async fn claim_job(&self, id: &str, now_ms: u64, lease_ms: u64) -> Result<Claim, StoreError>;
+    /// Gives a claimed job back (`running` → `queued`) so a redelivery can take it at once;
+    /// `false` if `attempt` no longer holds it.
+    async fn release_job(&self, id: &str, attempt: u32, now_ms: u64) -> Result<bool, StoreError>;
+    /// Records the final state; `false` if `attempt` no longer holds the job (another worker
+    /// took it over or finished it), in which case nothing is written.
+    async fn finish_job(
+        &self,
+        id: &str,
+        attempt: u32,
+        status: JobStatus,
+        result: &JobResult,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+}
 
-impl<T: KeyStore + CacheStore> Store for T {}
+/// Everything the gateway needs from a store.
+pub trait Store: KeyStore + CacheStore + JobStore {}
+
+impl<T: KeyStore + CacheStore + JobStore> Store for T {}
 
 /// A shared handle to whichever store this process uses.
 pub type SharedStore = Arc<dyn Store>;

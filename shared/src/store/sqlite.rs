@@ -16,11 +16,13 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{CacheKey, CacheStore, CachedResponse, KeyStore, StoreError};
+use super::{CacheKey, CacheStore, CachedResponse, JobStore, KeyStore, StoreError};
+use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
+use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -45,6 +47,42 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     purge_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS cache_entries_purge ON cache_entries (purge_at_ms);
+CREATE TABLE IF NOT EXISTS jobs (
+    id             TEXT PRIMARY KEY,
+    tenant         TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    endpoint       TEXT NOT NULL,
+    request        BLOB NOT NULL,
+    cache_control  TEXT,
+    callback_url   TEXT,
+    status         TEXT NOT NULL,
+    attempts       INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL,
+    result_status  INTEGER,
+    result_body    BLOB,
+    tokens_in      INTEGER,
+    tokens_out     INTEGER,
+    cost_nano_usd  INTEGER,
+    created_at_ms  INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    expires_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id    TEXT NOT NULL UNIQUE,
+    body          TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt       TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (visible_at_ms);
+CREATE INDEX IF NOT EXISTS queue_messages_receipt ON queue_messages (receipt);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    message_id    TEXT PRIMARY KEY,
+    body          TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    moved_at_ms   INTEGER NOT NULL
+);
 ";
 
 /// How often (in cache writes) expired entries are swept out.
@@ -144,7 +182,7 @@ impl SqliteStore {
     }
 
     /// Runs a read on a reader connection on tokio's blocking pool.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -167,7 +205,7 @@ impl SqliteStore {
     }
 
     /// Runs a write atomically on the writer thread; resolves once it is committed.
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -438,6 +476,175 @@ impl CacheStore for SqliteStore {
                 .map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+}
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
+    let endpoint: String = row.get("endpoint")?;
+    let status: String = row.get("status")?;
+    let (Some(endpoint), Some(status)) = (Endpoint::parse(&endpoint), JobStatus::parse(&status))
+    else {
+        return Ok(Err(StoreError::Corrupt("unknown job endpoint or status".into())));
+    };
+    let result = match row.get::<_, Option<i64>>("result_status")? {
+        Some(http_status) => Some(JobResult {
+            http_status: http_status as u16,
+            body: Bytes::from(row.get::<_, Option<Vec<u8>>>("result_body")?.unwrap_or_default()),
+            tokens_in: row.get::<_, Option<i64>>("tokens_in")?.unwrap_or(0) as u64,
+            tokens_out: row.get::<_, Option<i64>>("tokens_out")?.unwrap_or(0) as u64,
+            cost_nano_usd: row.get::<_, Option<i64>>("cost_nano_usd")?.unwrap_or(0) as u64,
+        }),
+        None => None,
+    };
+    Ok(Ok(Job {
+        id: row.get("id")?,
+        tenant: row.get("tenant")?,
+        key_id: row.get("key_id")?,
+        endpoint,
+        request: Bytes::from(row.get::<_, Vec<u8>>("request")?),
+        cache_control: row.get("cache_control")?,
+        callback_url: row.get("callback_url")?,
+        status,
+        attempts: row.get::<_, i64>("attempts")? as u32,
+        lease_until_ms: row.get::<_, i64>("lease_until_ms")? as u64,
+        result,
+        created_at_ms: row.get::<_, i64>("created_at_ms")? as u64,
+        updated_at_ms: row.get::<_, i64>("updated_at_ms")? as u64,
+        expires_at_ms: row.get::<_, i64>("expires_at_ms")? as u64,
+    }))
+}
+
+fn job_by_id(c: &Connection, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError> {
+    c.prepare_cached("SELECT * FROM jobs WHERE id = ?1 AND expires_at_ms > ?2")
+        .map_err(backend)?
+        .query_row(params![id, now_ms as i64], job_from_row)
+        .optional()
+        .map_err(backend)?
+        .transpose()
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.write(move |c| {
+            let res = c.execute(
+                "INSERT INTO jobs (id, tenant, key_id, endpoint, request, cache_control,
+                     callback_url, status, attempts, lease_until_ms, created_at_ms,
+                     updated_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    job.id,
+                    job.tenant,
+                    job.key_id,
+                    job.endpoint.as_str(),
+                    &job.request[..],
+                    job.cache_control,
+                    job.callback_url,
+                    job.status.as_str(),
+                    job.attempts,
+                    job.lease_until_ms as i64,
+                    job.created_at_ms as i64,
+                    job.updated_at_ms as i64,
+                    job.expires_at_ms as i64,
+                ],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::AlreadyExists(job.id.clone()))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_job(&self, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| job_by_id(c, &id, now_ms)).await
+    }
+
+    async fn claim_job(&self, id: &str, now_ms: u64, lease_ms: u64) -> Result<Claim, StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let claimed = c
+                .prepare_cached(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                         lease_until_ms = ?2 + ?3, updated_at_ms = ?2
+                     WHERE id = ?1 AND expires_at_ms > ?2
+                       AND (status = 'queued' OR (status = 'running' AND lease_until_ms <= ?2))
+                     RETURNING *",
+                )
+                .map_err(backend)?
+                .query_row(params![id, now_ms as i64, lease_ms as i64], job_from_row)
+                .optional()
+                .map_err(backend)?
+                .transpose()?;
+            if let Some(job) = claimed {
+                return Ok(Claim::Claimed(job));
+            }
+            Ok(match job_by_id(c, &id, now_ms)? {
+                None => Claim::Missing,
+                Some(job) if job.status.is_final() => Claim::Finished(job),
+                Some(job) => Claim::Leased {
+                    until_ms: job.lease_until_ms,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn release_job(&self, id: &str, attempt: u32, now_ms: u64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = 'queued', lease_until_ms = 0, updated_at_ms = ?3
+                     WHERE id = ?1 AND status = 'running' AND attempts = ?2",
+                    params![id, attempt, now_ms as i64],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &str,
+        attempt: u32,
+        status: JobStatus,
+        result: &JobResult,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let result = result.clone();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = ?3, result_status = ?4, result_body = ?5,
+                         tokens_in = ?6, tokens_out = ?7, cost_nano_usd = ?8,
+                         lease_until_ms = 0, updated_at_ms = ?9
+                     WHERE id = ?1 AND status = 'running' AND attempts = ?2",
+                    params![
+                        id,
+                        attempt,
+                        status.as_str(),
+                        result.http_status,
+                        &result.body[..],
+                        result.tokens_in as i64,
+                        result.tokens_out as i64,
+                        result.cost_nano_usd as i64,
+                        now_ms as i64,
+                    ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
         })
         .await
     }

@@ -1,0 +1,733 @@
+//! The DynamoDB adapter for every store port (on AWS, and for `serve --store dynamodb`).
+//!
+//! Table design (every table: partition key `pk` (S), no sort key, TTL attribute
+//! `expires_at` in epoch seconds; see `docs/aws.md`):
+//!
+//! | table | `pk` | holds | access |
+//! | --- | --- | --- | --- |
+//! | keys | `hash#<sha256 hex>` | a gateway key | GetItem on every uncached auth; Scan (admin list) |
+//! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke |
+//! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
+//! | jobs | job id | request, state, lease, result | PutItem, GetItem, conditional UpdateItem |
+//!
+//! TTL deletion is lazy on AWS (up to 48 h late) and absent on moto, so every read also checks
+//! the stored expiry itself. Reads are strongly consistent so the adapter behaves exactly like
+//! SQLite (a write is visible to the next read). Conditional-write failures return the old item
+//! (`ReturnValuesOnConditionCheckFailure`) instead of costing a second read. Bodies larger than
+//! 1 KiB are deflated; cache entries still over the item limit are skipped, never an error.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
+    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem,
+};
+use bytes::Bytes;
+
+use super::{CacheKey, CacheStore, CachedResponse, JobStore, KeyStore, StoreError};
+use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
+use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
+use crate::providers::Endpoint;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// DynamoDB's item size limit is 400 KB; leave room for the other attributes.
+const MAX_BLOB_BYTES: usize = 380 * 1024;
+/// Bodies above this are deflated before storing.
+const DEFLATE_ABOVE: usize = 1024;
+
+/// Names of the tables the adapter uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    /// Gateway keys.
+    pub keys: String,
+    /// Cached answers.
+    pub cache: String,
+    /// Async jobs.
+    pub jobs: String,
+}
+
+impl Tables {
+    /// `<prefix>-keys`, `<prefix>-cache`, `<prefix>-jobs`.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            keys: format!("{prefix}-keys"),
+            cache: format!("{prefix}-cache"),
+            jobs: format!("{prefix}-jobs"),
+        }
+    }
+
+    /// From `SLUICE_KEYS_TABLE`, `SLUICE_CACHE_TABLE`, `SLUICE_JOBS_TABLE` (as the SAM template
+    /// sets them), each defaulting to `sluice-<name>`.
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        Self {
+            keys: var("SLUICE_KEYS_TABLE", "sluice-keys"),
+            cache: var("SLUICE_CACHE_TABLE", "sluice-cache"),
+            jobs: var("SLUICE_JOBS_TABLE", "sluice-jobs"),
+        }
+    }
+
+    fn all(&self) -> [&str; 3] {
+        [&self.keys, &self.cache, &self.jobs]
+    }
+}
+
+/// The DynamoDB store. Cheap to clone; counts its SDK calls.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tables: Tables,
+    calls: Arc<AtomicU64>,
+}
+
+impl DynamoStore {
+    /// A store over existing tables.
+    pub fn new(client: Client, tables: Tables) -> Self {
+        Self {
+            client,
+            tables,
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// SDK calls made so far (for per-request cost reports).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The table names.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Creates the tables (on-demand, TTL on `expires_at`) unless they exist: for local
+    /// development against moto and `serve --store dynamodb --create-tables`. On AWS the SAM
+    /// template creates them.
+    pub async fn create_tables(&self) -> Result<(), StoreError> {
+        for table in self.tables.all() {
+            let created = self
+                .client
+                .create_table()
+                .table_name(table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("pk")
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .map_err(build)?,
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("pk")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(build)?,
+                )
+                .send()
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_in_use_exception()) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(sdk(e)),
+            }
+            self.client
+                .update_time_to_live()
+                .table_name(table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name("expires_at")
+                        .enabled(true)
+                        .build()
+                        .map_err(build)?,
+                )
+                .send()
+                .await
+                .map_err(sdk)?;
+        }
+        Ok(())
+    }
+}
+
+fn sdk<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
+    let detail = match e.as_service_error() {
+        Some(service) => service.to_string(),
+        None => e.to_string(),
+    };
+    StoreError::Backend(format!("DynamoDB: {detail}"))
+}
+
+fn build(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Backend(format!("DynamoDB request: {e}"))
+}
+
+// ---- attribute helpers -------------------------------------------------------------------
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ttl_secs(ms: u64) -> AttributeValue {
+    n(ms.div_ceil(1000))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("DynamoDB item: {what}"))
+}
+
+fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(corrupt(&format!("missing string `{name}`"))),
+    }
+}
+
+fn opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| corrupt(&format!("bad number `{name}`"))),
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(_) => Err(corrupt(&format!("`{name}` is not a number"))),
+    }
+}
+
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
+    opt_n(item, name)?.ok_or_else(|| corrupt(&format!("missing number `{name}`")))
+}
+
+/// Stores bytes, deflated when large; the `<name>_enc` attribute says how.
+fn put_blob(item: &mut Item, name: &str, bytes: &[u8]) -> Result<usize, StoreError> {
+    let (data, enc) = if bytes.len() > DEFLATE_ABOVE {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(bytes)
+            .and_then(|()| z.finish())
+            .map(|d| (d, Some("deflate")))
+            .map_err(|e| StoreError::Backend(format!("deflate: {e}")))?
+    } else {
+        (bytes.to_vec(), None)
+    };
+    let len = data.len();
+    item.insert(name.to_owned(), AttributeValue::B(Blob::new(data)));
+    if let Some(enc) = enc {
+        item.insert(format!("{name}_enc"), s(enc));
+    }
+    Ok(len)
+}
+
+fn get_blob(item: &Item, name: &str) -> Result<Option<Bytes>, StoreError> {
+    let Some(AttributeValue::B(blob)) = item.get(name) else {
+        return Ok(None);
+    };
+    match opt_s(item, &format!("{name}_enc")).as_deref() {
+        None => Ok(Some(Bytes::copy_from_slice(blob.as_ref()))),
+        Some("deflate") => {
+            let mut out = Vec::new();
+            flate2::read::DeflateDecoder::new(blob.as_ref())
+                .read_to_end(&mut out)
+                .map_err(|_| corrupt(&format!("`{name}` does not inflate")))?;
+            Ok(Some(Bytes::from(out)))
+        }
+        Some(_) => Err(corrupt(&format!("unknown encoding of `{name}`"))),
+    }
+}
+
+// ---- keys -------------------------------------------------------------------------------
+
+fn key_item(k: &KeyRecord) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(format!("hash#{}", k.hash.to_hex())));
+    item.insert("id".into(), s(&k.id));
+    item.insert("hint".into(), s(&k.hint));
+    item.insert("tenant".into(), s(&k.tenant));
+    if let Some(name) = &k.name {
+        item.insert("name".into(), s(name));
+    }
+    item.insert("created_at_ms".into(), n(k.created_at_ms));
+    if let Some(t) = k.revoked_at_ms {
+        item.insert("revoked_at_ms".into(), n(t));
+    }
+    if let Some(v) = k.limits.rpm {
+        item.insert("rpm".into(), n(v));
+    }
+    if let Some(v) = k.limits.tpm {
+        item.insert("tpm".into(), n(v));
+    }
+    if let Some(v) = k.limits.budget_usd {
+        item.insert("budget_usd".into(), n(v));
+    }
+    if let Some(p) = k.limits.budget_period {
+        item.insert("budget_period".into(), s(p.as_str()));
+    }
+    item
+}
+
+fn key_from_item(item: &Item) -> Result<KeyRecord, StoreError> {
+    let pk = get_s(item, "pk")?;
+    let hash = pk
+        .strip_prefix("hash#")
+        .and_then(KeyHash::from_hex)
+        .ok_or_else(|| corrupt("key pk"))?;
+    let budget_period = match opt_s(item, "budget_period") {
+        Some(p) => Some(BudgetPeriod::parse(&p).ok_or_else(|| corrupt("budget period"))?),
+        None => None,
+    };
+    Ok(KeyRecord {
+        id: get_s(item, "id")?,
+        hash,
+        hint: get_s(item, "hint")?,
+        tenant: get_s(item, "tenant")?,
+        name: opt_s(item, "name"),
+        created_at_ms: get_n(item, "created_at_ms")?,
+        revoked_at_ms: opt_n(item, "revoked_at_ms")?,
+        limits: KeyLimits {
+            rpm: opt_n(item, "rpm")?,
+            tpm: opt_n(item, "tpm")?,
+            budget_usd: opt_n(item, "budget_usd")?,
+            budget_period,
+        },
+    })
+}
+
+#[async_trait]
+impl KeyStore for DynamoStore {
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let mut id_item = Item::new();
+        id_item.insert("pk".into(), s(format!("id#{}", key.id)));
+        id_item.insert("hash".into(), s(key.hash.to_hex()));
+        let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
+            Ok(TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.tables.keys)
+                        .set_item(Some(item))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .map_err(build)?,
+                )
+                .build())
+        };
+        self.count();
+        // Both items or neither: the id and the hash are each unique.
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(put(key_item(key))?)
+            .transact_items(put(id_item)?)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_transaction_canceled_exception()) =>
+            {
+                Err(StoreError::AlreadyExists(key.id.clone()))
+            }
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.count();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("hash#{}", hash.to_hex())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        out.item().map(key_from_item).transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            self.count();
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.keys)
+                .filter_expression("begins_with(pk, :p)")
+                .expression_attribute_values(":p", s("hash#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in page.items() {
+                keys.push(key_from_item(item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.count();
+        let found = self
+            .client
+            .get_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("id#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let Some(hash) = found.item().and_then(|i| opt_s(i, "hash")) else {
+            return Ok(false);
+        };
+        self.count();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("hash#{hash}")))
+            .update_expression("SET revoked_at_ms = :t")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(revoked_at_ms)")
+            .expression_attribute_values(":t", n(now_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+}
+
+fn is_condition_failure<R: std::fmt::Debug>(e: &SdkError<UpdateItemError, R>) -> bool {
+    e.as_service_error()
+        .is_some_and(|s| s.is_conditional_check_failed_exception())
+}
+
+// ---- cache ------------------------------------------------------------------------------
+
+#[async_trait]
+impl CacheStore for DynamoStore {
+    async fn cache_get(
+        &self,
+        key: &CacheKey,
+        now_ms: u64,
+    ) -> Result<Option<CachedResponse>, StoreError> {
+        self.count();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.cache)
+            .key("pk", s(key.to_hex()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let purge_at_ms: u64 = get_n(item, "purge_at_ms")?;
+        // TTL deletion is lazy (or absent): expiry is checked here, not trusted to happen.
+        if purge_at_ms <= now_ms || opt_s(item, "tenant").as_deref() != Some(&key.tenant) {
+            return Ok(None);
+        }
+        Ok(Some(CachedResponse {
+            body: get_blob(item, "body")?.ok_or_else(|| corrupt("cache body"))?,
+            created_at_ms: get_n(item, "created_at_ms")?,
+            expires_at_ms: get_n(item, "expires_at_ms")?,
+            purge_at_ms,
+        }))
+    }
+
+    async fn cache_put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError> {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(key.to_hex()));
+        item.insert("tenant".into(), s(&key.tenant));
+        if put_blob(&mut item, "body", &entry.body)? > MAX_BLOB_BYTES {
+            // Too large for an item even deflated: not cached, which is never an error.
+            tracing::debug!(bytes = entry.body.len(), "answer too large to cache in DynamoDB");
+            return Ok(());
+        }
+        item.insert("created_at_ms".into(), n(entry.created_at_ms));
+        item.insert("expires_at_ms".into(), n(entry.expires_at_ms));
+        item.insert("purge_at_ms".into(), n(entry.purge_at_ms));
+        item.insert("expires_at".into(), ttl_secs(entry.purge_at_ms));
+        self.count();
+        self.client
+            .put_item()
+            .table_name(&self.tables.cache)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+}
+
+// ---- jobs -------------------------------------------------------------------------------
+
+fn job_from_item(item: &Item) -> Result<Job, StoreError> {
+    let endpoint = Endpoint::parse(&get_s(item, "endpoint")?).ok_or_else(|| corrupt("endpoint"))?;
+    let status = JobStatus::parse(&get_s(item, "status")?).ok_or_else(|| corrupt("status"))?;
+    let result = match opt_n::<u16>(item, "result_status")? {
+        Some(http_status) => Some(JobResult {
+            http_status,
+            body: get_blob(item, "result_body")?.unwrap_or_default(),
+            tokens_in: opt_n(item, "tokens_in")?.unwrap_or(0),
+            tokens_out: opt_n(item, "tokens_out")?.unwrap_or(0),
+            cost_nano_usd: opt_n(item, "cost_nano_usd")?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Job {
+        id: get_s(item, "pk")?,
+        tenant: get_s(item, "tenant")?,
+        key_id: get_s(item, "key_id")?,
+        endpoint,
+        request: get_blob(item, "request")?.ok_or_else(|| corrupt("job request"))?,
+        cache_control: opt_s(item, "cache_control"),
+        callback_url: opt_s(item, "callback_url"),
+        status,
+        attempts: get_n(item, "attempts")?,
+        lease_until_ms: get_n(item, "lease_until_ms")?,
+        result,
+        created_at_ms: get_n(item, "created_at_ms")?,
+        updated_at_ms: get_n(item, "updated_at_ms")?,
+        expires_at_ms: get_n(item, "expires_at_ms")?,
+    })
+}
+
+#[async_trait]
+impl JobStore for DynamoStore {
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(&job.id));
+        item.insert("tenant".into(), s(&job.tenant));
+        item.insert("key_id".into(), s(&job.key_id));
+        item.insert("endpoint".into(), s(job.endpoint.as_str()));
+        if put_blob(&mut item, "request", &job.request)? > MAX_BLOB_BYTES {
+            return Err(StoreError::TooLarge(format!(
+                "job request of {} bytes",
+                job.request.len()
+            )));
+        }
+        if let Some(cc) = &job.cache_control {
+            item.insert("cache_control".into(), s(cc));
+        }
+        if let Some(url) = &job.callback_url {
+            item.insert("callback_url".into(), s(url));
+        }
+        item.insert("status".into(), s(job.status.as_str()));
+        item.insert("attempts".into(), n(job.attempts));
+        item.insert("lease_until_ms".into(), n(job.lease_until_ms));
+        item.insert("created_at_ms".into(), n(job.created_at_ms));
+        item.insert("updated_at_ms".into(), n(job.updated_at_ms));
+        item.insert("expires_at_ms".into(), n(job.expires_at_ms));
+        item.insert("expires_at".into(), ttl_secs(job.expires_at_ms));
+        self.count();
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.tables.jobs)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::AlreadyExists(job.id.clone()))
+            }
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn get_job(&self, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError> {
+        self.count();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.jobs)
+            .key("pk", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        match out.item().map(job_from_item).transpose()? {
+            Some(job) if job.expires_at_ms > now_ms => Ok(Some(job)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn claim_job(&self, id: &str, now_ms: u64, lease_ms: u64) -> Result<Claim, StoreError> {
+        self.count();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.jobs)
+            .key("pk", s(id))
+            .update_expression(
+                "SET #s = :running, attempts = attempts + :one, lease_until_ms = :lease, \
+                 updated_at_ms = :now",
+            )
+            .condition_expression(
+                "attribute_exists(pk) AND expires_at_ms > :now AND \
+                 (#s = :queued OR (#s = :running AND lease_until_ms <= :now))",
+            )
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":lease", n(now_ms.saturating_add(lease_ms)))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let item = out.attributes().ok_or_else(|| corrupt("claim returned nothing"))?;
+                Ok(Claim::Claimed(job_from_item(item)?))
+            }
+            Err(SdkError::ServiceError(service)) => match service.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    // The old item came back with the failure: no second read needed.
+                    let Some(item) = failed.item() else {
+                        return Ok(Claim::Missing);
+                    };
+                    let job = job_from_item(item)?;
+                    Ok(if job.expires_at_ms <= now_ms {
+                        Claim::Missing
+                    } else if job.status.is_final() {
+                        Claim::Finished(job)
+                    } else {
+                        Claim::Leased {
+                            until_ms: job.lease_until_ms,
+                        }
+                    })
+                }
+                other => Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+            },
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn release_job(&self, id: &str, attempt: u32, now_ms: u64) -> Result<bool, StoreError> {
+        self.count();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.jobs)
+            .key("pk", s(id))
+            .update_expression("SET #s = :queued, lease_until_ms = :zero, updated_at_ms = :now")
+            .condition_expression("#s = :running AND attempts = :attempt")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":attempt", n(attempt))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn finish_job(
+        &self,
+        id: &str,
+        attempt: u32,
+        status: JobStatus,
+        result: &JobResult,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut blob = Item::new();
+        let stored = put_blob(&mut blob, "result_body", &result.body)?;
+        let body = if stored > MAX_BLOB_BYTES {
+            // The answer does not fit an item: record the failure to store it instead.
+            let mut small = Item::new();
+            let msg = br#"{"error":{"message":"The result was too large to store.","type":"server_error","code":"result_too_large","param":null}}"#;
+            put_blob(&mut small, "result_body", msg)?;
+            small
+        } else {
+            blob
+        };
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.jobs)
+            .key("pk", s(id))
+            .condition_expression("#s = :running AND attempts = :attempt")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":code", n(result.http_status))
+            .expression_attribute_values(":in", n(result.tokens_in))
+            .expression_attribute_values(":out", n(result.tokens_out))
+            .expression_attribute_values(":cost", n(result.cost_nano_usd))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms));
+        let mut set = String::from(
+            "SET #s = :status, result_status = :code, tokens_in = :in, tokens_out = :out, \
+             cost_nano_usd = :cost, lease_until_ms = :zero, updated_at_ms = :now",
+        );
+        for (name, value) in body {
+            let placeholder = format!(":{name}");
+            set.push_str(&format!(", {name} = {placeholder}"));
+            update = update.expression_attribute_values(placeholder, value);
+        }
+        self.count();
+        match update.update_expression(set).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+}
