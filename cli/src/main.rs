@@ -10,7 +10,14 @@ use sluice::api::{self, AppState};
 use sluice::clock::{Clock, SystemClock};
 use sluice::config::Config;
 use sluice::keys::{self, BudgetPeriod, KeyLimits};
+use std::time::Duration;
+
+use sluice::deps::{Deps, Services};
+use sluice::queue::JobQueue;
+use sluice::queue::sqlite::SqliteQueue;
+use sluice::queue::sqs::SqsQueue;
 use sluice::store::SharedStore;
+use sluice::store::dynamodb::{DynamoStore, Tables};
 use sluice::store::sqlite::SqliteStore;
 use tracing_subscriber::EnvFilter;
 
@@ -39,9 +46,36 @@ enum Command {
 
 #[derive(Args)]
 struct StoreArgs {
+    /// Where keys, cache entries and jobs live.
+    #[arg(long, env = "SLUICE_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
     /// SQLite database file (created if missing).
     #[arg(long, env = "SLUICE_DB", default_value = "./sluice.db")]
     db: String,
+    /// DynamoDB tables are `<prefix>-keys`, `<prefix>-cache`, `<prefix>-jobs`; without it,
+    /// SLUICE_KEYS_TABLE / SLUICE_CACHE_TABLE / SLUICE_JOBS_TABLE (default `sluice-*`).
+    #[arg(long, env = "SLUICE_TABLE_PREFIX")]
+    table_prefix: Option<String>,
+    /// Create missing DynamoDB tables (and, with `--queue sqs` and no URL, the SQS queues):
+    /// for development against moto; on AWS the SAM template creates them.
+    #[arg(long)]
+    create_aws_resources: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded SQLite file (`--db`).
+    Sqlite,
+    /// DynamoDB (`AWS_*` environment, `AWS_ENDPOINT_URL` for moto).
+    Dynamodb,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QueueKind {
+    /// A durable table in the SQLite file (`--db`).
+    Sqlite,
+    /// SQS (`--queue-url`).
+    Sqs,
 }
 
 #[derive(Args)]
@@ -54,6 +88,12 @@ struct ServeArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
+    /// Where accepted async jobs wait for the workers.
+    #[arg(long, env = "SLUICE_QUEUE", value_enum, default_value_t = QueueKind::Sqlite)]
+    queue: QueueKind,
+    /// SQS queue URL for `--queue sqs`.
+    #[arg(long, env = "SLUICE_JOBS_QUEUE_URL")]
+    queue_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +150,24 @@ enum ConfigCommand {
     },
 }
 
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Dynamodb => "dynamodb",
+        }
+    }
+}
+
+impl QueueKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Sqs => "sqs",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -158,8 +216,68 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn open_store(args: &StoreArgs) -> Result<SqliteStore, String> {
+fn open_sqlite(args: &StoreArgs) -> Result<SqliteStore, String> {
     SqliteStore::open(&args.db).map_err(|e| format!("cannot open database {}: {e}", args.db))
+}
+
+async fn open_store(args: &StoreArgs) -> Result<SharedStore, String> {
+    match args.store {
+        StoreKind::Sqlite => Ok(Arc::new(open_sqlite(args)?)),
+        StoreKind::Dynamodb => {
+            let sdk = aws_config::load_from_env().await;
+            let tables = match &args.table_prefix {
+                Some(prefix) => Tables::with_prefix(prefix),
+                None => Tables::from_env(),
+            };
+            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
+            if args.create_aws_resources {
+                store
+                    .create_tables()
+                    .await
+                    .map_err(|e| format!("cannot create DynamoDB tables: {e}"))?;
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+async fn open_queue(
+    args: &ServeArgs,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn JobQueue>, String> {
+    let visibility = Duration::from_secs(config.jobs.visibility_timeout_s);
+    match args.queue {
+        QueueKind::Sqlite => Ok(Arc::new(SqliteQueue::new(
+            open_sqlite(&args.store)?,
+            clock,
+            visibility,
+            config.jobs.max_receive_count,
+        ))),
+        QueueKind::Sqs => {
+            let client = aws_sdk_sqs::Client::new(&aws_config::load_from_env().await);
+            match &args.queue_url {
+                Some(url) => Ok(Arc::new(SqsQueue::new(
+                    client,
+                    url.clone(),
+                    std::env::var("SLUICE_JOBS_DLQ_URL").ok(),
+                    visibility,
+                ))),
+                None if args.store.create_aws_resources => {
+                    let name = format!(
+                        "{}-jobs",
+                        args.store.table_prefix.as_deref().unwrap_or("sluice")
+                    );
+                    let queue =
+                        SqsQueue::create(client, &name, visibility, config.jobs.max_receive_count)
+                            .await
+                            .map_err(|e| format!("cannot create the SQS queue: {e}"))?;
+                    Ok(Arc::new(queue))
+                }
+                None => Err("--queue sqs needs --queue-url (or SLUICE_JOBS_QUEUE_URL)".into()),
+            }
+        }
+    }
 }
 
 fn init_logging() {
@@ -180,9 +298,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::builtin(),
     };
-    let store: SharedStore = Arc::new(open_store(&args.store)?);
-    let http =
-        sluice::gateway::http_client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let deps = Deps {
+        store: open_store(&args.store).await?,
+        queue: open_queue(&args, &config, Arc::clone(&clock)).await?,
+        http: sluice::gateway::http_client()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+        clock,
+    };
+    let services = Services::build(&config, &deps).map_err(|e| e.to_string())?;
     let admin_secret = match std::env::var("SLUICE_ADMIN_KEY") {
         Ok(s) if !s.trim().is_empty() => s,
         _ => {
@@ -192,9 +316,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             generated
         }
     };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState::new(&config, store, http, clock, &admin_secret);
+    let state = AppState::new(&config, &deps, &services, &admin_secret);
     let app = api::router(Arc::new(state));
+    let batch_window = Duration::from_millis(config.jobs.batch_window_ms);
+    for _ in 0..config.jobs.workers {
+        tokio::spawn(sluice::jobs::worker::run(
+            Arc::clone(&services.processor),
+            Arc::clone(&deps.queue),
+            batch_window,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -203,7 +334,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     tracing::info!(
         addr = %addr,
-        db = %args.store.db,
+        store = args.store.store.name(),
+        queue = args.queue.name(),
+        workers = config.jobs.workers,
         config = args.config.as_ref().map(|p| p.display().to_string()),
         "sluice listening"
     );
@@ -240,7 +373,6 @@ async fn shutdown_signal() {
 }
 
 async fn keys_command(command: KeysCommand) -> Result<(), String> {
-    use sluice::store::KeyStore;
     match command {
         KeysCommand::Create {
             tenant,
@@ -260,7 +392,7 @@ async fn keys_command(command: KeysCommand) -> Result<(), String> {
             };
             let new = keys::generate(&tenant, name, limits, SystemClock.now_ms())
                 .map_err(|e| e.to_string())?;
-            let db = open_store(&store)?;
+            let db = open_store(&store).await?;
             db.insert_key(&new.record)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -278,7 +410,7 @@ async fn keys_command(command: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::List { json, store } => {
-            let db = open_store(&store)?;
+            let db = open_store(&store).await?;
             let keys = db.list_keys().await.map_err(|e| e.to_string())?;
             if json {
                 let data: Vec<_> = keys.iter().map(api::key_json).collect();
@@ -312,7 +444,7 @@ async fn keys_command(command: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::Revoke { id, store } => {
-            let db = open_store(&store)?;
+            let db = open_store(&store).await?;
             if db
                 .revoke_key(&id, SystemClock.now_ms())
                 .await

@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML config, parsed once into typed structs and validated.
+//! - [`deps`]: what a process builds once (store, queue, HTTP client, clock) and the services on it.
 //! - [`api`]: the HTTP app (axum `Router`): routes, auth, admin, OpenAI-shaped errors, access log.
 //! - [`gateway`]: the request pipeline, model catalog, cache keys and policy.
 //! - [`providers`]: the provider trait and the closed enum of providers (OpenAI-compatible, mock).
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod deps;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;

@@ -7,8 +7,7 @@ use serde_json::{Value, json};
 use sluice::api::{self, AppState};
 use sluice::clock::ManualClock;
 use sluice::config::Config;
-use sluice::store::SharedStore;
-use sluice::store::sqlite::SqliteStore;
+use sluice::deps::{Deps, Services};
 
 /// The admin key every [`TestGateway`] uses.
 pub const ADMIN_KEY: &str = "sk-sluice-admin-test";
@@ -23,12 +22,20 @@ pub struct TestGateway {
     pub clock: ManualClock,
     /// A client for talking to it.
     pub http: reqwest::Client,
+    /// Its store, queue, HTTP client and clock.
+    pub deps: Deps,
+    /// Its gateway, jobs service and processor.
+    pub services: Services,
     task: tokio::task::JoinHandle<()>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for TestGateway {
     fn drop(&mut self) {
         self.task.abort();
+        for w in &self.workers {
+            w.abort();
+        }
     }
 }
 
@@ -49,18 +56,27 @@ impl TestGateway {
         Self::start_config(&Config::builtin(), ":memory:").await
     }
 
-    /// Starts with a parsed config on the SQLite database at `db`.
+    /// Starts with a parsed config on the SQLite database at `db` (store and job queue),
+    /// with `config.jobs.workers` job workers.
     pub async fn start_config(config: &Config, db: &str) -> Self {
-        let store: SharedStore = Arc::new(SqliteStore::open(db).unwrap());
         let clock = ManualClock::new(1_800_000_000_000);
-        let state = AppState::new(
-            config,
-            store,
-            sluice::gateway::http_client().unwrap(),
-            Arc::new(clock.clone()),
-            ADMIN_KEY,
-        );
+        let deps = Deps::sqlite(db, config, Arc::new(clock.clone())).unwrap();
+        Self::start_deps(config, deps, clock).await
+    }
+
+    /// Starts over given dependencies (e.g. DynamoDB and SQS on moto).
+    pub async fn start_deps(config: &Config, deps: Deps, clock: ManualClock) -> Self {
+        let services = Services::build(config, &deps).unwrap();
+        let state = AppState::new(config, &deps, &services, ADMIN_KEY);
         let app = api::router(Arc::new(state));
+        let mut workers = Vec::new();
+        for _ in 0..config.jobs.workers {
+            workers.push(tokio::spawn(sluice::jobs::worker::run(
+                Arc::clone(&services.processor),
+                Arc::clone(&deps.queue),
+                std::time::Duration::from_millis(config.jobs.batch_window_ms),
+            )));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -71,7 +87,10 @@ impl TestGateway {
             addr,
             clock,
             http: reqwest::Client::new(),
+            deps,
+            services,
             task,
+            workers,
         }
     }
 

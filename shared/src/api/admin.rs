@@ -74,13 +74,7 @@ pub async fn create_key(
 ) -> Response {
     let result = async {
         state.admin.check(&headers)?;
-        let body = body.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(state.max_body_bytes)
-            } else {
-                ApiError::unreadable_body()
-            }
-        })?;
+        let body = super::openai::read_body(&state, body)?;
         let spec: CreateKeyRequest = serde_json::from_slice(&body)
             .map_err(|e| bad_body(format!("Invalid key request: {e}")))?;
         let limits = KeyLimits {

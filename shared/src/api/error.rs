@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::auth::AuthError;
 use crate::gateway::GatewayError;
+use crate::jobs::SubmitError;
 use crate::keys::KeySpecError;
 use crate::providers::ProviderError;
 use crate::store::StoreError;
@@ -157,8 +158,41 @@ impl From<KeySpecError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        Self::unavailable()
+        match e {
+            StoreError::TooLarge(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                "The request is too large to keep as a job.",
+            ),
+            e => {
+                tracing::error!(error = %e, "store error");
+                Self::unavailable()
+            }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Gateway(e) => e.into(),
+            SubmitError::Store(e) => e.into(),
+            SubmitError::Callback(e) => {
+                let mut err = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_callback_url",
+                    e.to_string(),
+                );
+                err.param = Some("callback_url".into());
+                err
+            }
+            SubmitError::Queue(e) => {
+                tracing::error!(error = %e, "job queue error");
+                Self::unavailable()
+            }
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP app: one axum `Router` served by `sluice serve` and by the ingest Lambda alike.
 //!
 //! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
-//! `POST /v1/embeddings`, `GET /v1/models`; the admin API `POST|GET /admin/keys`,
+//! `POST /v1/embeddings`, `GET /v1/models`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
+//! (and `Prefer: respond-async` on the two POST routes above); the admin API `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
 
@@ -9,6 +10,7 @@ mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod error;
+mod jobs;
 mod openai;
 
 use std::sync::Arc;
@@ -19,7 +21,9 @@ use axum::routing::{delete, get, post};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::deps::{Deps, Services};
 use crate::gateway::Gateway;
+use crate::jobs::Jobs;
 use crate::store::SharedStore;
 pub use access_log::{Outcome, RequestId};
 pub use admin::key_json;
@@ -28,7 +32,9 @@ use auth::{AdminKey, KeyAuth};
 /// Everything a handler needs, built once at start-up and shared.
 pub struct AppState {
     /// The request pipeline.
-    pub gateway: Gateway,
+    pub gateway: Arc<Gateway>,
+    /// Async job submission and lookup.
+    pub jobs: Jobs,
     /// Gateway-key checks.
     pub keys: KeyAuth,
     /// The admin key.
@@ -42,26 +48,22 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Assembles the state from a validated config and its dependencies.
-    pub fn new(
-        config: &Config,
-        store: SharedStore,
-        http: reqwest::Client,
-        clock: Arc<dyn Clock>,
-        admin_secret: &str,
-    ) -> Self {
+    /// Assembles the state from a validated config, the shared dependencies and the services
+    /// built on them (the same services the workers use).
+    pub fn new(config: &Config, deps: &Deps, services: &Services, admin_secret: &str) -> Self {
         // Trait upcasting: the key checker needs only the key port of the store.
-        let key_store: Arc<dyn crate::store::KeyStore> = Arc::clone(&store) as _;
+        let key_store: Arc<dyn crate::store::KeyStore> = Arc::clone(&deps.store) as _;
         Self {
-            gateway: Gateway::new(config, Arc::clone(&store), http, Arc::clone(&clock)),
+            gateway: Arc::clone(&services.gateway),
+            jobs: services.jobs.clone(),
             keys: KeyAuth::new(
                 key_store,
-                Arc::clone(&clock),
+                Arc::clone(&deps.clock),
                 (config.server.key_cache_ttl_s * 1000.0) as u64,
             ),
             admin: AdminKey::new(admin_secret),
-            store,
-            clock,
+            store: Arc::clone(&deps.store),
+            clock: Arc::clone(&deps.clock),
             max_body_bytes: config.server.max_body_bytes,
         }
     }
@@ -75,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/jobs", post(jobs::create_job))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(openai::no_route)

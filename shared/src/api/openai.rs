@@ -16,6 +16,7 @@ use super::access_log::Outcome;
 use super::error::ApiError;
 use crate::gateway::cache::CacheControl;
 use crate::gateway::{Reply, ReplyBody, Trace};
+use crate::jobs::Submission;
 use crate::providers::Endpoint;
 
 /// `GET /health`: liveness, no auth.
@@ -96,13 +97,16 @@ async fn proxy(
         let caller = state.keys.authenticate(headers).await?;
         outcome.tenant = Some(caller.tenant.clone());
         outcome.key_id = Some(caller.key_id.clone());
-        let body = body.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(state.max_body_bytes)
-            } else {
-                ApiError::unreadable_body()
-            }
-        })?;
+        let body = read_body(state, body)?;
+        if super::jobs::wants_async(headers) {
+            let submission = Submission {
+                endpoint,
+                body,
+                cache_control: super::jobs::header_str(headers, header::CACHE_CONTROL.as_str()),
+                callback_url: super::jobs::header_str(headers, super::jobs::CALLBACK_HEADER),
+            };
+            return super::jobs::accept(state, &caller, submission).await;
+        }
         let cache_control = CacheControl::parse(
             headers
                 .get(header::CACHE_CONTROL)
@@ -122,6 +126,20 @@ async fn proxy(
     outcome.model = trace.model;
     outcome.deployment = trace.deployment;
     finish(result, outcome)
+}
+
+/// The body, or 413 when it is over the limit (read no further than the limit).
+pub(super) fn read_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.max_body_bytes)
+        } else {
+            ApiError::unreadable_body()
+        }
+    })
 }
 
 /// Exact decimal USD from integer nano-USD, e.g. `0.000001950`.

@@ -65,6 +65,51 @@ pub struct Config {
     /// Public model names and the deployments that serve them.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Async jobs: queue, workers, callbacks.
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+/// Async job settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Worker tasks `sluice serve` runs over the queue (0 = accept jobs but do not run them).
+    pub workers: usize,
+    /// A received message stays invisible this long (local queue and `--queue sqs` polling;
+    /// on Lambda the queue's own setting applies).
+    pub visibility_timeout_s: u64,
+    /// Deliveries before a message moves to the dead-letter queue (local queue).
+    pub max_receive_count: u32,
+    /// A worker's claim on a job; must be shorter than the visibility timeout so that a
+    /// redelivery after a crash can claim the job again.
+    pub lease_s: u64,
+    /// How long a worker waits after the first message to gather more for batching.
+    pub batch_window_ms: u64,
+    /// How long finished jobs can be read.
+    pub retention_s: u64,
+    /// HMAC key for `X-Sluice-Signature`; callbacks are refused without one.
+    pub callback_secret: Option<Secret>,
+    /// Let callbacks reach loopback/private/link-local addresses (tests, private networks).
+    pub allow_private_callbacks: bool,
+    /// Timeout of one callback attempt.
+    pub callback_timeout_s: f64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            visibility_timeout_s: 60,
+            max_receive_count: 5,
+            lease_s: 50,
+            batch_window_ms: 50,
+            retention_s: 7 * 86_400,
+            callback_secret: None,
+            allow_private_callbacks: false,
+            callback_timeout_s: 10.0,
+        }
+    }
 }
 
 /// HTTP server settings.
@@ -186,6 +231,17 @@ pub struct Price {
     pub output_per_mtok: f64,
 }
 
+/// Resolves `${VAR}`: the environment first, then the JSON object in `SLUICE_SECRETS_JSON`
+/// (how the SAM template hands a Secrets Manager secret to the functions).
+pub fn lookup_env(var: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(var) {
+        return Some(v);
+    }
+    let secrets = std::env::var("SLUICE_SECRETS_JSON").ok()?;
+    let parsed: serde_json::Value = serde_json::from_str(&secrets).ok()?;
+    parsed.get(var)?.as_str().map(str::to_owned)
+}
+
 impl Price {
     /// Cost of a call in nano-USD (1e-9 USD). Integer nanos keep ledgers exact under addition.
     pub fn cost_nano_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
@@ -204,7 +260,18 @@ impl Config {
             path: origin.clone(),
             source,
         })?;
-        Self::parse(&text, &origin, &|var| std::env::var(var).ok())
+        Self::parse(&text, &origin, &lookup_env)
+    }
+
+    /// The config of a Lambda function: the TOML text in `SLUICE_CONFIG_TOML`, or the built-in
+    /// config when it is unset or empty.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match std::env::var("SLUICE_CONFIG_TOML") {
+            Ok(text) if !text.trim().is_empty() => {
+                Self::parse(&text, "SLUICE_CONFIG_TOML", &lookup_env)
+            }
+            _ => Ok(Self::builtin()),
+        }
     }
 
     /// Parses TOML text; `lookup` resolves `${VAR}` placeholders. `origin` names the source in errors.
@@ -253,6 +320,7 @@ impl Config {
         Self {
             server: ServerConfig::default(),
             cache: CacheConfig::default(),
+            jobs: JobsConfig::default(),
             providers: vec![ProviderConfig {
                 name: "mock".into(),
                 kind: ProviderKind::Mock,
@@ -284,6 +352,18 @@ impl Config {
             return Err(invalid(
                 "server.key_cache_ttl_s".into(),
                 "must be zero or a positive number of seconds".into(),
+            ));
+        }
+        if self.jobs.lease_s == 0 || self.jobs.lease_s >= self.jobs.visibility_timeout_s {
+            return Err(invalid(
+                "jobs.lease_s".into(),
+                "must be at least 1 and shorter than jobs.visibility_timeout_s".into(),
+            ));
+        }
+        if !(self.jobs.callback_timeout_s.is_finite() && self.jobs.callback_timeout_s > 0.0) {
+            return Err(invalid(
+                "jobs.callback_timeout_s".into(),
+                "must be a positive number of seconds".into(),
             ));
         }
         if self.server.max_body_bytes == 0 {

@@ -2,6 +2,7 @@
 //! price → store → answer. Hosting-agnostic: the HTTP layer calls [`Gateway::handle`] with an
 //! authenticated [`Caller`]; the same code serves `sluice serve` and the Lambda functions.
 
+pub mod batch;
 pub mod cache;
 pub mod catalog;
 pub mod request;
@@ -123,6 +124,23 @@ impl Gateway {
             http,
             clock,
         }
+    }
+
+    /// Checks a request for an async job without running it: the same validation as a
+    /// synchronous call, the model must exist, and streaming is refused.
+    pub fn check_async(&self, endpoint: Endpoint, body: &[u8]) -> Result<(), GatewayError> {
+        let request = request::parse(endpoint, body)?;
+        if request.stream {
+            return Err(InvalidRequest::Invalid {
+                field: "stream".into(),
+                expected: "false or absent for async jobs",
+            }
+            .into());
+        }
+        if self.catalog.get(&request.model).is_none() {
+            return Err(GatewayError::UnknownModel(request.model));
+        }
+        Ok(())
     }
 
     /// The routing table.

@@ -1,1 +1,172 @@
+//! Async jobs: accept a request now (`202` + job id), run it later from the queue, keep the
+//! result for the submitter, optionally POST it to a callback.
+//!
+//! - [`model`]: the job record and its lifecycle.
+//! - [`Jobs`]: submission and lookup (the HTTP side).
+//! - [`processor`]: runs delivered messages (the worker side: the processor Lambda, or the
+//!   worker tasks of `sluice serve`), batching embedding jobs into one upstream call.
+//! - [`worker`]: the polling loop `sluice serve` runs over its queue.
+//! - [`callback`]: signed result callbacks with SSRF protection.
+
+pub mod callback;
 pub mod model;
+pub mod processor;
+pub mod worker;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::clock::Clock;
+use crate::config::JobsConfig;
+use crate::gateway::{Caller, Gateway, GatewayError};
+use crate::keys::random_alnum;
+use crate::providers::Endpoint;
+use crate::queue::{JobQueue, QueueError};
+use crate::store::{SharedStore, StoreError};
+use callback::{CallbackError, CallbackSender};
+use model::{Job, JobStatus};
+
+/// The body of a queue message: which job to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// The job's id.
+    pub job_id: String,
+}
+
+/// Why a job could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The request itself is invalid (the same checks as a synchronous call).
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// The callback URL is refused.
+    #[error(transparent)]
+    Callback(#[from] CallbackError),
+    /// The job could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The job was stored but could not be queued.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What a client submits.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Which API.
+    pub endpoint: Endpoint,
+    /// The request body.
+    pub body: Bytes,
+    /// `Cache-Control` to apply when it runs.
+    pub cache_control: Option<String>,
+    /// Where to POST the result.
+    pub callback_url: Option<String>,
+}
+
+/// Submission and lookup of jobs.
+#[derive(Clone)]
+pub struct Jobs {
+    store: SharedStore,
+    queue: Arc<dyn JobQueue>,
+    callbacks: Arc<CallbackSender>,
+    clock: Arc<dyn Clock>,
+    retention_ms: u64,
+}
+
+impl Jobs {
+    /// The jobs service over a store and a queue.
+    pub fn new(
+        store: SharedStore,
+        queue: Arc<dyn JobQueue>,
+        callbacks: Arc<CallbackSender>,
+        clock: Arc<dyn Clock>,
+        config: &JobsConfig,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            callbacks,
+            clock,
+            retention_ms: config.retention_s.saturating_mul(1000),
+        }
+    }
+
+    /// Validates, stores and queues a job; the request is checked exactly as a synchronous
+    /// call would be, so a bad request is refused now rather than failing later.
+    pub async fn submit(
+        &self,
+        gateway: &Gateway,
+        caller: &Caller,
+        submission: Submission,
+    ) -> Result<Job, SubmitError> {
+        gateway.check_async(submission.endpoint, &submission.body)?;
+        if let Some(url) = &submission.callback_url {
+            self.callbacks.check_url(url).await?;
+        }
+        let now = self.clock.now_ms();
+        let job = Job {
+            id: format!("job_{}", random_alnum(24)),
+            tenant: caller.tenant.clone(),
+            key_id: caller.key_id.clone(),
+            endpoint: submission.endpoint,
+            request: submission.body,
+            cache_control: submission.cache_control,
+            callback_url: submission.callback_url,
+            status: JobStatus::Queued,
+            attempts: 0,
+            lease_until_ms: 0,
+            result: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: now.saturating_add(self.retention_ms),
+        };
+        self.store.insert_job(&job).await?;
+        let message = serde_json::to_string(&JobMessage {
+            job_id: job.id.clone(),
+        })
+        .map_err(|e| QueueError::Backend(e.to_string()))?;
+        self.queue.send(&message).await?;
+        Ok(job)
+    }
+
+    /// The job, if it exists and belongs to the caller's tenant (another tenant's job is
+    /// reported as missing, not forbidden, so ids cannot be probed).
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Option<Job>, StoreError> {
+        let job = self.store.get_job(id, self.clock.now_ms()).await?;
+        Ok(job.filter(|j| j.tenant == caller.tenant))
+    }
+}
+
+/// The public JSON view of a job.
+pub fn job_json(job: &Job) -> Value {
+    let mut v = json!({
+        "id": job.id,
+        "object": "job",
+        "endpoint": format!("/v1/{}", job.endpoint.path()),
+        "status": job.status.as_str(),
+        "attempts": job.attempts,
+        "created_at": job.created_at_ms / 1000,
+        "updated_at": job.updated_at_ms / 1000,
+    });
+    if let Some(url) = &job.callback_url {
+        v["callback_url"] = Value::String(url.clone());
+    }
+    if let Some(result) = &job.result {
+        let body: Value = serde_json::from_slice(&result.body).unwrap_or(Value::Null);
+        v["http_status"] = json!(result.http_status);
+        v["usage"] = json!({
+            "prompt_tokens": result.tokens_in,
+            "completion_tokens": result.tokens_out,
+        });
+        v["cost_usd"] = json!(result.cost_nano_usd as f64 / 1e9);
+        if job.status == JobStatus::Succeeded {
+            v["result"] = body;
+        } else {
+            v["error"] = body.get("error").cloned().unwrap_or(body);
+        }
+    }
+    v
+}

@@ -173,9 +173,11 @@ impl JobQueue for SqliteQueue {
     async fn dead_letter_count(&self) -> Result<u64, QueueError> {
         self.store
             .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))
-                    .map(|n| n as u64)
-                    .map_err(backend)
+                c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as u64)
+                .map_err(backend)
             })
             .await
             .map_err(QueueError::from)

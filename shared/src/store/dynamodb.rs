@@ -27,9 +27,9 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
-    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem,
 };
 use bytes::Bytes;
 
@@ -485,7 +485,10 @@ impl CacheStore for DynamoStore {
         item.insert("tenant".into(), s(&key.tenant));
         if put_blob(&mut item, "body", &entry.body)? > MAX_BLOB_BYTES {
             // Too large for an item even deflated: not cached, which is never an error.
-            tracing::debug!(bytes = entry.body.len(), "answer too large to cache in DynamoDB");
+            tracing::debug!(
+                bytes = entry.body.len(),
+                "answer too large to cache in DynamoDB"
+            );
             return Ok(());
         }
         item.insert("created_at_ms".into(), n(entry.created_at_ms));
@@ -629,7 +632,9 @@ impl JobStore for DynamoStore {
             .await;
         match res {
             Ok(out) => {
-                let item = out.attributes().ok_or_else(|| corrupt("claim returned nothing"))?;
+                let item = out
+                    .attributes()
+                    .ok_or_else(|| corrupt("claim returned nothing"))?;
                 Ok(Claim::Claimed(job_from_item(item)?))
             }
             Err(SdkError::ServiceError(service)) => match service.into_err() {

@@ -486,12 +486,17 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreEr
     let status: String = row.get("status")?;
     let (Some(endpoint), Some(status)) = (Endpoint::parse(&endpoint), JobStatus::parse(&status))
     else {
-        return Ok(Err(StoreError::Corrupt("unknown job endpoint or status".into())));
+        return Ok(Err(StoreError::Corrupt(
+            "unknown job endpoint or status".into(),
+        )));
     };
     let result = match row.get::<_, Option<i64>>("result_status")? {
         Some(http_status) => Some(JobResult {
             http_status: http_status as u16,
-            body: Bytes::from(row.get::<_, Option<Vec<u8>>>("result_body")?.unwrap_or_default()),
+            body: Bytes::from(
+                row.get::<_, Option<Vec<u8>>>("result_body")?
+                    .unwrap_or_default(),
+            ),
             tokens_in: row.get::<_, Option<i64>>("tokens_in")?.unwrap_or(0) as u64,
             tokens_out: row.get::<_, Option<i64>>("tokens_out")?.unwrap_or(0) as u64,
             cost_nano_usd: row.get::<_, Option<i64>>("cost_nano_usd")?.unwrap_or(0) as u64,

@@ -1,0 +1,145 @@
+//! Async jobs over HTTP: `POST /v1/jobs`, `GET /v1/jobs/{id}`, and `Prefer: respond-async`
+//! (RFC 7240) on the OpenAI routes. Accepting answers `202 Accepted` with the job, a
+//! `Location` to poll, and `Preference-Applied: respond-async`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::access_log::Outcome;
+use super::error::ApiError;
+use super::openai::{finish, read_body};
+use crate::gateway::Caller;
+use crate::jobs::{Submission, job_json};
+use crate::providers::Endpoint;
+
+/// Header carrying a callback URL on `Prefer: respond-async` requests.
+pub const CALLBACK_HEADER: &str = "x-sluice-callback-url";
+
+/// Whether the client prefers an asynchronous answer (`Prefer: respond-async`).
+pub fn wants_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// Accepts a job and answers 202.
+pub async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    submission: Submission,
+) -> Result<Response, ApiError> {
+    let job = state
+        .jobs
+        .submit(&state.gateway, caller, submission)
+        .await?;
+    let mut response = (StatusCode::ACCEPTED, Json(job_json(&job))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
+    Ok(response)
+}
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateJob {
+    /// `/v1/chat/completions` or `/v1/embeddings`.
+    endpoint: String,
+    /// The request body, as it would be sent to that endpoint.
+    request: Value,
+    /// Where to POST the result.
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+/// `POST /v1/jobs`
+pub async fn create_job(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut outcome = Outcome::default();
+    let result = async {
+        let caller = state.keys.authenticate(&headers).await?;
+        outcome.tenant = Some(caller.tenant.clone());
+        outcome.key_id = Some(caller.key_id.clone());
+        let body = read_body(&state, body)?;
+        let spec: CreateJob = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                format!("Invalid job: {e}"),
+            )
+        })?;
+        let endpoint = Endpoint::parse(&spec.endpoint).ok_or_else(|| {
+            let mut e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                "`endpoint` must be /v1/chat/completions or /v1/embeddings.",
+            );
+            e.param = Some("endpoint".into());
+            e
+        })?;
+        let submission = Submission {
+            endpoint,
+            body: Bytes::from(spec.request.to_string()),
+            cache_control: header_str(&headers, header::CACHE_CONTROL.as_str()),
+            callback_url: spec.callback_url,
+        };
+        accept(&state, &caller, submission).await
+    }
+    .await;
+    finish(result, outcome)
+}
+
+/// `GET /v1/jobs/{id}`: the job, to keys of the same tenant only (others get 404).
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut outcome = Outcome::default();
+    let result = async {
+        let caller = state.keys.authenticate(&headers).await?;
+        outcome.tenant = Some(caller.tenant.clone());
+        outcome.key_id = Some(caller.key_id.clone());
+        match state.jobs.get(&caller, &id).await? {
+            Some(job) => Ok(Json(job_json(&job)).into_response()),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "job_not_found",
+                "No job with that id.",
+            )),
+        }
+    }
+    .await;
+    finish(result, outcome)
+}
+
+/// A header's value as a string, if present and visible ASCII.
+pub fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

@@ -1,0 +1,136 @@
+//! What a process builds once at start-up and lends to handlers and workers: the store, the
+//! job queue, the pooled HTTP client and the clock (style: build clients once, lend them out).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::jobs::Jobs;
+use crate::jobs::callback::CallbackSender;
+use crate::jobs::processor::Processor;
+use crate::queue::JobQueue;
+use crate::store::{SharedStore, StoreError};
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP client could not be built.
+    #[error("cannot build an HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// A required setting is missing.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// Shared dependencies.
+#[derive(Clone)]
+pub struct Deps {
+    /// Keys, cache and jobs.
+    pub store: SharedStore,
+    /// Where accepted jobs wait.
+    pub queue: Arc<dyn JobQueue>,
+    /// The one pooled client for providers.
+    pub http: reqwest::Client,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The parts built from config on top of [`Deps`], shared by the HTTP app and the workers.
+pub struct Services {
+    /// The request pipeline.
+    pub gateway: Arc<Gateway>,
+    /// Job submission and lookup.
+    pub jobs: Jobs,
+    /// Job execution.
+    pub processor: Arc<Processor>,
+}
+
+impl Services {
+    /// Builds the gateway, the jobs service and the processor.
+    pub fn build(config: &Config, deps: &Deps) -> Result<Self, StartError> {
+        let gateway = Arc::new(Gateway::new(
+            config,
+            Arc::clone(&deps.store),
+            deps.http.clone(),
+            Arc::clone(&deps.clock),
+        ));
+        let callbacks = Arc::new(CallbackSender::new(
+            config.jobs.callback_secret.clone(),
+            config.jobs.allow_private_callbacks,
+            Duration::from_secs_f64(config.jobs.callback_timeout_s),
+        )?);
+        let jobs = Jobs::new(
+            Arc::clone(&deps.store),
+            Arc::clone(&deps.queue),
+            Arc::clone(&callbacks),
+            Arc::clone(&deps.clock),
+            &config.jobs,
+        );
+        let processor = Arc::new(Processor::new(
+            Arc::clone(&gateway),
+            Arc::clone(&deps.store),
+            callbacks,
+            Arc::clone(&deps.clock),
+            config.jobs.lease_s.saturating_mul(1000),
+        ));
+        Ok(Self {
+            gateway,
+            jobs,
+            processor,
+        })
+    }
+}
+
+impl Deps {
+    /// SQLite store and queue in one file, for `sluice serve` and tests.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(db: &str, config: &Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let store = crate::store::sqlite::SqliteStore::open(db)?;
+        let queue = crate::queue::sqlite::SqliteQueue::new(
+            store.clone(),
+            Arc::clone(&clock),
+            Duration::from_secs(config.jobs.visibility_timeout_s),
+            config.jobs.max_receive_count,
+        );
+        Ok(Self {
+            store: Arc::new(store),
+            queue: Arc::new(queue),
+            http: crate::gateway::http_client()?,
+            clock,
+        })
+    }
+
+    /// DynamoDB and SQS from the environment (`AWS_*`, `SLUICE_*_TABLE`,
+    /// `SLUICE_JOBS_QUEUE_URL`), as on Lambda.
+    #[cfg(feature = "aws")]
+    pub async fn aws_from_env(config: &Config) -> Result<Self, StartError> {
+        let queue_url = std::env::var("SLUICE_JOBS_QUEUE_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| StartError::Missing("SLUICE_JOBS_QUEUE_URL is not set".into()))?;
+        let sdk = aws_config::load_from_env().await;
+        let store = crate::store::dynamodb::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            crate::store::dynamodb::Tables::from_env(),
+        );
+        let queue = crate::queue::sqs::SqsQueue::new(
+            aws_sdk_sqs::Client::new(&sdk),
+            queue_url,
+            std::env::var("SLUICE_JOBS_DLQ_URL")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            Duration::from_secs(config.jobs.visibility_timeout_s),
+        );
+        Ok(Self {
+            store: Arc::new(store),
+            queue: Arc::new(queue),
+            http: crate::gateway::http_client()?,
+            clock: Arc::new(crate::clock::SystemClock),
+        })
+    }
+}

@@ -1,0 +1,361 @@
+//! Micro-batching of embedding requests: queued embedding jobs for the same model and
+//! parameters go upstream as one request with an input array, and the answer is split back.
+//!
+//! Each job keeps its own cache lookup and store (by its own tenant), its own slice of the
+//! `data` array (re-indexed from 0) and its own usage: the provider's total prompt tokens are
+//! apportioned by each job's estimated share, so the per-job costs add up to exactly what the
+//! upstream call cost.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::cache::{self, CacheControl, CacheStatus};
+use super::request::{self, ParsedRequest};
+use super::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
+use crate::providers::{
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, Usage,
+};
+use crate::store::{CacheKey, CachedResponse};
+use crate::tokens;
+
+/// Most inputs sent in one upstream embeddings request (OpenAI's limit).
+const MAX_INPUTS_PER_CALL: usize = 2048;
+
+/// One embeddings request to answer as part of a batch.
+pub struct BatchItem {
+    /// Who submitted it.
+    pub caller: Caller,
+    /// The request body.
+    pub body: Bytes,
+    /// Its cache directives.
+    pub cache_control: CacheControl,
+}
+
+/// The answer to one [`BatchItem`] and what it was routed to.
+pub type BatchOutcome = (Result<Reply, GatewayError>, Trace);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum InputKind {
+    Text,
+    Tokens,
+}
+
+struct Pending {
+    index: usize,
+    request: ParsedRequest,
+    key: Option<CacheKey>,
+    looked_up: bool,
+    store: bool,
+    ttl_s: u64,
+    inputs: Vec<Value>,
+    trace: Trace,
+}
+
+/// The input as a list of items (a single string or token list is one item).
+fn split_input(input: &Value) -> (Vec<Value>, InputKind) {
+    match input {
+        Value::Array(items) if items.iter().all(Value::is_u64) => {
+            (vec![input.clone()], InputKind::Tokens)
+        }
+        Value::Array(items) if items.iter().all(Value::is_array) => {
+            (items.clone(), InputKind::Tokens)
+        }
+        Value::Array(items) => (items.clone(), InputKind::Text),
+        other => (vec![other.clone()], InputKind::Text),
+    }
+}
+
+impl Gateway {
+    /// Answers many embeddings requests with as few upstream calls as possible.
+    pub async fn handle_embeddings_batch(&self, items: Vec<BatchItem>) -> Vec<BatchOutcome> {
+        let mut outcomes: Vec<Option<BatchOutcome>> = (0..items.len()).map(|_| None).collect();
+        let mut groups: HashMap<(String, Vec<u8>, InputKind), Vec<Pending>> = HashMap::new();
+        let now = self.clock.now_ms();
+        for (index, item) in items.iter().enumerate() {
+            let mut trace = Trace::default();
+            let request = match request::parse(Endpoint::Embeddings, &item.body) {
+                Ok(r) => r,
+                Err(e) => {
+                    outcomes[index] = Some((Err(e.into()), trace));
+                    continue;
+                }
+            };
+            let Some(model) = self.catalog.get(&request.model).cloned() else {
+                let e = GatewayError::UnknownModel(request.model.clone());
+                outcomes[index] = Some((Err(e), trace));
+                continue;
+            };
+            trace.model = Some(model.name.clone());
+            let policy = self.cache_policy(&model, &request, item.cache_control);
+            let key = (policy.lookup || policy.store).then(|| {
+                cache::cache_key(
+                    &item.caller.tenant,
+                    Endpoint::Embeddings,
+                    &model.name,
+                    &request.body,
+                )
+            });
+            if let (true, Some(key)) = (policy.lookup, &key) {
+                match self.store.cache_get(key, now).await {
+                    Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
+                        let reply = Reply {
+                            body: ReplyBody::Json(entry.body),
+                            cache: CacheStatus::Hit,
+                            usage: Usage::default(),
+                            cost_nano_usd: 0,
+                        };
+                        outcomes[index] = Some((Ok(reply), trace));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cache lookup failed; calling provider"),
+                }
+            }
+            let (inputs, kind) = split_input(request.body.get("input").unwrap_or(&Value::Null));
+            let mut params = request.body.clone();
+            params.remove("input");
+            let group = (
+                model.name.clone(),
+                cache::canonical_json(&Value::Object(params)),
+                kind,
+            );
+            groups.entry(group).or_default().push(Pending {
+                index,
+                request,
+                key,
+                looked_up: policy.lookup,
+                store: policy.store,
+                ttl_s: policy.ttl_s,
+                inputs,
+                trace,
+            });
+        }
+        for ((model_name, _, _), pending) in groups {
+            let mut chunk: Vec<Pending> = Vec::new();
+            let mut count = 0;
+            for p in pending {
+                if count + p.inputs.len() > MAX_INPUTS_PER_CALL && !chunk.is_empty() {
+                    self.send_chunk(&model_name, std::mem::take(&mut chunk), &mut outcomes)
+                        .await;
+                    count = 0;
+                }
+                count += p.inputs.len();
+                chunk.push(p);
+            }
+            if !chunk.is_empty() {
+                self.send_chunk(&model_name, chunk, &mut outcomes).await;
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    let e = ProviderError::Malformed("batch item left unanswered".into());
+                    (
+                        Err(GatewayError::Upstream {
+                            deployment: String::new(),
+                            error: e,
+                        }),
+                        Trace::default(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    async fn send_chunk(
+        &self,
+        model_name: &str,
+        chunk: Vec<Pending>,
+        outcomes: &mut [Option<BatchOutcome>],
+    ) {
+        let Some(model) = self.catalog.get(model_name).cloned() else {
+            return;
+        };
+        let Some(deployment) = model.pick() else {
+            for p in chunk {
+                let e = GatewayError::NoDeployment(model.name.clone());
+                outcomes[p.index] = Some((Err(e), p.trace));
+            }
+            return;
+        };
+        let mut body = chunk[0].request.body.clone();
+        let all: Vec<Value> = chunk
+            .iter()
+            .flat_map(|p| p.inputs.iter().cloned())
+            .collect();
+        let total_inputs = all.len();
+        body.insert("input".into(), Value::Array(all));
+        body.insert(
+            "model".into(),
+            Value::String(deployment.upstream_model.clone()),
+        );
+        let answer = deployment
+            .provider
+            .call(
+                &self.http,
+                UpstreamRequest {
+                    endpoint: Endpoint::Embeddings,
+                    body: &body,
+                    api_key: deployment.api_key.expose(),
+                    stream: false,
+                    timeout: self.upstream_timeout,
+                },
+            )
+            .await;
+        let split = answer.and_then(|a| match a {
+            UpstreamResponse::Complete { body, usage } => {
+                parse_embeddings(&body, total_inputs, usage)
+            }
+            UpstreamResponse::Stream(_) => {
+                Err(ProviderError::Malformed("unexpected stream".into()))
+            }
+        });
+        let (data, upstream_model, usage) = match split {
+            Ok(parts) => parts,
+            Err(error) => {
+                for mut p in chunk {
+                    p.trace.deployment = Some(deployment.id.clone());
+                    let e = GatewayError::Upstream {
+                        deployment: deployment.id.clone(),
+                        error: error.clone(),
+                    };
+                    outcomes[p.index] = Some((Err(e), p.trace));
+                }
+                return;
+            }
+        };
+        let total_tokens = usage.map_or_else(
+            || chunk.iter().map(|p| estimate(&p.inputs)).sum(),
+            |u| u.prompt_tokens,
+        );
+        let shares = apportion(
+            total_tokens,
+            &chunk
+                .iter()
+                .map(|p| estimate(&p.inputs))
+                .collect::<Vec<_>>(),
+        );
+        let now = self.clock.now_ms();
+        let mut data = data.into_iter();
+        for (mut p, share) in chunk.into_iter().zip(shares) {
+            p.trace.deployment = Some(deployment.id.clone());
+            let mine: Vec<Value> = data
+                .by_ref()
+                .take(p.inputs.len())
+                .enumerate()
+                .map(|(i, mut d)| {
+                    d["index"] = json!(i);
+                    d
+                })
+                .collect();
+            let answer = json!({
+                "object": "list",
+                "data": mine,
+                "model": upstream_model,
+                "usage": {"prompt_tokens": share, "total_tokens": share},
+            });
+            let bytes = Bytes::from(answer.to_string());
+            if let (true, Some(key)) = (p.store, &p.key)
+                && bytes.len() <= self.cache_config.max_entry_bytes
+            {
+                let expires_at_ms = now.saturating_add(p.ttl_s.saturating_mul(1000));
+                let entry = CachedResponse {
+                    body: bytes.clone(),
+                    created_at_ms: now,
+                    expires_at_ms,
+                    purge_at_ms: expires_at_ms
+                        .saturating_add(self.cache_config.stale_keep_s * 1000),
+                };
+                if let Err(e) = self.store.cache_put(key, &entry).await {
+                    tracing::warn!(error = %e, "cache store failed; answer not cached");
+                }
+            }
+            let usage = Usage {
+                prompt_tokens: share,
+                completion_tokens: 0,
+            };
+            let reply = Reply {
+                body: ReplyBody::Json(bytes),
+                cache: if p.looked_up {
+                    CacheStatus::Miss
+                } else {
+                    CacheStatus::Bypass
+                },
+                usage,
+                cost_nano_usd: model.price.cost_nano_usd(share, 0),
+            };
+            outcomes[p.index] = Some((Ok(reply), p.trace));
+        }
+    }
+}
+
+fn estimate(inputs: &[Value]) -> u64 {
+    inputs
+        .iter()
+        .map(tokens::estimate_value)
+        .sum::<u64>()
+        .max(1)
+}
+
+/// Splits `total` in proportion to `weights`; the parts add up to `total` exactly.
+fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u64 = weights.iter().sum::<u64>().max(1);
+    let mut parts: Vec<u64> = weights
+        .iter()
+        .map(|w| (u128::from(total) * u128::from(*w) / u128::from(sum)) as u64)
+        .collect();
+    let given: u64 = parts.iter().sum();
+    if let Some(last) = parts.last_mut() {
+        *last += total - given;
+    }
+    parts
+}
+
+/// The `data` items ordered by `index`, the model name, and the usage.
+fn parse_embeddings(
+    body: &Bytes,
+    expected: usize,
+    usage: Option<Usage>,
+) -> Result<(Vec<Value>, Value, Option<Usage>), ProviderError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| ProviderError::Malformed("embeddings body is not JSON".into()))?;
+    let mut data = v
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| ProviderError::Malformed("no `data` array".into()))?;
+    if data.len() != expected {
+        return Err(ProviderError::Malformed(format!(
+            "{} embeddings for {expected} inputs",
+            data.len()
+        )));
+    }
+    data.sort_by_key(|d| d.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX));
+    Ok((data, v.get("model").cloned().unwrap_or(Value::Null), usage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apportioned_parts_add_up() {
+        assert_eq!(apportion(10, &[1, 1, 1]), vec![3, 3, 4]);
+        assert_eq!(apportion(0, &[5, 1]), vec![0, 0]);
+        assert_eq!(apportion(7, &[2, 5]), vec![2, 5]);
+        let parts = apportion(1_000_003, &[3, 17, 80, 1]);
+        assert_eq!(parts.iter().sum::<u64>(), 1_000_003);
+    }
+
+    #[test]
+    fn inputs_split_into_items() {
+        assert_eq!(split_input(&json!("a")).0.len(), 1);
+        assert_eq!(split_input(&json!(["a", "b"])).0.len(), 2);
+        assert!(split_input(&json!([1, 2, 3])).1 == InputKind::Tokens);
+        assert_eq!(split_input(&json!([1, 2, 3])).0.len(), 1);
+        assert_eq!(split_input(&json!([[1], [2]])).0.len(), 2);
+    }
+}

@@ -1,0 +1,257 @@
+//! Runs delivered job messages: claim, run through the gateway, record, call back.
+//!
+//! One call handles a whole delivery batch (up to 10 SQS messages on Lambda, or what a local
+//! worker gathered in its batching window), so embedding jobs in it can share one upstream
+//! call. Every message ends as [`Disposition::Done`] (delete it) or [`Disposition::Retry`]
+//! (leave it for redelivery; on Lambda, a batch item failure).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+use super::JobMessage;
+use super::callback::CallbackSender;
+use super::model::{Claim, Job, JobResult, JobStatus};
+use crate::api::error::ApiError;
+use crate::clock::Clock;
+use crate::gateway::batch::BatchItem;
+use crate::gateway::cache::CacheControl;
+use crate::gateway::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
+use crate::providers::Endpoint;
+use crate::store::SharedStore;
+
+/// What to do with a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handled (or nothing left to do): delete it.
+    Done,
+    /// Not handled now: deliver it again later (after enough failures, to the DLQ).
+    Retry,
+}
+
+/// Runs job messages.
+pub struct Processor {
+    gateway: Arc<Gateway>,
+    store: SharedStore,
+    callbacks: Arc<CallbackSender>,
+    clock: Arc<dyn Clock>,
+    lease_ms: u64,
+}
+
+enum Step {
+    Finished(Disposition),
+    Run(Box<Job>),
+}
+
+impl Processor {
+    /// A processor over the gateway and store; jobs are leased for `lease_ms` while running.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        store: SharedStore,
+        callbacks: Arc<CallbackSender>,
+        clock: Arc<dyn Clock>,
+        lease_ms: u64,
+    ) -> Self {
+        Self {
+            gateway,
+            store,
+            callbacks,
+            clock,
+            lease_ms,
+        }
+    }
+
+    /// Handles a batch of message bodies; the result has one disposition per body, in order.
+    pub async fn process(&self, bodies: &[String]) -> Vec<Disposition> {
+        let steps = join_all(bodies.iter().map(|b| self.claim(b))).await;
+        let mut dispositions = vec![Disposition::Retry; bodies.len()];
+        let mut embeddings: Vec<(usize, Job)> = Vec::new();
+        let mut others: Vec<(usize, Job)> = Vec::new();
+        for (i, step) in steps.into_iter().enumerate() {
+            match step {
+                Step::Finished(d) => dispositions[i] = d,
+                Step::Run(job) if job.endpoint == Endpoint::Embeddings => {
+                    embeddings.push((i, *job))
+                }
+                Step::Run(job) => others.push((i, *job)),
+            }
+        }
+        let mut ran: Vec<(usize, Job, Result<Reply, GatewayError>, Trace)> = Vec::new();
+        if !embeddings.is_empty() {
+            let items = embeddings
+                .iter()
+                .map(|(_, job)| BatchItem {
+                    caller: caller_of(job),
+                    body: job.request.clone(),
+                    cache_control: CacheControl::parse(job.cache_control.as_deref()),
+                })
+                .collect();
+            let outcomes = self.gateway.handle_embeddings_batch(items).await;
+            for ((i, job), (result, trace)) in embeddings.into_iter().zip(outcomes) {
+                ran.push((i, job, result, trace));
+            }
+        }
+        let chats = join_all(others.into_iter().map(|(i, job)| async move {
+            let mut trace = Trace::default();
+            let result = self
+                .gateway
+                .handle(
+                    &caller_of(&job),
+                    job.endpoint,
+                    &job.request,
+                    CacheControl::parse(job.cache_control.as_deref()),
+                    &mut trace,
+                )
+                .await;
+            (i, job, result, trace)
+        }))
+        .await;
+        ran.extend(chats);
+        let finished = join_all(ran.into_iter().map(|(i, job, result, trace)| async move {
+            (i, self.finish(job, result, trace).await)
+        }))
+        .await;
+        for (i, d) in finished {
+            dispositions[i] = d;
+        }
+        dispositions
+    }
+
+    async fn claim(&self, body: &str) -> Step {
+        let Ok(message) = serde_json::from_str::<JobMessage>(body) else {
+            tracing::warn!(target: "sluice::jobs", "undecodable job message; leaving it for the dead-letter queue");
+            return Step::Finished(Disposition::Retry);
+        };
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .claim_job(&message.job_id, now, self.lease_ms)
+            .await
+        {
+            Ok(Claim::Claimed(job)) => Step::Run(Box::new(job)),
+            Ok(Claim::Finished(_)) => Step::Finished(Disposition::Done),
+            Ok(Claim::Leased { .. }) => Step::Finished(Disposition::Retry),
+            Ok(Claim::Missing) => {
+                tracing::warn!(target: "sluice::jobs", job_id = %message.job_id, "message for a job that does not exist");
+                Step::Finished(Disposition::Retry)
+            }
+            Err(e) => {
+                tracing::warn!(target: "sluice::jobs", job_id = %message.job_id, error = %e, "claim failed");
+                Step::Finished(Disposition::Retry)
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        job: Job,
+        result: Result<Reply, GatewayError>,
+        trace: Trace,
+    ) -> Disposition {
+        let now = self.clock.now_ms();
+        let (status, outcome) = match result {
+            Ok(Reply {
+                body: ReplyBody::Json(body),
+                usage,
+                cost_nano_usd,
+                ..
+            }) => (
+                JobStatus::Succeeded,
+                JobResult {
+                    http_status: 200,
+                    body,
+                    tokens_in: usage.prompt_tokens,
+                    tokens_out: usage.completion_tokens,
+                    cost_nano_usd,
+                },
+            ),
+            Ok(Reply {
+                body: ReplyBody::EventStream(_),
+                ..
+            }) => failed(ApiError::unreadable_body()),
+            // The store is down: give the job back and let the message come again.
+            Err(GatewayError::Store(e)) => {
+                tracing::warn!(target: "sluice::jobs", job_id = %job.id, error = %e, "store failed while running; will retry");
+                let _ = self.store.release_job(&job.id, job.attempts, now).await;
+                return Disposition::Retry;
+            }
+            Err(e) => {
+                let error = ApiError::from(e);
+                (JobStatus::Failed, failed(error).1)
+            }
+        };
+        match self
+            .store
+            .finish_job(&job.id, job.attempts, status, &outcome, now)
+            .await
+        {
+            Ok(true) => {}
+            // Another worker took the job over after our lease ran out; its result stands.
+            Ok(false) => return Disposition::Done,
+            Err(e) => {
+                tracing::warn!(target: "sluice::jobs", job_id = %job.id, error = %e, "could not record result; will retry");
+                return Disposition::Retry;
+            }
+        }
+        tracing::info!(
+            target: "sluice::jobs",
+            job_id = %job.id,
+            tenant = %job.tenant,
+            key_id = %job.key_id,
+            status = status.as_str(),
+            http_status = outcome.http_status,
+            attempt = job.attempts,
+            model = trace.model.as_deref(),
+            deployment = trace.deployment.as_deref(),
+            tokens_in = outcome.tokens_in,
+            tokens_out = outcome.tokens_out,
+            cost_usd = outcome.cost_nano_usd as f64 / 1e9,
+            "job finished"
+        );
+        if let Some(url) = &job.callback_url {
+            let mut done = job.clone();
+            done.status = status;
+            done.result = Some(outcome);
+            done.updated_at_ms = now;
+            let body = super::job_json(&done).to_string();
+            match self.callbacks.send(url, body.as_bytes(), now / 1000).await {
+                Ok(()) => {
+                    tracing::info!(target: "sluice::jobs", job_id = %job.id, "callback delivered")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "sluice::jobs", job_id = %job.id, error = %e, "callback failed")
+                }
+            }
+        }
+        Disposition::Done
+    }
+}
+
+fn caller_of(job: &Job) -> Caller {
+    Caller {
+        key_id: job.key_id.clone(),
+        tenant: job.tenant.clone(),
+    }
+}
+
+fn failed(error: ApiError) -> (JobStatus, JobResult) {
+    let body = serde_json::json!({
+        "error": {
+            "message": error.message,
+            "type": error.kind,
+            "code": error.code,
+            "param": error.param,
+        }
+    });
+    (
+        JobStatus::Failed,
+        JobResult {
+            http_status: error.status.as_u16(),
+            body: Bytes::from(body.to_string()),
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_nano_usd: 0,
+        },
+    )
+}
