@@ -3,9 +3,11 @@
 //!
 //! Used by this crate's tests and by the `cli` crate's process-level tests.
 
+pub mod callback_receiver;
 pub mod fake_upstream;
 pub mod gateway;
 
+pub use callback_receiver::CallbackReceiver;
 pub use fake_upstream::{Behaviour, FakeUpstream, Recorded};
 pub use gateway::TestGateway;
 
@@ -38,6 +40,18 @@ cache_ttl_s = 3600
 "#
     )
 }
+
+/// [`fake_config`] plus job settings for tests: one worker, a 300 ms batching window,
+/// a callback secret (`whsec-test`) and callbacks to 127.0.0.1 allowed.
+pub fn fake_config_with_jobs(base_url: &str, workers: usize) -> String {
+    format!(
+        "{}\n[jobs]\nworkers = {workers}\nbatch_window_ms = 300\ncallback_secret = \"{CALLBACK_SECRET}\"\nallow_private_callbacks = true\n",
+        fake_config(base_url)
+    )
+}
+
+/// The callback signing secret of [`fake_config_with_jobs`].
+pub const CALLBACK_SECRET: &str = "whsec-test";
 
 /// The provider key [`fake_config`] gives the fake upstream.
 pub const PROVIDER_KEY: &str = "sk-provider-test";

@@ -5,6 +5,7 @@ mod admin;
 mod cache;
 mod errors;
 mod forwarding;
+mod jobs;
 mod pooling;
 mod restart;
 
