@@ -19,7 +19,6 @@ use sluice::queue::sqs::SqsQueue;
 use sluice::store::SharedStore;
 use sluice::store::dynamodb::{DynamoStore, Tables};
 use sluice::store::sqlite::SqliteStore;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Sluice: an AI API gateway")]
@@ -280,20 +279,9 @@ async fn open_queue(
     }
 }
 
-fn init_logging() {
-    // One JSON object per line on stdout; `SLUICE_LOG` (or RUST_LOG syntax) sets the filter.
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_env_filter(filter)
-        .init();
-}
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    init_logging();
+    sluice::logging::init();
     let config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::builtin(),

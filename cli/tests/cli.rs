@@ -372,3 +372,71 @@ async fn the_example_config_works_as_written() {
     assert_eq!(seen.headers["authorization"], "Bearer sk-fake-from-env");
     assert_eq!(seen.body["model"], "gpt-4o-mini");
 }
+
+#[tokio::test]
+async fn a_job_accepted_before_kill_dash_nine_completes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("j.db");
+    let config = dir.path().join("slow.toml");
+    // A slow mock model keeps the job in flight when the server is killed; a short
+    // visibility timeout brings the unfinished message back soon after the restart.
+    std::fs::write(
+        &config,
+        r#"
+[[providers]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+name = "slow"
+deployments = [{ provider = "mock", model = "mock-slow" }]
+
+[jobs]
+workers = 1
+visibility_timeout_s = 2
+lease_s = 1
+"#,
+    )
+    .unwrap();
+    let key = create_key(&db, "t1");
+    let http = reqwest::Client::new();
+    let config_arg = ["--config", config.to_str().unwrap()];
+    let mut served = Served::start(&db, &config_arg, &[]);
+    let r = http
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(&key)
+        .header("prefer", "respond-async")
+        .json(&json!({"model": "slow", "messages": [{"role": "user", "content": "survive"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Let the worker pick it up (the mock takes 1.5 s), then kill without warning.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    drop(served);
+
+    let served = Served::start(&db, &config_arg, &[]);
+    let started = Instant::now();
+    let job = loop {
+        let job: Value = http
+            .get(format!("{}/v1/jobs/{id}", served.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "succeeded" || job["status"] == "failed" {
+            break job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "job never finished: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["choices"][0]["message"]["content"], "Mock response to: survive");
+    assert!(job["attempts"].as_u64().unwrap() >= 1);
+}

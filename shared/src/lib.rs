@@ -15,6 +15,7 @@
 //! - [`queue`]: the job queue port and its adapters (SQLite table, SQS).
 //! - [`keys`]: gateway keys: generation, hashing, records.
 //! - [`tokens`]: token estimates.
+//! - [`logging`]: the JSON log subscriber every binary installs.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod deps;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;
+pub mod logging;
 pub mod providers;
 pub mod queue;
 pub mod store;

@@ -3,6 +3,7 @@
 //!
 //! Used by this crate's tests and by the `cli` crate's process-level tests.
 
+pub mod aws;
 pub mod callback_receiver;
 pub mod fake_upstream;
 pub mod gateway;

@@ -1,0 +1,320 @@
+//! One suite, two backends. Store times are passed in, so expiry is exercised with made-up
+//! clocks on both; queue timing is real (SQS has no other), with a 1 s visibility timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use sluice::clock::SystemClock;
+use sluice::jobs::model::{Claim, Job, JobResult, JobStatus};
+use sluice::keys::{self, BudgetPeriod, KeyLimits};
+use sluice::providers::Endpoint;
+use sluice::queue::JobQueue;
+use sluice::queue::sqlite::SqliteQueue;
+use sluice::store::sqlite::SqliteStore;
+use sluice::store::{CacheKey, CachedResponse, SharedStore, StoreError};
+
+const VISIBILITY: Duration = Duration::from_secs(1);
+const MAX_RECEIVES: u32 = 2;
+
+struct Backend {
+    store: SharedStore,
+    queue: Arc<dyn JobQueue>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("c.db").to_str().unwrap()).unwrap();
+    let queue = SqliteQueue::new(store.clone(), Arc::new(SystemClock), VISIBILITY, MAX_RECEIVES);
+    Backend {
+        store: Arc::new(store),
+        queue: Arc::new(queue),
+        _dir: Some(dir),
+    }
+}
+
+async fn aws() -> Backend {
+    Backend {
+        store: Arc::new(sluice_tests::aws::dynamo_store().await),
+        queue: Arc::new(sluice_tests::aws::sqs_queue(VISIBILITY, MAX_RECEIVES).await),
+        _dir: None,
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod dynamodb_sqs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::aws().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    keys_are_unique_found_by_hash_listed_and_revoked_once,
+    cache_entries_round_trip_and_vanish_at_purge_time,
+    large_cache_entries_never_fail,
+    jobs_move_through_their_lifecycle_by_conditional_writes,
+    concurrent_claims_of_one_job_have_one_winner,
+    expired_jobs_are_gone,
+    queue_delivers_hides_redelivers_and_deletes,
+    queue_moves_a_message_to_the_dead_letter_queue_after_max_receives,
+);
+
+async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
+    let limits = KeyLimits {
+        rpm: Some(10),
+        tpm: Some(1000),
+        budget_usd: Some(0.5),
+        budget_period: Some(BudgetPeriod::Month),
+    };
+    let a = keys::generate("t1", Some("first".into()), limits, 1_000).unwrap();
+    let c = keys::generate("t2", None, KeyLimits::default(), 2_000).unwrap();
+    b.store.insert_key(&a.record).await.unwrap();
+    b.store.insert_key(&c.record).await.unwrap();
+    assert!(matches!(
+        b.store.insert_key(&a.record).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(b.store.key_by_hash(&a.record.hash).await.unwrap(), Some(a.record.clone()));
+    let unknown = keys::KeyHash::of("sk-sluice-unknown");
+    assert_eq!(b.store.key_by_hash(&unknown).await.unwrap(), None);
+    let listed = b.store.list_keys().await.unwrap();
+    assert_eq!(listed, vec![a.record.clone(), c.record.clone()]);
+    assert!(b.store.revoke_key(&a.record.id, 5_000).await.unwrap());
+    assert!(!b.store.revoke_key(&a.record.id, 6_000).await.unwrap());
+    assert!(!b.store.revoke_key("key_missing", 6_000).await.unwrap());
+    let revoked = b.store.key_by_hash(&a.record.hash).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(5_000));
+}
+
+fn cache_key(tenant: &str, n: u8) -> CacheKey {
+    CacheKey {
+        digest: [n; 32],
+        tenant: tenant.into(),
+    }
+}
+
+async fn cache_entries_round_trip_and_vanish_at_purge_time(b: Backend) {
+    let key = cache_key("t1", 1);
+    assert_eq!(b.store.cache_get(&key, 0).await.unwrap(), None);
+    let entry = CachedResponse {
+        body: Bytes::from_static(br#"{"answer":42}"#),
+        created_at_ms: 1_000,
+        expires_at_ms: 2_000,
+        purge_at_ms: 3_000,
+    };
+    b.store.cache_put(&key, &entry).await.unwrap();
+    assert_eq!(b.store.cache_get(&key, 1_500).await.unwrap(), Some(entry.clone()));
+    // Expired but not purged: still returned (the gateway decides fresh or stale).
+    assert_eq!(b.store.cache_get(&key, 2_500).await.unwrap(), Some(entry.clone()));
+    assert_eq!(b.store.cache_get(&key, 3_000).await.unwrap(), None);
+    let newer = CachedResponse {
+        body: Bytes::from_static(b"{}"),
+        created_at_ms: 4_000,
+        expires_at_ms: 5_000,
+        purge_at_ms: 6_000,
+    };
+    b.store.cache_put(&key, &newer).await.unwrap();
+    assert_eq!(b.store.cache_get(&key, 4_500).await.unwrap(), Some(newer));
+    assert_eq!(b.store.cache_get(&cache_key("t1", 2), 4_500).await.unwrap(), None);
+}
+
+async fn large_cache_entries_never_fail(b: Backend) {
+    // 1 MB of JSON compresses far below DynamoDB's 400 KB item limit: stored on both.
+    let compressible = Bytes::from(format!(
+        "{{\"data\":[{}]}}",
+        vec!["{\"embedding\":[0.1,0.2,0.3]}"; 35_000].join(",")
+    ));
+    assert!(compressible.len() > 900_000);
+    let key = cache_key("t1", 3);
+    let entry = CachedResponse {
+        body: compressible.clone(),
+        created_at_ms: 1,
+        expires_at_ms: 10,
+        purge_at_ms: 20,
+    };
+    b.store.cache_put(&key, &entry).await.unwrap();
+    assert_eq!(b.store.cache_get(&key, 5).await.unwrap().unwrap().body, compressible);
+    // 600 KB that does not compress: stored where it fits, skipped where it cannot — never
+    // an error, and never a corrupted answer.
+    let mut noise = Vec::with_capacity(600_000);
+    let mut x: u32 = 2_463_534_242;
+    while noise.len() < 600_000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let key = cache_key("t1", 4);
+    let entry = CachedResponse {
+        body: Bytes::from(noise),
+        created_at_ms: 1,
+        expires_at_ms: 10,
+        purge_at_ms: 20,
+    };
+    b.store.cache_put(&key, &entry).await.unwrap();
+    match b.store.cache_get(&key, 5).await.unwrap() {
+        None => {}
+        Some(got) => assert_eq!(got, entry),
+    }
+}
+
+fn job(id: &str, now: u64, request: Bytes) -> Job {
+    Job {
+        id: id.into(),
+        tenant: "t1".into(),
+        key_id: "key_1".into(),
+        endpoint: Endpoint::ChatCompletions,
+        request,
+        cache_control: Some("no-store".into()),
+        callback_url: Some("https://example.com/hook".into()),
+        status: JobStatus::Queued,
+        attempts: 0,
+        lease_until_ms: 0,
+        result: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+        expires_at_ms: now + 1_000_000,
+    }
+}
+
+async fn jobs_move_through_their_lifecycle_by_conditional_writes(b: Backend) {
+    let big = Bytes::from(format!(
+        "{{\"model\":\"m\",\"messages\":[{}]}}",
+        vec!["{\"role\":\"user\",\"content\":\"hello hello hello\"}"; 20_000].join(",")
+    ));
+    assert!(big.len() > 800_000);
+    let j = job("job_a", 10_000, big.clone());
+    b.store.insert_job(&j).await.unwrap();
+    assert!(matches!(b.store.insert_job(&j).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(b.store.get_job("job_a", 10_000).await.unwrap(), Some(j.clone()));
+
+    let Claim::Claimed(claimed) = b.store.claim_job("job_a", 11_000, 500).await.unwrap() else {
+        panic!("first claim must win");
+    };
+    assert_eq!((claimed.status, claimed.attempts, claimed.lease_until_ms), (JobStatus::Running, 1, 11_500));
+    assert_eq!(claimed.request, big);
+    assert_eq!(
+        b.store.claim_job("job_a", 11_100, 500).await.unwrap(),
+        Claim::Leased { until_ms: 11_500 }
+    );
+    // The lease ran out: a redelivery takes over with attempt 2.
+    let Claim::Claimed(again) = b.store.claim_job("job_a", 11_600, 500).await.unwrap() else {
+        panic!("an expired lease must be claimable");
+    };
+    assert_eq!(again.attempts, 2);
+    let result = JobResult {
+        http_status: 200,
+        body: Bytes::from_static(br#"{"choices":[]}"#),
+        tokens_in: 10,
+        tokens_out: 5,
+        cost_nano_usd: 4_500,
+    };
+    // The first worker's attempt no longer holds the job.
+    assert!(!b.store.finish_job("job_a", 1, JobStatus::Succeeded, &result, 11_700).await.unwrap());
+    assert!(b.store.finish_job("job_a", 2, JobStatus::Succeeded, &result, 11_800).await.unwrap());
+    assert!(!b.store.finish_job("job_a", 2, JobStatus::Failed, &result, 11_900).await.unwrap());
+    let done = b.store.get_job("job_a", 12_000).await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.result, Some(result));
+    assert_eq!(done.updated_at_ms, 11_800);
+    assert!(matches!(b.store.claim_job("job_a", 12_000, 500).await.unwrap(), Claim::Finished(_)));
+    assert_eq!(b.store.claim_job("job_missing", 12_000, 500).await.unwrap(), Claim::Missing);
+
+    // Release gives a claimed job back for immediate redelivery.
+    b.store.insert_job(&job("job_b", 10_000, Bytes::from_static(b"{}"))).await.unwrap();
+    let Claim::Claimed(c) = b.store.claim_job("job_b", 10_000, 60_000).await.unwrap() else {
+        panic!("claim");
+    };
+    assert!(!b.store.release_job("job_b", c.attempts + 1, 10_100).await.unwrap());
+    assert!(b.store.release_job("job_b", c.attempts, 10_100).await.unwrap());
+    assert!(matches!(b.store.claim_job("job_b", 10_200, 100).await.unwrap(), Claim::Claimed(j) if j.attempts == 2));
+}
+
+async fn concurrent_claims_of_one_job_have_one_winner(b: Backend) {
+    b.store.insert_job(&job("job_c", 1_000, Bytes::from_static(b"{}"))).await.unwrap();
+    let claims = join_all((0..20).map(|_| b.store.claim_job("job_c", 2_000, 10_000))).await;
+    let winners = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::Claimed(_))))
+        .count();
+    let leased = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::Leased { .. })))
+        .count();
+    assert_eq!((winners, leased), (1, 19), "{claims:?}");
+}
+
+async fn expired_jobs_are_gone(b: Backend) {
+    let j = job("job_d", 1_000, Bytes::from_static(b"{}"));
+    b.store.insert_job(&j).await.unwrap();
+    let past = j.expires_at_ms;
+    assert_eq!(b.store.get_job("job_d", past).await.unwrap(), None);
+    assert_eq!(b.store.claim_job("job_d", past, 10).await.unwrap(), Claim::Missing);
+}
+
+/// Receives until `n` messages arrived or 5 s passed (SQS may answer with fewer than asked).
+async fn receive_n(q: &dyn JobQueue, n: usize) -> Vec<sluice::queue::Delivery> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < n && std::time::Instant::now() < deadline {
+        got.extend(q.receive(10, Duration::from_secs(1)).await.unwrap());
+    }
+    got
+}
+
+async fn queue_delivers_hides_redelivers_and_deletes(b: Backend) {
+    for body in ["one", "two", "three"] {
+        b.queue.send(body).await.unwrap();
+    }
+    let first = receive_n(b.queue.as_ref(), 3).await;
+    let mut bodies: Vec<&str> = first.iter().map(|d| d.body.as_str()).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, ["one", "three", "two"]);
+    assert!(first.iter().all(|d| d.receive_count == 1));
+    // In flight: invisible until the visibility timeout runs out.
+    assert!(b.queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    for d in first.iter().filter(|d| d.body != "two") {
+        b.queue.delete(&d.receipt).await.unwrap();
+    }
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    let again = receive_n(b.queue.as_ref(), 1).await;
+    assert_eq!(again.len(), 1, "only the undeleted message comes back");
+    assert_eq!(again[0].body, "two");
+    assert_eq!(again[0].receive_count, 2);
+    assert_eq!(again[0].message_id, first.iter().find(|d| d.body == "two").unwrap().message_id);
+    // A stale receipt is not an error.
+    b.queue.delete(&first[0].receipt).await.unwrap();
+    b.queue.delete(&again[0].receipt).await.unwrap();
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    assert!(b.queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(b.queue.dead_letter_count().await.unwrap(), 0);
+}
+
+async fn queue_moves_a_message_to_the_dead_letter_queue_after_max_receives(b: Backend) {
+    b.queue.send("poison").await.unwrap();
+    for attempt in 1..=MAX_RECEIVES {
+        let got = receive_n(b.queue.as_ref(), 1).await;
+        assert_eq!(got.len(), 1, "delivery {attempt}");
+        assert_eq!(got[0].receive_count, attempt);
+        tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    }
+    // The next receive finds it past max_receive_count: it goes to the DLQ instead.
+    assert!(b.queue.receive(10, Duration::from_secs(1)).await.unwrap().is_empty());
+    assert_eq!(b.queue.dead_letter_count().await.unwrap(), 1);
+}

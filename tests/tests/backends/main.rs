@@ -1,0 +1,6 @@
+//! The store and queue ports, one conformance suite run unchanged against both adapters:
+//! SQLite (a temporary file) and DynamoDB + SQS (moto's server, real SDK wire protocol).
+//! Plus the AWS-backed gateway and processor end to end on moto.
+
+mod aws_e2e;
+mod conformance;
