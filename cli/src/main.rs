@@ -279,7 +279,6 @@ async fn open_queue(
     }
 }
 
-
 async fn serve(args: ServeArgs) -> Result<(), String> {
     sluice::logging::init();
     let config = match &args.config {

@@ -411,7 +411,10 @@ lease_s = 1
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Let the worker pick it up (the mock takes 1.5 s), then kill without warning.
     tokio::time::sleep(Duration::from_millis(400)).await;
     served.child.kill().unwrap();
@@ -433,10 +436,16 @@ lease_s = 1
         if job["status"] == "succeeded" || job["status"] == "failed" {
             break job;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "job never finished: {job}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "job never finished: {job}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["result"]["choices"][0]["message"]["content"], "Mock response to: survive");
+    assert_eq!(
+        job["result"]["choices"][0]["message"]["content"],
+        "Mock response to: survive"
+    );
     assert!(job["attempts"].as_u64().unwrap() >= 1);
 }

@@ -22,7 +22,11 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "testing", "testing", None, None, "sluice-tests",
+            "testing",
+            "testing",
+            None,
+            None,
+            "sluice-tests",
         ))
         .load()
         .await

@@ -64,11 +64,25 @@ impl Processor {
 
     /// Handles a batch of message bodies; the result has one disposition per body, in order.
     pub async fn process(&self, bodies: &[String]) -> Vec<Disposition> {
-        let steps = join_all(bodies.iter().map(|b| self.claim(b))).await;
+        // Duplicates of a message within one batch (SQS delivers at least once) share the
+        // first copy's fate instead of racing it for the claim.
+        let mut first_copy: Vec<Option<usize>> = vec![None; bodies.len()];
+        for (i, body) in bodies.iter().enumerate() {
+            first_copy[i] = bodies[..i].iter().position(|b| b == body);
+        }
+        let first_copy_ref = &first_copy;
+        let steps = join_all(bodies.iter().enumerate().map(|(i, b)| async move {
+            match first_copy_ref[i] {
+                Some(_) => None,
+                None => Some(self.claim(b).await),
+            }
+        }))
+        .await;
         let mut dispositions = vec![Disposition::Retry; bodies.len()];
         let mut embeddings: Vec<(usize, Job)> = Vec::new();
         let mut others: Vec<(usize, Job)> = Vec::new();
         for (i, step) in steps.into_iter().enumerate() {
+            let Some(step) = step else { continue };
             match step {
                 Step::Finished(d) => dispositions[i] = d,
                 Step::Run(job) if job.endpoint == Endpoint::Embeddings => {
@@ -114,6 +128,11 @@ impl Processor {
         .await;
         for (i, d) in finished {
             dispositions[i] = d;
+        }
+        for (i, first) in first_copy.into_iter().enumerate() {
+            if let Some(first) = first {
+                dispositions[i] = dispositions[first];
+            }
         }
         dispositions
     }

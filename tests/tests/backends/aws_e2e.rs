@@ -61,7 +61,11 @@ async fn keys_cache_and_async_jobs_work_over_dynamodb_and_sqs() {
     let r = gw.chat(&key, "gpt-test", "over dynamodb").await;
     assert_eq!(r.headers()["x-sluice-cache"], "hit");
     let r = gw.chat(&other, "gpt-test", "over dynamodb").await;
-    assert_eq!(r.headers()["x-sluice-cache"], "miss", "tenants never share entries");
+    assert_eq!(
+        r.headers()["x-sluice-cache"],
+        "miss",
+        "tenants never share entries"
+    );
     assert_eq!(up.calls(), 2);
 
     let r = gw
@@ -74,7 +78,10 @@ async fn keys_cache_and_async_jobs_work_over_dynamodb_and_sqs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let job = wait_job(&gw, &key, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["object"], "chat.completion");
@@ -104,10 +111,19 @@ async fn an_sqs_message_delivered_twice_calls_the_provider_once() {
         )
         .await;
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut delivered = Vec::new();
     for _ in 0..5 {
-        delivered.extend(gw.deps.queue.receive(10, Duration::from_secs(1)).await.unwrap());
+        delivered.extend(
+            gw.deps
+                .queue
+                .receive(10, Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
         if !delivered.is_empty() {
             break;
         }
@@ -115,11 +131,17 @@ async fn an_sqs_message_delivered_twice_calls_the_provider_once() {
     assert_eq!(delivered.len(), 1);
     let body = delivered[0].body.clone();
     let p = &gw.services.processor;
-    let (a, b) = tokio::join!(p.process(std::slice::from_ref(&body)), p.process(std::slice::from_ref(&body)));
+    let (a, b) = tokio::join!(
+        p.process(std::slice::from_ref(&body)),
+        p.process(std::slice::from_ref(&body))
+    );
     let mut outcomes = vec![a[0], b[0]];
     outcomes.sort_by_key(|d| *d == Disposition::Retry);
     assert_eq!(outcomes, [Disposition::Done, Disposition::Retry]);
-    assert_eq!(p.process(std::slice::from_ref(&body)).await, [Disposition::Done]);
+    assert_eq!(
+        p.process(std::slice::from_ref(&body)).await,
+        [Disposition::Done]
+    );
     assert_eq!(up.calls(), 1);
     assert_eq!(wait_job(&gw, &key, &id).await["attempts"], 1);
 }
@@ -155,7 +177,10 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue() {
             &json!({"endpoint": "/v1/embeddings", "request": {"model": "embed-test", "input": "fine"}}),
         )
         .await;
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     sqs.send("this is not a job message").await.unwrap();
 
     // Play the Lambda event source: receive a batch, invoke the handler, delete what it did
@@ -169,7 +194,8 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue() {
             }
             continue;
         }
-        let response = sluice_processor::handle_batch(&gw.services.processor, sqs_event(&got)).await;
+        let response =
+            sluice_processor::handle_batch(&gw.services.processor, sqs_event(&got)).await;
         let failed: Vec<&str> = response
             .batch_item_failures
             .iter()
@@ -177,7 +203,10 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue() {
             .collect();
         for d in &got {
             if failed.contains(&d.message_id.as_str()) {
-                assert_eq!(d.body, "this is not a job message", "only the poison message fails");
+                assert_eq!(
+                    d.body, "this is not a job message",
+                    "only the poison message fails"
+                );
                 poison_failures += 1;
             } else {
                 sqs.delete(&d.receipt).await.unwrap();
@@ -185,7 +214,10 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue() {
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    assert_eq!(poison_failures, 2, "reported once per delivery, up to maxReceiveCount");
+    assert_eq!(
+        poison_failures, 2,
+        "reported once per delivery, up to maxReceiveCount"
+    );
     assert_eq!(sqs.dead_letter_count().await.unwrap(), 1);
     assert_eq!(wait_job(&gw, &key, &id).await["status"], "succeeded");
 }

@@ -27,7 +27,12 @@ struct Backend {
 async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("c.db").to_str().unwrap()).unwrap();
-    let queue = SqliteQueue::new(store.clone(), Arc::new(SystemClock), VISIBILITY, MAX_RECEIVES);
+    let queue = SqliteQueue::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        VISIBILITY,
+        MAX_RECEIVES,
+    );
     Backend {
         store: Arc::new(store),
         queue: Arc::new(queue),
@@ -90,7 +95,10 @@ async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
         b.store.insert_key(&a.record).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    assert_eq!(b.store.key_by_hash(&a.record.hash).await.unwrap(), Some(a.record.clone()));
+    assert_eq!(
+        b.store.key_by_hash(&a.record.hash).await.unwrap(),
+        Some(a.record.clone())
+    );
     let unknown = keys::KeyHash::of("sk-sluice-unknown");
     assert_eq!(b.store.key_by_hash(&unknown).await.unwrap(), None);
     let listed = b.store.list_keys().await.unwrap();
@@ -119,9 +127,15 @@ async fn cache_entries_round_trip_and_vanish_at_purge_time(b: Backend) {
         purge_at_ms: 3_000,
     };
     b.store.cache_put(&key, &entry).await.unwrap();
-    assert_eq!(b.store.cache_get(&key, 1_500).await.unwrap(), Some(entry.clone()));
+    assert_eq!(
+        b.store.cache_get(&key, 1_500).await.unwrap(),
+        Some(entry.clone())
+    );
     // Expired but not purged: still returned (the gateway decides fresh or stale).
-    assert_eq!(b.store.cache_get(&key, 2_500).await.unwrap(), Some(entry.clone()));
+    assert_eq!(
+        b.store.cache_get(&key, 2_500).await.unwrap(),
+        Some(entry.clone())
+    );
     assert_eq!(b.store.cache_get(&key, 3_000).await.unwrap(), None);
     let newer = CachedResponse {
         body: Bytes::from_static(b"{}"),
@@ -131,7 +145,10 @@ async fn cache_entries_round_trip_and_vanish_at_purge_time(b: Backend) {
     };
     b.store.cache_put(&key, &newer).await.unwrap();
     assert_eq!(b.store.cache_get(&key, 4_500).await.unwrap(), Some(newer));
-    assert_eq!(b.store.cache_get(&cache_key("t1", 2), 4_500).await.unwrap(), None);
+    assert_eq!(
+        b.store.cache_get(&cache_key("t1", 2), 4_500).await.unwrap(),
+        None
+    );
 }
 
 async fn large_cache_entries_never_fail(b: Backend) {
@@ -149,7 +166,10 @@ async fn large_cache_entries_never_fail(b: Backend) {
         purge_at_ms: 20,
     };
     b.store.cache_put(&key, &entry).await.unwrap();
-    assert_eq!(b.store.cache_get(&key, 5).await.unwrap().unwrap().body, compressible);
+    assert_eq!(
+        b.store.cache_get(&key, 5).await.unwrap().unwrap().body,
+        compressible
+    );
     // 600 KB that does not compress: stored where it fits, skipped where it cannot — never
     // an error, and never a corrupted answer.
     let mut noise = Vec::with_capacity(600_000);
@@ -201,13 +221,22 @@ async fn jobs_move_through_their_lifecycle_by_conditional_writes(b: Backend) {
     assert!(big.len() > 800_000);
     let j = job("job_a", 10_000, big.clone());
     b.store.insert_job(&j).await.unwrap();
-    assert!(matches!(b.store.insert_job(&j).await, Err(StoreError::AlreadyExists(_))));
-    assert_eq!(b.store.get_job("job_a", 10_000).await.unwrap(), Some(j.clone()));
+    assert!(matches!(
+        b.store.insert_job(&j).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        b.store.get_job("job_a", 10_000).await.unwrap(),
+        Some(j.clone())
+    );
 
     let Claim::Claimed(claimed) = b.store.claim_job("job_a", 11_000, 500).await.unwrap() else {
         panic!("first claim must win");
     };
-    assert_eq!((claimed.status, claimed.attempts, claimed.lease_until_ms), (JobStatus::Running, 1, 11_500));
+    assert_eq!(
+        (claimed.status, claimed.attempts, claimed.lease_until_ms),
+        (JobStatus::Running, 1, 11_500)
+    );
     assert_eq!(claimed.request, big);
     assert_eq!(
         b.store.claim_job("job_a", 11_100, 500).await.unwrap(),
@@ -226,28 +255,67 @@ async fn jobs_move_through_their_lifecycle_by_conditional_writes(b: Backend) {
         cost_nano_usd: 4_500,
     };
     // The first worker's attempt no longer holds the job.
-    assert!(!b.store.finish_job("job_a", 1, JobStatus::Succeeded, &result, 11_700).await.unwrap());
-    assert!(b.store.finish_job("job_a", 2, JobStatus::Succeeded, &result, 11_800).await.unwrap());
-    assert!(!b.store.finish_job("job_a", 2, JobStatus::Failed, &result, 11_900).await.unwrap());
+    assert!(
+        !b.store
+            .finish_job("job_a", 1, JobStatus::Succeeded, &result, 11_700)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.store
+            .finish_job("job_a", 2, JobStatus::Succeeded, &result, 11_800)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.store
+            .finish_job("job_a", 2, JobStatus::Failed, &result, 11_900)
+            .await
+            .unwrap()
+    );
     let done = b.store.get_job("job_a", 12_000).await.unwrap().unwrap();
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.result, Some(result));
     assert_eq!(done.updated_at_ms, 11_800);
-    assert!(matches!(b.store.claim_job("job_a", 12_000, 500).await.unwrap(), Claim::Finished(_)));
-    assert_eq!(b.store.claim_job("job_missing", 12_000, 500).await.unwrap(), Claim::Missing);
+    assert!(matches!(
+        b.store.claim_job("job_a", 12_000, 500).await.unwrap(),
+        Claim::Finished(_)
+    ));
+    assert_eq!(
+        b.store.claim_job("job_missing", 12_000, 500).await.unwrap(),
+        Claim::Missing
+    );
 
     // Release gives a claimed job back for immediate redelivery.
-    b.store.insert_job(&job("job_b", 10_000, Bytes::from_static(b"{}"))).await.unwrap();
+    b.store
+        .insert_job(&job("job_b", 10_000, Bytes::from_static(b"{}")))
+        .await
+        .unwrap();
     let Claim::Claimed(c) = b.store.claim_job("job_b", 10_000, 60_000).await.unwrap() else {
         panic!("claim");
     };
-    assert!(!b.store.release_job("job_b", c.attempts + 1, 10_100).await.unwrap());
-    assert!(b.store.release_job("job_b", c.attempts, 10_100).await.unwrap());
-    assert!(matches!(b.store.claim_job("job_b", 10_200, 100).await.unwrap(), Claim::Claimed(j) if j.attempts == 2));
+    assert!(
+        !b.store
+            .release_job("job_b", c.attempts + 1, 10_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.store
+            .release_job("job_b", c.attempts, 10_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        matches!(b.store.claim_job("job_b", 10_200, 100).await.unwrap(), Claim::Claimed(j) if j.attempts == 2)
+    );
 }
 
 async fn concurrent_claims_of_one_job_have_one_winner(b: Backend) {
-    b.store.insert_job(&job("job_c", 1_000, Bytes::from_static(b"{}"))).await.unwrap();
+    b.store
+        .insert_job(&job("job_c", 1_000, Bytes::from_static(b"{}")))
+        .await
+        .unwrap();
     let claims = join_all((0..20).map(|_| b.store.claim_job("job_c", 2_000, 10_000))).await;
     let winners = claims
         .iter()
@@ -265,7 +333,10 @@ async fn expired_jobs_are_gone(b: Backend) {
     b.store.insert_job(&j).await.unwrap();
     let past = j.expires_at_ms;
     assert_eq!(b.store.get_job("job_d", past).await.unwrap(), None);
-    assert_eq!(b.store.claim_job("job_d", past, 10).await.unwrap(), Claim::Missing);
+    assert_eq!(
+        b.store.claim_job("job_d", past, 10).await.unwrap(),
+        Claim::Missing
+    );
 }
 
 /// Receives until `n` messages arrived or 5 s passed (SQS may answer with fewer than asked).
@@ -288,7 +359,13 @@ async fn queue_delivers_hides_redelivers_and_deletes(b: Backend) {
     assert_eq!(bodies, ["one", "three", "two"]);
     assert!(first.iter().all(|d| d.receive_count == 1));
     // In flight: invisible until the visibility timeout runs out.
-    assert!(b.queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    assert!(
+        b.queue
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     for d in first.iter().filter(|d| d.body != "two") {
         b.queue.delete(&d.receipt).await.unwrap();
     }
@@ -297,12 +374,21 @@ async fn queue_delivers_hides_redelivers_and_deletes(b: Backend) {
     assert_eq!(again.len(), 1, "only the undeleted message comes back");
     assert_eq!(again[0].body, "two");
     assert_eq!(again[0].receive_count, 2);
-    assert_eq!(again[0].message_id, first.iter().find(|d| d.body == "two").unwrap().message_id);
+    assert_eq!(
+        again[0].message_id,
+        first.iter().find(|d| d.body == "two").unwrap().message_id
+    );
     // A stale receipt is not an error.
     b.queue.delete(&first[0].receipt).await.unwrap();
     b.queue.delete(&again[0].receipt).await.unwrap();
     tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
-    assert!(b.queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    assert!(
+        b.queue
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(b.queue.dead_letter_count().await.unwrap(), 0);
 }
 
@@ -315,6 +401,12 @@ async fn queue_moves_a_message_to_the_dead_letter_queue_after_max_receives(b: Ba
         tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
     }
     // The next receive finds it past max_receive_count: it goes to the DLQ instead.
-    assert!(b.queue.receive(10, Duration::from_secs(1)).await.unwrap().is_empty());
+    assert!(
+        b.queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(b.queue.dead_letter_count().await.unwrap(), 1);
 }
