@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs (a Python venv with the
-# official SDKs), then formatting, lints, every Rust test (unit, end-to-end, CLI process
-# tests), and the Python SDK tests against a real `sluice serve`.
+# official SDKs and moto; a second venv with cfn-lint and the SAM CLI), starts moto's server
+# for DynamoDB and SQS, lints the SAM template, then formatting, clippy, every Rust test
+# (unit, end-to-end, conformance on SQLite and moto, Lambda adapters, CLI process tests), and
+# the Python SDK tests against a real `sluice serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,6 +16,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+step "moto server (DynamoDB + SQS on 127.0.0.1)"
+eval "$(SLUICE_VENV="$VENV" infra/aws/moto.sh)"
+trap 'kill "$SLUICE_MOTO_PID" 2>/dev/null || true' EXIT
+echo "moto at $AWS_ENDPOINT_URL"
+
+step "SAM template: cfn-lint and sam validate --lint"
+infra/aws/lint-template.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check

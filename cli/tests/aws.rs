@@ -1,0 +1,167 @@
+//! `sluice serve --store dynamodb --queue sqs` against moto: two server processes share keys,
+//! cache and the job queue, as a fleet of containers would (and as the Lambdas do).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn aws_args(prefix: &str) -> Vec<String> {
+    [
+        "--store",
+        "dynamodb",
+        "--table-prefix",
+        prefix,
+        "--create-aws-resources",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn serve(prefix: &str) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--queue", "sqs"])
+        .args(aws_args(prefix))
+        .env("SLUICE_ADMIN_KEY", "sk-sluice-admin-aws")
+        .env_remove("SLUICE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Sluice listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("sluice serve --store dynamodb did not start");
+    Served { child, url }
+}
+
+#[tokio::test]
+async fn two_servers_share_keys_cache_and_jobs_through_dynamodb_and_sqs() {
+    // Refuses to run against anything but moto on 127.0.0.1.
+    let _ = sluice_tests::aws::sdk_config().await;
+    let prefix = sluice_tests::aws::unique_prefix();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--tenant", "fleet"])
+        .args(aws_args(&prefix))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let a = serve(&prefix);
+    let b = serve(&prefix);
+    let http = reqwest::Client::new();
+    let chat =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "shared state"}]});
+    let r = http
+        .post(format!("{}/v1/chat/completions", a.url))
+        .bearer_auth(&key)
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sluice-cache"], "miss");
+    let r = http
+        .post(format!("{}/v1/chat/completions", b.url))
+        .bearer_auth(&key)
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-sluice-cache"],
+        "hit",
+        "B must see A's cache entry"
+    );
+
+    // A key created through A's admin API works on B.
+    let created: Value = http
+        .post(format!("{}/admin/keys", a.url))
+        .bearer_auth("sk-sluice-admin-aws")
+        .json(&json!({"tenant": "fleet-2"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .get(format!("{}/v1/models", b.url))
+        .bearer_auth(created["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A job accepted by A (queued on SQS) can be read from B once a worker ran it.
+    let r = http
+        .post(format!("{}/v1/chat/completions", a.url))
+        .bearer_auth(&key)
+        .header("prefer", "respond-async")
+        .json(
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "via SQS"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    loop {
+        let job: Value = http
+            .get(format!("{}/v1/jobs/{id}", b.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "succeeded" {
+            assert_eq!(
+                job["result"]["choices"][0]["message"]["content"],
+                "Mock response to: via SQS"
+            );
+            break;
+        }
+        assert_ne!(job["status"], "failed", "{job}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "job never finished: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
