@@ -41,6 +41,28 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Development helpers for DynamoDB and SQS (e.g. against moto).
+    Aws {
+        #[command(subcommand)]
+        command: AwsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AwsCommand {
+    /// Create the tables and the jobs queue (+ dead-letter queue) and print the environment
+    /// the Lambda functions and `serve --store dynamodb --queue sqs` read them from.
+    Init {
+        /// Names are `<prefix>-keys`, `<prefix>-cache`, `<prefix>-jobs`, queue `<prefix>-jobs`.
+        #[arg(long, default_value = "sluice")]
+        prefix: String,
+        /// Visibility timeout of the jobs queue, seconds.
+        #[arg(long, default_value_t = 360)]
+        visibility_timeout_s: u64,
+        /// Deliveries before a message moves to the dead-letter queue.
+        #[arg(long, default_value_t = 5)]
+        max_receive_count: u32,
+    },
 }
 
 #[derive(Args)]
@@ -190,6 +212,37 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Aws {
+            command:
+                AwsCommand::Init {
+                    prefix,
+                    visibility_timeout_s,
+                    max_receive_count,
+                },
+        } => {
+            let sdk = aws_config::load_from_env().await;
+            let tables = Tables::with_prefix(&prefix);
+            DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables.clone())
+                .create_tables()
+                .await
+                .map_err(|e| format!("cannot create tables: {e}"))?;
+            let queue = SqsQueue::create(
+                aws_sdk_sqs::Client::new(&sdk),
+                &format!("{prefix}-jobs"),
+                Duration::from_secs(visibility_timeout_s),
+                max_receive_count,
+            )
+            .await
+            .map_err(|e| format!("cannot create the queue: {e}"))?;
+            println!("export SLUICE_KEYS_TABLE={}", tables.keys);
+            println!("export SLUICE_CACHE_TABLE={}", tables.cache);
+            println!("export SLUICE_JOBS_TABLE={}", tables.jobs);
+            println!("export SLUICE_JOBS_QUEUE_URL={}", queue.url());
+            if let Some(dlq) = queue.dead_letter_url() {
+                println!("export SLUICE_JOBS_DLQ_URL={dlq}");
+            }
+            Ok(())
+        }
         Command::Serve(args) => serve(args).await,
         Command::Keys { command } => keys_command(command).await,
         Command::Config {

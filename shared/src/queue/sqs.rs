@@ -50,6 +50,11 @@ impl SqsQueue {
         &self.url
     }
 
+    /// The dead-letter queue URL, if known.
+    pub fn dead_letter_url(&self) -> Option<&str> {
+        self.dead_letter_url.as_deref()
+    }
+
     /// Creates `name` and `name-dlq` with a redrive policy after `max_receive_count`
     /// deliveries (for development against moto; on AWS the SAM template creates them).
     pub async fn create(
