@@ -37,4 +37,7 @@ cargo test --workspace --locked
 step "python SDK tests"
 SLUICE_BIN=target/debug/sluice "$VENV/bin/pytest" -q tests/python
 
+step "ingest function under cargo lambda watch, on moto"
+infra/aws/lambda-watch-smoke.sh
+
 step "all tests passed"
