@@ -128,8 +128,31 @@ impl Jobs {
             job_id: job.id.clone(),
         })
         .map_err(|e| QueueError::Backend(e.to_string()))?;
-        self.queue.send(&message).await?;
+        if let Err(e) = self.queue.send(&message).await {
+            // Not queued means never run: close the record so it does not sit `queued` forever.
+            self.abandon(&job).await;
+            return Err(e.into());
+        }
         Ok(job)
+    }
+
+    /// Marks a job that could not be queued as failed (best effort; the client got a 503).
+    async fn abandon(&self, job: &Job) {
+        let now = self.clock.now_ms();
+        if let Ok(model::Claim::Claimed(claimed)) = self.store.claim_job(&job.id, now, 1).await {
+            let body = br#"{"error":{"message":"The job could not be queued.","type":"server_error","code":"service_unavailable","param":null}}"#;
+            let result = model::JobResult {
+                http_status: 503,
+                body: Bytes::from_static(body),
+                tokens_in: 0,
+                tokens_out: 0,
+                cost_nano_usd: 0,
+            };
+            let _ = self
+                .store
+                .finish_job(&job.id, claimed.attempts, JobStatus::Failed, &result, now)
+                .await;
+        }
     }
 
     /// The job, if it exists and belongs to the caller's tenant (another tenant's job is
