@@ -31,13 +31,19 @@ def run_once(binary, event):
                 self.send_error(404)
                 return
             with lock:
-                if state["served"]:
+                held = state["served"]
+                if held:
                     # Second poll: the function is idle again; hold it until we stop it.
                     lock.wait(10)
+                else:
+                    state["next"] = time.perf_counter()
+                    state["served"] = True
+            if held:
+                try:
                     self.send_error(503)
-                    return
-                state["next"] = time.perf_counter()
-                state["served"] = True
+                except OSError:
+                    pass  # the function was stopped while waiting; nothing to answer
+                return
             body = json.dumps(event).encode()
             self.send_response(200)
             self.send_header("Lambda-Runtime-Aws-Request-Id", "8476a536-e9f4-11e8-9739-2dfe598c3fcd")

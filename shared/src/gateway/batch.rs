@@ -181,13 +181,17 @@ impl Gateway {
             }
             return;
         };
+        // A lone request goes upstream as sent and its answer comes back byte for byte.
+        let single = chunk.len() == 1;
         let mut body = chunk[0].request.body.clone();
         let all: Vec<Value> = chunk
             .iter()
             .flat_map(|p| p.inputs.iter().cloned())
             .collect();
         let total_inputs = all.len();
-        body.insert("input".into(), Value::Array(all));
+        if !single {
+            body.insert("input".into(), Value::Array(all));
+        }
         body.insert(
             "model".into(),
             Value::String(deployment.upstream_model.clone()),
@@ -207,13 +211,13 @@ impl Gateway {
             .await;
         let split = answer.and_then(|a| match a {
             UpstreamResponse::Complete { body, usage } => {
-                parse_embeddings(&body, total_inputs, usage)
+                parse_embeddings(&body, total_inputs, usage).map(|parts| (body, parts))
             }
             UpstreamResponse::Stream(_) => {
                 Err(ProviderError::Malformed("unexpected stream".into()))
             }
         });
-        let (data, upstream_model, usage) = match split {
+        let (raw, (data, upstream_model, usage)) = match split {
             Ok(parts) => parts,
             Err(error) => {
                 for mut p in chunk {
@@ -251,13 +255,17 @@ impl Gateway {
                     d
                 })
                 .collect();
-            let answer = json!({
-                "object": "list",
-                "data": mine,
-                "model": upstream_model,
-                "usage": {"prompt_tokens": share, "total_tokens": share},
-            });
-            let bytes = Bytes::from(answer.to_string());
+            let bytes = if single {
+                raw.clone()
+            } else {
+                let answer = json!({
+                    "object": "list",
+                    "data": mine,
+                    "model": upstream_model,
+                    "usage": {"prompt_tokens": share, "total_tokens": share},
+                });
+                Bytes::from(answer.to_string())
+            };
             if let (true, Some(key)) = (p.store, &p.key)
                 && bytes.len() <= self.cache_config.max_entry_bytes
             {

@@ -91,8 +91,11 @@ impl Processor {
                 Step::Run(job) => others.push((i, *job)),
             }
         }
-        let mut ran: Vec<(usize, Job, Result<Reply, GatewayError>, Trace)> = Vec::new();
-        if !embeddings.is_empty() {
+        // Embedding batches and the other jobs run at the same time.
+        let embedded = async {
+            if embeddings.is_empty() {
+                return Vec::new();
+            }
             let items = embeddings
                 .iter()
                 .map(|(_, job)| BatchItem {
@@ -102,10 +105,12 @@ impl Processor {
                 })
                 .collect();
             let outcomes = self.gateway.handle_embeddings_batch(items).await;
-            for ((i, job), (result, trace)) in embeddings.into_iter().zip(outcomes) {
-                ran.push((i, job, result, trace));
-            }
-        }
+            embeddings
+                .into_iter()
+                .zip(outcomes)
+                .map(|((i, job), (result, trace))| (i, job, result, trace))
+                .collect::<Vec<_>>()
+        };
         let chats = join_all(others.into_iter().map(|(i, job)| async move {
             let mut trace = Trace::default();
             let result = self
@@ -119,8 +124,8 @@ impl Processor {
                 )
                 .await;
             (i, job, result, trace)
-        }))
-        .await;
+        }));
+        let (mut ran, chats) = tokio::join!(embedded, chats);
         ran.extend(chats);
         let finished = join_all(ran.into_iter().map(|(i, job, result, trace)| async move {
             (i, self.finish(job, result, trace).await)

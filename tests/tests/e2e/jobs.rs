@@ -444,17 +444,23 @@ impl sluice::queue::JobQueue for BrokenQueue {
 #[tokio::test]
 async fn a_job_that_cannot_be_queued_is_a_503_and_is_closed_as_failed() {
     let up = FakeUpstream::start().await;
-    let config = sluice::config::Config::parse(&fake_config_with_jobs(&up.base_url, 0), "t", &|_| None)
-        .unwrap();
+    let config =
+        sluice::config::Config::parse(&fake_config_with_jobs(&up.base_url, 0), "t", &|_| None)
+            .unwrap();
     let clock = sluice::clock::ManualClock::new(1_800_000_000_000);
-    let mut deps = sluice::deps::Deps::sqlite(":memory:", &config, std::sync::Arc::new(clock.clone())).unwrap();
+    let mut deps =
+        sluice::deps::Deps::sqlite(":memory:", &config, std::sync::Arc::new(clock.clone()))
+            .unwrap();
     let broken = std::sync::Arc::new(BrokenQueue(std::sync::Mutex::new(Vec::new())));
     deps.queue = broken.clone();
     let gw = TestGateway::start_deps(&config, deps, clock).await;
     let key = gw.create_key("t1").await;
     let r = submit(&gw, &key, "/v1/chat/completions", chat_body("lost?")).await;
     let error = assert_error(r, 503, "service_unavailable").await;
-    assert!(!error["message"].as_str().unwrap().contains("queue is down"), "no internal detail");
+    assert!(
+        !error["message"].as_str().unwrap().contains("queue is down"),
+        "no internal detail"
+    );
     let sent = broken.0.lock().unwrap().clone();
     let message: Value = serde_json::from_str(&sent[0]).unwrap();
     let job = wait_job(&gw, &key, message["job_id"].as_str().unwrap()).await;
