@@ -34,6 +34,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, end-to-end, CLI)"
 cargo test --workspace --locked
 
+step "the README's run command resolves to the sluice binary"
+cargo run --quiet --locked -- --version
+
 step "python SDK tests"
 SLUICE_BIN=target/debug/sluice "$VENV/bin/pytest" -q tests/python
 
