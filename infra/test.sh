@@ -35,7 +35,16 @@ step "cargo test (unit, end-to-end, CLI)"
 cargo test --workspace --locked
 
 step "the README's run command resolves to the sluice binary"
-cargo run --quiet --locked -- --version
+# `cargo run` (no -p/--bin) builds the default members and needs exactly one binary among
+# them. Checked from metadata: building that feature set again here would cost minutes.
+cargo metadata --no-deps --format-version 1 | "$VENV/bin/python" -c '
+import json, sys
+m = json.load(sys.stdin)
+default = set(m["workspace_default_members"])
+bins = [t["name"] for p in m["packages"] if p["id"] in default
+        for t in p["targets"] if "bin" in t["kind"]]
+assert bins == ["sluice"], f"cargo run would not resolve to sluice: {bins}"
+print("cargo run -> sluice")'
 
 step "python SDK tests"
 SLUICE_BIN=target/debug/sluice "$VENV/bin/pytest" -q tests/python
