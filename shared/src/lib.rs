@@ -13,6 +13,7 @@
 //! - [`jobs`]: async jobs: acceptance, the worker that runs them, callbacks, embedding batching.
 //! - [`store`]: storage ports and their adapters (SQLite, DynamoDB).
 //! - [`queue`]: the job queue port and its adapters (SQLite table, SQS).
+//! - [`limits`]: rate limits and spending caps, enforced atomically in the store.
 //! - [`keys`]: gateway keys: generation, hashing, records.
 //! - [`tokens`]: token estimates.
 //! - [`logging`]: the JSON log subscriber every binary installs.
@@ -25,6 +26,7 @@ pub mod deps;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
 pub mod logging;
 pub mod providers;
 pub mod queue;

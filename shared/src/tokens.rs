@@ -25,6 +25,22 @@ pub fn estimate_value(value: &Value) -> u64 {
     }
 }
 
+/// An upper bound on the prompt tokens of a request, for reservations that must not be
+/// exceeded: byte-level BPE tokenizers never make more tokens than bytes, plus OpenAI's
+/// per-message framing.
+pub fn prompt_upper_bound(request: &crate::gateway::request::ParsedRequest) -> u64 {
+    use crate::providers::Endpoint;
+    let bytes = |v: Option<&Value>| v.map_or(0, |v| v.to_string().len() as u64);
+    match request.endpoint {
+        Endpoint::ChatCompletions => {
+            let messages = request.body.get("messages");
+            let count = messages.and_then(Value::as_array).map_or(0, Vec::len) as u64;
+            bytes(messages) + bytes(request.body.get("tools")) + PER_MESSAGE * count + 3
+        }
+        Endpoint::Embeddings => bytes(request.body.get("input")),
+    }
+}
+
 /// Estimated prompt tokens of a chat request's `messages` (and `tools`, which are sent too).
 pub fn estimate_chat_prompt(messages: &[Value], tools: Option<&Value>) -> u64 {
     let framing = PER_MESSAGE * messages.len() as u64 + 3;

@@ -31,6 +31,7 @@ async fn failures_are_reported_per_message_and_duplicates_run_once() {
     let caller = Caller {
         key_id: "key_1".into(),
         tenant: "t1".into(),
+        limits: Default::default(),
     };
     let body =
         json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "from SQS"}]});

@@ -81,6 +81,7 @@ impl KeyAuth {
             Some(r) if r.revoked_at_ms.is_none() && r.hash.ct_eq(&hash) => Ok(Caller {
                 key_id: r.id,
                 tenant: r.tenant,
+                limits: r.limits,
             }),
             _ => Err(AuthError::Invalid),
         }

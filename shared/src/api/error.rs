@@ -10,6 +10,7 @@ use super::auth::AuthError;
 use crate::gateway::GatewayError;
 use crate::jobs::SubmitError;
 use crate::keys::KeySpecError;
+use crate::limits::{LimitKind, Refusal};
 use crate::providers::ProviderError;
 use crate::store::StoreError;
 
@@ -28,6 +29,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After`.
     pub retry_after_s: Option<u64>,
+    /// More headers (e.g. `RateLimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -45,6 +48,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             retry_after_s: None,
+            headers: Vec::new(),
         }
     }
 
@@ -114,6 +118,11 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, v);
+            }
         }
         response
     }
@@ -230,8 +239,46 @@ impl From<GatewayError> for ApiError {
             ),
             GatewayError::Upstream { error, .. } => upstream(error),
             GatewayError::Store(e) => e.into(),
+            GatewayError::Limited(refusal) => limited(&refusal),
         }
     }
+}
+
+/// 429 for a request over a rate limit or spending cap, with `Retry-After` and the IETF
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` headers.
+fn limited(r: &Refusal) -> ApiError {
+    let (code, message) = match r.kind {
+        LimitKind::Rate => (
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit reached for this {}: {} {}. Retry in {} s.",
+                r.level, r.limit, r.metric, r.retry_after_s
+            ),
+        ),
+        LimitKind::Budget => (
+            "budget_exceeded",
+            format!(
+                "Spending cap reached for this {}: ${:.6} {}. It resets in {} s.",
+                r.level,
+                r.limit as f64 / 1e9,
+                r.metric,
+                r.reset_s
+            ),
+        ),
+    };
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        code,
+        message,
+    );
+    e.retry_after_s = Some(r.retry_after_s);
+    e.headers = vec![
+        ("ratelimit-limit", r.limit.to_string()),
+        ("ratelimit-remaining", r.remaining.to_string()),
+        ("ratelimit-reset", r.reset_s.to_string()),
+    ];
+    e
 }
 
 fn upstream(error: ProviderError) -> ApiError {

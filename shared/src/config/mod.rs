@@ -68,6 +68,80 @@ pub struct Config {
     /// Async jobs: queue, workers, callbacks.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Gateway-wide limits: the global spending cap and how reservations behave.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Per-tenant rate limits and spending caps (keys carry their own).
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Gateway-wide limit settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// One spending cap for the whole gateway, in USD per `global_period`.
+    pub global_budget_usd: Option<f64>,
+    /// `day` or `month` (UTC).
+    pub global_period: crate::keys::BudgetPeriod,
+    /// Fraction of a cap at which a warning event is logged, once per period.
+    pub soft_threshold: f64,
+    /// How long a reservation may stay unsettled before it counts as abandoned (a crashed
+    /// request) and is released; must exceed the longest request.
+    pub reservation_ttl_s: u64,
+    /// Output-token ceiling reserved for requests without `max_tokens`, unless the model sets
+    /// its own `max_output_tokens`.
+    pub default_max_output_tokens: u64,
+    /// Counter shards per key on DynamoDB, so one hot key can exceed a partition's write rate.
+    pub counter_shards: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            global_budget_usd: None,
+            global_period: crate::keys::BudgetPeriod::Month,
+            soft_threshold: 0.8,
+            reservation_ttl_s: 600,
+            default_max_output_tokens: 4096,
+            counter_shards: 1,
+        }
+    }
+}
+
+/// Limits of one tenant (all its keys together).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant name keys are created with.
+    pub name: String,
+    /// Requests per minute across the tenant's keys.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute across the tenant's keys.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Spending cap in USD per `period`.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// `day` or `month` (UTC).
+    #[serde(default)]
+    pub period: Option<crate::keys::BudgetPeriod>,
+}
+
+/// What a model does when a request is over a rate limit or spending cap.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// 429 with `rate_limit_exceeded` or `budget_exceeded`.
+    #[default]
+    Reject,
+    /// Serve a cached answer (stale allowed), else reject.
+    CacheOnly,
+    /// Answer with this (cheaper) model instead, within its own limits.
+    Downgrade(String),
+    /// Answer with this text as a normal completion.
+    Message(String),
 }
 
 /// Async job settings.
@@ -202,6 +276,13 @@ pub struct ModelConfig {
     /// Cache TTL for this model's answers; `0` disables caching for it.
     #[serde(default)]
     pub cache_ttl_s: Option<u64>,
+    /// Output-token ceiling reserved when a request has no `max_tokens`.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// What to do over a limit: `"reject"`, `"cache_only"`, `{ downgrade = "model" }` or
+    /// `{ message = "text" }`.
+    #[serde(default)]
+    pub on_limit: OnLimit,
 }
 
 /// One provider + upstream model + weight.
@@ -249,6 +330,16 @@ impl Price {
         let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
             + completion_tokens as f64 * self.output_per_mtok * 1000.0;
         nanos.round() as u64
+    }
+}
+
+impl Price {
+    /// Like [`Price::cost_nano_usd`] but rounded up: for reservations, which must never be
+    /// smaller than what the call can cost.
+    pub fn cost_nano_usd_ceil(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
+            + completion_tokens as f64 * self.output_per_mtok * 1000.0;
+        nanos.ceil() as u64 + 1
     }
 }
 
@@ -314,6 +405,8 @@ impl Config {
             }],
             price: default_price(name),
             cache_ttl_s: None,
+            max_output_tokens: None,
+            on_limit: OnLimit::Reject,
         };
         let mut fast = mock("gpt-4o-mini", "mock-chat");
         fast.aliases.push("fast".into());
@@ -321,6 +414,8 @@ impl Config {
             server: ServerConfig::default(),
             cache: CacheConfig::default(),
             jobs: JobsConfig::default(),
+            limits: LimitsConfig::default(),
+            tenants: Vec::new(),
             providers: vec![ProviderConfig {
                 name: "mock".into(),
                 kind: ProviderKind::Mock,
@@ -371,6 +466,60 @@ impl Config {
                 "server.max_body_bytes".into(),
                 "must be greater than 0".into(),
             ));
+        }
+        let l = &self.limits;
+        if let Some(b) = l.global_budget_usd
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err(invalid(
+                "limits.global_budget_usd".into(),
+                "must be a positive number".into(),
+            ));
+        }
+        if !(l.soft_threshold > 0.0 && l.soft_threshold <= 1.0) {
+            return Err(invalid(
+                "limits.soft_threshold".into(),
+                "must be in (0, 1]".into(),
+            ));
+        }
+        if l.counter_shards == 0 || l.counter_shards > 64 {
+            return Err(invalid(
+                "limits.counter_shards".into(),
+                "must be between 1 and 64".into(),
+            ));
+        }
+        if l.reservation_ttl_s == 0 || l.default_max_output_tokens == 0 {
+            return Err(invalid(
+                "limits".into(),
+                "reservation_ttl_s and default_max_output_tokens must be at least 1".into(),
+            ));
+        }
+        let mut tenant_names = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = |f: &str| format!("tenants[{i}].{f}");
+            if !tenant_names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("duplicate tenant `{}`", t.name),
+                ));
+            }
+            if t.budget_usd.is_some() != t.period.is_some() {
+                return Err(invalid(
+                    at("budget_usd"),
+                    "budget_usd and period must be given together".into(),
+                ));
+            }
+            if let Some(b) = t.budget_usd
+                && !(b.is_finite() && b > 0.0)
+            {
+                return Err(invalid(
+                    at("budget_usd"),
+                    "must be a positive number".into(),
+                ));
+            }
+            if t.rpm == Some(0) || t.tpm == Some(0) {
+                return Err(invalid(at("rpm"), "rate limits must be at least 1".into()));
+            }
         }
         let mut provider_names = HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -454,6 +603,24 @@ impl Config {
                         "must be at least 1".into(),
                     ));
                 }
+            }
+            if let OnLimit::Downgrade(target) = &m.on_limit {
+                let exists = self
+                    .models
+                    .iter()
+                    .any(|o| &o.name == target || o.aliases.contains(target));
+                if !exists || target == &m.name {
+                    return Err(invalid(
+                        at("on_limit"),
+                        format!("downgrade target `{target}` is not another configured model"),
+                    ));
+                }
+            }
+            if m.max_output_tokens == Some(0) {
+                return Err(invalid(
+                    at("max_output_tokens"),
+                    "must be at least 1".into(),
+                ));
             }
             if let Some(price) = &m.price {
                 for (f, v) in [

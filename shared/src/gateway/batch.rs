@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::cache::{self, CacheControl, CacheStatus};
 use super::request::{self, ParsedRequest};
 use super::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
+use crate::limits::Grant;
 use crate::providers::{
     Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, Usage,
 };
@@ -51,6 +52,7 @@ struct Pending {
     ttl_s: u64,
     inputs: Vec<Value>,
     trace: Trace,
+    grant: Grant,
 }
 
 /// The input as a list of items (a single string or token list is one item).
@@ -105,6 +107,7 @@ impl Gateway {
                             cache: CacheStatus::Hit,
                             usage: Usage::default(),
                             cost_nano_usd: 0,
+                            fallback: None,
                         };
                         outcomes[index] = Some((Ok(reply), trace));
                         continue;
@@ -113,6 +116,19 @@ impl Gateway {
                     Err(e) => tracing::warn!(error = %e, "cache lookup failed; calling provider"),
                 }
             }
+            // Each job is admitted against its own key's and tenant's limits.
+            let (ask, _) = self.ask(&model, &request, &item.caller.subject());
+            let grant = match self.limiter.admit(&item.caller.subject(), ask).await {
+                Ok(Ok(grant)) => grant,
+                Ok(Err(refusal)) => {
+                    outcomes[index] = Some((Err(GatewayError::Limited(refusal)), trace));
+                    continue;
+                }
+                Err(e) => {
+                    outcomes[index] = Some((Err(e.into()), trace));
+                    continue;
+                }
+            };
             let (inputs, kind) = split_input(request.body.get("input").unwrap_or(&Value::Null));
             let mut params = request.body.clone();
             params.remove("input");
@@ -130,6 +146,7 @@ impl Gateway {
                 ttl_s: policy.ttl_s,
                 inputs,
                 trace,
+                grant,
             });
         }
         for ((model_name, _, _), pending) in groups {
@@ -176,6 +193,7 @@ impl Gateway {
         };
         let Some(deployment) = model.pick() else {
             for p in chunk {
+                self.settle(p.grant, 0, 0).await;
                 let e = GatewayError::NoDeployment(model.name.clone());
                 outcomes[p.index] = Some((Err(e), p.trace));
             }
@@ -221,6 +239,7 @@ impl Gateway {
             Ok(parts) => parts,
             Err(error) => {
                 for mut p in chunk {
+                    self.settle(p.grant, 0, 0).await;
                     p.trace.deployment = Some(deployment.id.clone());
                     let e = GatewayError::Upstream {
                         deployment: deployment.id.clone(),
@@ -285,6 +304,8 @@ impl Gateway {
                 prompt_tokens: share,
                 completion_tokens: 0,
             };
+            self.settle(p.grant, share, model.price.cost_nano_usd(share, 0))
+                .await;
             let reply = Reply {
                 body: ReplyBody::Json(bytes),
                 cache: if p.looked_up {
@@ -294,6 +315,7 @@ impl Gateway {
                 },
                 usage,
                 cost_nano_usd: model.price.cost_nano_usd(share, 0),
+                fallback: None,
             };
             outcomes[p.index] = Some((Ok(reply), p.trace));
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-use crate::config::{Config, Price, Secret};
+use crate::config::{Config, OnLimit, Price, Secret};
 use crate::providers::Provider;
 
 /// One place a request can be sent: provider + upstream model + one API key + weight.
@@ -34,6 +34,10 @@ pub struct Model {
     pub price: Price,
     /// Cache TTL in seconds; 0 = not cached.
     pub cache_ttl_s: u64,
+    /// Output-token ceiling reserved for requests without `max_tokens`.
+    pub max_output_tokens: Option<u64>,
+    /// What to do over a limit.
+    pub on_limit: OnLimit,
 }
 
 impl Model {
@@ -113,6 +117,8 @@ impl Catalog {
                     output_per_mtok: 0.0,
                 }),
                 cache_ttl_s: m.cache_ttl_s.unwrap_or(config.cache.default_ttl_s),
+                max_output_tokens: m.max_output_tokens,
+                on_limit: m.on_limit.clone(),
             });
             for name in std::iter::once(&m.name).chain(&m.aliases) {
                 catalog.by_name.insert(name.clone(), Arc::clone(&model));

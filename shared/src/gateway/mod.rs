@@ -14,7 +14,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::config::{CacheConfig, Config};
+use crate::config::{CacheConfig, Config, OnLimit};
+use crate::keys::KeyLimits;
+use crate::limits::{Ask, Grant, Limiter, Refusal, Subject};
 use crate::providers::{
     Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream, Usage,
 };
@@ -31,6 +33,19 @@ pub struct Caller {
     pub key_id: String,
     /// The key's tenant; scopes the cache.
     pub tenant: String,
+    /// The key's own rate limits and spending cap.
+    pub limits: KeyLimits,
+}
+
+impl Caller {
+    /// The caller as the limiter sees it.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject {
+            key_id: &self.key_id,
+            tenant: &self.tenant,
+            key_limits: &self.limits,
+        }
+    }
 }
 
 /// Why the pipeline could not produce an answer.
@@ -56,6 +71,9 @@ pub enum GatewayError {
     /// The store failed where the request cannot go on without it.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Over a rate limit or spending cap, and the model's `on_limit` did not answer instead.
+    #[error("over a limit: {} {}", .0.level, .0.metric)]
+    Limited(Refusal),
 }
 
 /// The body of a successful answer.
@@ -76,6 +94,48 @@ pub struct Reply {
     pub usage: Usage,
     /// Cost of the provider call in nano-USD (zero for cache hits).
     pub cost_nano_usd: u64,
+    /// Set when the answer is degraded: which fallback produced it (`x-sluice-fallback`).
+    pub fallback: Option<&'static str>,
+}
+
+impl Reply {
+    /// An answer that cost no provider call.
+    fn cached(body: Bytes, cache: CacheStatus) -> Self {
+        Self {
+            body: ReplyBody::Json(body),
+            cache,
+            usage: Usage::default(),
+            cost_nano_usd: 0,
+            fallback: None,
+        }
+    }
+}
+
+/// Why a request is being answered by `on_limit`.
+struct Over {
+    refusal: Refusal,
+    stale: Option<CachedResponse>,
+    downgraded: bool,
+}
+
+/// A completion whose content is a configured message (the `message` limit fallback).
+fn canned_completion(model: &str, text: &str) -> Value {
+    serde_json::json!({
+        "id": format!("chatcmpl-sluice-{}", crate::keys::random_alnum(20)),
+        "object": "chat.completion",
+        "created": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    })
 }
 
 /// What is known about a request so far, for its log line; filled in as the pipeline goes.
@@ -90,6 +150,7 @@ pub struct Trace {
 /// The gateway: configuration, store, HTTP client and clock, built once at start-up.
 pub struct Gateway {
     catalog: Catalog,
+    limiter: Arc<Limiter>,
     cache_config: CacheConfig,
     upstream_timeout: Duration,
     store: SharedStore,
@@ -118,6 +179,11 @@ impl Gateway {
     ) -> Self {
         Self {
             catalog: Catalog::from_config(config),
+            limiter: Arc::new(Limiter::new(
+                config,
+                Arc::clone(&store) as Arc<dyn crate::store::LimitStore>,
+                Arc::clone(&clock),
+            )),
             cache_config: config.cache.clone(),
             upstream_timeout: Duration::from_secs_f64(config.server.upstream_timeout_s),
             store,
@@ -143,6 +209,11 @@ impl Gateway {
         Ok(())
     }
 
+    /// The limiter (for usage reports and background release of abandoned reservations).
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
     /// The routing table.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -158,41 +229,86 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Reply, GatewayError> {
         let request = request::parse(endpoint, body)?;
-        let model = self
-            .catalog
-            .get(&request.model)
-            .ok_or_else(|| GatewayError::UnknownModel(request.model.clone()))?;
-        trace.model = Some(model.name.clone());
+        self.answer(caller, request, cache_control, trace, false)
+            .await
+    }
 
-        let policy = self.cache_policy(model, &request, cache_control);
+    /// Answers a parsed request: cache, limits, provider, settle. `downgraded` is set when
+    /// this is already the cheaper model another model's `on_limit` pointed to.
+    async fn answer(
+        &self,
+        caller: &Caller,
+        request: ParsedRequest,
+        cache_control: CacheControl,
+        trace: &mut Trace,
+        downgraded: bool,
+    ) -> Result<Reply, GatewayError> {
+        let endpoint = request.endpoint;
+        let model = Arc::clone(
+            self.catalog
+                .get(&request.model)
+                .ok_or_else(|| GatewayError::UnknownModel(request.model.clone()))?,
+        );
+        trace.model = Some(model.name.clone());
+        let subject = caller.subject();
+
+        let policy = self.cache_policy(&model, &request, cache_control);
         let key = (policy.lookup || policy.store)
             .then(|| cache::cache_key(&caller.tenant, endpoint, &model.name, &request.body));
+        let mut stale = None;
         if let (true, Some(key)) = (policy.lookup, &key) {
             let now = self.clock.now_ms();
             match self.store.cache_get(key, now).await {
                 Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
-                    return Ok(Reply {
-                        body: ReplyBody::Json(entry.body),
-                        cache: CacheStatus::Hit,
-                        usage: Usage::default(),
-                        cost_nano_usd: 0,
-                    });
+                    // A cached answer is a request (requests per minute) but spends nothing.
+                    return match self.limiter.admit_cached(&subject).await? {
+                        Ok(()) => Ok(Reply::cached(entry.body, CacheStatus::Hit)),
+                        Err(refusal) => {
+                            let over = Over {
+                                refusal,
+                                stale: Some(entry),
+                                downgraded,
+                            };
+                            self.over_limit(caller, &model, request, cache_control, trace, over)
+                                .await
+                        }
+                    };
                 }
-                Ok(_) => {}
+                Ok(entry) => stale = entry,
                 // The cache is an optimisation: when it fails, the provider still answers.
                 Err(e) => tracing::warn!(error = %e, "cache lookup failed; calling provider"),
             }
         }
 
-        let deployment = model
-            .pick()
-            .ok_or_else(|| GatewayError::NoDeployment(model.name.clone()))?;
+        let (ask, output_ceiling) = self.ask(&model, &request, &subject);
+        let grant = match self.limiter.admit(&subject, ask).await? {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                let over = Over {
+                    refusal,
+                    stale,
+                    downgraded,
+                };
+                return self
+                    .over_limit(caller, &model, request, cache_control, trace, over)
+                    .await;
+            }
+        };
+
+        let Some(deployment) = model.pick() else {
+            self.settle(grant, 0, 0).await;
+            return Err(GatewayError::NoDeployment(model.name.clone()));
+        };
         trace.deployment = Some(deployment.id.clone());
         let mut upstream_body = request.body.clone();
         upstream_body.insert(
             "model".into(),
             Value::String(deployment.upstream_model.clone()),
         );
+        if let Some(ceiling) = output_ceiling {
+            // The reservation assumed at most this many output tokens: hold the provider to it.
+            upstream_body.insert("max_tokens".into(), Value::from(ceiling));
+        }
         let answer = deployment
             .provider
             .call(
@@ -205,51 +321,174 @@ impl Gateway {
                     timeout: self.upstream_timeout,
                 },
             )
-            .await
-            .map_err(|error| GatewayError::Upstream {
-                deployment: deployment.id.clone(),
-                error,
-            })?;
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(error) => {
+                // Nothing was spent: give the whole reservation back.
+                self.settle(grant, 0, 0).await;
+                return Err(GatewayError::Upstream {
+                    deployment: deployment.id.clone(),
+                    error,
+                });
+            }
+        };
         let status = if policy.lookup {
             CacheStatus::Miss
         } else {
             CacheStatus::Bypass
         };
         match answer {
-            UpstreamResponse::Stream(stream) => Ok(Reply {
-                body: ReplyBody::EventStream(stream),
-                cache: status,
-                usage: Usage::default(),
-                cost_nano_usd: 0,
-            }),
+            UpstreamResponse::Stream(stream) => {
+                // Streams are not metered yet: the worst case reserved is what is charged.
+                let charged = if grant.is_empty() {
+                    0
+                } else {
+                    ask.cost_nano_usd
+                };
+                self.settle(grant, ask.tokens, charged).await;
+                Ok(Reply {
+                    body: ReplyBody::EventStream(stream),
+                    cache: status,
+                    usage: Usage::default(),
+                    cost_nano_usd: charged,
+                    fallback: None,
+                })
+            }
             UpstreamResponse::Complete { body, usage } => {
                 let usage = usage.unwrap_or_else(|| estimate_usage(&request));
                 let cost_nano_usd = model
                     .price
                     .cost_nano_usd(usage.prompt_tokens, usage.completion_tokens);
-                if let (true, Some(key)) = (policy.store, &key)
-                    && body.len() <= self.cache_config.max_entry_bytes
-                {
-                    let now = self.clock.now_ms();
-                    let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
-                    let entry = CachedResponse {
-                        body: body.clone(),
-                        created_at_ms: now,
-                        expires_at_ms,
-                        purge_at_ms: expires_at_ms
-                            .saturating_add(self.cache_config.stale_keep_s * 1000),
-                    };
-                    if let Err(e) = self.store.cache_put(key, &entry).await {
-                        tracing::warn!(error = %e, "cache store failed; answer not cached");
+                let store_answer = async {
+                    if let (true, Some(key)) = (policy.store, &key)
+                        && body.len() <= self.cache_config.max_entry_bytes
+                    {
+                        let now = self.clock.now_ms();
+                        let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
+                        let entry = CachedResponse {
+                            body: body.clone(),
+                            created_at_ms: now,
+                            expires_at_ms,
+                            purge_at_ms: expires_at_ms
+                                .saturating_add(self.cache_config.stale_keep_s * 1000),
+                        };
+                        if let Err(e) = self.store.cache_put(key, &entry).await {
+                            tracing::warn!(error = %e, "cache store failed; answer not cached");
+                        }
                     }
-                }
+                };
+                // Independent writes: settle the reservation and store the answer together.
+                tokio::join!(
+                    self.settle(
+                        grant,
+                        usage.prompt_tokens + usage.completion_tokens,
+                        cost_nano_usd
+                    ),
+                    store_answer
+                );
                 Ok(Reply {
                     body: ReplyBody::Json(body),
                     cache: status,
                     usage,
                     cost_nano_usd,
+                    fallback: None,
                 })
             }
+        }
+    }
+
+    /// Settles a grant; a failure is logged (the reservation then expires and is released).
+    async fn settle(&self, grant: Grant, tokens: u64, cost_nano_usd: u64) {
+        if let Err(e) = self.limiter.settle(grant, tokens, cost_nano_usd).await {
+            tracing::error!(target: "sluice::limits", error = %e, "could not settle a reservation");
+        }
+    }
+
+    /// The worst case a request can use, and the output ceiling to impose on the provider
+    /// when the request set none and a spending cap depends on it.
+    fn ask(
+        &self,
+        model: &Model,
+        request: &ParsedRequest,
+        subject: &Subject<'_>,
+    ) -> (Ask, Option<u64>) {
+        let prompt_bound = tokens::prompt_upper_bound(request);
+        let (output, impose) = match request.endpoint {
+            Endpoint::Embeddings => (0, None),
+            Endpoint::ChatCompletions => {
+                let asked = request
+                    .body
+                    .get("max_completion_tokens")
+                    .or_else(|| request.body.get("max_tokens"))
+                    .and_then(Value::as_u64);
+                match asked {
+                    Some(n) => (n, None),
+                    None => {
+                        let ceiling = model
+                            .max_output_tokens
+                            .unwrap_or(self.limiter.config().default_max_output_tokens);
+                        (ceiling, Some(ceiling))
+                    }
+                }
+            }
+        };
+        let ask = Ask {
+            tokens: prompt_bound + output,
+            cost_nano_usd: model.price.cost_nano_usd_ceil(prompt_bound, output),
+        };
+        let capped = self.limiter.budget_applies(subject);
+        (ask, impose.filter(|_| capped))
+    }
+
+    /// What a model does over a limit (`on_limit` in its config).
+    async fn over_limit(
+        &self,
+        caller: &Caller,
+        model: &Model,
+        request: ParsedRequest,
+        cache_control: CacheControl,
+        trace: &mut Trace,
+        over: Over,
+    ) -> Result<Reply, GatewayError> {
+        let refused = || GatewayError::Limited(over.refusal.clone());
+        match &model.on_limit {
+            OnLimit::Reject => Err(refused()),
+            OnLimit::CacheOnly => match over.stale {
+                Some(entry) => {
+                    let mut reply = Reply::cached(entry.body, CacheStatus::Stale);
+                    reply.fallback = Some("stale_cache");
+                    Ok(reply)
+                }
+                None => Err(refused()),
+            },
+            OnLimit::Downgrade(target) if !over.downgraded => {
+                let mut cheaper = request;
+                cheaper.model = target.clone();
+                cheaper
+                    .body
+                    .insert("model".into(), Value::String(target.clone()));
+                let attempt =
+                    Box::pin(self.answer(caller, cheaper, cache_control, trace, true)).await;
+                match attempt {
+                    Ok(mut reply) => {
+                        reply.fallback = Some("downgrade");
+                        Ok(reply)
+                    }
+                    Err(GatewayError::Limited(_)) => Err(refused()),
+                    Err(e) => Err(e),
+                }
+            }
+            OnLimit::Downgrade(_) => Err(refused()),
+            OnLimit::Message(text) if request.endpoint == Endpoint::ChatCompletions => {
+                let mut reply = Reply::cached(
+                    Bytes::from(canned_completion(&model.name, text).to_string()),
+                    CacheStatus::Bypass,
+                );
+                reply.fallback = Some("message");
+                Ok(reply)
+            }
+            OnLimit::Message(_) => Err(refused()),
         }
     }
 

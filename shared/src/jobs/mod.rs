@@ -111,6 +111,7 @@ impl Jobs {
             id: format!("job_{}", random_alnum(24)),
             tenant: caller.tenant.clone(),
             key_id: caller.key_id.clone(),
+            key_limits: caller.limits.clone(),
             endpoint: submission.endpoint,
             request: submission.body,
             cache_control: submission.cache_control,

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use crate::keys::KeyLimits;
 use crate::providers::Endpoint;
 
 /// Where a job is in its life.
@@ -74,6 +75,8 @@ pub struct Job {
     pub tenant: String,
     /// Id of the key that submitted it.
     pub key_id: String,
+    /// That key's limits when it submitted the job; they apply when the job runs.
+    pub key_limits: KeyLimits,
     /// Which API the request is for.
     pub endpoint: Endpoint,
     /// The request body as submitted (validated at acceptance).

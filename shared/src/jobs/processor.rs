@@ -256,6 +256,7 @@ fn caller_of(job: &Job) -> Caller {
     Caller {
         key_id: job.key_id.clone(),
         tenant: job.tenant.clone(),
+        limits: job.key_limits.clone(),
     }
 }
 

@@ -9,6 +9,9 @@
 //! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke |
 //! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
 //! | jobs | job id | request, state, lease, result | PutItem, GetItem, conditional UpdateItem |
+//! | limits | counter id (`rate:…`, `budget:…`) | `count`, or `committed` + `spent` | one `TransactWriteItems` per admit and per settle |
+//! | limits | `hold#<id>` | a reservation's `undo` list and expiry | in the same transactions; Scan for expired holds |
+//! | limits | `mark#<marker>` | a once-only marker (soft-threshold warnings) | conditional PutItem |
 //!
 //! TTL deletion is lazy on AWS (up to 48 h late) and absent on moto, so every read also checks
 //! the stored expiry itself. Reads are strongly consistent so the adapter behaves exactly like
@@ -24,16 +27,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
+    KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use bytes::Bytes;
 
-use super::{CacheKey, CacheStore, CachedResponse, JobStore, KeyStore, StoreError};
+use super::{
+    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, Increment, JobStore,
+    KeyStore, LimitStore, StoreError,
+};
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::providers::Endpoint;
@@ -54,20 +61,23 @@ pub struct Tables {
     pub cache: String,
     /// Async jobs.
     pub jobs: String,
+    /// Rate-limit and budget counters, reservations and markers.
+    pub limits: String,
 }
 
 impl Tables {
-    /// `<prefix>-keys`, `<prefix>-cache`, `<prefix>-jobs`.
+    /// `<prefix>-keys`, `<prefix>-cache`, `<prefix>-jobs`, `<prefix>-limits`.
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             keys: format!("{prefix}-keys"),
             cache: format!("{prefix}-cache"),
             jobs: format!("{prefix}-jobs"),
+            limits: format!("{prefix}-limits"),
         }
     }
 
-    /// From `SLUICE_KEYS_TABLE`, `SLUICE_CACHE_TABLE`, `SLUICE_JOBS_TABLE` (as the SAM template
-    /// sets them), each defaulting to `sluice-<name>`.
+    /// From `SLUICE_KEYS_TABLE`, `SLUICE_CACHE_TABLE`, `SLUICE_JOBS_TABLE`,
+    /// `SLUICE_LIMITS_TABLE` (as the SAM template sets them), each defaulting to `sluice-<name>`.
     pub fn from_env() -> Self {
         let var = |name: &str, default: &str| {
             std::env::var(name)
@@ -79,11 +89,12 @@ impl Tables {
             keys: var("SLUICE_KEYS_TABLE", "sluice-keys"),
             cache: var("SLUICE_CACHE_TABLE", "sluice-cache"),
             jobs: var("SLUICE_JOBS_TABLE", "sluice-jobs"),
+            limits: var("SLUICE_LIMITS_TABLE", "sluice-limits"),
         }
     }
 
-    fn all(&self) -> [&str; 3] {
-        [&self.keys, &self.cache, &self.jobs]
+    fn all(&self) -> [&str; 4] {
+        [&self.keys, &self.cache, &self.jobs, &self.limits]
     }
 }
 
@@ -526,6 +537,9 @@ fn job_from_item(item: &Item) -> Result<Job, StoreError> {
         id: get_s(item, "pk")?,
         tenant: get_s(item, "tenant")?,
         key_id: get_s(item, "key_id")?,
+        key_limits: opt_s(item, "key_limits")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
         endpoint,
         request: get_blob(item, "request")?.ok_or_else(|| corrupt("job request"))?,
         cache_control: opt_s(item, "cache_control"),
@@ -547,6 +561,9 @@ impl JobStore for DynamoStore {
         item.insert("pk".into(), s(&job.id));
         item.insert("tenant".into(), s(&job.tenant));
         item.insert("key_id".into(), s(&job.key_id));
+        if let Ok(limits) = serde_json::to_string(&job.key_limits) {
+            item.insert("key_limits".into(), s(limits));
+        }
         item.insert("endpoint".into(), s(job.endpoint.as_str()));
         if put_blob(&mut item, "request", &job.request)? > MAX_BLOB_BYTES {
             return Err(StoreError::TooLarge(format!(
@@ -732,6 +749,353 @@ impl JobStore for DynamoStore {
         match update.update_expression(set).send().await {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+}
+
+// ---- limits -----------------------------------------------------------------------------
+
+/// Attempts of a limits transaction that lost a race with a concurrent one on the same item.
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// Increments grouped by counter (one transaction may touch an item only once), in order.
+fn by_counter(increments: &[Increment]) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, inc) in increments.iter().enumerate() {
+        match groups.iter_mut().find(|(c, _)| *c == inc.counter) {
+            Some((_, idxs)) => idxs.push(i),
+            None => groups.push((inc.counter.clone(), vec![i])),
+        }
+    }
+    groups
+}
+
+impl DynamoStore {
+    /// One `Update` adding every increment of a counter, conditional on the `at_most`s.
+    fn counter_update(
+        &self,
+        counter: &str,
+        increments: &[&Increment],
+    ) -> Result<Update, StoreError> {
+        let mut update = Update::builder()
+            .table_name(&self.tables.limits)
+            .key("pk", s(counter))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let mut adds = Vec::new();
+        let mut conditions = Vec::new();
+        let ttl = increments
+            .iter()
+            .map(|i| i.expires_at_ms)
+            .max()
+            .unwrap_or(0);
+        for (j, inc) in increments.iter().enumerate() {
+            adds.push(format!("#f{j} :d{j}"));
+            update = update
+                .expression_attribute_names(format!("#f{j}"), inc.field.as_str())
+                .expression_attribute_values(format!(":d{j}"), n(inc.delta));
+            if let Some(at_most) = inc.at_most {
+                // A missing counter is 0, and `delta <= at_most` was checked before sending.
+                conditions.push(format!("(attribute_not_exists(#f{j}) OR #f{j} <= :m{j})"));
+                update =
+                    update.expression_attribute_values(format!(":m{j}"), n(at_most - inc.delta));
+            }
+        }
+        update = update
+            .update_expression(format!("SET expires_at = :ttl ADD {}", adds.join(", ")))
+            .expression_attribute_values(":ttl", ttl_secs(ttl));
+        if !conditions.is_empty() {
+            update = update.condition_expression(conditions.join(" AND "));
+        }
+        update.build().map_err(build)
+    }
+
+    /// Runs a limits transaction, retrying conflicts with concurrent transactions; returns the
+    /// cancellation reasons' codes and old items when it was cancelled by a condition.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Option<Vec<(Option<String>, Option<Item>)>>, StoreError> {
+        for attempt in 0..CONFLICT_ATTEMPTS {
+            self.count();
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let err = match res {
+                Ok(_) => return Ok(None),
+                Err(e) => e,
+            };
+            let SdkError::ServiceError(service) = err else {
+                return Err(sdk(err));
+            };
+            match service.into_err() {
+                TransactWriteItemsError::TransactionCanceledException(t) => {
+                    let reasons: Vec<(Option<String>, Option<Item>)> = t
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| (r.code().map(str::to_owned), r.item().cloned()))
+                        .collect();
+                    let conflict = reasons
+                        .iter()
+                        .any(|(c, _)| c.as_deref() == Some("TransactionConflict"));
+                    let failed = reasons
+                        .iter()
+                        .any(|(c, _)| c.as_deref() == Some("ConditionalCheckFailed"));
+                    if failed || !conflict {
+                        return Ok(Some(reasons));
+                    }
+                }
+                TransactWriteItemsError::TransactionInProgressException(_) => {}
+                other => return Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+            }
+            let backoff = 5u64 << attempt.min(5);
+            let jitter = rand::random_range(0..=backoff);
+            tokio::time::sleep(std::time::Duration::from_millis(backoff + jitter)).await;
+        }
+        Err(StoreError::Backend(
+            "DynamoDB: limits transaction kept conflicting".into(),
+        ))
+    }
+}
+
+#[async_trait]
+impl LimitStore for DynamoStore {
+    async fn apply(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+    ) -> Result<Applied, StoreError> {
+        for (index, inc) in increments.iter().enumerate() {
+            if inc.at_most.is_some_and(|m| inc.delta > m) {
+                // Cannot fit even on an empty counter: no call needed.
+                return Ok(Applied::Refused {
+                    index,
+                    current: None,
+                });
+            }
+        }
+        let groups = by_counter(increments);
+        let mut items = Vec::with_capacity(groups.len() + 1);
+        for (counter, idxs) in &groups {
+            let incs: Vec<&Increment> = idxs.iter().map(|&i| &increments[i]).collect();
+            items.push(
+                TransactWriteItem::builder()
+                    .update(self.counter_update(counter, &incs)?)
+                    .build(),
+            );
+        }
+        if let Some(hold) = hold {
+            let mut item = Item::new();
+            item.insert("pk".into(), s(format!("hold#{}", hold.id)));
+            item.insert(
+                "undo".into(),
+                s(serde_json::to_string(&hold.undo)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?),
+            );
+            item.insert("expires_at_ms".into(), n(hold.expires_at_ms));
+            // Kept a week past its expiry so the release sweep finds it before TTL deletes it.
+            item.insert(
+                "expires_at".into(),
+                ttl_secs(hold.expires_at_ms + 7 * 86_400_000),
+            );
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.tables.limits)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            );
+        }
+        let Some(reasons) = self.transact(items).await? else {
+            return Ok(Applied::Granted);
+        };
+        for (g, (code, old)) in reasons.iter().enumerate() {
+            if code.as_deref() != Some("ConditionalCheckFailed") {
+                continue;
+            }
+            let Some((_, idxs)) = groups.get(g) else {
+                return Err(StoreError::Backend(
+                    "DynamoDB: reservation id collision".into(),
+                ));
+            };
+            // The old item came back with the failure: the refusal needs no second read.
+            let index = idxs
+                .iter()
+                .copied()
+                .find(|&i| {
+                    let inc = &increments[i];
+                    let current = old
+                        .as_ref()
+                        .and_then(|o| opt_n::<i64>(o, inc.field.as_str()).ok().flatten())
+                        .unwrap_or(0);
+                    inc.at_most.is_some_and(|m| current + inc.delta > m)
+                })
+                .unwrap_or(idxs[0]);
+            let current = old
+                .as_ref()
+                .map(|o| opt_n::<i64>(o, increments[index].field.as_str()))
+                .transpose()?
+                .map(|v| v.unwrap_or(0));
+            return Ok(Applied::Refused { index, current });
+        }
+        Err(StoreError::Backend(
+            "DynamoDB: limits transaction cancelled without a failed condition".into(),
+        ))
+    }
+
+    async fn settle(&self, hold_id: &str, increments: &[Increment]) -> Result<bool, StoreError> {
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .delete(
+                    Delete::builder()
+                        .table_name(&self.tables.limits)
+                        .key("pk", s(format!("hold#{hold_id}")))
+                        .condition_expression("attribute_exists(pk)")
+                        .build()
+                        .map_err(build)?,
+                )
+                .build(),
+        ];
+        for (counter, idxs) in by_counter(increments) {
+            let incs: Vec<&Increment> = idxs.iter().map(|&i| &increments[i]).collect();
+            items.push(
+                TransactWriteItem::builder()
+                    .update(self.counter_update(&counter, &incs)?)
+                    .build(),
+            );
+        }
+        match self.transact(items).await? {
+            None => Ok(true),
+            Some(reasons)
+                if reasons.first().and_then(|(c, _)| c.as_deref())
+                    == Some("ConditionalCheckFailed") =>
+            {
+                Ok(false)
+            }
+            Some(_) => Err(StoreError::Backend(
+                "DynamoDB: settle transaction cancelled".into(),
+            )),
+        }
+    }
+
+    async fn read_counters(
+        &self,
+        counters: &[(String, CounterField)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut found: HashMap<String, Item> = HashMap::new();
+        let mut pks: Vec<&str> = counters.iter().map(|(c, _)| c.as_str()).collect();
+        pks.sort_unstable();
+        pks.dedup();
+        for chunk in pks.chunks(100) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|pk| HashMap::from([("pk".to_owned(), s(*pk))]))
+                .collect();
+            while !keys.is_empty() {
+                self.count();
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(
+                        &self.tables.limits,
+                        KeysAndAttributes::builder()
+                            .set_keys(Some(keys))
+                            .consistent_read(true)
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.tables.limits))
+                    .into_iter()
+                    .flatten()
+                {
+                    found.insert(get_s(item, "pk")?, item.clone());
+                }
+                keys = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.tables.limits))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+            }
+        }
+        counters
+            .iter()
+            .map(|(c, f)| {
+                Ok(match found.get(c) {
+                    Some(item) => opt_n::<i64>(item, f.as_str())?.unwrap_or(0),
+                    None => 0,
+                })
+            })
+            .collect()
+    }
+
+    async fn expired_holds(&self, now_ms: u64, max: usize) -> Result<Vec<Hold>, StoreError> {
+        let mut holds = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            self.count();
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.limits)
+                .filter_expression("begins_with(pk, :h) AND expires_at_ms <= :now")
+                .expression_attribute_values(":h", s("hold#"))
+                .expression_attribute_values(":now", n(now_ms))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in page.items() {
+                let pk = get_s(item, "pk")?;
+                holds.push(Hold {
+                    id: pk.trim_start_matches("hold#").to_owned(),
+                    undo: serde_json::from_str(&get_s(item, "undo")?)
+                        .map_err(|_| corrupt("hold undo list"))?,
+                    expires_at_ms: get_n(item, "expires_at_ms")?,
+                });
+                if holds.len() >= max {
+                    return Ok(holds);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(holds),
+            }
+        }
+    }
+
+    async fn mark_once(&self, marker: &str, expires_at_ms: u64) -> Result<bool, StoreError> {
+        self.count();
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.tables.limits)
+            .item("pk", s(format!("mark#{marker}")))
+            .item("expires_at", ttl_secs(expires_at_ms))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(sdk(e)),
         }
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{KeyHash, KeyRecord};
@@ -116,10 +117,97 @@ pub trait JobStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
-/// Everything the gateway needs from a store.
-pub trait Store: KeyStore + CacheStore + JobStore {}
+/// Which number of a limit counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterField {
+    /// Requests or tokens in a rate window.
+    Count,
+    /// Spend plus outstanding reservations in a budget period (what caps are checked against).
+    Committed,
+    /// Settled spend in a budget period.
+    Spent,
+}
 
-impl<T: KeyStore + CacheStore + JobStore> Store for T {}
+impl CounterField {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Committed => "committed",
+            Self::Spent => "spent",
+        }
+    }
+}
+
+/// One change to a limit counter, conditional on where it ends up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Increment {
+    /// The counter's id, e.g. `rate:key:key_x:rpm:29930400`.
+    pub counter: String,
+    /// Which of its numbers.
+    pub field: CounterField,
+    /// How much to add (negative to give back).
+    pub delta: i64,
+    /// Applied only if the value afterwards is at most this; a missing counter is 0.
+    pub at_most: Option<i64>,
+    /// The counter may be deleted after this time.
+    pub expires_at_ms: u64,
+}
+
+/// A reservation taken with [`LimitStore::apply`]: what to undo if it is never settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Unique id.
+    pub id: String,
+    /// Increments that give the reservation back.
+    pub undo: Vec<Increment>,
+    /// After this the reservation counts as abandoned (a crashed request).
+    pub expires_at_ms: u64,
+}
+
+/// What [`LimitStore::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Every increment was applied (and the hold stored).
+    Granted,
+    /// Nothing was applied: increment `index` would have passed its `at_most`.
+    Refused {
+        /// The refused increment's index.
+        index: usize,
+        /// Its counter's value, when the store reported it.
+        current: Option<i64>,
+    },
+}
+
+/// Counters for rate limits and spending caps, changed atomically.
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Applies all the increments and stores `hold`, or nothing at all if any increment's
+    /// condition fails: one atomic write across every level.
+    async fn apply(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+    ) -> Result<Applied, StoreError>;
+    /// Settles a hold: deletes it and applies `increments` (unconditionally) atomically.
+    /// `false`, with nothing applied, if the hold no longer exists.
+    async fn settle(&self, hold_id: &str, increments: &[Increment]) -> Result<bool, StoreError>;
+    /// Current values (a missing counter is 0), in order.
+    async fn read_counters(
+        &self,
+        counters: &[(String, CounterField)],
+    ) -> Result<Vec<i64>, StoreError>;
+    /// Holds past their expiry at `now_ms`, up to `max`.
+    async fn expired_holds(&self, now_ms: u64, max: usize) -> Result<Vec<Hold>, StoreError>;
+    /// Sets a marker if it is not set yet; `true` only for the call that set it.
+    async fn mark_once(&self, marker: &str, expires_at_ms: u64) -> Result<bool, StoreError>;
+}
+
+/// Everything the gateway needs from a store.
+pub trait Store: KeyStore + CacheStore + JobStore + LimitStore {}
+
+impl<T: KeyStore + CacheStore + JobStore + LimitStore> Store for T {}
 
 /// A shared handle to whichever store this process uses.
 pub type SharedStore = Arc<dyn Store>;

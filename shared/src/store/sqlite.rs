@@ -16,13 +16,16 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{CacheKey, CacheStore, CachedResponse, JobStore, KeyStore, StoreError};
+use super::{
+    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, Increment, JobStore,
+    KeyStore, LimitStore, StoreError,
+};
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id             TEXT PRIMARY KEY,
     tenant         TEXT NOT NULL,
     key_id         TEXT NOT NULL,
+    key_limits     TEXT,
     endpoint       TEXT NOT NULL,
     request        BLOB NOT NULL,
     cache_control  TEXT,
@@ -77,6 +81,24 @@ CREATE TABLE IF NOT EXISTS queue_messages (
 );
 CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (visible_at_ms);
 CREATE INDEX IF NOT EXISTS queue_messages_receipt ON queue_messages (receipt);
+CREATE TABLE IF NOT EXISTS limit_counters (
+    counter       TEXT NOT NULL,
+    field         TEXT NOT NULL,
+    value         INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (counter, field)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS limit_counters_expiry ON limit_counters (expires_at_ms);
+CREATE TABLE IF NOT EXISTS limit_holds (
+    id            TEXT PRIMARY KEY,
+    undo          TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS limit_holds_expiry ON limit_holds (expires_at_ms);
+CREATE TABLE IF NOT EXISTS limit_markers (
+    marker        TEXT PRIMARY KEY,
+    expires_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     message_id    TEXT PRIMARY KEY,
     body          TEXT NOT NULL,
@@ -301,6 +323,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build ({SCHEMA_VERSION})"
         )));
     }
+    if version == 2 {
+        // v3 added the submitting key's limits to jobs.
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN key_limits TEXT")
+            .map_err(backend)?;
+    }
     conn.execute_batch(SCHEMA).map_err(backend)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(backend)?;
@@ -507,6 +534,10 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreEr
         id: row.get("id")?,
         tenant: row.get("tenant")?,
         key_id: row.get("key_id")?,
+        key_limits: row
+            .get::<_, Option<String>>("key_limits")?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
         endpoint,
         request: Bytes::from(row.get::<_, Vec<u8>>("request")?),
         cache_control: row.get("cache_control")?,
@@ -538,8 +569,8 @@ impl JobStore for SqliteStore {
             let res = c.execute(
                 "INSERT INTO jobs (id, tenant, key_id, endpoint, request, cache_control,
                      callback_url, status, attempts, lease_until_ms, created_at_ms,
-                     updated_at_ms, expires_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     updated_at_ms, expires_at_ms, key_limits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     job.id,
                     job.tenant,
@@ -554,6 +585,7 @@ impl JobStore for SqliteStore {
                     job.created_at_ms as i64,
                     job.updated_at_ms as i64,
                     job.expires_at_ms as i64,
+                    serde_json::to_string(&job.key_limits).ok(),
                 ],
             );
             match res {
@@ -647,6 +679,152 @@ impl JobStore for SqliteStore {
                         result.cost_nano_usd as i64,
                         now_ms as i64,
                     ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+fn counter_value(c: &Connection, counter: &str, field: CounterField) -> Result<i64, StoreError> {
+    c.prepare_cached("SELECT value FROM limit_counters WHERE counter = ?1 AND field = ?2")
+        .map_err(backend)?
+        .query_row(params![counter, field.as_str()], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(backend)
+        .map(|v| v.unwrap_or(0))
+}
+
+fn add_to_counter(c: &Connection, inc: &Increment) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO limit_counters (counter, field, value, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (counter, field) DO UPDATE SET value = value + excluded.value,
+             expires_at_ms = MAX(expires_at_ms, excluded.expires_at_ms)",
+    )
+    .map_err(backend)?
+    .execute(params![
+        inc.counter,
+        inc.field.as_str(),
+        inc.delta,
+        inc.expires_at_ms as i64
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl LimitStore for SqliteStore {
+    async fn apply(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+    ) -> Result<Applied, StoreError> {
+        let increments = increments.to_vec();
+        let hold = hold.cloned();
+        // One write job: checks and changes run in the same transaction on the single writer
+        // (BEGIN IMMEDIATE also locks out other processes sharing the file), so they are atomic.
+        self.write(move |c| {
+            for (index, inc) in increments.iter().enumerate() {
+                if let Some(at_most) = inc.at_most {
+                    let current = counter_value(c, &inc.counter, inc.field)?;
+                    if current + inc.delta > at_most {
+                        return Ok(Applied::Refused {
+                            index,
+                            current: Some(current),
+                        });
+                    }
+                }
+            }
+            for inc in &increments {
+                add_to_counter(c, inc)?;
+            }
+            if let Some(hold) = &hold {
+                let undo = serde_json::to_string(&hold.undo)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                c.execute(
+                    "INSERT INTO limit_holds (id, undo, expires_at_ms) VALUES (?1, ?2, ?3)",
+                    params![hold.id, undo, hold.expires_at_ms as i64],
+                )
+                .map_err(backend)?;
+            }
+            Ok(Applied::Granted)
+        })
+        .await
+    }
+
+    async fn settle(&self, hold_id: &str, increments: &[Increment]) -> Result<bool, StoreError> {
+        let hold_id = hold_id.to_owned();
+        let increments = increments.to_vec();
+        self.write(move |c| {
+            let deleted = c
+                .execute("DELETE FROM limit_holds WHERE id = ?1", [hold_id])
+                .map_err(backend)?;
+            if deleted == 0 {
+                return Ok(false);
+            }
+            for inc in &increments {
+                add_to_counter(c, inc)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn read_counters(
+        &self,
+        counters: &[(String, CounterField)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let counters = counters.to_vec();
+        self.read(move |c| {
+            counters
+                .iter()
+                .map(|(counter, field)| counter_value(c, counter, *field))
+                .collect()
+        })
+        .await
+    }
+
+    async fn expired_holds(&self, now_ms: u64, max: usize) -> Result<Vec<Hold>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, undo, expires_at_ms FROM limit_holds
+                     WHERE expires_at_ms <= ?1 ORDER BY expires_at_ms LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![now_ms as i64, max as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(id, undo, expires)| {
+                    Ok(Hold {
+                        id,
+                        undo: serde_json::from_str(&undo)
+                            .map_err(|_| StoreError::Corrupt("hold undo list".into()))?,
+                        expires_at_ms: expires as u64,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_once(&self, marker: &str, expires_at_ms: u64) -> Result<bool, StoreError> {
+        let marker = marker.to_owned();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO limit_markers (marker, expires_at_ms) VALUES (?1, ?2)",
+                    params![marker, expires_at_ms as i64],
                 )
                 .map_err(backend)?;
             Ok(n == 1)

@@ -199,6 +199,10 @@ fn job(id: &str, now: u64, request: Bytes) -> Job {
         id: id.into(),
         tenant: "t1".into(),
         key_id: "key_1".into(),
+        key_limits: KeyLimits {
+            rpm: Some(5),
+            ..KeyLimits::default()
+        },
         endpoint: Endpoint::ChatCompletions,
         request,
         cache_control: Some("no-store".into()),

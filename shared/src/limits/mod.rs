@@ -1,0 +1,659 @@
+//! Rate limits and spending caps that hold under any concurrency and across processes.
+//!
+//! Every limit is a counter in the store, changed only by conditional writes, so it holds
+//! however many processes or Lambdas share the store:
+//!
+//! - [`rate`]: requests and tokens per minute, per key and per tenant (sliding window, see
+//!   [`window`]).
+//! - [`budget`]: spend per UTC day or month, per key, per tenant and for the whole gateway.
+//!   Before a provider call the worst case is reserved (prompt estimate × input price +
+//!   `max_tokens` × output price); after it, the reservation is settled to the real cost.
+//!
+//! One request's checks at every level go to the store as one atomic write
+//! ([`LimitStore::apply`]): all levels are charged or none is, so a request refused by its
+//! tenant's cap leaves nothing behind on its key's counters. A reservation that is never
+//! settled (a crashed request) expires after `limits.reservation_ttl_s` and is given back by
+//! [`Limiter::release_expired`].
+
+pub mod budget;
+pub mod period;
+pub mod rate;
+pub mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::clock::Clock;
+use crate::config::{Config, LimitsConfig, TenantConfig};
+use crate::keys::{KeyLimits, random_alnum};
+use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, StoreError};
+
+/// Who a request is limited as.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The calling key's id.
+    pub key_id: &'a str,
+    /// The key's tenant.
+    pub tenant: &'a str,
+    /// The key's own limits.
+    pub key_limits: &'a KeyLimits,
+}
+
+/// What a provider call may use, at worst.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// Prompt estimate + output ceiling.
+    pub tokens: u64,
+    /// Worst-case cost in nano-USD.
+    pub cost_nano_usd: u64,
+}
+
+/// Which kind of limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Requests or tokens per minute.
+    Rate,
+    /// A spending cap.
+    Budget,
+}
+
+/// Why a request was refused, and when to come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Rate or budget.
+    pub kind: LimitKind,
+    /// `key`, `tenant` or `gateway`.
+    pub level: &'static str,
+    /// What is limited, e.g. `requests per minute`.
+    pub metric: String,
+    /// The limit (requests, tokens, or nano-USD for budgets).
+    pub limit: u64,
+    /// What is left of it now.
+    pub remaining: u64,
+    /// Seconds until this request would be admitted.
+    pub retry_after_s: u64,
+    /// Seconds until the limit's window or period resets.
+    pub reset_s: u64,
+}
+
+/// An admitted request's reservation, to settle with the real usage.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    hold_id: Option<String>,
+    tokens: Vec<Increment>,
+    budgets: Vec<Increment>,
+    reserved_tokens: u64,
+    reserved_cost: u64,
+}
+
+impl Grant {
+    /// Whether nothing was reserved (no limit applied).
+    pub fn is_empty(&self) -> bool {
+        self.hold_id.is_none()
+    }
+}
+
+/// What one planned increment stands for (to explain a refusal).
+#[derive(Debug, Clone)]
+struct Meta {
+    kind: LimitKind,
+    level: &'static str,
+    metric: String,
+    limit: u64,
+    previous: i64,
+    elapsed: f64,
+    ends_at_ms: u64,
+}
+
+/// A planned atomic charge across all levels.
+#[derive(Default)]
+struct Plan {
+    increments: Vec<Increment>,
+    meta: Vec<Meta>,
+}
+
+/// Checks and records limits for requests.
+pub struct Limiter {
+    store: Arc<dyn LimitStore>,
+    clock: Arc<dyn Clock>,
+    config: LimitsConfig,
+    tenants: HashMap<String, TenantConfig>,
+    /// Closed rate windows' final counts, so each is read once per process.
+    previous: Mutex<(u64, HashMap<String, i64>)>,
+    /// Budget counters seen recently, for the soft-threshold check.
+    watched: Mutex<HashSet<(String, u64, &'static str)>>,
+}
+
+/// Splits `total` over `shards` as evenly as integers allow; shard `s` gets its part.
+pub(crate) fn share(total: u64, shards: u32, s: u32) -> u64 {
+    let n = u64::from(shards.max(1));
+    total / n + u64::from(u64::from(s) < total % n)
+}
+
+impl Limiter {
+    /// A limiter over the store's counters.
+    pub fn new(config: &Config, store: Arc<dyn LimitStore>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            config: config.limits.clone(),
+            tenants: config
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.clone()))
+                .collect(),
+            previous: Mutex::new((0, HashMap::new())),
+            watched: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The configured limits of a tenant, if any.
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.get(name)
+    }
+
+    /// The limits configuration.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// Whether any spending cap applies to the subject's requests.
+    pub fn budget_applies(&self, subject: &Subject<'_>) -> bool {
+        subject.key_limits.budget_usd.is_some()
+            || self
+                .tenants
+                .get(subject.tenant)
+                .is_some_and(|t| t.budget_usd.is_some())
+            || self.config.global_budget_usd.is_some()
+    }
+
+    /// Admits a request that will call a provider: one more request and `ask.tokens` tokens
+    /// per minute at key and tenant, and `ask.cost_nano_usd` reserved against every spending
+    /// cap — all or nothing.
+    pub async fn admit(
+        &self,
+        subject: &Subject<'_>,
+        ask: Ask,
+    ) -> Result<Result<Grant, Refusal>, StoreError> {
+        self.admit_with(subject, Some(ask)).await
+    }
+
+    /// Admits a request answered from the cache: it counts against requests per minute only.
+    pub async fn admit_cached(
+        &self,
+        subject: &Subject<'_>,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        Ok(self.admit_with(subject, None).await?.map(|_| ()))
+    }
+
+    async fn admit_with(
+        &self,
+        subject: &Subject<'_>,
+        ask: Option<Ask>,
+    ) -> Result<Result<Grant, Refusal>, StoreError> {
+        let shards = self.config.counter_shards.max(1);
+        let first = if shards > 1 {
+            rand::rng().random_range(0..shards)
+        } else {
+            0
+        };
+        let mut refusal = None;
+        // With sharded counters each shard holds its share of every limit; a request refused
+        // by one shard tries the others before it is refused.
+        for attempt in 0..shards {
+            let shard = (first + attempt) % shards;
+            let now = self.clock.now_ms();
+            let plan = self.plan(subject, ask, now, shard).await?;
+            if plan.increments.is_empty() {
+                return Ok(Ok(Grant::default()));
+            }
+            let mut grant = Grant::default();
+            if let Some(ask) = ask {
+                grant.reserved_tokens = ask.tokens;
+                grant.reserved_cost = ask.cost_nano_usd;
+                for inc in &plan.increments {
+                    match inc.field {
+                        CounterField::Committed => grant.budgets.push(inc.clone()),
+                        CounterField::Count if inc.counter.contains(":tpm:") => {
+                            grant.tokens.push(inc.clone())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let undo: Vec<Increment> = grant
+                .tokens
+                .iter()
+                .chain(&grant.budgets)
+                .map(|inc| Increment {
+                    delta: -inc.delta,
+                    at_most: None,
+                    ..inc.clone()
+                })
+                .collect();
+            let hold = (!undo.is_empty()).then(|| Hold {
+                id: format!("hold_{}", random_alnum(20)),
+                undo,
+                expires_at_ms: now + self.config.reservation_ttl_s * 1000,
+            });
+            grant.hold_id = hold.as_ref().map(|h| h.id.clone());
+            match self.store.apply(&plan.increments, hold.as_ref()).await? {
+                Applied::Granted => {
+                    self.watch(&plan);
+                    return Ok(Ok(grant));
+                }
+                Applied::Refused { index, current } => {
+                    let Some(meta) = plan.meta.get(index) else {
+                        return Err(StoreError::Backend("refusal names no increment".into()));
+                    };
+                    let delta = plan.increments[index].delta.max(0) as u64;
+                    refusal = Some(explain(meta, current.unwrap_or(0), delta, now));
+                }
+            }
+        }
+        match refusal {
+            Some(r) => Ok(Err(r)),
+            None => Ok(Ok(Grant::default())),
+        }
+    }
+
+    /// Settles a grant to the real usage: gives back what was reserved beyond it and records
+    /// the spend. Safe to call with an empty grant.
+    pub async fn settle(
+        &self,
+        grant: Grant,
+        tokens: u64,
+        cost_nano_usd: u64,
+    ) -> Result<(), StoreError> {
+        let Some(hold_id) = &grant.hold_id else {
+            return Ok(());
+        };
+        let settle = |reserved_back: bool| -> Vec<Increment> {
+            let mut out = Vec::new();
+            for inc in &grant.tokens {
+                let delta = tokens as i64
+                    - if reserved_back {
+                        grant.reserved_tokens as i64
+                    } else {
+                        0
+                    };
+                out.push(Increment {
+                    delta,
+                    at_most: None,
+                    ..inc.clone()
+                });
+            }
+            for inc in &grant.budgets {
+                let delta = cost_nano_usd as i64
+                    - if reserved_back {
+                        grant.reserved_cost as i64
+                    } else {
+                        0
+                    };
+                out.push(Increment {
+                    delta,
+                    at_most: None,
+                    ..inc.clone()
+                });
+                out.push(Increment {
+                    field: CounterField::Spent,
+                    delta: cost_nano_usd as i64,
+                    at_most: None,
+                    ..inc.clone()
+                });
+            }
+            out
+        };
+        if self.store.settle(hold_id, &settle(true)).await? {
+            return Ok(());
+        }
+        // The reservation was already given back as abandoned (the request outlived
+        // `reservation_ttl_s`): record what it really used on its own.
+        let real: Vec<Increment> = settle(false).into_iter().filter(|i| i.delta != 0).collect();
+        if !real.is_empty() {
+            self.store.apply(&real, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back reservations of requests that never settled (crashed). Returns how many.
+    pub async fn release_expired(&self) -> Result<usize, StoreError> {
+        let holds = self.store.expired_holds(self.clock.now_ms(), 100).await?;
+        let mut released = 0;
+        for hold in holds {
+            if self.store.settle(&hold.id, &hold.undo).await? {
+                released += 1;
+            }
+        }
+        if released > 0 {
+            tracing::warn!(target: "sluice::limits", released, "released reservations of requests that never finished");
+        }
+        Ok(released)
+    }
+
+    /// Logs a warning event, once per period, for every recently used spending cap past the
+    /// soft threshold (`limits.soft_threshold`). Returns the caps warned about now.
+    pub async fn check_soft_thresholds(&self) -> Result<Vec<String>, StoreError> {
+        let watched: Vec<(String, u64, &'static str)> = self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        if watched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counters: Vec<(String, CounterField)> = watched
+            .iter()
+            .map(|(c, _, _)| (c.clone(), CounterField::Spent))
+            .collect();
+        let spent = self.store.read_counters(&counters).await?;
+        let mut warned = Vec::new();
+        for ((counter, cap, level), spent) in watched.into_iter().zip(spent) {
+            if (spent as f64) < cap as f64 * self.config.soft_threshold {
+                continue;
+            }
+            let expires = self.clock.now_ms() + 40 * 86_400_000;
+            if self
+                .store
+                .mark_once(&format!("soft:{counter}"), expires)
+                .await?
+            {
+                tracing::warn!(
+                    target: "sluice::limits",
+                    event = "budget_soft_threshold",
+                    level,
+                    counter = %counter,
+                    spent_usd = spent as f64 / 1e9,
+                    cap_usd = cap as f64 / 1e9,
+                    threshold = self.config.soft_threshold,
+                    "spend passed the soft threshold of a cap"
+                );
+                warned.push(counter);
+            }
+        }
+        Ok(warned)
+    }
+
+    fn watch(&self, plan: &Plan) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        for (inc, meta) in plan.increments.iter().zip(&plan.meta) {
+            if meta.kind == LimitKind::Budget && watched.len() < 10_000 {
+                let cap = inc.at_most.unwrap_or(0).max(0) as u64;
+                watched.insert((inc.counter.clone(), cap, meta.level));
+            }
+        }
+    }
+
+    /// The plan of increments for one shard.
+    async fn plan(
+        &self,
+        subject: &Subject<'_>,
+        ask: Option<Ask>,
+        now: u64,
+        shard: u32,
+    ) -> Result<Plan, StoreError> {
+        let shards = self.config.counter_shards.max(1);
+        let tenant = self.tenants.get(subject.tenant);
+        let key_scope = format!("key:{}", subject.key_id);
+        let tenant_scope = format!("tenant:{}", subject.tenant);
+        let mut rates = Vec::new();
+        for (level, scope, rpm, tpm) in [
+            (
+                "key",
+                &key_scope,
+                subject.key_limits.rpm,
+                subject.key_limits.tpm,
+            ),
+            (
+                "tenant",
+                &tenant_scope,
+                tenant.and_then(|t| t.rpm),
+                tenant.and_then(|t| t.tpm),
+            ),
+        ] {
+            if let Some(rpm) = rpm {
+                rates.push(rate::RateCheck {
+                    level,
+                    scope: scope.clone(),
+                    metric: rate::Metric::Requests,
+                    limit: share(u64::from(rpm), shards, shard),
+                    amount: 1,
+                });
+            }
+            if let (Some(tpm), Some(ask)) = (tpm, ask) {
+                rates.push(rate::RateCheck {
+                    level,
+                    scope: scope.clone(),
+                    metric: rate::Metric::Tokens,
+                    limit: share(u64::from(tpm), shards, shard),
+                    amount: ask.tokens,
+                });
+            }
+        }
+        let mut plan = Plan::default();
+        if !rates.is_empty() {
+            let (w, elapsed) = window::position(now);
+            let previous = self.previous_counts(&rates, w, shard).await?;
+            for (check, prev) in rates.into_iter().zip(previous) {
+                let (inc, ends) = rate::increment(&check, w, shard, prev, elapsed);
+                plan.meta.push(Meta {
+                    kind: LimitKind::Rate,
+                    level: check.level,
+                    metric: check.metric.describe().into(),
+                    limit: check.limit,
+                    previous: prev,
+                    elapsed,
+                    ends_at_ms: ends,
+                });
+                plan.increments.push(inc);
+            }
+        }
+        if let Some(ask) = ask {
+            let mut caps = Vec::new();
+            if let (Some(usd), Some(p)) = (
+                subject.key_limits.budget_usd,
+                subject.key_limits.budget_period,
+            ) {
+                caps.push(("key", key_scope.clone(), usd, p));
+            }
+            if let Some((usd, p)) = tenant.and_then(|t| t.budget_usd.zip(t.period)) {
+                caps.push(("tenant", tenant_scope.clone(), usd, p));
+            }
+            if let Some(usd) = self.config.global_budget_usd {
+                caps.push((
+                    "gateway",
+                    "global".to_owned(),
+                    usd,
+                    self.config.global_period,
+                ));
+            }
+            for (level, scope, usd, period) in caps {
+                let cap = share(budget::usd_to_nanos(usd), shards, shard);
+                let (inc, ends) =
+                    budget::reserve(&scope, period, cap, ask.cost_nano_usd, now, shard);
+                plan.meta.push(Meta {
+                    kind: LimitKind::Budget,
+                    level,
+                    metric: format!("spend per {}", period.as_str()),
+                    limit: cap,
+                    previous: 0,
+                    elapsed: 0.0,
+                    ends_at_ms: ends,
+                });
+                plan.increments.push(inc);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The counts of the previous window for each check, read once per window per process.
+    async fn previous_counts(
+        &self,
+        checks: &[rate::RateCheck],
+        w: u64,
+        shard: u32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<String> = checks
+            .iter()
+            .map(|c| rate::counter_id(&c.scope, c.metric, w.saturating_sub(1), shard))
+            .collect();
+        let missing: Vec<(String, CounterField)> = {
+            let mut cache = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.0 != w {
+                *cache = (w, HashMap::new());
+            }
+            ids.iter()
+                .filter(|id| !cache.1.contains_key(*id))
+                .map(|id| (id.clone(), CounterField::Count))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let values = self.store.read_counters(&missing).await?;
+            let mut cache = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.0 == w {
+                for ((id, _), v) in missing.into_iter().zip(values) {
+                    cache.1.insert(id, v);
+                }
+            }
+        }
+        let cache = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ids
+            .iter()
+            .map(|id| cache.1.get(id).copied().unwrap_or(0))
+            .collect())
+    }
+
+    /// Current standing of every limit that applies to the subject, for `/v1/usage`.
+    pub async fn usage(&self, subject: &Subject<'_>) -> Result<Value, StoreError> {
+        let now = self.clock.now_ms();
+        let (w, elapsed) = window::position(now);
+        let shards = self.config.counter_shards.max(1);
+        let tenant = self.tenants.get(subject.tenant);
+        let mut levels = serde_json::Map::new();
+        let key_scope = format!("key:{}", subject.key_id);
+        let tenant_scope = format!("tenant:{}", subject.tenant);
+        let global = self
+            .config
+            .global_budget_usd
+            .map(|usd| (usd, self.config.global_period));
+        for (level, scope, rpm, tpm, cap) in [
+            (
+                "key",
+                Some(&key_scope),
+                subject.key_limits.rpm,
+                subject.key_limits.tpm,
+                subject
+                    .key_limits
+                    .budget_usd
+                    .zip(subject.key_limits.budget_period),
+            ),
+            (
+                "tenant",
+                Some(&tenant_scope),
+                tenant.and_then(|t| t.rpm),
+                tenant.and_then(|t| t.tpm),
+                tenant.and_then(|t| t.budget_usd.zip(t.period)),
+            ),
+            ("gateway", None, None, None, global),
+        ] {
+            let mut entry = serde_json::Map::new();
+            for (name, metric, limit) in [
+                ("rpm", rate::Metric::Requests, rpm),
+                ("tpm", rate::Metric::Tokens, tpm),
+            ] {
+                let (Some(limit), Some(scope)) = (limit, scope) else {
+                    continue;
+                };
+                let mut counters = Vec::new();
+                for s in 0..shards {
+                    counters.push((
+                        rate::counter_id(scope, metric, w.saturating_sub(1), s),
+                        CounterField::Count,
+                    ));
+                    counters.push((rate::counter_id(scope, metric, w, s), CounterField::Count));
+                }
+                let values = self.store.read_counters(&counters).await?;
+                let used: i64 = values
+                    .chunks(2)
+                    .map(|pair| window::estimate(pair[0], pair[1], elapsed))
+                    .sum();
+                entry.insert(
+                    name.into(),
+                    json!({"limit": limit, "used": used, "remaining": (i64::from(limit) - used).max(0),
+                           "window_s": window::WINDOW_MS / 1000}),
+                );
+            }
+            if let Some((usd, period)) = cap {
+                let scope = scope.map_or("global", String::as_str);
+                let (id, ends) = period::current(period, now);
+                let mut counters = Vec::new();
+                for s in 0..shards {
+                    let c = budget::counter_id(scope, &id, s);
+                    counters.push((c.clone(), CounterField::Committed));
+                    counters.push((c, CounterField::Spent));
+                }
+                let values = self.store.read_counters(&counters).await?;
+                let committed: i64 = values.iter().step_by(2).sum();
+                let spent: i64 = values.iter().skip(1).step_by(2).sum();
+                let cap = budget::usd_to_nanos(usd) as i64;
+                entry.insert(
+                    "budget".into(),
+                    json!({
+                        "period": period.as_str(),
+                        "period_id": id,
+                        "cap_usd": usd,
+                        "spent_usd": spent as f64 / 1e9,
+                        "reserved_usd": (committed - spent).max(0) as f64 / 1e9,
+                        "remaining_usd": (cap - committed).max(0) as f64 / 1e9,
+                        "resets_at": ends / 1000,
+                    }),
+                );
+            }
+            if !entry.is_empty() {
+                levels.insert(level.into(), Value::Object(entry));
+            }
+        }
+        Ok(json!({
+            "object": "usage",
+            "key_id": subject.key_id,
+            "tenant": subject.tenant,
+            "limits": levels,
+        }))
+    }
+}
+
+/// Turns a refused increment into what the client is told.
+fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
+    match meta.kind {
+        LimitKind::Rate => {
+            let retry =
+                window::retry_after_s(meta.limit, meta.previous, current, amount, meta.elapsed);
+            let used = window::estimate(meta.previous, current, meta.elapsed);
+            Refusal {
+                kind: LimitKind::Rate,
+                level: meta.level,
+                metric: meta.metric.clone(),
+                limit: meta.limit,
+                remaining: (meta.limit as i64 - used).max(0) as u64,
+                retry_after_s: retry,
+                reset_s: retry,
+            }
+        }
+        LimitKind::Budget => {
+            let reset = meta.ends_at_ms.saturating_sub(now).div_ceil(1000).max(1);
+            Refusal {
+                kind: LimitKind::Budget,
+                level: meta.level,
+                metric: meta.metric.clone(),
+                limit: meta.limit,
+                remaining: (meta.limit as i64 - current).max(0) as u64,
+                retry_after_s: reset,
+                reset_s: reset,
+            }
+        }
+    }
+}
