@@ -51,6 +51,11 @@ pub fn fake_config_with_jobs(base_url: &str, workers: usize) -> String {
     )
 }
 
+/// [`fake_config`] with more TOML appended (e.g. `[limits]`, `[[tenants]]`).
+pub fn fake_config_with(base_url: &str, extra: &str) -> String {
+    format!("{}\n{extra}\n", fake_config(base_url))
+}
+
 /// The callback signing secret of [`fake_config_with_jobs`].
 pub const CALLBACK_SECRET: &str = "whsec-test";
 

@@ -33,6 +33,8 @@ pub struct Outcome {
     pub cost_nano_usd: u64,
     /// Cache status.
     pub cache: CacheStatus,
+    /// The fallback that answered, for degraded answers.
+    pub fallback: Option<&'static str>,
     /// Error code, if the request failed.
     pub error: Option<&'static str>,
 }
@@ -74,6 +76,7 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
         tokens_out = outcome.tokens_out,
         cost_usd = outcome.cost_nano_usd as f64 / 1e9,
         cache = outcome.cache.as_str(),
+        fallback = outcome.fallback,
         error = outcome.error,
         "request"
     );

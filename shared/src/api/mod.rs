@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
 //! `POST /v1/embeddings`, `GET /v1/models`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
-//! (and `Prefer: respond-async` on the two POST routes above); the admin API `POST|GET /admin/keys`,
+//! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`; the admin API
+//! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
 
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod error;
 mod jobs;
 mod openai;
+mod usage;
 
 use std::sync::Arc;
 
@@ -79,6 +81,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/jobs", post(jobs::create_job))
         .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/usage", get(usage::key_usage))
+        .route("/admin/usage", get(usage::tenant_usage))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(openai::no_route)

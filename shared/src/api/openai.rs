@@ -120,6 +120,7 @@ async fn proxy(
         outcome.tokens_in = reply.usage.prompt_tokens;
         outcome.tokens_out = reply.usage.completion_tokens;
         outcome.cost_nano_usd = reply.cost_nano_usd;
+        outcome.fallback = reply.fallback;
         Ok(reply_response(reply, trace.deployment.as_deref()))
     }
     .await;
@@ -148,6 +149,7 @@ fn usd(nanos: u64) -> String {
 }
 
 fn reply_response(reply: Reply, deployment: Option<&str>) -> Response {
+    let fallback = reply.fallback;
     let (content_type, body) = match reply.body {
         ReplyBody::Json(bytes) => ("application/json", Body::from(bytes)),
         ReplyBody::EventStream(stream) => ("text/event-stream", Body::from_stream(stream)),
@@ -167,6 +169,9 @@ fn reply_response(reply: Reply, deployment: Option<&str>) -> Response {
     }
     if let Some(v) = deployment.and_then(|d| HeaderValue::from_str(d).ok()) {
         headers.insert("x-sluice-provider", v);
+    }
+    if let Some(tier) = fallback {
+        headers.insert("x-sluice-fallback", HeaderValue::from_static(tier));
     }
     response
 }

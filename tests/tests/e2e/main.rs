@@ -6,6 +6,7 @@ mod cache;
 mod errors;
 mod forwarding;
 mod jobs;
+mod limits;
 mod pooling;
 mod restart;
 

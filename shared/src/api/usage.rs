@@ -1,0 +1,65 @@
+//! `GET /v1/usage` (the calling key's limits and where it stands) and `GET /admin/usage`
+//! (a tenant's, for the admin).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::access_log::Outcome;
+use super::error::ApiError;
+use super::openai::finish;
+use crate::keys::KeyLimits;
+use crate::limits::Subject;
+
+/// `GET /v1/usage`: rate windows and spend per level for the calling key.
+pub async fn key_usage(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut outcome = Outcome::default();
+    let result = async {
+        let caller = state.keys.authenticate(&headers).await?;
+        outcome.tenant = Some(caller.tenant.clone());
+        outcome.key_id = Some(caller.key_id.clone());
+        let usage = state.gateway.limiter().usage(&caller.subject()).await?;
+        Ok::<_, ApiError>(Json(usage).into_response())
+    }
+    .await;
+    finish(result, outcome)
+}
+
+/// `GET /admin/usage?tenant=NAME`: the tenant's and the gateway's limits and spend.
+pub async fn tenant_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let result = async {
+        state.admin.check(&headers)?;
+        let Some(tenant) = query.get("tenant").filter(|t| !t.is_empty()) else {
+            let mut e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                "Give the tenant as `?tenant=NAME`.",
+            );
+            e.param = Some("tenant".into());
+            return Err(e);
+        };
+        let no_key = KeyLimits::default();
+        let subject = Subject {
+            key_id: "",
+            tenant,
+            key_limits: &no_key,
+        };
+        let mut usage = state.gateway.limiter().usage(&subject).await?;
+        if let Some(obj) = usage.as_object_mut() {
+            obj.remove("key_id");
+        }
+        Ok(Json(usage).into_response())
+    }
+    .await;
+    finish(result, Outcome::default())
+}

@@ -1,0 +1,522 @@
+//! Rate limits and spending caps on the local backend: exact under concurrency, sliding
+//! windows that move with the clock, never overspent, reservations that expire, and the
+//! per-model behaviour over a limit.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use sluice::keys::KeyLimits;
+use sluice::limits::Ask;
+use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config_with};
+
+use crate::{assert_error, header, json};
+
+fn prompt(i: usize) -> Value {
+    json!({"model": "gpt-test", "max_tokens": 5, "messages": [{"role": "user", "content": format!("q{i}")}]})
+}
+
+/// Fires `n` distinct chat requests at once; returns (status, cost nanos, response) for each.
+async fn burst(gw: &TestGateway, key: &str, n: usize) -> Vec<(u16, u64, reqwest::Response)> {
+    let bodies: Vec<Value> = (0..n).map(prompt).collect();
+    let sends = bodies
+        .iter()
+        .map(|b| gw.post("/v1/chat/completions", key, b));
+    join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| {
+            let cost = r
+                .headers()
+                .get("x-sluice-cost-usd")
+                .map(|v| nanos(v.to_str().unwrap()))
+                .unwrap_or(0);
+            (r.status().as_u16(), cost, r)
+        })
+        .collect()
+}
+
+/// Exact nano-USD from the decimal `x-sluice-cost-usd`.
+fn nanos(usd: &str) -> u64 {
+    let (whole, frac) = usd.split_once('.').unwrap();
+    whole.parse::<u64>().unwrap() * 1_000_000_000
+        + format!("{frac:0<9}")[..9].parse::<u64>().unwrap()
+}
+
+async fn usage(gw: &TestGateway, key: &str) -> Value {
+    json(
+        gw.http
+            .get(format!("{}/v1/usage", gw.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_against_rpm_10_admit_exactly_10() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    let key = gw.admin_create(json!({"tenant": "t1", "rpm": 10})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let results = burst(&gw, &key, 50).await;
+    let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
+    assert_eq!(ok, 10, "exactly the limit must pass");
+    assert_eq!(up.calls(), 10);
+    for (status, _, r) in results.into_iter().filter(|(s, _, _)| *s != 200) {
+        assert_eq!(status, 429);
+        let retry: u64 = header(&r, "retry-after").parse().unwrap();
+        assert!((1..=120).contains(&retry), "{retry}");
+        assert_eq!(header(&r, "ratelimit-limit"), "10");
+        assert_eq!(header(&r, "ratelimit-remaining"), "0");
+        assert!(header(&r, "ratelimit-reset").parse::<u64>().unwrap() >= 1);
+        let error = assert_error(r, 429, "rate_limit_exceeded").await;
+        assert_eq!(error["type"], "rate_limit_error");
+    }
+}
+
+#[tokio::test]
+async fn the_window_slides_with_the_clock_and_a_boundary_does_not_double_the_limit() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    // The test clock starts exactly on a window boundary.
+    let key = gw.admin_create(json!({"tenant": "t1", "rpm": 10})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    gw.clock.advance_ms(59_000); // the last second of window 0
+    assert_eq!(
+        burst(&gw, &key, 12)
+            .await
+            .iter()
+            .filter(|r| r.0 == 200)
+            .count(),
+        10
+    );
+    gw.clock.advance_ms(1_000); // window 1 starts: the previous 10 still weigh fully
+    let early = burst(&gw, &key, 10).await;
+    assert_eq!(
+        early.iter().filter(|r| r.0 == 200).count(),
+        0,
+        "no 2x at a boundary"
+    );
+    gw.clock.advance_ms(30_000); // halfway: half of the previous window has decayed
+    assert_eq!(
+        burst(&gw, &key, 10)
+            .await
+            .iter()
+            .filter(|r| r.0 == 200)
+            .count(),
+        5
+    );
+    gw.clock.advance_ms(60_000); // window 2 halfway: previous (5) weighs 2.5 → 3
+    assert_eq!(
+        burst(&gw, &key, 10)
+            .await
+            .iter()
+            .filter(|r| r.0 == 200)
+            .count(),
+        7
+    );
+}
+
+#[tokio::test]
+async fn tokens_per_minute_count_prompt_and_max_tokens() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    let key = gw.admin_create(json!({"tenant": "t1", "tpm": 200})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let big = json!({"model": "gpt-test", "max_tokens": 500, "messages": [{"role": "user", "content": "x"}]});
+    let r = gw.post("/v1/chat/completions", &key, &big).await;
+    let error = assert_error(r, 429, "rate_limit_exceeded").await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
+    // Small requests reserve ~45 tokens each and are settled to their real usage (15 from
+    // the fake), so one after another more fit than their reservations alone would allow.
+    for i in 0..6 {
+        let r = gw.post("/v1/chat/completions", &key, &prompt(i)).await;
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let u = usage(&gw, &key).await;
+    assert_eq!(u["limits"]["key"]["tpm"]["used"], 6 * 15);
+}
+
+#[tokio::test]
+async fn a_tenant_limit_binds_all_its_keys_together() {
+    let up = FakeUpstream::start().await;
+    let config = fake_config_with(&up.base_url, "[[tenants]]\nname = \"shared\"\nrpm = 6\n");
+    let gw = TestGateway::start(&config).await;
+    let a = gw.create_key("shared").await;
+    let b = gw.create_key("shared").await;
+    let (ra, rb) = tokio::join!(burst(&gw, &a, 10), burst(&gw, &b, 10));
+    let ok = ra.iter().chain(&rb).filter(|r| r.0 == 200).count();
+    assert_eq!(ok, 6);
+    let refused = ra.into_iter().chain(rb).find(|r| r.0 == 429).unwrap().2;
+    let error = assert_error(refused, 429, "rate_limit_exceeded").await;
+    assert!(error["message"].as_str().unwrap().contains("tenant"));
+}
+
+async fn never_overspent_round(gw: &TestGateway, tenant: &str) {
+    // The fake answers 10 prompt + 5 completion tokens: $0.0000045 a call. A $0.00009 cap fits
+    // 20 such calls; each reserves its worst case (prompt bound + max_tokens 5) first.
+    let key = gw
+        .admin_create(json!({"tenant": tenant, "budget_usd": 0.00009, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let results = burst(gw, &key, 200).await;
+    let ok: Vec<&(u16, u64, reqwest::Response)> = results.iter().filter(|r| r.0 == 200).collect();
+    let answered: u64 = ok.iter().map(|r| r.1).sum();
+    assert!(!ok.is_empty());
+    for r in results.iter().filter(|r| r.0 != 200) {
+        assert_eq!(r.0, 429);
+    }
+    let budget = &usage(gw, &key).await["limits"]["key"]["budget"];
+    let spent = (budget["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
+    assert!(spent <= 90_000, "spent {spent} nano-USD over a 90000 cap");
+    assert_eq!(
+        spent, answered,
+        "the ledger must equal what the responses reported"
+    );
+    assert_eq!(budget["reserved_usd"], 0.0, "every reservation settled");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_never_overspend_a_cap() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    never_overspent_round(&gw, "t1").await;
+    let refused = burst(
+        &gw,
+        &gw.admin_create(json!({"tenant": "t9", "budget_usd": 0.000001, "period": "month"}))
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        1,
+    )
+    .await;
+    let r = refused.into_iter().next().unwrap().2;
+    let retry: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!(retry > 0);
+    assert_error(r, 429, "budget_exceeded").await;
+}
+
+#[tokio::test]
+async fn stress_fifty_rounds_never_overspend() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    for round in 0..50 {
+        never_overspent_round(&gw, &format!("stress-{round}")).await;
+    }
+}
+
+#[tokio::test]
+async fn tenant_and_gateway_caps_hold_too() {
+    let up = FakeUpstream::start().await;
+    let config = fake_config_with(
+        &up.base_url,
+        "[limits]\nglobal_budget_usd = 0.00009\nglobal_period = \"day\"\n\
+         [[tenants]]\nname = \"capped\"\nbudget_usd = 0.000045\nperiod = \"month\"\n",
+    );
+    let gw = TestGateway::start(&config).await;
+    let capped = gw.create_key("capped").await;
+    let free = gw.create_key("free").await;
+    let (a, b) = tokio::join!(burst(&gw, &capped, 100), burst(&gw, &free, 100));
+    let tenant_spend: u64 = a.iter().filter(|r| r.0 == 200).map(|r| r.1).sum();
+    let other_spend: u64 = b.iter().filter(|r| r.0 == 200).map(|r| r.1).sum();
+    assert!(tenant_spend <= 45_000, "{tenant_spend}");
+    assert!(
+        tenant_spend + other_spend <= 90_000,
+        "{}",
+        tenant_spend + other_spend
+    );
+    let u = usage(&gw, &capped).await;
+    let spent = (u["limits"]["gateway"]["budget"]["spent_usd"]
+        .as_f64()
+        .unwrap()
+        * 1e9)
+        .round() as u64;
+    assert_eq!(spent, tenant_spend + other_spend);
+}
+
+#[tokio::test]
+async fn a_reservation_of_a_crashed_request_expires_and_is_given_back() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(
+        &up.base_url,
+        "[limits]\nreservation_ttl_s = 60\n",
+    ))
+    .await;
+    let created = gw
+        .admin_create(json!({"tenant": "t1", "budget_usd": 0.001, "period": "day"}))
+        .await;
+    let key = created["key"].as_str().unwrap();
+    let limits = KeyLimits {
+        budget_usd: Some(0.001),
+        budget_period: Some(sluice::keys::BudgetPeriod::Day),
+        ..KeyLimits::default()
+    };
+    let subject = sluice::limits::Subject {
+        key_id: created["id"].as_str().unwrap(),
+        tenant: "t1",
+        key_limits: &limits,
+    };
+    let limiter = Arc::clone(gw.services.gateway.limiter());
+    // A request reserves most of the cap, then "crashes": its grant is never settled.
+    let ask = Ask {
+        tokens: 10,
+        cost_nano_usd: 995_000,
+    };
+    let grant = limiter.admit(&subject, ask).await.unwrap().unwrap();
+    drop(grant);
+    let r = gw.post("/v1/chat/completions", key, &prompt(1)).await;
+    assert_error(r, 429, "budget_exceeded").await;
+    assert_eq!(
+        limiter.release_expired().await.unwrap(),
+        0,
+        "not expired yet"
+    );
+    gw.clock.advance_ms(61_000);
+    assert_eq!(limiter.release_expired().await.unwrap(), 1);
+    let r = gw.post("/v1/chat/completions", key, &prompt(2)).await;
+    assert_eq!(r.status(), 200);
+    let budget = &usage(&gw, key).await["limits"]["key"]["budget"];
+    assert_eq!(budget["reserved_usd"], 0.0);
+    assert_eq!(budget["spent_usd"], 0.0000045);
+}
+
+#[tokio::test]
+async fn a_failed_provider_call_gives_its_reservation_back() {
+    let up = FakeUpstream::start().await;
+    up.set(Behaviour::Status(500, None));
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    let key = gw
+        .admin_create(json!({"tenant": "t1", "budget_usd": 0.01, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        gw.post("/v1/chat/completions", &key, &prompt(1))
+            .await
+            .status(),
+        502
+    );
+    let budget = &usage(&gw, &key).await["limits"]["key"]["budget"];
+    assert_eq!(budget["spent_usd"], 0.0);
+    assert_eq!(budget["reserved_usd"], 0.0);
+    assert_eq!(budget["remaining_usd"], 0.01);
+}
+
+#[tokio::test]
+async fn over_limit_models_can_serve_stale_cache_downgrade_or_answer_a_message() {
+    let up = FakeUpstream::start().await;
+    let base = &up.base_url;
+    let config = format!(
+        r#"
+[server]
+upstream_timeout_s = 1
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{base}"
+api_keys = ["k"]
+
+[[models]]
+name = "cached"
+deployments = [{{ provider = "fake", model = "up-cached" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 1.0 }}
+cache_ttl_s = 10
+on_limit = "cache_only"
+
+[[models]]
+name = "big"
+deployments = [{{ provider = "fake", model = "up-big" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 1.0 }}
+on_limit = {{ downgrade = "small" }}
+
+[[models]]
+name = "small"
+deployments = [{{ provider = "fake", model = "up-small" }}]
+price = {{ input_per_mtok = 0.1, output_per_mtok = 0.1 }}
+
+[[models]]
+name = "polite"
+deployments = [{{ provider = "fake", model = "up-polite" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 1.0 }}
+on_limit = {{ message = "We are busy; please try again in a minute." }}
+
+[[tenants]]
+name = "limited"
+rpm = 1
+"#
+    );
+    let gw = TestGateway::start(&config).await;
+    let send = |model: &str, content: &str, key: &str| {
+        let body = json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": content}]});
+        let key = key.to_owned();
+        let gw = &gw;
+        async move { gw.post("/v1/chat/completions", &key, &body).await }
+    };
+
+    // cache_only: a stale answer is served when over the limit.
+    let k1 = gw.create_key("limited").await;
+    let first = send("cached", "same", &k1).await;
+    assert_eq!(first.status(), 200);
+    let first_body = first.bytes().await.unwrap();
+    gw.clock.advance_ms(120_000); // entry now stale (ttl 10 s); the rate windows moved on
+    assert_eq!(send("cached", "other", &k1).await.status(), 200); // uses this minute's 1 request
+    let r = send("cached", "same", &k1).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-sluice-fallback"), "stale_cache");
+    assert_eq!(header(&r, "x-sluice-cache"), "stale");
+    assert_eq!(header(&r, "x-sluice-cost-usd"), "0.000000000");
+    assert_eq!(r.bytes().await.unwrap(), first_body);
+    // ... and nothing cached to fall back on means a 429.
+    assert_error(
+        send("cached", "never seen", &k1).await,
+        429,
+        "rate_limit_exceeded",
+    )
+    .await;
+
+    // downgrade: over its budget the big model answers with the small one.
+    let k2 = gw
+        .admin_create(json!({"tenant": "t2", "budget_usd": 0.00005, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let calls = up.calls();
+    let r = send("big", "expensive question", &k2).await;
+    assert_eq!(r.status(), 200, "{:?}", r.headers());
+    assert_eq!(header(&r, "x-sluice-fallback"), "downgrade");
+    assert_eq!(up.calls(), calls + 1);
+    assert_eq!(up.last().body["model"], "up-small");
+
+    // message: a friendly completion instead of a provider call, billed nothing.
+    let k3 = gw.create_key("limited").await;
+    gw.clock.advance_ms(120_000);
+    assert_eq!(send("polite", "one", &k3).await.status(), 200);
+    let calls = up.calls();
+    let r = send("polite", "two", &k3).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-sluice-fallback"), "message");
+    assert_eq!(header(&r, "x-sluice-cost-usd"), "0.000000000");
+    let body = json(r).await;
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "We are busy; please try again in a minute."
+    );
+    assert_eq!(up.calls(), calls, "a canned answer calls no provider");
+}
+
+#[tokio::test]
+async fn a_soft_threshold_is_warned_about_once_per_period() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(
+        &up.base_url,
+        "[limits]\nsoft_threshold = 0.25\n",
+    ))
+    .await;
+    // 4.5 µ$ a call; 3 calls pass a quarter of a 40 µ$ cap.
+    let key = gw
+        .admin_create(json!({"tenant": "t1", "budget_usd": 0.00004, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let limiter = Arc::clone(gw.services.gateway.limiter());
+    assert_eq!(
+        gw.post("/v1/chat/completions", &key, &prompt(1))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        limiter.check_soft_thresholds().await.unwrap().is_empty(),
+        "4.5 of 40 is below a quarter"
+    );
+    for i in 2..4 {
+        assert_eq!(
+            gw.post("/v1/chat/completions", &key, &prompt(i))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(limiter.check_soft_thresholds().await.unwrap().len(), 1);
+    assert_eq!(
+        gw.post("/v1/chat/completions", &key, &prompt(9))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        limiter.check_soft_thresholds().await.unwrap().is_empty(),
+        "once per period"
+    );
+}
+
+#[tokio::test]
+async fn usage_reports_every_level_and_admin_usage_needs_the_admin_key() {
+    let up = FakeUpstream::start().await;
+    let config = fake_config_with(
+        &up.base_url,
+        "[[tenants]]\nname = \"t1\"\nrpm = 100\nbudget_usd = 1.0\nperiod = \"month\"\n",
+    );
+    let gw = TestGateway::start(&config).await;
+    let key = gw
+        .admin_create(
+            json!({"tenant": "t1", "rpm": 10, "tpm": 1000, "budget_usd": 0.5, "period": "day"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        gw.post("/v1/chat/completions", &key, &prompt(1))
+            .await
+            .status(),
+        200
+    );
+    let u = usage(&gw, &key).await;
+    assert_eq!(u["object"], "usage");
+    assert_eq!(u["limits"]["key"]["rpm"]["used"], 1);
+    assert_eq!(u["limits"]["key"]["rpm"]["remaining"], 9);
+    assert_eq!(u["limits"]["key"]["tpm"]["used"], 15);
+    assert_eq!(u["limits"]["key"]["budget"]["spent_usd"], 0.0000045);
+    assert_eq!(u["limits"]["key"]["budget"]["period"], "day");
+    assert_eq!(u["limits"]["tenant"]["rpm"]["used"], 1);
+    assert_eq!(u["limits"]["tenant"]["budget"]["cap_usd"], 1.0);
+
+    let url = format!("{}/admin/usage?tenant=t1", gw.url);
+    let r = gw.http.get(&url).bearer_auth(&key).send().await.unwrap();
+    assert_error(r, 403, "admin_key_required").await;
+    let admin = json(
+        gw.http
+            .get(&url)
+            .bearer_auth(sluice_tests::gateway::ADMIN_KEY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(admin["tenant"], "t1");
+    assert_eq!(admin["limits"]["tenant"]["budget"]["spent_usd"], 0.0000045);
+    assert!(admin["limits"].get("key").is_none());
+}
