@@ -9,7 +9,8 @@ cd "$(dirname "$0")/../.."
 VENV=${SLUICE_VENV:-.venv}
 PORT=${1:-$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 LOG=${SLUICE_MOTO_LOG:-/tmp/sluice-moto-$PORT.log}
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &
+# One request at a time: see moto_serialized.py for why (transactions under concurrency).
+"$VENV/bin/python" infra/aws/moto_serialized.py "$PORT" >"$LOG" 2>&1 &
 PID=$!
 for _ in $(seq 100); do
     if curl -sf "http://127.0.0.1:$PORT/moto-api/" >/dev/null 2>&1; then

@@ -13,7 +13,9 @@ use sluice::providers::Endpoint;
 use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
-use sluice::store::{CacheKey, CachedResponse, SharedStore, StoreError};
+use sluice::store::{
+    Applied, CacheKey, CachedResponse, CounterField, Hold, Increment, SharedStore, StoreError,
+};
 
 const VISIBILITY: Duration = Duration::from_secs(1);
 const MAX_RECEIVES: u32 = 2;
@@ -78,6 +80,10 @@ conformance!(
     expired_jobs_are_gone,
     queue_delivers_hides_redelivers_and_deletes,
     queue_moves_a_message_to_the_dead_letter_queue_after_max_receives,
+    limit_increments_apply_all_or_nothing,
+    concurrent_conditional_increments_never_pass_the_limit,
+    holds_settle_once_and_expired_holds_are_listed,
+    markers_are_set_once,
 );
 
 async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
@@ -413,4 +419,112 @@ async fn queue_moves_a_message_to_the_dead_letter_queue_after_max_receives(b: Ba
             .is_empty()
     );
     assert_eq!(b.queue.dead_letter_count().await.unwrap(), 1);
+}
+
+fn inc(counter: &str, field: CounterField, delta: i64, at_most: Option<i64>) -> Increment {
+    Increment {
+        counter: counter.into(),
+        field,
+        delta,
+        at_most,
+        expires_at_ms: 4_000_000_000_000,
+    }
+}
+
+async fn limit_increments_apply_all_or_nothing(b: Backend) {
+    let a = inc("c:a", CounterField::Count, 1, Some(5));
+    let c = inc("c:b", CounterField::Committed, 10, Some(10));
+    assert_eq!(b.store.apply(&[a.clone(), c.clone()], None).await.unwrap(), Applied::Granted);
+    assert_eq!(b.store.apply(&[a.clone()], None).await.unwrap(), Applied::Granted);
+    assert_eq!(b.store.apply(&[a.clone()], None).await.unwrap(), Applied::Granted);
+    // The second increment no longer fits: neither is applied, and the refusal says why.
+    assert_eq!(
+        b.store.apply(&[a.clone(), inc("c:b", CounterField::Committed, 1, Some(10))], None).await.unwrap(),
+        Applied::Refused { index: 1, current: Some(10) }
+    );
+    let values = b
+        .store
+        .read_counters(&[
+            ("c:a".into(), CounterField::Count),
+            ("c:b".into(), CounterField::Committed),
+            ("c:b".into(), CounterField::Spent),
+            ("c:none".into(), CounterField::Count),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(values, vec![3, 10, 0, 0]);
+    // Two fields of one counter in one call, negative deltas, no condition.
+    let both = [
+        inc("c:b", CounterField::Committed, -4, None),
+        inc("c:b", CounterField::Spent, 6, None),
+    ];
+    assert_eq!(b.store.apply(&both, None).await.unwrap(), Applied::Granted);
+    let values = b
+        .store
+        .read_counters(&[("c:b".into(), CounterField::Committed), ("c:b".into(), CounterField::Spent)])
+        .await
+        .unwrap();
+    assert_eq!(values, vec![6, 6]);
+    // An increment that cannot fit even an empty counter is refused.
+    let too_big = inc("c:new", CounterField::Count, 7, Some(5));
+    assert!(matches!(
+        b.store.apply(&[too_big], None).await.unwrap(),
+        Applied::Refused { index: 0, .. }
+    ));
+}
+
+async fn concurrent_conditional_increments_never_pass_the_limit(b: Backend) {
+    let tries = (0..40).map(|_| {
+        let store = Arc::clone(&b.store);
+        async move {
+            store
+                .apply(&[inc("c:hot", CounterField::Count, 1, Some(15))], None)
+                .await
+                .unwrap()
+        }
+    });
+    let granted = join_all(tries)
+        .await
+        .into_iter()
+        .filter(|a| *a == Applied::Granted)
+        .count();
+    assert_eq!(granted, 15);
+    let v = b.store.read_counters(&[("c:hot".into(), CounterField::Count)]).await.unwrap();
+    assert_eq!(v, vec![15]);
+}
+
+async fn holds_settle_once_and_expired_holds_are_listed(b: Backend) {
+    let reserve = inc("c:budget", CounterField::Committed, 100, Some(1000));
+    let hold = Hold {
+        id: "hold_1".into(),
+        undo: vec![inc("c:budget", CounterField::Committed, -100, None)],
+        expires_at_ms: 5_000,
+    };
+    assert_eq!(b.store.apply(&[reserve.clone()], Some(&hold)).await.unwrap(), Applied::Granted);
+    let other = Hold { id: "hold_2".into(), expires_at_ms: 9_000, ..hold.clone() };
+    assert_eq!(b.store.apply(&[reserve], Some(&other)).await.unwrap(), Applied::Granted);
+    assert!(b.store.expired_holds(4_999, 10).await.unwrap().is_empty());
+    assert_eq!(b.store.expired_holds(5_000, 10).await.unwrap(), vec![hold.clone()]);
+    // Settling moves committed to the real cost and records it as spent, exactly once.
+    let settle = [
+        inc("c:budget", CounterField::Committed, -60, None),
+        inc("c:budget", CounterField::Spent, 40, None),
+    ];
+    assert!(b.store.settle("hold_1", &settle).await.unwrap());
+    assert!(!b.store.settle("hold_1", &settle).await.unwrap());
+    assert!(!b.store.settle("hold_missing", &settle).await.unwrap());
+    let v = b
+        .store
+        .read_counters(&[("c:budget".into(), CounterField::Committed), ("c:budget".into(), CounterField::Spent)])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![140, 40]);
+    assert!(b.store.expired_holds(6_000, 10).await.unwrap().is_empty());
+    assert_eq!(b.store.expired_holds(10_000, 10).await.unwrap(), vec![other]);
+}
+
+async fn markers_are_set_once(b: Backend) {
+    let flags = join_all((0..10).map(|_| b.store.mark_once("soft:x", 4_000_000_000_000))).await;
+    assert_eq!(flags.into_iter().filter(|f| *f.as_ref().unwrap()).count(), 1);
+    assert!(b.store.mark_once("soft:y", 4_000_000_000_000).await.unwrap());
 }
