@@ -221,3 +221,210 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue() {
     assert_eq!(sqs.dead_letter_count().await.unwrap(), 1);
     assert_eq!(wait_job(&gw, &key, &id).await["status"], "succeeded");
 }
+
+async fn limited_gateway(
+    base_url: &str,
+    extra: &str,
+) -> (TestGateway, sluice::store::dynamodb::DynamoStore) {
+    let text = format!("{}\n{extra}\n", sluice_tests::fake_config(base_url));
+    let config = Config::parse(&text, "test", &|_| None).unwrap();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let store = aws::dynamo_store().await;
+    let deps = Deps {
+        store: Arc::new(store.clone()),
+        queue: Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
+        http: sluice::gateway::http_client().unwrap(),
+        clock: Arc::new(clock.clone()),
+    };
+    (TestGateway::start_deps(&config, deps, clock).await, store)
+}
+
+fn prompt(i: usize) -> Value {
+    json!({"model": "gpt-test", "max_tokens": 5, "messages": [{"role": "user", "content": format!("q{i}")}]})
+}
+
+async fn burst(gw: &TestGateway, key: &str, n: usize) -> Vec<(u16, u64)> {
+    let bodies: Vec<Value> = (0..n).map(prompt).collect();
+    futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|b| gw.post("/v1/chat/completions", key, b)),
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        let cost = r
+            .headers()
+            .get("x-sluice-cost-usd")
+            .map(|v| (v.to_str().unwrap().parse::<f64>().unwrap() * 1e9).round() as u64)
+            .unwrap_or(0);
+        (r.status().as_u16(), cost)
+    })
+    .collect()
+}
+
+async fn spent_nanos(gw: &TestGateway, key: &str, level: &str) -> (u64, f64) {
+    let u: Value = gw
+        .http
+        .get(format!("{}/v1/usage", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b = &u["limits"][level]["budget"];
+    (
+        (b["spent_usd"].as_f64().unwrap() * 1e9).round() as u64,
+        b["reserved_usd"].as_f64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_is_exact_under_concurrency_on_dynamodb() {
+    let up = FakeUpstream::start().await;
+    let (gw, _) = limited_gateway(&up.base_url, "").await;
+    let key = gw.admin_create(json!({"tenant": "t1", "rpm": 10})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let results = burst(&gw, &key, 50).await;
+    assert_eq!(results.iter().filter(|r| r.0 == 200).count(), 10);
+    assert_eq!(results.iter().filter(|r| r.0 == 429).count(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_are_never_overspent_on_dynamodb_round_after_round() {
+    let up = FakeUpstream::start().await;
+    let (gw, _) = limited_gateway(&up.base_url, "").await;
+    let rounds: usize = std::env::var("SLUICE_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    for round in 0..rounds {
+        let key = gw
+            .admin_create(
+                json!({"tenant": format!("r{round}"), "budget_usd": 0.00009, "period": "day"}),
+            )
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let results = burst(&gw, &key, 200).await;
+        let answered: u64 = results.iter().filter(|r| r.0 == 200).map(|r| r.1).sum();
+        assert!(results.iter().all(|r| r.0 == 200 || r.0 == 429));
+        let (spent, reserved) = spent_nanos(&gw, &key, "key").await;
+        assert!(spent <= 90_000, "round {round}: spent {spent} over the cap");
+        assert_eq!(spent, answered, "round {round}: ledger != reported costs");
+        assert_eq!(reserved, 0.0, "round {round}: reservations left behind");
+        assert!(answered > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_counters_still_never_pass_a_limit() {
+    let up = FakeUpstream::start().await;
+    // Four shards per counter: a hot key spreads its writes over four items.
+    let (gw, store) = limited_gateway(&up.base_url, "[limits]\ncounter_shards = 4\n").await;
+    let key = gw.admin_create(json!({"tenant": "hot", "rpm": 10})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let results = burst(&gw, &key, 50).await;
+    assert_eq!(
+        results.iter().filter(|r| r.0 == 200).count(),
+        10,
+        "shares 3+3+2+2 add up to the limit"
+    );
+    let capped = gw
+        .admin_create(json!({"tenant": "hot2", "budget_usd": 0.00009, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let results = burst(&gw, &capped, 200).await;
+    let answered: u64 = results.iter().filter(|r| r.0 == 200).map(|r| r.1).sum();
+    let (spent, reserved) = spent_nanos(&gw, &capped, "key").await;
+    assert!(spent <= 90_000, "{spent}");
+    assert_eq!(spent, answered);
+    assert_eq!(reserved, 0.0);
+    // The writes really went to several items.
+    let key_id = spent_key_id(&gw, &capped).await;
+    let period =
+        sluice::limits::period::current(sluice::keys::BudgetPeriod::Day, 1_800_000_000_000).0;
+    let counters: Vec<(String, sluice::store::CounterField)> = (0..4)
+        .map(|s| {
+            (
+                sluice::limits::budget::counter_id(&format!("key:{key_id}"), &period, s),
+                sluice::store::CounterField::Spent,
+            )
+        })
+        .collect();
+    let used = sluice::store::LimitStore::read_counters(&store, &counters)
+        .await
+        .unwrap();
+    assert!(used.iter().filter(|v| **v > 0).count() >= 2, "{used:?}");
+}
+
+async fn spent_key_id(gw: &TestGateway, key: &str) -> String {
+    let u: Value = gw
+        .http
+        .get(format!("{}/v1/usage", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    u["key_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_calls_per_request_by_path() {
+    let up = FakeUpstream::start().await;
+    let (gw, store) = limited_gateway(&up.base_url, "").await;
+    let key = gw
+        .admin_create(
+            json!({"tenant": "t1", "rpm": 100, "tpm": 100000, "budget_usd": 1.0, "period": "day"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Warm up: the key lookup and the previous rate window are read once, then cached.
+    assert_eq!(gw.chat(&key, "gpt-test", "warm-up").await.status(), 200);
+    let calls = |f: u64| store.calls() - f;
+
+    let before = store.calls();
+    assert_eq!(
+        gw.chat(&key, "gpt-test", "a new question").await.status(),
+        200
+    );
+    let miss = calls(before);
+    let before = store.calls();
+    let r = gw.chat(&key, "gpt-test", "a new question").await;
+    assert_eq!(r.headers()["x-sluice-cache"], "hit");
+    let hit = calls(before);
+    let poor = gw
+        .admin_create(json!({"tenant": "t2", "budget_usd": 0.000001, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(gw.chat(&poor, "gpt-test", "warm").await.status(), 429);
+    let before = store.calls();
+    assert_eq!(
+        gw.chat(&poor, "gpt-test", "refused again").await.status(),
+        429
+    );
+    let rejected = calls(before);
+    eprintln!("DynamoDB calls per request: miss {miss}, hit {hit}, rejected {rejected}");
+    assert!(miss <= 4, "miss made {miss} calls");
+    assert!(hit <= 2, "hit made {hit} calls");
+    assert!(
+        rejected <= 2,
+        "a rejection made {rejected} calls (no extra read allowed)"
+    );
+}

@@ -434,13 +434,31 @@ fn inc(counter: &str, field: CounterField, delta: i64, at_most: Option<i64>) -> 
 async fn limit_increments_apply_all_or_nothing(b: Backend) {
     let a = inc("c:a", CounterField::Count, 1, Some(5));
     let c = inc("c:b", CounterField::Committed, 10, Some(10));
-    assert_eq!(b.store.apply(&[a.clone(), c.clone()], None).await.unwrap(), Applied::Granted);
-    assert_eq!(b.store.apply(&[a.clone()], None).await.unwrap(), Applied::Granted);
-    assert_eq!(b.store.apply(&[a.clone()], None).await.unwrap(), Applied::Granted);
+    assert_eq!(
+        b.store.apply(&[a.clone(), c.clone()], None).await.unwrap(),
+        Applied::Granted
+    );
+    assert_eq!(
+        b.store.apply(&[a.clone()], None).await.unwrap(),
+        Applied::Granted
+    );
+    assert_eq!(
+        b.store.apply(&[a.clone()], None).await.unwrap(),
+        Applied::Granted
+    );
     // The second increment no longer fits: neither is applied, and the refusal says why.
     assert_eq!(
-        b.store.apply(&[a.clone(), inc("c:b", CounterField::Committed, 1, Some(10))], None).await.unwrap(),
-        Applied::Refused { index: 1, current: Some(10) }
+        b.store
+            .apply(
+                &[a.clone(), inc("c:b", CounterField::Committed, 1, Some(10))],
+                None
+            )
+            .await
+            .unwrap(),
+        Applied::Refused {
+            index: 1,
+            current: Some(10)
+        }
     );
     let values = b
         .store
@@ -461,7 +479,10 @@ async fn limit_increments_apply_all_or_nothing(b: Backend) {
     assert_eq!(b.store.apply(&both, None).await.unwrap(), Applied::Granted);
     let values = b
         .store
-        .read_counters(&[("c:b".into(), CounterField::Committed), ("c:b".into(), CounterField::Spent)])
+        .read_counters(&[
+            ("c:b".into(), CounterField::Committed),
+            ("c:b".into(), CounterField::Spent),
+        ])
         .await
         .unwrap();
     assert_eq!(values, vec![6, 6]);
@@ -489,7 +510,11 @@ async fn concurrent_conditional_increments_never_pass_the_limit(b: Backend) {
         .filter(|a| *a == Applied::Granted)
         .count();
     assert_eq!(granted, 15);
-    let v = b.store.read_counters(&[("c:hot".into(), CounterField::Count)]).await.unwrap();
+    let v = b
+        .store
+        .read_counters(&[("c:hot".into(), CounterField::Count)])
+        .await
+        .unwrap();
     assert_eq!(v, vec![15]);
 }
 
@@ -500,11 +525,27 @@ async fn holds_settle_once_and_expired_holds_are_listed(b: Backend) {
         undo: vec![inc("c:budget", CounterField::Committed, -100, None)],
         expires_at_ms: 5_000,
     };
-    assert_eq!(b.store.apply(&[reserve.clone()], Some(&hold)).await.unwrap(), Applied::Granted);
-    let other = Hold { id: "hold_2".into(), expires_at_ms: 9_000, ..hold.clone() };
-    assert_eq!(b.store.apply(&[reserve], Some(&other)).await.unwrap(), Applied::Granted);
+    assert_eq!(
+        b.store
+            .apply(&[reserve.clone()], Some(&hold))
+            .await
+            .unwrap(),
+        Applied::Granted
+    );
+    let other = Hold {
+        id: "hold_2".into(),
+        expires_at_ms: 9_000,
+        ..hold.clone()
+    };
+    assert_eq!(
+        b.store.apply(&[reserve], Some(&other)).await.unwrap(),
+        Applied::Granted
+    );
     assert!(b.store.expired_holds(4_999, 10).await.unwrap().is_empty());
-    assert_eq!(b.store.expired_holds(5_000, 10).await.unwrap(), vec![hold.clone()]);
+    assert_eq!(
+        b.store.expired_holds(5_000, 10).await.unwrap(),
+        vec![hold.clone()]
+    );
     // Settling moves committed to the real cost and records it as spent, exactly once.
     let settle = [
         inc("c:budget", CounterField::Committed, -60, None),
@@ -515,16 +556,30 @@ async fn holds_settle_once_and_expired_holds_are_listed(b: Backend) {
     assert!(!b.store.settle("hold_missing", &settle).await.unwrap());
     let v = b
         .store
-        .read_counters(&[("c:budget".into(), CounterField::Committed), ("c:budget".into(), CounterField::Spent)])
+        .read_counters(&[
+            ("c:budget".into(), CounterField::Committed),
+            ("c:budget".into(), CounterField::Spent),
+        ])
         .await
         .unwrap();
     assert_eq!(v, vec![140, 40]);
     assert!(b.store.expired_holds(6_000, 10).await.unwrap().is_empty());
-    assert_eq!(b.store.expired_holds(10_000, 10).await.unwrap(), vec![other]);
+    assert_eq!(
+        b.store.expired_holds(10_000, 10).await.unwrap(),
+        vec![other]
+    );
 }
 
 async fn markers_are_set_once(b: Backend) {
     let flags = join_all((0..10).map(|_| b.store.mark_once("soft:x", 4_000_000_000_000))).await;
-    assert_eq!(flags.into_iter().filter(|f| *f.as_ref().unwrap()).count(), 1);
-    assert!(b.store.mark_once("soft:y", 4_000_000_000_000).await.unwrap());
+    assert_eq!(
+        flags.into_iter().filter(|f| *f.as_ref().unwrap()).count(),
+        1
+    );
+    assert!(
+        b.store
+            .mark_once("soft:y", 4_000_000_000_000)
+            .await
+            .unwrap()
+    );
 }
