@@ -165,3 +165,45 @@ async fn two_servers_share_keys_cache_and_jobs_through_dynamodb_and_sqs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn two_servers_sharing_dynamodb_hold_one_rate_limit() {
+    let _ = sluice_tests::aws::sdk_config().await;
+    let prefix = sluice_tests::aws::unique_prefix();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--tenant", "t1", "--rpm", "10"])
+        .args(aws_args(&prefix))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let a = serve(&prefix);
+    let b = serve(&prefix);
+    let http = reqwest::Client::new();
+    let sends = (0..50).map(|i| {
+        let http = http.clone();
+        let url = format!("{}/v1/chat/completions", if i % 2 == 0 { &a.url } else { &b.url });
+        let key = key.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("p{i}")}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40);
+}

@@ -449,3 +449,54 @@ lease_s = 1
     );
     assert!(job["attempts"].as_u64().unwrap() >= 1);
 }
+
+/// Sends `n` distinct chat requests at once, alternating between the given servers.
+async fn split_burst(urls: &[&str], key: &str, n: usize) -> Vec<u16> {
+    let http = reqwest::Client::new();
+    let sends = (0..n).map(|i| {
+        let http = http.clone();
+        let url = format!("{}/v1/chat/completions", urls[i % urls.len()]);
+        let key = key.to_owned();
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("p{i}")}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    futures_util::future::join_all(sends).await
+}
+
+#[tokio::test]
+async fn two_servers_sharing_one_sqlite_file_hold_one_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let out = sluice(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "t1",
+            "--rpm",
+            "10",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let a = Served::start(&db, &[], &[]);
+    let b = Served::start(&db, &[], &[]);
+    let statuses = split_burst(&[&a.url, &b.url], &key, 50).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40);
+}
