@@ -30,7 +30,7 @@ pub struct ApiError {
     /// Seconds for `Retry-After`.
     pub retry_after_s: Option<u64>,
     /// More headers (e.g. `RateLimit-*`).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Box<[(&'static str, String)]>,
 }
 
 impl ApiError {
@@ -48,7 +48,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             retry_after_s: None,
-            headers: Vec::new(),
+            headers: Box::new([]),
         }
     }
 
@@ -119,7 +119,7 @@ impl IntoResponse for ApiError {
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        for (name, value) in self.headers {
+        for (name, value) in self.headers.into_vec() {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 response.headers_mut().insert(name, v);
             }
@@ -273,11 +273,11 @@ fn limited(r: &Refusal) -> ApiError {
         message,
     );
     e.retry_after_s = Some(r.retry_after_s);
-    e.headers = vec![
+    e.headers = Box::new([
         ("ratelimit-limit", r.limit.to_string()),
         ("ratelimit-remaining", r.remaining.to_string()),
         ("ratelimit-reset", r.reset_s.to_string()),
-    ];
+    ]);
     e
 }
 

@@ -11,6 +11,7 @@ mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod error;
+mod idempotency;
 mod jobs;
 mod openai;
 mod usage;

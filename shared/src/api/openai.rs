@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::access_log::Outcome;
 use super::error::ApiError;
+use super::idempotency;
 use crate::gateway::cache::CacheControl;
 use crate::gateway::{Reply, ReplyBody, Trace};
 use crate::jobs::Submission;
@@ -93,6 +94,7 @@ async fn proxy(
 ) -> Response {
     let mut outcome = Outcome::default();
     let mut trace = Trace::default();
+    let mut claim = None;
     let result = async {
         let caller = state.keys.authenticate(headers).await?;
         outcome.tenant = Some(caller.tenant.clone());
@@ -106,6 +108,15 @@ async fn proxy(
                 callback_url: super::jobs::header_str(headers, super::jobs::CALLBACK_HEADER),
             };
             return super::jobs::accept(state, &caller, submission).await;
+        }
+        if let Some(key) = idempotency::header_key(headers) {
+            let now = state.clock.now_ms();
+            match idempotency::begin(&*state.store, &caller.tenant, key, endpoint, &body, now)
+                .await?
+            {
+                idempotency::Begin::Run(c) => claim = Some(c),
+                idempotency::Begin::Replay(stored) => return Ok(replayed(stored)),
+            }
         }
         let cache_control = CacheControl::parse(
             headers
@@ -126,7 +137,51 @@ async fn proxy(
     .await;
     outcome.model = trace.model;
     outcome.deployment = trace.deployment;
+    if let Some(claim) = claim {
+        return finish_idempotent(state, claim, result, outcome).await;
+    }
     finish(result, outcome)
+}
+
+/// Finishes an idempotent request: keeps its (JSON) answer for replays, then responds.
+async fn finish_idempotent(
+    state: &AppState,
+    claim: idempotency::Claim,
+    result: Result<Response, ApiError>,
+    outcome: Outcome,
+) -> Response {
+    let now = state.clock.now_ms();
+    let response = finish(result, outcome);
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        // Streams cannot be replayed: the key is released rather than kept.
+        idempotency::finish(&*state.store, claim, status, None, now).await;
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    idempotency::finish(&*state.store, claim, status, Some(bytes.clone()), now).await;
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// A stored answer sent again: nothing was called or charged this time.
+fn replayed(stored: crate::store::StoredResponse) -> Response {
+    let mut response = Response::new(Body::from(stored.body));
+    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    headers.insert("x-sluice-cost-usd", HeaderValue::from_static("0.000000000"));
+    response
 }
 
 /// The body, or 413 when it is over the limit (read no further than the limit).

@@ -280,6 +280,7 @@ impl Gateway {
             }
         }
 
+        self.limiter.maintain_if_due();
         let (ask, output_ceiling) = self.ask(&model, &request, &subject);
         let grant = match self.limiter.admit(&subject, ask).await? {
             Ok(grant) => grant,

@@ -21,6 +21,7 @@ pub mod rate;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
@@ -125,7 +126,12 @@ pub struct Limiter {
     previous: Mutex<(u64, HashMap<String, i64>)>,
     /// Budget counters seen recently, for the soft-threshold check.
     watched: Mutex<HashSet<(String, u64, &'static str)>>,
+    /// When this process next releases abandoned reservations and checks soft thresholds.
+    maintenance_due_ms: AtomicU64,
 }
+
+/// How often each process does limit housekeeping (see [`Limiter::maintain_if_due`]).
+const MAINTENANCE_EVERY_MS: u64 = 60_000;
 
 /// Splits `total` over `shards` as evenly as integers allow; shard `s` gets its part.
 pub(crate) fn share(total: u64, shards: u32, s: u32) -> u64 {
@@ -147,7 +153,38 @@ impl Limiter {
                 .collect(),
             previous: Mutex::new((0, HashMap::new())),
             watched: Mutex::new(HashSet::new()),
+            maintenance_due_ms: AtomicU64::new(0),
         }
+    }
+
+    /// At most once a minute per process: release abandoned reservations and warn about soft
+    /// thresholds, in the background. Called on the request path, so it also runs on Lambda,
+    /// where no timer survives between invocations.
+    pub fn maintain_if_due(self: &Arc<Self>) {
+        let now = self.clock.now_ms();
+        let due = self.maintenance_due_ms.load(Ordering::Relaxed);
+        if now < due
+            || self
+                .maintenance_due_ms
+                .compare_exchange(
+                    due,
+                    now + MAINTENANCE_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let limiter = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = limiter.release_expired().await {
+                tracing::warn!(target: "sluice::limits", error = %e, "releasing abandoned reservations failed");
+            }
+            if let Err(e) = limiter.check_soft_thresholds().await {
+                tracing::warn!(target: "sluice::limits", error = %e, "soft-threshold check failed");
+            }
+        });
     }
 
     /// The configured limits of a tenant, if any.

@@ -71,7 +71,7 @@ mod tests {
         let mut current = 0;
         let mut admitted = 0;
         for _ in 0..50 {
-            if current + 1 <= ceiling(10, 0, 0.3) {
+            if current < ceiling(10, 0, 0.3) {
                 current += 1;
                 admitted += 1;
             }

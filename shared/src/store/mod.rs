@@ -204,10 +204,56 @@ pub trait LimitStore: Send + Sync {
     async fn mark_once(&self, marker: &str, expires_at_ms: u64) -> Result<bool, StoreError>;
 }
 
-/// Everything the gateway needs from a store.
-pub trait Store: KeyStore + CacheStore + JobStore + LimitStore {}
+/// A response kept for `Idempotency-Key` replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Bytes,
+}
 
-impl<T: KeyStore + CacheStore + JobStore + LimitStore> Store for T {}
+/// What beginning an idempotent request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First use of the key (or its earlier attempt was abandoned): go ahead.
+    Started,
+    /// The same request already finished: answer with this.
+    Replay(StoredResponse),
+    /// The key was used with a different request.
+    Mismatch,
+    /// The same request is running right now.
+    InProgress,
+}
+
+/// `Idempotency-Key` records: one per tenant and key, kept `ttl` after they finish.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `key` for a request with this `fingerprint` (a digest of endpoint and body), or
+    /// reports what is already there. A claim left `lease_ms` unfinished can be taken over.
+    async fn idempotency_begin(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<IdempotencyBegin, StoreError>;
+    /// Records the finished response, kept until `expires_at_ms`.
+    async fn idempotency_finish(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        response: &StoredResponse,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Forgets a claim (the request failed in a way worth retrying).
+    async fn idempotency_release(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Everything the gateway needs from a store.
+pub trait Store: KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore {}
+
+impl<T: KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore> Store for T {}
 
 /// A shared handle to whichever store this process uses.
 pub type SharedStore = Arc<dyn Store>;

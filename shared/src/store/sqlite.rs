@@ -17,15 +17,15 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, Increment, JobStore,
-    KeyStore, LimitStore, StoreError,
+    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, IdempotencyBegin,
+    IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, StoreError, StoredResponse,
 };
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -98,6 +98,15 @@ CREATE INDEX IF NOT EXISTS limit_holds_expiry ON limit_holds (expires_at_ms);
 CREATE TABLE IF NOT EXISTS limit_markers (
     marker        TEXT PRIMARY KEY,
     expires_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key            TEXT PRIMARY KEY,
+    fingerprint    BLOB NOT NULL,
+    done           INTEGER NOT NULL,
+    status         INTEGER,
+    body           BLOB,
+    lease_until_ms INTEGER NOT NULL,
+    expires_at_ms  INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     message_id    TEXT PRIMARY KEY,
@@ -828,6 +837,103 @@ impl LimitStore for SqliteStore {
                 )
                 .map_err(backend)?;
             Ok(n == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn idempotency_begin(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let key = key.to_owned();
+        let fingerprint = *fingerprint;
+        self.write(move |c| {
+            let existing = c
+                .prepare_cached(
+                    "SELECT fingerprint, done, status, body, lease_until_ms, expires_at_ms
+                     FROM idempotency WHERE key = ?1",
+                )
+                .map_err(backend)?
+                .query_row([&key], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)? != 0,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, i64>(4)? as u64,
+                        r.get::<_, i64>(5)? as u64,
+                    ))
+                })
+                .optional()
+                .map_err(backend)?;
+            if let Some((fp, done, status, body, lease, expires)) = existing {
+                let live = expires > now_ms && (done || lease > now_ms);
+                if live {
+                    return Ok(if fp != fingerprint {
+                        IdempotencyBegin::Mismatch
+                    } else if done {
+                        IdempotencyBegin::Replay(StoredResponse {
+                            status: status.unwrap_or(200) as u16,
+                            body: Bytes::from(body.unwrap_or_default()),
+                        })
+                    } else {
+                        IdempotencyBegin::InProgress
+                    });
+                }
+            }
+            c.execute(
+                "INSERT OR REPLACE INTO idempotency
+                     (key, fingerprint, done, status, body, lease_until_ms, expires_at_ms)
+                 VALUES (?1, ?2, 0, NULL, NULL, ?3, ?3)",
+                params![key, &fingerprint[..], (now_ms + lease_ms) as i64],
+            )
+            .map_err(backend)?;
+            Ok(IdempotencyBegin::Started)
+        })
+        .await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &str,
+        fingerprint: &[u8; 32],
+        response: &StoredResponse,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let fingerprint = *fingerprint;
+        let response = response.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO idempotency
+                     (key, fingerprint, done, status, body, lease_until_ms, expires_at_ms)
+                 VALUES (?1, ?2, 1, ?3, ?4, 0, ?5)",
+                params![
+                    key,
+                    &fingerprint[..],
+                    response.status,
+                    &response.body[..],
+                    expires_at_ms as i64
+                ],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM idempotency WHERE key = ?1 AND done = 0", [key])
+                .map_err(backend)?;
+            Ok(())
         })
         .await
     }

@@ -14,7 +14,8 @@ use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
-    Applied, CacheKey, CachedResponse, CounterField, Hold, Increment, SharedStore, StoreError,
+    Applied, CacheKey, CachedResponse, CounterField, Hold, IdempotencyBegin, Increment,
+    SharedStore, StoreError, StoredResponse,
 };
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -84,6 +85,7 @@ conformance!(
     concurrent_conditional_increments_never_pass_the_limit,
     holds_settle_once_and_expired_holds_are_listed,
     markers_are_set_once,
+    idempotency_claims_replays_and_mismatches,
 );
 
 async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
@@ -439,11 +441,11 @@ async fn limit_increments_apply_all_or_nothing(b: Backend) {
         Applied::Granted
     );
     assert_eq!(
-        b.store.apply(&[a.clone()], None).await.unwrap(),
+        b.store.apply(std::slice::from_ref(&a), None).await.unwrap(),
         Applied::Granted
     );
     assert_eq!(
-        b.store.apply(&[a.clone()], None).await.unwrap(),
+        b.store.apply(std::slice::from_ref(&a), None).await.unwrap(),
         Applied::Granted
     );
     // The second increment no longer fits: neither is applied, and the refusal says why.
@@ -527,7 +529,7 @@ async fn holds_settle_once_and_expired_holds_are_listed(b: Backend) {
     };
     assert_eq!(
         b.store
-            .apply(&[reserve.clone()], Some(&hold))
+            .apply(std::slice::from_ref(&reserve), Some(&hold))
             .await
             .unwrap(),
         Applied::Granted
@@ -582,4 +584,98 @@ async fn markers_are_set_once(b: Backend) {
             .await
             .unwrap()
     );
+}
+
+async fn idempotency_claims_replays_and_mismatches(b: Backend) {
+    let fp = [1u8; 32];
+    let other_fp = [2u8; 32];
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#k", &fp, 1_000, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#k", &fp, 1_100, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress
+    );
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#k", &other_fp, 1_100, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Mismatch
+    );
+    let response = StoredResponse {
+        status: 200,
+        body: Bytes::from_static(br#"{"ok":true}"#),
+    };
+    b.store
+        .idempotency_finish("t#k", &fp, &response, 100_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#k", &fp, 2_000, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay(response.clone())
+    );
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#k", &other_fp, 2_000, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Mismatch
+    );
+    // Releasing never forgets a finished response; it expires with its TTL.
+    b.store.idempotency_release("t#k").await.unwrap();
+    assert!(matches!(
+        b.store
+            .idempotency_begin("t#k", &fp, 3_000, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay(_)
+    ));
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#k", &other_fp, 100_000, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    // An abandoned claim can be taken over after its lease; a released one at once.
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#x", &fp, 1_000, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#x", &fp, 1_600, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    b.store.idempotency_release("t#x").await.unwrap();
+    assert_eq!(
+        b.store
+            .idempotency_begin("t#x", &fp, 1_700, 500)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    let claims =
+        join_all((0..10).map(|_| b.store.idempotency_begin("t#race", &fp, 5_000, 500))).await;
+    let started = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(IdempotencyBegin::Started)))
+        .count();
+    assert_eq!(started, 1);
 }

@@ -197,16 +197,10 @@ async fn two_hundred_concurrent_requests_never_overspend_a_cap() {
     let up = FakeUpstream::start().await;
     let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
     never_overspent_round(&gw, "t1").await;
-    let refused = burst(
-        &gw,
-        &gw.admin_create(json!({"tenant": "t9", "budget_usd": 0.000001, "period": "month"}))
-            .await["key"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-        1,
-    )
-    .await;
+    let poor = gw
+        .admin_create(json!({"tenant": "t9", "budget_usd": 0.000001, "period": "month"}))
+        .await;
+    let refused = burst(&gw, poor["key"].as_str().unwrap(), 1).await;
     let r = refused.into_iter().next().unwrap().2;
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
     assert!(retry > 0);
@@ -519,4 +513,93 @@ async fn usage_reports_every_level_and_admin_usage_needs_the_admin_key() {
     assert_eq!(admin["tenant"], "t1");
     assert_eq!(admin["limits"]["tenant"]["budget"]["spent_usd"], 0.0000045);
     assert!(admin["limits"].get("key").is_none());
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_without_a_second_call_or_charge() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    let key = gw
+        .admin_create(json!({"tenant": "t1", "budget_usd": 1.0, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send = |idem: &str, body: Value| {
+        let req = gw
+            .http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .header("idempotency-key", idem)
+            .header("cache-control", "no-cache")
+            .json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let first = send("order-42", prompt(1)).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-sluice-cost-usd"), "0.000004500");
+    let first_body = first.bytes().await.unwrap();
+    // Same key, same request (key order changed): the stored answer, nothing called or charged.
+    let reordered: Value = serde_json::from_str(
+        r#"{"messages":[{"content":"q1","role":"user"}],"max_tokens":5,"model":"gpt-test"}"#,
+    )
+    .unwrap();
+    let again = send("order-42", reordered).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(header(&again, "idempotent-replayed"), "true");
+    assert_eq!(header(&again, "x-sluice-cost-usd"), "0.000000000");
+    assert_eq!(again.bytes().await.unwrap(), first_body);
+    assert_eq!(up.calls(), 1);
+    let spent = usage(&gw, &key).await["limits"]["key"]["budget"]["spent_usd"].clone();
+    assert_eq!(spent, 0.0000045, "charged once");
+    // Same key, different request: 422.
+    let error = assert_error(
+        send("order-42", prompt(2)).await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(error["type"], "invalid_request_error");
+    // Keys are per tenant: another tenant's same key is a different request.
+    let other = gw.create_key("t2").await;
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&other)
+        .header("idempotency-key", "order-42")
+        .json(&prompt(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Failures worth retrying are not kept: after a 502 the same key runs again.
+    up.set(Behaviour::Status(500, None));
+    assert_eq!(send("order-43", prompt(3)).await.status(), 502);
+    up.set(Behaviour::Ok);
+    let retried = send("order-43", prompt(3)).await;
+    assert_eq!(retried.status(), 200);
+    assert!(retried.headers().get("idempotent-replayed").is_none());
+}
+
+#[tokio::test]
+async fn a_duplicate_while_the_first_runs_gets_409() {
+    let up = FakeUpstream::start().await;
+    up.set(Behaviour::Slow(std::time::Duration::from_millis(400)));
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    let key = gw.create_key("t1").await;
+    let send = || {
+        gw.http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .header("idempotency-key", "once")
+            .json(&prompt(7))
+            .send()
+    };
+    let (a, b) = tokio::join!(send(), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        send().await
+    });
+    assert_eq!(a.unwrap().status(), 200);
+    assert_error(b.unwrap(), 409, "idempotency_key_in_use").await;
+    assert_eq!(up.calls(), 1);
 }
