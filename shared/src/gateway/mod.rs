@@ -457,7 +457,12 @@ impl Gateway {
             OnLimit::Reject => Err(refused()),
             OnLimit::CacheOnly => match over.stale {
                 Some(entry) => {
-                    let mut reply = Reply::cached(entry.body, CacheStatus::Stale);
+                    let status = if entry.expires_at_ms > self.clock.now_ms() {
+                        CacheStatus::Hit
+                    } else {
+                        CacheStatus::Stale
+                    };
+                    let mut reply = Reply::cached(entry.body, status);
                     reply.fallback = Some("stale_cache");
                     Ok(reply)
                 }
