@@ -101,6 +101,8 @@ impl Grant {
 #[derive(Debug, Clone)]
 struct Meta {
     kind: LimitKind,
+    /// A tokens-per-minute counter (settled to real usage), as opposed to requests.
+    tokens: bool,
     level: &'static str,
     metric: String,
     limit: u64,
@@ -251,13 +253,11 @@ impl Limiter {
             if let Some(ask) = ask {
                 grant.reserved_tokens = ask.tokens;
                 grant.reserved_cost = ask.cost_nano_usd;
-                for inc in &plan.increments {
-                    match inc.field {
-                        CounterField::Committed => grant.budgets.push(inc.clone()),
-                        CounterField::Count if inc.counter.contains(":tpm:") => {
-                            grant.tokens.push(inc.clone())
-                        }
-                        _ => {}
+                for (inc, meta) in plan.increments.iter().zip(&plan.meta) {
+                    match (meta.kind, meta.tokens) {
+                        (LimitKind::Budget, _) => grant.budgets.push(inc.clone()),
+                        (LimitKind::Rate, true) => grant.tokens.push(inc.clone()),
+                        (LimitKind::Rate, false) => {}
                     }
                 }
             }
@@ -479,6 +479,7 @@ impl Limiter {
                 let (inc, ends) = rate::increment(&check, w, shard, prev, elapsed);
                 plan.meta.push(Meta {
                     kind: LimitKind::Rate,
+                    tokens: check.metric == rate::Metric::Tokens,
                     level: check.level,
                     metric: check.metric.describe().into(),
                     limit: check.limit,
@@ -514,6 +515,7 @@ impl Limiter {
                     budget::reserve(&scope, period, cap, ask.cost_nano_usd, now, shard);
                 plan.meta.push(Meta {
                     kind: LimitKind::Budget,
+                    tokens: false,
                     level,
                     metric: format!("spend per {}", period.as_str()),
                     limit: cap,

@@ -603,3 +603,29 @@ async fn a_duplicate_while_the_first_runs_gets_409() {
     assert_error(b.unwrap(), 409, "idempotency_key_in_use").await;
     assert_eq!(up.calls(), 1);
 }
+
+#[tokio::test]
+async fn names_that_look_like_counter_parts_do_not_confuse_the_counters() {
+    let up = FakeUpstream::start().await;
+    let config = fake_config_with(
+        &up.base_url,
+        "[[tenants]]\nname = \"x:tpm:y\"\nrpm = 3\ntpm = 100000\n",
+    );
+    let gw = TestGateway::start(&config).await;
+    let key = gw.create_key("x:tpm:y").await;
+    let mut ok = 0;
+    for i in 0..6 {
+        if gw
+            .post("/v1/chat/completions", &key, &prompt(i))
+            .await
+            .status()
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 3);
+    let u = usage(&gw, &key).await;
+    assert_eq!(u["limits"]["tenant"]["rpm"]["used"], 3);
+    assert_eq!(u["limits"]["tenant"]["tpm"]["used"], 3 * 15);
+}
