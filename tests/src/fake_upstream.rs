@@ -211,11 +211,19 @@ async fn handle(
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
         let mut sse = String::new();
-        for event in [
+        let mut events = vec![
             chunk(json!({"role": "assistant", "content": ""}), Value::Null),
             chunk(json!({"content": content}), Value::Null),
             chunk(json!({}), json!("stop")),
-        ] {
+        ];
+        if body["stream_options"]["include_usage"] == json!(true) {
+            events.push(
+                json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk",
+                "created": 1_700_000_000, "model": model, "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
+            );
+        }
+        for event in events {
             sse.push_str(&format!("data: {event}\n\n"));
         }
         sse.push_str("data: [DONE]\n\n");

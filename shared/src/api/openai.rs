@@ -219,7 +219,10 @@ fn reply_response(reply: Reply, deployment: Option<&str>) -> Response {
     if content_type == "text/event-stream" {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
-    if let Ok(v) = HeaderValue::from_str(&usd(reply.cost_nano_usd)) {
+    // A stream's cost is known only at its end (it is in the usage chunk and the log).
+    if content_type == "application/json"
+        && let Ok(v) = HeaderValue::from_str(&usd(reply.cost_nano_usd))
+    {
         headers.insert("x-sluice-cost-usd", v);
     }
     if let Some(v) = deployment.and_then(|d| HeaderValue::from_str(d).ok()) {

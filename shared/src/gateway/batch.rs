@@ -90,7 +90,7 @@ impl Gateway {
                 continue;
             };
             trace.model = Some(model.name.clone());
-            let policy = self.cache_policy(&model, &request, item.cache_control);
+            let policy = self.cache_policy(&model, item.cache_control);
             let key = (policy.lookup || policy.store).then(|| {
                 cache::cache_key(
                     &item.caller.tenant,

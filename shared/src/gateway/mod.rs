@@ -6,6 +6,7 @@ pub mod batch;
 pub mod cache;
 pub mod catalog;
 pub mod request;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::config::{CacheConfig, Config, OnLimit};
 use crate::keys::KeyLimits;
 use crate::limits::{Ask, Grant, Limiter, Refusal, Subject};
 use crate::providers::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream, Usage,
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, Usage,
 };
 use crate::store::{CachedResponse, SharedStore, StoreError};
 use crate::tokens;
@@ -81,7 +82,7 @@ pub enum ReplyBody {
     /// A complete JSON body.
     Json(Bytes),
     /// OpenAI-format server-sent events.
-    EventStream(UpstreamStream),
+    EventStream(stream::EventBytes),
 }
 
 /// A successful answer and what it cost.
@@ -98,7 +99,31 @@ pub struct Reply {
     pub fallback: Option<&'static str>,
 }
 
+/// Whether a streamed request asked for the usage chunk (`stream_options.include_usage`).
+fn wants_usage(request: &ParsedRequest) -> bool {
+    request
+        .body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 impl Reply {
+    /// The same answer as server-sent events (a complete JSON answer is replayed as chunks).
+    fn into_events(self, include_usage: bool) -> Self {
+        match &self.body {
+            ReplyBody::Json(bytes) => match serde_json::from_slice::<Value>(bytes) {
+                Ok(completion) => Self {
+                    body: ReplyBody::EventStream(stream::replay(&completion, include_usage)),
+                    ..self
+                },
+                Err(_) => self,
+            },
+            ReplyBody::EventStream(_) => self,
+        }
+    }
+
     /// An answer that cost no provider call.
     fn cached(body: Bytes, cache: CacheStatus) -> Self {
         Self {
@@ -229,8 +254,17 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Reply, GatewayError> {
         let request = request::parse(endpoint, body)?;
-        self.answer(caller, request, cache_control, trace, false)
-            .await
+        let streamed = request.stream;
+        let include_usage = wants_usage(&request);
+        let reply = self
+            .answer(caller, request, cache_control, trace, false)
+            .await?;
+        // A streamed request answered from the cache (or by a canned reply) gets events too.
+        Ok(if streamed {
+            reply.into_events(include_usage)
+        } else {
+            reply
+        })
     }
 
     /// Answers a parsed request: cache, limits, provider, settle. `downgraded` is set when
@@ -252,7 +286,7 @@ impl Gateway {
         trace.model = Some(model.name.clone());
         let subject = caller.subject();
 
-        let policy = self.cache_policy(&model, &request, cache_control);
+        let policy = self.cache_policy(&model, cache_control);
         let key = (policy.lookup || policy.store)
             .then(|| cache::cache_key(&caller.tenant, endpoint, &model.name, &request.body));
         let mut stale = None;
@@ -340,19 +374,34 @@ impl Gateway {
             CacheStatus::Bypass
         };
         match answer {
-            UpstreamResponse::Stream(stream) => {
-                // Streams are not metered yet: the worst case reserved is what is charged.
-                let charged = if grant.is_empty() {
-                    0
-                } else {
-                    ask.cost_nano_usd
+            UpstreamResponse::Stream(chunks) => {
+                // Metered as it flows: settled and cached when the stream ends.
+                let finish = stream::Finish {
+                    limiter: Arc::clone(&self.limiter),
+                    grant,
+                    price: model.price,
+                    prompt_estimate: estimate_usage(&request).prompt_tokens,
+                    cache: match (policy.store, key) {
+                        (true, Some(key)) => Some(stream::CacheTarget {
+                            store: Arc::clone(&self.store),
+                            key,
+                            ttl_s: policy.ttl_s,
+                            stale_keep_s: self.cache_config.stale_keep_s,
+                            max_entry_bytes: self.cache_config.max_entry_bytes,
+                        }),
+                        _ => None,
+                    },
+                    clock: Arc::clone(&self.clock),
                 };
-                self.settle(grant, ask.tokens, charged).await;
                 Ok(Reply {
-                    body: ReplyBody::EventStream(stream),
+                    body: ReplyBody::EventStream(stream::metered(
+                        chunks,
+                        wants_usage(&request),
+                        finish,
+                    )),
                     cache: status,
                     usage: Usage::default(),
-                    cost_nano_usd: charged,
+                    cost_nano_usd: 0,
                     fallback: None,
                 })
             }
@@ -498,14 +547,9 @@ impl Gateway {
         }
     }
 
-    fn cache_policy(
-        &self,
-        model: &Model,
-        request: &ParsedRequest,
-        cc: CacheControl,
-    ) -> CachePolicy {
+    fn cache_policy(&self, model: &Model, cc: CacheControl) -> CachePolicy {
         let ttl_s = cc.max_age_s.unwrap_or(model.cache_ttl_s);
-        let usable = self.cache_config.enabled && model.cache_ttl_s > 0 && !request.stream;
+        let usable = self.cache_config.enabled && model.cache_ttl_s > 0;
         CachePolicy {
             lookup: usable && !cc.no_cache && cc.max_age_s != Some(0),
             store: usable && !cc.no_store && ttl_s > 0,

@@ -121,11 +121,6 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     });
     if stream {
-        let include_usage = body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         let chunk = |delta: Value, finish: Option<&str>| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -138,17 +133,13 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
             events.push(chunk(json!({ "content": piece }), None));
         }
         events.push(chunk(json!({}), Some(finish_reason)));
-        if include_usage {
-            events.push(json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": usage_json,
-            }));
-        }
-        let mut frames: Vec<Result<Bytes, ProviderError>> = events
-            .into_iter()
-            .map(|e| Ok(Bytes::from(format!("data: {e}\n\n"))))
-            .collect();
-        frames.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+        // Always reported, like a provider asked for `stream_options.include_usage`; the
+        // gateway passes it on only to clients that asked.
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage_json,
+        }));
+        let frames: Vec<Result<Value, ProviderError>> = events.into_iter().map(Ok).collect();
         return UpstreamResponse::Stream(futures_util::stream::iter(frames).boxed());
     }
     let answer = json!({

@@ -6,6 +6,7 @@
 
 pub mod mock;
 pub mod openai;
+pub mod sse;
 
 use std::future::Future;
 use std::time::Duration;
@@ -76,8 +77,10 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
-/// A streamed answer: OpenAI-format SSE bytes as they arrive.
-pub type UpstreamStream = BoxStream<'static, Result<Bytes, ProviderError>>;
+/// A streamed answer: OpenAI `chat.completion.chunk` objects as they arrive (every provider
+/// translates its own events into these). The stream ends after the last chunk; a chunk with
+/// empty `choices` and a `usage` object reports the tokens used.
+pub type ChunkStream = BoxStream<'static, Result<Value, ProviderError>>;
 
 /// A successful upstream answer.
 pub enum UpstreamResponse {
@@ -88,8 +91,8 @@ pub enum UpstreamResponse {
         /// Usage reported by the provider, if any.
         usage: Option<Usage>,
     },
-    /// A stream of OpenAI-format server-sent events.
-    Stream(UpstreamStream),
+    /// A stream of OpenAI-format chunks.
+    Stream(ChunkStream),
 }
 
 /// Why an upstream call did not produce a usable answer.

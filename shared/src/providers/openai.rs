@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use super::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, usage_from_openai,
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, sse, usage_from_openai,
 };
 
 /// Longest provider error message kept (they are logged and may be shown to clients).
@@ -42,23 +42,41 @@ impl ProviderApi for OpenAi {
         http: &reqwest::Client,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
-        let send = http
-            .post(self.url(request.endpoint))
-            .bearer_auth(request.api_key)
-            .json(request.body)
-            .send();
         if request.stream {
+            // Ask for the usage chunk so the stream can be metered; the gateway hides it from
+            // clients that did not ask for it themselves.
+            let mut body = request.body.clone();
+            body.insert(
+                "stream_options".into(),
+                serde_json::json!({"include_usage": true}),
+            );
+            let send = http
+                .post(self.url(request.endpoint))
+                .bearer_auth(request.api_key)
+                .json(&body)
+                .send();
             let response = tokio::time::timeout(request.timeout, send)
                 .await
                 .map_err(|_| ProviderError::Timeout)?
                 .map_err(transport)?;
             let response = check_status(response, request.timeout).await?;
-            let stream = response
-                .bytes_stream()
-                .map(|r| r.map_err(transport))
+            let events = sse::json_events(response.bytes_stream().map(|r| r.map_err(transport)));
+            let chunks = events
+                .map(|e| {
+                    let e = e?;
+                    if e.data.get("error").is_some_and(|v| !v.is_null()) {
+                        return Err(ProviderError::Malformed("error event in the stream".into()));
+                    }
+                    Ok(e.data)
+                })
                 .boxed();
-            return Ok(UpstreamResponse::Stream(stream));
+            return Ok(UpstreamResponse::Stream(chunks));
         }
+        let send = http
+            .post(self.url(request.endpoint))
+            .bearer_auth(request.api_key)
+            .json(request.body)
+            .send();
         let body = tokio::time::timeout(request.timeout, async {
             let response = check_status(send.await.map_err(transport)?, request.timeout).await?;
             response.bytes().await.map_err(transport)

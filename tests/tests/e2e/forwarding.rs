@@ -1,7 +1,7 @@
 //! Requests reach the provider with every field preserved and the provider's key, never the
 //! gateway's; answers come back unchanged.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_tests::{FakeUpstream, PROVIDER_KEY, TestGateway, fake_config};
 
 use crate::{header, json};
@@ -128,26 +128,86 @@ async fn embeddings_are_forwarded_and_answered_in_openai_format() {
     assert_eq!(seen.body["input"], json!(["a", "b"]));
 }
 
+/// The `data:` payloads of an SSE body, `[DONE]` excluded (asserted last).
+fn events(text: &str) -> Vec<Value> {
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 #[tokio::test]
-async fn streams_pass_through_as_server_sent_events() {
+async fn streams_are_metered_cached_and_replayed() {
     let up = FakeUpstream::start().await;
     let gw = TestGateway::start(&fake_config(&up.base_url)).await;
-    let key = gw.create_key("t1").await;
-    let r = gw
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &json!({"model": "gpt-test", "stream": true,
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
+    let key = gw
+        .admin_create(json!({"tenant": "t1", "budget_usd": 1.0, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let request = json!({"model": "gpt-test", "stream": true, "max_tokens": 50,
+                         "messages": [{"role": "user", "content": "hi"}]});
+    let r = gw.post("/v1/chat/completions", &key, &request).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), "text/event-stream");
-    assert_eq!(header(&r, "x-sluice-cache"), "bypass");
-    let text = r.text().await.unwrap();
-    assert!(text.contains("chat.completion.chunk"), "{text}");
-    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    assert_eq!(up.last().body["stream"], true);
+    assert_eq!(header(&r, "x-sluice-cache"), "miss");
+    let first = events(&r.text().await.unwrap());
+    assert!(first.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    // The provider was asked for usage; the client did not ask, so it sees none.
+    assert_eq!(up.last().body["stream_options"]["include_usage"], true);
+    assert!(first.iter().all(|c| c.get("usage").is_none()), "{first:?}");
+    let text: String = first
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "fake answer #1");
+
+    // Metered from the stream's own usage chunk: 10 + 5 tokens at gpt-test's price.
+    let mut spent = 0.0;
+    for _ in 0..50 {
+        let u: Value = json(
+            gw.http
+                .get(format!("{}/v1/usage", gw.url))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        spent = u["limits"]["key"]["budget"]["spent_usd"].as_f64().unwrap();
+        if spent > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(spent, 0.0000045);
+
+    // The assembled answer was cached: streamed again, it is a hit replayed as events...
+    let mut with_usage = request.clone();
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let r = gw.post("/v1/chat/completions", &key, &with_usage).await;
+    assert_eq!(header(&r, "x-sluice-cache"), "hit");
+    let replayed = events(&r.text().await.unwrap());
+    let text: String = replayed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "fake answer #1");
+    assert_eq!(replayed.last().unwrap()["usage"]["total_tokens"], 15);
+    // ... and not streamed, a plain completion.
+    let mut plain = request.clone();
+    plain["stream"] = json!(false);
+    let r = gw.post("/v1/chat/completions", &key, &plain).await;
+    assert_eq!(header(&r, "x-sluice-cache"), "hit");
+    let body = json(r).await;
+    assert_eq!(body["choices"][0]["message"]["content"], "fake answer #1");
+    assert_eq!(up.calls(), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,449 @@
+//! Streamed answers: provider chunks (OpenAI `chat.completion.chunk` objects) go out to the
+//! client as server-sent events, and on the way they are metered and assembled.
+//!
+//! - Metering: the usage chunk (providers are always asked for one) settles the request's
+//!   reservation to the real tokens and cost; clients that did not ask for
+//!   `stream_options.include_usage` never see it.
+//! - Assembling: the chunks are folded back into one `chat.completion`, which is cached, so a
+//!   later identical request — streamed or not — is a cache hit; a hit on a streamed request
+//!   is replayed as events ([`replay`]).
+//! - A client that disconnects drops this stream, which drops the provider's response and
+//!   closes its connection (cancelling the upstream call); what was used so far is settled.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use serde_json::{Map, Value, json};
+
+use crate::clock::Clock;
+use crate::config::Price;
+use crate::limits::{Grant, Limiter};
+use crate::providers::{ChunkStream, ProviderError, Usage, usage_from_openai};
+use crate::store::{CacheKey, CachedResponse, SharedStore};
+use crate::tokens;
+
+/// Server-sent-event bytes for the client.
+pub type EventBytes = BoxStream<'static, Result<Bytes, ProviderError>>;
+
+/// Where an assembled answer is cached.
+pub struct CacheTarget {
+    /// The store.
+    pub store: SharedStore,
+    /// The entry's key.
+    pub key: CacheKey,
+    /// Seconds fresh.
+    pub ttl_s: u64,
+    /// Seconds kept after that for stale fallbacks.
+    pub stale_keep_s: u64,
+    /// Larger answers are not stored.
+    pub max_entry_bytes: usize,
+}
+
+/// What happens when a stream ends: settle the reservation, cache the answer.
+pub struct Finish {
+    /// Settles the reservation.
+    pub limiter: Arc<Limiter>,
+    /// The reservation.
+    pub grant: Grant,
+    /// The answering model's price.
+    pub price: Price,
+    /// Prompt tokens estimated, for providers that report no usage.
+    pub prompt_estimate: u64,
+    /// Where to cache the assembled answer, if anywhere.
+    pub cache: Option<CacheTarget>,
+    /// Time, for cache entries.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Finish {
+    async fn run(self, assembled: Assembler, complete: bool) {
+        let usage = assembled.usage().unwrap_or_else(|| Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: assembled.completion_estimate(),
+        });
+        let cost = self
+            .price
+            .cost_nano_usd(usage.prompt_tokens, usage.completion_tokens);
+        if let Err(e) = self
+            .limiter
+            .settle(
+                self.grant,
+                usage.prompt_tokens + usage.completion_tokens,
+                cost,
+            )
+            .await
+        {
+            tracing::error!(target: "sluice::limits", error = %e, "could not settle a streamed request");
+        }
+        tracing::info!(
+            target: "sluice::access",
+            stream = if complete { "completed" } else { "cut off" },
+            tokens_in = usage.prompt_tokens,
+            tokens_out = usage.completion_tokens,
+            cost_usd = cost as f64 / 1e9,
+            "stream finished"
+        );
+        if let (true, Some(target)) = (complete, self.cache) {
+            let body = Bytes::from(assembled.completion().to_string());
+            if body.len() > target.max_entry_bytes {
+                return;
+            }
+            let now = self.clock.now_ms();
+            let expires_at_ms = now.saturating_add(target.ttl_s.saturating_mul(1000));
+            let entry = CachedResponse {
+                body,
+                created_at_ms: now,
+                expires_at_ms,
+                purge_at_ms: expires_at_ms.saturating_add(target.stale_keep_s * 1000),
+            };
+            if let Err(e) = target.store.cache_put(&target.key, &entry).await {
+                tracing::warn!(error = %e, "cache store failed; streamed answer not cached");
+            }
+        }
+    }
+}
+
+/// Folds chunks back into one `chat.completion`.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    head: Map<String, Value>,
+    choices: BTreeMap<u64, Choice>,
+    usage: Option<Value>,
+}
+
+#[derive(Debug, Default)]
+struct Choice {
+    role: Option<String>,
+    content: Option<String>,
+    tool_calls: BTreeMap<u64, Map<String, Value>>,
+    finish_reason: Value,
+}
+
+impl Assembler {
+    /// Adds one chunk.
+    pub fn add(&mut self, chunk: &Value) {
+        for field in ["id", "created", "model", "system_fingerprint"] {
+            if let Some(v) = chunk.get(field).filter(|v| !v.is_null()) {
+                self.head.entry(field).or_insert_with(|| v.clone());
+            }
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        for c in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let choice = self.choices.entry(index).or_default();
+            let delta = c.get("delta").unwrap_or(&Value::Null);
+            if let Some(role) = delta.get("role").and_then(Value::as_str) {
+                choice.role = Some(role.to_owned());
+            }
+            if let Some(text) = delta.get("content").and_then(Value::as_str) {
+                choice
+                    .content
+                    .get_or_insert_with(String::new)
+                    .push_str(text);
+            }
+            for call in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let acc = choice.tool_calls.entry(i).or_default();
+                for field in ["id", "type"] {
+                    if let Some(v) = call.get(field).filter(|v| !v.is_null()) {
+                        acc.insert(field.into(), v.clone());
+                    }
+                }
+                if let Some(f) = call.get("function") {
+                    let func = acc
+                        .entry("function")
+                        .or_insert_with(|| json!({"name": "", "arguments": ""}));
+                    for part in ["name", "arguments"] {
+                        if let Some(piece) = f.get(part).and_then(Value::as_str) {
+                            let so_far = func[part].as_str().unwrap_or("").to_owned();
+                            func[part] = Value::String(so_far + piece);
+                        }
+                    }
+                }
+            }
+            if let Some(reason) = c.get("finish_reason").filter(|r| !r.is_null()) {
+                choice.finish_reason = reason.clone();
+            }
+        }
+    }
+
+    /// The usage the provider reported, if it did.
+    pub fn usage(&self) -> Option<Usage> {
+        usage_from_openai(&json!({ "usage": self.usage.clone()? }))
+    }
+
+    /// Output tokens estimated from the text received (when no usage was reported).
+    pub fn completion_estimate(&self) -> u64 {
+        self.choices
+            .values()
+            .map(|c| {
+                tokens::estimate_text(c.content.as_deref().unwrap_or(""))
+                    + c.tool_calls
+                        .values()
+                        .map(|t| tokens::estimate_value(&Value::Object(t.clone())))
+                        .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// The assembled `chat.completion`.
+    pub fn completion(&self) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|(index, c)| {
+                let mut message = json!({
+                    "role": c.role.clone().unwrap_or_else(|| "assistant".into()),
+                    "content": c.content,
+                    "refusal": null,
+                });
+                if !c.tool_calls.is_empty() {
+                    message["tool_calls"] = Value::Array(
+                        c.tool_calls.values().cloned().map(Value::Object).collect(),
+                    );
+                }
+                json!({"index": index, "message": message, "logprobs": null, "finish_reason": c.finish_reason})
+            })
+            .collect();
+        let mut out = self.head.clone();
+        out.insert("object".into(), json!("chat.completion"));
+        out.insert("choices".into(), Value::Array(choices));
+        if let Some(u) = &self.usage {
+            out.insert("usage".into(), u.clone());
+        }
+        Value::Object(out)
+    }
+}
+
+fn event(chunk: &Value) -> Bytes {
+    Bytes::from(format!("data: {chunk}\n\n"))
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Streams provider chunks to the client as events, metering and assembling them.
+pub fn metered(chunks: ChunkStream, include_usage: bool, finish: Finish) -> EventBytes {
+    Metered {
+        inner: chunks,
+        include_usage,
+        assembler: Assembler::default(),
+        finish: Some(finish),
+        state: State::Streaming,
+    }
+    .boxed()
+}
+
+enum State {
+    Streaming,
+    DoneSent,
+    Ended,
+}
+
+struct Metered {
+    inner: ChunkStream,
+    include_usage: bool,
+    assembler: Assembler,
+    finish: Option<Finish>,
+    state: State,
+}
+
+impl Metered {
+    fn end(&mut self, complete: bool) {
+        if let Some(finish) = self.finish.take() {
+            let assembled = std::mem::take(&mut self.assembler);
+            tokio::spawn(finish.run(assembled, complete));
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The client went away (or the stream broke) before the end: settle what was used.
+        self.end(false);
+    }
+}
+
+impl Stream for Metered {
+    type Item = Result<Bytes, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.state {
+                State::Ended => return Poll::Ready(None),
+                State::DoneSent => {
+                    self.state = State::Ended;
+                    return Poll::Ready(None);
+                }
+                State::Streaming => {}
+            }
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(mut chunk))) => {
+                    self.assembler.add(&chunk);
+                    let usage_only = chunk
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty);
+                    if !self.include_usage {
+                        if usage_only {
+                            continue;
+                        }
+                        if let Some(obj) = chunk.as_object_mut() {
+                            obj.remove("usage");
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(event(&chunk))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.end(false);
+                    self.state = State::Ended;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    self.end(true);
+                    self.state = State::DoneSent;
+                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE))));
+                }
+            }
+        }
+    }
+}
+
+/// A stored `chat.completion` replayed as a stream of chunks (a cache hit on a streamed
+/// request, or a canned answer).
+pub fn replay(completion: &Value, include_usage: bool) -> EventBytes {
+    let head = |choices: Value| {
+        json!({
+            "id": completion.get("id").cloned().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "created": completion.get("created").cloned().unwrap_or(json!(0)),
+            "model": completion.get("model").cloned().unwrap_or(Value::Null),
+            "choices": choices,
+        })
+    };
+    let mut events = Vec::new();
+    for c in completion
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let index = c.get("index").cloned().unwrap_or(json!(0));
+        let message = c.get("message").cloned().unwrap_or(Value::Null);
+        let mut delta = json!({"role": message.get("role").cloned().unwrap_or(json!("assistant"))});
+        if let Some(content) = message.get("content").filter(|v| !v.is_null()) {
+            delta["content"] = content.clone();
+        }
+        if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+            let indexed: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut call = call.clone();
+                    call["index"] = json!(i);
+                    call
+                })
+                .collect();
+            delta["tool_calls"] = Value::Array(indexed);
+        }
+        events.push(event(&head(
+            json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]),
+        )));
+        let finish = c.get("finish_reason").cloned().unwrap_or(json!("stop"));
+        events.push(event(&head(
+            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}]),
+        )));
+    }
+    if include_usage && let Some(usage) = completion.get("usage") {
+        let mut last = head(json!([]));
+        last["usage"] = usage.clone();
+        events.push(event(&last));
+    }
+    events.push(Bytes::from_static(DONE));
+    futures_util::stream::iter(events.into_iter().map(Ok)).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_fold_into_a_completion_with_tool_calls_and_usage() {
+        let mut a = Assembler::default();
+        let chunks = [
+            json!({"id": "c1", "created": 5, "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "lo"}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get", "arguments": "{\"a\""}}]}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+            json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}),
+        ];
+        for c in &chunks {
+            a.add(c);
+        }
+        let done = a.completion();
+        assert_eq!(done["object"], "chat.completion");
+        assert_eq!(done["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(
+            done["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(done["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            a.usage(),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_reassembles_to_the_same_completion() {
+        let completion = json!({"id": "c9", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there", "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}});
+        let bytes: Vec<Bytes> = replay(&completion, true)
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        let text: String = bytes
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        let mut a = Assembler::default();
+        for line in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| *l != "[DONE]")
+        {
+            a.add(&serde_json::from_str(line).unwrap());
+        }
+        assert_eq!(a.completion()["choices"], completion["choices"]);
+        assert_eq!(
+            a.usage(),
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 2
+            })
+        );
+    }
+}
