@@ -21,6 +21,12 @@ pub fn fake_config(base_url: &str) -> String {
 upstream_timeout_s = 1
 max_body_bytes = 65536
 
+# One attempt per deployment and no circuit breaking: these tests count upstream calls.
+# Retries, circuits and fallbacks have their own tests with their own settings.
+[routing]
+attempts_per_deployment = 1
+circuit_failures = 1000000
+
 [[providers]]
 name = "fake"
 kind = "openai"

@@ -240,6 +240,12 @@ impl From<GatewayError> for ApiError {
             GatewayError::Upstream { error, .. } => upstream(error),
             GatewayError::Store(e) => e.into(),
             GatewayError::Limited(refusal) => limited(&refusal),
+            GatewayError::AllUnavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_error",
+                "no_deployment_available",
+                "Every provider for this model is failing right now. Please retry shortly.",
+            ),
         }
     }
 }

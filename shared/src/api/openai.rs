@@ -16,7 +16,7 @@ use super::access_log::Outcome;
 use super::error::ApiError;
 use super::idempotency;
 use crate::gateway::cache::CacheControl;
-use crate::gateway::{Reply, ReplyBody, Trace};
+use crate::gateway::{Reply, ReplyBody, RequestOptions, Trace};
 use crate::jobs::Submission;
 use crate::providers::Endpoint;
 
@@ -118,14 +118,17 @@ async fn proxy(
                 idempotency::Begin::Replay(stored) => return Ok(replayed(stored)),
             }
         }
-        let cache_control = CacheControl::parse(
-            headers
-                .get(header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let options = RequestOptions {
+            cache: CacheControl::parse(
+                headers
+                    .get(header::CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            timeout: request_timeout(headers)?,
+        };
         let reply = state
             .gateway
-            .handle(&caller, endpoint, &body, cache_control, &mut trace)
+            .handle(&caller, endpoint, &body, options, &mut trace)
             .await?;
         outcome.cache = reply.cache;
         outcome.tokens_in = reply.usage.prompt_tokens;
@@ -182,6 +185,28 @@ fn replayed(stored: crate::store::StoredResponse) -> Response {
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     headers.insert("x-sluice-cost-usd", HeaderValue::from_static("0.000000000"));
     response
+}
+
+/// `x-sluice-timeout`: seconds for the whole request, retries and fallbacks included.
+fn request_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(v) = headers.get("x-sluice-timeout") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .map(|s| Some(std::time::Duration::from_secs_f64(s)))
+        .ok_or_else(|| {
+            let mut e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                "`x-sluice-timeout` must be a number of seconds between 0 and 3600.",
+            );
+            e.param = Some("x-sluice-timeout".into());
+            e
+        })
 }
 
 /// The body, or 413 when it is over the limit (read no further than the limit).

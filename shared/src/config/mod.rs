@@ -74,6 +74,9 @@ pub struct Config {
     /// Per-tenant rate limits and spending caps (keys carry their own).
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Retries, deadlines and circuit breaking.
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 /// Gateway-wide limit settings.
@@ -283,6 +286,83 @@ pub struct ModelConfig {
     /// `{ message = "text" }`.
     #[serde(default)]
     pub on_limit: OnLimit,
+    /// How a deployment is chosen: `weighted`, `least_inflight`, `lowest_latency`,
+    /// `most_headroom`.
+    #[serde(default)]
+    pub routing: Routing,
+    /// Models to try, in order, when every deployment of this one failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Whether an expired cached answer may be served when every provider failed.
+    #[serde(default = "default_true")]
+    pub stale_fallback: bool,
+    /// Canned answers for when everything else failed: a regex on the last user message.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The last resort: a friendly assistant message when nothing could answer.
+    #[serde(default)]
+    pub fallback_message: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How a model's deployment is chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// At random, in proportion to `weight`.
+    #[default]
+    Weighted,
+    /// The one with the fewest requests in flight.
+    LeastInflight,
+    /// The one with the lowest recent latency (EWMA).
+    LowestLatency,
+    /// The one with the most rate-limit room left (provider headers and its own rpm/tpm).
+    MostHeadroom,
+}
+
+/// A rule-based answer: if `pattern` (a regex) matches the last user message, answer `reply`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Regular expression (Rust `regex` syntax).
+    pub pattern: String,
+    /// The answer's text.
+    pub reply: String,
+}
+
+/// Retries, deadlines and circuit breaking.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Tries per deployment for failures worth retrying (connection, timeout, 408/429/5xx,
+    /// malformed answers) before moving to the next deployment.
+    pub attempts_per_deployment: u32,
+    /// First backoff; doubled per retry, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Longest backoff.
+    pub backoff_max_ms: u64,
+    /// Whole-request deadline unless the client sends `x-sluice-timeout` (seconds).
+    pub request_timeout_s: f64,
+    /// Consecutive failures that open a deployment's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit skips the deployment before one probe is let through.
+    pub circuit_cooldown_s: f64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            attempts_per_deployment: 2,
+            backoff_base_ms: 100,
+            backoff_max_ms: 2_000,
+            request_timeout_s: 120.0,
+            circuit_failures: 5,
+            circuit_cooldown_s: 30.0,
+        }
+    }
 }
 
 /// One provider + upstream model + weight.
@@ -296,6 +376,12 @@ pub struct DeploymentConfig {
     /// Relative share of traffic.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// This key's requests per minute at the provider (skipped before it would get a 429).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// This key's tokens per minute at the provider.
+    #[serde(default)]
+    pub tpm: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -402,11 +488,18 @@ impl Config {
                 provider: "mock".into(),
                 model: upstream.into(),
                 weight: 1,
+                rpm: None,
+                tpm: None,
             }],
             price: default_price(name),
             cache_ttl_s: None,
             max_output_tokens: None,
             on_limit: OnLimit::Reject,
+            routing: Routing::Weighted,
+            fallbacks: Vec::new(),
+            stale_fallback: true,
+            rules: Vec::new(),
+            fallback_message: None,
         };
         let mut fast = mock("gpt-4o-mini", "mock-chat");
         fast.aliases.push("fast".into());
@@ -416,6 +509,7 @@ impl Config {
             jobs: JobsConfig::default(),
             limits: LimitsConfig::default(),
             tenants: Vec::new(),
+            routing: RoutingConfig::default(),
             providers: vec![ProviderConfig {
                 name: "mock".into(),
                 kind: ProviderKind::Mock,
@@ -459,6 +553,19 @@ impl Config {
             return Err(invalid(
                 "jobs.callback_timeout_s".into(),
                 "must be a positive number of seconds".into(),
+            ));
+        }
+        let r = &self.routing;
+        if r.attempts_per_deployment == 0
+            || !(r.request_timeout_s.is_finite() && r.request_timeout_s > 0.0)
+            || !(r.circuit_cooldown_s.is_finite() && r.circuit_cooldown_s >= 0.0)
+            || r.circuit_failures == 0
+        {
+            return Err(invalid(
+                "routing".into(),
+                "attempts_per_deployment and circuit_failures must be at least 1, \
+                 request_timeout_s positive and circuit_cooldown_s not negative"
+                    .into(),
             ));
         }
         if self.server.max_body_bytes == 0 {
@@ -613,6 +720,26 @@ impl Config {
                     return Err(invalid(
                         at("on_limit"),
                         format!("downgrade target `{target}` is not another configured model"),
+                    ));
+                }
+            }
+            for (k, f) in m.fallbacks.iter().enumerate() {
+                let exists = self
+                    .models
+                    .iter()
+                    .any(|o| &o.name == f || o.aliases.contains(f));
+                if !exists || f == &m.name {
+                    return Err(invalid(
+                        format!("models[{i}].fallbacks[{k}]"),
+                        format!("`{f}` is not another configured model"),
+                    ));
+                }
+            }
+            for (k, r) in m.rules.iter().enumerate() {
+                if let Err(e) = regex_lite::Regex::new(&r.pattern) {
+                    return Err(invalid(
+                        format!("models[{i}].rules[{k}].pattern"),
+                        format!("not a valid regex: {e}"),
                     ));
                 }
             }

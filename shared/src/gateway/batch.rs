@@ -15,9 +15,7 @@ use super::cache::{self, CacheControl, CacheStatus};
 use super::request::{self, ParsedRequest};
 use super::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
 use crate::limits::Grant;
-use crate::providers::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, Usage,
-};
+use crate::providers::{Endpoint, ProviderError, UpstreamResponse, Usage};
 use crate::store::{CacheKey, CachedResponse};
 use crate::tokens;
 
@@ -191,14 +189,6 @@ impl Gateway {
         let Some(model) = self.catalog.get(model_name).cloned() else {
             return;
         };
-        let Some(deployment) = model.pick() else {
-            for p in chunk {
-                self.settle(p.grant, 0, 0).await;
-                let e = GatewayError::NoDeployment(model.name.clone());
-                outcomes[p.index] = Some((Err(e), p.trace));
-            }
-            return;
-        };
         // A lone request goes upstream as sent and its answer comes back byte for byte.
         let single = chunk.len() == 1;
         let mut body = chunk[0].request.body.clone();
@@ -210,42 +200,45 @@ impl Gateway {
         if !single {
             body.insert("input".into(), Value::Array(all));
         }
-        body.insert(
-            "model".into(),
-            Value::String(deployment.upstream_model.clone()),
-        );
-        let answer = deployment
-            .provider
-            .call(
-                &self.http,
-                UpstreamRequest {
-                    endpoint: Endpoint::Embeddings,
-                    body: &body,
-                    api_key: deployment.api_key.expose(),
-                    stream: false,
-                    timeout: self.upstream_timeout,
-                },
-            )
-            .await;
-        let split = answer.and_then(|a| match a {
-            UpstreamResponse::Complete { body, usage } => {
-                parse_embeddings(&body, total_inputs, usage).map(|parts| (body, parts))
-            }
-            UpstreamResponse::Stream(_) => {
-                Err(ProviderError::Malformed("unexpected stream".into()))
+        let tokens = chunk.iter().map(|p| estimate(&p.inputs)).sum();
+        // The same routing as a single request: deployments in order, retries, fallbacks.
+        let call = super::routing::Call {
+            endpoint: Endpoint::Embeddings,
+            body: &body,
+            stream: false,
+            tokens,
+            output_ceiling: None,
+            deadline: std::time::Instant::now() + self.request_timeout,
+        };
+        let answered = self.call_providers(&model, call).await;
+        let deployment = answered
+            .as_ref()
+            .map(|a| a.deployment.clone())
+            .unwrap_or_default();
+        let split = answered.and_then(|a| {
+            let price = a.model.price;
+            match a.response {
+                UpstreamResponse::Complete { body, usage, .. } => {
+                    parse_embeddings(&body, total_inputs, usage)
+                        .map(|parts| (body, parts, price))
+                        .map_err(|error| GatewayError::Upstream {
+                            deployment: a.deployment.clone(),
+                            error,
+                        })
+                }
+                UpstreamResponse::Stream { .. } => Err(GatewayError::Upstream {
+                    deployment: a.deployment.clone(),
+                    error: ProviderError::Malformed("unexpected stream".into()),
+                }),
             }
         });
-        let (raw, (data, upstream_model, usage)) = match split {
+        let (raw, (data, upstream_model, usage), price) = match split {
             Ok(parts) => parts,
             Err(error) => {
                 for mut p in chunk {
                     self.settle(p.grant, 0, 0).await;
-                    p.trace.deployment = Some(deployment.id.clone());
-                    let e = GatewayError::Upstream {
-                        deployment: deployment.id.clone(),
-                        error: error.clone(),
-                    };
-                    outcomes[p.index] = Some((Err(e), p.trace));
+                    p.trace.deployment = Some(deployment.clone()).filter(|d| !d.is_empty());
+                    outcomes[p.index] = Some((Err(clone_error(&error)), p.trace));
                 }
                 return;
             }
@@ -264,7 +257,7 @@ impl Gateway {
         let now = self.clock.now_ms();
         let mut data = data.into_iter();
         for (mut p, share) in chunk.into_iter().zip(shares) {
-            p.trace.deployment = Some(deployment.id.clone());
+            p.trace.deployment = Some(deployment.clone());
             let mine: Vec<Value> = data
                 .by_ref()
                 .take(p.inputs.len())
@@ -304,7 +297,7 @@ impl Gateway {
                 prompt_tokens: share,
                 completion_tokens: 0,
             };
-            self.settle(p.grant, share, model.price.cost_nano_usd(share, 0))
+            self.settle(p.grant, share, price.cost_nano_usd(share, 0))
                 .await;
             let reply = Reply {
                 body: ReplyBody::Json(bytes),
@@ -314,11 +307,27 @@ impl Gateway {
                     CacheStatus::Bypass
                 },
                 usage,
-                cost_nano_usd: model.price.cost_nano_usd(share, 0),
+                cost_nano_usd: price.cost_nano_usd(share, 0),
                 fallback: None,
             };
             outcomes[p.index] = Some((Ok(reply), p.trace));
         }
+    }
+}
+
+/// The same failure for every job of a failed batch.
+fn clone_error(e: &GatewayError) -> GatewayError {
+    match e {
+        GatewayError::Upstream { deployment, error } => GatewayError::Upstream {
+            deployment: deployment.clone(),
+            error: error.clone(),
+        },
+        GatewayError::NoDeployment(m) => GatewayError::NoDeployment(m.clone()),
+        GatewayError::UnknownModel(m) => GatewayError::UnknownModel(m.clone()),
+        GatewayError::Limited(r) => GatewayError::Limited(r.clone()),
+        GatewayError::Invalid(i) => GatewayError::Invalid(i.clone()),
+        GatewayError::Store(s) => GatewayError::Store(s.clone()),
+        GatewayError::AllUnavailable => GatewayError::AllUnavailable,
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-use crate::config::{Config, OnLimit, Price, Secret};
+use regex_lite::Regex;
+
+use super::routing::DeploymentStats;
+use crate::config::{Config, OnLimit, Price, Routing, Secret};
 use crate::providers::Provider;
 
 /// One place a request can be sent: provider + upstream model + one API key + weight.
@@ -21,6 +24,12 @@ pub struct Deployment {
     pub api_key: Secret,
     /// Relative share of traffic.
     pub weight: u32,
+    /// This key's requests per minute at the provider.
+    pub rpm: Option<u32>,
+    /// This key's tokens per minute at the provider.
+    pub tpm: Option<u32>,
+    /// Live statistics in this process (load, latency, circuit, rate-limit room).
+    pub stats: DeploymentStats,
 }
 
 /// A public model.
@@ -38,6 +47,16 @@ pub struct Model {
     pub max_output_tokens: Option<u64>,
     /// What to do over a limit.
     pub on_limit: OnLimit,
+    /// How a deployment is chosen.
+    pub routing: Routing,
+    /// Models tried, in order, when every deployment failed.
+    pub fallbacks: Vec<String>,
+    /// Whether an expired cached answer may be served when every provider failed.
+    pub stale_fallback: bool,
+    /// Rule-based answers: pattern on the last user message → reply.
+    pub rules: Vec<(Regex, String)>,
+    /// The friendly last-resort message.
+    pub fallback_message: Option<String>,
 }
 
 impl Model {
@@ -106,6 +125,9 @@ impl Catalog {
                         upstream_model: d.model.clone(),
                         api_key: key,
                         weight: d.weight,
+                        rpm: d.rpm,
+                        tpm: d.tpm,
+                        stats: DeploymentStats::default(),
                     });
                 }
             }
@@ -119,6 +141,16 @@ impl Catalog {
                 cache_ttl_s: m.cache_ttl_s.unwrap_or(config.cache.default_ttl_s),
                 max_output_tokens: m.max_output_tokens,
                 on_limit: m.on_limit.clone(),
+                routing: m.routing,
+                fallbacks: m.fallbacks.clone(),
+                stale_fallback: m.stale_fallback,
+                // Patterns were compiled once in `Config::validate`; none fail here.
+                rules: m
+                    .rules
+                    .iter()
+                    .filter_map(|r| Some((Regex::new(&r.pattern).ok()?, r.reply.clone())))
+                    .collect(),
+                fallback_message: m.fallback_message.clone(),
             });
             for name in std::iter::once(&m.name).chain(&m.aliases) {
                 catalog.by_name.insert(name.clone(), Arc::clone(&model));

@@ -6,26 +6,43 @@ pub mod batch;
 pub mod cache;
 pub mod catalog;
 pub mod request;
+pub mod routing;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::config::{CacheConfig, Config, OnLimit};
+use crate::config::{CacheConfig, Config, OnLimit, RoutingConfig};
 use crate::keys::KeyLimits;
 use crate::limits::{Ask, Grant, Limiter, Refusal, Subject};
-use crate::providers::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, Usage,
-};
+use crate::providers::{Endpoint, ProviderError, UpstreamResponse, Usage};
 use crate::store::{CachedResponse, SharedStore, StoreError};
 use crate::tokens;
 use cache::{CacheControl, CacheStatus};
 use catalog::{Catalog, Model};
 use request::{InvalidRequest, ParsedRequest};
+
+/// Per-request options from the client's headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestOptions {
+    /// `Cache-Control`.
+    pub cache: CacheControl,
+    /// `x-sluice-timeout`: the whole request's deadline, retries and fallbacks included.
+    pub timeout: Option<Duration>,
+}
+
+impl From<CacheControl> for RequestOptions {
+    fn from(cache: CacheControl) -> Self {
+        Self {
+            cache,
+            timeout: None,
+        }
+    }
+}
 
 /// Who is calling: established by the HTTP layer from a gateway key.
 #[derive(Debug, Clone)]
@@ -72,6 +89,9 @@ pub enum GatewayError {
     /// The store failed where the request cannot go on without it.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every deployment is out of service (circuits open) and nothing else could answer.
+    #[error("no deployment is available")]
+    AllUnavailable,
     /// Over a rate limit or spending cap, and the model's `on_limit` did not answer instead.
     #[error("over a limit: {} {}", .0.level, .0.metric)]
     Limited(Refusal),
@@ -97,6 +117,25 @@ pub struct Reply {
     pub cost_nano_usd: u64,
     /// Set when the answer is degraded: which fallback produced it (`x-sluice-fallback`).
     pub fallback: Option<&'static str>,
+}
+
+/// Text of the last user message (string content, or the text parts of an array).
+fn last_user_text(body: &serde_json::Map<String, Value>) -> String {
+    let messages = body.get("messages").and_then(Value::as_array);
+    let last = messages.and_then(|m| {
+        m.iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    });
+    match last.and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
 }
 
 /// Whether a streamed request asked for the usage chunk (`stream_options.include_usage`).
@@ -176,6 +215,8 @@ pub struct Trace {
 pub struct Gateway {
     catalog: Catalog,
     limiter: Arc<Limiter>,
+    routing: RoutingConfig,
+    request_timeout: Duration,
     cache_config: CacheConfig,
     upstream_timeout: Duration,
     store: SharedStore,
@@ -204,6 +245,8 @@ impl Gateway {
     ) -> Self {
         Self {
             catalog: Catalog::from_config(config),
+            routing: config.routing.clone(),
+            request_timeout: Duration::from_secs_f64(config.routing.request_timeout_s),
             limiter: Arc::new(Limiter::new(
                 config,
                 Arc::clone(&store) as Arc<dyn crate::store::LimitStore>,
@@ -250,15 +293,14 @@ impl Gateway {
         caller: &Caller,
         endpoint: Endpoint,
         body: &[u8],
-        cache_control: CacheControl,
+        options: impl Into<RequestOptions>,
         trace: &mut Trace,
     ) -> Result<Reply, GatewayError> {
+        let options = options.into();
         let request = request::parse(endpoint, body)?;
         let streamed = request.stream;
         let include_usage = wants_usage(&request);
-        let reply = self
-            .answer(caller, request, cache_control, trace, false)
-            .await?;
+        let reply = self.answer(caller, request, options, trace, false).await?;
         // A streamed request answered from the cache (or by a canned reply) gets events too.
         Ok(if streamed {
             reply.into_events(include_usage)
@@ -273,7 +315,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         request: ParsedRequest,
-        cache_control: CacheControl,
+        options: RequestOptions,
         trace: &mut Trace,
         downgraded: bool,
     ) -> Result<Reply, GatewayError> {
@@ -286,7 +328,7 @@ impl Gateway {
         trace.model = Some(model.name.clone());
         let subject = caller.subject();
 
-        let policy = self.cache_policy(&model, cache_control);
+        let policy = self.cache_policy(&model, options.cache);
         let key = (policy.lookup || policy.store)
             .then(|| cache::cache_key(&caller.tenant, endpoint, &model.name, &request.body));
         let mut stale = None;
@@ -303,7 +345,7 @@ impl Gateway {
                                 stale: Some(entry),
                                 downgraded,
                             };
-                            self.over_limit(caller, &model, request, cache_control, trace, over)
+                            self.over_limit(caller, &model, request, options, trace, over)
                                 .await
                         }
                     };
@@ -325,56 +367,38 @@ impl Gateway {
                     downgraded,
                 };
                 return self
-                    .over_limit(caller, &model, request, cache_control, trace, over)
+                    .over_limit(caller, &model, request, options, trace, over)
                     .await;
             }
         };
 
-        let Some(deployment) = model.pick() else {
-            self.settle(grant, 0, 0).await;
-            return Err(GatewayError::NoDeployment(model.name.clone()));
+        let call = routing::Call {
+            endpoint,
+            body: &request.body,
+            stream: request.stream,
+            tokens: ask.tokens,
+            output_ceiling,
+            deadline: Instant::now() + options.timeout.unwrap_or(self.request_timeout),
         };
-        trace.deployment = Some(deployment.id.clone());
-        let mut upstream_body = request.body.clone();
-        upstream_body.insert(
-            "model".into(),
-            Value::String(deployment.upstream_model.clone()),
-        );
-        if let Some(ceiling) = output_ceiling {
-            // The reservation assumed at most this many output tokens: hold the provider to it.
-            upstream_body.insert("max_tokens".into(), Value::from(ceiling));
-        }
-        let answer = deployment
-            .provider
-            .call(
-                &self.http,
-                UpstreamRequest {
-                    endpoint,
-                    body: &upstream_body,
-                    api_key: deployment.api_key.expose(),
-                    stream: request.stream,
-                    timeout: self.upstream_timeout,
-                },
-            )
-            .await;
-        let answer = match answer {
+        let answered = match self.call_providers(&model, call).await {
             Ok(a) => a,
             Err(error) => {
                 // Nothing was spent: give the whole reservation back.
                 self.settle(grant, 0, 0).await;
-                return Err(GatewayError::Upstream {
-                    deployment: deployment.id.clone(),
-                    error,
-                });
+                return self.last_resorts(&model, &request, error, stale, trace);
             }
         };
+        trace.deployment = Some(answered.deployment.clone());
+        let tier = answered.tier;
+        let model = answered.model;
+        let answer = answered.response;
         let status = if policy.lookup {
             CacheStatus::Miss
         } else {
             CacheStatus::Bypass
         };
         match answer {
-            UpstreamResponse::Stream(chunks) => {
+            UpstreamResponse::Stream { chunks, .. } => {
                 // Metered as it flows: settled and cached when the stream ends.
                 let finish = stream::Finish {
                     limiter: Arc::clone(&self.limiter),
@@ -402,10 +426,10 @@ impl Gateway {
                     cache: status,
                     usage: Usage::default(),
                     cost_nano_usd: 0,
-                    fallback: None,
+                    fallback: tier,
                 })
             }
-            UpstreamResponse::Complete { body, usage } => {
+            UpstreamResponse::Complete { body, usage, .. } => {
                 let usage = usage.unwrap_or_else(|| estimate_usage(&request));
                 let cost_nano_usd = model
                     .price
@@ -442,10 +466,59 @@ impl Gateway {
                     cache: status,
                     usage,
                     cost_nano_usd,
-                    fallback: None,
+                    fallback: tier,
                 })
             }
         }
+    }
+
+    /// The ladder's last tiers when no provider could answer: a stale cached answer, a
+    /// rule-based answer, a friendly message — each only if the model enables it. Failures
+    /// that are the request's own fault (a 400 from the provider) are returned as they are.
+    fn last_resorts(
+        &self,
+        model: &Model,
+        request: &ParsedRequest,
+        error: GatewayError,
+        stale: Option<CachedResponse>,
+        trace: &mut Trace,
+    ) -> Result<Reply, GatewayError> {
+        let provider_trouble = match &error {
+            GatewayError::Upstream { error, .. } => error.may_work_elsewhere(),
+            GatewayError::AllUnavailable | GatewayError::NoDeployment(_) => true,
+            _ => false,
+        };
+        if !provider_trouble {
+            return Err(error);
+        }
+        if let (true, Some(entry)) = (model.stale_fallback, stale) {
+            trace.deployment = Some("sluice/cache".into());
+            let mut reply = Reply::cached(entry.body, CacheStatus::Stale);
+            reply.fallback = Some("stale_cache");
+            return Ok(reply);
+        }
+        if request.endpoint == Endpoint::ChatCompletions {
+            let last_user = last_user_text(&request.body);
+            if let Some((_, reply)) = model.rules.iter().find(|(re, _)| re.is_match(&last_user)) {
+                trace.deployment = Some("sluice/rule".into());
+                let mut r = Reply::cached(
+                    Bytes::from(canned_completion(&model.name, reply).to_string()),
+                    CacheStatus::Bypass,
+                );
+                r.fallback = Some("rule");
+                return Ok(r);
+            }
+            if let Some(text) = &model.fallback_message {
+                trace.deployment = Some("sluice/message".into());
+                let mut r = Reply::cached(
+                    Bytes::from(canned_completion(&model.name, text).to_string()),
+                    CacheStatus::Bypass,
+                );
+                r.fallback = Some("message");
+                return Ok(r);
+            }
+        }
+        Err(error)
     }
 
     /// Settles a grant; a failure is logged (the reservation then expires and is released).
@@ -483,9 +556,20 @@ impl Gateway {
                 }
             }
         };
+        // A fallback model may answer instead: reserve for the most expensive that could.
+        let cost = std::iter::once(model.price)
+            .chain(
+                model
+                    .fallbacks
+                    .iter()
+                    .filter_map(|name| self.catalog.get(name).map(|m| m.price)),
+            )
+            .map(|price| price.cost_nano_usd_ceil(prompt_bound, output))
+            .max()
+            .unwrap_or(0);
         let ask = Ask {
             tokens: prompt_bound + output,
-            cost_nano_usd: model.price.cost_nano_usd_ceil(prompt_bound, output),
+            cost_nano_usd: cost,
         };
         let capped = self.limiter.budget_applies(subject);
         (ask, impose.filter(|_| capped))
@@ -497,7 +581,7 @@ impl Gateway {
         caller: &Caller,
         model: &Model,
         request: ParsedRequest,
-        cache_control: CacheControl,
+        options: RequestOptions,
         trace: &mut Trace,
         over: Over,
     ) -> Result<Reply, GatewayError> {
@@ -523,8 +607,7 @@ impl Gateway {
                 cheaper
                     .body
                     .insert("model".into(), Value::String(target.clone()));
-                let attempt =
-                    Box::pin(self.answer(caller, cheaper, cache_control, trace, true)).await;
+                let attempt = Box::pin(self.answer(caller, cheaper, options, trace, true)).await;
                 match attempt {
                     Ok(mut reply) => {
                         reply.fallback = Some("downgrade");

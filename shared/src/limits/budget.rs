@@ -39,6 +39,7 @@ pub fn reserve(
             at_most: Some(cap as i64),
             // Kept a while after the period for usage reports.
             expires_at_ms: ends + 40 * 86_400_000,
+            guard: None,
         },
         ends,
     )

@@ -240,9 +240,11 @@ impl Limiter {
             0
         };
         let mut refusal = None;
+        let mut stale_retries = 0;
         // With sharded counters each shard holds its share of every limit; a request refused
         // by one shard tries the others before it is refused.
-        for attempt in 0..shards {
+        let mut attempt = 0;
+        while attempt < shards {
             let shard = (first + attempt) % shards;
             let now = self.clock.now_ms();
             let plan = self.plan(subject, ask, now, shard).await?;
@@ -268,6 +270,7 @@ impl Limiter {
                 .map(|inc| Increment {
                     delta: -inc.delta,
                     at_most: None,
+                    guard: None,
                     ..inc.clone()
                 })
                 .collect();
@@ -289,7 +292,19 @@ impl Limiter {
                     let delta = plan.increments[index].delta.max(0) as u64;
                     refusal = Some(explain(meta, current.unwrap_or(0), delta, now));
                 }
+                Applied::Stale { .. } if stale_retries < 5 => {
+                    // The previous window grew after it was read: read it again, same shard.
+                    stale_retries += 1;
+                    self.forget_previous();
+                    continue;
+                }
+                Applied::Stale { .. } => {
+                    return Err(StoreError::Backend(
+                        "rate window kept changing under the check".into(),
+                    ));
+                }
             }
+            attempt += 1;
         }
         match refusal {
             Some(r) => Ok(Err(r)),
@@ -339,6 +354,7 @@ impl Limiter {
                     field: CounterField::Spent,
                     delta: cost_nano_usd as i64,
                     at_most: None,
+                    guard: None,
                     ..inc.clone()
                 });
             }
@@ -529,7 +545,16 @@ impl Limiter {
         Ok(plan)
     }
 
-    /// The counts of the previous window for each check, read once per window per process.
+    fn forget_previous(&self) {
+        self.previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clear();
+    }
+
+    /// The counts of the previous window for each check, read once per window per process
+    /// (each use is guarded: if it grew since, the store says so and it is read again).
     async fn previous_counts(
         &self,
         checks: &[rate::RateCheck],

@@ -2,7 +2,7 @@
 //! counters (see [`super::window`]) keyed `rate:<scope>:<rpm|tpm>:<window>:<shard>`.
 
 use super::window;
-use crate::store::{CounterField, Increment};
+use crate::store::{CounterField, Guard, Increment};
 
 /// What is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,13 @@ pub fn increment(
             at_most: Some(window::ceiling(check.limit, previous, elapsed)),
             // Kept one window past its end, while it is the previous window.
             expires_at_ms: ends + 2 * window::WINDOW_MS,
+            // The ceiling assumed the previous window holds `previous`; a write that lands
+            // there late (another process, right at the boundary) must not be missed.
+            guard: Some(Guard {
+                counter: counter_id(&check.scope, check.metric, w.saturating_sub(1), shard),
+                field: CounterField::Count,
+                at_most: previous,
+            }),
         },
         ends,
     )

@@ -140,7 +140,10 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
             "choices": [], "usage": usage_json,
         }));
         let frames: Vec<Result<Value, ProviderError>> = events.into_iter().map(Ok).collect();
-        return UpstreamResponse::Stream(futures_util::stream::iter(frames).boxed());
+        return UpstreamResponse::Stream {
+            chunks: futures_util::stream::iter(frames).boxed(),
+            headroom: Default::default(),
+        };
     }
     let answer = json!({
         "id": id,
@@ -159,6 +162,7 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
     UpstreamResponse::Complete {
         body: Bytes::from(answer.to_string()),
         usage: Some(usage),
+        headroom: Default::default(),
     }
 }
 
@@ -224,6 +228,7 @@ fn embeddings(model: &str, body: &Map<String, Value>) -> UpstreamResponse {
             prompt_tokens,
             completion_tokens: 0,
         }),
+        headroom: Default::default(),
     }
 }
 
@@ -244,7 +249,7 @@ mod tests {
     fn chat_echoes_and_honours_max_tokens() {
         let body = json!({"model": "m", "max_tokens": 3,
             "messages": [{"role": "user", "content": "one two three four"}]});
-        let UpstreamResponse::Complete { body, usage } =
+        let UpstreamResponse::Complete { body, usage, .. } =
             chat("m", body.as_object().unwrap(), false)
         else {
             panic!("expected a complete answer");

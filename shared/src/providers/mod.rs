@@ -82,6 +82,18 @@ pub struct Usage {
 /// empty `choices` and a `usage` object reports the tokens used.
 pub type ChunkStream = BoxStream<'static, Result<Value, ProviderError>>;
 
+/// What a provider's rate-limit headers said is left (`x-ratelimit-remaining-*`,
+/// `anthropic-ratelimit-*`), and when it resets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Headroom {
+    /// Requests left in the provider's window.
+    pub requests: Option<u64>,
+    /// Tokens left in the provider's window.
+    pub tokens: Option<u64>,
+    /// Milliseconds until the window resets.
+    pub reset_ms: Option<u64>,
+}
+
 /// A successful upstream answer.
 pub enum UpstreamResponse {
     /// A complete JSON body in OpenAI format and the usage read from it.
@@ -90,9 +102,100 @@ pub enum UpstreamResponse {
         body: Bytes,
         /// Usage reported by the provider, if any.
         usage: Option<Usage>,
+        /// Rate-limit room the provider reported.
+        headroom: Headroom,
     },
     /// A stream of OpenAI-format chunks.
-    Stream(ChunkStream),
+    Stream {
+        /// The chunks.
+        chunks: ChunkStream,
+        /// Rate-limit room the provider reported.
+        headroom: Headroom,
+    },
+}
+
+impl ProviderError {
+    /// Whether trying again (here or on another deployment) can help: connection trouble,
+    /// timeouts, 408/429/5xx and malformed answers. Not 4xx: the request itself is at fault.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Connect(_) | Self::Malformed(_) => true,
+            Self::Status { status, .. } => matches!(status, 408 | 425 | 429 | 500..=599),
+        }
+    }
+
+    /// Whether another deployment (another key or provider) may succeed where this one did
+    /// not, even though retrying this one would not: auth failures and unknown models.
+    pub fn may_work_elsewhere(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                Self::Status {
+                    status: 401 | 403 | 404,
+                    ..
+                }
+            )
+    }
+}
+
+/// Wall-clock milliseconds (provider headers carry absolute reset times).
+pub(crate) fn now_ms() -> u64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
+}
+
+/// Reads rate-limit headers in OpenAI's and Anthropic's formats.
+pub fn headroom_from(headers: &reqwest::header::HeaderMap, now_ms: u64) -> Headroom {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
+    let requests = num("x-ratelimit-remaining-requests")
+        .or_else(|| num("anthropic-ratelimit-requests-remaining"));
+    let tokens =
+        num("x-ratelimit-remaining-tokens").or_else(|| num("anthropic-ratelimit-tokens-remaining"));
+    let reset_ms = get("x-ratelimit-reset-requests")
+        .and_then(parse_duration_ms)
+        .or_else(|| {
+            let at = get("anthropic-ratelimit-requests-reset")?;
+            let at =
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .ok()?;
+            let at_ms = (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            Some(at_ms.saturating_sub(now_ms))
+        });
+    Headroom {
+        requests,
+        tokens,
+        reset_ms,
+    }
+}
+
+/// OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
+fn parse_duration_ms(s: &str) -> Option<u64> {
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut chars = s.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let value: f64 = number.parse().ok()?;
+        number.clear();
+        total += match c {
+            'h' => value * 3_600_000.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                value
+            }
+            'm' => value * 60_000.0,
+            's' => value * 1000.0,
+            _ => return None,
+        };
+    }
+    if !number.is_empty() {
+        return None;
+    }
+    Some(total.round() as u64)
 }
 
 /// Why an upstream call did not produce a usable answer.
@@ -175,4 +278,46 @@ pub fn usage_from_openai(body: &Value) -> Option<Usage> {
         prompt_tokens,
         completion_tokens,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations() {
+        assert_eq!(parse_duration_ms("1s"), Some(1000));
+        assert_eq!(parse_duration_ms("6m0s"), Some(360_000));
+        assert_eq!(parse_duration_ms("20ms"), Some(20));
+        assert_eq!(parse_duration_ms("1h2m3.5s"), Some(3_723_500));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+
+    #[test]
+    fn headers_of_both_formats() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-remaining-requests", "7".parse().unwrap());
+        h.insert("x-ratelimit-remaining-tokens", "9000".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        assert_eq!(
+            headroom_from(&h, 0),
+            Headroom {
+                requests: Some(7),
+                tokens: Some(9000),
+                reset_ms: Some(2000)
+            }
+        );
+        let mut a = reqwest::header::HeaderMap::new();
+        a.insert(
+            "anthropic-ratelimit-requests-remaining",
+            "3".parse().unwrap(),
+        );
+        a.insert(
+            "anthropic-ratelimit-requests-reset",
+            "2026-11-28T00:00:10Z".parse().unwrap(),
+        );
+        let now = 1_795_824_000_000; // 2026-11-28T00:00:00Z
+        assert_eq!(headroom_from(&a, now).reset_ms, Some(10_000));
+        assert_eq!(headroom_from(&a, now).requests, Some(3));
+    }
 }

@@ -11,7 +11,8 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use super::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, sse, usage_from_openai,
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from, now_ms,
+    sse, usage_from_openai,
 };
 
 /// Longest provider error message kept (they are logged and may be shown to clients).
@@ -60,6 +61,7 @@ impl ProviderApi for OpenAi {
                 .map_err(|_| ProviderError::Timeout)?
                 .map_err(transport)?;
             let response = check_status(response, request.timeout).await?;
+            let headroom = headroom_from(response.headers(), now_ms());
             let events = sse::json_events(response.bytes_stream().map(|r| r.map_err(transport)));
             let chunks = events
                 .map(|e| {
@@ -70,21 +72,26 @@ impl ProviderApi for OpenAi {
                     Ok(e.data)
                 })
                 .boxed();
-            return Ok(UpstreamResponse::Stream(chunks));
+            return Ok(UpstreamResponse::Stream { chunks, headroom });
         }
         let send = http
             .post(self.url(request.endpoint))
             .bearer_auth(request.api_key)
             .json(request.body)
             .send();
-        let body = tokio::time::timeout(request.timeout, async {
+        let (body, headroom) = tokio::time::timeout(request.timeout, async {
             let response = check_status(send.await.map_err(transport)?, request.timeout).await?;
-            response.bytes().await.map_err(transport)
+            let headroom = headroom_from(response.headers(), now_ms());
+            Ok::<_, ProviderError>((response.bytes().await.map_err(transport)?, headroom))
         })
         .await
         .map_err(|_| ProviderError::Timeout)??;
         let usage = validate(request.endpoint, &body)?;
-        Ok(UpstreamResponse::Complete { body, usage })
+        Ok(UpstreamResponse::Complete {
+            body,
+            usage,
+            headroom,
+        })
     }
 }
 

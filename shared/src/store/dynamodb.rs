@@ -32,9 +32,9 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
-    KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
+    KeyType, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use bytes::Bytes;
 
@@ -888,6 +888,28 @@ impl LimitStore for DynamoStore {
                     .build(),
             );
         }
+        // Guards check other counters in the same transaction (no extra call).
+        let guarded: Vec<usize> = (0..increments.len())
+            .filter(|&i| increments[i].guard.is_some())
+            .collect();
+        for &i in &guarded {
+            if let Some(g) = &increments[i].guard {
+                items.push(
+                    TransactWriteItem::builder()
+                        .condition_check(
+                            ConditionCheck::builder()
+                                .table_name(&self.tables.limits)
+                                .key("pk", s(&g.counter))
+                                .condition_expression("attribute_not_exists(#g) OR #g <= :gmax")
+                                .expression_attribute_names("#g", g.field.as_str())
+                                .expression_attribute_values(":gmax", n(g.at_most))
+                                .build()
+                                .map_err(build)?,
+                        )
+                        .build(),
+                );
+            }
+        }
         if let Some(hold) = hold {
             let mut item = Item::new();
             item.insert("pk".into(), s(format!("hold#{}", hold.id)));
@@ -921,6 +943,9 @@ impl LimitStore for DynamoStore {
         for (g, (code, old)) in reasons.iter().enumerate() {
             if code.as_deref() != Some("ConditionalCheckFailed") {
                 continue;
+            }
+            if let Some(&index) = g.checked_sub(groups.len()).and_then(|k| guarded.get(k)) {
+                return Ok(Applied::Stale { index });
             }
             let Some((_, idxs)) = groups.get(g) else {
                 return Err(StoreError::Backend(

@@ -153,6 +153,22 @@ pub struct Increment {
     pub at_most: Option<i64>,
     /// The counter may be deleted after this time.
     pub expires_at_ms: u64,
+    /// Applied only if another counter has not grown past a value (the sliding window's
+    /// previous window, read earlier: if a late write from another process grew it since,
+    /// the check must be redone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+}
+
+/// A condition on another counter than the one incremented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    /// The other counter.
+    pub counter: String,
+    /// Which of its numbers.
+    pub field: CounterField,
+    /// Its value must still be at most this.
+    pub at_most: i64,
 }
 
 /// A reservation taken with [`LimitStore::apply`]: what to undo if it is never settled.
@@ -177,6 +193,11 @@ pub enum Applied {
         index: usize,
         /// Its counter's value, when the store reported it.
         current: Option<i64>,
+    },
+    /// Nothing was applied: increment `index`'s guard no longer holds (re-read and retry).
+    Stale {
+        /// The increment whose guard failed.
+        index: usize,
     },
 }
 

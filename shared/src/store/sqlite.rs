@@ -735,6 +735,13 @@ impl LimitStore for SqliteStore {
         // (BEGIN IMMEDIATE also locks out other processes sharing the file), so they are atomic.
         self.write(move |c| {
             for (index, inc) in increments.iter().enumerate() {
+                if let Some(g) = &inc.guard
+                    && counter_value(c, &g.counter, g.field)? > g.at_most
+                {
+                    return Ok(Applied::Stale { index });
+                }
+            }
+            for (index, inc) in increments.iter().enumerate() {
                 if let Some(at_most) = inc.at_most {
                     let current = counter_value(c, &inc.counter, inc.field)?;
                     if current + inc.delta > at_most {

@@ -86,6 +86,7 @@ conformance!(
     holds_settle_once_and_expired_holds_are_listed,
     markers_are_set_once,
     idempotency_claims_replays_and_mismatches,
+    guards_refuse_when_another_counter_grew,
 );
 
 async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
@@ -430,6 +431,7 @@ fn inc(counter: &str, field: CounterField, delta: i64, at_most: Option<i64>) -> 
         delta,
         at_most,
         expires_at_ms: 4_000_000_000_000,
+        guard: None,
     }
 }
 
@@ -678,4 +680,48 @@ async fn idempotency_claims_replays_and_mismatches(b: Backend) {
         .filter(|c| matches!(c, Ok(IdempotencyBegin::Started)))
         .count();
     assert_eq!(started, 1);
+}
+
+async fn guards_refuse_when_another_counter_grew(b: Backend) {
+    let prev = inc("c:prev", CounterField::Count, 4, None);
+    assert_eq!(
+        b.store.apply(&[prev], None).await.unwrap(),
+        Applied::Granted
+    );
+    let mut guarded = inc("c:now", CounterField::Count, 1, Some(10));
+    guarded.guard = Some(sluice::store::Guard {
+        counter: "c:prev".into(),
+        field: CounterField::Count,
+        at_most: 3,
+    });
+    // The previous counter holds 4, more than the 3 the check assumed: nothing applied.
+    let other = inc("c:other", CounterField::Count, 1, None);
+    assert_eq!(
+        b.store
+            .apply(&[other, guarded.clone()], None)
+            .await
+            .unwrap(),
+        Applied::Stale { index: 1 }
+    );
+    let v = b
+        .store
+        .read_counters(&[
+            ("c:now".into(), CounterField::Count),
+            ("c:other".into(), CounterField::Count),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![0, 0]);
+    guarded.guard.as_mut().unwrap().at_most = 4;
+    assert_eq!(
+        b.store.apply(&[guarded.clone()], None).await.unwrap(),
+        Applied::Granted
+    );
+    // A guard on a counter that does not exist yet holds (it is 0).
+    guarded.guard.as_mut().unwrap().counter = "c:absent".into();
+    guarded.guard.as_mut().unwrap().at_most = 0;
+    assert_eq!(
+        b.store.apply(&[guarded], None).await.unwrap(),
+        Applied::Granted
+    );
 }

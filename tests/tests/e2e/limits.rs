@@ -629,3 +629,49 @@ async fn names_that_look_like_counter_parts_do_not_confuse_the_counters() {
     assert_eq!(u["limits"]["tenant"]["rpm"]["used"], 3);
     assert_eq!(u["limits"]["tenant"]["tpm"]["used"], 3 * 15);
 }
+
+#[tokio::test]
+async fn a_late_write_to_the_previous_window_is_not_missed() {
+    use sluice::clock::ManualClock;
+    use sluice::store::{CounterField, Increment, LimitStore};
+    // Two limiters (two processes) over one store; the clock sits 1 s into window 1.
+    let store = Arc::new(sluice::store::sqlite::SqliteStore::open(":memory:").unwrap());
+    let clock = ManualClock::new(61_000);
+    let config = sluice::config::Config::builtin();
+    let a = sluice::limits::Limiter::new(&config, store.clone(), Arc::new(clock.clone()));
+    let limits = KeyLimits {
+        rpm: Some(10),
+        ..KeyLimits::default()
+    };
+    let subject = sluice::limits::Subject {
+        key_id: "k",
+        tenant: "t",
+        key_limits: &limits,
+    };
+    // A admits one request in window 1, reading (and caching) window 0 as empty.
+    assert!(a.admit_cached(&subject).await.unwrap().is_ok());
+    // Another process's request from window 0 lands late: window 0 now holds 9.
+    let late = Increment {
+        counter: sluice::limits::rate::counter_id(
+            "key:k",
+            sluice::limits::rate::Metric::Requests,
+            0,
+            0,
+        ),
+        field: CounterField::Count,
+        delta: 9,
+        at_most: None,
+        expires_at_ms: u64::MAX / 2,
+        guard: None,
+    };
+    store.apply(&[late], None).await.unwrap();
+    // 9 × (1 − 1/60) carries 9, plus 1 in this window: exactly nothing more fits. Without the
+    // guard, A's cached "0" would let 9 more through.
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if a.admit_cached(&subject).await.unwrap().is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 0);
+}
