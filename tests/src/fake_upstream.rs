@@ -54,6 +54,11 @@ struct Shared {
     peers: Mutex<HashSet<SocketAddr>>,
     requests: Mutex<Vec<Recorded>>,
     behaviour: Mutex<Option<Behaviour>>,
+    /// The next this-many requests fail with `failure`, then `behaviour` applies again.
+    failures_left: AtomicUsize,
+    failure: Mutex<Option<Behaviour>>,
+    /// Extra headers on every answer (e.g. `x-ratelimit-remaining-requests`).
+    headers: Mutex<Vec<(String, String)>>,
 }
 
 /// A running fake provider. Dropping it stops the server.
@@ -120,6 +125,20 @@ impl FakeUpstream {
         *self.shared.behaviour.lock().unwrap() = Some(behaviour);
     }
 
+    /// The next `n` requests fail with `failure`; after them, the usual behaviour again.
+    pub fn fail_next(&self, n: usize, failure: Behaviour) {
+        *self.shared.failure.lock().unwrap() = Some(failure);
+        self.shared.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Adds headers (e.g. rate-limit headers) to every answer from now on.
+    pub fn set_headers(&self, headers: &[(&str, &str)]) {
+        *self.shared.headers.lock().unwrap() = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
     /// Requests received so far.
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
@@ -170,12 +189,39 @@ async fn handle(
             body: body.clone(),
         });
     }
-    let behaviour = shared
-        .behaviour
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or(Behaviour::Ok);
+    let failing = shared
+        .failures_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let behaviour = if failing {
+        shared
+            .failure
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(Behaviour::Ok)
+    } else {
+        shared
+            .behaviour
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(Behaviour::Ok)
+    };
+    let extra = shared.headers.lock().unwrap().clone();
+    let mut response = answer(behaviour, n, uri, body).await;
+    for (k, v) in extra {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(k.as_bytes()),
+            axum::http::HeaderValue::from_str(&v),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn answer(behaviour: Behaviour, n: usize, uri: Uri, body: Value) -> Response {
     match behaviour {
         Behaviour::Ok => {}
         Behaviour::Slow(d) => tokio::time::sleep(d).await,

@@ -9,6 +9,7 @@ mod jobs;
 mod limits;
 mod pooling;
 mod restart;
+mod routing;
 
 use serde_json::Value;
 
