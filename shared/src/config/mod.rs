@@ -242,8 +242,25 @@ impl Default for CacheConfig {
 pub enum ProviderKind {
     /// OpenAI, or any OpenAI-compatible base URL (Azure OpenAI, vLLM, Ollama, …).
     Openai,
+    /// Anthropic's Messages API (`base_url` defaults to `https://api.anthropic.com/v1`).
+    Anthropic,
+    /// Google Gemini's `generateContent` API (`base_url` defaults to
+    /// `https://generativelanguage.googleapis.com/v1beta`).
+    Gemini,
     /// The built-in offline provider for demos and tests.
     Mock,
+}
+
+impl ProviderKind {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Mock => "mock",
+        }
+    }
 }
 
 /// One upstream provider.
@@ -260,6 +277,18 @@ pub struct ProviderConfig {
     /// One or more API keys; each becomes its own deployment for load balancing.
     #[serde(default)]
     pub api_keys: Vec<Secret>,
+}
+
+impl ProviderConfig {
+    /// The configured base URL, or the provider's public one (none for `openai`, which is
+    /// as often a self-hosted compatible server as OpenAI itself).
+    pub fn base_url(&self) -> Option<&str> {
+        self.base_url.as_deref().or(match self.kind {
+            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::Openai | ProviderKind::Mock => None,
+        })
+    }
 }
 
 /// One public model name.
@@ -640,38 +669,37 @@ impl Config {
                     format!("duplicate provider name `{}`", p.name),
                 ));
             }
-            match p.kind {
-                ProviderKind::Openai => {
-                    let Some(url) = &p.base_url else {
-                        return Err(invalid(
-                            at("base_url"),
-                            "is required for kind = \"openai\"".into(),
-                        ));
-                    };
-                    if reqwest::Url::parse(url)
-                        .ok()
-                        .filter(|u| matches!(u.scheme(), "http" | "https"))
-                        .is_none()
-                    {
-                        return Err(invalid(
-                            at("base_url"),
-                            format!("`{url}` is not an http(s) URL"),
-                        ));
-                    }
-                    if p.api_keys.is_empty() {
-                        return Err(invalid(
-                            at("api_keys"),
-                            "needs at least one key for kind = \"openai\"".into(),
-                        ));
-                    }
-                    if let Some(k) = p.api_keys.iter().position(|k| k.expose().trim().is_empty()) {
-                        return Err(invalid(
-                            format!("providers[{i}].api_keys[{k}]"),
-                            "is empty".into(),
-                        ));
-                    }
-                }
-                ProviderKind::Mock => {}
+            if p.kind == ProviderKind::Mock {
+                continue;
+            }
+            let kind = p.kind.name();
+            let Some(url) = p.base_url() else {
+                return Err(invalid(
+                    at("base_url"),
+                    format!("is required for kind = \"{kind}\""),
+                ));
+            };
+            if reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .is_none()
+            {
+                return Err(invalid(
+                    at("base_url"),
+                    format!("`{url}` is not an http(s) URL"),
+                ));
+            }
+            if p.api_keys.is_empty() {
+                return Err(invalid(
+                    at("api_keys"),
+                    format!("needs at least one key for kind = \"{kind}\""),
+                ));
+            }
+            if let Some(k) = p.api_keys.iter().position(|k| k.expose().trim().is_empty()) {
+                return Err(invalid(
+                    format!("providers[{i}].api_keys[{k}]"),
+                    "is empty".into(),
+                ));
             }
         }
         let mut model_names = HashSet::new();

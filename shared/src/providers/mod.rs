@@ -4,6 +4,9 @@
 //! upstream model name and the provider's own key) and gets back an OpenAI-format answer plus
 //! the usage it reported. Translation to and from other wire formats lives in each provider.
 
+pub mod anthropic;
+pub mod gemini;
+mod http;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -237,6 +240,10 @@ pub trait ProviderApi {
 pub enum Provider {
     /// OpenAI or any OpenAI-compatible server.
     OpenAi(openai::OpenAi),
+    /// Anthropic's Messages API.
+    Anthropic(anthropic::Anthropic),
+    /// Google Gemini.
+    Gemini(gemini::Gemini),
     /// The built-in offline provider.
     Mock(mock::Mock),
 }
@@ -245,9 +252,15 @@ impl Provider {
     /// Builds a provider from its (validated) config.
     pub fn from_config(config: &ProviderConfig) -> Self {
         match config.kind {
-            ProviderKind::Openai => Self::OpenAi(openai::OpenAi::new(
-                config.base_url.as_deref().unwrap_or(""),
-            )),
+            ProviderKind::Openai => {
+                Self::OpenAi(openai::OpenAi::new(config.base_url().unwrap_or("")))
+            }
+            ProviderKind::Anthropic => {
+                Self::Anthropic(anthropic::Anthropic::new(config.base_url().unwrap_or("")))
+            }
+            ProviderKind::Gemini => {
+                Self::Gemini(gemini::Gemini::new(config.base_url().unwrap_or("")))
+            }
             ProviderKind::Mock => Self::Mock(mock::Mock),
         }
     }
@@ -261,6 +274,8 @@ impl ProviderApi for Provider {
     ) -> Result<UpstreamResponse, ProviderError> {
         match self {
             Self::OpenAi(p) => p.call(http, request).await,
+            Self::Anthropic(p) => p.call(http, request).await,
+            Self::Gemini(p) => p.call(http, request).await,
             Self::Mock(p) => p.call(http, request).await,
         }
     }

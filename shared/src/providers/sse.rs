@@ -16,9 +16,12 @@ pub struct Event {
     pub data: Value,
 }
 
+/// A provider's parsed events.
+pub type EventStream = BoxStream<'static, Result<Event, ProviderError>>;
+
 /// Parses `text/event-stream` bytes into JSON events. OpenAI's `data: [DONE]` ends the
 /// stream; data that is not JSON is a malformed answer.
-pub fn json_events<S>(bytes: S) -> BoxStream<'static, Result<Event, ProviderError>>
+pub fn json_events<S>(bytes: S) -> EventStream
 where
     S: Stream<Item = Result<Bytes, ProviderError>> + Send + 'static,
 {

@@ -2,9 +2,11 @@
 //! a fake OpenAI-compatible upstream, with real SQLite. One binary, one module per concern.
 
 mod admin;
+mod anthropic;
 mod cache;
 mod errors;
 mod forwarding;
+mod gemini;
 mod jobs;
 mod limits;
 mod pooling;

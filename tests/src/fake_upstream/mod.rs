@@ -1,9 +1,15 @@
-//! A fake OpenAI-compatible provider on 127.0.0.1:0.
+//! A fake provider on 127.0.0.1:0 that speaks three wire formats on one port:
+//! OpenAI (`/v1/chat/completions`, `/v1/embeddings`), Anthropic (`/v1/messages`) and Google
+//! Gemini (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
+//! `:batchEmbedContents`).
 //!
-//! It answers `/v1/chat/completions` and `/v1/embeddings` in OpenAI's documented format
-//! (including SSE streams and the base64 embedding encoding the Python SDK asks for), counts
-//! calls and TCP connections, records every request, and can be told to fail in each way a
-//! real provider fails.
+//! Each format is answered as its public API reference documents it (including SSE streams,
+//! error bodies and rate-limit headers). The fake counts calls and TCP connections, records
+//! every request, and can be told to fail in each way a real provider fails.
+
+mod anthropic;
+mod gemini;
+mod openai;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,24 +18,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
 use axum::routing::post;
-use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// How the fake answers the next requests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Behaviour {
     /// A normal answer.
     Ok,
-    /// An OpenAI-style error with this status (and `Retry-After` seconds, if given).
+    /// The format's own error body with this status (and `Retry-After` seconds, if given).
     Status(u16, Option<u64>),
     /// 200 with a body that is not JSON.
     Garbage,
-    /// 200 with an `error` object instead of a completion.
+    /// 200 with an error object instead of an answer.
     ErrorIn200,
     /// A normal answer after this delay.
     Slow(Duration),
@@ -63,8 +68,10 @@ struct Shared {
 
 /// A running fake provider. Dropping it stops the server.
 pub struct FakeUpstream {
-    /// Base URL including `/v1`, as a provider's `base_url`.
+    /// Base URL including `/v1`, as an `openai` or `anthropic` provider's `base_url`.
     pub base_url: String,
+    /// Base URL including `/v1beta`, as a `gemini` provider's `base_url`.
+    pub gemini_url: String,
     /// The bound address.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
@@ -101,6 +108,8 @@ impl FakeUpstream {
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
             .route("/v1/embeddings", post(handle))
+            .route("/v1/messages", post(handle))
+            .route("/v1beta/models/{*call}", post(handle))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -114,6 +123,7 @@ impl FakeUpstream {
         });
         Self {
             base_url: format!("http://{addr}/v1"),
+            gemini_url: format!("http://{addr}/v1beta"),
             addr,
             shared,
             task,
@@ -162,16 +172,6 @@ impl FakeUpstream {
     }
 }
 
-fn error_body(status: u16) -> Value {
-    let (kind, code) = match status {
-        400 => ("invalid_request_error", "invalid_value"),
-        401 => ("invalid_request_error", "invalid_api_key"),
-        429 => ("requests", "rate_limit_exceeded"),
-        _ => ("server_error", "server_error"),
-    };
-    json!({"error": {"message": format!("fake upstream error {status}"), "type": kind, "param": null, "code": code}})
-}
-
 async fn handle(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -209,7 +209,17 @@ async fn handle(
             .unwrap_or(Behaviour::Ok)
     };
     let extra = shared.headers.lock().unwrap().clone();
-    let mut response = answer(behaviour, n, uri, body).await;
+    if let Behaviour::Slow(d) = behaviour {
+        tokio::time::sleep(d).await;
+    }
+    let path = uri.path();
+    let mut response = if path.starts_with("/v1beta/") {
+        gemini::answer(&behaviour, n, &uri, &body)
+    } else if path == "/v1/messages" {
+        anthropic::answer(&behaviour, n, &body)
+    } else {
+        openai::answer(&behaviour, n, path, &body)
+    };
     for (k, v) in extra {
         if let (Ok(name), Ok(value)) = (
             axum::http::HeaderName::from_bytes(k.as_bytes()),
@@ -219,101 +229,4 @@ async fn handle(
         }
     }
     response
-}
-
-async fn answer(behaviour: Behaviour, n: usize, uri: Uri, body: Value) -> Response {
-    match behaviour {
-        Behaviour::Ok => {}
-        Behaviour::Slow(d) => tokio::time::sleep(d).await,
-        Behaviour::Status(status, retry_after) => {
-            let mut r = (
-                StatusCode::from_u16(status).unwrap(),
-                axum::Json(error_body(status)),
-            )
-                .into_response();
-            if let Some(s) = retry_after {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
-            }
-            return r;
-        }
-        Behaviour::Garbage => {
-            return (
-                [(header::CONTENT_TYPE, "application/json")],
-                "<html>oops</html>",
-            )
-                .into_response();
-        }
-        Behaviour::ErrorIn200 => return axum::Json(error_body(500)).into_response(),
-    }
-    let model = body["model"].as_str().unwrap_or("unknown").to_owned();
-    if uri.path().ends_with("/embeddings") {
-        return axum::Json(embeddings(&body, &model)).into_response();
-    }
-    let content = format!("fake answer #{n}");
-    if body["stream"] == json!(true) {
-        let chunk = |delta: Value, finish: Value| {
-            json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        };
-        let mut sse = String::new();
-        let mut events = vec![
-            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-            chunk(json!({"content": content}), Value::Null),
-            chunk(json!({}), json!("stop")),
-        ];
-        if body["stream_options"]["include_usage"] == json!(true) {
-            events.push(
-                json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk",
-                "created": 1_700_000_000, "model": model, "choices": [],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
-            );
-        }
-        for event in events {
-            sse.push_str(&format!("data: {event}\n\n"));
-        }
-        sse.push_str("data: [DONE]\n\n");
-        return (
-            [(header::CONTENT_TYPE, "text/event-stream")],
-            Body::from(sse),
-        )
-            .into_response();
-    }
-    axum::Json(json!({
-        "id": format!("chatcmpl-fake{n}"),
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": model,
-        "system_fingerprint": "fp_fake",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": null},
-            "logprobs": null,
-            "finish_reason": "stop"
-        }],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    }))
-    .into_response()
-}
-
-fn embeddings(body: &Value, model: &str) -> Value {
-    let inputs = match &body["input"] {
-        Value::Array(items) => items.len(),
-        _ => 1,
-    };
-    let base64 = body["encoding_format"] == json!("base64");
-    let data: Vec<Value> = (0..inputs)
-        .map(|i| {
-            let v = [0.25f32, -0.5, i as f32];
-            let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
-        })
-        .collect();
-    json!({"object": "list", "data": data, "model": model,
-           "usage": {"prompt_tokens": 4 * inputs, "total_tokens": 4 * inputs}})
 }

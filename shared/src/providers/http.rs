@@ -1,0 +1,163 @@
+//! What every HTTP provider shares: sending with a deadline, turning error statuses into
+//! [`ProviderError`]s with the provider's own message, and reading `Retry-After`.
+//!
+//! OpenAI, Anthropic and Gemini all put a human-readable message at `error.message` in their
+//! error bodies, so one reader serves all three.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+
+use super::{ChunkStream, Headroom, ProviderError, headroom_from, now_ms, sse};
+
+/// Longest provider error message kept (they are logged and may be shown to clients).
+const MAX_ERROR_MESSAGE: usize = 500;
+
+/// Sends a request and reads the whole 2xx body before `timeout`.
+pub(super) async fn send_for_body(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(Bytes, Headroom), ProviderError> {
+    tokio::time::timeout(timeout, async {
+        let response = check_status(request.send().await.map_err(transport)?, timeout).await?;
+        let headroom = headroom_from(response.headers(), now_ms());
+        Ok::<_, ProviderError>((response.bytes().await.map_err(transport)?, headroom))
+    })
+    .await
+    .map_err(|_| ProviderError::Timeout)?
+}
+
+/// Sends a request whose 2xx answer is an event stream; waits for the headers only.
+pub(super) async fn send_for_events(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(sse::EventStream, Headroom), ProviderError> {
+    let response = tokio::time::timeout(timeout, request.send())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(transport)?;
+    let response = check_status(response, timeout).await?;
+    let headroom = headroom_from(response.headers(), now_ms());
+    let events = sse::json_events(response.bytes_stream().map(|r| r.map_err(transport)));
+    Ok((events, headroom))
+}
+
+/// Maps a transport error; the URL is dropped so nothing internal (or a key in a query
+/// string) is carried along.
+pub(super) fn transport(e: reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else {
+        ProviderError::Connect(e.without_url().to_string())
+    }
+}
+
+/// Passes 2xx answers on; turns the rest into [`ProviderError::Status`] with the provider's message.
+async fn check_status(
+    response: reqwest::Response,
+    timeout: Duration,
+) -> Result<reqwest::Response, ProviderError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let header_retry = retry_after(response.headers());
+    let body = tokio::time::timeout(timeout, response.bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    Err(ProviderError::Status {
+        status: status.as_u16(),
+        message: parsed.as_ref().and_then(error_message),
+        retry_after: header_retry.or_else(|| parsed.as_ref().and_then(google_retry_delay)),
+    })
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by these providers).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    seconds(v.trim())
+}
+
+fn seconds(s: &str) -> Option<Duration> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Google APIs put the wait in the body: `error.details[].retryDelay = "30s"` of a
+/// `google.rpc.RetryInfo`.
+fn google_retry_delay(body: &Value) -> Option<Duration> {
+    body.get("error")?
+        .get("details")?
+        .as_array()?
+        .iter()
+        .find_map(|d| {
+            d.get("retryDelay")?
+                .as_str()?
+                .strip_suffix('s')
+                .and_then(seconds)
+        })
+}
+
+/// `error.message` from an error body, shortened.
+pub(super) fn error_message(body: &Value) -> Option<String> {
+    let msg = body.get("error")?.get("message")?.as_str()?;
+    Some(msg.chars().take(MAX_ERROR_MESSAGE).collect())
+}
+
+/// An error event inside an otherwise successful stream (all three providers send one as
+/// `{"error": {...}}` or `{"type": "error", "error": {...}}`).
+pub(super) fn stream_error(data: &Value) -> Option<ProviderError> {
+    let error = data.get("error").filter(|e| !e.is_null())?;
+    let message = error_message(data).unwrap_or_else(|| "error event in the stream".into());
+    let kind = error.get("type").and_then(Value::as_str).unwrap_or("");
+    if matches!(kind, "overloaded_error" | "rate_limit_error" | "api_error") {
+        return Some(ProviderError::Status {
+            status: if kind == "rate_limit_error" { 429 } else { 529 },
+            message: Some(message),
+            retry_after: None,
+        });
+    }
+    Some(ProviderError::Malformed(message))
+}
+
+/// Boxes a chunk stream (a shorthand for providers).
+pub(super) fn boxed<S>(s: S) -> ChunkStream
+where
+    S: futures_util::Stream<Item = Result<Value, ProviderError>> + Send + 'static,
+{
+    s.boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn google_retry_info_is_read_from_the_body() {
+        let body = json!({"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]}});
+        assert_eq!(google_retry_delay(&body), Some(Duration::from_secs(7)));
+        assert_eq!(error_message(&body).as_deref(), Some("quota"));
+        assert_eq!(
+            google_retry_delay(&json!({"error": {"message": "x"}})),
+            None
+        );
+    }
+
+    #[test]
+    fn anthropic_overload_in_a_stream_is_retryable() {
+        let e = stream_error(&json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+            .unwrap();
+        assert!(e.is_retryable());
+        assert!(stream_error(&json!({"type": "ping"})).is_none());
+    }
+}

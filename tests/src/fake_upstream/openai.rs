@@ -1,0 +1,116 @@
+//! OpenAI's format: chat completions (plain and SSE), embeddings (float and base64), errors.
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::Behaviour;
+
+fn error_body(status: u16) -> Value {
+    let (kind, code) = match status {
+        400 => ("invalid_request_error", "invalid_value"),
+        401 => ("invalid_request_error", "invalid_api_key"),
+        429 => ("requests", "rate_limit_exceeded"),
+        _ => ("server_error", "server_error"),
+    };
+    json!({"error": {"message": format!("fake upstream error {status}"), "type": kind, "param": null, "code": code}})
+}
+
+/// Answers one OpenAI-format request (`Slow` has already waited).
+pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) -> Response {
+    match *behaviour {
+        Behaviour::Ok | Behaviour::Slow(_) => {}
+        Behaviour::Status(status, retry_after) => {
+            let mut r = (
+                StatusCode::from_u16(status).unwrap(),
+                axum::Json(error_body(status)),
+            )
+                .into_response();
+            if let Some(s) = retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
+            }
+            return r;
+        }
+        Behaviour::Garbage => {
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                "<html>oops</html>",
+            )
+                .into_response();
+        }
+        Behaviour::ErrorIn200 => return axum::Json(error_body(500)).into_response(),
+    }
+    let model = body["model"].as_str().unwrap_or("unknown").to_owned();
+    if path.ends_with("/embeddings") {
+        return axum::Json(embeddings(body, &model)).into_response();
+    }
+    let content = format!("fake answer #{n}");
+    if body["stream"] == json!(true) {
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut sse = String::new();
+        let mut events = vec![
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": content}), Value::Null),
+            chunk(json!({}), json!("stop")),
+        ];
+        if body["stream_options"]["include_usage"] == json!(true) {
+            events.push(
+                json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk",
+                "created": 1_700_000_000, "model": model, "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
+            );
+        }
+        for event in events {
+            sse.push_str(&format!("data: {event}\n\n"));
+        }
+        sse.push_str("data: [DONE]\n\n");
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from(sse),
+        )
+            .into_response();
+    }
+    axum::Json(json!({
+        "id": format!("chatcmpl-fake{n}"),
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+    .into_response()
+}
+
+fn embeddings(body: &Value, model: &str) -> Value {
+    let inputs = match &body["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let base64 = body["encoding_format"] == json!("base64");
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| {
+            let v = [0.25f32, -0.5, i as f32];
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": model,
+           "usage": {"prompt_tokens": 4 * inputs, "total_tokens": 4 * inputs}})
+}

@@ -1,0 +1,1 @@
+//! Anthropic end to end (being written).

@@ -1,0 +1,1 @@
+//! Gemini end to end (being written).
