@@ -39,6 +39,17 @@ pub struct Outcome {
     pub error: Option<&'static str>,
 }
 
+impl Outcome {
+    /// Records what an answer cost and how it was produced.
+    pub fn record(&mut self, reply: &crate::gateway::Reply) {
+        self.cache = reply.cache;
+        self.tokens_in = reply.usage.prompt_tokens;
+        self.tokens_out = reply.usage.completion_tokens;
+        self.cost_nano_usd = reply.cost_nano_usd;
+        self.fallback = reply.fallback;
+    }
+}
+
 /// The id of the request being served (in request extensions).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -1,7 +1,7 @@
 //! The HTTP app: one axum `Router` served by `sluice serve` and by the ingest Lambda alike.
 //!
 //! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
-//! `POST /v1/embeddings`, `GET /v1/models`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
+//! `POST /v1/embeddings`, `GET /v1/models`; Anthropic's `POST /v1/messages`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
 //! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`; the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 mod idempotency;
 mod jobs;
+mod messages;
 mod openai;
 mod usage;
 
@@ -80,6 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/jobs", post(jobs::create_job))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/usage", get(usage::key_usage))

@@ -118,23 +118,11 @@ async fn proxy(
                 idempotency::Begin::Replay(stored) => return Ok(replayed(stored)),
             }
         }
-        let options = RequestOptions {
-            cache: CacheControl::parse(
-                headers
-                    .get(header::CACHE_CONTROL)
-                    .and_then(|v| v.to_str().ok()),
-            ),
-            timeout: request_timeout(headers)?,
-        };
         let reply = state
             .gateway
-            .handle(&caller, endpoint, &body, options, &mut trace)
+            .handle(&caller, endpoint, &body, options(headers)?, &mut trace)
             .await?;
-        outcome.cache = reply.cache;
-        outcome.tokens_in = reply.usage.prompt_tokens;
-        outcome.tokens_out = reply.usage.completion_tokens;
-        outcome.cost_nano_usd = reply.cost_nano_usd;
-        outcome.fallback = reply.fallback;
+        outcome.record(&reply);
         Ok(reply_response(reply, trace.deployment.as_deref()))
     }
     .await;
@@ -187,6 +175,18 @@ fn replayed(stored: crate::store::StoredResponse) -> Response {
     response
 }
 
+/// The pipeline options a request's headers ask for.
+pub(super) fn options(headers: &HeaderMap) -> Result<RequestOptions, ApiError> {
+    Ok(RequestOptions {
+        cache: CacheControl::parse(
+            headers
+                .get(header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        ),
+        timeout: request_timeout(headers)?,
+    })
+}
+
 /// `x-sluice-timeout`: seconds for the whole request, retries and fallbacks included.
 fn request_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
     let Some(v) = headers.get("x-sluice-timeout") else {
@@ -228,7 +228,8 @@ fn usd(nanos: u64) -> String {
     format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
 }
 
-fn reply_response(reply: Reply, deployment: Option<&str>) -> Response {
+/// An answer as HTTP: the body (JSON or an event stream) and the `x-sluice-*` headers.
+pub(super) fn reply_response(reply: Reply, deployment: Option<&str>) -> Response {
     let fallback = reply.fallback;
     let (content_type, body) = match reply.body {
         ReplyBody::Json(bytes) => ("application/json", Body::from(bytes)),

@@ -391,3 +391,141 @@ deployments = [{{ provider = "a", model = "claude-x", weight = 1000000 }}, {{ pr
         "after a said it had nothing left, it was not asked again"
     );
 }
+
+/// `POST /v1/messages` with an Anthropic-format body and the key in `x-api-key`.
+async fn messages(gw: &TestGateway, key: &str, body: &Value) -> reqwest::Response {
+    gw.http
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_messages_ingress_reaches_any_provider_through_the_pipeline() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(&up, "", false)).await;
+    let key = gw.create_key("t").await;
+    // Anthropic format in, an OpenAI provider behind.
+    let request = json!({"model": "gpt", "max_tokens": 50, "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]});
+    let r = messages(&gw, &key, &request).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-sluice-provider"), "openai/gpt-4o-mini");
+    assert_eq!(header(&r, "x-sluice-cache"), "miss");
+    let message = json(r).await;
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["model"], "gpt");
+    assert_eq!(
+        message["content"],
+        json!([{"type": "text", "text": "fake answer #1"}])
+    );
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["usage"]["input_tokens"], 10);
+    assert_eq!(message["usage"]["output_tokens"], 5);
+    let sent = up.last();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.headers["authorization"], "Bearer sk-up");
+    assert_eq!(
+        sent.body["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(
+        sent.body["messages"][1],
+        json!({"role": "user", "content": "hello"})
+    );
+    assert_eq!(sent.body["max_tokens"], 50);
+    // The same question again is a cache hit, in either format.
+    let r = messages(&gw, &key, &request).await;
+    assert_eq!(header(&r, "x-sluice-cache"), "hit");
+    assert_eq!(json(r).await["content"][0]["text"], "fake answer #1");
+    assert_eq!(up.calls(), 1);
+
+    // Streaming, with Anthropic behind: Anthropic's event sequence comes out.
+    let r = messages(
+        &gw,
+        &key,
+        &json!({"model": "claude", "max_tokens": 50, "stream": true,
+                "messages": [{"role": "user", "content": "stream it"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "text/event-stream");
+    let text = r.text().await.unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{text}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
+    assert!(names.contains(&"content_block_delta"), "{text}");
+    let data: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let streamed: String = data
+        .iter()
+        .filter_map(|d| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, "fake answer #2");
+    let end = data.iter().find(|d| d["type"] == "message_delta").unwrap();
+    assert_eq!(end["usage"]["output_tokens"], 5);
+    assert_eq!(end["delta"]["stop_reason"], "end_turn");
+}
+
+#[tokio::test]
+async fn messages_ingress_errors_are_anthropic_shaped() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(&up, "", false)).await;
+    let key = gw.create_key("t").await;
+    let check = async |r: reqwest::Response, status: u16, kind: &str| {
+        assert_eq!(r.status().as_u16(), status);
+        let body = json(r).await;
+        assert_eq!(body["type"], "error", "{body}");
+        assert_eq!(body["error"]["type"], kind, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        body
+    };
+    let no_max = json!({"model": "claude", "messages": [{"role": "user", "content": "x"}]});
+    let body = check(
+        messages(&gw, &key, &no_max).await,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens")
+    );
+    let ok =
+        json!({"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+    check(
+        messages(&gw, "sk-sluice-wrong", &ok).await,
+        401,
+        "authentication_error",
+    )
+    .await;
+    let unknown =
+        json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+    check(messages(&gw, &key, &unknown).await, 404, "not_found_error").await;
+    up.fail_next(10, Behaviour::Status(429, Some(0)));
+    let r = messages(&gw, &key, &ok).await;
+    assert!(r.headers().get("retry-after").is_some());
+    check(r, 429, "rate_limit_error").await;
+    assert_eq!(
+        up.calls(),
+        2,
+        "two attempts (the default), then refused: no fallback is configured"
+    );
+}
