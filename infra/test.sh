@@ -47,7 +47,8 @@ assert bins == ["sluice"], f"cargo run would not resolve to sluice: {bins}"
 print("cargo run -> sluice")'
 
 step "python SDK tests"
-SLUICE_BIN=target/debug/sluice "$VENV/bin/pytest" -q tests/python
+SLUICE_BIN=target/debug/sluice FAKE_UPSTREAM_BIN=target/debug/fake-upstream \
+    "$VENV/bin/pytest" -q tests/python
 
 step "ingest function under cargo lambda watch, on moto"
 infra/aws/lambda-watch-smoke.sh

@@ -1,5 +1,7 @@
-"""Starts `sluice serve` (the binary named by $SLUICE_BIN) on a free port with the built-in
-mock provider and a fresh database, and creates a gateway key through the admin API."""
+"""Starts `sluice serve` (the binary named by $SLUICE_BIN) on a free port with a fresh
+database and creates a gateway key through the admin API: once with the built-in mock
+provider (`sluice`), and once in front of the fake provider ($FAKE_UPSTREAM_BIN), which
+speaks OpenAI's, Anthropic's and Gemini's wire formats (`providers`)."""
 
 import json
 import os
@@ -20,30 +22,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def sluice():
+def _wait_for(url: str, proc: subprocess.Popen, log_name: str) -> None:
+    deadline = time.time() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{proc.args[0]} did not start; see {log_name}")
+            time.sleep(0.05)
+
+
+def _serve(extra_args, tmp):
+    """Runs `sluice serve` with `extra_args`; returns (process, base URL, gateway key)."""
     binary = os.environ.get("SLUICE_BIN", "target/debug/sluice")
     port = _free_port()
-    tmp = tempfile.mkdtemp(prefix="sluice-pytest-")
     env = dict(os.environ, SLUICE_ADMIN_KEY=ADMIN_KEY)
     env.pop("SLUICE_CONFIG", None)
     log = open(os.path.join(tmp, "serve.log"), "wb")
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--db", os.path.join(tmp, "s.db")],
+        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--db", os.path.join(tmp, "s.db")]
+        + extra_args,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"sluice serve did not start; see {log.name}")
-            time.sleep(0.05)
+    _wait_for(f"{base}/health", proc, log.name)
     request = urllib.request.Request(
         f"{base}/admin/keys",
         data=json.dumps({"tenant": "pytest"}).encode(),
@@ -51,6 +57,81 @@ def sluice():
         method="POST",
     )
     key = json.loads(urllib.request.urlopen(request).read())["key"]
+    return proc, base, key
+
+
+@pytest.fixture(scope="session")
+def sluice():
+    tmp = tempfile.mkdtemp(prefix="sluice-pytest-")
+    proc, base, key = _serve([], tmp)
     yield {"base_url": f"{base}/v1", "key": key}
     proc.terminate()
     proc.wait(timeout=10)
+
+
+PROVIDERS_CONFIG = """
+[routing]
+backoff_base_ms = 10
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{url}/v1"
+api_keys = ["sk-upstream"]
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "{url}/v1"
+api_keys = ["ak-upstream"]
+
+[[providers]]
+name = "gemini"
+kind = "gemini"
+base_url = "{url}/v1beta"
+api_keys = ["gk-upstream"]
+
+[[models]]
+name = "gpt"
+deployments = [{{ provider = "openai", model = "gpt-4o-mini" }}]
+
+[[models]]
+name = "claude"
+deployments = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
+
+[[models]]
+name = "gemini"
+deployments = [{{ provider = "gemini", model = "gemini-2.0-flash" }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def providers():
+    """Sluice with models `gpt`, `claude` and `gemini`, each on the fake provider's routes
+    for that wire format."""
+    tmp = tempfile.mkdtemp(prefix="sluice-pytest-providers-")
+    fake_bin = os.environ.get("FAKE_UPSTREAM_BIN", "target/debug/fake-upstream")
+    fake_port = _free_port()
+    fake_log = open(os.path.join(tmp, "fake.log"), "wb")
+    fake = subprocess.Popen(
+        [fake_bin, f"127.0.0.1:{fake_port}"], stdout=fake_log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{fake_port}"
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", fake_port), timeout=1).close()
+            break
+        except OSError:
+            if fake.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"fake upstream did not start; see {fake_log.name}")
+            time.sleep(0.05)
+    config = os.path.join(tmp, "sluice.toml")
+    with open(config, "w") as f:
+        f.write(PROVIDERS_CONFIG.format(url=url))
+    proc, base, key = _serve(["--config", config], tmp)
+    yield {"base_url": base, "key": key}
+    proc.terminate()
+    proc.wait(timeout=10)
+    fake.terminate()
+    fake.wait(timeout=10)

@@ -47,18 +47,59 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
     if path.ends_with("/embeddings") {
         return axum::Json(embeddings(body, &model)).into_response();
     }
-    let content = format!("fake answer #{n}");
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    // With tools and no tool result yet: call the first tool with the user's words.
+    let tool = body["tools"][0]["function"]["name"]
+        .as_str()
+        .filter(|_| last["role"] != "tool");
+    let (content, tool_calls, finish) = match tool {
+        Some(name) => {
+            let query = last["content"].as_str().unwrap_or("").to_owned();
+            let call = json!({"id": format!("call_fake{n}"), "type": "function",
+                "function": {"name": name, "arguments": json!({"query": query}).to_string()}});
+            (Value::Null, Some(call), "tool_calls")
+        }
+        None if last["role"] == "tool" => (
+            json!(format!(
+                "tool said: {}",
+                last["content"].as_str().unwrap_or("")
+            )),
+            None,
+            "stop",
+        ),
+        None => (json!(format!("fake answer #{n}")), None, "stop"),
+    };
     if body["stream"] == json!(true) {
         let chunk = |delta: Value, finish: Value| {
             json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
         let mut sse = String::new();
-        let mut events = vec![
-            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-            chunk(json!({"content": content}), Value::Null),
-            chunk(json!({}), json!("stop")),
-        ];
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        match &tool_calls {
+            Some(call) => {
+                // The call's name first, its arguments in two pieces, as OpenAI streams them.
+                let arguments = call["function"]["arguments"].as_str().unwrap();
+                let (a, b) = arguments.split_at(arguments.len() / 2);
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}]}),
+                    Value::Null,
+                ));
+                for piece in [a, b] {
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                        Value::Null,
+                    ));
+                }
+            }
+            None => events.push(chunk(json!({"content": content}), Value::Null)),
+        }
+        events.push(chunk(json!({}), json!(finish)));
         if body["stream_options"]["include_usage"] == json!(true) {
             events.push(
                 json!({"id": format!("chatcmpl-fake{n}"), "object": "chat.completion.chunk",
@@ -76,6 +117,10 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
         )
             .into_response();
     }
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+    if let Some(call) = tool_calls {
+        message["tool_calls"] = json!([call]);
+    }
     axum::Json(json!({
         "id": format!("chatcmpl-fake{n}"),
         "object": "chat.completion",
@@ -84,9 +129,9 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
         "system_fingerprint": "fp_fake",
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": null},
+            "message": message,
             "logprobs": null,
-            "finish_reason": "stop"
+            "finish_reason": finish
         }],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     }))

@@ -72,7 +72,11 @@ async fn chat_body_is_forwarded_field_for_field_with_the_provider_key() {
     // 10 prompt tokens at $0.15/M + 5 completion tokens at $0.60/M.
     assert_eq!(header(&r, "x-sluice-cost-usd"), "0.000004500");
     let answer = json(r).await;
-    assert_eq!(answer["choices"][0]["message"]["content"], "fake answer #1");
+    // The conversation ends with a tool result, which the fake echoes.
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "tool said: {\"temp\":3}"
+    );
     assert_eq!(answer["system_fingerprint"], "fp_fake");
 
     let seen = up.last();
