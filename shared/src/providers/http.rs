@@ -113,19 +113,30 @@ pub(super) fn error_message(body: &Value) -> Option<String> {
 }
 
 /// An error event inside an otherwise successful stream (all three providers send one as
-/// `{"error": {...}}` or `{"type": "error", "error": {...}}`).
+/// `{"error": {...}}` or `{"type": "error", "error": {...}}`). Rate limits and overloads
+/// keep their meaning, so they are retried and reported as such: Anthropic names them in
+/// `error.type`, Google gives the HTTP code in `error.code`.
 pub(super) fn stream_error(data: &Value) -> Option<ProviderError> {
     let error = data.get("error").filter(|e| !e.is_null())?;
     let message = error_message(data).unwrap_or_else(|| "error event in the stream".into());
-    let kind = error.get("type").and_then(Value::as_str).unwrap_or("");
-    if matches!(kind, "overloaded_error" | "rate_limit_error" | "api_error") {
-        return Some(ProviderError::Status {
-            status: if kind == "rate_limit_error" { 429 } else { 529 },
+    let status = match error.get("type").and_then(Value::as_str) {
+        Some("rate_limit_error") => Some(429),
+        Some("overloaded_error") => Some(529),
+        Some("api_error") => Some(500),
+        _ => error
+            .get("code")
+            .and_then(Value::as_u64)
+            .filter(|c| matches!(c, 408 | 429 | 500..=599))
+            .map(|c| c as u16),
+    };
+    Some(match status {
+        Some(status) => ProviderError::Status {
+            status,
             message: Some(message),
-            retry_after: None,
-        });
-    }
-    Some(ProviderError::Malformed(message))
+            retry_after: google_retry_delay(data),
+        },
+        None => ProviderError::Malformed(message),
+    })
 }
 
 /// Boxes a chunk stream (a shorthand for providers).
@@ -159,5 +170,16 @@ mod tests {
             .unwrap();
         assert!(e.is_retryable());
         assert!(stream_error(&json!({"type": "ping"})).is_none());
+        let google =
+            json!({"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}});
+        assert!(matches!(
+            stream_error(&google),
+            Some(ProviderError::Status { status: 429, .. })
+        ));
+        let openai = json!({"error": {"message": "boom", "type": "server_error"}});
+        assert!(matches!(
+            stream_error(&openai),
+            Some(ProviderError::Malformed(_))
+        ));
     }
 }
