@@ -1,5 +1,10 @@
-//! Lambda `ingest`: API Gateway HTTP API (payload v2) events → the same axum router as
-//! `sluice serve`, over DynamoDB and SQS. Clients are built once per execution environment.
+//! Lambda `ingest`: HTTP events → the same axum router as `sluice serve`, over DynamoDB and
+//! SQS. Clients are built once per execution environment.
+//!
+//! Two modes, chosen by `SLUICE_LAMBDA_RESPONSE`: `buffered` (default) for API Gateway HTTP
+//! API events, whose integration takes the whole response at once; `stream` for a function
+//! URL with `InvokeMode: RESPONSE_STREAM`, where server-sent events reach the client as the
+//! provider produces them. `template.yaml` deploys the binary once in each mode.
 
 use std::sync::Arc;
 
@@ -19,5 +24,13 @@ async fn main() -> Result<(), lambda_http::Error> {
         sluice::keys::random_alnum(48)
     });
     let state = AppState::new(&config, &deps, &services, &admin_secret);
-    lambda_http::run(api::router(Arc::new(state))).await
+    let app = api::router(Arc::new(state));
+    match std::env::var("SLUICE_LAMBDA_RESPONSE").as_deref() {
+        Ok("stream") => lambda_http::run_with_streaming_response(app).await,
+        Ok("buffered") | Err(_) => lambda_http::run(app).await,
+        Ok(other) => Err(format!(
+            "SLUICE_LAMBDA_RESPONSE must be `buffered` or `stream`, not `{other}`"
+        )
+        .into()),
+    }
 }
