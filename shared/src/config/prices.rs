@@ -15,8 +15,13 @@ const TABLE: &[(&str, f64, f64)] = &[
     ("claude-3-5-haiku-latest", 0.80, 4.00),
     ("claude-3-5-sonnet-latest", 3.00, 15.00),
     ("claude-sonnet-4-0", 3.00, 15.00),
+    ("claude-sonnet-4-5", 3.00, 15.00),
+    ("claude-haiku-4-5", 1.00, 5.00),
+    ("claude-opus-4-1", 15.00, 75.00),
     ("gemini-1.5-flash", 0.075, 0.30),
     ("gemini-2.0-flash", 0.10, 0.40),
+    ("gemini-2.5-flash", 0.30, 2.50),
+    ("gemini-2.5-pro", 1.25, 10.00),
 ];
 
 /// The built-in price for a model name, if it is a well-known one.
