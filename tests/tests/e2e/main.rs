@@ -9,6 +9,7 @@ mod forwarding;
 mod gemini;
 mod jobs;
 mod limits;
+mod metrics;
 mod pooling;
 mod restart;
 mod routing;
