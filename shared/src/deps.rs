@@ -145,12 +145,25 @@ impl Deps {
                 .filter(|v| !v.is_empty()),
             Duration::from_secs(config.jobs.visibility_timeout_s),
         );
+        // Usage events go to the usage queue in batches, when one is configured.
+        let usage: Arc<dyn UsageSink> = match std::env::var("SLUICE_USAGE_QUEUE_URL") {
+            Ok(url) if !url.is_empty() => {
+                let sink =
+                    crate::metrics::sqs::SqsUsageSink::new(aws_sdk_sqs::Client::new(&sdk), url);
+                sink.spawn_flusher(Duration::from_millis(config.metrics.flush_every_ms));
+                sink
+            }
+            _ => {
+                tracing::warn!("SLUICE_USAGE_QUEUE_URL is not set; usage events are not recorded");
+                Arc::new(Discard)
+            }
+        };
         Ok(Self {
             store: Arc::new(store),
             queue: Arc::new(queue),
             http: crate::gateway::http_client()?,
             clock: Arc::new(crate::clock::SystemClock),
-            usage: Arc::new(Discard),
+            usage,
         })
     }
 }

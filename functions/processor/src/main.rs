@@ -14,10 +14,12 @@ async fn main() -> Result<(), Error> {
     let processor = Services::build(&config, &deps)?.processor;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let processor = std::sync::Arc::clone(&processor);
+        let usage = std::sync::Arc::clone(&deps.usage);
         async move {
-            Ok::<SqsBatchResponse, Error>(
-                sluice_processor::handle_batch(&processor, event.payload).await,
-            )
+            let response = sluice_processor::handle_batch(&processor, event.payload).await;
+            // The batch's usage events leave in one SendMessageBatch before the invocation ends.
+            usage.flush().await;
+            Ok::<SqsBatchResponse, Error>(response)
         }
     }))
     .await

@@ -5,11 +5,14 @@
 //! Both roll events up per minute, tenant, model and provider ([`rollup`]) and add the
 //! rollups to the store once per batch. `GET /v1/metrics` reads them back ([`query`]).
 
+pub mod aggregator;
 pub mod event;
 pub mod histogram;
 pub mod query;
 pub mod rollup;
 pub mod sink;
+#[cfg(feature = "aws")]
+pub mod sqs;
 pub mod ticket;
 
 pub use event::{ErrorClass, EventKind, UsageEvent};

@@ -16,6 +16,11 @@ use crate::store::{MetricsStore, StoreError};
 pub trait UsageSink: Send + Sync {
     /// Hands one event over without waiting.
     fn record(&self, event: UsageEvent);
+
+    /// Sends what is buffered now (a Lambda calls it before its invocation ends).
+    fn flush(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Drops every event (for processes that do not report usage).

@@ -430,3 +430,92 @@ async fn dynamodb_calls_per_request_by_path() {
         "a rejection made {rejected} calls (no extra read allowed)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_events_travel_through_sqs_to_rollups_in_dynamodb_once() {
+    let up = FakeUpstream::start().await;
+    let config =
+        Config::parse(&sluice_tests::fake_config(&up.base_url), "test", &|_| None).unwrap();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let store = aws::dynamo_store().await;
+    let sdk = aws::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    // The usage queue, as the template makes it: its own queue with a DLQ.
+    let usage_queue = aws::sqs_queue(Duration::from_secs(30), 5).await;
+    let sink = sluice::metrics::sqs::SqsUsageSink::new(sqs.clone(), usage_queue.url().to_owned());
+    let deps = Deps {
+        store: Arc::new(store.clone()),
+        queue: Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
+        http: sluice::gateway::http_client().unwrap(),
+        clock: Arc::new(clock.clone()),
+        usage: sink.clone(),
+    };
+    let gw = TestGateway::start_deps(&config, deps, clock).await;
+    let key = gw.create_key("t1").await;
+    for i in 0..12 {
+        assert_eq!(
+            gw.chat(&key, "gpt-test", &format!("u{}", i % 8))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(gw.chat(&key, "nope", "x").await.status(), 404);
+
+    // Nothing was sent per request: the events wait for the flush, then leave together.
+    let waiting = sqs
+        .get_queue_attributes()
+        .queue_url(usage_queue.url())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let count = |a: &aws_sdk_sqs::operation::get_queue_attributes::GetQueueAttributesOutput| {
+        a.attributes()
+            .and_then(|m| {
+                m.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert_eq!(count(&waiting), 0);
+    assert_eq!(sink.send_now().await, 0);
+    let received = sqs
+        .receive_message()
+        .queue_url(usage_queue.url())
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    let messages = received.messages();
+    assert_eq!(messages.len(), 1, "13 events in one message");
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body()}))
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+
+    // The aggregator function's handler, twice (an at-least-once redelivery).
+    let mut lines = Vec::new();
+    let response = sluice_aggregator::handle_batch(&store, event.clone(), |l| lines.push(l)).await;
+    assert!(response.batch_item_failures.is_empty());
+    // Rows: gpt-test answered by `fake`, gpt-test from the cache (no provider), the 404.
+    assert_eq!(lines.len(), 3);
+    let response = sluice_aggregator::handle_batch(&store, event, |l| lines.push(l)).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(lines.len(), 3, "the redelivery added nothing");
+
+    let metrics: Value = gw
+        .http
+        .get(format!("{}/v1/metrics", gw.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metrics["totals"]["requests"], 13, "{metrics}");
+    assert_eq!(metrics["totals"]["cache_hits"], 4);
+    assert_eq!(metrics["totals"]["errors_by_class"]["client"], 1);
+}
