@@ -234,13 +234,25 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await
             .map_err(|e| format!("cannot create the queue: {e}"))?;
+            // The usage queue: events are small and many; five deliveries, then its DLQ.
+            let usage = SqsQueue::create(
+                aws_sdk_sqs::Client::new(&sdk),
+                &format!("{prefix}-usage"),
+                Duration::from_secs(visibility_timeout_s),
+                5,
+            )
+            .await
+            .map_err(|e| format!("cannot create the usage queue: {e}"))?;
             println!("export SLUICE_KEYS_TABLE={}", tables.keys);
             println!("export SLUICE_CACHE_TABLE={}", tables.cache);
             println!("export SLUICE_JOBS_TABLE={}", tables.jobs);
+            println!("export SLUICE_LIMITS_TABLE={}", tables.limits);
+            println!("export SLUICE_METRICS_TABLE={}", tables.metrics);
             println!("export SLUICE_JOBS_QUEUE_URL={}", queue.url());
             if let Some(dlq) = queue.dead_letter_url() {
                 println!("export SLUICE_JOBS_DLQ_URL={dlq}");
             }
+            println!("export SLUICE_USAGE_QUEUE_URL={}", usage.url());
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
