@@ -351,14 +351,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => Config::builtin(),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let deps = Deps {
-        store: open_store(&args.store).await?,
-        queue: open_queue(&args, &config, Arc::clone(&clock)).await?,
-        http: sluice::gateway::http_client()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+    let deps = Deps::new(
+        open_store(&args.store).await?,
+        open_queue(&args, &config, Arc::clone(&clock)).await?,
+        sluice::gateway::http_client().map_err(|e| format!("cannot build the HTTP client: {e}"))?,
         clock,
-        usage: Arc::new(sluice::metrics::Discard),
-    }
+    )
     .with_local_metrics(&config.metrics);
     let services = Services::build(&config, &deps).map_err(|e| e.to_string())?;
     let admin_secret = match std::env::var("SLUICE_ADMIN_KEY") {

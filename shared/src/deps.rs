@@ -41,6 +41,9 @@ pub struct Deps {
     pub clock: Arc<dyn Clock>,
     /// Where usage events go.
     pub usage: Arc<dyn UsageSink>,
+    /// This process's Prometheus metrics, when it serves `/metrics`.
+    #[cfg(feature = "prometheus")]
+    pub prometheus: Option<Arc<crate::metrics::prometheus::Prometheus>>,
 }
 
 /// The parts built from config on top of [`Deps`], shared by the HTTP app and the workers.
@@ -91,6 +94,25 @@ impl Services {
 }
 
 impl Deps {
+    /// Dependencies from their parts; usage events are dropped until a sink is set (see
+    /// [`Deps::with_local_metrics`]).
+    pub fn new(
+        store: SharedStore,
+        queue: Arc<dyn JobQueue>,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            http,
+            clock,
+            usage: Arc::new(Discard),
+            #[cfg(feature = "prometheus")]
+            prometheus: None,
+        }
+    }
+
     /// SQLite store and queue in one file, for `sluice serve` and tests.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(db: &str, config: &Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
@@ -101,17 +123,17 @@ impl Deps {
             Duration::from_secs(config.jobs.visibility_timeout_s),
             config.jobs.max_receive_count,
         );
-        Ok(Self {
-            store: Arc::new(store),
-            queue: Arc::new(queue),
-            http: crate::gateway::http_client()?,
+        Ok(Self::new(
+            Arc::new(store),
+            Arc::new(queue),
+            crate::gateway::http_client()?,
             clock,
-            usage: Arc::new(Discard),
-        })
+        ))
     }
 
     /// Sends usage events through an in-process channel to an aggregator task that stores
-    /// their rollups in this store (as `sluice serve` does). Needs a tokio runtime.
+    /// their rollups in this store (as `sluice serve` does), and to this process's
+    /// Prometheus metrics. Needs a tokio runtime.
     pub fn with_local_metrics(mut self, config: &crate::config::MetricsConfig) -> Self {
         let (sink, events) = crate::metrics::sink::channel(config.max_pending_events);
         let store: Arc<dyn crate::store::MetricsStore> = Arc::clone(&self.store) as _;
@@ -121,6 +143,15 @@ impl Deps {
             Duration::from_millis(config.flush_every_ms),
         ));
         self.usage = sink;
+        #[cfg(feature = "prometheus")]
+        {
+            let prometheus = Arc::new(crate::metrics::prometheus::Prometheus::default());
+            self.usage = Arc::new(crate::metrics::prometheus::Fanout(vec![
+                Arc::clone(&prometheus) as _,
+                Arc::clone(&self.usage),
+            ]));
+            self.prometheus = Some(prometheus);
+        }
         self
     }
 
@@ -158,12 +189,13 @@ impl Deps {
                 Arc::new(Discard)
             }
         };
-        Ok(Self {
-            store: Arc::new(store),
-            queue: Arc::new(queue),
-            http: crate::gateway::http_client()?,
-            clock: Arc::new(crate::clock::SystemClock),
-            usage,
-        })
+        let mut deps = Self::new(
+            Arc::new(store),
+            Arc::new(queue),
+            crate::gateway::http_client()?,
+            Arc::new(crate::clock::SystemClock),
+        );
+        deps.usage = usage;
+        Ok(deps)
     }
 }

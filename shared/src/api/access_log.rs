@@ -99,6 +99,10 @@ pub async fn access_log(
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
     request.extensions_mut().insert(Arc::clone(&ticket));
+    #[cfg(feature = "prometheus")]
+    let in_flight = state.prometheus.as_ref().map(|p| p.in_flight());
+    #[cfg(not(feature = "prometheus"))]
+    let in_flight: Option<()> = None;
     let mut response = next.run(request).await;
     let outcome = response
         .extensions_mut()
@@ -155,6 +159,7 @@ pub async fn access_log(
     );
     if !streamed {
         ticket.end();
+        drop(in_flight);
         return response;
     }
     // The event waits for the stream's end: the body holds the ticket until then.
@@ -162,6 +167,7 @@ pub async fn access_log(
     let body = Body::from_stream(EndsTicket {
         inner: body.into_data_stream(),
         ticket: Some(ticket),
+        _in_flight: Box::new(in_flight),
     });
     Response::from_parts(parts, body)
 }
@@ -171,6 +177,8 @@ pub async fn access_log(
 struct EndsTicket {
     inner: axum::body::BodyDataStream,
     ticket: Option<Arc<UsageTicket>>,
+    /// Keeps the request counted as in flight until the stream ends.
+    _in_flight: Box<dyn Send + Sync>,
 }
 
 impl futures_util::Stream for EndsTicket {
@@ -185,6 +193,7 @@ impl futures_util::Stream for EndsTicket {
             && let Some(ticket) = self.ticket.take()
         {
             ticket.end();
+            self._in_flight = Box::new(());
         }
         next
     }

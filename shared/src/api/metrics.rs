@@ -118,3 +118,24 @@ pub async fn metrics(
     .await;
     finish(result, outcome)
 }
+
+/// `GET /metrics`: this process's Prometheus text (404 where it is not kept, e.g. Lambda).
+pub async fn prometheus(
+    State(state): State<Arc<AppState>>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> Response {
+    #[cfg(feature = "prometheus")]
+    if let Some(prometheus) = &state.prometheus {
+        let text = prometheus.render(state.gateway.catalog(), state.clock.now_ms());
+        return (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response();
+    }
+    let _ = &state;
+    finish(Err(ApiError::no_route(uri.path())), Outcome::default())
+}

@@ -3,7 +3,7 @@
 //! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
 //! `POST /v1/embeddings`, `GET /v1/models`; Anthropic's `POST /v1/messages`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
 //! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`;
-//! `GET /v1/metrics` (usage rollups as series); the admin API
+//! `GET /v1/metrics` (usage rollups as series); `GET /metrics` (Prometheus text); the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
@@ -53,6 +53,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Where usage events go.
     pub usage: Arc<dyn crate::metrics::UsageSink>,
+    /// Prometheus metrics for `/metrics`, when this process serves them.
+    #[cfg(feature = "prometheus")]
+    pub prometheus: Option<Arc<crate::metrics::prometheus::Prometheus>>,
 }
 
 impl AppState {
@@ -74,6 +77,8 @@ impl AppState {
             clock: Arc::clone(&deps.clock),
             max_body_bytes: config.server.max_body_bytes,
             usage: Arc::clone(&deps.usage),
+            #[cfg(feature = "prometheus")]
+            prometheus: deps.prometheus.clone(),
         }
     }
 }
@@ -91,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/usage", get(usage::key_usage))
         .route("/v1/metrics", get(metrics::metrics))
+        .route("/metrics", get(metrics::prometheus))
         .route("/admin/usage", get(usage::tenant_usage))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))

@@ -169,6 +169,13 @@ impl Catalog {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+
+    /// Every model once (aliases skipped), in config order.
+    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.names
+            .iter()
+            .filter_map(|n| self.by_name.get(n).filter(|m| &m.name == n))
+    }
 }
 
 #[cfg(test)]

@@ -302,7 +302,16 @@ impl Gateway {
         let request = request::parse(endpoint, body)?;
         let streamed = request.stream;
         let include_usage = wants_usage(&request);
-        let reply = self.answer(caller, request, options, trace, false).await?;
+        let reply = match self.answer(caller, request, options, trace, false).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // A failure is attributed to the deployment that failed last.
+                if let GatewayError::Upstream { deployment, .. } = &e {
+                    trace.deployment.get_or_insert_with(|| deployment.clone());
+                }
+                return Err(e);
+            }
+        };
         // A streamed request answered from the cache (or by a canned reply) gets events too.
         Ok(if streamed {
             reply.into_events(include_usage)

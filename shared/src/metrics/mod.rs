@@ -8,6 +8,8 @@
 pub mod aggregator;
 pub mod event;
 pub mod histogram;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod query;
 pub mod rollup;
 pub mod sink;

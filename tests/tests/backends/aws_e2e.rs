@@ -18,13 +18,12 @@ async fn aws_gateway(base_url: &str, workers: usize, queue: SqsQueue) -> TestGat
     let config =
         Config::parse(&fake_config_with_jobs(base_url, workers), "test", &|_| None).unwrap();
     let clock = ManualClock::new(1_800_000_000_000);
-    let deps = Deps {
-        store: Arc::new(aws::dynamo_store().await),
-        queue: Arc::new(queue),
-        http: sluice::gateway::http_client().unwrap(),
-        clock: Arc::new(clock.clone()),
-        usage: Arc::new(sluice::metrics::Discard),
-    };
+    let deps = Deps::new(
+        Arc::new(aws::dynamo_store().await),
+        Arc::new(queue),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(clock.clone()),
+    );
     TestGateway::start_deps(&config, deps, clock).await
 }
 
@@ -231,13 +230,12 @@ async fn limited_gateway(
     let config = Config::parse(&text, "test", &|_| None).unwrap();
     let clock = ManualClock::new(1_800_000_000_000);
     let store = aws::dynamo_store().await;
-    let deps = Deps {
-        store: Arc::new(store.clone()),
-        queue: Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        http: sluice::gateway::http_client().unwrap(),
-        clock: Arc::new(clock.clone()),
-        usage: Arc::new(sluice::metrics::Discard),
-    };
+    let deps = Deps::new(
+        Arc::new(store.clone()),
+        Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(clock.clone()),
+    );
     (TestGateway::start_deps(&config, deps, clock).await, store)
 }
 
@@ -443,13 +441,13 @@ async fn usage_events_travel_through_sqs_to_rollups_in_dynamodb_once() {
     // The usage queue, as the template makes it: its own queue with a DLQ.
     let usage_queue = aws::sqs_queue(Duration::from_secs(30), 5).await;
     let sink = sluice::metrics::sqs::SqsUsageSink::new(sqs.clone(), usage_queue.url().to_owned());
-    let deps = Deps {
-        store: Arc::new(store.clone()),
-        queue: Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        http: sluice::gateway::http_client().unwrap(),
-        clock: Arc::new(clock.clone()),
-        usage: sink.clone(),
-    };
+    let mut deps = Deps::new(
+        Arc::new(store.clone()),
+        Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(clock.clone()),
+    );
+    deps.usage = sink.clone();
     let gw = TestGateway::start_deps(&config, deps, clock).await;
     let key = gw.create_key("t1").await;
     for i in 0..12 {

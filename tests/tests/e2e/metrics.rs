@@ -235,3 +235,99 @@ async fn metrics_refuse_what_a_key_may_not_see_and_bad_parameters() {
     assert_eq!(empty["series"], json!([]));
     assert_eq!(empty["totals"]["p99_ms"], Value::Null);
 }
+
+#[tokio::test]
+async fn prometheus_text_counts_requests_and_shows_open_circuits() {
+    let up = FakeUpstream::start().await;
+    let config = format!(
+        r#"
+[routing]
+attempts_per_deployment = 1
+circuit_failures = 2
+circuit_cooldown_s = 60
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{}"
+api_keys = ["sk-provider-test"]
+
+[[models]]
+name = "gpt-test"
+deployments = [{{ provider = "fake", model = "gpt-4o-mini" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 1.0 }}
+"#,
+        up.base_url
+    );
+    let gw = TestGateway::start(&config).await;
+    let key = gw.create_key("secret-tenant").await;
+    for i in 0..3 {
+        assert_eq!(
+            gw.chat(&key, "gpt-test", &format!("p{i}")).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        gw.chat(&key, "gpt-test", "p0").await.headers()["x-sluice-cache"],
+        "hit"
+    );
+    let scrape = async || {
+        let r = gw
+            .http
+            .get(format!("{}/metrics", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        r.text().await.unwrap()
+    };
+    let text = scrape().await;
+    for line in [
+        r#"sluice_requests_total{model="gpt-test",provider="fake",status="2xx",cache="miss"} 3"#,
+        r#"sluice_requests_total{model="gpt-test",provider="none",status="2xx",cache="hit"} 1"#,
+        r#"sluice_cache_hits_total{model="gpt-test"} 1"#,
+        r#"sluice_tokens_total{model="gpt-test",direction="in"} 30"#,
+        r#"sluice_request_duration_seconds_count{model="gpt-test"} 4"#,
+        r#"sluice_circuit_open{model="gpt-test",deployment="fake/gpt-4o-mini"} 0"#,
+        // The scrape itself is the one request in flight.
+        "sluice_in_flight_requests 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    // 30 input + 15 output tokens at $1/M.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sluice_spend_usd_total{") && l.ends_with(" 0.000045")),
+        "{text}"
+    );
+    assert!(!text.contains("secret-tenant") && !text.contains(&key));
+
+    up.set(Behaviour::Status(500, None));
+    for i in 0..2 {
+        assert_eq!(
+            gw.chat(&key, "gpt-test", &format!("f{i}")).await.status(),
+            502
+        );
+    }
+    let text = scrape().await;
+    assert!(
+        text.lines().any(
+            |l| l == r#"sluice_circuit_open{model="gpt-test",deployment="fake/gpt-4o-mini"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            == r#"sluice_requests_total{model="gpt-test",provider="fake",status="5xx",cache="bypass"} 2"#),
+        "{text}"
+    );
+}
