@@ -2,7 +2,9 @@
 //!
 //! Handlers describe what happened in an [`Outcome`] placed in the response's extensions;
 //! this middleware times the request, adds the request id and writes the line. It never logs
-//! keys or bodies: only ids, names, numbers and error codes.
+//! keys: only ids, names, numbers and error codes, plus the redacted bodies when
+//! `logging.bodies` is on ([`super::body_log`]). The request runs inside a
+//! [`crate::logging::request_span`], so every line logged while serving it carries its id.
 
 use std::time::Instant;
 
@@ -10,7 +12,9 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
+use super::body_log::LoggedBodies;
 use crate::gateway::cache::CacheStatus;
 use crate::keys::random_alnum;
 
@@ -63,10 +67,15 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
-    let mut response = next.run(request).await;
+    let span = crate::logging::request_span(&request_id);
+    let mut response = next.run(request).instrument(span).await;
     let outcome = response
         .extensions_mut()
         .remove::<Outcome>()
+        .unwrap_or_default();
+    let bodies = response
+        .extensions_mut()
+        .remove::<LoggedBodies>()
         .unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
@@ -89,6 +98,8 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
         cache = outcome.cache.as_str(),
         fallback = outcome.fallback,
         error = outcome.error,
+        request_body = bodies.request.as_deref(),
+        response_body = bodies.response.as_deref(),
         "request"
     );
     response

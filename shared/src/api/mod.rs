@@ -10,6 +10,7 @@
 mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod body_log;
 pub mod error;
 mod idempotency;
 mod jobs;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Largest accepted body, for the 413 message.
     pub max_body_bytes: usize,
+    /// Request and response bodies for the access line, when `logging.bodies` is on.
+    pub body_log: Option<Arc<body_log::BodyLog>>,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
             store: Arc::clone(&deps.store),
             clock: Arc::clone(&deps.clock),
             max_body_bytes: config.server.max_body_bytes,
+            body_log: body_log::BodyLog::from_config(config, admin_secret).map(Arc::new),
         }
     }
 }
@@ -91,6 +95,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(openai::no_route)
         .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.body_log.clone(),
+            body_log::capture,
+        ))
         .layer(axum::middleware::from_fn(access_log::access_log))
         .with_state(state)
 }
