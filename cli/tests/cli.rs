@@ -658,6 +658,24 @@ async fn log_file_is_appended_to_across_runs() {
         "{text}"
     );
     assert!(text.contains("sluice listening"), "{text}");
+
+    // A file that cannot be opened stops `serve` with a message, before it listens.
+    let blocked = log.join("inside.log"); // its "directory" is a file
+    let out = sluice(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--log-file",
+            blocked.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open log file"), "{err}");
 }
 
 #[tokio::test]

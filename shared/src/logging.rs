@@ -199,11 +199,10 @@ impl Write for LogFileLine<'_> {
 /// can be large). Lines that are not JSON, or not about that request, are skipped. Returns
 /// how many lines were copied.
 pub fn copy_request_lines(
-    log: impl BufRead,
+    mut log: impl BufRead,
     request_id: &str,
     out: &mut impl Write,
 ) -> io::Result<usize> {
-    let mut log = log;
     let mut line = Vec::new();
     let mut found = 0;
     loop {
@@ -211,24 +210,22 @@ pub fn copy_request_lines(
         if log.read_until(b'\n', &mut line)? == 0 {
             return Ok(found);
         }
-        let text = line.trim_ascii_end();
         // Parse only lines that can match: most lines are about other requests.
-        if !contains(text, request_id.as_bytes()) {
+        let Ok(text) = std::str::from_utf8(line.trim_ascii_end()) else {
+            continue;
+        };
+        if !text.contains(request_id) {
             continue;
         }
-        let is_match = serde_json::from_slice::<serde_json::Value>(text)
+        let is_match = serde_json::from_str::<serde_json::Value>(text)
             .ok()
             .is_some_and(|v| v.get(REQUEST_ID).and_then(|v| v.as_str()) == Some(request_id));
         if is_match {
-            out.write_all(text)?;
+            out.write_all(text.as_bytes())?;
             out.write_all(b"\n")?;
             found += 1;
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -376,8 +373,10 @@ mod tests {
             "{\"request_id\":\"req_b\",\"note\":\"mentions req_a\"}\n",
             "{\"request_id\":\"req_a\",\"message\":\"stream finished\"}",
         );
+        let mut bytes = log.as_bytes().to_vec();
+        bytes.splice(0..0, b"\xff\xfe req_a not UTF-8\n".iter().copied());
         let mut out = Vec::new();
-        let n = copy_request_lines(log.as_bytes(), "req_a", &mut out).unwrap();
+        let n = copy_request_lines(bytes.as_slice(), "req_a", &mut out).unwrap();
         assert_eq!(n, 2);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
