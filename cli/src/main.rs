@@ -1,4 +1,5 @@
-//! `sluice`: run the gateway locally (`serve`), manage gateway keys (`keys`), check config.
+//! `sluice`: run the gateway locally (`serve`), manage gateway keys (`keys`), check config,
+//! find a request's log lines (`logs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print every log line of one request from a log file written by `serve --log-file`.
+    Logs(LogsArgs),
     /// Development helpers for DynamoDB and SQS (e.g. against moto).
     Aws {
         #[command(subcommand)]
@@ -115,6 +118,20 @@ struct ServeArgs {
     /// SQS queue URL for `--queue sqs`.
     #[arg(long, env = "SLUICE_JOBS_QUEUE_URL")]
     queue_url: Option<String>,
+    /// Also append every log line to this file (created with its directories, never
+    /// truncated); `sluice logs` reads it.
+    #[arg(long, env = "SLUICE_LOG_FILE")]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// The request's id: its `x-request-id` response header.
+    #[arg(long)]
+    request_id: String,
+    /// The log file `serve --log-file` writes.
+    #[arg(long, env = "SLUICE_LOG_FILE")]
+    log_file: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -256,6 +273,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Logs(args) => logs(&args),
         Command::Keys { command } => keys_command(command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -345,7 +363,11 @@ async fn open_queue(
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    sluice::logging::init();
+    match &args.log_file {
+        Some(path) => sluice::logging::init_with_file(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
+        None => sluice::logging::init(),
+    }
     let config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::builtin(),
@@ -398,6 +420,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("sluice stopped");
+    Ok(())
+}
+
+/// `sluice logs`: the request's lines as they are in the file; an error when there are none.
+fn logs(args: &LogsArgs) -> Result<(), String> {
+    let path = args.log_file.display();
+    let file = std::fs::File::open(&args.log_file)
+        .map_err(|e| format!("cannot read log file {path}: {e}"))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let found = sluice::logging::copy_request_lines(
+        std::io::BufReader::new(file),
+        &args.request_id,
+        &mut out,
+    )
+    .and_then(|found| std::io::Write::flush(&mut out).map(|()| found))
+    .map_err(|e| format!("cannot search log file {path}: {e}"))?;
+    if found == 0 {
+        return Err(format!(
+            "no log line has request_id {} in {path}",
+            args.request_id
+        ));
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The `sluice` binary as users run it: `serve` as a real process (JSON logs on stdout, the
-//! generated admin key on stderr, state kept across a `kill -9`), `keys` and `config check`.
+//! The `sluice` binary as users run it: `serve` as a real process (JSON logs on stdout and in
+//! `--log-file`, the generated admin key on stderr, state kept across a `kill -9`), `keys`,
+//! `config check` and `logs`.
 
 // Test helpers outside #[test] functions fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -55,6 +56,7 @@ impl Served {
             .env_remove("SLUICE_CONFIG")
             .env_remove("SLUICE_LISTEN")
             .env_remove("SLUICE_DB")
+            .env_remove("SLUICE_LOG_FILE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -499,4 +501,351 @@ async fn two_servers_sharing_one_sqlite_file_hold_one_rate_limit() {
         "{statuses:?}"
     );
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40);
+}
+
+/// `sluice logs --request-id ID --log-file PATH`: its exit status and stdout lines as JSON.
+fn logs_of(log: &Path, request_id: &str) -> (std::process::Output, Vec<Value>) {
+    let out = sluice(
+        &[
+            "logs",
+            "--request-id",
+            request_id,
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    (out, lines)
+}
+
+/// Waits until the log file has a line with `request_id` and `message`.
+fn wait_file_line(log: &Path, request_id: &str, message: &str) {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["request_id"] == request_id && v["message"] == message);
+        if found {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no `{message}` line for {request_id} in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn chat(url: &str, key: &str, body: Value) -> (String, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    (id, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn log_file_gets_every_line_and_logs_finds_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    // Its directories do not exist yet.
+    let log = dir.path().join("var/log/sluice/requests.log");
+    let key = create_key(&db, "acme");
+    let served = Served::start(&db, &["--log-file", log.to_str().unwrap()], &[]);
+    let (plain, _) = chat(
+        &served.url,
+        &key,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "plain"}]}),
+    )
+    .await;
+    let (streamed, events) = chat(
+        &served.url,
+        &key,
+        json!({"model": "gpt-4o-mini", "stream": true,
+               "messages": [{"role": "user", "content": "streamed"}]}),
+    )
+    .await;
+    assert!(events.ends_with("data: [DONE]\n\n"), "{events}");
+    wait_file_line(&log, &streamed, "stream finished");
+
+    let (out, lines) = logs_of(&log, &plain);
+    assert!(out.status.success());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["target"], "sluice::access");
+    assert_eq!(line["message"], "request");
+    assert_eq!(line["request_id"], plain.as_str());
+    assert_eq!(line["path"], "/v1/chat/completions");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["tenant"], "acme");
+    assert_eq!(line["model"], "gpt-4o-mini");
+    assert!(
+        line.get("request_body").is_none(),
+        "bodies are off by default"
+    );
+
+    let (out, lines) = logs_of(&log, &streamed);
+    assert!(out.status.success());
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["request", "stream finished"], "{lines:?}");
+    let finished = &lines[1];
+    assert_eq!(finished["request_id"], streamed.as_str());
+    assert_eq!(finished["stream"], "completed");
+    assert!(finished["tokens_out"].as_u64().unwrap() > 0);
+
+    // The default path is SLUICE_LOG_FILE.
+    let out = sluice(
+        &["logs", "--request-id", &plain],
+        &[("SLUICE_LOG_FILE", log.to_str().unwrap())],
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    let (out, lines) = logs_of(&log, "req_nosuchrequest");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(lines.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no log line has request_id req_nosuchrequest"),
+        "{err}"
+    );
+
+    // The file holds what stdout shows, and lines outside requests carry no request id.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let listening = served.wait_log(|v| v["message"] == "sluice listening");
+    let in_file: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(in_file.contains(&listening));
+    assert!(listening.get("request_id").is_none());
+    for l in served.stdout.lock().unwrap().iter() {
+        assert!(
+            text.contains(l.as_str()),
+            "stdout line missing from the file: {l}"
+        );
+    }
+    assert!(!text.contains(&key));
+}
+
+#[tokio::test]
+async fn log_file_is_appended_to_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let log = dir.path().join("sluice.log");
+    std::fs::write(&log, "{\"message\":\"from an earlier run\"}\n").unwrap();
+    let served = Served::start(&db, &[], &[("SLUICE_LOG_FILE", log.to_str().unwrap())]);
+    served.wait_log(|v| v["message"] == "sluice listening");
+    drop(served);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("{\"message\":\"from an earlier run\"}\n"),
+        "{text}"
+    );
+    assert!(text.contains("sluice listening"), "{text}");
+
+    // A file that cannot be opened stops `serve` with a message, before it listens.
+    let blocked = log.join("inside.log"); // its "directory" is a file
+    let out = sluice(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--log-file",
+            blocked.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open log file"), "{err}");
+}
+
+#[tokio::test]
+async fn body_logging_redacts_patterns_and_never_logs_a_key() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let log = dir.path().join("logs/sluice.log");
+    let config = dir.path().join("bodies.toml");
+    let provider_key = "prov-secret-7f3a9c";
+    let admin = "admin-secret-b41d22";
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+max_body_bytes = 4000
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{}"
+api_keys = ["${{TEST_PROVIDER_KEY}}"]
+
+[[providers]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+name = "gpt-test"
+deployments = [{{ provider = "fake", model = "gpt-4o-mini" }}]
+
+[[models]]
+name = "echo"
+deployments = [{{ provider = "mock", model = "mock-chat" }}]
+
+[logging]
+bodies = true
+max_logged_body_bytes = 2000
+redact = ["card-\\d{{4}}-\\d{{4}}"]
+"#,
+            up.base_url
+        ),
+    )
+    .unwrap();
+    let served = Served::start(
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[
+            ("TEST_PROVIDER_KEY", provider_key),
+            ("SLUICE_ADMIN_KEY", admin),
+        ],
+    );
+    let http = reqwest::Client::new();
+    // The answer holds the new key: its logged body must not.
+    let created: Value = http
+        .post(format!("{}/admin/keys", served.url))
+        .bearer_auth(admin)
+        .json(&json!({"tenant": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+
+    // The mock echoes the prompt, so every secret is in both bodies.
+    let prompt = format!(
+        "pay with card-1234-5678 using {key}, admin {admin}, provider {provider_key}, \
+         Authorization: Bearer tok_0123456789abcdef"
+    );
+    let (echoed, _) = chat(
+        &served.url,
+        &key,
+        json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]}),
+    )
+    .await;
+    let (upstream, _) = chat(
+        &served.url,
+        &key,
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi upstream"}]}),
+    )
+    .await;
+    assert_eq!(
+        up.last().headers["authorization"].to_str().unwrap(),
+        format!("Bearer {provider_key}")
+    );
+    let (streamed, _) = chat(
+        &served.url,
+        &key,
+        json!({"model": "echo", "stream": true,
+               "messages": [{"role": "user", "content": "stream card-9999-0000"}]}),
+    )
+    .await;
+    wait_file_line(&log, &streamed, "stream finished");
+    // The body limit (and its 413) still holds with bodies copied for the log.
+    let r = http
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": "echo", "messages": [{"role": "user", "content": "x".repeat(5000)}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    let (out, lines) = logs_of(&log, &echoed);
+    assert!(out.status.success());
+    let line = &lines[0];
+    let request_body = line["request_body"].as_str().unwrap();
+    let response_body = line["response_body"].as_str().unwrap();
+    let sent: Value = serde_json::from_str(request_body).unwrap();
+    assert_eq!(sent["model"], "echo");
+    let content = sent["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("pay with [REDACTED] using [REDACTED]"),
+        "{content}"
+    );
+    let answered: Value = serde_json::from_str(response_body).unwrap();
+    let reply = answered["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reply.contains("[REDACTED]") && !reply.contains("card-"),
+        "{reply}"
+    );
+
+    let (_, lines) = logs_of(&log, &upstream);
+    assert!(
+        lines[0]["request_body"]
+            .as_str()
+            .unwrap()
+            .contains("hi upstream")
+    );
+    assert!(
+        lines[0]["response_body"]
+            .as_str()
+            .unwrap()
+            .contains("chat.completion")
+    );
+
+    // A stream's request is logged; the stream itself is not.
+    let (_, lines) = logs_of(&log, &streamed);
+    assert!(
+        lines[0]["request_body"]
+            .as_str()
+            .unwrap()
+            .contains("stream [REDACTED]")
+    );
+    assert!(lines[0].get("response_body").is_none());
+    assert_eq!(lines[1]["message"], "stream finished");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in [
+        key.as_str(),
+        &key["sk-sluice-".len()..],
+        admin,
+        provider_key,
+        "tok_0123456789abcdef",
+        "card-1234-5678",
+        "card-9999-0000",
+    ] {
+        assert!(!text.contains(secret), "the log file contains `{secret}`");
+    }
+    assert!(text.contains("[REDACTED]"));
 }

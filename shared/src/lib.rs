@@ -18,7 +18,7 @@
 //! - [`limits`]: rate limits and spending caps, enforced atomically in the store.
 //! - [`keys`]: gateway keys: generation, hashing, records.
 //! - [`tokens`]: token estimates.
-//! - [`logging`]: the JSON log subscriber every binary installs.
+//! - [`logging`]: the JSON log subscriber every binary installs (request ids, the log file).
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
 
 pub mod api;

@@ -2,7 +2,9 @@
 //!
 //! Handlers describe what happened in an [`Outcome`] placed in the response's extensions;
 //! this middleware times the request, adds the request id and writes the line. It never logs
-//! keys or bodies: only ids, names, numbers and error codes.
+//! keys: only ids, names, numbers and error codes, plus the redacted bodies when
+//! `logging.bodies` is on ([`super::body_log`]). The request runs inside a
+//! [`crate::logging::request_span`], so every line logged while serving it carries its id.
 
 use std::time::Instant;
 
@@ -13,8 +15,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
 use super::AppState;
+use super::body_log::LoggedBodies;
 use crate::gateway::cache::CacheStatus;
 use crate::keys::random_alnum;
 use crate::metrics::{EventKind, UsageEvent, UsageTicket};
@@ -103,10 +107,15 @@ pub async fn access_log(
     let in_flight = state.prometheus.as_ref().map(|p| p.in_flight());
     #[cfg(not(feature = "prometheus"))]
     let in_flight: Option<()> = None;
-    let mut response = next.run(request).await;
+    let span = crate::logging::request_span(&request_id);
+    let mut response = next.run(request).instrument(span).await;
     let outcome = response
         .extensions_mut()
         .remove::<Outcome>()
+        .unwrap_or_default();
+    let bodies = response
+        .extensions_mut()
+        .remove::<LoggedBodies>()
         .unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
@@ -155,6 +164,8 @@ pub async fn access_log(
         cache = outcome.cache.as_str(),
         fallback = outcome.fallback,
         error = outcome.error,
+        request_body = bodies.request.as_deref(),
+        response_body = bodies.response.as_deref(),
         "request"
     );
     if !streamed {

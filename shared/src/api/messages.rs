@@ -528,16 +528,18 @@ impl EventWriter {
 fn to_message_events(events: EventBytes, model: String) -> EventBytes {
     let chunks = sse::json_events(events);
     let writer = EventWriter::new(model);
-    futures_util::stream::unfold(Some((chunks, writer)), |state| async move {
-        let (mut chunks, mut writer) = state?;
+    // Events are sent after the handler returned: keep the request's span for the log.
+    let span = tracing::Span::current();
+    futures_util::stream::unfold(Some((chunks, writer, span)), |state| async move {
+        let (mut chunks, mut writer, span) = state?;
         let frames = match chunks.next().await {
             Some(Ok(event)) => {
                 let frames = writer.chunk(&event.data);
-                return Some((frames, Some((chunks, writer))));
+                return Some((frames, Some((chunks, writer, span))));
             }
             None => writer.end(),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "stream failed after its first byte");
+                tracing::warn!(parent: &span, error = %e, "stream failed after its first byte");
                 let error = json!({"type": "error", "error": {"type": "api_error",
                                    "message": "The provider's stream broke off."}});
                 vec![frame("error", &error)]

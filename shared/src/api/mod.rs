@@ -11,6 +11,7 @@
 mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod body_log;
 pub mod error;
 mod idempotency;
 mod jobs;
@@ -56,6 +57,8 @@ pub struct AppState {
     /// Prometheus metrics for `/metrics`, when this process serves them.
     #[cfg(feature = "prometheus")]
     pub prometheus: Option<Arc<crate::metrics::prometheus::Prometheus>>,
+    /// Request and response bodies for the access line, when `logging.bodies` is on.
+    pub body_log: Option<Arc<body_log::BodyLog>>,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
             usage: Arc::clone(&deps.usage),
             #[cfg(feature = "prometheus")]
             prometheus: deps.prometheus.clone(),
+            body_log: body_log::BodyLog::from_config(config, admin_secret).map(Arc::new),
         }
     }
 }
@@ -103,6 +107,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(openai::no_route)
         .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.body_log.clone(),
+            body_log::capture,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             access_log::access_log,

@@ -80,6 +80,9 @@ pub struct Config {
     /// Usage events and rollups.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// What the request log may hold beyond ids and numbers: bodies, and what to redact.
+    #[serde(default)]
+    pub logging: LoggingConfig,
 }
 
 /// Usage events and their rollups.
@@ -99,6 +102,51 @@ impl Default for MetricsConfig {
             flush_every_ms: 1000,
             max_pending_events: 100_000,
         }
+    }
+}
+
+/// The request log's optional contents. Keys and headers are never logged, whatever this says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Add the request body and the JSON response body (not event streams) to the access line.
+    pub bodies: bool,
+    /// Each logged body is cut to this many bytes (after redaction).
+    pub max_logged_body_bytes: usize,
+    /// Regular expressions whose every match in a logged body becomes `[REDACTED]`.
+    pub redact: Vec<RedactPattern>,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            bodies: false,
+            max_logged_body_bytes: 8192,
+            redact: Vec::new(),
+        }
+    }
+}
+
+/// A `logging.redact` pattern, compiled when the config is read so a bad one is a config
+/// error naming its field (`logging.redact[1]`), never a surprise at the first request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedactPattern(regex_lite::Regex);
+
+impl RedactPattern {
+    /// The compiled pattern.
+    pub fn regex(&self) -> &regex_lite::Regex {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RedactPattern {
+    type Error = String;
+
+    fn try_from(pattern: String) -> Result<Self, Self::Error> {
+        regex_lite::Regex::new(&pattern)
+            .map(Self)
+            .map_err(|e| format!("not a valid regex: {e}"))
     }
 }
 
@@ -563,6 +611,7 @@ impl Config {
             tenants: Vec::new(),
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),
+            logging: LoggingConfig::default(),
             providers: vec![ProviderConfig {
                 name: "mock".into(),
                 kind: ProviderKind::Mock,
@@ -658,6 +707,12 @@ impl Config {
             return Err(invalid(
                 "limits".into(),
                 "reservation_ttl_s and default_max_output_tokens must be at least 1".into(),
+            ));
+        }
+        if !(1..=1024 * 1024).contains(&self.logging.max_logged_body_bytes) {
+            return Err(invalid(
+                "logging.max_logged_body_bytes".into(),
+                "must be between 1 and 1048576".into(),
             ));
         }
         let mut tenant_names = HashSet::new();
@@ -913,6 +968,30 @@ cache_ttl_s = 3600
             .unwrap_err()
             .to_string();
         assert!(msg.contains("x.toml") && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn logging_defaults_to_no_bodies_and_checks_redact_patterns() {
+        let c = Config::parse(EXAMPLE, "x.toml", &env).unwrap();
+        assert!(!c.logging.bodies && c.logging.redact.is_empty());
+
+        let text = format!("{EXAMPLE}\n[logging]\nbodies = true\nredact = [\"card-\\\\d{{4}}\"]\n");
+        let c = Config::parse(&text, "x.toml", &env).unwrap();
+        assert!(c.logging.bodies);
+        assert!(c.logging.redact[0].regex().is_match("card-1234"));
+
+        let bad = format!("{EXAMPLE}\n[logging]\nredact = [\"ok\", \"(unclosed\"]\n");
+        let msg = Config::parse(&bad, "x.toml", &env).unwrap_err().to_string();
+        assert!(
+            msg.contains("logging.redact[1]") && msg.contains("not a valid regex"),
+            "{msg}"
+        );
+
+        let unknown = format!("{EXAMPLE}\n[logging]\nheaders = true\n");
+        let msg = Config::parse(&unknown, "x.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("logging") && msg.contains("headers"), "{msg}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   is replayed as events ([`replay`]).
 //! - A client that disconnects drops this stream, which drops the provider's response and
 //!   closes its connection (cancelling the upstream call); what was used so far is settled.
+//! - The `stream finished` line is logged from a spawned task, after the request's handler
+//!   returned: the stream keeps the request's span so that line carries the request id.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -18,6 +20,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::Price;
@@ -250,6 +253,8 @@ pub fn metered(chunks: ChunkStream, include_usage: bool, finish: Finish) -> Even
         assembler: Assembler::default(),
         finish: Some(finish),
         state: State::Streaming,
+        // Called while the request is served: this is its span.
+        span: tracing::Span::current(),
     }
     .boxed()
 }
@@ -266,13 +271,19 @@ struct Metered {
     assembler: Assembler,
     finish: Option<Finish>,
     state: State,
+    /// The request's span, for the lines logged when the stream ends.
+    span: tracing::Span,
 }
 
 impl Metered {
     fn end(&mut self, complete: bool) {
         if let Some(finish) = self.finish.take() {
             let assembled = std::mem::take(&mut self.assembler);
-            tokio::spawn(finish.run(assembled, complete));
+            tokio::spawn(
+                finish
+                    .run(assembled, complete)
+                    .instrument(self.span.clone()),
+            );
         }
     }
 }
