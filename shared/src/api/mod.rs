@@ -10,6 +10,7 @@
 mod access_log;
 pub mod admin;
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod idempotency;
 mod jobs;
@@ -78,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/health", get(openai::health))
+        .route("/dashboard", get(dashboard::dashboard))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
