@@ -345,7 +345,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         http: sluice::gateway::http_client()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
         clock,
-    };
+        usage: Arc::new(sluice::metrics::Discard),
+    }
+    .with_local_metrics(&config.metrics);
     let services = Services::build(&config, &deps).map_err(|e| e.to_string())?;
     let admin_secret = match std::env::var("SLUICE_ADMIN_KEY") {
         Ok(s) if !s.trim().is_empty() => s,

@@ -10,6 +10,7 @@ use crate::gateway::Gateway;
 use crate::jobs::Jobs;
 use crate::jobs::callback::CallbackSender;
 use crate::jobs::processor::Processor;
+use crate::metrics::{Discard, UsageSink};
 use crate::queue::JobQueue;
 use crate::store::{SharedStore, StoreError};
 
@@ -38,6 +39,8 @@ pub struct Deps {
     pub http: reqwest::Client,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Where usage events go.
+    pub usage: Arc<dyn UsageSink>,
 }
 
 /// The parts built from config on top of [`Deps`], shared by the HTTP app and the workers.
@@ -77,6 +80,7 @@ impl Services {
             callbacks,
             Arc::clone(&deps.clock),
             config.jobs.lease_s.saturating_mul(1000),
+            Arc::clone(&deps.usage),
         ));
         Ok(Self {
             gateway,
@@ -102,7 +106,22 @@ impl Deps {
             queue: Arc::new(queue),
             http: crate::gateway::http_client()?,
             clock,
+            usage: Arc::new(Discard),
         })
+    }
+
+    /// Sends usage events through an in-process channel to an aggregator task that stores
+    /// their rollups in this store (as `sluice serve` does). Needs a tokio runtime.
+    pub fn with_local_metrics(mut self, config: &crate::config::MetricsConfig) -> Self {
+        let (sink, events) = crate::metrics::sink::channel(config.max_pending_events);
+        let store: Arc<dyn crate::store::MetricsStore> = Arc::clone(&self.store) as _;
+        tokio::spawn(crate::metrics::sink::aggregate_loop(
+            events,
+            store,
+            Duration::from_millis(config.flush_every_ms),
+        ));
+        self.usage = sink;
+        self
     }
 
     /// DynamoDB and SQS from the environment (`AWS_*`, `SLUICE_*_TABLE`,
@@ -131,6 +150,7 @@ impl Deps {
             queue: Arc::new(queue),
             http: crate::gateway::http_client()?,
             clock: Arc::new(crate::clock::SystemClock),
+            usage: Arc::new(Discard),
         })
     }
 }

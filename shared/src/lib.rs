@@ -9,7 +9,9 @@
 //! - [`deps`]: what a process builds once (store, queue, HTTP client, clock) and the services on it.
 //! - [`api`]: the HTTP app (axum `Router`): routes, auth, admin, OpenAI-shaped errors, access log.
 //! - [`gateway`]: the request pipeline, model catalog, cache keys and policy.
-//! - [`providers`]: the provider trait and the closed enum of providers (OpenAI-compatible, mock).
+//! - [`providers`]: the provider trait and the closed enum of providers (OpenAI-compatible,
+//!   Anthropic, Gemini, mock).
+//! - [`metrics`]: usage events, latency histograms, per-minute rollups and their queries.
 //! - [`jobs`]: async jobs: acceptance, the worker that runs them, callbacks, embedding batching.
 //! - [`store`]: storage ports and their adapters (SQLite, DynamoDB).
 //! - [`queue`]: the job queue port and its adapters (SQLite table, SQS).
@@ -28,6 +30,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod providers;
 pub mod queue;
 pub mod store;

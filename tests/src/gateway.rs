@@ -60,8 +60,22 @@ impl TestGateway {
     /// with `config.jobs.workers` job workers.
     pub async fn start_config(config: &Config, db: &str) -> Self {
         let clock = ManualClock::new(1_800_000_000_000);
-        let deps = Deps::sqlite(db, config, Arc::new(clock.clone())).unwrap();
+        let deps = Deps::sqlite(db, config, Arc::new(clock.clone()))
+            .unwrap()
+            .with_local_metrics(&config.metrics);
         Self::start_deps(config, deps, clock).await
+    }
+
+    /// Starts like [`TestGateway::start`], keeping a copy of every usage event.
+    pub async fn start_recording(config_toml: &str) -> (Self, Arc<crate::RecordingSink>) {
+        let config = Config::parse(config_toml, "test config", &|_| None).unwrap();
+        let clock = ManualClock::new(1_800_000_000_000);
+        let mut deps = Deps::sqlite(":memory:", &config, Arc::new(clock.clone()))
+            .unwrap()
+            .with_local_metrics(&config.metrics);
+        let recording = crate::RecordingSink::new(Arc::clone(&deps.usage));
+        deps.usage = recording.clone();
+        (Self::start_deps(&config, deps, clock).await, recording)
     }
 
     /// Starts over given dependencies (e.g. DynamoDB and SQS on moto).

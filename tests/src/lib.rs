@@ -7,10 +7,12 @@ pub mod aws;
 pub mod callback_receiver;
 pub mod fake_upstream;
 pub mod gateway;
+pub mod recording;
 
 pub use callback_receiver::CallbackReceiver;
 pub use fake_upstream::{Behaviour, FakeUpstream, Recorded};
 pub use gateway::TestGateway;
+pub use recording::RecordingSink;
 
 /// A config routing `gpt-test` and `embed-test` to the fake upstream at `base_url`, with the
 /// provider key `sk-provider-test`, 1 s upstream timeout and a 64 KiB body limit.

@@ -6,13 +6,18 @@
 
 use std::time::Instant;
 
-use axum::extract::Request;
-use axum::http::HeaderValue;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::AppState;
 use crate::gateway::cache::CacheStatus;
 use crate::keys::random_alnum;
+use crate::metrics::{EventKind, UsageEvent, UsageTicket};
 
 /// What a handler reports about a request for its log line.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +42,9 @@ pub struct Outcome {
     pub fallback: Option<&'static str>,
     /// Error code, if the request failed.
     pub error: Option<&'static str>,
+    /// Whether the request yields a usage event (model routes; not async acceptances,
+    /// whose job reports its own when it runs).
+    pub metered: bool,
 }
 
 impl Outcome {
@@ -54,15 +62,43 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Middleware: assigns the request id, runs the request, writes the access-log line.
-pub async fn access_log(mut request: Request, next: Next) -> Response {
+/// Middleware: assigns the request id, runs the request, writes the access-log line, and
+/// sends the request's usage event (for streams, once the stream has ended).
+pub async fn access_log(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", random_alnum(24));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let ticket = Arc::new(UsageTicket::new(
+        Arc::clone(&state.usage),
+        UsageEvent {
+            event_id: UsageEvent::new_id(),
+            request_id: request_id.clone(),
+            time_ms: state.clock.now_ms(),
+            tenant: String::new(),
+            key_id: None,
+            model: None,
+            deployment: None,
+            kind: EventKind::Sync,
+            status: 0,
+            error: None,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_nano_usd: 0,
+            cache: "bypass".into(),
+            fallback: None,
+        },
+    ));
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
+    request.extensions_mut().insert(Arc::clone(&ticket));
     let mut response = next.run(request).await;
     let outcome = response
         .extensions_mut()
@@ -72,12 +108,38 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", v);
     }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if outcome.metered {
+        ticket.arm(|e| {
+            e.tenant = outcome.tenant.clone().unwrap_or_default();
+            e.key_id = outcome.key_id.clone();
+            e.model = outcome.model.clone();
+            e.deployment = outcome.deployment.clone();
+            e.kind = if streamed {
+                EventKind::Stream
+            } else {
+                EventKind::Sync
+            };
+            e.status = status;
+            e.error = outcome.error.map(str::to_owned);
+            e.ttfb_ms = Some(latency_ms);
+            e.tokens_in = outcome.tokens_in;
+            e.tokens_out = outcome.tokens_out;
+            e.cost_nano_usd = outcome.cost_nano_usd;
+            e.cache = outcome.cache.as_str().to_owned();
+            e.fallback = outcome.fallback.map(str::to_owned);
+        });
+    }
     tracing::info!(
         target: "sluice::access",
         request_id = %request_id,
         method = %method,
         path = %path,
-        status = response.status().as_u16(),
+        status,
         latency_ms = (latency_ms * 1000.0).round() / 1000.0,
         tenant = outcome.tenant.as_deref(),
         key_id = outcome.key_id.as_deref(),
@@ -91,5 +153,47 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
         error = outcome.error,
         "request"
     );
-    response
+    if !streamed {
+        ticket.end();
+        return response;
+    }
+    // The event waits for the stream's end: the body holds the ticket until then.
+    let (parts, body) = response.into_parts();
+    let body = Body::from_stream(EndsTicket {
+        inner: body.into_data_stream(),
+        ticket: Some(ticket),
+    });
+    Response::from_parts(parts, body)
+}
+
+/// A response body that marks the ticket ended when the last byte is out or the client
+/// goes away, then lets go of it.
+struct EndsTicket {
+    inner: axum::body::BodyDataStream,
+    ticket: Option<Arc<UsageTicket>>,
+}
+
+impl futures_util::Stream for EndsTicket {
+    type Item = Result<axum::body::Bytes, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(None) = next
+            && let Some(ticket) = self.ticket.take()
+        {
+            ticket.end();
+        }
+        next
+    }
+}
+
+impl Drop for EndsTicket {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.end();
+        }
+    }
 }

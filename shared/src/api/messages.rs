@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -23,16 +24,24 @@ use super::error::ApiError;
 use super::openai::{finish, options, read_body, reply_response};
 use crate::gateway::stream::EventBytes;
 use crate::gateway::{ReplyBody, Trace};
+use crate::metrics::UsageTicket;
 use crate::providers::{Endpoint, sse};
 
 /// `POST /v1/messages`
 pub async fn messages(
     State(state): State<Arc<AppState>>,
+    ticket: Option<Extension<Arc<UsageTicket>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut outcome = Outcome::default();
-    let mut trace = Trace::default();
+    let mut outcome = Outcome {
+        metered: true,
+        ..Outcome::default()
+    };
+    let mut trace = Trace {
+        usage: ticket.map(|Extension(t)| t),
+        ..Trace::default()
+    };
     let result = async {
         let caller = state.keys.authenticate(&headers).await?;
         outcome.tenant = Some(caller.tenant.clone());

@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
 //! `POST /v1/embeddings`, `GET /v1/models`; Anthropic's `POST /v1/messages`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
-//! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`; the admin API
+//! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`;
+//! `GET /v1/metrics` (usage rollups as series); the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
@@ -15,6 +16,7 @@ pub mod error;
 mod idempotency;
 mod jobs;
 mod messages;
+mod metrics;
 mod openai;
 mod usage;
 
@@ -50,6 +52,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Largest accepted body, for the 413 message.
     pub max_body_bytes: usize,
+    /// Where usage events go.
+    pub usage: Arc<dyn crate::metrics::UsageSink>,
 }
 
 impl AppState {
@@ -70,6 +74,7 @@ impl AppState {
             store: Arc::clone(&deps.store),
             clock: Arc::clone(&deps.clock),
             max_body_bytes: config.server.max_body_bytes,
+            usage: Arc::clone(&deps.usage),
         }
     }
 }
@@ -87,12 +92,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs", post(jobs::create_job))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/usage", get(usage::key_usage))
+        .route("/v1/metrics", get(metrics::metrics))
         .route("/admin/usage", get(usage::tenant_usage))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(openai::no_route)
         .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn(access_log::access_log))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            access_log::access_log,
+        ))
         .with_state(state)
 }

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -18,6 +18,7 @@ use super::idempotency;
 use crate::gateway::cache::CacheControl;
 use crate::gateway::{Reply, ReplyBody, RequestOptions, Trace};
 use crate::jobs::Submission;
+use crate::metrics::UsageTicket;
 use crate::providers::Endpoint;
 
 /// `GET /health`: liveness, no auth.
@@ -71,10 +72,12 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    ticket: Option<Extension<Arc<UsageTicket>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    proxy(&state, Endpoint::ChatCompletions, &headers, body).await
+    let ticket = ticket.map(|Extension(t)| t);
+    proxy(&state, Endpoint::ChatCompletions, ticket, &headers, body).await
 }
 
 /// `POST /v1/embeddings`
@@ -83,17 +86,24 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    proxy(&state, Endpoint::Embeddings, &headers, body).await
+    proxy(&state, Endpoint::Embeddings, None, &headers, body).await
 }
 
 async fn proxy(
     state: &AppState,
     endpoint: Endpoint,
+    ticket: Option<Arc<UsageTicket>>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut outcome = Outcome::default();
-    let mut trace = Trace::default();
+    let mut outcome = Outcome {
+        metered: true,
+        ..Outcome::default()
+    };
+    let mut trace = Trace {
+        usage: ticket,
+        ..Trace::default()
+    };
     let mut claim = None;
     let result = async {
         let caller = state.keys.authenticate(headers).await?;
@@ -107,6 +117,8 @@ async fn proxy(
                 cache_control: super::jobs::header_str(headers, header::CACHE_CONTROL.as_str()),
                 callback_url: super::jobs::header_str(headers, super::jobs::CALLBACK_HEADER),
             };
+            // The job reports its usage when it runs.
+            outcome.metered = false;
             return super::jobs::accept(state, &caller, submission).await;
         }
         if let Some(key) = idempotency::header_key(headers) {

@@ -77,6 +77,29 @@ pub struct Config {
     /// Retries, deadlines and circuit breaking.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Usage events and rollups.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Usage events and their rollups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How long usage events are collected before their rollups are stored (and, on AWS,
+    /// before buffered events are sent to the usage queue), milliseconds.
+    pub flush_every_ms: u64,
+    /// Events waiting for the aggregator in `sluice serve`; more are dropped and counted.
+    pub max_pending_events: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            flush_every_ms: 1000,
+            max_pending_events: 100_000,
+        }
+    }
 }
 
 /// Gateway-wide limit settings.
@@ -539,6 +562,7 @@ impl Config {
             limits: LimitsConfig::default(),
             tenants: Vec::new(),
             routing: RoutingConfig::default(),
+            metrics: MetricsConfig::default(),
             providers: vec![ProviderConfig {
                 name: "mock".into(),
                 kind: ProviderKind::Mock,
@@ -570,6 +594,12 @@ impl Config {
             return Err(invalid(
                 "server.key_cache_ttl_s".into(),
                 "must be zero or a positive number of seconds".into(),
+            ));
+        }
+        if self.metrics.flush_every_ms == 0 || self.metrics.max_pending_events == 0 {
+            return Err(invalid(
+                "metrics".into(),
+                "flush_every_ms and max_pending_events must be positive".into(),
             ));
         }
         if self.jobs.lease_s == 0 || self.jobs.lease_s >= self.jobs.visibility_timeout_s {

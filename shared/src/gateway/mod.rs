@@ -209,6 +209,8 @@ pub struct Trace {
     pub model: Option<String>,
     /// The deployment that was called.
     pub deployment: Option<String>,
+    /// The request's usage event, for a stream to report its final tokens and cost.
+    pub usage: Option<Arc<crate::metrics::UsageTicket>>,
 }
 
 /// The gateway: configuration, store, HTTP client and clock, built once at start-up.
@@ -416,6 +418,7 @@ impl Gateway {
                         _ => None,
                     },
                     clock: Arc::clone(&self.clock),
+                    usage: trace.usage.clone(),
                 };
                 Ok(Reply {
                     body: ReplyBody::EventStream(stream::metered(

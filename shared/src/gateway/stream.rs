@@ -57,6 +57,8 @@ pub struct Finish {
     pub cache: Option<CacheTarget>,
     /// Time, for cache entries.
     pub clock: Arc<dyn Clock>,
+    /// The request's usage event, completed with the stream's totals.
+    pub usage: Option<Arc<crate::metrics::UsageTicket>>,
 }
 
 impl Finish {
@@ -78,6 +80,9 @@ impl Finish {
             .await
         {
             tracing::error!(target: "sluice::limits", error = %e, "could not settle a streamed request");
+        }
+        if let Some(ticket) = &self.usage {
+            ticket.stream_totals(usage.prompt_tokens, usage.completion_tokens, cost);
         }
         tracing::info!(
             target: "sluice::access",

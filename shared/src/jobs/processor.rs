@@ -6,6 +6,7 @@
 //! (leave it for redelivery; on Lambda, a batch item failure).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -18,6 +19,7 @@ use crate::clock::Clock;
 use crate::gateway::batch::BatchItem;
 use crate::gateway::cache::CacheControl;
 use crate::gateway::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
+use crate::metrics::{EventKind, UsageEvent, UsageSink};
 use crate::providers::Endpoint;
 use crate::store::SharedStore;
 
@@ -37,6 +39,7 @@ pub struct Processor {
     callbacks: Arc<CallbackSender>,
     clock: Arc<dyn Clock>,
     lease_ms: u64,
+    usage: Arc<dyn UsageSink>,
 }
 
 enum Step {
@@ -52,6 +55,7 @@ impl Processor {
         callbacks: Arc<CallbackSender>,
         clock: Arc<dyn Clock>,
         lease_ms: u64,
+        usage: Arc<dyn UsageSink>,
     ) -> Self {
         Self {
             gateway,
@@ -59,11 +63,13 @@ impl Processor {
             callbacks,
             clock,
             lease_ms,
+            usage,
         }
     }
 
     /// Handles a batch of message bodies; the result has one disposition per body, in order.
     pub async fn process(&self, bodies: &[String]) -> Vec<Disposition> {
+        let started = (Instant::now(), self.clock.now_ms());
         // Duplicates of a message within one batch (SQS delivers at least once) share the
         // first copy's fate instead of racing it for the claim.
         let mut first_copy: Vec<Option<usize>> = vec![None; bodies.len()];
@@ -128,7 +134,7 @@ impl Processor {
         let (mut ran, chats) = tokio::join!(embedded, chats);
         ran.extend(chats);
         let finished = join_all(ran.into_iter().map(|(i, job, result, trace)| async move {
-            (i, self.finish(job, result, trace).await)
+            (i, self.finish(job, result, trace, started).await)
         }))
         .await;
         for (i, d) in finished {
@@ -172,8 +178,13 @@ impl Processor {
         job: Job,
         result: Result<Reply, GatewayError>,
         trace: Trace,
+        started: (Instant, u64),
     ) -> Disposition {
         let now = self.clock.now_ms();
+        let (cache, fallback) = match &result {
+            Ok(reply) => (reply.cache.as_str(), reply.fallback),
+            Err(_) => ("bypass", None),
+        };
         let (status, outcome) = match result {
             Ok(Reply {
                 body: ReplyBody::Json(body),
@@ -218,6 +229,29 @@ impl Processor {
                 return Disposition::Retry;
             }
         }
+        let error_code = (status == JobStatus::Failed)
+            .then(|| serde_json::from_slice::<serde_json::Value>(&outcome.body).ok())
+            .flatten()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        self.usage.record(UsageEvent {
+            event_id: UsageEvent::new_id(),
+            request_id: job.id.clone(),
+            time_ms: started.1,
+            tenant: job.tenant.clone(),
+            key_id: Some(job.key_id.clone()),
+            model: trace.model.clone(),
+            deployment: trace.deployment.clone(),
+            kind: EventKind::Async,
+            status: outcome.http_status,
+            error: error_code,
+            latency_ms: started.0.elapsed().as_secs_f64() * 1000.0,
+            ttfb_ms: None,
+            tokens_in: outcome.tokens_in,
+            tokens_out: outcome.tokens_out,
+            cost_nano_usd: outcome.cost_nano_usd,
+            cache: cache.to_owned(),
+            fallback: fallback.map(str::to_owned),
+        });
         tracing::info!(
             target: "sluice::jobs",
             job_id = %job.id,

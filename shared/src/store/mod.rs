@@ -271,10 +271,40 @@ pub trait IdempotencyStore: Send + Sync {
     async fn idempotency_release(&self, key: &str) -> Result<(), StoreError>;
 }
 
-/// Everything the gateway needs from a store.
-pub trait Store: KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore {}
+/// Per-minute usage rollups (see [`crate::metrics`]).
+#[async_trait]
+pub trait MetricsStore: Send + Sync {
+    /// Adds `rows` to the stored rollups (field by field, histograms bucket by bucket),
+    /// exactly once per `batch_id`: a batch id seen before adds nothing and returns `false`.
+    /// Markers of applied batches are kept for [`METRICS_MARKER_TTL_MS`].
+    async fn add_rollups(
+        &self,
+        batch_id: &str,
+        rows: &[crate::metrics::RollupRow],
+    ) -> Result<bool, StoreError>;
+    /// The rollups of minutes in `[from_s, to_s)` (Unix seconds), of one tenant or of all.
+    async fn rollups(
+        &self,
+        tenant: Option<&str>,
+        from_s: u64,
+        to_s: u64,
+    ) -> Result<Vec<crate::metrics::RollupRow>, StoreError>;
+}
 
-impl<T: KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore> Store for T {}
+/// How long a batch id is remembered (queues redeliver within their retention, 4 days for
+/// the usage queue at most; a redelivery later than this would be counted twice).
+pub const METRICS_MARKER_TTL_MS: u64 = 14 * 24 * 3600 * 1000;
+
+/// Everything the gateway needs from a store.
+pub trait Store:
+    KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore + MetricsStore
+{
+}
+
+impl<T: KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore + MetricsStore> Store
+    for T
+{
+}
 
 /// A shared handle to whichever store this process uses.
 pub type SharedStore = Arc<dyn Store>;

@@ -23,6 +23,7 @@ async fn aws_gateway(base_url: &str, workers: usize, queue: SqsQueue) -> TestGat
         queue: Arc::new(queue),
         http: sluice::gateway::http_client().unwrap(),
         clock: Arc::new(clock.clone()),
+        usage: Arc::new(sluice::metrics::Discard),
     };
     TestGateway::start_deps(&config, deps, clock).await
 }
@@ -235,6 +236,7 @@ async fn limited_gateway(
         queue: Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
         http: sluice::gateway::http_client().unwrap(),
         clock: Arc::new(clock.clone()),
+        usage: Arc::new(sluice::metrics::Discard),
     };
     (TestGateway::start_deps(&config, deps, clock).await, store)
 }

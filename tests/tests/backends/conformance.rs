@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use sluice::clock::SystemClock;
 use sluice::jobs::model::{Claim, Job, JobResult, JobStatus};
 use sluice::keys::{self, BudgetPeriod, KeyLimits};
+use sluice::metrics::{Rollup, RollupKey, RollupRow};
 use sluice::providers::Endpoint;
 use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
@@ -87,6 +88,8 @@ conformance!(
     markers_are_set_once,
     idempotency_claims_replays_and_mismatches,
     guards_refuse_when_another_counter_grew,
+    rollups_add_up_once_per_batch_and_read_back_by_tenant_and_window,
+    concurrent_rollup_batches_all_count,
 );
 
 async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
@@ -724,4 +727,109 @@ async fn guards_refuse_when_another_counter_grew(b: Backend) {
         b.store.apply(&[guarded], None).await.unwrap(),
         Applied::Granted
     );
+}
+
+fn rollup_row(minute: u64, tenant: &str, model: &str, requests: u64, micros: &[u64]) -> RollupRow {
+    let mut rollup = Rollup {
+        requests,
+        errors_rate_limited: 1,
+        cache_hits: requests / 2,
+        tokens_in: 10 * requests,
+        cost_nano_usd: 1_000 * requests,
+        ..Rollup::default()
+    };
+    for &us in micros {
+        rollup.latency.record(us);
+    }
+    RollupRow {
+        key: RollupKey {
+            minute,
+            tenant: tenant.into(),
+            model: model.into(),
+            provider: "openai".into(),
+        },
+        rollup,
+    }
+}
+
+async fn rollups_add_up_once_per_batch_and_read_back_by_tenant_and_window(b: Backend) {
+    // Minutes on two UTC days, two tenants, two models.
+    let day = 86_400 * 20_000;
+    let a = rollup_row(day - 60, "t1", "m1", 4, &[900, 1_200, 50_000]);
+    let b1 = rollup_row(day, "t1", "m1", 2, &[2_000_000]);
+    let c = rollup_row(day, "t2", "m2", 3, &[10]);
+    let batch = [a.clone(), b1.clone(), c.clone()];
+    assert!(b.store.add_rollups("batch-1", &batch).await.unwrap());
+    // A redelivered batch adds nothing.
+    assert!(!b.store.add_rollups("batch-1", &batch).await.unwrap());
+    // Another batch adds to the same rows.
+    assert!(
+        b.store
+            .add_rollups("batch-2", std::slice::from_ref(&a))
+            .await
+            .unwrap()
+    );
+
+    let all = b.store.rollups(None, day - 120, day + 60).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let found = |rows: &[RollupRow], minute: u64, tenant: &str| {
+        rows.iter()
+            .find(|r| r.key.minute == minute && r.key.tenant == tenant)
+            .cloned()
+            .unwrap()
+    };
+    let doubled = found(&all, day - 60, "t1");
+    let mut expected = a.rollup.clone();
+    expected.merge(&a.rollup);
+    assert_eq!(doubled.rollup, expected);
+    assert_eq!(doubled.rollup.latency.count(), 6);
+    assert_eq!(found(&all, day, "t2").rollup, c.rollup);
+    assert_eq!(found(&all, day, "t2").key, c.key);
+
+    let t1 = b
+        .store
+        .rollups(Some("t1"), day - 120, day + 60)
+        .await
+        .unwrap();
+    assert_eq!(t1.len(), 2);
+    assert!(t1.iter().all(|r| r.key.tenant == "t1"));
+    // The window is [from, to): the minute at `to` is out, the one at `from` in.
+    let window = b.store.rollups(None, day, day + 60).await.unwrap();
+    assert_eq!(window.len(), 2);
+    assert!(
+        b.store
+            .rollups(None, day - 59, day)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.store
+            .rollups(Some("t3"), day - 120, day + 60)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn concurrent_rollup_batches_all_count(b: Backend) {
+    let minute = 86_400 * 20_001;
+    let batches: Vec<Vec<RollupRow>> = (0..8)
+        .map(|i| vec![rollup_row(minute, "t1", "m1", 1, &[100 * (i + 1)])])
+        .collect();
+    let results = join_all(batches.iter().enumerate().map(|(i, rows)| {
+        let store = Arc::clone(&b.store);
+        async move { store.add_rollups(&format!("c{i}"), rows).await }
+    }))
+    .await;
+    assert!(results.into_iter().all(|r| r.unwrap()));
+    let rows = b
+        .store
+        .rollups(Some("t1"), minute, minute + 60)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].rollup.requests, 8);
+    assert_eq!(rows[0].rollup.latency.count(), 8);
+    assert_eq!(rows[0].rollup.errors_rate_limited, 8);
 }

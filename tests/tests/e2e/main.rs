@@ -10,6 +10,7 @@ mod forwarding;
 mod gemini;
 mod jobs;
 mod limits;
+mod metrics;
 mod pooling;
 mod restart;
 mod routing;
