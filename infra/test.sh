@@ -3,7 +3,8 @@
 # official SDKs and moto; a second venv with cfn-lint and the SAM CLI), starts moto's server
 # for DynamoDB and SQS, lints the SAM template, then formatting, clippy, every Rust test
 # (unit, end-to-end, conformance on SQLite and moto, Lambda adapters, CLI process tests), and
-# the Python SDK tests against a real `sluice serve`.
+# the Python tests against a real `sluice serve`: the official SDKs, and the dashboard in
+# headless Chromium (installed from Debian's `chromium` package when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -46,7 +47,10 @@ bins = [t["name"] for p in m["packages"] if p["id"] in default
 assert bins == ["sluice"], f"cargo run would not resolve to sluice: {bins}"
 print("cargo run -> sluice")'
 
-step "python SDK tests"
+step "chromium (for the dashboard test)"
+command -v chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+step "python tests (SDKs, dashboard in headless Chromium)"
 SLUICE_BIN=target/debug/sluice FAKE_UPSTREAM_BIN=target/debug/fake-upstream \
     "$VENV/bin/pytest" -q tests/python
 

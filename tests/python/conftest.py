@@ -1,7 +1,9 @@
 """Starts `sluice serve` (the binary named by $SLUICE_BIN) on a free port with a fresh
 database and creates a gateway key through the admin API: once with the built-in mock
 provider (`sluice`), and once in front of the fake provider ($FAKE_UPSTREAM_BIN), which
-speaks OpenAI's, Anthropic's and Gemini's wire formats (`providers`)."""
+speaks OpenAI's, Anthropic's and Gemini's wire formats (`providers`). `sluice_admin` is one
+more built-in server per test module, for tests that create their own keys and count
+every request the server saw."""
 
 import json
 import os
@@ -65,6 +67,17 @@ def sluice():
     tmp = tempfile.mkdtemp(prefix="sluice-pytest-")
     proc, base, key = _serve([], tmp)
     yield {"base_url": f"{base}/v1", "key": key}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def sluice_admin():
+    """A fresh `sluice serve` on the built-in mock provider that only this module talks to:
+    its URL, the admin key and the path of its log."""
+    tmp = tempfile.mkdtemp(prefix="sluice-pytest-admin-")
+    proc, base, _ = _serve([], tmp)
+    yield {"url": base, "admin_key": ADMIN_KEY, "log": os.path.join(tmp, "serve.log")}
     proc.terminate()
     proc.wait(timeout=10)
 

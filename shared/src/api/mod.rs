@@ -3,7 +3,8 @@
 //! Routes: `GET /health`; the OpenAI-compatible `POST /v1/chat/completions`,
 //! `POST /v1/embeddings`, `GET /v1/models`; Anthropic's `POST /v1/messages`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
 //! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`;
-//! `GET /v1/metrics` (usage rollups as series); `GET /metrics` (Prometheus text); the admin API
+//! `GET /v1/metrics` (usage rollups as series); `GET /metrics` (Prometheus text);
+//! `GET /dashboard` (the live dashboard page); the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
@@ -12,6 +13,7 @@ mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body_log;
+mod dashboard;
 pub mod error;
 mod idempotency;
 mod jobs;
@@ -92,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/health", get(openai::health))
+        .route("/dashboard", get(dashboard::dashboard))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))

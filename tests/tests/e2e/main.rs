@@ -4,6 +4,7 @@
 mod admin;
 mod anthropic;
 mod cache;
+mod dashboard;
 mod errors;
 mod forwarding;
 mod gemini;
