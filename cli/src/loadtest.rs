@@ -553,6 +553,7 @@ pub async fn run(args: LoadtestArgs) -> Result<(), String> {
     };
 
     let (stop, ctrl_c) = stop_on_ctrl_c();
+    let stopped = stop.clone();
     let (bar, ticker) = progress(&run, Arc::clone(&stats));
     let started = Instant::now();
     let tally = match load {
@@ -569,7 +570,8 @@ pub async fn run(args: LoadtestArgs) -> Result<(), String> {
     ctrl_c.abort();
     bar.finish_and_clear();
 
-    let summary = lock(&stats).summary(run, tally, elapsed);
+    let mut summary = lock(&stats).summary(run, tally, elapsed);
+    summary.interrupted = *stopped.borrow();
     if args.json {
         println!("{}", summary.to_json());
     } else {

@@ -107,6 +107,7 @@ impl Stats {
             errors_by_kind: self.errors.clone(),
             cache: self.cache.clone(),
             cache_hits: hits,
+            interrupted: false,
         }
     }
 }
@@ -200,6 +201,8 @@ pub struct Summary {
     pub errors_by_kind: BTreeMap<String, u64>,
     pub cache: BTreeMap<String, u64>,
     pub cache_hits: u64,
+    /// Stopped before the duration was over (Ctrl-C).
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -262,6 +265,7 @@ impl Summary {
             "stream": self.run.stream,
             "repeat": self.run.repeat,
             "elapsed_s": round(self.elapsed.as_secs_f64(), 3),
+            "interrupted": self.interrupted,
             "sent": self.sent,
             "ok": self.ok,
             "errors": self.errors,
@@ -337,9 +341,14 @@ impl fmt::Display for Summary {
         writeln!(f)?;
         writeln!(
             f,
-            "throughput  {:.1} req/s ok over {:.2} s",
+            "throughput  {:.1} req/s ok over {:.2} s{}",
             self.rps(),
-            self.elapsed.as_secs_f64()
+            self.elapsed.as_secs_f64(),
+            if self.interrupted {
+                " (stopped early)"
+            } else {
+                ""
+            }
         )?;
         match &self.latency {
             Some(p) => writeln!(f, "latency     {}", percentiles_line(p))?,
@@ -441,6 +450,7 @@ mod tests {
         assert_eq!(j["concurrency"], 2);
         assert_eq!(j["rate"], Value::Null);
         assert_eq!(j["ttfb_ms"], Value::Null);
+        assert_eq!(j["interrupted"], false);
         let text = sum.to_string();
         assert!(text.contains("5 sent, 3 ok, 1 errors, 1 lost"), "{text}");
         assert!(text.contains("429: 1"), "{text}");
