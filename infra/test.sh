@@ -4,7 +4,8 @@
 # for DynamoDB and SQS, lints the SAM template, then formatting, clippy, every Rust test
 # (unit, end-to-end, conformance on SQLite and moto, Lambda adapters, CLI process tests), and
 # the Python tests against a real `sluice serve`: the official SDKs, and the dashboard in
-# headless Chromium (installed from Debian's `chromium` package when missing).
+# headless Chromium (installed from Debian's `chromium` package when missing); a smoke load
+# with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -53,6 +54,9 @@ command -v chromium || (apt-get update && apt-get install -y --no-install-recomm
 step "python tests (SDKs, dashboard in headless Chromium)"
 SLUICE_BIN=target/debug/sluice FAKE_UPSTREAM_BIN=target/debug/fake-upstream \
     "$VENV/bin/pytest" -q tests/python
+
+step "smoke load: sluice loadtest against sluice serve (fails on errors or lost requests, not timing)"
+infra/bench/smoke-load.sh target/debug/sluice
 
 step "ingest function under cargo lambda watch, on moto"
 infra/aws/lambda-watch-smoke.sh

@@ -1,5 +1,7 @@
 //! `sluice`: run the gateway locally (`serve`), manage gateway keys (`keys`), check config,
-//! find a request's log lines (`logs`).
+//! find a request's log lines (`logs`), offer load to a gateway (`loadtest`).
+
+mod loadtest;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,9 @@ enum Command {
     },
     /// Print every log line of one request from a log file written by `serve --log-file`.
     Logs(LogsArgs),
+    /// Send chat completions at a fixed concurrency or arrival rate and report throughput,
+    /// latency percentiles, errors and cache hits.
+    Loadtest(loadtest::LoadtestArgs),
     /// Development helpers for DynamoDB and SQS (e.g. against moto).
     Aws {
         #[command(subcommand)]
@@ -274,6 +279,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Serve(args) => serve(args).await,
         Command::Logs(args) => logs(&args),
+        Command::Loadtest(args) => loadtest::run(args).await,
         Command::Keys { command } => keys_command(command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
