@@ -170,7 +170,6 @@ pub async fn access_log(
     );
     if !streamed {
         ticket.end();
-        drop(in_flight);
         return response;
     }
     // The event waits for the stream's end: the body holds the ticket until then.
