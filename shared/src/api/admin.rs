@@ -58,12 +58,7 @@ pub fn key_json(k: &KeyRecord) -> Value {
 }
 
 fn bad_body(message: String) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "invalid_request",
-        message,
-    )
+    ApiError::invalid_request(message, None)
 }
 
 /// `POST /admin/keys`: creates a key and returns its secret, once.

@@ -52,6 +52,18 @@ impl ApiError {
         }
     }
 
+    /// 400 `invalid_request`: the request is malformed; `param` names the field at fault.
+    pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        );
+        e.param = param.map(str::to_owned);
+        e
+    }
+
     /// 404 for a path that does not exist.
     pub fn no_route(path: &str) -> Self {
         Self::new(
@@ -209,14 +221,7 @@ impl From<GatewayError> for ApiError {
     fn from(e: GatewayError) -> Self {
         match e {
             GatewayError::Invalid(inv) => {
-                let mut err = Self::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "invalid_request",
-                    inv.to_string(),
-                );
-                err.param = inv.param();
-                err
+                Self::invalid_request(inv.to_string(), inv.param().as_deref())
             }
             GatewayError::UnknownModel(name) => {
                 let mut err = Self::new(

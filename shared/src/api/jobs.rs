@@ -81,23 +81,13 @@ pub async fn create_job(
         outcome.tenant = Some(caller.tenant.clone());
         outcome.key_id = Some(caller.key_id.clone());
         let body = read_body(&state, body)?;
-        let spec: CreateJob = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                format!("Invalid job: {e}"),
-            )
-        })?;
+        let spec: CreateJob = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid_request(format!("Invalid job: {e}"), None))?;
         let endpoint = Endpoint::parse(&spec.endpoint).ok_or_else(|| {
-            let mut e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
+            ApiError::invalid_request(
                 "`endpoint` must be /v1/chat/completions or /v1/embeddings.",
-            );
-            e.param = Some("endpoint".into());
-            e
+                Some("endpoint"),
+            )
         })?;
         let submission = Submission {
             endpoint,

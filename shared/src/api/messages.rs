@@ -48,7 +48,7 @@ pub async fn messages(
         outcome.key_id = Some(caller.key_id.clone());
         let body = read_body(&state, body)?;
         let request: Value = serde_json::from_slice(&body)
-            .map_err(|_| invalid("The request body is not valid JSON.", None))?;
+            .map_err(|_| ApiError::invalid_request("The request body is not valid JSON.", None))?;
         let chat = to_chat_request(&request)?;
         let model = chat
             .get("model")
@@ -81,17 +81,6 @@ pub async fn messages(
     finish_anthropic(result, outcome)
 }
 
-fn invalid(message: &str, param: Option<&str>) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "invalid_request",
-        message,
-    );
-    e.param = param.map(str::to_owned);
-    e
-}
-
 /// Finishes a response, with errors in Anthropic's shape (same status and headers).
 fn finish_anthropic(result: Result<Response, ApiError>, outcome: Outcome) -> Response {
     let Err(error) = result else {
@@ -120,16 +109,22 @@ fn finish_anthropic(result: Result<Response, ApiError>, outcome: Outcome) -> Res
 /// Translates a Messages API request into an OpenAI chat request.
 pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> {
     let Some(model) = request.get("model").and_then(Value::as_str) else {
-        return Err(invalid("model: Field required", Some("model")));
+        return Err(ApiError::invalid_request(
+            "model: Field required",
+            Some("model"),
+        ));
     };
     let Some(max_tokens) = request.get("max_tokens").and_then(Value::as_u64) else {
-        return Err(invalid(
+        return Err(ApiError::invalid_request(
             "max_tokens: Field required (a positive integer)",
             Some("max_tokens"),
         ));
     };
     let Some(input) = request.get("messages").and_then(Value::as_array) else {
-        return Err(invalid("messages: Field required", Some("messages")));
+        return Err(ApiError::invalid_request(
+            "messages: Field required",
+            Some("messages"),
+        ));
     };
     let mut messages = Vec::new();
     match request.get("system") {
@@ -154,8 +149,8 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
                 messages.push(assistant_message(blocks));
             }
             _ => {
-                return Err(invalid(
-                    &format!(
+                return Err(ApiError::invalid_request(
+                    format!(
                         "messages.{i}: needs a role of \"user\" or \"assistant\" and a content string or array"
                     ),
                     Some(&format!("messages.{i}")),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -23,14 +23,7 @@ const MAX_MINUTE_WINDOW_S: u64 = 2 * 86_400;
 const MAX_HOUR_WINDOW_S: u64 = 31 * 86_400;
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "invalid_request",
-        message,
-    );
-    e.param = Some(param.into());
-    e
+    ApiError::invalid_request(message, Some(param))
 }
 
 fn seconds(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {

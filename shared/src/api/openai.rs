@@ -210,14 +210,10 @@ fn request_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>, A
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
         .map(|s| Some(std::time::Duration::from_secs_f64(s)))
         .ok_or_else(|| {
-            let mut e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
+            ApiError::invalid_request(
                 "`x-sluice-timeout` must be a number of seconds between 0 and 3600.",
-            );
-            e.param = Some("x-sluice-timeout".into());
-            e
+                Some("x-sluice-timeout"),
+            )
         })
 }
 

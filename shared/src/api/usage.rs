@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -39,14 +39,10 @@ pub async fn tenant_usage(
     let result = async {
         state.admin.check(&headers)?;
         let Some(tenant) = query.get("tenant").filter(|t| !t.is_empty()) else {
-            let mut e = ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
+            return Err(ApiError::invalid_request(
                 "Give the tenant as `?tenant=NAME`.",
-            );
-            e.param = Some("tenant".into());
-            return Err(e);
+                Some("tenant"),
+            ));
         };
         let no_key = KeyLimits::default();
         let subject = Subject {

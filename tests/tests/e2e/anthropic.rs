@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway};
 
-use crate::{assert_error, header, json};
+use crate::{assert_error, events, header, json};
 
 /// Model `claude` on Anthropic (keys `ak-1`, and `ak-2` when `two_keys`); model `gpt` on the
 /// same fake's OpenAI routes, as a fallback target.
@@ -48,19 +48,6 @@ deployments = [{{ provider = "openai", model = "gpt-4o-mini" }}]
 "#,
         url = up.base_url
     )
-}
-
-/// The `data:` payloads of an OpenAI SSE body, `[DONE]` excluded (asserted last).
-fn events(text: &str) -> Vec<Value> {
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
-    data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{FakeUpstream, PROVIDER_KEY, TestGateway, fake_config};
 
-use crate::{header, json};
+use crate::{events, header, json};
 
 #[tokio::test]
 async fn health_needs_no_key_and_models_lists_names_and_aliases() {
@@ -130,19 +130,6 @@ async fn embeddings_are_forwarded_and_answered_in_openai_format() {
     assert_eq!(seen.body["model"], "text-embedding-3-small");
     assert_eq!(seen.body["dimensions"], 3);
     assert_eq!(seen.body["input"], json!(["a", "b"]));
-}
-
-/// The `data:` payloads of an SSE body, `[DONE]` excluded (asserted last).
-fn events(text: &str) -> Vec<Value> {
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
-    data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 #[tokio::test]

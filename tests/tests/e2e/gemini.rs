@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway};
 
-use crate::{assert_error, header, json};
+use crate::{assert_error, events, header, json};
 
 const GEMINI_KEY: &str = "gk-test";
 
@@ -54,19 +54,6 @@ async fn start(routing: &str) -> (FakeUpstream, TestGateway, String) {
     let gw = TestGateway::start(&config(&up, routing, "[\"gk-test\"]")).await;
     let key = gw.create_key("t1").await;
     (up, gw, key)
-}
-
-/// The `data:` payloads of an SSE body, `[DONE]` excluded (asserted last).
-fn events(text: &str) -> Vec<Value> {
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
-    data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 fn streamed_text(chunks: &[Value]) -> String {

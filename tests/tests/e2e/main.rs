@@ -17,6 +17,19 @@ mod routing;
 
 use serde_json::Value;
 
+/// The `data:` payloads of an SSE body, `[DONE]` excluded (asserted last).
+pub fn events(text: &str) -> Vec<Value> {
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 /// Reads a response's JSON body.
 pub async fn json(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
