@@ -294,6 +294,8 @@ pub struct CacheConfig {
     pub stale_keep_s: u64,
     /// Answers larger than this are not stored (they are still returned).
     pub max_entry_bytes: usize,
+    /// Recent entries kept in process memory in front of the store, in MiB (0: none).
+    pub memory_mb: usize,
 }
 
 impl Default for CacheConfig {
@@ -303,6 +305,7 @@ impl Default for CacheConfig {
             default_ttl_s: 3600,
             stale_keep_s: 86_400,
             max_entry_bytes: 1024 * 1024,
+            memory_mb: 16,
         }
     }
 }

@@ -98,7 +98,7 @@ impl Gateway {
                 )
             });
             if let (true, Some(key)) = (policy.lookup, &key) {
-                match self.store.cache_get(key, now).await {
+                match self.cache.get(key, now).await {
                     Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
                         let reply = Reply {
                             body: ReplyBody::Json(entry.body),
@@ -289,7 +289,7 @@ impl Gateway {
                     purge_at_ms: expires_at_ms
                         .saturating_add(self.cache_config.stale_keep_s * 1000),
                 };
-                if let Err(e) = self.store.cache_put(key, &entry).await {
+                if let Err(e) = self.cache.put(key, &entry).await {
                     tracing::warn!(error = %e, "cache store failed; answer not cached");
                 }
             }

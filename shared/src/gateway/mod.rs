@@ -6,6 +6,7 @@ pub mod batch;
 pub mod cache;
 pub mod catalog;
 pub mod request;
+pub mod response_cache;
 pub mod routing;
 pub mod stream;
 
@@ -221,7 +222,7 @@ pub struct Gateway {
     request_timeout: Duration,
     cache_config: CacheConfig,
     upstream_timeout: Duration,
-    store: SharedStore,
+    cache: Arc<response_cache::ResponseCache>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
 }
@@ -256,7 +257,10 @@ impl Gateway {
             )),
             cache_config: config.cache.clone(),
             upstream_timeout: Duration::from_secs_f64(config.server.upstream_timeout_s),
-            store,
+            cache: Arc::new(response_cache::ResponseCache::new(
+                store,
+                config.cache.memory_mb.saturating_mul(1024 * 1024),
+            )),
             http,
             clock,
         }
@@ -345,7 +349,7 @@ impl Gateway {
         let mut stale = None;
         if let (true, Some(key)) = (policy.lookup, &key) {
             let now = self.clock.now_ms();
-            match self.store.cache_get(key, now).await {
+            match self.cache.get(key, now).await {
                 Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
                     // A cached answer is a request (requests per minute) but spends nothing.
                     return match self.limiter.admit_cached(&subject).await? {
@@ -418,7 +422,7 @@ impl Gateway {
                     prompt_estimate: estimate_usage(&request).prompt_tokens,
                     cache: match (policy.store, key) {
                         (true, Some(key)) => Some(stream::CacheTarget {
-                            store: Arc::clone(&self.store),
+                            cache: Arc::clone(&self.cache),
                             key,
                             ttl_s: policy.ttl_s,
                             stale_keep_s: self.cache_config.stale_keep_s,
@@ -459,7 +463,7 @@ impl Gateway {
                             purge_at_ms: expires_at_ms
                                 .saturating_add(self.cache_config.stale_keep_s * 1000),
                         };
-                        if let Err(e) = self.store.cache_put(key, &entry).await {
+                        if let Err(e) = self.cache.put(key, &entry).await {
                             tracing::warn!(error = %e, "cache store failed; answer not cached");
                         }
                     }

@@ -24,9 +24,10 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::Price;
+use crate::gateway::response_cache::ResponseCache;
 use crate::limits::{Grant, Limiter};
 use crate::providers::{ChunkStream, ProviderError, Usage, usage_from_openai};
-use crate::store::{CacheKey, CachedResponse, SharedStore};
+use crate::store::{CacheKey, CachedResponse};
 use crate::tokens;
 
 /// Server-sent-event bytes for the client.
@@ -34,8 +35,8 @@ pub type EventBytes = BoxStream<'static, Result<Bytes, ProviderError>>;
 
 /// Where an assembled answer is cached.
 pub struct CacheTarget {
-    /// The store.
-    pub store: SharedStore,
+    /// The cache (memory and store).
+    pub cache: Arc<ResponseCache>,
     /// The entry's key.
     pub key: CacheKey,
     /// Seconds fresh.
@@ -108,7 +109,7 @@ impl Finish {
                 expires_at_ms,
                 purge_at_ms: expires_at_ms.saturating_add(target.stale_keep_s * 1000),
             };
-            if let Err(e) = target.store.cache_put(&target.key, &entry).await {
+            if let Err(e) = target.cache.put(&target.key, &entry).await {
                 tracing::warn!(error = %e, "cache store failed; streamed answer not cached");
             }
         }

@@ -1,12 +1,30 @@
 //! A standalone fake OpenAI-compatible provider for benchmarks and manual testing:
-//! `fake-upstream [ADDR]` (default 127.0.0.1:9999) serves until killed.
+//! `fake-upstream [ADDR] [DELAY_MS]` (default 127.0.0.1:9999, no delay) serves until killed.
+//! With a delay every answer waits that long first, like a provider's think time.
+
+use std::time::Duration;
+
+use sluice_tests::Behaviour;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9999".to_owned());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:9999".to_owned());
+    let delay_ms = match args.next().map(|d| d.parse::<u64>()) {
+        None => 0,
+        Some(Ok(ms)) => ms,
+        Some(Err(_)) => {
+            eprintln!("usage: fake-upstream [ADDR] [DELAY_MS]");
+            std::process::exit(2);
+        }
+    };
     let upstream = sluice_tests::FakeUpstream::start_for_load(&addr).await;
-    eprintln!("fake upstream listening on {}", upstream.base_url);
+    if delay_ms > 0 {
+        upstream.set(Behaviour::Slow(Duration::from_millis(delay_ms)));
+    }
+    eprintln!(
+        "fake upstream listening on {} (delay {delay_ms} ms)",
+        upstream.base_url
+    );
     std::future::pending::<()>().await;
 }
