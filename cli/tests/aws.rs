@@ -215,9 +215,10 @@ fn strings_of(value: &AttributeValue, out: &mut Vec<String>) {
         AttributeValue::S(s) | AttributeValue::N(s) => out.push(s.clone()),
         AttributeValue::B(b) => out.push(String::from_utf8_lossy(b.as_ref()).into_owned()),
         AttributeValue::Ss(v) | AttributeValue::Ns(v) => out.extend(v.iter().cloned()),
-        AttributeValue::Bs(v) => {
-            out.extend(v.iter().map(|b| String::from_utf8_lossy(b.as_ref()).into_owned()))
-        }
+        AttributeValue::Bs(v) => out.extend(
+            v.iter()
+                .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned()),
+        ),
         AttributeValue::L(v) => v.iter().for_each(|a| strings_of(a, out)),
         AttributeValue::M(m) => m.iter().for_each(|(k, a)| {
             out.push(k.clone());
@@ -238,7 +239,11 @@ async fn keys_are_stored_only_as_hashes_in_dynamodb() {
             .args(aws_args(&prefix))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         keys.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
     }
     let served = serve(&prefix);
