@@ -705,6 +705,18 @@ bodies = true
     ] {
         secrets.push((secret.clone(), windows(secret, prefix)));
     }
+    // And what the gateway stored: database, WAL (job results, cache entries, counters).
+    drop(served);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let raw = std::fs::read(&path).unwrap();
+            seen.add(
+                format!("file {}", path.display()),
+                String::from_utf8_lossy(&raw),
+            );
+        }
+    }
     let mut bytes = 0;
     for (what, text) in &seen.items {
         if let Some((secret, piece)) = find_leak(text.as_bytes(), &secrets) {
@@ -728,7 +740,7 @@ bodies = true
     }
     println!(
         "security: secrets: {} requests ({upstream_errors} upstream failures over 3 providers, \
-         {} jobs, {} callbacks), {log_lines} log lines, {} items / {bytes} bytes scanned for {} \
+         {} jobs, {} callbacks), {log_lines} log lines, the database files; {} items / {bytes} bytes scanned for {} \
          secrets (4 gateway keys, admin key, 3 provider keys, callback secret) and their \
          {WINDOW}-char pieces: none found",
         seen.requests,
