@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -206,4 +207,132 @@ async fn two_servers_sharing_dynamodb_hold_one_rate_limit() {
         "{statuses:?}"
     );
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40);
+}
+
+/// Every string in a DynamoDB attribute, however nested (binary as lossy UTF-8).
+fn strings_of(value: &AttributeValue, out: &mut Vec<String>) {
+    match value {
+        AttributeValue::S(s) | AttributeValue::N(s) => out.push(s.clone()),
+        AttributeValue::B(b) => out.push(String::from_utf8_lossy(b.as_ref()).into_owned()),
+        AttributeValue::Ss(v) | AttributeValue::Ns(v) => out.extend(v.iter().cloned()),
+        AttributeValue::Bs(v) => out.extend(
+            v.iter()
+                .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned()),
+        ),
+        AttributeValue::L(v) => v.iter().for_each(|a| strings_of(a, out)),
+        AttributeValue::M(m) => m.iter().for_each(|(k, a)| {
+            out.push(k.clone());
+            strings_of(a, out)
+        }),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn keys_are_stored_only_as_hashes_in_dynamodb() {
+    let sdk = sluice_tests::aws::sdk_config().await;
+    let prefix = sluice_tests::aws::unique_prefix();
+    let mut keys = Vec::new();
+    for tenant in ["cli-1", "cli-2"] {
+        let out = Command::new(BIN)
+            .args(["keys", "create", "--tenant", tenant, "--rpm", "60"])
+            .args(aws_args(&prefix))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        keys.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+    }
+    let served = serve(&prefix);
+    let http = reqwest::Client::new();
+    for tenant in ["api-1", "api-2"] {
+        let created: Value = http
+            .post(format!("{}/admin/keys", served.url))
+            .bearer_auth("sk-sluice-admin-aws")
+            .json(&json!({"tenant": tenant, "budget_usd": 1.0, "period": "day"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push(created["key"].as_str().unwrap().to_owned());
+    }
+    // Each key used once: lookups, counters, cache entries and usage are written too.
+    for key in &keys {
+        let r = http
+            .post(format!("{}/v1/chat/completions", served.url))
+            .bearer_auth(key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    drop(served);
+
+    // Scan every table of this prefix, item by item, for each key and any 8-character piece
+    // of its secret part (longer than the 4-character hint key lists keep).
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let tables: Vec<String> = dynamo
+        .list_tables()
+        .send()
+        .await
+        .unwrap()
+        .table_names()
+        .iter()
+        .filter(|t| t.starts_with(&format!("{prefix}-")))
+        .cloned()
+        .collect();
+    assert!(tables.iter().any(|t| t.ends_with("-keys")), "{tables:?}");
+    let (mut items, mut values) = (0, 0);
+    let mut hashes_seen = 0;
+    for table in &tables {
+        let mut start = None;
+        loop {
+            let page = dynamo
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for item in page.items() {
+                items += 1;
+                let mut strings = Vec::new();
+                for (name, value) in item {
+                    strings.push(name.clone());
+                    strings_of(value, &mut strings);
+                }
+                values += strings.len();
+                let text = strings.join("\n");
+                for key in &keys {
+                    let secret: Vec<char> = key["sk-sluice-".len()..].chars().collect();
+                    assert!(!text.contains(key.as_str()), "{table} holds a whole key");
+                    for w in secret.windows(8) {
+                        let piece: String = w.iter().collect();
+                        assert!(!text.contains(&piece), "{table} holds `{piece}` of a key");
+                    }
+                    if text.contains(&sluice::keys::KeyHash::of(key).to_hex()) {
+                        hashes_seen += 1;
+                    }
+                }
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+    }
+    assert!(hashes_seen >= keys.len(), "not every key's hash was found");
+    println!(
+        "security: keys as hashes (DynamoDB on moto): {} keys (2 via `sluice keys create`, 2 via \
+         POST /admin/keys), {} tables / {items} items / {values} names and values scanned for \
+         each key and its 33 8-char pieces: none found",
+        keys.len(),
+        tables.len()
+    );
 }

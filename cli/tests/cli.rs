@@ -5,159 +5,19 @@
 // Test helpers outside #[test] functions fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_tests::FakeUpstream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod common;
+
+use common::{BIN, Served, create_key, sluice};
 
 fn example_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/sluice.example.toml")
-}
-
-/// A running `sluice serve` whose output lines are collected.
-struct Served {
-    child: Child,
-    url: String,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
-impl Served {
-    fn start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
-            .env_remove("SLUICE_ADMIN_KEY")
-            .env_remove("SLUICE_CONFIG")
-            .env_remove("SLUICE_LISTEN")
-            .env_remove("SLUICE_DB")
-            .env_remove("SLUICE_LOG_FILE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
-        let started = Instant::now();
-        let url = loop {
-            let found = stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| l.strip_prefix("Sluice listening on ").map(str::to_owned));
-            if let Some(url) = found {
-                break url;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "sluice serve exited with {status}: {:?}",
-                    stderr.lock().unwrap()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "sluice serve did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self {
-            child,
-            url,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn admin_key(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| {
-                l.split("admin key for this run: ")
-                    .nth(1)
-                    .map(str::to_owned)
-            })
-            .expect("no generated admin key was printed")
-    }
-
-    /// Waits for a stdout log line matching `pred`.
-    fn wait_log(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            let found = self
-                .stdout
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| pred(v));
-            if let Some(v) = found {
-                return v;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "log line never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn sluice(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn create_key(db: &Path, tenant: &str) -> String {
-    let out = sluice(
-        &[
-            "keys",
-            "create",
-            "--tenant",
-            tenant,
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[tokio::test]

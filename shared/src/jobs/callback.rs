@@ -266,6 +266,41 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_not_connected_to() {
+        // A name that was public when the job was accepted and points at 127.0.0.1 when it
+        // is delivered (DNS rebinding) meets the sender's client, past `check_url`.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let secret = Some(Secret::new("s"));
+        let strict = CallbackSender::new(secret.clone(), false, Duration::from_secs(2)).unwrap();
+        for host in ["localhost", "LOCALHOST", "localhost."] {
+            let url = format!("http://{host}:{port}/hook");
+            let sent = strict.http.post(&url).body("{}").send().await;
+            assert!(sent.is_err(), "{url}");
+            assert!(strict.send(&url, b"{}", 0).await.is_err(), "{url}");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // The same name is reachable when private callbacks are allowed: the refusal above
+        // is the resolver's doing, not a dead listener.
+        let lax = CallbackSender::new(secret, true, Duration::from_secs(2)).unwrap();
+        let _ = lax
+            .http
+            .post(format!("http://localhost:{port}/hook"))
+            .send()
+            .await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        server.abort();
+    }
+
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {
         let sig = CallbackSender::signature(&Secret::new("key"), 1700000000, b"{}");

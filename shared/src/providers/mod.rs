@@ -15,6 +15,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
 
@@ -127,6 +128,25 @@ impl ProviderError {
         }
     }
 
+    /// The same error with every occurrence of `secret` in its message replaced by
+    /// `[REDACTED]`, including a piece of it left at the end of a message cut short.
+    pub fn without_secret(self, secret: &str) -> Self {
+        match self {
+            Self::Timeout => Self::Timeout,
+            Self::Connect(m) => Self::Connect(scrub(m, secret)),
+            Self::Malformed(m) => Self::Malformed(scrub(m, secret)),
+            Self::Status {
+                status,
+                message,
+                retry_after,
+            } => Self::Status {
+                status,
+                message: message.map(|m| scrub(m, secret)),
+                retry_after,
+            },
+        }
+    }
+
     /// Whether another deployment (another key or provider) may succeed where this one did
     /// not, even though retrying this one would not: auth failures and unknown models.
     pub fn may_work_elsewhere(&self) -> bool {
@@ -139,6 +159,28 @@ impl ProviderError {
                 }
             )
     }
+}
+
+/// `text` without `secret`; see [`ProviderError::without_secret`].
+fn scrub(text: String, secret: &str) -> String {
+    const REDACTED: &str = "[REDACTED]";
+    if secret.is_empty() {
+        return text;
+    }
+    let mut text = if text.contains(secret) {
+        text.replace(secret, REDACTED)
+    } else {
+        text
+    };
+    // Provider messages are kept to a few hundred characters: the cut may leave a key's start.
+    if let Some(n) = (4..secret.len())
+        .rev()
+        .find(|&n| secret.is_char_boundary(n) && text.ends_with(&secret[..n]))
+    {
+        text.truncate(text.len() - n);
+        text.push_str(REDACTED);
+    }
+    text
 }
 
 /// Wall-clock milliseconds (provider headers carry absolute reset times).
@@ -267,16 +309,33 @@ impl Provider {
 }
 
 impl ProviderApi for Provider {
+    /// Every error, including one inside a stream, leaves with the provider key taken out of
+    /// its message: some OpenAI-compatible servers repeat the key they were sent ("Incorrect
+    /// API key provided: sk-…"), and provider messages reach logs, job results and clients.
     async fn call(
         &self,
         http: &reqwest::Client,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
-        match self {
+        let key = request.api_key;
+        let result = match self {
             Self::OpenAi(p) => p.call(http, request).await,
             Self::Anthropic(p) => p.call(http, request).await,
             Self::Gemini(p) => p.call(http, request).await,
             Self::Mock(p) => p.call(http, request).await,
+        };
+        match result {
+            Err(e) => Err(e.without_secret(key)),
+            Ok(UpstreamResponse::Stream { chunks, headroom }) => {
+                let key = key.to_owned();
+                Ok(UpstreamResponse::Stream {
+                    chunks: chunks
+                        .map(move |c| c.map_err(|e| e.without_secret(&key)))
+                        .boxed(),
+                    headroom,
+                })
+            }
+            Ok(complete) => Ok(complete),
         }
     }
 }
@@ -298,6 +357,39 @@ pub fn usage_from_openai(body: &Value) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_lose_the_provider_key_wherever_it_is_in_the_message() {
+        let key = "sk-proj-abcdefghijklmnop";
+        let status = ProviderError::Status {
+            status: 401,
+            message: Some(format!("Incorrect API key provided: {key}. See {key}")),
+            retry_after: None,
+        };
+        let ProviderError::Status { message, .. } = status.without_secret(key) else {
+            unreachable!()
+        };
+        assert_eq!(
+            message.as_deref(),
+            Some("Incorrect API key provided: [REDACTED]. See [REDACTED]")
+        );
+        // A message cut short in the middle of the key.
+        let cut = ProviderError::Malformed("bad key sk-proj-abcdefg".into()).without_secret(key);
+        assert_eq!(
+            cut.to_string(),
+            "upstream answer is malformed: bad key [REDACTED]"
+        );
+        // Nothing to take out: unchanged; an empty secret changes nothing.
+        let plain = ProviderError::Connect("connection refused".into());
+        assert_eq!(
+            plain.clone().without_secret(key).to_string(),
+            plain.to_string()
+        );
+        assert_eq!(
+            plain.clone().without_secret("").to_string(),
+            plain.to_string()
+        );
+    }
 
     #[test]
     fn reset_durations() {

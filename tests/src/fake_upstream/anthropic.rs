@@ -83,7 +83,8 @@ fn last_user(body: &Value) -> (String, Option<String>) {
 /// Answers one Messages API request (`Slow` has already waited).
 pub(super) fn answer(behaviour: &Behaviour, n: usize, body: &Value) -> Response {
     match *behaviour {
-        Behaviour::Ok | Behaviour::Slow(_) => {}
+        // `EchoKey` is answered before the format is chosen.
+        Behaviour::Ok | Behaviour::Slow(_) | Behaviour::EchoKey(_) => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = error(
                 status,

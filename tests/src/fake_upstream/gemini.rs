@@ -72,7 +72,8 @@ fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response {
 /// Answers one Gemini request (`Slow` has already waited).
 pub(super) fn answer(behaviour: &Behaviour, n: usize, uri: &Uri, body: &Value) -> Response {
     match *behaviour {
-        Behaviour::Ok | Behaviour::Slow(_) => {}
+        // `EchoKey` is answered before the format is chosen.
+        Behaviour::Ok | Behaviour::Slow(_) | Behaviour::EchoKey(_) => {}
         Behaviour::Status(status, retry_after) => {
             return error(status, &status_message(status), retry_after);
         }

@@ -21,7 +21,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::Value;
 
@@ -38,6 +38,9 @@ pub enum Behaviour {
     ErrorIn200,
     /// A normal answer after this delay.
     Slow(Duration),
+    /// An error with this status whose message repeats the API key the fake was sent, as
+    /// some OpenAI-compatible servers do ("Incorrect API key provided: sk-…").
+    EchoKey(u16),
 }
 
 /// One request the fake received.
@@ -212,6 +215,9 @@ async fn handle(
     if let Behaviour::Slow(d) = behaviour {
         tokio::time::sleep(d).await;
     }
+    if let Behaviour::EchoKey(status) = behaviour {
+        return echo_key(status, &headers);
+    }
     let path = uri.path();
     let mut response = if path.starts_with("/v1beta/") {
         gemini::answer(&behaviour, n, &uri, &body)
@@ -229,4 +235,21 @@ async fn handle(
         }
     }
     response
+}
+
+/// An error body (`error.message`, which all three formats share) naming the key received.
+fn echo_key(status: u16, headers: &HeaderMap) -> Response {
+    let key = ["authorization", "x-api-key", "x-goog-api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+        .trim_start_matches("Bearer ");
+    let body = serde_json::json!({"error": {
+        "message": format!("Incorrect API key provided: {key}."),
+        "type": "invalid_request_error", "code": "invalid_api_key", "param": null}});
+    (
+        axum::http::StatusCode::from_u16(status).unwrap(),
+        axum::Json(body),
+    )
+        .into_response()
 }

@@ -21,7 +21,8 @@ fn error_body(status: u16) -> Value {
 /// Answers one OpenAI-format request (`Slow` has already waited).
 pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) -> Response {
     match *behaviour {
-        Behaviour::Ok | Behaviour::Slow(_) => {}
+        // `EchoKey` is answered before the format is chosen.
+        Behaviour::Ok | Behaviour::Slow(_) | Behaviour::EchoKey(_) => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = (
                 StatusCode::from_u16(status).unwrap(),

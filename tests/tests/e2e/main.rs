@@ -14,6 +14,7 @@ mod metrics;
 mod pooling;
 mod restart;
 mod routing;
+mod security;
 
 use serde_json::Value;
 
