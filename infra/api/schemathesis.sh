@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 BIN=${1:-target/debug/sluice}
 EXAMPLES=${SLUICE_ST_EXAMPLES:-25}
 SEED=${SLUICE_ST_SEED:-1}
-VENV=${SLUICE_ST_VENV:-.venv-schemathesis}
+VENV=$(realpath -m "${SLUICE_ST_VENV:-.venv-schemathesis}")
 started=$(date +%s)
 
 if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$(sed -n 's/^schemathesis==//p' infra/api/requirements.txt)"; then
@@ -64,12 +64,13 @@ run() {
     local name=$1 auth=$2
     shift 2
     echo "== schemathesis: $name"
-    if "$VENV/bin/st" run "$url/openapi.json" "$@" \
+    # From the scratch directory: schemathesis keeps a cache in ./.schemathesis.
+    if (cd "$work" && "$VENV/bin/st" run "$url/openapi.json" "$@" \
         --header "Authorization: Bearer $auth" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 --request-timeout 10 \
         --report junit --report-junit-path "$work/$name.xml" \
-        >"$work/$name.log" 2>&1; then
+        >"$work/$name.log" 2>&1); then
         sed -n '/^Test cases:/,/^Seed:/p' "$work/$name.log"
     else
         status=1

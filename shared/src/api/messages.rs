@@ -38,7 +38,7 @@ use crate::providers::{Endpoint, sse};
             headers(("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`")),
             content(
                 (super::openapi::Message = "application/json"),
-                (String = "text/event-stream"),
+                (super::openapi::ServerSentEvent = "text/event-stream"),
             )),
         (status = 404, description = "Unknown model.", body = AnthropicError),
         (status = 409, description = "The provider rejected the request.", body = AnthropicError),

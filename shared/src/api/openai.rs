@@ -127,7 +127,7 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             ),
             content(
                 (super::openapi::ChatCompletion = "application/json"),
-                (String = "text/event-stream"),
+                (super::openapi::ServerSentEvent = "text/event-stream"),
             )),
         (status = 202, description = "Accepted as a job (`Prefer: respond-async`).",
             body = crate::jobs::JobView,

@@ -367,6 +367,21 @@ pub struct EmbeddingList {
     pub usage: Option<Value>,
 }
 
+/// One event of a `text/event-stream` answer. On `/v1/chat/completions` each `data` is a
+/// `chat.completion.chunk` and the last is `[DONE]`; on `/v1/messages` events are named
+/// (`message_start`, `content_block_delta`, …, `message_stop`, or `error`).
+#[derive(Serialize, ToSchema)]
+pub struct ServerSentEvent {
+    /// The event name (`message` when unnamed).
+    pub event: Option<String>,
+    /// The payload: JSON, or `[DONE]`.
+    pub data: String,
+    /// Never set by Sluice.
+    pub id: Option<String>,
+    /// Never set by Sluice.
+    pub retry: Option<u64>,
+}
+
 // ---- Anthropic -----------------------------------------------------------------------------
 
 /// Anthropic's Messages request. Fields not listed are ignored.
