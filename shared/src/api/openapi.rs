@@ -200,7 +200,7 @@ pub struct ProxyHeaders {
     #[param(rename = "Idempotency-Key")]
     pub idempotency_key: Option<String>,
     /// `respond-async` (RFC 7240): accept as a job and answer 202.
-    #[param(rename = "Prefer")]
+    #[param(rename = "Prefer", example = "respond-async")]
     pub prefer: Option<String>,
     /// With `Prefer: respond-async`: where to POST the finished job.
     #[param(rename = "x-sluice-callback-url")]
@@ -398,8 +398,7 @@ pub struct MessagesRequest {
     /// The conversation.
     pub messages: Vec<AnthropicMessage>,
     /// A system prompt: a string or text blocks.
-    #[schema(value_type = Option<Object>)]
-    pub system: Option<Value>,
+    pub system: Option<MessageContent>,
     /// Answer as Anthropic's named server-sent events.
     pub stream: Option<bool>,
 }
@@ -641,4 +640,97 @@ pub enum StepParam {
     /// An hour.
     #[serde(rename = "1h")]
     Hour,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// `(method, path)` of every route in `router` (read from its source, `mod.rs`).
+    fn routed() -> BTreeSet<(String, String)> {
+        let source = include_str!("mod.rs");
+        let mut routes = BTreeSet::new();
+        for line in source.lines().map(str::trim) {
+            let Some(rest) = line.strip_prefix(".route(\"") else {
+                continue;
+            };
+            let (path, handlers) = rest.split_once('"').unwrap();
+            for method in ["get", "post", "delete", "put", "patch"] {
+                let call = format!("{method}(");
+                if handlers.starts_with(&format!(", {call}"))
+                    || handlers.contains(&format!(".{call}"))
+                {
+                    routes.insert((method.to_owned(), path.to_owned()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_in_the_document_and_nothing_else() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let routed = routed();
+        assert_eq!(routed.len(), 16, "{routed:?}");
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn keyed_routes_document_401_and_error_bodies_have_the_right_shape() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let open = op["security"] == serde_json::json!([{}]);
+                let responses = op["responses"].as_object().unwrap();
+                assert_eq!(!open, responses.contains_key("401"), "{method} {path}");
+                let shape = if path == "/v1/messages" {
+                    "#/components/schemas/AnthropicError"
+                } else {
+                    "#/components/schemas/ErrorResponse"
+                };
+                for (status, response) in responses {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        let schema = &response["content"]["application/json"]["schema"];
+                        assert_eq!(schema["$ref"], shape, "{method} {path} {status}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_error_schema_requires_exactly_what_an_error_serializes_to() {
+        let response = ApiError::invalid_request("bad", Some("model")).into_response();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schema = &doc["components"]["schemas"]["ErrorResponse"]["properties"]["error"];
+        let inner = &schema["oneOf"][0];
+        let mut required: Vec<&str> = inner["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        required.sort_unstable();
+        let mut keys: Vec<&str> = body["error"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(required, keys);
+    }
 }
