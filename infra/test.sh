@@ -4,8 +4,9 @@
 # for DynamoDB and SQS, lints the SAM template, then formatting, clippy, every Rust test
 # (unit, end-to-end, conformance on SQLite and moto, Lambda adapters, CLI process tests), and
 # the Python tests against a real `sluice serve`: the official SDKs, and the dashboard in
-# headless Chromium (installed from Debian's `chromium` package when missing); a smoke load
-# with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s).
+# headless Chromium (installed from Debian's `chromium` package when missing); the OpenAPI
+# contract check, schemathesis against `sluice serve` in its own venv (infra/api/schemathesis.sh,
+# ~50 s); a smoke load with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -56,6 +57,9 @@ command -v chromium || (apt-get update && apt-get install -y --no-install-recomm
 step "python tests (SDKs, dashboard in headless Chromium)"
 SLUICE_BIN=target/debug/sluice FAKE_UPSTREAM_BIN=target/debug/fake-upstream \
     "$VENV/bin/pytest" -q tests/python
+
+step "OpenAPI contract: schemathesis against sluice serve (no 5xx, answers match /openapi.json, server alive)"
+infra/api/schemathesis.sh target/debug/sluice
 
 step "smoke load: sluice loadtest against sluice serve (fails on errors or lost requests, not timing)"
 infra/bench/smoke-load.sh target/debug/sluice

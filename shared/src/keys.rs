@@ -47,7 +47,7 @@ impl std::fmt::Debug for KeyHash {
 }
 
 /// The period a spending cap applies to (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
     /// A UTC calendar day.

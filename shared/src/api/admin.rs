@@ -8,8 +8,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::access_log::Outcome;
@@ -18,22 +19,26 @@ use super::openai::finish;
 use crate::keys::{self, BudgetPeriod, KeyLimits, KeyRecord};
 
 /// Body of `POST /admin/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// Tenant the key belongs to.
+    /// Tenant the key belongs to: 1 to 128 characters once trimmed.
+    #[schema(min_length = 1, max_length = 128)]
     pub tenant: String,
     /// Optional label.
     #[serde(default)]
     pub name: Option<String>,
-    /// Requests per minute.
+    /// Requests per minute (at least 1).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub rpm: Option<u32>,
-    /// Tokens per minute.
+    /// Tokens per minute (at least 1).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub tpm: Option<u32>,
-    /// Spending cap in USD per `period`.
+    /// Spending cap in USD per `period` (positive; give `period` with it).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub budget_usd: Option<f64>,
     /// `day` or `month` (UTC).
     #[serde(default)]
@@ -41,20 +46,91 @@ pub struct CreateKeyRequest {
 }
 
 /// The public view of a key (never the secret, never the hash).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = GatewayKey)]
+pub struct KeyView {
+    /// Public identifier, `key_…`.
+    pub id: String,
+    /// Always `gateway_key`.
+    pub object: &'static str,
+    /// The tenant the key belongs to.
+    pub tenant: String,
+    /// Free-form label, or null.
+    #[schema(required = true)]
+    pub name: Option<String>,
+    /// The first characters of the secret, for recognising it.
+    pub hint: String,
+    /// Created at, Unix seconds.
+    pub created_at: u64,
+    /// Revoked at, Unix seconds, or null.
+    #[schema(required = true)]
+    pub revoked_at: Option<u64>,
+    /// Requests per minute, or null for no limit.
+    #[schema(required = true)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute, or null for no limit.
+    #[schema(required = true)]
+    pub tpm: Option<u32>,
+    /// Spending cap in USD per `period`, or null.
+    #[schema(required = true)]
+    pub budget_usd: Option<f64>,
+    /// The period of `budget_usd`, or null.
+    #[schema(required = true)]
+    pub period: Option<BudgetPeriod>,
+}
+
+impl KeyView {
+    /// The view of `k`.
+    pub fn of(k: &KeyRecord) -> Self {
+        Self {
+            id: k.id.clone(),
+            object: "gateway_key",
+            tenant: k.tenant.clone(),
+            name: k.name.clone(),
+            hint: k.hint.clone(),
+            created_at: k.created_at_ms / 1000,
+            revoked_at: k.revoked_at_ms.map(|t| t / 1000),
+            rpm: k.limits.rpm,
+            tpm: k.limits.tpm,
+            budget_usd: k.limits.budget_usd,
+            period: k.limits.budget_period,
+        }
+    }
+}
+
+/// The answer of `POST /admin/keys`: the key and, this once, its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    /// The key.
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// The secret, `sk-sluice-…`; shown only in this answer.
+    pub key: String,
+}
+
+/// The answer of `GET /admin/keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Every key, revoked ones included.
+    pub data: Vec<KeyView>,
+}
+
+/// The answer of `DELETE /admin/keys/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedKey {
+    /// The key's id.
+    pub id: String,
+    /// Always `gateway_key`.
+    pub object: &'static str,
+    /// Always true.
+    pub revoked: bool,
+}
+
+/// The public JSON view of a key (never the secret, never the hash).
 pub fn key_json(k: &KeyRecord) -> Value {
-    json!({
-        "id": k.id,
-        "object": "gateway_key",
-        "tenant": k.tenant,
-        "name": k.name,
-        "hint": k.hint,
-        "created_at": k.created_at_ms / 1000,
-        "revoked_at": k.revoked_at_ms.map(|t| t / 1000),
-        "rpm": k.limits.rpm,
-        "tpm": k.limits.tpm,
-        "budget_usd": k.limits.budget_usd,
-        "period": k.limits.budget_period,
-    })
+    serde_json::to_value(KeyView::of(k)).unwrap_or(Value::Null)
 }
 
 fn bad_body(message: String) -> ApiError {
@@ -62,6 +138,13 @@ fn bad_body(message: String) -> ApiError {
 }
 
 /// `POST /admin/keys`: creates a key and returns its secret, once.
+#[utoipa::path(post, path = "/admin/keys", tag = "admin",
+    request_body = CreateKeyRequest,
+    responses(
+        (status = 201, description = "The key, with its secret (shown this once).",
+            body = CreatedKey),
+        (status = 403, description = "Not the admin key.", body = super::error::ErrorResponse),
+    ))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -80,8 +163,10 @@ pub async fn create_key(
         };
         let new = keys::generate(&spec.tenant, spec.name, limits, state.clock.now_ms())?;
         state.store.insert_key(&new.record).await?;
-        let mut view = key_json(&new.record);
-        view["key"] = Value::String(new.secret);
+        let view = CreatedKey {
+            view: KeyView::of(&new.record),
+            key: new.secret,
+        };
         Ok::<_, ApiError>((StatusCode::CREATED, Json(view)).into_response())
     }
     .await;
@@ -89,18 +174,37 @@ pub async fn create_key(
 }
 
 /// `GET /admin/keys`: every key, without secrets.
+#[utoipa::path(get, path = "/admin/keys", tag = "admin",
+    responses(
+        (status = 200, description = "Every key, without secrets.", body = KeyList),
+        (status = 403, description = "Not the admin key.", body = super::error::ErrorResponse),
+    ))]
 pub async fn list_keys(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let result = async {
         state.admin.check(&headers)?;
         let keys = state.store.list_keys().await?;
-        let data: Vec<Value> = keys.iter().map(key_json).collect();
-        Ok::<_, ApiError>(Json(json!({"object": "list", "data": data})).into_response())
+        let data = keys.iter().map(KeyView::of).collect();
+        Ok::<_, ApiError>(
+            Json(KeyList {
+                object: "list",
+                data,
+            })
+            .into_response(),
+        )
     }
     .await;
     finish(result, Outcome::default())
 }
 
 /// `DELETE /admin/keys/{id}`: revokes a key.
+#[utoipa::path(delete, path = "/admin/keys/{id}", tag = "admin",
+    params(("id" = String, Path, description = "`key_…`")),
+    responses(
+        (status = 200, description = "Revoked.", body = RevokedKey),
+        (status = 403, description = "Not the admin key.", body = super::error::ErrorResponse),
+        (status = 404, description = "No active key has that id.",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn revoke_key(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -118,7 +222,12 @@ pub async fn revoke_key(
         }
         // Take effect at once in this process rather than after the lookup cache's TTL.
         state.keys.forget_all();
-        Ok(Json(json!({"id": id, "object": "gateway_key", "revoked": true})).into_response())
+        Ok(Json(RevokedKey {
+            id,
+            object: "gateway_key",
+            revoked: true,
+        })
+        .into_response())
     }
     .await;
     finish(result, Outcome::default())

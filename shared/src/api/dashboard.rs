@@ -20,6 +20,9 @@ const PAGE: &str = include_str!("dashboard.html");
 static POLICY: LazyLock<String> = LazyLock::new(|| content_security_policy(PAGE));
 
 /// `GET /dashboard`: the page, never cached (it changes with the binary).
+#[utoipa::path(get, path = "/dashboard", tag = "meta", security(()),
+    responses((status = 200, description = "The dashboard page.", body = String,
+        content_type = "text/html; charset=utf-8")))]
 pub async fn dashboard() -> Response {
     (
         [

@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::AuthError;
 use crate::gateway::GatewayError;
@@ -13,6 +14,29 @@ use crate::keys::KeySpecError;
 use crate::limits::{LimitKind, Refusal};
 use crate::providers::ProviderError;
 use crate::store::StoreError;
+
+/// The body of every error answer (except on `/v1/messages`): OpenAI's error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse<'a> {
+    /// What went wrong.
+    #[schema(inline)]
+    pub error: ErrorBody<'a>,
+}
+
+/// OpenAI's error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    /// A sentence for humans.
+    pub message: &'a str,
+    /// The class of error, e.g. `invalid_request_error`, `rate_limit_error`, `upstream_error`.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// A stable machine-readable reason, e.g. `model_not_found`, `rate_limit_exceeded`.
+    pub code: &'a str,
+    /// The request field at fault, or null.
+    #[schema(required = true)]
+    pub param: Option<&'a str>,
+}
 
 /// An error response.
 #[derive(Debug, Clone)]
@@ -117,14 +141,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "code": self.code,
-                "param": self.param,
-            }
-        });
+        let body = ErrorResponse {
+            error: ErrorBody {
+                message: &self.message,
+                kind: self.kind,
+                code: self.code,
+                param: self.param.as_deref(),
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())

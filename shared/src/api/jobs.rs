@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::access_log::Outcome;
@@ -57,12 +58,16 @@ pub async fn accept(
 }
 
 /// Body of `POST /v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"endpoint": "/v1/embeddings",
+    "request": {"model": "text-embedding-3-small", "input": "later"}}))]
 #[serde(deny_unknown_fields)]
 struct CreateJob {
     /// `/v1/chat/completions` or `/v1/embeddings`.
+    #[schema(pattern = "^/v1/(chat/completions|embeddings)$")]
     endpoint: String,
-    /// The request body, as it would be sent to that endpoint.
+    /// The request body, as it would be sent to that endpoint (validated the same way).
+    #[schema(value_type = Object)]
     request: Value,
     /// Where to POST the result.
     #[serde(default)]
@@ -70,6 +75,15 @@ struct CreateJob {
 }
 
 /// `POST /v1/jobs`
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = CreateJob,
+    responses(
+        (status = 202, description = "Accepted.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
+        (status = 404, description = "Unknown model.", body = super::error::ErrorResponse),
+        (status = 429, description = "Over a rate limit or spending cap.",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn create_job(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -102,6 +116,13 @@ pub async fn create_job(
 }
 
 /// `GET /v1/jobs/{id}`: the job, to keys of the same tenant only (others get 404).
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "`job_…`")),
+    responses(
+        (status = 200, description = "The job.", body = crate::jobs::JobView),
+        (status = 404, description = "No such job for this tenant.",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn get_job(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -16,7 +16,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::access_log::Outcome;
@@ -28,6 +30,25 @@ use crate::metrics::UsageTicket;
 use crate::providers::{Endpoint, sse};
 
 /// `POST /v1/messages`
+#[utoipa::path(post, path = "/v1/messages", tag = "anthropic",
+    params(super::openapi::MessagesHeaders),
+    request_body = super::openapi::MessagesRequest,
+    responses(
+        (status = 200, description = "A `message`; Anthropic's named events with `stream: true`.",
+            headers(("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`")),
+            content(
+                (super::openapi::Message = "application/json"),
+                (super::openapi::ServerSentEvent = "text/event-stream"),
+            )),
+        (status = 404, description = "Unknown model.", body = AnthropicError),
+        (status = 409, description = "The provider rejected the request.", body = AnthropicError),
+        (status = 422, description = "The provider rejected the request.", body = AnthropicError),
+        (status = 429, description = "Over a rate limit or spending cap, or the provider is \
+            rate limiting (`Retry-After`).", body = AnthropicError),
+        (status = 502, description = "The provider failed or answered malformed JSON.",
+            body = AnthropicError),
+        (status = 504, description = "The provider did not answer in time.", body = AnthropicError),
+    ))]
 pub async fn messages(
     State(state): State<Arc<AppState>>,
     ticket: Option<Extension<Arc<UsageTicket>>>,
@@ -98,10 +119,41 @@ fn finish_anthropic(result: Result<Response, ApiError>, outcome: Outcome) -> Res
         529 => "overloaded_error",
         _ => "api_error",
     };
-    let body = json!({"type": "error", "error": {"type": kind, "message": error.message}});
+    let body = serde_json::to_vec(&AnthropicError {
+        kind: "error",
+        error: AnthropicErrorBody {
+            kind,
+            message: &error.message,
+        },
+    })
+    .unwrap_or_default();
     let mut response = finish(Err(error), outcome);
-    *response.body_mut() = Body::from(body.to_string());
+    *response.body_mut() = Body::from(body);
     response
+}
+
+/// The body of an error answer on `/v1/messages`: Anthropic's error shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicError<'a> {
+    /// Always `error`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^error$")]
+    pub kind: &'a str,
+    /// What went wrong.
+    #[schema(inline)]
+    pub error: AnthropicErrorBody<'a>,
+}
+
+/// Anthropic's error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicErrorBody<'a> {
+    /// Anthropic's class of error, from the status: `invalid_request_error`,
+    /// `authentication_error`, `permission_error`, `not_found_error`, `request_too_large`,
+    /// `rate_limit_error`, `timeout_error`, `api_error`, ...
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// A sentence for humans.
+    pub message: &'a str,
 }
 
 // ---- Anthropic request → OpenAI request ----------------------------------------------------

@@ -39,6 +39,14 @@ fn seconds(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, 
 }
 
 /// `GET /v1/metrics`
+#[utoipa::path(get, path = "/v1/metrics", tag = "usage",
+    params(super::openapi::MetricsParams),
+    responses(
+        (status = 200, description = "Usage rollups as series.",
+            body = super::openapi::MetricsSeries),
+        (status = 400, description = "A bad parameter (`param` names it).",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -113,6 +121,13 @@ pub async fn metrics(
 }
 
 /// `GET /metrics`: this process's Prometheus text (404 where it is not kept, e.g. Lambda).
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+    responses(
+        (status = 200, description = "Prometheus text exposition.", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 404, description = "Not kept by this process (Lambda).",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn prometheus(
     State(state): State<Arc<AppState>>,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,

@@ -4,7 +4,8 @@
 //! `POST /v1/embeddings`, `GET /v1/models`; Anthropic's `POST /v1/messages`; async jobs `POST /v1/jobs`, `GET /v1/jobs/{id}`
 //! (and `Prefer: respond-async` on the two POST routes above); `GET /v1/usage`;
 //! `GET /v1/metrics` (usage rollups as series); `GET /metrics` (Prometheus text);
-//! `GET /dashboard` (the live dashboard page); the admin API
+//! `GET /dashboard` (the live dashboard page); `GET /openapi.json` (the OpenAPI 3.1 document
+//! of all these, [`openapi`]); the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
@@ -20,6 +21,7 @@ mod jobs;
 mod messages;
 mod metrics;
 mod openai;
+pub mod openapi;
 mod usage;
 
 use std::sync::Arc;
@@ -94,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/health", get(openai::health))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/dashboard", get(dashboard::dashboard))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))

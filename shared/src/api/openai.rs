@@ -9,7 +9,8 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::access_log::Outcome;
@@ -21,9 +22,40 @@ use crate::jobs::Submission;
 use crate::metrics::UsageTicket;
 use crate::providers::Endpoint;
 
+/// The answer of `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the process serves requests.
+    pub status: &'static str,
+}
+
 /// `GET /health`: liveness, no auth.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/health", tag = "meta", security(()),
+    responses((status = 200, description = "The process is up.", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The answer of `GET /v1/models`, as OpenAI lists models.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Every public model name and alias.
+    pub data: Vec<Model>,
+}
+
+/// A public model name (or alias).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    /// The name to send as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always 0 (unknown).
+    pub created: u64,
+    /// Always `sluice`.
+    pub owned_by: &'static str,
 }
 
 /// Fallback for unknown paths.
@@ -50,26 +82,68 @@ pub(super) fn finish(result: Result<Response, ApiError>, mut outcome: Outcome) -
 }
 
 /// `GET /v1/models`: the public model names and aliases.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "Public model names and aliases.", body = ModelList)))]
 pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let mut outcome = Outcome::default();
     let result = async {
         let caller = state.keys.authenticate(&headers).await?;
         outcome.tenant = Some(caller.tenant);
         outcome.key_id = Some(caller.key_id);
-        let data: Vec<Value> = state
+        let data = state
             .gateway
             .catalog()
             .names()
             .iter()
-            .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "sluice"}))
+            .map(|name| Model {
+                id: name.clone(),
+                object: "model",
+                created: 0,
+                owned_by: "sluice",
+            })
             .collect();
-        Ok::<_, ApiError>(Json(json!({"object": "list", "data": data})).into_response())
+        Ok::<_, ApiError>(
+            Json(ModelList {
+                object: "list",
+                data,
+            })
+            .into_response(),
+        )
     }
     .await;
     finish(result, outcome)
 }
 
 /// `POST /v1/chat/completions`
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    params(super::openapi::ProxyHeaders),
+    request_body = super::openapi::ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The answer; server-sent events with `stream: true`.",
+            headers(
+                ("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`"),
+                ("x-sluice-provider" = String, description = "The deployment that answered"),
+                ("x-sluice-cost-usd" = String, description = "Exact cost (JSON answers)"),
+            ),
+            content(
+                (super::openapi::ChatCompletion = "application/json"),
+                (super::openapi::ServerSentEvent = "text/event-stream"),
+            )),
+        (status = 202, description = "Accepted as a job (`Prefer: respond-async`).",
+            body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
+        (status = 404, description = "Unknown model.", body = super::error::ErrorResponse),
+        (status = 409, description = "A request with this `Idempotency-Key` is still running.",
+            body = super::error::ErrorResponse),
+        (status = 422, description = "This `Idempotency-Key` was used with another body, or the \
+            provider rejected the request.", body = super::error::ErrorResponse),
+        (status = 429, description = "Over a rate limit or spending cap, or the provider is \
+            rate limiting (`Retry-After`).", body = super::error::ErrorResponse),
+        (status = 502, description = "The provider failed or answered malformed JSON.",
+            body = super::error::ErrorResponse),
+        (status = 504, description = "The provider did not answer in time.",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ticket: Option<Extension<Arc<UsageTicket>>>,
@@ -81,6 +155,30 @@ pub async fn chat_completions(
 }
 
 /// `POST /v1/embeddings`
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
+    params(super::openapi::ProxyHeaders),
+    request_body = super::openapi::EmbeddingRequest,
+    responses(
+        (status = 200, description = "The vectors.", body = super::openapi::EmbeddingList,
+            headers(
+                ("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`"),
+                ("x-sluice-cost-usd" = String, description = "Exact cost"),
+            )),
+        (status = 202, description = "Accepted as a job (`Prefer: respond-async`).",
+            body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
+        (status = 404, description = "Unknown model.", body = super::error::ErrorResponse),
+        (status = 409, description = "A request with this `Idempotency-Key` is still running.",
+            body = super::error::ErrorResponse),
+        (status = 422, description = "This `Idempotency-Key` was used with another body, or the \
+            provider rejected the request.", body = super::error::ErrorResponse),
+        (status = 429, description = "Over a rate limit or spending cap, or the provider is \
+            rate limiting (`Retry-After`).", body = super::error::ErrorResponse),
+        (status = 502, description = "The provider failed or answered malformed JSON.",
+            body = super::error::ErrorResponse),
+        (status = 504, description = "The provider did not answer in time.",
+            body = super::error::ErrorResponse),
+    ))]
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -17,6 +17,9 @@ use crate::keys::KeyLimits;
 use crate::limits::Subject;
 
 /// `GET /v1/usage`: rate windows and spend per level for the calling key.
+#[utoipa::path(get, path = "/v1/usage", tag = "usage",
+    responses((status = 200, description = "The key's limits and where it stands.",
+        body = super::openapi::UsageReport)))]
 pub async fn key_usage(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let mut outcome = Outcome::default();
     let result = async {
@@ -31,6 +34,14 @@ pub async fn key_usage(State(state): State<Arc<AppState>>, headers: HeaderMap) -
 }
 
 /// `GET /admin/usage?tenant=NAME`: the tenant's and the gateway's limits and spend.
+#[utoipa::path(get, path = "/admin/usage", tag = "admin",
+    params(("tenant" = String, Query, description = "The tenant")),
+    responses(
+        (status = 200, description = "The tenant's and the gateway's limits and spend.",
+            body = super::openapi::UsageReport),
+        (status = 400, description = "No `tenant`.", body = super::error::ErrorResponse),
+        (status = 403, description = "Not the admin key.", body = super::error::ErrorResponse),
+    ))]
 pub async fn tenant_usage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

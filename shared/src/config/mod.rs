@@ -528,7 +528,8 @@ impl Price {
     pub fn cost_nano_usd_ceil(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
         let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
             + completion_tokens as f64 * self.output_per_mtok * 1000.0;
-        nanos.ceil() as u64 + 1
+        // `as` saturates: a huge `max_tokens` reserves the most there is, never wraps to 0.
+        (nanos.ceil() as u64).saturating_add(1)
     }
 }
 

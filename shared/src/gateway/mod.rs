@@ -584,7 +584,8 @@ impl Gateway {
             .max()
             .unwrap_or(0);
         let ask = Ask {
-            tokens: prompt_bound + output,
+            // `max_tokens` is any u64 the client sends: saturate rather than wrap.
+            tokens: prompt_bound.saturating_add(output),
             cost_nano_usd: cost,
         };
         let capped = self.limiter.budget_applies(subject);

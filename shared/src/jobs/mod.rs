@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::clock::Clock;
 use crate::config::JobsConfig;
@@ -164,33 +165,118 @@ impl Jobs {
     }
 }
 
-/// The public JSON view of a job.
-pub fn job_json(job: &Job) -> Value {
-    let mut v = json!({
-        "id": job.id,
-        "object": "job",
-        "endpoint": format!("/v1/{}", job.endpoint.path()),
-        "status": job.status.as_str(),
-        "attempts": job.attempts,
-        "created_at": job.created_at_ms / 1000,
-        "updated_at": job.updated_at_ms / 1000,
-    });
-    if let Some(url) = &job.callback_url {
-        v["callback_url"] = Value::String(url.clone());
-    }
-    if let Some(result) = &job.result {
-        let body: Value = serde_json::from_slice(&result.body).unwrap_or(Value::Null);
-        v["http_status"] = json!(result.http_status);
-        v["usage"] = json!({
-            "prompt_tokens": result.tokens_in,
-            "completion_tokens": result.tokens_out,
-        });
-        v["cost_usd"] = json!(result.cost_nano_usd as f64 / 1e9);
-        if job.status == JobStatus::Succeeded {
-            v["result"] = body;
-        } else {
-            v["error"] = body.get("error").cloned().unwrap_or(body);
+/// The public view of a job: the answer of `POST /v1/jobs` and `GET /v1/jobs/{id}`, and the
+/// body of a callback.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Job)]
+pub struct JobView {
+    /// Public id, `job_…`.
+    pub id: String,
+    /// Always `job`.
+    pub object: &'static str,
+    /// `/v1/chat/completions` or `/v1/embeddings`.
+    pub endpoint: String,
+    /// Where the job is in its life.
+    pub status: JobState,
+    /// How many times a worker has claimed it.
+    pub attempts: u32,
+    /// Accepted at, Unix seconds.
+    pub created_at: u64,
+    /// Last state change, Unix seconds.
+    pub updated_at: u64,
+    /// Where the result is POSTed, if anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Once final: the HTTP status the synchronous call would have had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Once final: the tokens billed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<JobUsage>,
+    /// Once final: the cost in USD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Once succeeded: the answer, as the synchronous call would have returned it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// Once failed: the OpenAI error object (`message`, `type`, `code`, `param`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+}
+
+/// A job's state as reported: `queued → running → succeeded | failed`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// A worker holds it.
+    Running,
+    /// Answered; `result` holds the answer.
+    Succeeded,
+    /// Gave up; `error` holds the reason.
+    Failed,
+}
+
+impl From<JobStatus> for JobState {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Queued => Self::Queued,
+            JobStatus::Running => Self::Running,
+            JobStatus::Succeeded => Self::Succeeded,
+            JobStatus::Failed => Self::Failed,
         }
     }
-    v
+}
+
+/// Tokens billed for a finished job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobUsage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+}
+
+impl JobView {
+    /// The view of `job`.
+    pub fn of(job: &Job) -> Self {
+        let mut view = Self {
+            id: job.id.clone(),
+            object: "job",
+            endpoint: format!("/v1/{}", job.endpoint.path()),
+            status: job.status.into(),
+            attempts: job.attempts,
+            created_at: job.created_at_ms / 1000,
+            updated_at: job.updated_at_ms / 1000,
+            callback_url: job.callback_url.clone(),
+            http_status: None,
+            usage: None,
+            cost_usd: None,
+            result: None,
+            error: None,
+        };
+        if let Some(result) = &job.result {
+            let body: Value = serde_json::from_slice(&result.body).unwrap_or(Value::Null);
+            view.http_status = Some(result.http_status);
+            view.usage = Some(JobUsage {
+                prompt_tokens: result.tokens_in,
+                completion_tokens: result.tokens_out,
+            });
+            view.cost_usd = Some(result.cost_nano_usd as f64 / 1e9);
+            if job.status == JobStatus::Succeeded {
+                view.result = Some(body);
+            } else {
+                view.error = Some(body.get("error").cloned().unwrap_or(body));
+            }
+        }
+        view
+    }
+}
+
+/// The public JSON view of a job.
+pub fn job_json(job: &Job) -> Value {
+    serde_json::to_value(JobView::of(job)).unwrap_or(Value::Null)
 }

@@ -35,8 +35,8 @@ pub fn reserve(
         Increment {
             counter: counter_id(scope, &id, shard),
             field: CounterField::Committed,
-            delta: cost as i64,
-            at_most: Some(cap as i64),
+            delta: super::signed(cost),
+            at_most: Some(super::signed(cap)),
             // Kept a while after the period for usage reports.
             expires_at_ms: ends + 40 * 86_400_000,
             guard: None,

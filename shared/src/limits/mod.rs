@@ -326,9 +326,9 @@ impl Limiter {
         let settle = |reserved_back: bool| -> Vec<Increment> {
             let mut out = Vec::new();
             for inc in &grant.tokens {
-                let delta = tokens as i64
+                let delta = signed(tokens)
                     - if reserved_back {
-                        grant.reserved_tokens as i64
+                        signed(grant.reserved_tokens)
                     } else {
                         0
                     };
@@ -339,9 +339,9 @@ impl Limiter {
                 });
             }
             for inc in &grant.budgets {
-                let delta = cost_nano_usd as i64
+                let delta = signed(cost_nano_usd)
                     - if reserved_back {
-                        grant.reserved_cost as i64
+                        signed(grant.reserved_cost)
                     } else {
                         0
                     };
@@ -352,7 +352,7 @@ impl Limiter {
                 });
                 out.push(Increment {
                     field: CounterField::Spent,
-                    delta: cost_nano_usd as i64,
+                    delta: signed(cost_nano_usd),
                     at_most: None,
                     guard: None,
                     ..inc.clone()
@@ -663,7 +663,7 @@ impl Limiter {
                 let values = self.store.read_counters(&counters).await?;
                 let committed: i64 = values.iter().step_by(2).sum();
                 let spent: i64 = values.iter().skip(1).step_by(2).sum();
-                let cap = budget::usd_to_nanos(usd) as i64;
+                let cap = signed(budget::usd_to_nanos(usd));
                 entry.insert(
                     "budget".into(),
                     json!({
@@ -672,7 +672,7 @@ impl Limiter {
                         "cap_usd": usd,
                         "spent_usd": spent as f64 / 1e9,
                         "reserved_usd": (committed - spent).max(0) as f64 / 1e9,
-                        "remaining_usd": (cap - committed).max(0) as f64 / 1e9,
+                        "remaining_usd": cap.saturating_sub(committed).max(0) as f64 / 1e9,
                         "resets_at": ends / 1000,
                     }),
                 );
@@ -690,6 +690,13 @@ impl Limiter {
     }
 }
 
+/// An amount as a counter delta. Amounts come from clients (`max_tokens` is any u64): one
+/// over `i64::MAX` must stay the largest delta, not wrap to a negative one that would lower
+/// the counter and let the request through.
+fn signed(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
 /// Turns a refused increment into what the client is told.
 fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
     match meta.kind {
@@ -702,7 +709,7 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 level: meta.level,
                 metric: meta.metric.clone(),
                 limit: meta.limit,
-                remaining: (meta.limit as i64 - used).max(0) as u64,
+                remaining: (signed(meta.limit) - used).max(0) as u64,
                 retry_after_s: retry,
                 reset_s: retry,
             }
@@ -714,7 +721,7 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 level: meta.level,
                 metric: meta.metric.clone(),
                 limit: meta.limit,
-                remaining: (meta.limit as i64 - current).max(0) as u64,
+                remaining: signed(meta.limit).saturating_sub(current).max(0) as u64,
                 retry_after_s: reset,
                 reset_s: reset,
             }

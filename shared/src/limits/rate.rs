@@ -63,7 +63,7 @@ pub fn increment(
         Increment {
             counter: counter_id(&check.scope, check.metric, w, shard),
             field: CounterField::Count,
-            delta: check.amount as i64,
+            delta: super::signed(check.amount),
             at_most: Some(window::ceiling(check.limit, previous, elapsed)),
             // Kept one window past its end, while it is the previous window.
             expires_at_ms: ends + 2 * window::WINDOW_MS,

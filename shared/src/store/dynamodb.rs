@@ -985,7 +985,8 @@ impl LimitStore for DynamoStore {
                         .as_ref()
                         .and_then(|o| opt_n::<i64>(o, inc.field.as_str()).ok().flatten())
                         .unwrap_or(0);
-                    inc.at_most.is_some_and(|m| current + inc.delta > m)
+                    inc.at_most
+                        .is_some_and(|m| current.saturating_add(inc.delta) > m)
                 })
                 .unwrap_or(idxs[0]);
             let current = old

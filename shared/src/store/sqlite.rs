@@ -769,7 +769,7 @@ impl LimitStore for SqliteStore {
             for (index, inc) in increments.iter().enumerate() {
                 if let Some(at_most) = inc.at_most {
                     let current = counter_value(c, &inc.counter, inc.field)?;
-                    if current + inc.delta > at_most {
+                    if current.saturating_add(inc.delta) > at_most {
                         return Ok(Applied::Refused {
                             index,
                             current: Some(current),

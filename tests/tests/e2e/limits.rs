@@ -151,6 +151,57 @@ async fn tokens_per_minute_count_prompt_and_max_tokens() {
     assert_eq!(u["limits"]["key"]["tpm"]["used"], 6 * 15);
 }
 
+/// Regression (found by schemathesis): `max_tokens` is any u64 the client sends. The worst
+/// case it implies used to overflow: `prompt + max_tokens` and the reserved cost panicked in
+/// debug builds and wrapped in release ones (reserving nothing), and an amount over
+/// `i64::MAX` became a negative counter delta that lowered the counter. Now such a request
+/// is refused like any other over the limit, and leaves the counters as they were.
+#[tokio::test]
+async fn a_max_tokens_beyond_any_counter_is_refused_and_changes_nothing() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&fake_config_with(&up.base_url, "")).await;
+    let tpm = gw.admin_create(json!({"tenant": "t1", "tpm": 200})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let capped = gw
+        .admin_create(json!({"tenant": "t2", "budget_usd": 1.0, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for max_tokens in [u64::MAX, u64::MAX - 2, (1u64 << 63) + 5] {
+        let huge = json!({"model": "gpt-test", "max_tokens": max_tokens,
+                          "messages": [{"role": "user", "content": "x"}]});
+        let r = gw.post("/v1/chat/completions", &tpm, &huge).await;
+        assert_error(r, 429, "rate_limit_exceeded").await;
+        let r = gw.post("/v1/chat/completions", &capped, &huge).await;
+        assert_error(r, 429, "budget_exceeded").await;
+    }
+    assert_eq!(usage(&gw, &tpm).await["limits"]["key"]["tpm"]["used"], 0);
+    let budget = &usage(&gw, &capped).await["limits"]["key"]["budget"];
+    assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
+    assert_eq!(budget["remaining_usd"], 1.0, "{budget}");
+    // The counters still count: the same small requests as above fit, and are counted.
+    for i in 0..6 {
+        let r = gw.post("/v1/chat/completions", &tpm, &prompt(i)).await;
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    assert_eq!(
+        usage(&gw, &tpm).await["limits"]["key"]["tpm"]["used"],
+        6 * 15
+    );
+    // A cap too large for a counter is the largest there is, not a negative one.
+    let rich = gw
+        .admin_create(json!({"tenant": "t3", "budget_usd": 1e300, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = gw.post("/v1/chat/completions", &rich, &prompt(0)).await;
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn a_tenant_limit_binds_all_its_keys_together() {
     let up = FakeUpstream::start().await;

@@ -11,6 +11,7 @@ mod gemini;
 mod jobs;
 mod limits;
 mod metrics;
+mod openapi;
 mod pooling;
 mod restart;
 mod routing;
