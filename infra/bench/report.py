@@ -15,8 +15,8 @@ from pathlib import Path
 
 START = "<!-- bench:run:start -->"
 END = "<!-- bench:run:end -->"
-PATHS = ["direct", "direct-stream", "miss", "hit", "rate-limited", "stream"]
-BASELINE = {"miss": "direct", "hit": "direct", "rate-limited": "direct",
+PATHS = ["direct", "direct-stream", "miss", "no-cache", "hit", "rate-limited", "stream"]
+BASELINE = {"miss": "direct", "no-cache": "direct", "hit": "direct", "rate-limited": "direct",
             "stream": "direct-stream", "miss-50ms": "direct-50ms", "soak": "direct"}
 
 
@@ -97,6 +97,11 @@ def targets(rows, soak):
              miss64["cpu_us"] <= 100, "" if miss64["cpu_us"] <= 100 else f" ({miss64['cpu_us'] / 100:.1f}×)")
     else:
         line("cache miss at concurrency 64", "", None)
+    plain64 = find(rows, "no-cache", 64)
+    if plain64:
+        line("gateway CPU ≤ 100 µs per proxied request, cache off (no-cache, c=64)",
+             f"{plain64['cpu_us']:.1f} µs ({plain64['rps']:,.0f} RPS)", plain64["cpu_us"] <= 100,
+             "" if plain64["cpu_us"] <= 100 else f" ({plain64['cpu_us'] / 100:.1f}×)")
     hits = [r for r in rows if r["name"] == "hit"]
     if hits:
         best = max(hits, key=lambda r: r["rps"])
@@ -138,14 +143,16 @@ def charts(rows, soak, out_dir):
     for name in names:
         pts = [find(rows, name, c) for c in concs]
         xs = [c for c, r in zip(concs, pts) if r]
-        style = "--" if name.startswith("direct") else "-"
-        axes[0].plot(xs, [r["rps"] for r in pts if r], style, marker="o", label=name)
-        axes[1].plot(xs, [r["p99_us"] / 1000 for r in pts if r], style, marker="o", label=name)
+        style = dict(linestyle="--" if name.startswith("direct") else "-", marker="o", label=name,
+                     color=f"C{PATHS.index(name)}")
+        axes[0].plot(xs, [r["rps"] for r in pts if r], **style)
+        axes[1].plot(xs, [r["p99_us"] / 1000 for r in pts if r], **style)
         if not name.startswith("direct"):
-            axes[2].plot(xs, [r["cpu_us"] for r in pts if r], marker="o", label=name)
+            axes[2].plot(xs, [r["cpu_us"] for r in pts if r], **style)
     axes[0].set(title="Requests per second", xlabel="concurrency", ylabel="RPS", xscale="log")
     axes[1].set(title="p99 latency", xlabel="concurrency", ylabel="ms", xscale="log", yscale="log")
     axes[2].set(title="Gateway CPU per request", xlabel="concurrency", ylabel="µs", xscale="log")
+    axes[2].set_ylim(bottom=0)
     axes[2].axhline(100, color="grey", linestyle=":", label="target 100 µs")
     for ax in axes:
         ax.set_xticks(concs, [str(c) for c in concs])

@@ -3,6 +3,7 @@
 # `sluice serve` (release build, SQLite store, cache on, key auth), side by side in one run:
 #   direct, direct stream                     the fake upstream alone (the baseline)
 #   miss, hit, rate-limited key, stream       through Sluice
+#   no-cache                                  through Sluice with the model's cache off (proxying alone)
 # at concurrency 1, 16, 64 and 256 (wrk, closed model), then 256 in flight against a fake
 # upstream that waits 50 ms (direct and through Sluice), then a soak of the miss path that
 # samples the gateway's RSS every 10 s. For every row: RPS, p50/p90/p99/max, errors, the
@@ -114,6 +115,7 @@ for c in $CONCS; do
     row direct direct "$c" "$direct" miss gpt-4o-mini 0 sk-bench-upstream
     row direct-stream direct "$c" "$direct" miss gpt-4o-mini 1 sk-bench-upstream
     row miss sluice "$c" "$via" miss gpt-test 0 "$key"
+    row no-cache sluice "$c" "$via" miss gpt-nocache 0 "$key"
     row hit sluice "$c" "$via" same gpt-test 0 "$key"
     row rate-limited sluice "$c" "$via" miss gpt-test 0 "$limited"
     row stream sluice "$c" "$via" miss gpt-test 1 "$key"
