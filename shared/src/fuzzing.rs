@@ -253,3 +253,44 @@ pub fn text() -> impl Strategy<Value = String> {
         Just("héllo wörld — 日本語 🦀".to_owned()),
     ]
 }
+
+/// `text/event-stream` bytes for events (name, data), ending with OpenAI's `[DONE]`.
+pub fn sse_text(events: &[(Option<&str>, serde_json::Value)]) -> Vec<u8> {
+    let mut text = String::new();
+    for (name, data) in events {
+        if let Some(name) = name {
+            text.push_str(&format!("event: {name}\n"));
+        }
+        text.push_str(&format!("data: {data}\n\n"));
+    }
+    text.push_str("data: [DONE]\n\n");
+    text.into_bytes()
+}
+
+/// The parsed events of a byte stream delivered in these chunks.
+pub fn event_stream(chunks: Vec<Bytes>) -> crate::providers::sse::EventStream {
+    crate::providers::sse::json_events(futures_util::stream::iter(chunks.into_iter().map(Ok)))
+}
+
+/// Chunks folded into one completion (without `created`, which is the clock's), or the
+/// errors met, as text.
+pub fn assemble(
+    chunks: Vec<Result<Value, crate::providers::ProviderError>>,
+) -> Result<Value, Vec<String>> {
+    let mut assembler = crate::gateway::stream::Assembler::default();
+    let mut errors = Vec::new();
+    for chunk in chunks {
+        match chunk {
+            Ok(c) => assembler.add(&c),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut done = assembler.completion();
+    if let Some(map) = done.as_object_mut() {
+        map.remove("created");
+    }
+    Ok(done)
+}

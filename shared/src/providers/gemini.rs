@@ -626,7 +626,8 @@ fn usage(metadata: &Value) -> Usage {
     let count = |field: &str| metadata.get(field).and_then(Value::as_u64).unwrap_or(0);
     Usage {
         prompt_tokens: count("promptTokenCount"),
-        completion_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
+        completion_tokens: count("candidatesTokenCount")
+            .saturating_add(count("thoughtsTokenCount")),
     }
 }
 
@@ -636,7 +637,7 @@ fn usage_json(metadata: &Value) -> Value {
     let total = metadata
         .get("totalTokenCount")
         .and_then(Value::as_u64)
-        .unwrap_or(u.prompt_tokens + u.completion_tokens);
+        .unwrap_or(u.total());
     let mut out = json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,

@@ -80,6 +80,14 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+impl Usage {
+    /// Prompt plus completion tokens. Saturating: the counts come from the provider, and a
+    /// broken one may send `u64::MAX`.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
 /// A streamed answer: OpenAI `chat.completion.chunk` objects as they arrive (every provider
 /// translates its own events into these). The stream ends after the last chunk; a chunk with
 /// empty `choices` and a `usage` object reports the tokens used.
