@@ -35,3 +35,6 @@ pub mod providers;
 pub mod queue;
 pub mod store;
 pub mod tokens;
+
+#[cfg(test)]
+mod fuzzing;

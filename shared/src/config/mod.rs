@@ -1018,3 +1018,190 @@ cache_ttl_s = 3600
         assert_eq!(p.input_per_mtok, 0.15);
     }
 }
+
+/// Property tests: any text, and the example config with any of its values replaced, is
+/// either a config or an error that names where it came from; an accepted config builds the
+/// model catalog.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+    use crate::fuzzing;
+
+    const EXAMPLE: &str = include_str!("../../../infra/sluice.example.toml");
+    const ORIGIN: &str = "fuzz.toml";
+
+    /// Keys the config knows, so replaced tables reach its validation.
+    const KEYS: &[&str] = &[
+        "name",
+        "kind",
+        "base_url",
+        "api_keys",
+        "models",
+        "providers",
+        "deployments",
+        "provider",
+        "model",
+        "weight",
+        "rpm",
+        "tpm",
+        "price",
+        "input_per_mtok",
+        "output_per_mtok",
+        "aliases",
+        "fallbacks",
+        "routing",
+        "strategy",
+        "rules",
+        "match",
+        "cache_ttl_s",
+        "max_output_tokens",
+        "on_limit",
+        "budget_usd",
+        "period",
+        "tenants",
+        "server",
+        "cache",
+        "limits",
+        "jobs",
+        "logging",
+        "metrics",
+        "redact",
+        "enabled",
+        "default_ttl_s",
+        "max_body_bytes",
+        "upstream_timeout_s",
+        "soft_threshold",
+        "counter_shards",
+        "workers",
+        "lease_s",
+        "visibility_timeout_s",
+        "callback_secret",
+        "bodies",
+        "flush_every_ms",
+    ];
+
+    fn toml_value() -> impl Strategy<Value = toml::Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(toml::Value::Integer),
+            (-3i64..5).prop_map(toml::Value::Integer),
+            any::<f64>().prop_map(toml::Value::Float),
+            any::<bool>().prop_map(toml::Value::Boolean),
+            prop_oneof![
+                proptest::sample::select(KEYS).prop_map(str::to_owned),
+                Just("${FUZZ_VAR}".to_owned()),
+                Just("${UNSET_VAR:-fallback}".to_owned()),
+                Just("${".to_owned()),
+                Just("(".to_owned()),
+                Just("openai".to_owned()),
+                Just("mock".to_owned()),
+                any::<String>(),
+            ]
+            .prop_map(toml::Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(toml::Value::Array),
+                proptest::collection::vec(
+                    (
+                        proptest::sample::select(KEYS).prop_map(str::to_owned),
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|kv| toml::Value::Table(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every node of a TOML document as a path from the root.
+    fn paths(value: &toml::Value, here: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(here.clone());
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    here.push(k.clone());
+                    paths(v, here, out);
+                    here.pop();
+                }
+            }
+            toml::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    here.push(i.to_string());
+                    paths(v, here, out);
+                    here.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn node_mut<'a>(value: &'a mut toml::Value, path: &[String]) -> Option<&'a mut toml::Value> {
+        path.iter().try_fold(value, |v, step| match v {
+            toml::Value::Table(t) => t.get_mut(step),
+            toml::Value::Array(items) => items.get_mut(step.parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+
+    /// The example config with one to three nodes replaced.
+    fn mutated_example() -> impl Strategy<Value = String> {
+        proptest::collection::vec((any::<Index>(), toml_value()), 1..4).prop_map(|edits| {
+            let mut doc: toml::Value = toml::from_str(EXAMPLE).unwrap();
+            for (at, replacement) in edits {
+                let mut all = Vec::new();
+                paths(&doc, &mut Vec::new(), &mut all);
+                let path = at.get(&all).clone();
+                if let Some(node) = node_mut(&mut doc, &path) {
+                    // The root must stay a table for TOML to write it.
+                    if !path.is_empty() || replacement.is_table() {
+                        *node = replacement;
+                    }
+                }
+            }
+            toml::to_string(&doc).unwrap_or_default()
+        })
+    }
+
+    fn check(text: &str, env: &Option<String>) -> Result<(), TestCaseError> {
+        // The example needs FAKE_KEY; FUZZ_VAR (placed by the mutations) may be unset.
+        let lookup = |var: &str| match var {
+            "FAKE_KEY" => Some("sk-fake".to_owned()),
+            "FUZZ_VAR" => env.clone(),
+            _ => None,
+        };
+        match Config::parse(text, ORIGIN, &lookup) {
+            Ok(config) => {
+                let _ = crate::gateway::catalog::Catalog::from_config(&config);
+                for model in &config.models {
+                    let _ = Config::price_of(model);
+                }
+            }
+            Err(e) => prop_assert!(e.to_string().starts_with(ORIGIN), "{e}"),
+        }
+        Ok(())
+    }
+
+    /// The example itself is accepted; otherwise the mutations below test nothing deep.
+    #[test]
+    fn the_example_is_valid() {
+        let lookup = |_: &str| Some("sk-test".to_owned());
+        Config::parse(EXAMPLE, ORIGIN, &lookup).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        #[test]
+        fn fuzz_any_text(text in prop_oneof![any::<String>(), "[\\[\\]a-z_=\" .0-9\n{}$,-]{0,200}"], env in proptest::option::of(any::<String>())) {
+            check(&text, &env)?;
+        }
+
+        #[test]
+        fn fuzz_example_with_values_replaced(text in mutated_example(), env in proptest::option::of(prop_oneof![Just("sk-x".to_owned()), any::<String>(), Just("${FUZZ_VAR}".to_owned())])) {
+            check(&text, &env)?;
+        }
+    }
+}

@@ -102,6 +102,9 @@ pub fn cache_key(
     }
 }
 
+/// 2^64: integral floats below it may have an integer spelling that serde reads as an integer.
+const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+
 /// Canonical JSON of a value: sorted keys, no whitespace, normalised numbers.
 pub fn canonical_json(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -123,9 +126,11 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::Number(n) => match n.as_f64() {
-            // 1, 1.0 and 1e0 mean the same to every provider.
-            Some(f) if !n.is_u64() && !n.is_i64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                out.extend_from_slice((f as i64).to_string().as_bytes());
+            // 1, 1.0 and 1e0 mean the same to every provider, and so do 1e16 and
+            // 10000000000000000: every integral float below 2^64 (the integers serde reads as
+            // integers) is written as the exact integer it is.
+            Some(f) if !n.is_u64() && !n.is_i64() && f.fract() == 0.0 && f.abs() < TWO_POW_64 => {
+                out.extend_from_slice((f as i128).to_string().as_bytes());
             }
             _ => out.extend_from_slice(n.to_string().as_bytes()),
         },
@@ -207,5 +212,470 @@ mod tests {
             String::from_utf8(canonical_json(&v)).unwrap(),
             r#"{"a":{"c":true,"d":null},"b":[1,2.5,"x"]}"#
         );
+    }
+}
+
+/// Property tests of the request parser and the cache key: the same request however it is
+/// spelled gets one key; any change of meaning gets another; no body makes the parser panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::fuzzing::{self, json_value, mutated, text, word};
+    use crate::gateway::request::{self, InvalidRequest};
+
+    const ROLES: &[&str] = &[
+        "system",
+        "developer",
+        "user",
+        "assistant",
+        "tool",
+        "function",
+    ];
+
+    fn message() -> impl Strategy<Value = Value> {
+        let content = prop_oneof![
+            text().prop_map(Value::String),
+            Just(Value::Null),
+            proptest::collection::vec(text(), 1..3).prop_map(|parts| {
+                Value::Array(
+                    parts
+                        .into_iter()
+                        .map(|t| json!({"type": "text", "text": t}))
+                        .collect(),
+                )
+            }),
+        ];
+        (
+            proptest::sample::select(ROLES),
+            content,
+            proptest::option::of("[a-z]{1,6}"),
+        )
+            .prop_map(|(role, content, name)| {
+                let mut m = json!({"role": role, "content": content});
+                if let Some(name) = name {
+                    m["name"] = json!(name);
+                }
+                m
+            })
+    }
+
+    /// A number a client might send for a sampling parameter: integral or not, small or huge.
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0u64..3).prop_map(Value::from),
+            (0.0f64..2.0).prop_map(|f| json!(f)),
+            (-1i64 << 53..1i64 << 53).prop_map(|i| json!(i as f64)),
+            // Integral floats beyond 2^53, where not every integer is a float.
+            (1u64..1024, 40i32..56).prop_map(|(m, e)| json!(m as f64 * 2f64.powi(e))),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+        ]
+    }
+
+    /// A valid chat completion request, with some optional fields and unknown extras.
+    fn chat_request() -> impl Strategy<Value = Value> {
+        (
+            "[a-z0-9.-]{1,10}",
+            proptest::collection::vec(message(), 1..4),
+            proptest::option::of(number()),
+            proptest::option::of(1u64..100_000),
+            proptest::option::of(proptest::collection::vec("[a-z_]{1,8}", 1..3)),
+            proptest::collection::vec(("x_[a-z]{1,6}", json_value()), 0..3),
+        )
+            .prop_map(|(model, messages, temperature, max_tokens, tools, extras)| {
+                let mut body = json!({"model": model, "messages": messages});
+                if let Some(t) = temperature {
+                    body["temperature"] = t;
+                }
+                if let Some(m) = max_tokens {
+                    body["max_tokens"] = json!(m);
+                }
+                if let Some(names) = tools {
+                    body["tools"] = Value::Array(
+                        names
+                            .into_iter()
+                            .map(|n| json!({"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}))
+                            .collect(),
+                    );
+                }
+                for (k, v) in extras {
+                    body[k] = v;
+                }
+                body
+            })
+    }
+
+    /// Choices for [`respell`], consumed in turn (wrapping), so proptest can shrink them.
+    struct Tape<'a> {
+        choices: &'a [u8],
+        at: usize,
+    }
+
+    impl Tape<'_> {
+        fn next(&mut self, n: u8) -> u8 {
+            let c = self
+                .choices
+                .get(self.at % self.choices.len().max(1))
+                .copied()
+                .unwrap_or(0);
+            self.at += 1;
+            c % n
+        }
+
+        fn space(&mut self, out: &mut String) {
+            out.push_str([" ", "", "\n", "\t", "\r\n  ", ""][usize::from(self.next(6))]);
+        }
+    }
+
+    /// JSON text of `value` spelled another way: object keys in another order, whitespace,
+    /// `\u` escapes, `1` as `1.0` or `1e0`, floats in exponent form, and now and then a
+    /// duplicate key whose earlier value the parser overwrites.
+    fn respell(value: &Value, tape: &mut Tape<'_>, out: &mut String) {
+        respell_in(value, false, tape, out);
+    }
+
+    /// `integer_field`: the value of a field the parser takes only as a JSON integer
+    /// (`max_tokens: 1.0` is refused, as OpenAI refuses it), so its numbers keep their form.
+    fn respell_in(value: &Value, integer_field: bool, tape: &mut Tape<'_>, out: &mut String) {
+        tape.space(out);
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                for i in (1..keys.len()).rev() {
+                    let j = usize::from(tape.next(u8::MAX)) % (i + 1);
+                    keys.swap(i, j);
+                }
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    if tape.next(8) == 0 {
+                        // An earlier duplicate: the last value of a key is the one kept.
+                        respell_string(k, tape, out);
+                        out.push_str(":\"overwritten\",");
+                    }
+                    respell_string(k, tape, out);
+                    tape.space(out);
+                    out.push(':');
+                    let integer = ["max_tokens", "max_completion_tokens", "n", "dimensions"]
+                        .contains(&k.as_str());
+                    respell_in(&map[k.as_str()], integer, tape, out);
+                }
+                tape.space(out);
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    respell_in(item, integer_field, tape, out);
+                }
+                tape.space(out);
+                out.push(']');
+            }
+            Value::String(s) => respell_string(s, tape, out),
+            Value::Number(n) if integer_field => out.push_str(&n.to_string()),
+            Value::Number(n) => out.push_str(&respell_number(n, tape)),
+            other => out.push_str(&other.to_string()),
+        }
+        tape.space(out);
+    }
+
+    fn respell_string(s: &str, tape: &mut Tape<'_>, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            if tape.next(3) == 0 {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
+            } else {
+                let quoted = Value::String(c.to_string()).to_string();
+                out.push_str(&quoted[1..quoted.len() - 1]);
+            }
+        }
+        out.push('"');
+    }
+
+    /// Another spelling of the same number (serde may read it as another type: `1.0` is a
+    /// float, `1` an integer).
+    fn respell_number(n: &serde_json::Number, tape: &mut Tape<'_>) -> String {
+        if let Some(i) = n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+            // Float spellings only where a float holds the integer exactly.
+            if (i as f64) as i128 == i {
+                return match tape.next(4) {
+                    0 => format!("{i}.0"),
+                    1 => format!("{i}e0"),
+                    2 if i != 0 => format!("{i}0E-1"),
+                    _ => i.to_string(),
+                };
+            }
+            return i.to_string();
+        }
+        let f = n.as_f64().unwrap_or(0.0);
+        match tape.next(4) {
+            0 => format!("{f:e}"),
+            1 => format!("{f:E}"),
+            // An integral float below 2^64, written as the integer it is.
+            2 if f.fract() == 0.0 && f.abs() < 2f64.powi(64) => format!("{}", f as i128),
+            _ => n.to_string(),
+        }
+    }
+
+    fn spelled(value: &Value, choices: &[u8]) -> String {
+        let mut out = String::new();
+        respell(value, &mut Tape { choices, at: 0 }, &mut out);
+        out
+    }
+
+    fn key_of(tenant: &str, endpoint: Endpoint, model: &str, body: &Value) -> [u8; 32] {
+        let map = body.as_object().cloned().unwrap_or_default();
+        cache_key(tenant, endpoint, model, &map).digest
+    }
+
+    /// The test's own reading of "same meaning": equal after dropping the transport fields,
+    /// numbers compared by value (an integral float equals the integer), everything else exact.
+    fn same_meaning(a: &Value, b: &Value) -> bool {
+        fn int(n: &serde_json::Number) -> Option<i128> {
+            n.as_i64()
+                .map(i128::from)
+                .or(n.as_u64().map(i128::from))
+                .or_else(|| {
+                    let f = n.as_f64()?;
+                    (f.fract() == 0.0 && f.abs() < 2f64.powi(64)).then_some(f as i128)
+                })
+        }
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => match (int(x), int(y)) {
+                (Some(i), Some(j)) => i == j,
+                (None, None) => x.as_f64() == y.as_f64(),
+                _ => false,
+            },
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_meaning(a, b))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .all(|(k, v)| y.get(k).is_some_and(|w| same_meaning(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+
+    fn without_transport(body: &Value) -> Value {
+        let mut b = body.clone();
+        if let Some(map) = b.as_object_mut() {
+            for f in TRANSPORT_FIELDS {
+                map.remove(*f);
+            }
+        }
+        b
+    }
+
+    /// One change that alters what a provider would answer.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Tenant,
+        Model,
+        Endpoint,
+        Content(usize),
+        Role(usize, u8),
+        AddMessage,
+        DropMessage,
+        Temperature(f64),
+        Tools,
+        Extra(String),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            Just(Change::Tenant),
+            Just(Change::Model),
+            Just(Change::Endpoint),
+            any::<usize>().prop_map(Change::Content),
+            (any::<usize>(), 1u8..6).prop_map(|(i, r)| Change::Role(i, r)),
+            Just(Change::AddMessage),
+            Just(Change::DropMessage),
+            (0.0f64..2.0).prop_map(Change::Temperature),
+            Just(Change::Tools),
+            word().prop_map(Change::Extra),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        /// Any bytes: a clean error or a request, never a panic.
+        #[test]
+        fn fuzz_parser_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Embeddings] {
+                if let Err(e) = request::parse(endpoint, &bytes) {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+
+        /// Any JSON, and valid requests with a detail broken: either accepted with the model
+        /// and stream flag read right, or refused naming the field.
+        #[test]
+        fn fuzz_parser_takes_any_json(
+            body in prop_oneof![json_value(), mutated(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1, "tools": []})), mutated(json!({"model": "e", "input": ["a", "b"], "dimensions": 8}))],
+        ) {
+            let bytes = body.to_string().into_bytes();
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Embeddings] {
+                match request::parse(endpoint, &bytes) {
+                    Ok(parsed) => {
+                        prop_assert_eq!(Some(parsed.model.as_str()), body["model"].as_str());
+                        prop_assert_eq!(parsed.stream, body["stream"].as_bool().unwrap_or(false));
+                        let reread: Value = serde_json::from_slice(&bytes).unwrap();
+                        prop_assert_eq!(Value::Object(parsed.body), reread);
+                    }
+                    Err(InvalidRequest::NotJson(_)) => prop_assert!(false, "valid JSON refused as not JSON"),
+                    Err(InvalidRequest::NotObject) => prop_assert!(!body.is_object()),
+                    Err(e) => prop_assert!(e.param().is_some_and(|p| !p.is_empty()), "{e}"),
+                }
+            }
+        }
+
+        /// One request, spelled two ways and sent once streamed: one key.
+        #[test]
+        fn fuzz_same_meaning_same_key(
+            body in chat_request(),
+            tape_a in proptest::collection::vec(any::<u8>(), 1..64),
+            tape_b in proptest::collection::vec(any::<u8>(), 1..64),
+            stream in any::<bool>(),
+            alias in "[a-z]{1,8}",
+        ) {
+            let a = request::parse(Endpoint::ChatCompletions, spelled(&body, &tape_a).as_bytes());
+            let mut streamed = body.clone();
+            streamed["stream"] = json!(stream);
+            streamed["stream_options"] = json!({"include_usage": true});
+            streamed["model"] = json!(alias);
+            let b = request::parse(Endpoint::ChatCompletions, spelled(&streamed, &tape_b).as_bytes());
+            let (a, b) = (a.unwrap(), b.unwrap());
+            prop_assert_eq!(
+                cache_key("t", Endpoint::ChatCompletions, "resolved", &a.body).digest,
+                cache_key("t", Endpoint::ChatCompletions, "resolved", &b.body).digest
+            );
+        }
+
+        /// Two requests, the second the first with one to three details changed (or not):
+        /// the keys are equal exactly when tenant, endpoint, model and meaning are.
+        #[test]
+        fn fuzz_key_equal_exactly_when_meaning_equal(
+            (a, b) in chat_request().prop_flat_map(|a| (Just(a.clone()), prop_oneof![Just(a.clone()), mutated(a)])),
+            tenants in ("[ab]{0,2}", "[ab]{0,2}"),
+            models in ("[ab]{0,2}", "[ab]{0,2}"),
+            endpoints in (any::<bool>(), any::<bool>()),
+        ) {
+            let endpoint = |chat| if chat { Endpoint::ChatCompletions } else { Endpoint::Embeddings };
+            let ka = key_of(&tenants.0, endpoint(endpoints.0), &models.0, &a);
+            let kb = key_of(&tenants.1, endpoint(endpoints.1), &models.1, &b);
+            let same = tenants.0 == tenants.1
+                && models.0 == models.1
+                && endpoints.0 == endpoints.1
+                && same_meaning(&without_transport(&a), &without_transport(&b));
+            prop_assert_eq!(ka == kb, same, "a={} b={}", a, b);
+        }
+
+        /// The changes a client can make that alter the answer each give a new key.
+        #[test]
+        fn fuzz_different_meaning_different_key(body in chat_request(), change in change()) {
+            let k0 = key_of("t", Endpoint::ChatCompletions, "m", &body);
+            let mut b = body.clone();
+            let (mut tenant, mut endpoint, mut model) = ("t", Endpoint::ChatCompletions, "m");
+            let messages = b["messages"].as_array().map_or(0, Vec::len);
+            match change {
+                Change::Tenant => tenant = "t2",
+                Change::Model => model = "m2",
+                Change::Endpoint => endpoint = Endpoint::Embeddings,
+                Change::Content(i) => {
+                    let m = &mut b["messages"][i % messages];
+                    let old = m["content"].clone();
+                    m["content"] = match old {
+                        Value::String(s) => json!(format!("{s}!")),
+                        Value::Null => json!(""),
+                        _ => Value::Null,
+                    };
+                }
+                Change::Role(i, r) => {
+                    let m = &mut b["messages"][i % messages];
+                    let now = ROLES.iter().position(|x| m["role"] == *x).unwrap_or(0);
+                    m["role"] = json!(ROLES[(now + usize::from(r)) % ROLES.len()]);
+                }
+                Change::AddMessage => {
+                    if let Some(list) = b["messages"].as_array_mut() {
+                        list.push(json!({"role": "user", "content": "and?"}));
+                    }
+                }
+                Change::DropMessage => {
+                    if let Some(list) = b["messages"].as_array_mut() {
+                        list.pop();
+                    }
+                }
+                Change::Temperature(t) => {
+                    let old = b["temperature"].as_f64();
+                    b["temperature"] = json!(if old == Some(t) { t + 0.5 } else { t });
+                }
+                Change::Tools => {
+                    let mut tools = b["tools"].as_array().cloned().unwrap_or_default();
+                    tools.push(json!({"type": "function", "function": {"name": "extra"}}));
+                    b["tools"] = Value::Array(tools);
+                }
+                Change::Extra(k) => {
+                    if TRANSPORT_FIELDS.contains(&k.as_str()) {
+                        return Ok(());
+                    }
+                    let old = b.get(&k).cloned();
+                    b[k.as_str()] = json!(format!("{old:?}!"));
+                }
+            }
+            prop_assert_ne!(k0, key_of(tenant, endpoint, model, &b), "{}", b);
+        }
+    }
+
+    /// Integral floats past 2^53 (up to 2^64) are whole numbers too: `1e16` and
+    /// `10000000000000000` are one number, so one key. Found by `fuzz_same_meaning_same_key`
+    /// (`"temperature": 9007199254740992.0` against `9007199254740992`): the canonical form
+    /// wrote integral floats as integers only below 9e15, so the two spellings split the cache.
+    #[test]
+    fn regression_large_integral_float_is_its_integer() {
+        let a: Value = serde_json::from_str(r#"{"seed":1e16}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"seed":10000000000000000}"#).unwrap();
+        assert_eq!(key("t", a), key("t", b));
+        let c: Value = serde_json::from_str(r#"{"seed":1.8e19}"#).unwrap();
+        let d: Value = serde_json::from_str(r#"{"seed":18000000000000000000}"#).unwrap();
+        assert_eq!(key("t", c), key("t", d));
+        let e: Value = serde_json::from_str(r#"{"seed":1e16}"#).unwrap();
+        let f: Value = serde_json::from_str(r#"{"seed":10000000000000001}"#).unwrap();
+        assert_ne!(key("t", e), key("t", f));
+    }
+
+    /// A number reaches the provider as the client wrote it, and its spellings share a key.
+    /// Found by `fuzz_same_meaning_same_key` (`9.502595213751747e17` against
+    /// `950259521375174656`) and `fuzz_parser_takes_any_json` (`7.261549589043233e-296`
+    /// came back as `…234e-296`): serde_json's default float parser may be one bit off, so
+    /// the workspace now enables its `float_roundtrip` feature.
+    #[test]
+    fn regression_floats_are_read_exactly() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"seed":7.261549589043233e-296}"#;
+        let parsed = request::parse(Endpoint::ChatCompletions, body).unwrap();
+        assert_eq!(parsed.body["seed"].to_string(), "7.261549589043233e-296");
+        let a: Value = serde_json::from_str(r#"{"temperature":9.502595213751747e17}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"temperature":950259521375174656}"#).unwrap();
+        assert_eq!(key("t", a), key("t", b));
+    }
+
+    fn key(tenant: &str, body: Value) -> [u8; 32] {
+        key_of(tenant, Endpoint::ChatCompletions, "m", &body)
     }
 }

@@ -470,11 +470,7 @@ impl Gateway {
                 };
                 // Independent writes: settle the reservation and store the answer together.
                 tokio::join!(
-                    self.settle(
-                        grant,
-                        usage.prompt_tokens + usage.completion_tokens,
-                        cost_nano_usd
-                    ),
+                    self.settle(grant, usage.total(), cost_nano_usd),
                     store_answer
                 );
                 Ok(Reply {

@@ -74,15 +74,7 @@ impl Finish {
         let cost = self
             .price
             .cost_nano_usd(usage.prompt_tokens, usage.completion_tokens);
-        if let Err(e) = self
-            .limiter
-            .settle(
-                self.grant,
-                usage.prompt_tokens + usage.completion_tokens,
-                cost,
-            )
-            .await
-        {
+        if let Err(e) = self.limiter.settle(self.grant, usage.total(), cost).await {
             tracing::error!(target: "sluice::limits", error = %e, "could not settle a streamed request");
         }
         if let Some(ticket) = &self.usage {
@@ -368,13 +360,16 @@ pub fn replay(completion: &Value, include_usage: bool) -> EventBytes {
             delta["content"] = content.clone();
         }
         if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+            // The stored answer came from a provider: a call that is not an object is dropped
+            // (indexing into it would panic), not replayed.
             let indexed: Vec<Value> = calls
                 .iter()
+                .filter_map(Value::as_object)
                 .enumerate()
                 .map(|(i, call)| {
                     let mut call = call.clone();
-                    call["index"] = json!(i);
-                    call
+                    call.insert("index".into(), json!(i));
+                    Value::Object(call)
                 })
                 .collect();
             delta["tool_calls"] = Value::Array(indexed);
@@ -462,5 +457,108 @@ mod tests {
                 completion_tokens: 2
             })
         );
+    }
+}
+
+/// Property tests: any chunks fold without panicking, and a replayed completion folds back
+/// into the same completion.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{self, block_on, json_value, mutated, text};
+
+    fn valid_chunk() -> Value {
+        json!({"id": "c1", "created": 5, "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel",
+            "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get", "arguments": "{"}}]},
+            "finish_reason": null}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+    }
+
+    /// A completion as the cache holds one: choices with text and tool calls, and usage.
+    fn completion() -> impl Strategy<Value = Value> {
+        let call = ("[a-z_]{1,6}", text()).prop_map(|(name, args)| {
+            json!({"id": format!("call_{name}"), "type": "function", "function": {"name": name, "arguments": args}})
+        });
+        let choice = (
+            proptest::option::of(text()),
+            proptest::collection::vec(call, 0..3),
+            proptest::sample::select(&["stop", "length", "tool_calls", "content_filter"][..]),
+        );
+        (proptest::collection::vec(choice, 1..3), 0u64..1 << 40, 0u64..1 << 40).prop_map(
+            |(choices, prompt, completion)| {
+                let choices: Vec<Value> = choices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (content, calls, finish))| {
+                        let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+                        if !calls.is_empty() {
+                            message["tool_calls"] = Value::Array(calls);
+                        }
+                        json!({"index": i, "message": message, "logprobs": null, "finish_reason": finish})
+                    })
+                    .collect();
+                json!({"id": "c9", "object": "chat.completion", "created": 1, "model": "m", "choices": choices,
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}})
+            },
+        )
+    }
+
+    fn replayed(completion: &Value) -> Vec<Bytes> {
+        block_on(replay(completion, true).map(|b| b.unwrap()).collect())
+    }
+
+    /// A cached answer whose `tool_calls` holds a non-object (an OpenAI-compatible server's
+    /// answer is cached as it came) made the replay of a streamed cache hit panic at
+    /// `call["index"] = …`. Found by `fuzz_any_completion_replays`.
+    #[test]
+    fn regression_replay_of_a_non_object_tool_call() {
+        let completion = json!({"id": "c", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "x", "tool_calls": [false, {"id": "a"}]}}],
+            "usage": {"prompt_tokens": 1}});
+        let events = replayed(&completion);
+        let first = std::str::from_utf8(&events[0]).unwrap();
+        let chunk: Value =
+            serde_json::from_str(first.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(
+            chunk["choices"][0]["delta"]["tool_calls"],
+            json!([{"id": "a", "index": 0}])
+        );
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        #[test]
+        fn fuzz_any_chunks_fold(chunks in proptest::collection::vec(prop_oneof![json_value(), mutated(valid_chunk())], 0..8)) {
+            let mut a = Assembler::default();
+            for c in &chunks {
+                a.add(c);
+            }
+            let done = a.completion();
+            prop_assert_eq!(&done["object"], "chat.completion");
+            prop_assert!(done["choices"].is_array());
+            let _ = (a.usage(), a.completion_estimate());
+        }
+
+        #[test]
+        fn fuzz_any_completion_replays(completion in prop_oneof![json_value(), mutated(json!({"id": "c", "choices": [{"index": 0, "message": {"role": "assistant", "content": "x", "tool_calls": [{"id": "a"}]}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1}}))]) {
+            let events = replayed(&completion);
+            prop_assert_eq!(events.last().map(|b| &b[..]), Some(DONE));
+        }
+
+        #[test]
+        fn fuzz_a_replay_folds_back_into_the_completion(completion in completion()) {
+            let mut a = Assembler::default();
+            for event in replayed(&completion) {
+                let text = std::str::from_utf8(&event).unwrap();
+                let data = text.strip_prefix("data: ").unwrap().trim_end();
+                if data != "[DONE]" {
+                    a.add(&serde_json::from_str(data).unwrap());
+                }
+            }
+            prop_assert_eq!(a.completion(), completion.clone());
+            prop_assert_eq!(a.usage(), usage_from_openai(&completion));
+        }
     }
 }

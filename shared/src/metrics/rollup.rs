@@ -69,9 +69,10 @@ impl Rollup {
         if event.fallback.is_some() {
             self.fallbacks += 1;
         }
-        self.tokens_in += event.tokens_in;
-        self.tokens_out += event.tokens_out;
-        self.cost_nano_usd += event.cost_nano_usd;
+        // Saturating: the counts come from queue messages (and, before that, providers).
+        self.tokens_in = self.tokens_in.saturating_add(event.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(event.tokens_out);
+        self.cost_nano_usd = self.cost_nano_usd.saturating_add(event.cost_nano_usd);
         self.latency
             .record((event.latency_ms.max(0.0) * 1000.0).round() as u64);
     }
@@ -79,7 +80,7 @@ impl Rollup {
     /// Adds another rollup.
     pub fn merge(&mut self, other: &Rollup) {
         for (mine, (_, theirs)) in self.counters_mut().into_iter().zip(other.counters()) {
-            *mine += theirs;
+            *mine = mine.saturating_add(theirs);
         }
         self.latency.merge(&other.latency);
     }

@@ -317,14 +317,15 @@ fn input_tokens(usage: &Value) -> u64 {
     ]
     .iter()
     .filter_map(|f| usage.get(*f).and_then(Value::as_u64))
-    .sum()
+    // Saturating: a broken upstream may send `u64::MAX`.
+    .fold(0, u64::saturating_add)
 }
 
 fn openai_usage(prompt: u64, completion: u64, cached: u64) -> Value {
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "total_tokens": prompt.saturating_add(completion),
         "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
@@ -717,5 +718,167 @@ mod tests {
             data: overloaded,
         }));
         assert!(matches!(out.as_slice(), [Err(e)] if e.is_retryable()));
+    }
+}
+
+/// Property tests: any answer, event or request is translated or refused without panicking,
+/// and a stream reads the same however the network cuts it.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{
+        self, assemble, block_on, cuts, event_stream, json_value, mutated, split, sse_text, text,
+    };
+
+    fn valid_message() -> Value {
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [{"type": "text", "text": "Hi"}, {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 7, "cache_read_input_tokens": 2}})
+    }
+
+    fn valid_event() -> impl Strategy<Value = Value> {
+        proptest::sample::select(vec![
+            json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude", "usage": {"input_tokens": 25, "cache_creation_input_tokens": 3}}}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "f"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\""}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ])
+        .prop_flat_map(mutated)
+    }
+
+    fn valid_request() -> Value {
+        json!({"model": "claude", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}}, "stop": ["x"], "max_tokens": 10, "user": "u"})
+    }
+
+    /// An Anthropic stream: start, text deltas, a tool_use block fed in JSON pieces, the
+    /// stop with usage. Returns the SSE bytes, the text and the arguments.
+    fn valid_stream() -> impl Strategy<Value = (Vec<u8>, String, String)> {
+        (
+            proptest::collection::vec(text(), 0..6),
+            proptest::collection::vec(text(), 0..4),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(pieces, args, input, cached, output)| {
+                let mut events: Vec<(Option<&str>, Value)> = vec![(
+                    Some("message_start"),
+                    json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude", "content": [],
+                        "usage": {"input_tokens": input, "cache_read_input_tokens": cached, "output_tokens": 1}}}),
+                )];
+                events.push((Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+                events.push((Some("ping"), json!({"type": "ping"})));
+                for p in &pieces {
+                    events.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+                }
+                events.push((Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})));
+                if !args.is_empty() {
+                    events.push((Some("content_block_start"), json!({"type": "content_block_start", "index": 1,
+                        "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}})));
+                    for a in &args {
+                        events.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 1,
+                            "delta": {"type": "input_json_delta", "partial_json": a}})));
+                    }
+                }
+                events.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}})));
+                events.push((Some("message_stop"), json!({"type": "message_stop"})));
+                (sse_text(&events), pieces.concat(), args.concat())
+            })
+    }
+
+    fn read(chunks: Vec<Bytes>) -> Result<Value, Vec<String>> {
+        let mut state = StreamState::new("m".into());
+        let chunks: Vec<_> = block_on(event_stream(chunks).collect::<Vec<_>>())
+            .into_iter()
+            .flat_map(|e| state.translate(e))
+            .collect();
+        assemble(chunks)
+    }
+
+    /// Token counts near `u64::MAX` (a broken or hostile upstream) overflowed the sum of the
+    /// input-token fields and `prompt + completion`: a panic in a debug build, a wrapped
+    /// (wrong) total in a release build. Found by `fuzz_a_stream_reads_the_same_however_it_is_cut`
+    /// (`message_start` with `input_tokens` + `cache_read_input_tokens` past `u64::MAX`).
+    #[test]
+    fn regression_huge_token_counts_saturate() {
+        let message = json!({"content": [], "usage": {"input_tokens": u64::MAX, "cache_read_input_tokens": 5, "output_tokens": 7}});
+        let (completion, usage) = from_message(&message, "m").unwrap();
+        assert_eq!(usage.map(|u| u.prompt_tokens), Some(u64::MAX));
+        assert_eq!(completion["usage"]["total_tokens"], u64::MAX);
+        let mut state = StreamState::new("m".into());
+        let start = json!({"type": "message_start", "message": {"usage": {"input_tokens": u64::MAX - 1, "cache_read_input_tokens": 2}}});
+        let _ = state.translate(Ok(Event {
+            name: String::new(),
+            data: start,
+        }));
+        let stop = json!({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}});
+        let chunks = state.translate(Ok(Event {
+            name: String::new(),
+            data: stop,
+        }));
+        let usage = chunks.last().unwrap().as_ref().unwrap()["usage"].clone();
+        assert_eq!(usage["total_tokens"], u64::MAX);
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        #[test]
+        fn fuzz_any_message(message in prop_oneof![json_value(), mutated(valid_message())]) {
+            match from_message(&message, "m") {
+                Ok((completion, usage)) => {
+                    prop_assert_eq!(&completion["object"], "chat.completion");
+                    prop_assert!(completion["choices"][0]["message"].is_object());
+                    prop_assert_eq!(usage.is_some(), completion.get("usage").is_some());
+                }
+                Err(e) => prop_assert!(matches!(e, ProviderError::Malformed(_))),
+            }
+        }
+
+        #[test]
+        fn fuzz_any_events(events in proptest::collection::vec((fuzzing::word(), prop_oneof![json_value(), valid_event()]), 0..10)) {
+            let mut state = StreamState::new("m".into());
+            for (name, data) in events {
+                for chunk in state.translate(Ok(Event { name, data })).into_iter().flatten() {
+                    prop_assert_eq!(&chunk["object"], "chat.completion.chunk");
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_any_request(body in prop_oneof![json_value(), mutated(valid_request())], stream in any::<bool>()) {
+            let map = body.as_object().cloned().unwrap_or_default();
+            match to_messages_request(&map, stream) {
+                Ok(out) => prop_assert!(out["messages"].is_array()),
+                Err(e) => prop_assert!(matches!(e, ProviderError::Status { status: 400, .. }), "{:?}", e),
+            }
+        }
+
+        #[test]
+        fn fuzz_a_stream_reads_the_same_however_it_is_cut((bytes, text, args) in valid_stream(), at in cuts(16)) {
+            let whole = read(vec![Bytes::from(bytes.clone())]);
+            let done = whole.clone().unwrap();
+            let message = &done["choices"][0]["message"];
+            prop_assert_eq!(message["content"].as_str(), Some(text.as_str()));
+            if !args.is_empty() {
+                prop_assert_eq!(message["tool_calls"][0]["function"]["arguments"].as_str(), Some(args.as_str()));
+            }
+            prop_assert_eq!(read(split(&bytes, &at)), whole);
+        }
+
+        #[test]
+        fn fuzz_any_stream_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), at in cuts(6)) {
+            let _ = read(split(&bytes, &at));
+        }
     }
 }

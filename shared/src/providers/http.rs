@@ -183,3 +183,50 @@ mod tests {
         ));
     }
 }
+
+/// Property tests: error bodies, error events and retry hints of any shape are read without
+/// panicking, and what is read stays within bounds.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::fuzzing::{self, json_value, mutated};
+
+    fn valid_error() -> Value {
+        json!({"type": "error", "error": {"type": "rate_limit_error", "code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]}})
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        #[test]
+        fn fuzz_any_error_body(body in prop_oneof![json_value(), mutated(valid_error())]) {
+            if let Some(message) = error_message(&body) {
+                prop_assert!(message.chars().count() <= MAX_ERROR_MESSAGE);
+            }
+            if let Some(wait) = google_retry_delay(&body) {
+                prop_assert!(wait <= Duration::from_secs(86_400));
+            }
+            match stream_error(&body) {
+                Some(ProviderError::Status { status, .. }) => prop_assert!(matches!(status, 408 | 429 | 500..=599)),
+                Some(ProviderError::Malformed(_)) | None => {}
+                Some(other) => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        #[test]
+        fn fuzz_any_retry_after(value in prop_oneof![any::<String>(), "[0-9.eE+-]{0,12}", "[0-9]{1,30}s?"]) {
+            if let Some(wait) = seconds(&value) {
+                prop_assert!(wait <= Duration::from_secs(86_400));
+            }
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = value.parse() {
+                headers.insert(RETRY_AFTER, v);
+            }
+            let _ = retry_after(&headers);
+        }
+    }
+}

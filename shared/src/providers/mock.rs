@@ -118,7 +118,7 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
     let usage_json = json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "total_tokens": usage.total(),
     });
     if stream {
         let chunk = |delta: Value, finish: Option<&str>| {

@@ -81,6 +81,14 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+impl Usage {
+    /// Prompt plus completion tokens. Saturating: the counts come from the provider, and a
+    /// broken one may send `u64::MAX`.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
 /// A streamed answer: OpenAI `chat.completion.chunk` objects as they arrive (every provider
 /// translates its own events into these). The stream ends after the last chunk; a chunk with
 /// empty `choices` and a `usage` object reports the tokens used.
@@ -426,5 +434,55 @@ mod tests {
         let now = 1_795_824_000_000; // 2026-11-28T00:00:00Z
         assert_eq!(headroom_from(&a, now).reset_ms, Some(10_000));
         assert_eq!(headroom_from(&a, now).requests, Some(3));
+    }
+}
+
+/// Property tests: rate-limit headers of any content are read without panicking.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing;
+
+    /// An OpenAI-compatible answer's `usage` is the provider's word: `prompt_tokens` of
+    /// `u64::MAX` made the gateway's `prompt + completion` overflow when settling the
+    /// reservation (a panic on the request path in a debug build). The same overflow was
+    /// found by the Anthropic and Gemini stream properties; every total now goes through
+    /// [`Usage::total`].
+    #[test]
+    fn regression_usage_total_saturates() {
+        let usage = Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: 1,
+        };
+        assert_eq!(usage.total(), u64::MAX);
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        #[test]
+        fn fuzz_any_rate_limit_headers(
+            values in proptest::collection::vec(prop_oneof![any::<String>(), "[0-9.hms]{0,16}", "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}(Z|[+-][0-9]{2}:[0-9]{2})"], 6),
+            now in any::<u64>(),
+        ) {
+            let names = [
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-requests",
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-tokens-remaining",
+                "anthropic-ratelimit-requests-reset",
+            ];
+            let mut headers = reqwest::header::HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                if let Ok(v) = value.parse() {
+                    headers.insert(*name, v);
+                }
+                let _ = parse_duration_ms(value);
+            }
+            let _ = headroom_from(&headers, now);
+        }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::ProviderError;
 
-/// One event: its `event:` name (empty if none) and its `data:` parsed as JSON.
+/// One event: its `event:` name (`message`, the SSE default, if none) and its `data:` parsed as JSON.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// The event type (Anthropic names every event; OpenAI and Gemini send none).
@@ -72,5 +72,77 @@ mod tests {
         assert_eq!(events[0].data["a"], 1);
         assert_eq!(events[1].name, "ping");
         assert_eq!(events[1].data["b"], 2);
+    }
+}
+
+/// Property tests: any bytes cut anywhere never panic, and a valid stream decodes the same
+/// however the network cuts it.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{self, block_on, cuts, json_value, split};
+
+    /// The events (name, data) or the error message, in order.
+    fn decode(chunks: Vec<Bytes>) -> Vec<Result<(String, Value), String>> {
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok));
+        block_on(
+            json_events(stream)
+                .map(|e| e.map(|e| (e.name, e.data)).map_err(|e| e.to_string()))
+                .collect(),
+        )
+    }
+
+    fn valid_stream() -> impl Strategy<Value = (Vec<u8>, Vec<(String, Value)>)> {
+        let event = (
+            proptest::option::of("[a-z_]{1,12}"),
+            json_value(),
+            any::<bool>(),
+        );
+        (proptest::collection::vec(event, 0..8), any::<bool>()).prop_map(|(events, crlf)| {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            let mut expected = Vec::new();
+            for (name, data, comment) in events {
+                if comment {
+                    text.push_str(&format!(": keep-alive{nl}{nl}"));
+                }
+                if let Some(name) = &name {
+                    text.push_str(&format!("event: {name}{nl}"));
+                }
+                let data = data.to_string();
+                text.push_str(&format!("data: {data}{nl}{nl}"));
+                // Read back as serde reads it (its float parsing may differ from the
+                // generated value in the last bit; that is not the stream's doing).
+                let parsed = serde_json::from_str::<Value>(&data).unwrap_or(Value::Null);
+                expected.push((name.unwrap_or_else(|| "message".into()), parsed));
+            }
+            text.push_str(&format!(
+                "data: [DONE]{nl}{nl}data: {{\"after\":1}}{nl}{nl}"
+            ));
+            (text.into_bytes(), expected)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        #[test]
+        fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), at in cuts(6)) {
+            for item in decode(split(&bytes, &at)) {
+                if let Err(message) = item {
+                    prop_assert!(message.starts_with("upstream answer is malformed"), "{message}");
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_a_valid_stream_decodes_the_same_however_it_is_cut((bytes, expected) in valid_stream(), at in cuts(12)) {
+            let whole = decode(vec![Bytes::from(bytes.clone())]);
+            let want: Vec<Result<(String, Value), String>> = expected.into_iter().map(Ok).collect();
+            prop_assert_eq!(&whole, &want);
+            prop_assert_eq!(decode(split(&bytes, &at)), want);
+        }
     }
 }
