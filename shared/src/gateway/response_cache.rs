@@ -10,6 +10,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use lru::LruCache;
 
 use crate::store::{CacheKey, CachedResponse, SharedStore, StoreError};
@@ -36,7 +37,10 @@ impl Hot {
         entry.body.len() + ENTRY_OVERHEAD
     }
 
-    fn insert(&mut self, digest: [u8; 32], entry: CachedResponse) {
+    fn insert(&mut self, digest: [u8; 32], mut entry: CachedResponse) {
+        // A body read from a connection can be a slice of a much larger read buffer, which the
+        // slice keeps alive; a copy of exactly its bytes is what the bound counts.
+        entry.body = Bytes::copy_from_slice(&entry.body);
         let cost = Self::cost(&entry);
         if cost > self.max_bytes / MAX_ENTRY_SHARE {
             // Too large to keep in memory: it stays in the store only.
@@ -120,8 +124,6 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-
-    use bytes::Bytes;
 
     use super::*;
     use crate::store::CacheStore;
@@ -216,6 +218,22 @@ mod tests {
             .unwrap();
         assert!(!cache.hot().unwrap().entries.contains(&[11; 32]));
         assert!(cache.get(&key(11, "a"), 10).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_sliced_from_a_large_buffer_is_kept_as_a_compact_copy() {
+        let store = Arc::new(SqliteStore::open(":memory:").unwrap());
+        let cache = ResponseCache::new(store, 1 << 20);
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut e = entry("", 1000);
+        e.body = buffer.slice(0..100);
+        cache.put(&key(6, "a"), &e).await.unwrap();
+        let kept = cache.hot().unwrap().entries.get(&[6; 32]).unwrap().body.clone();
+        assert_eq!(kept.len(), 100);
+        // Not a view into the 64 KiB buffer: the copy's memory is its own.
+        let buffer_range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        assert!(!buffer_range.contains(&(kept.as_ptr() as usize)));
+        assert_eq!(cache.memory_use(), (100 + ENTRY_OVERHEAD, 1));
     }
 
     #[tokio::test]
