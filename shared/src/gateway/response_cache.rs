@@ -228,7 +228,14 @@ mod tests {
         let mut e = entry("", 1000);
         e.body = buffer.slice(0..100);
         cache.put(&key(6, "a"), &e).await.unwrap();
-        let kept = cache.hot().unwrap().entries.get(&[6; 32]).unwrap().body.clone();
+        let kept = cache
+            .hot()
+            .unwrap()
+            .entries
+            .get(&[6; 32])
+            .unwrap()
+            .body
+            .clone();
         assert_eq!(kept.len(), 100);
         // Not a view into the 64 KiB buffer: the copy's memory is its own.
         let buffer_range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
