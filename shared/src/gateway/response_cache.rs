@@ -207,10 +207,11 @@ mod tests {
         let (bytes, entries) = cache.memory_use();
         assert!(bytes <= bound, "{bytes} > {bound}");
         assert_eq!(entries, 10);
-        let hot = cache.hot().unwrap();
-        assert!(hot.entries.contains(&[0; 32]));
-        assert!(!hot.entries.contains(&[1; 32]));
-        drop(hot);
+        {
+            let hot = cache.hot().unwrap();
+            assert!(hot.entries.contains(&[0; 32]));
+            assert!(!hot.entries.contains(&[1; 32]));
+        }
         // Entries bigger than an eighth of the tier stay in the store only.
         cache
             .put(&key(11, "a"), &entry(&"y".repeat(bound / 4), 1000))
