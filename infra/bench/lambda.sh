@@ -19,8 +19,9 @@ echo "== arm64 zips (cargo lambda build --release --arm64 --output-format zip)" 
 cargo lambda build --release --arm64 --output-format zip --quiet \
     -p sluice-ingest -p sluice-processor -p sluice-aggregator >&2
 echo "== host release builds for the init times" >&2
-cargo build --release --quiet -p sluice-ingest -p sluice-processor -p sluice-aggregator \
-    -p sluice-tests --bin lambda-hello >&2
+# Two commands: with `--bin`, cargo builds only the named binary of every package given.
+cargo build --release --quiet -p sluice-ingest -p sluice-processor -p sluice-aggregator >&2
+cargo build --release --quiet -p sluice-tests --bin lambda-hello >&2
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
