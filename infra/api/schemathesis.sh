@@ -22,40 +22,8 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$(sed -n 's/^schemathesis==
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r infra/api/requirements.txt
 fi
 
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# A private copy: builds by others sharing target/ may replace the binary during the run.
-cp "$BIN" "$work/sluice"
-unset SLUICE_CONFIG SLUICE_LISTEN SLUICE_DB SLUICE_LOG_FILE SLUICE_STORE SLUICE_QUEUE \
-    SLUICE_TABLE_PREFIX SLUICE_JOBS_QUEUE_URL SLUICE_URL SLUICE_KEY
-export SLUICE_ADMIN_KEY="sk-sluice-admin-st-$$"
-SLUICE_LOG=warn "$work/sluice" serve --listen 127.0.0.1:0 --db "$work/st.db" \
-    >"$work/serve.out" 2>"$work/serve.err" &
-server_pid=$!
-url=
-for _ in $(seq 200); do
-    url=$(sed -n 's/^Sluice listening on //p' "$work/serve.err")
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$url" ]; then
-    echo "sluice serve did not start:"
-    cat "$work/serve.err"
-    exit 1
-fi
-key=$(curl -sf "$url/admin/keys" -H "Authorization: Bearer $SLUICE_ADMIN_KEY" \
-    -H 'Content-Type: application/json' -d '{"tenant":"schemathesis"}' |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+source infra/lib/mock-serve.sh
+start_mock_serve "$BIN" schemathesis
 echo "sluice serve (mock provider, SQLite) at $url; document at $url/openapi.json"
 
 # One run: name, key, then filters. Prints schemathesis' summary; keeps its exit status.
