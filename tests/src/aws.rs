@@ -18,6 +18,12 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         "AWS_ENDPOINT_URL must name a moto server on 127.0.0.1 (got `{endpoint}`); \
          run ./infra/test.sh, or start one with infra/aws/moto.sh"
     );
+    sdk_config_at(&endpoint).await
+}
+
+/// SDK config for an endpoint on 127.0.0.1 (moto, or a proxy in front of it), with the
+/// SDK's default retry policy.
+pub async fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))

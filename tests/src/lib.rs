@@ -6,13 +6,17 @@
 pub mod aws;
 pub mod callback_receiver;
 pub mod fake_upstream;
+pub mod faulty_store;
 pub mod gateway;
 pub mod recording;
+pub mod throttle_proxy;
 
 pub use callback_receiver::CallbackReceiver;
 pub use fake_upstream::{Behaviour, FakeUpstream, Recorded};
+pub use faulty_store::{Fault, FaultyStore, Op};
 pub use gateway::TestGateway;
 pub use recording::RecordingSink;
+pub use throttle_proxy::{Throttle, ThrottleProxy};
 
 /// A config routing `gpt-test` and `embed-test` to the fake upstream at `base_url`, with the
 /// provider key `sk-provider-test`, 1 s upstream timeout and a 64 KiB body limit.

@@ -45,10 +45,16 @@ pub fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<Str
 impl Served {
     /// Starts `sluice serve` on 127.0.0.1:0 over `db` and waits until it listens.
     pub fn start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec!["--db", db.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, env)
+    }
+
+    /// Starts `sluice serve --listen 127.0.0.1:0 ARGS` and waits until it listens.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env_remove("SLUICE_ADMIN_KEY")
             .env_remove("SLUICE_CONFIG")
             .env_remove("SLUICE_LISTEN")

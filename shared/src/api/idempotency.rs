@@ -105,18 +105,23 @@ pub async fn finish(
     now_ms: u64,
 ) {
     let keep = status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error();
-    let result = match body {
-        Some(body) if keep => {
-            let stored = StoredResponse {
-                status: status.as_u16(),
-                body,
-            };
-            store
-                .idempotency_finish(&claim.key, &claim.fingerprint, &stored, now_ms + KEEP_MS)
-                .await
+    let stored = body.filter(|_| keep).map(|body| StoredResponse {
+        status: status.as_u16(),
+        body,
+    });
+    // Both writes can be repeated safely. Given up, the key would stay claimed for its lease
+    // (a retry of the request is refused as in progress, then runs again).
+    let result = crate::store::retrying("recording an idempotent response", |_| async {
+        match &stored {
+            Some(stored) => {
+                store
+                    .idempotency_finish(&claim.key, &claim.fingerprint, stored, now_ms + KEEP_MS)
+                    .await
+            }
+            None => store.idempotency_release(&claim.key).await,
         }
-        _ => store.idempotency_release(&claim.key).await,
-    };
+    })
+    .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not record an idempotent response");
     }

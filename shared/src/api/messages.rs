@@ -580,6 +580,10 @@ fn to_message_events(events: EventBytes, model: String) -> EventBytes {
     futures_util::stream::unfold(Some((chunks, writer, span)), |state| async move {
         let (mut chunks, mut writer, span) = state?;
         let frames = match chunks.next().await {
+            // The gateway's own error event: the provider's stream broke off.
+            Some(Ok(event)) if event.data.get("error").is_some() => {
+                vec![frame("error", &stream_broke_off())]
+            }
             Some(Ok(event)) => {
                 let frames = writer.chunk(&event.data);
                 return Some((frames, Some((chunks, writer, span))));
@@ -587,15 +591,19 @@ fn to_message_events(events: EventBytes, model: String) -> EventBytes {
             None => writer.end(),
             Some(Err(e)) => {
                 tracing::warn!(parent: &span, error = %e, "stream failed after its first byte");
-                let error = json!({"type": "error", "error": {"type": "api_error",
-                                   "message": "The provider's stream broke off."}});
-                vec![frame("error", &error)]
+                vec![frame("error", &stream_broke_off())]
             }
         };
         Some((frames, None))
     })
     .flat_map(|frames| futures_util::stream::iter(frames.into_iter().map(Ok)))
     .boxed()
+}
+
+/// Anthropic's `error` event for a stream the provider broke off.
+fn stream_broke_off() -> Value {
+    json!({"type": "error", "error": {"type": "api_error",
+           "message": "The provider's stream broke off."}})
 }
 
 #[cfg(test)]

@@ -294,6 +294,7 @@ pub(super) fn options(headers: &HeaderMap) -> Result<RequestOptions, ApiError> {
                 .and_then(|v| v.to_str().ok()),
         ),
         timeout: request_timeout(headers)?,
+        defer_settlement: false,
     })
 }
 

@@ -4,7 +4,8 @@
 //! Each job keeps its own cache lookup and store (by its own tenant), its own slice of the
 //! `data` array (re-indexed from 0) and its own usage: the provider's total prompt tokens are
 //! apportioned by each job's estimated share, so the per-job costs add up to exactly what the
-//! upstream call cost.
+//! upstream call cost. Each job's spend comes back as its reply's settlement, which the
+//! processor writes together with the job's result.
 
 use std::collections::HashMap;
 
@@ -106,6 +107,7 @@ impl Gateway {
                             usage: Usage::default(),
                             cost_nano_usd: 0,
                             fallback: None,
+                            settlement: None,
                         };
                         outcomes[index] = Some((Ok(reply), trace));
                         continue;
@@ -297,8 +299,10 @@ impl Gateway {
                 prompt_tokens: share,
                 completion_tokens: 0,
             };
-            self.settle(p.grant, share, price.cost_nano_usd(share, 0))
-                .await;
+            // Recorded by the processor in the same write as the job's result.
+            let settlement = self
+                .limiter
+                .settlement(&p.grant, share, price.cost_nano_usd(share, 0));
             let reply = Reply {
                 body: ReplyBody::Json(bytes),
                 cache: if p.looked_up {
@@ -309,6 +313,7 @@ impl Gateway {
                 usage,
                 cost_nano_usd: price.cost_nano_usd(share, 0),
                 fallback: None,
+                settlement,
             };
             outcomes[p.index] = Some((Ok(reply), p.trace));
         }

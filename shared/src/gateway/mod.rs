@@ -21,7 +21,7 @@ use crate::config::{CacheConfig, Config, OnLimit, RoutingConfig};
 use crate::keys::KeyLimits;
 use crate::limits::{Ask, Grant, Limiter, Refusal, Subject};
 use crate::providers::{Endpoint, ProviderError, UpstreamResponse, Usage};
-use crate::store::{CachedResponse, SharedStore, StoreError};
+use crate::store::{CachedResponse, Settlement, SharedStore, StoreError};
 use crate::tokens;
 use cache::{CacheControl, CacheStatus};
 use catalog::{Catalog, Model};
@@ -34,13 +34,17 @@ pub struct RequestOptions {
     pub cache: CacheControl,
     /// `x-sluice-timeout`: the whole request's deadline, retries and fallbacks included.
     pub timeout: Option<Duration>,
+    /// The caller records the spend itself, in the same write as its own result (async
+    /// jobs): a provider's answer comes back with its [`Reply::settlement`] instead of
+    /// settled. Streams and failures are settled as usual.
+    pub defer_settlement: bool,
 }
 
 impl From<CacheControl> for RequestOptions {
     fn from(cache: CacheControl) -> Self {
         Self {
             cache,
-            timeout: None,
+            ..Self::default()
         }
     }
 }
@@ -118,6 +122,9 @@ pub struct Reply {
     pub cost_nano_usd: u64,
     /// Set when the answer is degraded: which fallback produced it (`x-sluice-fallback`).
     pub fallback: Option<&'static str>,
+    /// With [`RequestOptions::defer_settlement`]: the reservation's settlement, for the
+    /// caller to write. Dropped unwritten, the reservation expires and is given back.
+    pub settlement: Option<Settlement>,
 }
 
 /// Text of the last user message (string content, or the text parts of an array).
@@ -172,6 +179,7 @@ impl Reply {
             usage: Usage::default(),
             cost_nano_usd: 0,
             fallback: None,
+            settlement: None,
         }
     }
 }
@@ -443,6 +451,7 @@ impl Gateway {
                     usage: Usage::default(),
                     cost_nano_usd: 0,
                     fallback: tier,
+                    settlement: None,
                 })
             }
             UpstreamResponse::Complete { body, usage, .. } => {
@@ -469,16 +478,25 @@ impl Gateway {
                     }
                 };
                 // Independent writes: settle the reservation and store the answer together.
-                tokio::join!(
-                    self.settle(grant, usage.total(), cost_nano_usd),
-                    store_answer
-                );
+                let settlement = if options.defer_settlement {
+                    self.limiter
+                        .settlement(&grant, usage.total(), cost_nano_usd)
+                } else {
+                    None
+                };
+                let settle = async {
+                    if !options.defer_settlement {
+                        self.settle(grant, usage.total(), cost_nano_usd).await;
+                    }
+                };
+                tokio::join!(settle, store_answer);
                 Ok(Reply {
                     body: ReplyBody::Json(body),
                     cache: status,
                     usage,
                     cost_nano_usd,
                     fallback: tier,
+                    settlement,
                 })
             }
         }

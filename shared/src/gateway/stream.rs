@@ -184,6 +184,12 @@ impl Assembler {
         }
     }
 
+    /// Whether the answer is whole: at least one choice, and every choice has its
+    /// `finish_reason` (every provider's last content chunk carries one).
+    pub fn finished(&self) -> bool {
+        !self.choices.is_empty() && self.choices.values().all(|c| !c.finish_reason.is_null())
+    }
+
     /// The usage the provider reported, if it did.
     pub fn usage(&self) -> Option<Usage> {
         usage_from_openai(&json!({ "usage": self.usage.clone()? }))
@@ -279,6 +285,20 @@ impl Metered {
             );
         }
     }
+
+    /// Ends a stream the provider broke off: what was used so far is settled, nothing is
+    /// cached, and the client gets an error event instead of `[DONE]` (OpenAI's SDKs raise
+    /// it as an `APIError`), then a cleanly closed body.
+    fn cut_off(&mut self) -> Bytes {
+        self.end(false);
+        self.state = State::Ended;
+        event(&json!({"error": {
+            "message": "The provider's stream broke off before the answer was complete.",
+            "type": "upstream_error",
+            "code": "upstream_stream_cut",
+            "param": null,
+        }}))
+    }
 }
 
 impl Drop for Metered {
@@ -320,9 +340,14 @@ impl Stream for Metered {
                     return Poll::Ready(Some(Ok(event(&chunk))));
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    self.end(false);
-                    self.state = State::Ended;
-                    return Poll::Ready(Some(Err(e)));
+                    tracing::warn!(error = %e, "provider stream failed mid-way");
+                    return Poll::Ready(Some(Ok(self.cut_off())));
+                }
+                // A provider's stream that ends before every choice has its `finish_reason`
+                // was cut off (a proxy or the provider closed it early): not an answer.
+                Poll::Ready(None) if !self.assembler.finished() => {
+                    tracing::warn!("provider stream ended before the answer was complete");
+                    return Poll::Ready(Some(Ok(self.cut_off())));
                 }
                 Poll::Ready(None) => {
                     self.end(true);

@@ -125,7 +125,14 @@ impl Jobs {
             updated_at_ms: now,
             expires_at_ms: now.saturating_add(self.retention_ms),
         };
-        self.store.insert_job(&job).await?;
+        if let Err(e) = self.store.insert_job(&job).await {
+            // A backend failure may have landed with its answer lost: close the job, so that
+            // one the client never heard of does not sit `queued` until its retention ends.
+            if matches!(e, StoreError::Backend(_)) {
+                self.abandon(&job).await;
+            }
+            return Err(e.into());
+        }
         let message = serde_json::to_string(&JobMessage {
             job_id: job.id.clone(),
         })
@@ -152,7 +159,7 @@ impl Jobs {
             };
             let _ = self
                 .store
-                .finish_job(&job.id, claimed.attempts, JobStatus::Failed, &result, now)
+                .finish_job(&job.id, claimed.attempts, JobStatus::Failed, &result, now, None)
                 .await;
         }
     }

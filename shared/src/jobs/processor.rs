@@ -18,10 +18,10 @@ use crate::api::error::ApiError;
 use crate::clock::Clock;
 use crate::gateway::batch::BatchItem;
 use crate::gateway::cache::CacheControl;
-use crate::gateway::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
+use crate::gateway::{Caller, Gateway, GatewayError, Reply, ReplyBody, RequestOptions, Trace};
 use crate::metrics::{EventKind, UsageEvent, UsageSink};
 use crate::providers::Endpoint;
-use crate::store::SharedStore;
+use crate::store::{Settlement, SharedStore};
 
 /// What to do with a delivered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,12 @@ impl Processor {
                     &caller_of(&job),
                     job.endpoint,
                     &job.request,
-                    CacheControl::parse(job.cache_control.as_deref()),
+                    RequestOptions {
+                        cache: CacheControl::parse(job.cache_control.as_deref()),
+                        // The spend is written with the result (see `record`).
+                        defer_settlement: true,
+                        ..RequestOptions::default()
+                    },
                     &mut trace,
                 )
                 .await;
@@ -185,22 +190,27 @@ impl Processor {
             Ok(reply) => (reply.cache.as_str(), reply.fallback),
             Err(_) => ("bypass", None),
         };
+        let mut settlement = None;
         let (status, outcome) = match result {
             Ok(Reply {
                 body: ReplyBody::Json(body),
                 usage,
                 cost_nano_usd,
+                settlement: settle,
                 ..
-            }) => (
-                JobStatus::Succeeded,
-                JobResult {
-                    http_status: 200,
-                    body,
-                    tokens_in: usage.prompt_tokens,
-                    tokens_out: usage.completion_tokens,
-                    cost_nano_usd,
-                },
-            ),
+            }) => {
+                settlement = settle;
+                (
+                    JobStatus::Succeeded,
+                    JobResult {
+                        http_status: 200,
+                        body,
+                        tokens_in: usage.prompt_tokens,
+                        tokens_out: usage.completion_tokens,
+                        cost_nano_usd,
+                    },
+                )
+            }
             Ok(Reply {
                 body: ReplyBody::EventStream(_),
                 ..
@@ -217,8 +227,7 @@ impl Processor {
             }
         };
         match self
-            .store
-            .finish_job(&job.id, job.attempts, status, &outcome, now)
+            .record(&job, status, &outcome, settlement.as_ref(), now)
             .await
         {
             Ok(true) => {}
@@ -283,6 +292,37 @@ impl Processor {
             }
         }
         Disposition::Done
+    }
+
+    /// Records a job's final state and, in the same write, its spend (so a job killed or
+    /// failing between the two can neither be billed without a result nor be billed again
+    /// when it runs once more). A failed write is retried: given up, the job runs again
+    /// after its lease and its reservation is given back when it expires. `Ok(false)` if
+    /// another worker holds or finished the job.
+    async fn record(
+        &self,
+        job: &Job,
+        status: JobStatus,
+        outcome: &JobResult,
+        settlement: Option<&Settlement>,
+        now: u64,
+    ) -> Result<bool, crate::store::StoreError> {
+        crate::store::retrying("recording a job's result", |failures| async move {
+            let recorded = self
+                .store
+                .finish_job(&job.id, job.attempts, status, outcome, now, settlement)
+                .await?;
+            if recorded || failures == 0 {
+                return Ok(recorded);
+            }
+            // After a failed try, "not ours" may mean that try landed with its answer lost:
+            // the job then shows this attempt's final state.
+            let stored = self.store.get_job(&job.id, now).await?;
+            Ok(stored.is_some_and(|j| {
+                j.attempts == job.attempts && j.status == status && j.result.as_ref() == Some(outcome)
+            }))
+        })
+        .await
     }
 }
 

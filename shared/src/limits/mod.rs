@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig, TenantConfig};
 use crate::keys::{KeyLimits, random_alnum};
-use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, StoreError};
+use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, Settlement, StoreError};
 
 /// Who a request is limited as.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +88,8 @@ pub struct Grant {
     budgets: Vec<Increment>,
     reserved_tokens: u64,
     reserved_cost: u64,
+    /// When the hold becomes abandoned and may be released by any process.
+    hold_expires_at_ms: u64,
 }
 
 impl Grant {
@@ -134,6 +136,9 @@ pub struct Limiter {
 
 /// How often each process does limit housekeeping (see [`Limiter::maintain_if_due`]).
 const MAINTENANCE_EVERY_MS: u64 = 60_000;
+
+/// How far another process's clock may run ahead of ours when it judges a hold abandoned.
+const SETTLE_CLOCK_MARGIN_MS: u64 = 30_000;
 
 /// Splits `total` over `shards` as evenly as integers allow; shard `s` gets its part.
 pub(crate) fn share(total: u64, shards: u32, s: u32) -> u64 {
@@ -280,6 +285,7 @@ impl Limiter {
                 expires_at_ms: now + self.config.reservation_ttl_s * 1000,
             });
             grant.hold_id = hold.as_ref().map(|h| h.id.clone());
+            grant.hold_expires_at_ms = hold.as_ref().map_or(0, |h| h.expires_at_ms);
             match self.store.apply(&plan.increments, hold.as_ref()).await? {
                 Applied::Granted => {
                     self.watch(&plan);
@@ -312,17 +318,11 @@ impl Limiter {
         }
     }
 
-    /// Settles a grant to the real usage: gives back what was reserved beyond it and records
-    /// the spend. Safe to call with an empty grant.
-    pub async fn settle(
-        &self,
-        grant: Grant,
-        tokens: u64,
-        cost_nano_usd: u64,
-    ) -> Result<(), StoreError> {
-        let Some(hold_id) = &grant.hold_id else {
-            return Ok(());
-        };
+    /// The writes that settle a grant to the real usage, for a caller that records them
+    /// together with its own result ([`crate::store::JobStore::finish_job`]); `None` when
+    /// nothing was reserved.
+    pub fn settlement(&self, grant: &Grant, tokens: u64, cost_nano_usd: u64) -> Option<Settlement> {
+        let hold_id = grant.hold_id.clone()?;
         let settle = |reserved_back: bool| -> Vec<Increment> {
             let mut out = Vec::new();
             for inc in &grant.tokens {
@@ -360,14 +360,48 @@ impl Limiter {
             }
             out
         };
-        if self.store.settle(hold_id, &settle(true)).await? {
+        Some(Settlement {
+            hold_id,
+            increments: settle(true),
+            // Without the hold, only what was really used (a zero change is no write).
+            unheld: settle(false).into_iter().filter(|i| i.delta != 0).collect(),
+        })
+    }
+
+    /// Settles a grant to the real usage: gives back what was reserved beyond it and records
+    /// the spend. Safe to call with an empty grant.
+    pub async fn settle(
+        &self,
+        grant: Grant,
+        tokens: u64,
+        cost_nano_usd: u64,
+    ) -> Result<(), StoreError> {
+        let Some(settlement) = self.settlement(&grant, tokens, cost_nano_usd) else {
             return Ok(());
-        }
-        // The reservation was already given back as abandoned (the request outlived
+        };
+        // A failed settle is retried: given up, it would leave the spend unrecorded (the
+        // hold expires and the whole reservation is given back).
+        let settled = crate::store::retrying("settling a reservation", |failures| {
+            let settlement = &settlement;
+            async move {
+                let settled = self
+                    .store
+                    .settle(&settlement.hold_id, &settlement.increments)
+                    .await?;
+                // After a failed try, a hold gone well before anyone could have released it
+                // as abandoned was deleted by that try, which landed with its answer lost:
+                // recording the usage again would bill the request twice.
+                Ok(settled
+                    || (failures > 0
+                        && self.clock.now_ms().saturating_add(SETTLE_CLOCK_MARGIN_MS)
+                            < grant.hold_expires_at_ms))
+            }
+        })
+        .await?;
+        // Otherwise the reservation was already given back as abandoned (the request outlived
         // `reservation_ttl_s`): record what it really used on its own.
-        let real: Vec<Increment> = settle(false).into_iter().filter(|i| i.delta != 0).collect();
-        if !real.is_empty() {
-            self.store.apply(&real, None).await?;
+        if !settled && !settlement.unheld.is_empty() {
+            self.store.apply(&settlement.unheld, None).await?;
         }
         Ok(())
     }

@@ -103,8 +103,14 @@ pub async fn aggregate_loop(
                 Ok(None) | Err(_) => break,
             }
         }
+        // Retried under the same batch id, which the store applies at most once: a try that
+        // landed with its answer lost is not counted twice.
         let id = format!("local-{}", crate::keys::random_alnum(16));
-        if let Err(e) = aggregate(&*store, &id, &batch).await {
+        let stored = crate::store::retrying("storing usage rollups", |_| {
+            aggregate(&*store, &id, &batch)
+        })
+        .await;
+        if let Err(e) = stored {
             tracing::error!(target: "sluice::metrics", error = %e, events = batch.len(), "could not store usage rollups");
         }
         batch.clear();

@@ -40,8 +40,8 @@ use bytes::Bytes;
 
 use super::{
     Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, IdempotencyBegin,
-    IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, MetricsStore, StoreError,
-    StoredResponse,
+    IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, MetricsStore, Settlement,
+    StoreError, StoredResponse,
 };
 use crate::clock::Clock;
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
@@ -732,6 +732,7 @@ impl JobStore for DynamoStore {
         status: JobStatus,
         result: &JobResult,
         now_ms: u64,
+        settle: Option<&Settlement>,
     ) -> Result<bool, StoreError> {
         let mut blob = Item::new();
         let stored = put_blob(&mut blob, "result_body", &result.body)?;
@@ -744,22 +745,18 @@ impl JobStore for DynamoStore {
         } else {
             blob
         };
-        let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.tables.jobs)
-            .key("pk", s(id))
-            .condition_expression("#s = :running AND attempts = :attempt")
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":running", s("running"))
-            .expression_attribute_values(":attempt", n(attempt))
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":code", n(result.http_status))
-            .expression_attribute_values(":in", n(result.tokens_in))
-            .expression_attribute_values(":out", n(result.tokens_out))
-            .expression_attribute_values(":cost", n(result.cost_nano_usd))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":now", n(now_ms));
+        let names = HashMap::from([("#s".to_owned(), "status".to_owned())]);
+        let mut values: Item = HashMap::from([
+            (":running".to_owned(), s("running")),
+            (":attempt".to_owned(), n(attempt)),
+            (":status".to_owned(), s(status.as_str())),
+            (":code".to_owned(), n(result.http_status)),
+            (":in".to_owned(), n(result.tokens_in)),
+            (":out".to_owned(), n(result.tokens_out)),
+            (":cost".to_owned(), n(result.cost_nano_usd)),
+            (":zero".to_owned(), n(0)),
+            (":now".to_owned(), n(now_ms)),
+        ]);
         let mut set = String::from(
             "SET #s = :status, result_status = :code, tokens_in = :in, tokens_out = :out, \
              cost_nano_usd = :cost, lease_until_ms = :zero, updated_at_ms = :now",
@@ -767,13 +764,77 @@ impl JobStore for DynamoStore {
         for (name, value) in body {
             let placeholder = format!(":{name}");
             set.push_str(&format!(", {name} = {placeholder}"));
-            update = update.expression_attribute_values(placeholder, value);
+            values.insert(placeholder, value);
         }
-        self.count();
-        match update.update_expression(set).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(sdk(e)),
+        const CONDITION: &str = "#s = :running AND attempts = :attempt";
+        let Some(settle) = settle else {
+            self.count();
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.tables.jobs)
+                .key("pk", s(id))
+                .condition_expression(CONDITION)
+                .update_expression(set)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .send()
+                .await;
+            return match res {
+                Ok(_) => Ok(true),
+                Err(e) if is_condition_failure(&e) => Ok(false),
+                Err(e) => Err(sdk(e)),
+            };
+        };
+        // The result and the spend in one transaction: the job's update, the hold's deletion
+        // and the counters; without the hold (released as abandoned), the real usage alone.
+        let job = TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.tables.jobs)
+                    .key("pk", s(id))
+                    .condition_expression(CONDITION)
+                    .update_expression(set)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .map_err(build)?,
+            )
+            .build();
+        let hold = TransactWriteItem::builder()
+            .delete(
+                Delete::builder()
+                    .table_name(&self.tables.limits)
+                    .key("pk", s(format!("hold#{}", settle.hold_id)))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .map_err(build)?,
+            )
+            .build();
+        let failed = |reasons: &[(Option<String>, Option<Item>)], i: usize| {
+            reasons.get(i).and_then(|(c, _)| c.as_deref()) == Some("ConditionalCheckFailed")
+        };
+        let mut items = vec![job.clone(), hold];
+        items.extend(self.counter_updates(&settle.increments)?);
+        match self.transact(items).await? {
+            None => return Ok(true),
+            Some(reasons) if failed(&reasons, 0) => return Ok(false),
+            // The hold is gone: again, with the real usage alone.
+            Some(reasons) if failed(&reasons, 1) => {}
+            Some(_) => {
+                return Err(StoreError::Backend(
+                    "DynamoDB: finish transaction cancelled".into(),
+                ));
+            }
+        }
+        let mut items = vec![job];
+        items.extend(self.counter_updates(&settle.unheld)?);
+        match self.transact(items).await? {
+            None => Ok(true),
+            Some(reasons) if failed(&reasons, 0) => Ok(false),
+            Some(_) => Err(StoreError::Backend(
+                "DynamoDB: finish transaction cancelled".into(),
+            )),
         }
     }
 }
@@ -797,6 +858,22 @@ fn by_counter(increments: &[Increment]) -> Vec<(String, Vec<usize>)> {
 
 impl DynamoStore {
     /// One `Update` adding every increment of a counter, conditional on the `at_most`s.
+    /// One transaction item per counter, applying `increments` unconditionally.
+    fn counter_updates(
+        &self,
+        increments: &[Increment],
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        by_counter(increments)
+            .into_iter()
+            .map(|(counter, idxs)| {
+                let incs: Vec<&Increment> = idxs.iter().map(|&i| &increments[i]).collect();
+                Ok(TransactWriteItem::builder()
+                    .update(self.counter_update(&counter, &incs)?)
+                    .build())
+            })
+            .collect()
+    }
+
     fn counter_update(
         &self,
         counter: &str,
@@ -1014,14 +1091,7 @@ impl LimitStore for DynamoStore {
                 )
                 .build(),
         ];
-        for (counter, idxs) in by_counter(increments) {
-            let incs: Vec<&Increment> = idxs.iter().map(|&i| &increments[i]).collect();
-            items.push(
-                TransactWriteItem::builder()
-                    .update(self.counter_update(&counter, &incs)?)
-                    .build(),
-            );
-        }
+        items.extend(self.counter_updates(increments)?);
         match self.transact(items).await? {
             None => Ok(true),
             Some(reasons)

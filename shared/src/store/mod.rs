@@ -105,8 +105,10 @@ pub trait JobStore: Send + Sync {
     /// Gives a claimed job back (`running` → `queued`) so a redelivery can take it at once;
     /// `false` if `attempt` no longer holds it.
     async fn release_job(&self, id: &str, attempt: u32, now_ms: u64) -> Result<bool, StoreError>;
-    /// Records the final state; `false` if `attempt` no longer holds the job (another worker
-    /// took it over or finished it), in which case nothing is written.
+    /// Records the final state, and with it settles the job's reservation when `settle` is
+    /// given (one atomic write: a job's spend is recorded exactly when its result is).
+    /// `false` if `attempt` no longer holds the job (another worker took it over or finished
+    /// it), in which case nothing is written and the reservation stays held until it expires.
     async fn finish_job(
         &self,
         id: &str,
@@ -114,6 +116,7 @@ pub trait JobStore: Send + Sync {
         status: JobStatus,
         result: &JobResult,
         now_ms: u64,
+        settle: Option<&Settlement>,
     ) -> Result<bool, StoreError>;
 }
 
@@ -180,6 +183,19 @@ pub struct Hold {
     pub undo: Vec<Increment>,
     /// After this the reservation counts as abandoned (a crashed request).
     pub expires_at_ms: u64,
+}
+
+/// The settlement of a reservation, to be written together with something else (a job's
+/// result): if the hold still exists, it is deleted and `increments` applied; if it was
+/// already released as abandoned, `unheld` is applied instead (the real usage on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The hold to settle.
+    pub hold_id: String,
+    /// Applied with the hold's deletion.
+    pub increments: Vec<Increment>,
+    /// Applied when the hold is gone.
+    pub unheld: Vec<Increment>,
 }
 
 /// What [`LimitStore::apply`] did.
@@ -294,6 +310,34 @@ pub trait MetricsStore: Send + Sync {
 /// How long a batch id is remembered (queues redeliver within their retention, 4 days for
 /// the usage queue at most; a redelivery later than this would be counted twice).
 pub const METRICS_MARKER_TTL_MS: u64 = 14 * 24 * 3600 * 1000;
+
+/// Tries of a write that must not be dropped on a transient failure (throttling, a lost
+/// answer), by [`retrying`].
+pub const WRITE_ATTEMPTS: u32 = 4;
+
+/// Runs a store write until it succeeds or [`WRITE_ATTEMPTS`] tries have failed, waiting
+/// 50 ms before the second try and twice as long before each later one. `write` gets the
+/// number of failed tries so far: after a failure, an earlier try may have landed with its
+/// answer lost, and the write must then recognise its own effect instead of applying it twice.
+pub async fn retrying<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut failures = 0;
+    loop {
+        match write(failures).await {
+            Ok(v) => return Ok(v),
+            Err(e) if failures + 1 < WRITE_ATTEMPTS => {
+                failures += 1;
+                tracing::warn!(error = %e, attempt = failures, "{what} failed; retrying");
+                let wait = std::time::Duration::from_millis(50) * 2u32.pow(failures - 1);
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Everything the gateway needs from a store.
 pub trait Store:

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::{
     Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, IdempotencyBegin,
     IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, METRICS_MARKER_TTL_MS,
-    MetricsStore, StoreError, StoredResponse,
+    MetricsStore, Settlement, StoreError, StoredResponse,
 };
 use crate::clock::Clock;
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
@@ -711,9 +711,12 @@ impl JobStore for SqliteStore {
         status: JobStatus,
         result: &JobResult,
         now_ms: u64,
+        settle: Option<&Settlement>,
     ) -> Result<bool, StoreError> {
         let id = id.to_owned();
         let result = result.clone();
+        let settle = settle.cloned();
+        // One transaction on the single writer: the result and the spend land together.
         self.write(move |c| {
             let n = c
                 .execute(
@@ -734,10 +737,33 @@ impl JobStore for SqliteStore {
                     ],
                 )
                 .map_err(backend)?;
-            Ok(n == 1)
+            if n == 0 {
+                return Ok(false);
+            }
+            if let Some(settle) = &settle {
+                settle_in(c, settle)?;
+            }
+            Ok(true)
         })
         .await
     }
+}
+
+/// Settles a hold inside the caller's transaction: deleted with its increments applied, or,
+/// when it is already gone, the real usage on its own.
+fn settle_in(c: &Connection, settle: &Settlement) -> Result<(), StoreError> {
+    let deleted = c
+        .execute("DELETE FROM limit_holds WHERE id = ?1", [&settle.hold_id])
+        .map_err(backend)?;
+    let increments = if deleted == 1 {
+        &settle.increments
+    } else {
+        &settle.unheld
+    };
+    for inc in increments {
+        add_to_counter(c, inc)?;
+    }
+    Ok(())
 }
 
 fn counter_value(c: &Connection, counter: &str, field: CounterField) -> Result<i64, StoreError> {

@@ -84,7 +84,11 @@ fn last_user(body: &Value) -> (String, Option<String>) {
 pub(super) fn answer(behaviour: &Behaviour, n: usize, body: &Value) -> Response {
     match *behaviour {
         // `EchoKey` is answered before the format is chosen.
-        Behaviour::Ok | Behaviour::Slow(_) | Behaviour::EchoKey(_) => {}
+        Behaviour::Ok
+        | Behaviour::Slow(_)
+        | Behaviour::EchoKey(_)
+        | Behaviour::CutOff
+        | Behaviour::Truncated => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = error(
                 status,

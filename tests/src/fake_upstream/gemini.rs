@@ -73,7 +73,11 @@ fn error(status: u16, message: &str, retry_after: Option<u64>) -> Response {
 pub(super) fn answer(behaviour: &Behaviour, n: usize, uri: &Uri, body: &Value) -> Response {
     match *behaviour {
         // `EchoKey` is answered before the format is chosen.
-        Behaviour::Ok | Behaviour::Slow(_) | Behaviour::EchoKey(_) => {}
+        Behaviour::Ok
+        | Behaviour::Slow(_)
+        | Behaviour::EchoKey(_)
+        | Behaviour::CutOff
+        | Behaviour::Truncated => {}
         Behaviour::Status(status, retry_after) => {
             return error(status, &status_message(status), retry_after);
         }

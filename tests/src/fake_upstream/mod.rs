@@ -23,6 +23,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::StreamExt as _;
 use serde_json::Value;
 
 /// How the fake answers the next requests.
@@ -41,6 +42,12 @@ pub enum Behaviour {
     /// An error with this status whose message repeats the API key the fake was sent, as
     /// some OpenAI-compatible servers do ("Incorrect API key provided: sk-…").
     EchoKey(u16),
+    /// 200 and the first half of a normal answer's body, then the connection is dropped
+    /// mid-body (for a stream: a disconnect mid-stream, half the events delivered).
+    CutOff,
+    /// 200 and the first half of a normal answer's body, delivered cleanly as if whole: JSON
+    /// that ends mid-object, or a stream that stops mid-event without `[DONE]`.
+    Truncated,
 }
 
 /// One request the fake received.
@@ -219,13 +226,21 @@ async fn handle(
         return echo_key(status, &headers);
     }
     let path = uri.path();
-    let mut response = if path.starts_with("/v1beta/") {
-        gemini::answer(&behaviour, n, &uri, &body)
-    } else if path == "/v1/messages" {
-        anthropic::answer(&behaviour, n, &body)
+    let format = if matches!(behaviour, Behaviour::CutOff | Behaviour::Truncated) {
+        Behaviour::Ok
     } else {
-        openai::answer(&behaviour, n, path, &body)
+        behaviour.clone()
     };
+    let mut response = if path.starts_with("/v1beta/") {
+        gemini::answer(&format, n, &uri, &body)
+    } else if path == "/v1/messages" {
+        anthropic::answer(&format, n, &body)
+    } else {
+        openai::answer(&format, n, path, &body)
+    };
+    if matches!(behaviour, Behaviour::CutOff | Behaviour::Truncated) {
+        response = cut(response, behaviour == Behaviour::CutOff).await;
+    }
     for (k, v) in extra {
         if let (Ok(name), Ok(value)) = (
             axum::http::HeaderName::from_bytes(k.as_bytes()),
@@ -235,6 +250,33 @@ async fn handle(
         }
     }
     response
+}
+
+/// The first half of `response`'s body; with `reset`, the connection then fails mid-body
+/// (a body stream error makes hyper abort the connection without ending the chunked body).
+async fn cut(response: Response, reset: bool) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let whole = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let half = whole.slice(..whole.len() / 2);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    if !reset {
+        return Response::from_parts(parts, axum::body::Body::from(half));
+    }
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "fake upstream: connection cut mid-body",
+        )),
+    ];
+    let stream = futures_util::stream::iter(chunks).then(|chunk| async move {
+        // Let the first half reach the client before the connection goes.
+        if chunk.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// An error body (`error.message`, which all three formats share) naming the key received.

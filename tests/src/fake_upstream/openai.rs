@@ -22,7 +22,11 @@ fn error_body(status: u16) -> Value {
 pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) -> Response {
     match *behaviour {
         // `EchoKey` is answered before the format is chosen.
-        Behaviour::Ok | Behaviour::Slow(_) | Behaviour::EchoKey(_) => {}
+        Behaviour::Ok
+        | Behaviour::Slow(_)
+        | Behaviour::EchoKey(_)
+        | Behaviour::CutOff
+        | Behaviour::Truncated => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = (
                 StatusCode::from_u16(status).unwrap(),

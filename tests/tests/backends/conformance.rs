@@ -16,7 +16,7 @@ use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
     Applied, CacheKey, CachedResponse, CounterField, Hold, IdempotencyBegin, Increment,
-    SharedStore, StoreError, StoredResponse,
+    Settlement, SharedStore, StoreError, StoredResponse,
 };
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -85,6 +85,7 @@ conformance!(
     limit_increments_apply_all_or_nothing,
     concurrent_conditional_increments_never_pass_the_limit,
     holds_settle_once_and_expired_holds_are_listed,
+    a_job_result_and_its_spend_are_written_together,
     markers_are_set_once,
     idempotency_claims_replays_and_mismatches,
     guards_refuse_when_another_counter_grew,
@@ -273,19 +274,19 @@ async fn jobs_move_through_their_lifecycle_by_conditional_writes(b: Backend) {
     // The first worker's attempt no longer holds the job.
     assert!(
         !b.store
-            .finish_job("job_a", 1, JobStatus::Succeeded, &result, 11_700)
+            .finish_job("job_a", 1, JobStatus::Succeeded, &result, 11_700, None)
             .await
             .unwrap()
     );
     assert!(
         b.store
-            .finish_job("job_a", 2, JobStatus::Succeeded, &result, 11_800)
+            .finish_job("job_a", 2, JobStatus::Succeeded, &result, 11_800, None)
             .await
             .unwrap()
     );
     assert!(
         !b.store
-            .finish_job("job_a", 2, JobStatus::Failed, &result, 11_900)
+            .finish_job("job_a", 2, JobStatus::Failed, &result, 11_900, None)
             .await
             .unwrap()
     );
@@ -575,6 +576,101 @@ async fn holds_settle_once_and_expired_holds_are_listed(b: Backend) {
         b.store.expired_holds(10_000, 10).await.unwrap(),
         vec![other]
     );
+}
+
+async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
+    let counters = [
+        ("c:job".to_owned(), CounterField::Committed),
+        ("c:job".to_owned(), CounterField::Spent),
+    ];
+    let reserve = |hold: &str| {
+        let hold = Hold {
+            id: hold.into(),
+            undo: vec![inc("c:job", CounterField::Committed, -100, None)],
+            expires_at_ms: 50_000,
+        };
+        let store = &b.store;
+        async move {
+            store
+                .apply(&[inc("c:job", CounterField::Committed, 100, None)], Some(&hold))
+                .await
+                .unwrap()
+        }
+    };
+    let settlement = |hold: &str| Settlement {
+        hold_id: hold.into(),
+        increments: vec![
+            inc("c:job", CounterField::Committed, -60, None),
+            inc("c:job", CounterField::Spent, 40, None),
+        ],
+        unheld: vec![
+            inc("c:job", CounterField::Committed, 40, None),
+            inc("c:job", CounterField::Spent, 40, None),
+        ],
+    };
+    let result = JobResult {
+        http_status: 200,
+        body: Bytes::from_static(br#"{"choices":[]}"#),
+        tokens_in: 10,
+        tokens_out: 5,
+        cost_nano_usd: 40,
+    };
+    b.store
+        .insert_job(&job("job_s", 10_000, Bytes::from_static(b"{}")))
+        .await
+        .unwrap();
+    let Claim::Claimed(first) = b.store.claim_job("job_s", 10_000, 500).await.unwrap() else {
+        panic!("claim");
+    };
+    assert_eq!(reserve("hold_j1").await, Applied::Granted);
+    // Taken over after its lease: the first attempt writes neither result nor spend, and
+    // its reservation stays held (until it expires and is given back).
+    let Claim::Claimed(second) = b.store.claim_job("job_s", 10_600, 500).await.unwrap() else {
+        panic!("takeover");
+    };
+    assert!(
+        !b.store
+            .finish_job("job_s", first.attempts, JobStatus::Succeeded, &result, 10_700, Some(&settlement("hold_j1")))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![100, 0]);
+    assert_eq!(b.store.expired_holds(50_000, 10).await.unwrap().len(), 1);
+    // The second attempt's result lands with its spend, the hold deleted.
+    assert_eq!(reserve("hold_j2").await, Applied::Granted);
+    assert!(
+        b.store
+            .finish_job("job_s", second.attempts, JobStatus::Succeeded, &result, 10_800, Some(&settlement("hold_j2")))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![140, 40]);
+    // Written again (an answer lost, retried): refused, nothing applied twice.
+    assert!(
+        !b.store
+            .finish_job("job_s", second.attempts, JobStatus::Succeeded, &result, 10_900, Some(&settlement("hold_j2")))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![140, 40]);
+    let done = b.store.get_job("job_s", 11_000).await.unwrap().unwrap();
+    assert_eq!((done.status, done.result), (JobStatus::Succeeded, Some(result.clone())));
+
+    // A hold already released as abandoned: the result lands with the real usage alone.
+    b.store
+        .insert_job(&job("job_t", 10_000, Bytes::from_static(b"{}")))
+        .await
+        .unwrap();
+    let Claim::Claimed(t) = b.store.claim_job("job_t", 10_000, 500).await.unwrap() else {
+        panic!("claim");
+    };
+    assert!(
+        b.store
+            .finish_job("job_t", t.attempts, JobStatus::Succeeded, &result, 10_100, Some(&settlement("hold_gone")))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![180, 80]);
 }
 
 async fn markers_are_set_once(b: Backend) {

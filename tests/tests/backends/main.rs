@@ -3,4 +3,5 @@
 //! Plus the AWS-backed gateway and processor end to end on moto.
 
 mod aws_e2e;
+mod aws_faults;
 mod conformance;

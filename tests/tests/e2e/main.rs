@@ -6,6 +6,7 @@ mod anthropic;
 mod cache;
 mod dashboard;
 mod errors;
+mod faults;
 mod forwarding;
 mod gemini;
 mod jobs;
