@@ -32,7 +32,9 @@ const COST_PER_CALL: u64 = 20_000;
 const KILLS: usize = 5;
 const POISON: usize = 3;
 const VISIBILITY_S: u64 = 2;
-const MAX_RECEIVES: u32 = 3;
+/// The default: a worker killed during its long poll may still be handed messages (the poll
+/// completes for a client that is gone), so each kill can cost a message a receive.
+const MAX_RECEIVES: u32 = 5;
 
 fn config(dir: &Path, upstream: &str, workers: usize) -> String {
     let path = dir.join(format!("chaos-{workers}.toml"));
@@ -121,7 +123,12 @@ async fn steady_load(
             .await;
         match r {
             Ok(r) if r.status() == 202 => {
-                accepted.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+                accepted.push(
+                    r.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
             }
             Ok(r) if r.status() == 503 => {
                 unreachable.fetch_add(1, Ordering::SeqCst);
@@ -173,7 +180,10 @@ async fn settle_jobs(http: &reqwest::Client, url: &str, key: &str, ids: &[String
                     break;
                 }
                 Some("failed") => {
-                    assert!(job["error"]["message"].is_string(), "failed without a reason: {job}");
+                    assert!(
+                        job["error"]["message"].is_string(),
+                        "failed without a reason: {job}"
+                    );
                     outcome.failed += 1;
                     break;
                 }
@@ -268,7 +278,11 @@ async fn ledger(http: &reqwest::Client, url: &str, key: &str) -> (u64, u64) {
 
 /// The end-of-run checks: nothing lost, nothing billed twice.
 fn check(stored: &Stored, accepted: &Outcome, n_accepted: usize, spent: u64, sweep_cost: u64) {
-    assert_eq!(accepted.succeeded + accepted.failed, n_accepted, "an accepted job is lost");
+    assert_eq!(
+        accepted.succeeded + accepted.failed,
+        n_accepted,
+        "an accepted job is lost"
+    );
     // Every accepted job finished (above). A kill between storing a job and queueing its
     // message leaves a `queued` record whose 202 never left the server: never run, never
     // billed, gone at its retention. Those are reported, not counted as lost.
@@ -278,8 +292,15 @@ fn check(stored: &Stored, accepted: &Outcome, n_accepted: usize, spent: u64, swe
         stored.costs + sweep_cost,
         "the ledger must equal the costs of the recorded results, each job billed once"
     );
-    assert_eq!(stored.costs, stored.succeeded as u64 * COST_PER_CALL, "{stored:?}");
-    assert_eq!(accepted.job_costs, accepted.succeeded as u64 * COST_PER_CALL);
+    assert_eq!(
+        stored.costs,
+        stored.succeeded as u64 * COST_PER_CALL,
+        "{stored:?}"
+    );
+    assert_eq!(
+        accepted.job_costs,
+        accepted.succeeded as u64 * COST_PER_CALL
+    );
 }
 
 /// One more provider call through a freshly started process: its first admitted request
@@ -294,10 +315,17 @@ async fn sweep(http: &reqwest::Client, url: &str, key: &str) -> u64 {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let cost = r.headers()["x-sluice-cost-usd"].to_str().unwrap().parse::<f64>().unwrap();
+    let cost = r.headers()["x-sluice-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
     let started = Instant::now();
     while ledger(http, url, key).await.1 != 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "a reservation was never given back");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a reservation was never given back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (cost * 1e9).round() as u64
@@ -319,9 +347,10 @@ async fn dead_letters(queue: &dyn JobQueue, n: u64) -> u64 {
 /// `restart` starts a new one (and may point the load at it).
 async fn kill_and_restart(mut victim: Served, restart: impl Fn() -> Served) -> Served {
     for round in 0..KILLS {
-        // 0.7-1.5 s of work between kills: each kill lands with batches in flight (the
-        // provider takes 150 ms a call and jobs arrive every 40 ms).
-        tokio::time::sleep(Duration::from_millis(700 + 200 * (round as u64 % 5))).await;
+        // 1.6-2.4 s of work between kills: each kill lands with batches in flight (the
+        // provider takes 150 ms a call and jobs arrive every 40 ms), and a message left by
+        // one kill is visible again (2 s) before the next.
+        tokio::time::sleep(Duration::from_millis(1_600 + 200 * (round as u64 % 5))).await;
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
         drop(victim);
@@ -369,11 +398,18 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     .await
     .unwrap();
     for i in 0..POISON {
-        let body = if i == 0 { "not json".to_owned() } else { json!({"job_id": format!("job_none{i}")}).to_string() };
+        let body = if i == 0 {
+            "not json".to_owned()
+        } else {
+            json!({"job_id": format!("job_none{i}")}).to_string()
+        };
         queue.send(&body).await.unwrap();
     }
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let unreachable = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(steady_load(
@@ -387,7 +423,11 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let accepted = load.await.unwrap();
-    assert!(accepted.len() > 50, "the load must be steady: {}", accepted.len());
+    assert!(
+        accepted.len() > 50,
+        "the load must be steady: {}",
+        accepted.len()
+    );
 
     let outcome = settle_jobs(&http, &ingest.url, &key, &accepted).await;
     // A fresh processor process sweeps the reservations of the killed runs.
@@ -400,7 +440,10 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     let stored = stored_dynamodb(&sdk, &prefix).await;
     check(&stored, &outcome, accepted.len(), spent, sweep_cost);
     let dlq = dead_letters(&queue, POISON as u64).await;
-    assert_eq!(dlq, POISON as u64, "only the poison messages are dead letters");
+    assert_eq!(
+        dlq, POISON as u64,
+        "only the poison messages are dead letters"
+    );
     println!(
         "chaos: moto, processor killed {KILLS}x mid-batch; jobs accepted {}, succeeded {}, failed {}, \
          submissions refused {}; provider calls {} (runs cut off by kills and run again: {}); \
@@ -433,11 +476,18 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
         MAX_RECEIVES,
     );
     for i in 0..POISON {
-        let body = if i == 0 { "not json".to_owned() } else { json!({"job_id": format!("job_none{i}")}).to_string() };
+        let body = if i == 0 {
+            "not json".to_owned()
+        } else {
+            json!({"job_id": format!("job_none{i}")}).to_string()
+        };
         queue.send(&body).await.unwrap();
     }
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let unreachable = Arc::new(AtomicUsize::new(0));
     let target = Arc::new(Mutex::new(served.url.clone()));
@@ -457,7 +507,11 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let accepted = load.await.unwrap();
-    assert!(accepted.len() > 50, "the load must be steady: {}", accepted.len());
+    assert!(
+        accepted.len() > 50,
+        "the load must be steady: {}",
+        accepted.len()
+    );
 
     let outcome = settle_jobs(&http, &served.url, &key, &accepted).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -469,7 +523,10 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
     let stored = stored_sqlite(&db);
     check(&stored, &outcome, accepted.len(), spent, sweep_cost);
     let dlq = dead_letters(&queue, POISON as u64).await;
-    assert_eq!(dlq, POISON as u64, "only the poison messages are dead letters");
+    assert_eq!(
+        dlq, POISON as u64,
+        "only the poison messages are dead letters"
+    );
     println!(
         "chaos: sqlite, sluice serve killed {KILLS}x mid-batch; jobs accepted {}, succeeded {}, failed {}, \
          stored but never acknowledged to the client {} (of which never queued {}), submissions that found it down {}; \

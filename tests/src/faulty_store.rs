@@ -174,7 +174,9 @@ impl FaultyStore {
         if rule.times == 0 {
             return None;
         }
-        rule.times = rule.times.saturating_sub(usize::from(rule.times != usize::MAX));
+        rule.times = rule
+            .times
+            .saturating_sub(usize::from(rule.times != usize::MAX));
         let fault = rule.fault;
         drop(rules);
         *self
@@ -250,11 +252,8 @@ impl JobStore for FaultyStore {
             .await
     }
     async fn release_job(&self, id: &str, attempt: u32, now_ms: u64) -> Result<bool, StoreError> {
-        self.guard(
-            Op::ReleaseJob,
-            self.inner.release_job(id, attempt, now_ms),
-        )
-        .await
+        self.guard(Op::ReleaseJob, self.inner.release_job(id, attempt, now_ms))
+            .await
     }
     async fn finish_job(
         &self,

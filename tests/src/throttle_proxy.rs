@@ -172,7 +172,11 @@ async fn forward(
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
     let mut request = shared.client.request(
         method,
-        format!("{}{}", shared.upstream, uri.path_and_query().map_or("/", |p| p.as_str())),
+        format!(
+            "{}{}",
+            shared.upstream,
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        ),
     );
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {

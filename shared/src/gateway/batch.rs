@@ -300,9 +300,9 @@ impl Gateway {
                 completion_tokens: 0,
             };
             // Recorded by the processor in the same write as the job's result.
-            let settlement = self
-                .limiter
-                .settlement(&p.grant, share, price.cost_nano_usd(share, 0));
+            let settlement =
+                self.limiter
+                    .settlement(&p.grant, share, price.cost_nano_usd(share, 0));
             let reply = Reply {
                 body: ReplyBody::Json(bytes),
                 cache: if p.looked_up {

@@ -159,7 +159,14 @@ impl Jobs {
             };
             let _ = self
                 .store
-                .finish_job(&job.id, claimed.attempts, JobStatus::Failed, &result, now, None)
+                .finish_job(
+                    &job.id,
+                    claimed.attempts,
+                    JobStatus::Failed,
+                    &result,
+                    now,
+                    None,
+                )
                 .await;
         }
     }

@@ -319,7 +319,9 @@ impl Processor {
             // the job then shows this attempt's final state.
             let stored = self.store.get_job(&job.id, now).await?;
             Ok(stored.is_some_and(|j| {
-                j.attempts == job.attempts && j.status == status && j.result.as_ref() == Some(outcome)
+                j.attempts == job.attempts
+                    && j.status == status
+                    && j.result.as_ref() == Some(outcome)
             }))
         })
         .await

@@ -106,10 +106,9 @@ pub async fn aggregate_loop(
         // Retried under the same batch id, which the store applies at most once: a try that
         // landed with its answer lost is not counted twice.
         let id = format!("local-{}", crate::keys::random_alnum(16));
-        let stored = crate::store::retrying("storing usage rollups", |_| {
-            aggregate(&*store, &id, &batch)
-        })
-        .await;
+        let stored =
+            crate::store::retrying("storing usage rollups", |_| aggregate(&*store, &id, &batch))
+                .await;
         if let Err(e) = stored {
             tracing::error!(target: "sluice::metrics", error = %e, events = batch.len(), "could not store usage rollups");
         }

@@ -16,25 +16,30 @@ use sluice::jobs::processor::Disposition;
 use sluice::queue::JobQueue;
 use sluice::queue::sqs::SqsQueue;
 use sluice::store::dynamodb::DynamoStore;
-use sluice_tests::{FakeUpstream, TestGateway, Throttle, ThrottleProxy, aws, fake_config_with_jobs};
+use sluice_tests::{
+    FakeUpstream, TestGateway, Throttle, ThrottleProxy, aws, fake_config_with_jobs,
+};
 
 /// Every DynamoDB write the pipeline makes: counters, holds and rollups are transactions;
 /// cache entries, jobs, idempotency records and markers are single-item writes.
 const WRITES: [&str; 4] = ["TransactWriteItems", "PutItem", "UpdateItem", "DeleteItem"];
+/// What a streamed answer of the fake (10 prompt + 5 completion tokens) costs at gpt-test's
+/// $0.15 / $0.60 per million.
+const STREAM_COST: u64 = 10 * 150 + 5 * 600;
 /// The SDK's standard retry mode makes 3 attempts.
 const SDK_ATTEMPTS: usize = 3;
 
-async fn throttled_gateway(
-    base_url: &str,
-) -> (TestGateway, ThrottleProxy, Arc<SqsQueue>) {
+async fn throttled_gateway(base_url: &str) -> (TestGateway, ThrottleProxy, Arc<SqsQueue>) {
     let tables = aws::dynamo_store().await.tables().clone();
     let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let proxy = ThrottleProxy::start(&moto).await;
     let sdk = aws::sdk_config_at(&proxy.url).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
     let queue = Arc::new(aws::sqs_queue(Duration::from_secs(1), 10).await);
+    // No cache: a request or job run twice would call the provider twice.
     let text = fake_config_with_jobs(base_url, 0)
-        .replace("upstream_timeout_s = 1\n", "upstream_timeout_s = 10\n");
+        .replace("upstream_timeout_s = 1\n", "upstream_timeout_s = 10\n")
+        .replacen("cache_ttl_s = 3600", "cache_ttl_s = 0", 1);
     let config = Config::parse(&text, "test", &|_| None).unwrap();
     let clock = ManualClock::new(1_800_000_000_000);
     let deps = Deps::new(
@@ -50,22 +55,20 @@ async fn throttled_gateway(
     )
 }
 
-/// Receives and processes job messages until none has come for three rounds, moving the
-/// clock past job leases between rounds (SQS makes a message visible again after 1 s).
-async fn drain(gw: &TestGateway, queue: &SqsQueue) {
-    let mut idle = 0;
+/// Receives and processes job messages until job `id` is final, moving the clock past job
+/// leases between empty rounds (SQS makes a message left for redelivery visible after 1 s).
+async fn drain(gw: &TestGateway, key: &str, queue: &SqsQueue, id: &str) {
     for _ in 0..40 {
+        let job = get(gw, key, &format!("/v1/jobs/{id}")).await;
+        if job["status"] == "succeeded" || job["status"] == "failed" {
+            return;
+        }
         let batch = queue.receive(10, Duration::from_millis(300)).await.unwrap();
         if batch.is_empty() {
-            idle += 1;
-            if idle == 3 {
-                return;
-            }
             gw.clock.advance_ms(61_000);
             tokio::time::sleep(Duration::from_millis(800)).await;
             continue;
         }
-        idle = 0;
         let bodies: Vec<String> = batch.iter().map(|d| d.body.clone()).collect();
         let dispositions = gw.services.processor.process(&bodies).await;
         for (d, disposition) in batch.iter().zip(dispositions) {
@@ -74,7 +77,7 @@ async fn drain(gw: &TestGateway, queue: &SqsQueue) {
             }
         }
     }
-    panic!("the queue did not drain");
+    panic!("job {id} did not finish");
 }
 
 async fn get(gw: &TestGateway, key: &str, path: &str) -> Value {
@@ -94,7 +97,9 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
     let up = FakeUpstream::start().await;
     let (gw, proxy, queue) = throttled_gateway(&up.base_url).await;
     let key = gw
-        .admin_create(json!({"tenant": "throttled", "budget_usd": 10.0, "period": "day", "tpm": 1_000_000}))
+        .admin_create(
+            json!({"tenant": "throttled", "budget_usd": 10.0, "period": "day", "tpm": 1_000_000}),
+        )
         .await["key"]
         .as_str()
         .unwrap()
@@ -104,38 +109,71 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
     // Within the SDK's retries (fewer throttles than attempts), then beyond them.
     for times in [SDK_ATTEMPTS - 1, SDK_ATTEMPTS] {
         for op in WRITES {
-            for error in [Throttle::ProvisionedThroughputExceeded, Throttle::Throttling] {
+            for error in [
+                Throttle::ProvisionedThroughputExceeded,
+                Throttle::Throttling,
+            ] {
                 n += 1;
-                proxy.throttle(op, error, times);
                 let before = proxy.throttled(op);
-                let r = gw
-                    .post(
-                        "/v1/chat/completions",
-                        &key,
-                        &json!({"model": "gpt-test", "max_tokens": 50,
-                                "messages": [{"role": "user", "content": format!("chat {n}")}]}),
-                    )
-                    .await;
-                let status = r.status().as_u16();
-                if let Some(cost) = r.headers().get("x-sluice-cost-usd") {
-                    billed += (cost.to_str().unwrap().parse::<f64>().unwrap() * 1e9).round() as u64;
-                }
-                let text = r.text().await.unwrap();
-                let answer: Value = serde_json::from_str(&text).unwrap();
-                match status {
-                    200 => {
-                        assert_eq!(answer["object"], "chat.completion");
-                        answered += 1;
+                // A plain and a streamed request, each with an idempotency key: between them
+                // they make every kind of write (the stream's key is released, not kept).
+                for stream in [false, true] {
+                    proxy.throttle(op, error, times);
+                    let r = gw
+                        .http
+                        .post(format!("{}/v1/chat/completions", gw.url))
+                        .bearer_auth(&key)
+                        .header("idempotency-key", format!("idem-{n}-{stream}"))
+                        .json(&json!({"model": "gpt-test", "max_tokens": 50, "stream": stream,
+                                      "stream_options": {"include_usage": stream},
+                                      "messages": [{"role": "user", "content": format!("chat {n} {stream}")}]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    if let Some(cost) = r.headers().get("x-sluice-cost-usd") {
+                        billed +=
+                            (cost.to_str().unwrap().parse::<f64>().unwrap() * 1e9).round() as u64;
                     }
-                    503 => {
-                        assert_eq!(answer["error"]["code"], "service_unavailable", "{text}");
-                        assert!(!text.contains("Exception"), "{text}");
-                        unavailable += 1;
+                    let text = r.text().await.unwrap();
+                    match status {
+                        200 if stream => {
+                            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+                            // The fake's usage (10 + 5 tokens) at gpt-test's price.
+                            let usage = text
+                                .lines()
+                                .filter_map(|l| l.strip_prefix("data: "))
+                                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                                .find_map(|e| e.get("usage").filter(|u| !u.is_null()).cloned());
+                            assert_eq!(
+                                usage.map(|u| (
+                                    u["prompt_tokens"].clone(),
+                                    u["completion_tokens"].clone()
+                                )),
+                                Some((json!(10), json!(5))),
+                                "{text}"
+                            );
+                            billed += STREAM_COST;
+                            answered += 1;
+                        }
+                        200 => {
+                            let answer: Value = serde_json::from_str(&text).unwrap();
+                            assert_eq!(answer["object"], "chat.completion");
+                            answered += 1;
+                        }
+                        503 => {
+                            let answer: Value = serde_json::from_str(&text).unwrap();
+                            assert_eq!(answer["error"]["code"], "service_unavailable", "{text}");
+                            assert!(!text.contains("Exception"), "{text}");
+                            unavailable += 1;
+                        }
+                        other => panic!("{op}/{error:?}/{times}: {other} {text}"),
                     }
-                    other => panic!("{op}/{error:?}/{times}: {other} {text}"),
-                }
-                if times < SDK_ATTEMPTS {
-                    assert_eq!(status, 200, "{op}/{error:?}: the SDK's retries absorb it");
+                    if times < SDK_ATTEMPTS {
+                        assert_eq!(status, 200, "{op}/{error:?}: the SDK's retries absorb it");
+                    }
+                    // A stream settles when it ends, on a task of its own.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 // And a job through the same throttling.
                 proxy.throttle(op, error, times);
@@ -149,11 +187,17 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
                     )
                     .await;
                 match r.status().as_u16() {
-                    202 => jobs.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+                    202 => {
+                        let id = r.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        drain(&gw, &key, &queue, &id).await;
+                        jobs.push(id);
+                    }
                     503 => unavailable += 1,
                     other => panic!("{op}/{error:?}: job submit {other}"),
                 }
-                drain(&gw, &queue).await;
                 proxy.clear();
                 assert!(proxy.throttled(op) > before, "{op} was never called");
             }
@@ -182,7 +226,11 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
     let budget = &usage["limits"]["key"]["budget"];
     assert_eq!(budget["reserved_usd"], 0.0, "{usage}");
     let spent = (budget["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
-    assert_eq!(spent, billed + job_costs, "ledger = answered costs, each once");
+    assert_eq!(
+        spent,
+        billed + job_costs,
+        "ledger = answered costs, each once"
+    );
     println!(
         "faults: dynamodb throttling cases {n} (4 write operations x 2 errors x within/beyond the SDK's retries), \
          throttled calls {}, forwarded {}, chats answered {answered}, jobs succeeded {}, clean 503 {unavailable}, 0 reserved",

@@ -15,8 +15,8 @@ use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
-    Applied, CacheKey, CachedResponse, CounterField, Hold, IdempotencyBegin, Increment,
-    Settlement, SharedStore, StoreError, StoredResponse,
+    Applied, CacheKey, CachedResponse, CounterField, Hold, IdempotencyBegin, Increment, Settlement,
+    SharedStore, StoreError, StoredResponse,
 };
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -592,7 +592,10 @@ async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
         let store = &b.store;
         async move {
             store
-                .apply(&[inc("c:job", CounterField::Committed, 100, None)], Some(&hold))
+                .apply(
+                    &[inc("c:job", CounterField::Committed, 100, None)],
+                    Some(&hold),
+                )
                 .await
                 .unwrap()
         }
@@ -630,31 +633,64 @@ async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
     };
     assert!(
         !b.store
-            .finish_job("job_s", first.attempts, JobStatus::Succeeded, &result, 10_700, Some(&settlement("hold_j1")))
+            .finish_job(
+                "job_s",
+                first.attempts,
+                JobStatus::Succeeded,
+                &result,
+                10_700,
+                Some(&settlement("hold_j1"))
+            )
             .await
             .unwrap()
     );
-    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![100, 0]);
+    assert_eq!(
+        b.store.read_counters(&counters).await.unwrap(),
+        vec![100, 0]
+    );
     assert_eq!(b.store.expired_holds(50_000, 10).await.unwrap().len(), 1);
     // The second attempt's result lands with its spend, the hold deleted.
     assert_eq!(reserve("hold_j2").await, Applied::Granted);
     assert!(
         b.store
-            .finish_job("job_s", second.attempts, JobStatus::Succeeded, &result, 10_800, Some(&settlement("hold_j2")))
+            .finish_job(
+                "job_s",
+                second.attempts,
+                JobStatus::Succeeded,
+                &result,
+                10_800,
+                Some(&settlement("hold_j2"))
+            )
             .await
             .unwrap()
     );
-    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![140, 40]);
+    assert_eq!(
+        b.store.read_counters(&counters).await.unwrap(),
+        vec![140, 40]
+    );
     // Written again (an answer lost, retried): refused, nothing applied twice.
     assert!(
         !b.store
-            .finish_job("job_s", second.attempts, JobStatus::Succeeded, &result, 10_900, Some(&settlement("hold_j2")))
+            .finish_job(
+                "job_s",
+                second.attempts,
+                JobStatus::Succeeded,
+                &result,
+                10_900,
+                Some(&settlement("hold_j2"))
+            )
             .await
             .unwrap()
     );
-    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![140, 40]);
+    assert_eq!(
+        b.store.read_counters(&counters).await.unwrap(),
+        vec![140, 40]
+    );
     let done = b.store.get_job("job_s", 11_000).await.unwrap().unwrap();
-    assert_eq!((done.status, done.result), (JobStatus::Succeeded, Some(result.clone())));
+    assert_eq!(
+        (done.status, done.result),
+        (JobStatus::Succeeded, Some(result.clone()))
+    );
 
     // A hold already released as abandoned: the result lands with the real usage alone.
     b.store
@@ -666,11 +702,21 @@ async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
     };
     assert!(
         b.store
-            .finish_job("job_t", t.attempts, JobStatus::Succeeded, &result, 10_100, Some(&settlement("hold_gone")))
+            .finish_job(
+                "job_t",
+                t.attempts,
+                JobStatus::Succeeded,
+                &result,
+                10_100,
+                Some(&settlement("hold_gone"))
+            )
             .await
             .unwrap()
     );
-    assert_eq!(b.store.read_counters(&counters).await.unwrap(), vec![180, 80]);
+    assert_eq!(
+        b.store.read_counters(&counters).await.unwrap(),
+        vec![180, 80]
+    );
 }
 
 async fn markers_are_set_once(b: Backend) {

@@ -40,8 +40,10 @@ async fn faulty_gateway(config_toml: &str) -> (TestGateway, Arc<FaultyStore>, Ar
 
 /// A key with a spending cap and a token limit, so every request reserves budget and tokens.
 async fn capped_key(gw: &TestGateway, tenant: &str) -> String {
-    gw.admin_create(json!({"tenant": tenant, "budget_usd": 10.0, "period": "day", "tpm": 1_000_000}))
-        .await["key"]
+    gw.admin_create(
+        json!({"tenant": tenant, "budget_usd": 10.0, "period": "day", "tpm": 1_000_000}),
+    )
+    .await["key"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -101,7 +103,11 @@ async fn assert_clean_error(r: reqwest::Response, allowed: &[(u16, &str)]) -> St
     code
 }
 
-const STORE_FAULTS: [Fault; 3] = [Fault::Throttled, Fault::ThrottledRequests, Fault::LostAnswer];
+const STORE_FAULTS: [Fault; 3] = [
+    Fault::Throttled,
+    Fault::ThrottledRequests,
+    Fault::LostAnswer,
+];
 
 #[tokio::test]
 async fn each_write_of_a_request_fails_and_nothing_stays_reserved_or_is_billed_twice() {
@@ -133,8 +139,10 @@ async fn each_write_of_a_request_fails_and_nothing_stays_reserved_or_is_billed_t
                     .post(format!("{}/v1/chat/completions", gw.url))
                     .bearer_auth(&key)
                     .header("idempotency-key", format!("idem-{n}"))
-                    .json(&json!({"model": "gpt-test", "max_tokens": 50, "stream": stream,
-                                  "messages": [{"role": "user", "content": format!("q{n}")}]}))
+                    .json(
+                        &json!({"model": "gpt-test", "max_tokens": 50, "stream": stream,
+                                  "messages": [{"role": "user", "content": format!("q{n}")}]}),
+                    )
                     .send()
                     .await
                     .unwrap();
@@ -144,7 +152,7 @@ async fn each_write_of_a_request_fails_and_nothing_stays_reserved_or_is_billed_t
                         let text = r.text().await.unwrap();
                         assert!(text.trim_end().ends_with("data: [DONE]"), "{op:?} {text}");
                     } else {
-                        billed += nanos(&header(&r, "x-sluice-cost-usd"));
+                        billed += nanos(header(&r, "x-sluice-cost-usd"));
                         let body: Value = r.json().await.unwrap();
                         assert_eq!(body["object"], "chat.completion", "{op:?}");
                     }
@@ -177,7 +185,11 @@ async fn each_write_of_a_request_fails_and_nothing_stays_reserved_or_is_billed_t
         .map(|e| e.cost_nano_usd)
         .sum();
     assert_eq!(spent, billed + streamed_cost, "ledger vs answers");
-    assert_eq!(up.calls(), answered, "each answered request called the provider once");
+    assert_eq!(
+        up.calls(),
+        answered,
+        "each answered request called the provider once"
+    );
     println!(
         "faults: requests {n}, store faults injected {}, answered {answered}, clean 503 {refused}, \
          abandoned reservations released {released}, spent {spent} nano-USD = answered costs, 0 reserved",
@@ -194,7 +206,7 @@ async fn settling_survives_a_store_that_keeps_failing_for_a_while() {
     faulty.fail(Op::Settle, Fault::Throttled, 0, 3);
     let r = gw.chat(&key, "gpt-test", "three strikes").await;
     assert_eq!(r.status(), 200);
-    let cost = nanos(&header(&r, "x-sluice-cost-usd"));
+    let cost = nanos(header(&r, "x-sluice-cost-usd"));
     assert_eq!(ledger(&gw, &key).await, (cost, 0));
     assert_eq!(faulty.injected_into(Op::Settle), 3);
 
@@ -204,7 +216,10 @@ async fn settling_survives_a_store_that_keeps_failing_for_a_while() {
     let r = gw.chat(&key, "gpt-test", "never settles").await;
     assert_eq!(r.status(), 200);
     let (_, reserved) = ledger(&gw, &key).await;
-    assert!(reserved > 0, "the reservation is held while it may still settle");
+    assert!(
+        reserved > 0,
+        "the reservation is held while it may still settle"
+    );
     faulty.heal();
     assert_eq!(release_abandoned(&gw).await, 1);
     let (spent, reserved) = ledger(&gw, &key).await;
@@ -246,11 +261,8 @@ async fn drain(gw: &TestGateway, rounds: usize) -> usize {
 async fn each_write_of_a_job_fails_and_every_accepted_job_ends_once() {
     let up = FakeUpstream::start().await;
     // No cache: a job that ran twice would call the provider twice.
-    let config = fake_config_with_jobs(&up.base_url, 0).replacen(
-        "cache_ttl_s = 3600",
-        "cache_ttl_s = 0",
-        1,
-    );
+    let config =
+        fake_config_with_jobs(&up.base_url, 0).replacen("cache_ttl_s = 3600", "cache_ttl_s = 0", 1);
     let (gw, faulty, _) = faulty_gateway(&config).await;
     let key = capped_key(&gw, "jobs").await;
     // (the failing write, and a second one failing with it)
@@ -312,7 +324,11 @@ async fn each_write_of_a_job_fails_and_every_accepted_job_ends_once() {
     );
     assert_eq!(gw.deps.queue.dead_letter_count().await.unwrap(), 0);
     release_abandoned(&gw).await;
-    assert_eq!(ledger(&gw, &key).await, (cost, 0), "ledger = job costs, nothing reserved");
+    assert_eq!(
+        ledger(&gw, &key).await,
+        (cost, 0),
+        "ledger = job costs, nothing reserved"
+    );
     println!(
         "faults: jobs submitted {n}, accepted {} (all succeeded, each run once), clean 503 {refused}, \
          deliveries {deliveries}, store faults injected {}",
@@ -451,8 +467,7 @@ cache_ttl_s = 0
                 }
                 let last = text
                     .lines()
-                    .filter(|l| l.starts_with("data: "))
-                    .last()
+                    .rfind(|l| l.starts_with("data: "))
                     .unwrap()
                     .to_owned();
                 if fallback.as_deref() == Some("fallback_model") {
@@ -487,7 +502,11 @@ cache_ttl_s = 0
         .iter()
         .map(|b| gw.post("/v1/chat/completions", &key, b))
         .collect();
-    for (i, r) in futures_util::future::join_all(storm).await.into_iter().enumerate() {
+    for (i, r) in futures_util::future::join_all(storm)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         n += 1;
         if i % 2 == 0 {
             assert_eq!(r.status(), 200, "the fallback answers during a 429 storm");
@@ -511,14 +530,21 @@ cache_ttl_s = 0
         .await
         .unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    assert_eq!(bad.calls(), calls + 1, "a cut-off stream must not have been cached");
+    assert_eq!(
+        bad.calls(),
+        calls + 1,
+        "a cut-off stream must not have been cached"
+    );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (spent, reserved) = ledger(&gw, &key).await;
     assert_eq!(reserved, 0, "a failed provider call left a reservation");
     let events = recording.events();
     let cost: u64 = events.iter().map(|e| e.cost_nano_usd).sum();
-    assert_eq!(spent, cost, "the ledger equals the usage events, each request once");
+    assert_eq!(
+        spent, cost,
+        "the ledger equals the usage events, each request once"
+    );
     assert_eq!(events.len(), n + 1, "one usage event per request");
     println!(
         "faults: provider faults {} kinds, requests {}, answered by a fallback {fell_back}, \
