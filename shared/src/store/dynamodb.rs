@@ -857,8 +857,8 @@ fn by_counter(increments: &[Increment]) -> Vec<(String, Vec<usize>)> {
 }
 
 impl DynamoStore {
-    /// One `Update` adding every increment of a counter, conditional on the `at_most`s.
-    /// One transaction item per counter, applying `increments` unconditionally.
+    /// One transaction item per counter, adding its increments (unconditionally when they
+    /// have no `at_most`, as a settlement's).
     fn counter_updates(
         &self,
         increments: &[Increment],
@@ -874,6 +874,7 @@ impl DynamoStore {
             .collect()
     }
 
+    /// One `Update` adding every increment of a counter, conditional on the `at_most`s.
     fn counter_update(
         &self,
         counter: &str,

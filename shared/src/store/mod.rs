@@ -315,10 +315,11 @@ pub const METRICS_MARKER_TTL_MS: u64 = 14 * 24 * 3600 * 1000;
 /// answer), by [`retrying`].
 pub const WRITE_ATTEMPTS: u32 = 4;
 
-/// Runs a store write until it succeeds or [`WRITE_ATTEMPTS`] tries have failed, waiting
-/// 50 ms before the second try and twice as long before each later one. `write` gets the
-/// number of failed tries so far: after a failure, an earlier try may have landed with its
-/// answer lost, and the write must then recognise its own effect instead of applying it twice.
+/// Runs a store write until it succeeds, fails for a reason other than the backend, or
+/// [`WRITE_ATTEMPTS`] tries have failed, waiting 50 ms before the second try and twice as long
+/// before each later one. `write` gets the number of failed tries so far: after a failure, an
+/// earlier try may have landed with its answer lost, and the write must then recognise its
+/// own effect instead of applying it twice.
 pub async fn retrying<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, StoreError>
 where
     F: FnMut(u32) -> Fut,
@@ -328,7 +329,8 @@ where
     loop {
         match write(failures).await {
             Ok(v) => return Ok(v),
-            Err(e) if failures + 1 < WRITE_ATTEMPTS => {
+            // Only backend failures may pass: a corrupt or oversized item stays so.
+            Err(e @ StoreError::Backend(_)) if failures + 1 < WRITE_ATTEMPTS => {
                 failures += 1;
                 tracing::warn!(error = %e, attempt = failures, "{what} failed; retrying");
                 let wait = std::time::Duration::from_millis(50) * 2u32.pow(failures - 1);
