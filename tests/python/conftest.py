@@ -3,7 +3,8 @@ database and creates a gateway key through the admin API: once with the built-in
 provider (`sluice`), and once in front of the fake provider ($FAKE_UPSTREAM_BIN), which
 speaks OpenAI's, Anthropic's and Gemini's wire formats (`providers`). `sluice_admin` is one
 more built-in server per test module, for tests that create their own keys and count
-every request the server saw."""
+every request the server saw. `broken_providers` puts Sluice in front of fake providers
+that break every answer half-way."""
 
 import json
 import os
@@ -118,27 +119,32 @@ deployments = [{{ provider = "gemini", model = "gemini-2.0-flash" }}]
 """
 
 
+def _fake_upstream(tmp, name, *args):
+    """Starts the fake provider ($FAKE_UPSTREAM_BIN) with `args` after its address; returns
+    (process, base URL)."""
+    fake_bin = os.environ.get("FAKE_UPSTREAM_BIN", "target/debug/fake-upstream")
+    fake_port = _free_port()
+    fake_log = open(os.path.join(tmp, f"{name}.log"), "wb")
+    fake = subprocess.Popen(
+        [fake_bin, f"127.0.0.1:{fake_port}", *args], stdout=fake_log, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", fake_port), timeout=1).close()
+            return fake, f"http://127.0.0.1:{fake_port}"
+        except OSError:
+            if fake.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"fake upstream did not start; see {fake_log.name}")
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def providers():
     """Sluice with models `gpt`, `claude` and `gemini`, each on the fake provider's routes
     for that wire format."""
     tmp = tempfile.mkdtemp(prefix="sluice-pytest-providers-")
-    fake_bin = os.environ.get("FAKE_UPSTREAM_BIN", "target/debug/fake-upstream")
-    fake_port = _free_port()
-    fake_log = open(os.path.join(tmp, "fake.log"), "wb")
-    fake = subprocess.Popen(
-        [fake_bin, f"127.0.0.1:{fake_port}"], stdout=fake_log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{fake_port}"
-    deadline = time.time() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", fake_port), timeout=1).close()
-            break
-        except OSError:
-            if fake.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"fake upstream did not start; see {fake_log.name}")
-            time.sleep(0.05)
+    fake, url = _fake_upstream(tmp, "fake")
     config = os.path.join(tmp, "sluice.toml")
     with open(config, "w") as f:
         f.write(PROVIDERS_CONFIG.format(url=url))
@@ -148,3 +154,56 @@ def providers():
     proc.wait(timeout=10)
     fake.terminate()
     fake.wait(timeout=10)
+
+
+BROKEN_CONFIG = """
+[[providers]]
+name = "cut-openai"
+kind = "openai"
+base_url = "{cut}/v1"
+api_keys = ["sk-upstream"]
+
+[[providers]]
+name = "cut-anthropic"
+kind = "anthropic"
+base_url = "{cut}/v1"
+api_keys = ["ak-upstream"]
+
+[[providers]]
+name = "truncated"
+kind = "openai"
+base_url = "{truncated}/v1"
+api_keys = ["sk-upstream"]
+
+[[models]]
+name = "cut"
+deployments = [{{ provider = "cut-openai", model = "gpt-4o-mini" }}]
+
+[[models]]
+name = "cut-claude"
+deployments = [{{ provider = "cut-anthropic", model = "claude-sonnet-4-5" }}]
+
+[[models]]
+name = "truncated"
+deployments = [{{ provider = "truncated", model = "gpt-4o-mini" }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def broken_providers():
+    """Sluice in front of providers that break every answer half-way: `cut` and
+    `cut-claude` drop the connection mid-body (OpenAI and Anthropic wire formats),
+    `truncated` ends the body early as if it were whole."""
+    tmp = tempfile.mkdtemp(prefix="sluice-pytest-broken-")
+    cut, cut_url = _fake_upstream(tmp, "cut", "0", "cut-off")
+    truncated, truncated_url = _fake_upstream(tmp, "truncated", "0", "truncated")
+    config = os.path.join(tmp, "sluice.toml")
+    with open(config, "w") as f:
+        f.write(BROKEN_CONFIG.format(cut=cut_url, truncated=truncated_url))
+    proc, base, key = _serve(["--config", config], tmp)
+    yield {"base_url": base, "key": key}
+    proc.terminate()
+    proc.wait(timeout=10)
+    for fake in (cut, truncated):
+        fake.terminate()
+        fake.wait(timeout=10)

@@ -179,3 +179,51 @@ def test_anthropic_sdk_errors_are_typed(providers, claude):
             model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}]
         )
     assert e.value.body["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("model", ["cut", "cut-claude", "truncated"])
+def test_a_stream_the_provider_breaks_off_raises_in_the_openai_sdk(broken_providers, model):
+    """The provider sends half a stream, then drops the connection (or just stops): the SDK
+    gets the first chunks, then an error it raises, never a stream that looks complete."""
+    oai = openai.OpenAI(
+        base_url=f"{broken_providers['base_url']}/v1",
+        api_key=broken_providers["key"],
+        max_retries=0,
+    )
+    stream = oai.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": unique("cut")}], stream=True
+    )
+    chunks = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            chunks.append(chunk)
+    assert chunks, "the chunks before the break reach the client"
+    assert "broke off" in e.value.message
+
+
+def test_a_stream_the_provider_breaks_off_raises_in_the_anthropic_sdk(broken_providers):
+    claude = anthropic.Anthropic(
+        base_url=broken_providers["base_url"], api_key=broken_providers["key"], max_retries=0
+    )
+    with pytest.raises(anthropic.APIError) as e:
+        with claude.messages.stream(
+            model="cut", max_tokens=50, messages=[{"role": "user", "content": unique("cut")}]
+        ) as stream:
+            "".join(stream.text_stream)
+    assert "broke off" in str(e.value)
+
+
+def test_a_broken_answer_is_a_clean_error_in_the_openai_sdk(broken_providers):
+    """Not streamed: half a JSON body (reset or not) is a 502 the SDK raises as such."""
+    oai = openai.OpenAI(
+        base_url=f"{broken_providers['base_url']}/v1",
+        api_key=broken_providers["key"],
+        max_retries=0,
+    )
+    for model in ["cut", "truncated"]:
+        with pytest.raises(openai.InternalServerError) as e:
+            oai.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": unique("cut")}]
+            )
+        assert e.value.status_code == 502
+        assert e.value.body["code"] in ("upstream_bad_response", "upstream_unreachable")

@@ -1,10 +1,14 @@
 //! A standalone fake OpenAI-compatible provider for benchmarks and manual testing:
-//! `fake-upstream [ADDR] [DELAY_MS]` (default 127.0.0.1:9999, no delay) serves until killed.
-//! With a delay every answer waits that long first, like a provider's think time.
+//! `fake-upstream [ADDR] [DELAY_MS] [FAULT]` (default 127.0.0.1:9999, no delay, no fault)
+//! serves until killed. With a delay every answer waits that long first, like a provider's
+//! think time. FAULT breaks every answer: `cut-off` (half the body, then the connection is
+//! dropped) or `truncated` (half the body, delivered as if whole).
 
 use std::time::Duration;
 
 use sluice_tests::Behaviour;
+
+const USAGE: &str = "usage: fake-upstream [ADDR] [DELAY_MS] [cut-off|truncated]";
 
 #[tokio::main]
 async fn main() {
@@ -14,16 +18,27 @@ async fn main() {
         None => 0,
         Some(Ok(ms)) => ms,
         Some(Err(_)) => {
-            eprintln!("usage: fake-upstream [ADDR] [DELAY_MS]");
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let fault = match args.next().as_deref() {
+        None => None,
+        Some("cut-off") => Some(Behaviour::CutOff),
+        Some("truncated") => Some(Behaviour::Truncated),
+        Some(_) => {
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     };
     let upstream = sluice_tests::FakeUpstream::start_for_load(&addr).await;
-    if delay_ms > 0 {
+    if let Some(fault) = &fault {
+        upstream.set(fault.clone());
+    } else if delay_ms > 0 {
         upstream.set(Behaviour::Slow(Duration::from_millis(delay_ms)));
     }
     eprintln!(
-        "fake upstream listening on {} (delay {delay_ms} ms)",
+        "fake upstream listening on {} (delay {delay_ms} ms, fault {fault:?})",
         upstream.base_url
     );
     std::future::pending::<()>().await;
