@@ -343,8 +343,8 @@ async fn dead_letters(queue: &dyn JobQueue, n: u64) -> u64 {
     }
 }
 
-/// Kills `victim` with SIGKILL mid-batch and restarts it `KILLS` times while `load` runs;
-/// `restart` starts a new one (and may point the load at it).
+/// Kills `victim` with SIGKILL mid-batch and restarts it, `KILLS` times, while the load
+/// runs; `restart` starts the new process (and may point the load at it).
 async fn kill_and_restart(mut victim: Served, restart: impl Fn() -> Served) -> Served {
     for round in 0..KILLS {
         // 1.6-2.4 s of work between kills: each kill lands with batches in flight (the
