@@ -17,7 +17,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,17 +96,49 @@ fn create_key(store_args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Submits jobs at a steady ~25 per second to whatever URL `target` holds until `stop`;
-/// a submission that finds the server down is retried (with a new prompt) as a client
-/// would. Returns the accepted job ids.
+/// Job submissions at a steady ~25 per second, in the background, to whatever URL the
+/// target holds; a submission that finds the server down is retried (with a new prompt) as
+/// a client would.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<String>, usize)>,
+}
+
+impl Load {
+    fn start(http: &reqwest::Client, key: &str, target: Arc<Mutex<String>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(steady_load(
+            http.clone(),
+            key.to_owned(),
+            target,
+            Arc::clone(&stop),
+        ));
+        Self { stop, task }
+    }
+
+    /// Stops it half a second from now; returns the accepted job ids and how many
+    /// submissions found the server down.
+    async fn stop(self) -> (Vec<String>, usize) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.stop.store(true, Ordering::SeqCst);
+        let (accepted, unreachable) = self.task.await.unwrap();
+        assert!(
+            accepted.len() > 50,
+            "the load must be steady: {}",
+            accepted.len()
+        );
+        (accepted, unreachable)
+    }
+}
+
 async fn steady_load(
     http: reqwest::Client,
     key: String,
     target: Arc<Mutex<String>>,
     stop: Arc<AtomicBool>,
-    unreachable: Arc<AtomicUsize>,
-) -> Vec<String> {
+) -> (Vec<String>, usize) {
     let mut accepted = Vec::new();
+    let mut unreachable = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(40));
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -130,17 +162,34 @@ async fn steady_load(
                         .to_owned(),
                 );
             }
-            Ok(r) if r.status() == 503 => {
-                unreachable.fetch_add(1, Ordering::SeqCst);
-            }
+            // 503, or connection refused or cut: the server is down, nothing was accepted.
+            Ok(r) if r.status() == 503 => unreachable += 1,
             Ok(r) => panic!("submission answered {}: {:?}", r.status(), r.text().await),
-            // Connection refused or cut: the server is down, nothing was accepted.
-            Err(_) => {
-                unreachable.fetch_add(1, Ordering::SeqCst);
-            }
+            Err(_) => unreachable += 1,
         }
     }
-    accepted
+    (accepted, unreachable)
+}
+
+/// A client with a timeout, so a killed server cannot hang the load.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Poison: messages no job stands behind (one not JSON, the others naming jobs that do not
+/// exist), which must end in the dead-letter queue.
+async fn send_poison(queue: &dyn JobQueue) {
+    for i in 0..POISON {
+        let body = if i == 0 {
+            "not json".to_owned()
+        } else {
+            json!({"job_id": format!("job_none{i}")}).to_string()
+        };
+        queue.send(&body).await.unwrap();
+    }
 }
 
 async fn get(http: &reqwest::Client, url: &str, key: &str) -> Value {
@@ -331,12 +380,16 @@ async fn sweep(http: &reqwest::Client, url: &str, key: &str) -> u64 {
     (cost * 1e9).round() as u64
 }
 
-/// Waits until the dead-letter queue holds `n` messages, then checks it stays at `n`.
-async fn dead_letters(queue: &dyn JobQueue, n: u64) -> u64 {
+/// Waits until the dead-letter queue holds the poison messages, and checks it holds no more.
+async fn dead_letters(queue: &dyn JobQueue) -> u64 {
     let started = Instant::now();
     loop {
         let count = queue.dead_letter_count().await.unwrap();
-        if count >= n || started.elapsed() > Duration::from_secs(30) {
+        if count >= POISON as u64 || started.elapsed() > Duration::from_secs(30) {
+            assert_eq!(
+                count, POISON as u64,
+                "only the poison messages are dead letters"
+            );
             return count;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -391,7 +444,6 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     let ingest = spawn(&ingest_config);
     let processor = spawn(&processor_config);
 
-    // Poison: messages no job stands behind, which must end in the dead-letter queue.
     let queue = sluice::queue::sqs::SqsQueue::create(
         aws_sdk_sqs::Client::new(&sdk),
         &format!("{prefix}-jobs"),
@@ -400,37 +452,12 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     )
     .await
     .unwrap();
-    for i in 0..POISON {
-        let body = if i == 0 {
-            "not json".to_owned()
-        } else {
-            json!({"job_id": format!("job_none{i}")}).to_string()
-        };
-        queue.send(&body).await.unwrap();
-    }
+    send_poison(&queue).await;
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let unreachable = Arc::new(AtomicUsize::new(0));
-    let load = tokio::spawn(steady_load(
-        http.clone(),
-        key.clone(),
-        Arc::new(Mutex::new(ingest.url.clone())),
-        Arc::clone(&stop),
-        Arc::clone(&unreachable),
-    ));
+    let http = client();
+    let load = Load::start(&http, &key, Arc::new(Mutex::new(ingest.url.clone())));
     let processor = kill_and_restart(processor, || spawn(&processor_config)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let accepted = load.await.unwrap();
-    assert!(
-        accepted.len() > 50,
-        "the load must be steady: {}",
-        accepted.len()
-    );
+    let (accepted, unreachable) = load.stop().await;
 
     let outcome = settle_jobs(&http, &ingest.url, &key, &accepted).await;
     // A fresh processor process sweeps the reservations of the killed runs.
@@ -442,11 +469,7 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     assert_eq!(reserved, 0);
     let stored = stored_dynamodb(&sdk, &prefix).await;
     check(&stored, &outcome, accepted.len(), spent, sweep_cost);
-    let dlq = dead_letters(&queue, POISON as u64).await;
-    assert_eq!(
-        dlq, POISON as u64,
-        "only the poison messages are dead letters"
-    );
+    let dlq = dead_letters(&queue).await;
     println!(
         "chaos: moto, processor killed {KILLS}x mid-batch; jobs accepted {}, succeeded {}, failed {}, \
          submissions refused {}; provider calls {} (runs cut off by kills and run again: {}); \
@@ -454,7 +477,7 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
         accepted.len(),
         outcome.succeeded,
         outcome.failed,
-        unreachable.load(Ordering::SeqCst),
+        unreachable,
         up.calls(),
         up.calls().saturating_sub(stored.succeeded + 1),
     );
@@ -478,43 +501,18 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
         Duration::from_secs(VISIBILITY_S),
         MAX_RECEIVES,
     );
-    for i in 0..POISON {
-        let body = if i == 0 {
-            "not json".to_owned()
-        } else {
-            json!({"job_id": format!("job_none{i}")}).to_string()
-        };
-        queue.send(&body).await.unwrap();
-    }
+    send_poison(&queue).await;
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let unreachable = Arc::new(AtomicUsize::new(0));
+    let http = client();
     let target = Arc::new(Mutex::new(served.url.clone()));
-    let load = tokio::spawn(steady_load(
-        http.clone(),
-        key.clone(),
-        Arc::clone(&target),
-        Arc::clone(&stop),
-        Arc::clone(&unreachable),
-    ));
+    let load = Load::start(&http, &key, Arc::clone(&target));
     let served = kill_and_restart(served, || {
         let s = spawn();
         *target.lock().unwrap() = s.url.clone();
         s
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let accepted = load.await.unwrap();
-    assert!(
-        accepted.len() > 50,
-        "the load must be steady: {}",
-        accepted.len()
-    );
+    let (accepted, unreachable) = load.stop().await;
 
     let outcome = settle_jobs(&http, &served.url, &key, &accepted).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -525,11 +523,7 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
     assert_eq!(reserved, 0);
     let stored = stored_sqlite(&db);
     check(&stored, &outcome, accepted.len(), spent, sweep_cost);
-    let dlq = dead_letters(&queue, POISON as u64).await;
-    assert_eq!(
-        dlq, POISON as u64,
-        "only the poison messages are dead letters"
-    );
+    let dlq = dead_letters(&queue).await;
     println!(
         "chaos: sqlite, sluice serve killed {KILLS}x mid-batch; jobs accepted {}, succeeded {}, failed {}, \
          stored but never acknowledged to the client {} (of which never queued {}), submissions that found it down {}; \
@@ -540,7 +534,7 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
         outcome.failed,
         stored.total() - accepted.len(),
         stored.unfinished,
-        unreachable.load(Ordering::SeqCst),
+        unreachable,
         up.calls(),
         up.calls().saturating_sub(stored.succeeded + 1),
     );

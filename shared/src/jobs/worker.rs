@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::processor::{Disposition, Processor};
-use crate::queue::JobQueue;
+use crate::queue::{Delivery, JobQueue};
 
 /// Most messages handled in one round (SQS's receive maximum).
 const MAX_BATCH: u32 = 10;
@@ -35,14 +35,24 @@ pub async fn run(processor: Arc<Processor>, queue: Arc<dyn JobQueue>, batch_wind
                 deliveries.extend(more);
             }
         }
-        let bodies: Vec<String> = deliveries.iter().map(|d| d.body.clone()).collect();
-        let dispositions = processor.process(&bodies).await;
-        for (delivery, disposition) in deliveries.iter().zip(dispositions) {
-            if disposition == Disposition::Done
-                && let Err(e) = queue.delete(&delivery.receipt).await
-            {
-                tracing::warn!(target: "sluice::jobs", error = %e, "queue delete failed; the message will come again");
-            }
+        process_deliveries(&processor, &*queue, &deliveries).await;
+    }
+}
+
+/// Processes one batch of deliveries and deletes the messages that are done; the others come
+/// again after their visibility timeout.
+pub async fn process_deliveries(
+    processor: &Processor,
+    queue: &dyn JobQueue,
+    deliveries: &[Delivery],
+) {
+    let bodies: Vec<String> = deliveries.iter().map(|d| d.body.clone()).collect();
+    let dispositions = processor.process(&bodies).await;
+    for (delivery, disposition) in deliveries.iter().zip(dispositions) {
+        if disposition == Disposition::Done
+            && let Err(e) = queue.delete(&delivery.receipt).await
+        {
+            tracing::warn!(target: "sluice::jobs", error = %e, "queue delete failed; the message will come again");
         }
     }
 }

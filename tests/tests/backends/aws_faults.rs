@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sluice::clock::ManualClock;
 use sluice::config::Config;
 use sluice::deps::Deps;
-use sluice::jobs::processor::Disposition;
+use sluice::jobs::worker::process_deliveries;
 use sluice::queue::JobQueue;
 use sluice::queue::sqs::SqsQueue;
 use sluice::store::dynamodb::DynamoStore;
@@ -69,13 +69,7 @@ async fn drain(gw: &TestGateway, key: &str, queue: &SqsQueue, id: &str) {
             tokio::time::sleep(Duration::from_millis(800)).await;
             continue;
         }
-        let bodies: Vec<String> = batch.iter().map(|d| d.body.clone()).collect();
-        let dispositions = gw.services.processor.process(&bodies).await;
-        for (d, disposition) in batch.iter().zip(dispositions) {
-            if disposition == Disposition::Done {
-                queue.delete(&d.receipt).await.unwrap();
-            }
-        }
+        process_deliveries(&gw.services.processor, queue, &batch).await;
     }
     panic!("job {id} did not finish");
 }

@@ -618,6 +618,23 @@ async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
         tokens_out: 5,
         cost_nano_usd: 40,
     };
+    let finish = |id: &'static str, attempt: u32, now: u64, hold: &'static str| {
+        let (store, result) = (&b.store, &result);
+        async move {
+            store
+                .finish_job(
+                    id,
+                    attempt,
+                    JobStatus::Succeeded,
+                    result,
+                    now,
+                    Some(&settlement(hold)),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let read = || async { b.store.read_counters(&counters).await.unwrap() };
     b.store
         .insert_job(&job("job_s", 10_000, Bytes::from_static(b"{}")))
         .await
@@ -631,61 +648,16 @@ async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
     let Claim::Claimed(second) = b.store.claim_job("job_s", 10_600, 500).await.unwrap() else {
         panic!("takeover");
     };
-    assert!(
-        !b.store
-            .finish_job(
-                "job_s",
-                first.attempts,
-                JobStatus::Succeeded,
-                &result,
-                10_700,
-                Some(&settlement("hold_j1"))
-            )
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        b.store.read_counters(&counters).await.unwrap(),
-        vec![100, 0]
-    );
+    assert!(!finish("job_s", first.attempts, 10_700, "hold_j1").await);
+    assert_eq!(read().await, vec![100, 0]);
     assert_eq!(b.store.expired_holds(50_000, 10).await.unwrap().len(), 1);
     // The second attempt's result lands with its spend, the hold deleted.
     assert_eq!(reserve("hold_j2").await, Applied::Granted);
-    assert!(
-        b.store
-            .finish_job(
-                "job_s",
-                second.attempts,
-                JobStatus::Succeeded,
-                &result,
-                10_800,
-                Some(&settlement("hold_j2"))
-            )
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        b.store.read_counters(&counters).await.unwrap(),
-        vec![140, 40]
-    );
+    assert!(finish("job_s", second.attempts, 10_800, "hold_j2").await);
+    assert_eq!(read().await, vec![140, 40]);
     // Written again (an answer lost, retried): refused, nothing applied twice.
-    assert!(
-        !b.store
-            .finish_job(
-                "job_s",
-                second.attempts,
-                JobStatus::Succeeded,
-                &result,
-                10_900,
-                Some(&settlement("hold_j2"))
-            )
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        b.store.read_counters(&counters).await.unwrap(),
-        vec![140, 40]
-    );
+    assert!(!finish("job_s", second.attempts, 10_900, "hold_j2").await);
+    assert_eq!(read().await, vec![140, 40]);
     let done = b.store.get_job("job_s", 11_000).await.unwrap().unwrap();
     assert_eq!(
         (done.status, done.result),
@@ -700,23 +672,8 @@ async fn a_job_result_and_its_spend_are_written_together(b: Backend) {
     let Claim::Claimed(t) = b.store.claim_job("job_t", 10_000, 500).await.unwrap() else {
         panic!("claim");
     };
-    assert!(
-        b.store
-            .finish_job(
-                "job_t",
-                t.attempts,
-                JobStatus::Succeeded,
-                &result,
-                10_100,
-                Some(&settlement("hold_gone"))
-            )
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        b.store.read_counters(&counters).await.unwrap(),
-        vec![180, 80]
-    );
+    assert!(finish("job_t", t.attempts, 10_100, "hold_gone").await);
+    assert_eq!(read().await, vec![180, 80]);
 }
 
 async fn markers_are_set_once(b: Backend) {

@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use sluice::clock::ManualClock;
 use sluice::config::Config;
 use sluice::deps::Deps;
-use sluice::jobs::processor::Disposition;
+use sluice::jobs::worker::process_deliveries;
 use sluice::metrics::EventKind;
 use sluice_tests::{
     Behaviour, FakeUpstream, Fault, FaultyStore, Op, RecordingSink, TestGateway,
     fake_config_with_jobs,
 };
 
-use crate::{header, json};
+use crate::{header, json, nanos};
 
 /// A gateway over SQLite behind a [`FaultyStore`], recording every usage event. Every write
 /// goes through the wrapper, including the local rollups of usage.
@@ -47,13 +47,6 @@ async fn capped_key(gw: &TestGateway, tenant: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-/// Exact nano-USD from the decimal `x-sluice-cost-usd`.
-fn nanos(usd: &str) -> u64 {
-    let (whole, frac) = usd.split_once('.').unwrap();
-    whole.parse::<u64>().unwrap() * 1_000_000_000
-        + format!("{frac:0<9}")[..9].parse::<u64>().unwrap()
 }
 
 /// The key's budget as `/v1/usage` reports it: (spent, reserved) in nano-USD.
@@ -246,13 +239,7 @@ async fn drain(gw: &TestGateway, rounds: usize) -> usize {
         }
         idle = 0;
         delivered += batch.len();
-        let bodies: Vec<String> = batch.iter().map(|d| d.body.clone()).collect();
-        let dispositions = gw.services.processor.process(&bodies).await;
-        for (d, disposition) in batch.iter().zip(dispositions) {
-            if disposition == Disposition::Done {
-                gw.deps.queue.delete(&d.receipt).await.unwrap();
-            }
-        }
+        process_deliveries(&gw.services.processor, &*gw.deps.queue, &batch).await;
     }
     panic!("the queue did not drain in {rounds} rounds");
 }

@@ -10,7 +10,7 @@ use sluice::keys::KeyLimits;
 use sluice::limits::Ask;
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config_with};
 
-use crate::{assert_error, header, json};
+use crate::{assert_error, header, json, nanos};
 
 fn prompt(i: usize) -> Value {
     json!({"model": "gpt-test", "max_tokens": 5, "messages": [{"role": "user", "content": format!("q{i}")}]})
@@ -34,13 +34,6 @@ async fn burst(gw: &TestGateway, key: &str, n: usize) -> Vec<(u16, u64, reqwest:
             (r.status().as_u16(), cost, r)
         })
         .collect()
-}
-
-/// Exact nano-USD from the decimal `x-sluice-cost-usd`.
-fn nanos(usd: &str) -> u64 {
-    let (whole, frac) = usd.split_once('.').unwrap();
-    whole.parse::<u64>().unwrap() * 1_000_000_000
-        + format!("{frac:0<9}")[..9].parse::<u64>().unwrap()
 }
 
 async fn usage(gw: &TestGateway, key: &str) -> Value {

@@ -69,3 +69,10 @@ pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
         .to_str()
         .unwrap()
 }
+
+/// Exact nano-USD from the decimal `x-sluice-cost-usd`.
+pub fn nanos(usd: &str) -> u64 {
+    let (whole, frac) = usd.split_once('.').unwrap();
+    whole.parse::<u64>().unwrap() * 1_000_000_000
+        + format!("{frac:0<9}")[..9].parse::<u64>().unwrap()
+}
