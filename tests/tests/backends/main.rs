@@ -5,3 +5,4 @@
 mod aws_e2e;
 mod aws_faults;
 mod conformance;
+mod hostile;

@@ -9,6 +9,7 @@ mod errors;
 mod faults;
 mod forwarding;
 mod gemini;
+mod hostile;
 mod jobs;
 mod limits;
 mod metrics;
