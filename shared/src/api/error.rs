@@ -268,7 +268,21 @@ impl From<GatewayError> for ApiError {
             ),
             GatewayError::Upstream { error, .. } => upstream(error),
             GatewayError::Store(e) => e.into(),
+            GatewayError::Limited(refusal) if refusal.impossible => beyond_capacity(&refusal),
             GatewayError::Limited(refusal) => limited(&refusal),
+            GatewayError::Unpriced(model) => {
+                let mut err = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "model_not_priced",
+                    format!(
+                        "The model `{model}` has no price, so it cannot be billed against a \
+                         spending cap. The operator must set `price` for it in the config."
+                    ),
+                );
+                err.param = Some("model".into());
+                err
+            }
             GatewayError::AllUnavailable => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_error",
@@ -277,6 +291,46 @@ impl From<GatewayError> for ApiError {
             ),
         }
     }
+}
+
+/// 400 for a request that needs more than a limit's whole capacity: retrying cannot help,
+/// so it gets no `Retry-After`; the message names the limit and by how much it is over.
+fn beyond_capacity(r: &Refusal) -> ApiError {
+    let over = r.asked.saturating_sub(r.limit);
+    let (code, message, param) = match r.kind {
+        LimitKind::Budget => (
+            "request_exceeds_budget",
+            format!(
+                "This request could cost up to ${:.9} (every prompt byte a token, every choice \
+                 at its output maximum), more than this {}'s whole spending cap of ${:.9} {} \
+                 (over by ${:.9}). Retrying cannot help: lower `max_tokens`, `n` or the prompt.",
+                r.asked as f64 / 1e9,
+                r.level,
+                r.limit as f64 / 1e9,
+                r.metric.trim_start_matches("spend "),
+                over as f64 / 1e9,
+            ),
+            "max_tokens",
+        ),
+        LimitKind::Rate => (
+            "request_exceeds_rate_limit",
+            format!(
+                "This request needs up to {} of this {}'s {}, more than the whole limit of {} \
+                 (over by {}). Retrying cannot help: lower `max_tokens`, `n` or the prompt.",
+                r.asked, r.level, r.metric, r.limit, over,
+            ),
+            "max_tokens",
+        ),
+    };
+    let mut e = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        code,
+        message,
+    );
+    // A limit of zero requests per minute is no parameter's fault.
+    e.param = (r.asked > 1 || r.kind == LimitKind::Budget).then(|| param.into());
+    e
 }
 
 /// 429 for a request over a rate limit or spending cap, with `Retry-After` and the IETF

@@ -39,6 +39,7 @@ use crate::store::SharedStore;
 pub use access_log::{Outcome, RequestId};
 pub use admin::key_json;
 use auth::{AdminKey, KeyAuth};
+pub use messages::to_chat_request;
 
 /// Everything a handler needs, built once at start-up and shared.
 pub struct AppState {

@@ -880,17 +880,48 @@ impl Config {
                 }
             }
         }
+        // Money needs a price: with a gateway or tenant cap, every model can be billed to a
+        // cap, and a model priced at a silent zero would never be held by it.
+        let cap = self
+            .limits
+            .global_budget_usd
+            .map(|_| "limits.global_budget_usd".to_owned());
+        let cap = cap.or_else(|| {
+            self.tenants
+                .iter()
+                .position(|t| t.budget_usd.is_some())
+                .map(|j| format!("tenants[{j}].budget_usd"))
+        });
+        if let Some(cap) = cap
+            && let Some(i) = self.models.iter().position(|m| Self::price_of(m).is_none())
+        {
+            return Err(invalid(
+                format!("models[{i}].price"),
+                format!(
+                    "required: `{cap}` caps spending, and `{}` is not in the built-in price \
+                     table (by its name or every deployment's model)",
+                    self.models[i].name
+                ),
+            ));
+        }
         Ok(())
     }
 
-    /// The price of a model: its own `price`, else the built-in table by public or upstream name.
+    /// The price of a model: its own `price`, else the built-in table's for its public name,
+    /// else the highest of its deployments' upstream models (input and output each), so a
+    /// reservation covers whichever deployment answers. `None` when neither gives one, or
+    /// when a deployment's upstream model has no built-in price.
     pub fn price_of(model: &ModelConfig) -> Option<Price> {
-        model.price.or_else(|| {
-            default_price(&model.name).or_else(|| {
-                model
-                    .deployments
-                    .iter()
-                    .find_map(|d| default_price(&d.model))
+        if let Some(price) = model.price.or_else(|| default_price(&model.name)) {
+            return Some(price);
+        }
+        let mut prices = model.deployments.iter().map(|d| default_price(&d.model));
+        let first = prices.next()??;
+        prices.try_fold(first, |max, p| {
+            let p = p?;
+            Some(Price {
+                input_per_mtok: max.input_per_mtok.max(p.input_per_mtok),
+                output_per_mtok: max.output_per_mtok.max(p.output_per_mtok),
             })
         })
     }
@@ -1016,6 +1047,74 @@ cache_ttl_s = 3600
         .unwrap();
         let p = Config::price_of(&c.models[0]).unwrap();
         assert_eq!(p.input_per_mtok, 0.15);
+    }
+
+    const UNPRICED: &str = r#"
+[[providers]]
+name = "p"
+kind = "mock"
+
+[[models]]
+name = "priced"
+deployments = [{ provider = "p", model = "gpt-4o-mini" }]
+
+[[models]]
+name = "custom"
+deployments = [{ provider = "p", model = "my-finetune" }]
+"#;
+
+    #[test]
+    fn a_cap_in_config_needs_a_price_for_every_model() {
+        let none = |_: &str| None;
+        Config::parse(UNPRICED, "x.toml", &none).unwrap();
+        for (cap, named) in [
+            (
+                "[limits]\nglobal_budget_usd = 10.0\n",
+                "limits.global_budget_usd",
+            ),
+            (
+                "[[tenants]]\nname = \"t\"\nbudget_usd = 1.0\nperiod = \"day\"\n",
+                "tenants[0].budget_usd",
+            ),
+        ] {
+            let err = Config::parse(&format!("{UNPRICED}\n{cap}"), "x.toml", &none)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("x.toml: models[1].price: required"),
+                "{err}"
+            );
+            assert!(err.contains(named) && err.contains("`custom`"), "{err}");
+            let priced = UNPRICED.replace(
+                "model = \"my-finetune\" }]",
+                "model = \"my-finetune\" }]\nprice = { input_per_mtok = 1, output_per_mtok = 2 }",
+            );
+            Config::parse(&format!("{priced}\n{cap}"), "x.toml", &none).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_model_is_priced_as_its_most_expensive_deployment() {
+        let text = r#"
+[[providers]]
+name = "p"
+kind = "mock"
+
+[[models]]
+name = "mixed"
+deployments = [{ provider = "p", model = "gpt-4o-mini" }, { provider = "p", model = "claude-opus-4-1" }]
+
+[[models]]
+name = "partly-known"
+deployments = [{ provider = "p", model = "gpt-4o-mini" }, { provider = "p", model = "my-finetune" }]
+"#;
+        let c = Config::parse(text, "x.toml", &|_| None).unwrap();
+        let p = Config::price_of(&c.models[0]).unwrap();
+        assert_eq!((p.input_per_mtok, p.output_per_mtok), (15.0, 75.0));
+        assert!(
+            Config::price_of(&c.models[1]).is_none(),
+            "a deployment without a price leaves the model unpriced"
+        );
     }
 }
 

@@ -117,7 +117,13 @@ impl Gateway {
                 }
             }
             // Each job is admitted against its own key's and tenant's limits.
-            let (ask, _) = self.ask(&model, &request, &item.caller.subject());
+            let ask = match self.ask(&model, &request, &item.caller.subject()) {
+                Ok((ask, _)) => ask,
+                Err(e) => {
+                    outcomes[index] = Some((Err(e), trace));
+                    continue;
+                }
+            };
             let grant = match self.limiter.admit(&item.caller.subject(), ask).await {
                 Ok(Ok(grant)) => grant,
                 Ok(Err(refusal)) => {
@@ -333,6 +339,7 @@ fn clone_error(e: &GatewayError) -> GatewayError {
         GatewayError::Invalid(i) => GatewayError::Invalid(i.clone()),
         GatewayError::Store(s) => GatewayError::Store(s.clone()),
         GatewayError::AllUnavailable => GatewayError::AllUnavailable,
+        GatewayError::Unpriced(m) => GatewayError::Unpriced(m.clone()),
     }
 }
 

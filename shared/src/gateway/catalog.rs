@@ -39,8 +39,11 @@ pub struct Model {
     pub name: String,
     /// Where its requests can go.
     pub deployments: Vec<Deployment>,
-    /// USD per million tokens.
+    /// USD per million tokens (zero when [`Model::priced`] is false).
     pub price: Price,
+    /// Whether the model has a price (its own, or the built-in table's). Without one, a
+    /// spending cap cannot be enforced on it: requests under a cap are refused.
+    pub priced: bool,
     /// Cache TTL in seconds; 0 = not cached.
     pub cache_ttl_s: u64,
     /// Output-token ceiling reserved for requests without `max_tokens`.
@@ -131,10 +134,12 @@ impl Catalog {
                     });
                 }
             }
+            let price = Config::price_of(m);
             let model = Arc::new(Model {
                 name: m.name.clone(),
                 deployments,
-                price: Config::price_of(m).unwrap_or(Price {
+                priced: price.is_some(),
+                price: price.unwrap_or(Price {
                     input_per_mtok: 0.0,
                     output_per_mtok: 0.0,
                 }),

@@ -100,6 +100,9 @@ pub enum GatewayError {
     /// Over a rate limit or spending cap, and the model's `on_limit` did not answer instead.
     #[error("over a limit: {} {}", .0.level, .0.metric)]
     Limited(Refusal),
+    /// The model has no price, so a spending cap cannot be enforced on it.
+    #[error("model `{0}` has no price")]
+    Unpriced(String),
 }
 
 /// The body of a successful answer.
@@ -275,8 +278,14 @@ impl Gateway {
     }
 
     /// Checks a request for an async job without running it: the same validation as a
-    /// synchronous call, the model must exist, and streaming is refused.
-    pub fn check_async(&self, endpoint: Endpoint, body: &[u8]) -> Result<(), GatewayError> {
+    /// synchronous call, the model must exist, streaming is refused, and so is a request
+    /// whose worst case exceeds a limit's whole capacity (it could never run).
+    pub fn check_async(
+        &self,
+        caller: &Caller,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<(), GatewayError> {
         let request = request::parse(endpoint, body)?;
         if request.stream {
             return Err(InvalidRequest::Invalid {
@@ -285,10 +294,18 @@ impl Gateway {
             }
             .into());
         }
-        if self.catalog.get(&request.model).is_none() {
+        let Some(model) = self.catalog.get(&request.model) else {
             return Err(GatewayError::UnknownModel(request.model));
+        };
+        let subject = caller.subject();
+        let (ask, _) = self.ask(model, &request, &subject)?;
+        match self.limiter.beyond_capacity(&subject, Some(ask)) {
+            // `on_limit` may still answer it (a cheaper model, a message) when it runs.
+            Some(refusal) if model.on_limit == OnLimit::Reject => {
+                Err(GatewayError::Limited(refusal))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The limiter (for usage reports and background release of abandoned reservations).
@@ -380,7 +397,7 @@ impl Gateway {
         }
 
         self.limiter.maintain_if_due();
-        let (ask, output_ceiling) = self.ask(&model, &request, &subject);
+        let (ask, output_ceiling) = self.ask(&model, &request, &subject)?;
         let grant = match self.limiter.admit(&subject, ask).await? {
             Ok(grant) => grant,
             Err(refusal) => {
@@ -559,42 +576,44 @@ impl Gateway {
     }
 
     /// The worst case a request can use, and the output ceiling to impose on the provider
-    /// when the request set none and a spending cap depends on it.
+    /// when the request set none and a limit depends on it. Refuses what cannot be bounded
+    /// (audio, files) or priced (a model without a price) where a limit needs the number.
     fn ask(
         &self,
         model: &Model,
         request: &ParsedRequest,
         subject: &Subject<'_>,
-    ) -> (Ask, Option<u64>) {
-        let prompt_bound = tokens::prompt_upper_bound(request);
-        let (output, impose) = match request.endpoint {
-            Endpoint::Embeddings => (0, None),
-            Endpoint::ChatCompletions => {
-                let asked = request
-                    .body
-                    .get("max_completion_tokens")
-                    .or_else(|| request.body.get("max_tokens"))
-                    .and_then(Value::as_u64);
-                match asked {
-                    Some(n) => (n, None),
-                    None => {
-                        let ceiling = model
-                            .max_output_tokens
-                            .unwrap_or(self.limiter.config().default_max_output_tokens);
-                        (ceiling, Some(ceiling))
-                    }
-                }
-            }
-        };
+    ) -> Result<(Ask, Option<u64>), GatewayError> {
+        let capped = self.limiter.budget_applies(subject);
+        let metered = capped || self.limiter.tokens_limited(subject);
+        if metered && let Some(field) = tokens::unbounded_input(request) {
+            return Err(InvalidRequest::Unbounded { field }.into());
+        }
         // A fallback model may answer instead: reserve for the most expensive that could.
-        let cost = std::iter::once(model.price)
+        let candidates: Vec<&Model> = std::iter::once(model)
             .chain(
                 model
                     .fallbacks
                     .iter()
-                    .filter_map(|name| self.catalog.get(name).map(|m| m.price)),
+                    .filter_map(|name| self.catalog.get(name).map(|m| &**m)),
             )
-            .map(|price| price.cost_nano_usd_ceil(prompt_bound, output))
+            .collect();
+        if capped && let Some(unpriced) = candidates.iter().find(|m| !m.priced) {
+            return Err(GatewayError::Unpriced(unpriced.name.clone()));
+        }
+        let prompt_bound = tokens::prompt_upper_bound(request);
+        let ceiling = model
+            .max_output_tokens
+            .unwrap_or(self.limiter.config().default_max_output_tokens);
+        let output = tokens::output_upper_bound(request, ceiling);
+        let explicit = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .any(|f| request.body.get(*f).is_some_and(|v| !v.is_null()));
+        let impose = (request.endpoint == Endpoint::ChatCompletions && !explicit && metered)
+            .then_some(ceiling);
+        let cost = candidates
+            .iter()
+            .map(|m| m.price.cost_nano_usd_ceil(prompt_bound, output))
             .max()
             .unwrap_or(0);
         let ask = Ask {
@@ -602,8 +621,23 @@ impl Gateway {
             tokens: prompt_bound.saturating_add(output),
             cost_nano_usd: cost,
         };
-        let capped = self.limiter.budget_applies(subject);
-        (ask, impose.filter(|_| capped))
+        Ok((ask, impose))
+    }
+
+    /// The reservation a request would make for `caller` (worst-case tokens and cost), as
+    /// [`Gateway::handle`] computes it; for tests that check bills against reservations.
+    pub fn worst_case(
+        &self,
+        caller: &Caller,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<Ask, GatewayError> {
+        let request = request::parse(endpoint, body)?;
+        let model = self
+            .catalog
+            .get(&request.model)
+            .ok_or_else(|| GatewayError::UnknownModel(request.model.clone()))?;
+        Ok(self.ask(model, &request, &caller.subject())?.0)
     }
 
     /// What a model does over a limit (`on_limit` in its config).
@@ -662,7 +696,10 @@ impl Gateway {
     }
 
     fn cache_policy(&self, model: &Model, cc: CacheControl) -> CachePolicy {
-        let ttl_s = cc.max_age_s.unwrap_or(model.cache_ttl_s);
+        // A client may keep its answer for less time than the operator allows, never longer.
+        let ttl_s = cc
+            .max_age_s
+            .map_or(model.cache_ttl_s, |age| age.min(model.cache_ttl_s));
         let usable = self.cache_config.enabled && model.cache_ttl_s > 0;
         CachePolicy {
             lookup: usable && !cc.no_cache && cc.max_age_s != Some(0),

@@ -3,6 +3,11 @@
 //! The body stays a JSON map so every field (tools, response_format, seed, logprobs, fields
 //! OpenAI adds next year) reaches the provider untouched; only the fields the gateway acts on
 //! are checked, and they are checked before anything costs money.
+//!
+//! Every dimension of work a request can ask for is bounded here, before any work is done
+//! (see [`bounds`]): the body's size is bounded by `server.max_body_bytes` and its nesting by
+//! the JSON parser (128 levels), the rest by these limits, for every provider, `mock`
+//! included.
 
 use serde_json::{Map, Value};
 
@@ -29,6 +34,29 @@ pub enum InvalidRequest {
         /// What would have been accepted.
         expected: &'static str,
     },
+    /// An array (or a count summed over several) is longer than Sluice accepts
+    #[error("Invalid `{field}`: at most {max} {what} per request, got {got}.")]
+    TooMany {
+        /// Path of the field.
+        field: String,
+        /// What is counted, e.g. `items` or `token ids`.
+        what: &'static str,
+        /// The most accepted.
+        max: usize,
+        /// How many the request has.
+        got: usize,
+    },
+    /// An input whose token count cannot be bounded before the provider answers, under a
+    /// limit that depends on it
+    #[error(
+        "`{field}` cannot be priced before the provider answers (audio and files have no \
+         token bound), so it is refused for keys and tenants with a spending cap or a \
+         tokens-per-minute limit."
+    )]
+    Unbounded {
+        /// Path of the input.
+        field: String,
+    },
 }
 
 impl InvalidRequest {
@@ -36,10 +64,47 @@ impl InvalidRequest {
     pub fn param(&self) -> Option<String> {
         match self {
             Self::Missing(f) => Some((*f).to_owned()),
-            Self::Invalid { field, .. } => Some(field.clone()),
+            Self::Invalid { field, .. }
+            | Self::TooMany { field, .. }
+            | Self::Unbounded { field } => Some(field.clone()),
             Self::NotJson(_) | Self::NotObject => None,
         }
     }
+}
+
+/// The most a request may ask for, checked before any work. OpenAI's published limits where
+/// it has them (so a request that works against OpenAI works through Sluice), Sluice's own
+/// otherwise.
+pub mod bounds {
+    /// `messages` per chat request (Sluice's own; context windows end well before).
+    pub const MESSAGES: usize = 2048;
+    /// Content parts in one message (Sluice's own).
+    pub const CONTENT_PARTS: usize = 1024;
+    /// Images per request (OpenAI: "up to 500 individual image inputs per request").
+    pub const IMAGES: usize = 500;
+    /// Choices per chat request, `n` (OpenAI's maximum).
+    pub const N: u64 = 128;
+    /// `tools` (and legacy `functions`) per request (OpenAI's maximum).
+    pub const TOOLS: usize = 128;
+    /// `stop` sequences (OpenAI: "up to 4 sequences").
+    pub const STOP: usize = 4;
+    /// `logit_bias` entries (OpenAI's maximum).
+    pub const LOGIT_BIAS: usize = 300;
+    /// `top_logprobs` (OpenAI: 0 to 20).
+    pub const TOP_LOGPROBS: u64 = 20;
+    /// `metadata` pairs (OpenAI: 16).
+    pub const METADATA: usize = 16;
+    /// Inputs per embeddings request (OpenAI: "no more than 2,048 inputs").
+    pub const EMBEDDING_INPUTS: usize = 2048;
+    /// Token ids in one token-id input (OpenAI: 8,192 tokens per input).
+    pub const TOKENS_PER_INPUT: usize = 8192;
+    /// Token ids summed over all inputs (OpenAI: 300,000 tokens per request).
+    pub const EMBEDDING_TOKENS: usize = 300_000;
+    /// Largest token id (the largest vocabulary of OpenAI's tokenizers, o200k, is 200,019;
+    /// a larger id cannot be valid, and bounding it keeps ids small numbers).
+    pub const TOKEN_ID: u64 = (1 << 20) - 1;
+    /// `dimensions` of an embedding (text-embedding-3-large's and gemini-embedding-001's 3,072).
+    pub const DIMENSIONS: u64 = 3072;
 }
 
 /// A validated request, ready to route.
@@ -111,6 +176,8 @@ fn check_chat(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(_) => return Err(invalid("messages", "a non-empty array of messages")),
     };
+    at_most("messages", "messages", messages.len(), bounds::MESSAGES)?;
+    let mut images = 0;
     for (i, m) in messages.iter().enumerate() {
         let Some(m) = m.as_object() else {
             return Err(invalid(format!("messages[{i}]"), "an object"));
@@ -125,7 +192,15 @@ fn check_chat(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
             }
         }
         match m.get("content") {
-            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(Value::Array(parts)) => {
+                let field = || format!("messages[{i}].content");
+                at_most(field(), "content parts", parts.len(), bounds::CONTENT_PARTS)?;
+                images += parts
+                    .iter()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                    .count();
+            }
             Some(_) => {
                 return Err(invalid(
                     format!("messages[{i}].content"),
@@ -134,11 +209,37 @@ fn check_chat(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
             }
         }
     }
-    for field in ["max_tokens", "max_completion_tokens", "n"] {
+    at_most("messages", "images", images, bounds::IMAGES)?;
+    for field in ["max_tokens", "max_completion_tokens"] {
         match body.get(field) {
             None | Some(Value::Null) => {}
             Some(v) if v.as_u64().is_some_and(|n| n >= 1) => {}
             Some(_) => return Err(invalid(field, "a positive integer")),
+        }
+    }
+    match body.get("n") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64().is_some_and(|n| (1..=bounds::N).contains(&n)) => {}
+        Some(_) => return Err(invalid("n", "an integer from 1 to 128")),
+    }
+    match body.get("top_logprobs") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64().is_some_and(|n| n <= bounds::TOP_LOGPROBS) => {}
+        Some(_) => return Err(invalid("top_logprobs", "an integer from 0 to 20")),
+    }
+    match body.get("stop") {
+        None | Some(Value::Null | Value::String(_)) => {}
+        Some(Value::Array(stops)) => at_most("stop", "sequences", stops.len(), bounds::STOP)?,
+        Some(_) => return Err(invalid("stop", "a string or an array of strings")),
+    }
+    for (field, max) in [
+        ("logit_bias", bounds::LOGIT_BIAS),
+        ("metadata", bounds::METADATA),
+    ] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => at_most(field, "entries", map.len(), max)?,
+            Some(_) => return Err(invalid(field, "an object")),
         }
     }
     for field in [
@@ -154,7 +255,8 @@ fn check_chat(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
     }
     for field in ["tools", "functions"] {
         match body.get(field) {
-            None | Some(Value::Null | Value::Array(_)) => {}
+            None | Some(Value::Null) => {}
+            Some(Value::Array(tools)) => at_most(field, "items", tools.len(), bounds::TOOLS)?,
             Some(_) => return Err(invalid(field, "an array")),
         }
     }
@@ -183,11 +285,66 @@ fn check_embeddings(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
     if !ok {
         return Err(invalid("input", EXPECTED));
     }
+    if let Some(Value::Array(items)) = body.get("input") {
+        // A flat token-id array is one input; an array of strings or of id arrays is many.
+        let flat = items.iter().all(Value::is_u64);
+        let (inputs, ids): (usize, Vec<&Vec<Value>>) = if flat {
+            (1, vec![items])
+        } else {
+            (
+                items.len(),
+                items.iter().filter_map(Value::as_array).collect(),
+            )
+        };
+        at_most("input", "inputs", inputs, bounds::EMBEDDING_INPUTS)?;
+        let mut total = 0;
+        for (i, input) in ids.iter().enumerate() {
+            let field = || {
+                if flat {
+                    "input".to_owned()
+                } else {
+                    format!("input[{i}]")
+                }
+            };
+            at_most(field(), "token ids", input.len(), bounds::TOKENS_PER_INPUT)?;
+            if input
+                .iter()
+                .any(|id| id.as_u64().is_none_or(|id| id > bounds::TOKEN_ID))
+            {
+                return Err(invalid(field(), "token ids from 0 to 1048575"));
+            }
+            total += input.len();
+        }
+        at_most("input", "token ids", total, bounds::EMBEDDING_TOKENS)?;
+    }
     match body.get("dimensions") {
         None | Some(Value::Null) => Ok(()),
-        Some(v) if v.as_u64().is_some_and(|n| n >= 1) => Ok(()),
-        Some(_) => Err(invalid("dimensions", "a positive integer")),
+        Some(v)
+            if v.as_u64()
+                .is_some_and(|n| (1..=bounds::DIMENSIONS).contains(&n)) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(invalid("dimensions", "an integer from 1 to 3072")),
     }
+}
+
+/// Refuses an array (or a sum of lengths) longer than `max`.
+fn at_most(
+    field: impl Into<String>,
+    what: &'static str,
+    got: usize,
+    max: usize,
+) -> Result<(), InvalidRequest> {
+    if got <= max {
+        return Ok(());
+    }
+    Err(InvalidRequest::TooMany {
+        field: field.into(),
+        what,
+        max,
+        got,
+    })
 }
 
 #[cfg(test)]

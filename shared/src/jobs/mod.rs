@@ -103,7 +103,7 @@ impl Jobs {
         caller: &Caller,
         submission: Submission,
     ) -> Result<Job, SubmitError> {
-        gateway.check_async(submission.endpoint, &submission.body)?;
+        gateway.check_async(caller, submission.endpoint, &submission.body)?;
         if let Some(url) = &submission.callback_url {
             self.callbacks.check_url(url).await?;
         }

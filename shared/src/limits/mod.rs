@@ -78,6 +78,11 @@ pub struct Refusal {
     pub retry_after_s: u64,
     /// Seconds until the limit's window or period resets.
     pub reset_s: u64,
+    /// What the request needed of this limit (requests, tokens, or nano-USD).
+    pub asked: u64,
+    /// The request needs more than the limit's whole capacity: waiting cannot help, so it
+    /// is answered 400, not 429 with a `Retry-After`.
+    pub impossible: bool,
 }
 
 /// An admitted request's reservation, to settle with the real usage.
@@ -204,6 +209,79 @@ impl Limiter {
         &self.config
     }
 
+    /// Whether a tokens-per-minute limit applies to the subject's requests.
+    pub fn tokens_limited(&self, subject: &Subject<'_>) -> bool {
+        subject.key_limits.tpm.is_some()
+            || self
+                .tenants
+                .get(subject.tenant)
+                .is_some_and(|t| t.tpm.is_some())
+    }
+
+    /// The first limit whose whole capacity is less than what the request needs — one
+    /// request, and for a provider call (`ask`) its worst-case tokens and cost — so that no
+    /// amount of waiting could admit it. Reads nothing from the store.
+    pub fn beyond_capacity(&self, subject: &Subject<'_>, ask: Option<Ask>) -> Option<Refusal> {
+        let shards = self.config.counter_shards.max(1);
+        let tenant = self.tenants.get(subject.tenant);
+        let key = subject.key_limits;
+        let mut checks: Vec<(LimitKind, &'static str, &'static str, u64, u64)> = Vec::new();
+        for (level, rpm, tpm) in [
+            ("key", key.rpm, key.tpm),
+            (
+                "tenant",
+                tenant.and_then(|t| t.rpm),
+                tenant.and_then(|t| t.tpm),
+            ),
+        ] {
+            if let Some(rpm) = rpm {
+                let metric = rate::Metric::Requests.describe();
+                checks.push((LimitKind::Rate, level, metric, u64::from(rpm), 1));
+            }
+            if let (Some(tpm), Some(ask)) = (tpm, ask) {
+                let metric = rate::Metric::Tokens.describe();
+                checks.push((LimitKind::Rate, level, metric, u64::from(tpm), ask.tokens));
+            }
+        }
+        if let Some(ask) = ask {
+            let caps = [
+                ("key", key.budget_usd.zip(key.budget_period)),
+                ("tenant", tenant.and_then(|t| t.budget_usd.zip(t.period))),
+                (
+                    "gateway",
+                    self.config
+                        .global_budget_usd
+                        .map(|usd| (usd, self.config.global_period)),
+                ),
+            ];
+            for (level, cap) in caps {
+                if let Some((usd, period)) = cap {
+                    let metric = match period {
+                        crate::keys::BudgetPeriod::Day => "spend per day",
+                        crate::keys::BudgetPeriod::Month => "spend per month",
+                    };
+                    let nanos = budget::usd_to_nanos(usd);
+                    checks.push((LimitKind::Budget, level, metric, nanos, ask.cost_nano_usd));
+                }
+            }
+        }
+        // Shard 0 holds the largest share of a sharded limit; what exceeds it fits no shard.
+        let (kind, level, metric, limit, asked) = checks
+            .into_iter()
+            .find(|&(_, _, _, limit, asked)| asked > share(limit, shards, 0))?;
+        Some(Refusal {
+            kind,
+            level,
+            metric: metric.to_owned(),
+            limit: share(limit, shards, 0),
+            remaining: 0,
+            retry_after_s: 0,
+            reset_s: 0,
+            asked,
+            impossible: true,
+        })
+    }
+
     /// Whether any spending cap applies to the subject's requests.
     pub fn budget_applies(&self, subject: &Subject<'_>) -> bool {
         subject.key_limits.budget_usd.is_some()
@@ -238,6 +316,9 @@ impl Limiter {
         subject: &Subject<'_>,
         ask: Option<Ask>,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
+        if let Some(refusal) = self.beyond_capacity(subject, ask) {
+            return Ok(Err(refusal));
+        }
         let shards = self.config.counter_shards.max(1);
         let first = if shards > 1 {
             rand::rng().random_range(0..shards)
@@ -746,6 +827,8 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 remaining: (signed(meta.limit) - used).max(0) as u64,
                 retry_after_s: retry,
                 reset_s: retry,
+                asked: amount,
+                impossible: false,
             }
         }
         LimitKind::Budget => {
@@ -758,6 +841,8 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 remaining: signed(meta.limit).saturating_sub(current).max(0) as u64,
                 retry_after_s: reset,
                 reset_s: reset,
+                asked: amount,
+                impossible: false,
             }
         }
     }

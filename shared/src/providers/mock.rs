@@ -190,40 +190,75 @@ fn embed(text: &str, dims: usize) -> Vec<f32> {
     v
 }
 
-fn embeddings(model: &str, body: &Map<String, Value>) -> UpstreamResponse {
-    let inputs: Vec<String> = match body.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items.iter().map(|i| i.to_string()).collect(),
+/// The inputs of an embeddings request as texts to embed, each with its prompt tokens: a
+/// string (estimated), or a token-id list (one token per id; a flat array of ids is one
+/// input, as OpenAI reads it).
+fn embedding_inputs(body: &Map<String, Value>) -> Vec<(String, u64)> {
+    let text = |s: &str| (s.to_owned(), tokens::estimate_text(s));
+    let ids = |items: &[Value]| (Value::from(items.to_vec()).to_string(), items.len() as u64);
+    match body.get("input") {
+        Some(Value::String(s)) => vec![text(s)],
+        Some(Value::Array(items)) if items.iter().all(Value::is_u64) => vec![ids(items)],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => text(s),
+                Value::Array(list) => ids(list),
+                other => text(&other.to_string()),
+            })
+            .collect(),
         _ => Vec::new(),
-    };
+    }
+}
+
+/// The answer is written as text directly: the largest accepted request (2,048 inputs of
+/// 3,072 dimensions) is tens of MB of JSON, and a `Value` tree of it would be ten times that.
+fn embeddings(model: &str, body: &Map<String, Value>) -> UpstreamResponse {
+    use std::fmt::Write as _;
+    let inputs = embedding_inputs(body);
     let dims = body
         .get("dimensions")
         .and_then(Value::as_u64)
-        .map_or(DEFAULT_DIMENSIONS, |d| d.clamp(1, 4096) as usize);
+        .and_then(|d| usize::try_from(d).ok())
+        .map_or(DEFAULT_DIMENSIONS, |d| d.clamp(1, 3072));
     let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(index, text)| {
-            let vector = embed(text, dims);
-            let embedding = if base64 {
-                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(vector)
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
-        })
-        .collect();
-    let prompt_tokens: u64 = inputs.iter().map(|t| tokens::estimate_text(t)).sum();
-    let answer = json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    });
+    let per_input = if base64 { dims * 6 } else { dims * 12 } + 64;
+    let mut out = String::with_capacity(inputs.len().saturating_mul(per_input) + 256);
+    out.push_str(r#"{"object":"list","data":["#);
+    for (index, (text, _)) in inputs.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let vector = embed(text, dims);
+        let _ = write!(
+            out,
+            r#"{{"object":"embedding","index":{index},"embedding":"#
+        );
+        if base64 {
+            let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+            out.push('"');
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(bytes));
+            out.push('"');
+        } else {
+            out.push('[');
+            for (i, x) in vector.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{x}");
+            }
+            out.push(']');
+        }
+        out.push('}');
+    }
+    let prompt_tokens: u64 = inputs.iter().map(|(_, tokens)| tokens).sum();
+    let _ = write!(
+        out,
+        r#"],"model":{},"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{prompt_tokens}}}}}"#,
+        Value::String(model.to_owned())
+    );
     UpstreamResponse::Complete {
-        body: Bytes::from(answer.to_string()),
+        body: Bytes::from(out),
         usage: Some(Usage {
             prompt_tokens,
             completion_tokens: 0,
@@ -243,6 +278,37 @@ mod tests {
         assert_ne!(a, embed("hullo", 32));
         let norm: f32 = a.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn embeddings_answer_is_valid_json_with_one_vector_per_input() {
+        for (input, count) in [
+            (json!("a"), 1),
+            (json!(["a", "b", "c"]), 3),
+            (json!([1, 2, 3]), 1),
+            (json!([[1, 2], [3]]), 2),
+        ] {
+            for format in ["float", "base64"] {
+                let body = json!({"model": "e", "input": input, "dimensions": 8,
+                    "encoding_format": format});
+                let UpstreamResponse::Complete { body, .. } =
+                    embeddings("e\"x", body.as_object().unwrap())
+                else {
+                    panic!("expected a complete answer");
+                };
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["data"].as_array().unwrap().len(), count, "{input}");
+                assert_eq!(v["model"], "e\"x");
+                if format == "float" {
+                    let e: Vec<f32> =
+                        serde_json::from_value(v["data"][0]["embedding"].clone()).unwrap();
+                    assert_eq!(e.len(), 8);
+                    if input == json!("a") {
+                        assert_eq!(e, embed("a", 8), "floats survive the text round trip");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ fn stream(id: &str, model: &str, content: &Value, stop_reason: &str) -> Response
     for (index, block) in content.as_array().unwrap().iter().enumerate() {
         let (start, pieces): (Value, Vec<Value>) = if block["type"] == "tool_use" {
             let input = block["input"].to_string();
-            let (a, b) = input.split_at(input.len() / 2);
+            let (a, b) = super::halves(&input);
             (
                 json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
                 [a, b]

@@ -8,12 +8,13 @@
 //! every request, and can be told to fail in each way a real provider fails.
 
 mod anthropic;
+pub mod billing;
 mod gemini;
 mod openai;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ struct Shared {
     failure: Mutex<Option<Behaviour>>,
     /// Extra headers on every answer (e.g. `x-ratelimit-remaining-requests`).
     headers: Mutex<Vec<(String, String)>>,
+    /// Report the most usage each request allows ([`billing`]) instead of a fixed amount.
+    bill_max: AtomicBool,
 }
 
 /// A running fake provider. Dropping it stops the server.
@@ -159,6 +162,12 @@ impl FakeUpstream {
             .collect();
     }
 
+    /// From now on, every answer reports the most usage its request allows (see
+    /// [`billing`]): a provider as expensive as its rules let it be.
+    pub fn bill_max(&self, on: bool) {
+        self.shared.bill_max.store(on, Ordering::SeqCst);
+    }
+
     /// Requests received so far.
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
@@ -226,6 +235,10 @@ async fn handle(
         return echo_key(status, &headers);
     }
     let path = uri.path();
+    let usage = shared
+        .bill_max
+        .load(Ordering::SeqCst)
+        .then(|| max_usage(path, &body));
     let format = if matches!(behaviour, Behaviour::CutOff | Behaviour::Truncated) {
         Behaviour::Ok
     } else {
@@ -238,6 +251,9 @@ async fn handle(
     } else {
         openai::answer(&format, n, path, &body)
     };
+    if let Some((format, usage)) = usage {
+        response = rebill(response, format, usage).await;
+    }
     if matches!(behaviour, Behaviour::CutOff | Behaviour::Truncated) {
         response = cut(response, behaviour == Behaviour::CutOff).await;
     }
@@ -250,6 +266,56 @@ async fn handle(
         }
     }
     response
+}
+
+/// `text` cut in two near its middle, on a character boundary.
+pub(crate) fn halves(text: &str) -> (&str, &str) {
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text.split_at(mid)
+}
+
+/// The format of a request by its path, and the most usage it allows.
+fn max_usage(path: &str, body: &Value) -> (billing::Format, (u64, u64)) {
+    if path.starts_with("/v1beta/") {
+        (billing::Format::Gemini, billing::gemini(body))
+    } else if path == "/v1/messages" {
+        (billing::Format::Anthropic, billing::anthropic(body))
+    } else if path.ends_with("/embeddings") {
+        (
+            billing::Format::OpenAi,
+            (billing::openai_embeddings(body), 0),
+        )
+    } else {
+        (billing::Format::OpenAi, billing::openai_chat(body))
+    }
+}
+
+/// The same answer with its usage (every stream event's too) set to `usage`.
+async fn rebill(response: Response, format: billing::Format, usage: (u64, u64)) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let whole = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let text = String::from_utf8_lossy(&whole);
+    let rewrite = |json: &str| -> Option<String> {
+        let mut v: Value = serde_json::from_str(json).ok()?;
+        billing::set_usage(format, &mut v, usage);
+        Some(v.to_string())
+    };
+    let out = if text.trim_start().starts_with('{') {
+        rewrite(&text).unwrap_or_else(|| text.into_owned())
+    } else {
+        text.lines()
+            .map(|line| match line.strip_prefix("data: ").and_then(rewrite) {
+                Some(event) => format!("data: {event}"),
+                None => line.to_owned(),
+            })
+            .map(|line| line + "\n")
+            .collect()
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
 }
 
 /// The first half of `response`'s body; with `reset`, the connection then fails mid-body

@@ -89,7 +89,7 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
             Some(call) => {
                 // The call's name first, its arguments in two pieces, as OpenAI streams them.
                 let arguments = call["function"]["arguments"].as_str().unwrap();
-                let (a, b) = arguments.split_at(arguments.len() / 2);
+                let (a, b) = super::halves(arguments);
                 events.push(chunk(
                     json!({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
                         "function": {"name": call["function"]["name"], "arguments": ""}}]}),

@@ -125,15 +125,14 @@ async fn tokens_per_minute_count_prompt_and_max_tokens() {
         .as_str()
         .unwrap()
         .to_owned();
+    // More than the whole limit: waiting cannot help, so it is a 400 naming the limit.
     let big = json!({"model": "gpt-test", "max_tokens": 500, "messages": [{"role": "user", "content": "x"}]});
     let r = gw.post("/v1/chat/completions", &key, &big).await;
-    let error = assert_error(r, 429, "rate_limit_exceeded").await;
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("tokens per minute")
-    );
+    assert!(r.headers().get("retry-after").is_none());
+    let error = assert_error(r, 400, "request_exceeds_rate_limit").await;
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("tokens per minute"), "{message}");
+    assert!(message.contains("limit of 200"), "{message}");
     // Small requests reserve ~45 tokens each and are settled to their real usage (15 from
     // the fake), so one after another more fit than their reservations alone would allow.
     for i in 0..6 {
@@ -167,9 +166,9 @@ async fn a_max_tokens_beyond_any_counter_is_refused_and_changes_nothing() {
         let huge = json!({"model": "gpt-test", "max_tokens": max_tokens,
                           "messages": [{"role": "user", "content": "x"}]});
         let r = gw.post("/v1/chat/completions", &tpm, &huge).await;
-        assert_error(r, 429, "rate_limit_exceeded").await;
+        assert_error(r, 400, "request_exceeds_rate_limit").await;
         let r = gw.post("/v1/chat/completions", &capped, &huge).await;
-        assert_error(r, 429, "budget_exceeded").await;
+        assert_error(r, 400, "request_exceeds_budget").await;
     }
     assert_eq!(usage(&gw, &tpm).await["limits"]["key"]["tpm"]["used"], 0);
     let budget = &usage(&gw, &capped).await["limits"]["key"]["budget"];
@@ -225,6 +224,9 @@ async fn never_overspent_round(gw: &TestGateway, tenant: &str) {
     assert!(!ok.is_empty());
     for r in results.iter().filter(|r| r.0 != 200) {
         assert_eq!(r.0, 429);
+        // The cap is spent for now: waiting for the next period helps, and says so.
+        let retry: u64 = header(&r.2, "retry-after").parse().unwrap();
+        assert!(retry > 0);
     }
     let budget = &usage(gw, &key).await["limits"]["key"]["budget"];
     let spent = (budget["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
@@ -244,11 +246,15 @@ async fn two_hundred_concurrent_requests_never_overspend_a_cap() {
     let poor = gw
         .admin_create(json!({"tenant": "t9", "budget_usd": 0.000001, "period": "month"}))
         .await;
+    // A cap smaller than one request's worst case can never admit it: 400, no Retry-After.
     let refused = burst(&gw, poor["key"].as_str().unwrap(), 1).await;
     let r = refused.into_iter().next().unwrap().2;
-    let retry: u64 = header(&r, "retry-after").parse().unwrap();
-    assert!(retry > 0);
-    assert_error(r, 429, "budget_exceeded").await;
+    assert!(r.headers().get("retry-after").is_none());
+    let error = assert_error(r, 400, "request_exceeds_budget").await;
+    assert!(
+        error["message"].as_str().unwrap().contains("$0.000001000"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
