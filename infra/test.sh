@@ -6,7 +6,8 @@
 # the Python tests against a real `sluice serve`: the official SDKs, and the dashboard in
 # headless Chromium (installed from Debian's `chromium` package when missing); the OpenAPI
 # contract check, schemathesis against `sluice serve` in its own venv (infra/api/schemathesis.sh,
-# ~50 s); a smoke load with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s).
+# ~50 s); a smoke load with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s); memory after
+# the largest accepted requests (infra/bench/memory.sh, ~10 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -63,6 +64,9 @@ infra/api/schemathesis.sh target/debug/sluice
 
 step "smoke load: sluice loadtest against sluice serve (fails on errors or lost requests, not timing)"
 infra/bench/smoke-load.sh target/debug/sluice
+
+step "memory: RSS returns near idle after the largest accepted requests (fails if it stays 32 MiB above)"
+infra/bench/memory.sh target/debug/sluice
 
 step "ingest function under cargo lambda watch, on moto"
 infra/aws/lambda-watch-smoke.sh
