@@ -646,3 +646,89 @@ fn requests_over_a_bound_are_refused_before_any_work() {
     });
     assert_eq!(w.up.calls(), 0, "nothing over a bound reached a provider");
 }
+
+/// The same promise through the jobs ingress: generated chat and embedding jobs on one
+/// capped key, run by the workers (embeddings micro-batched), against a provider that bills
+/// the most each allows. Impossible jobs are refused when submitted; the others finish, and
+/// the ledger is exactly what the finished jobs cost, within the cap.
+#[test]
+fn generated_jobs_never_overspend_a_cap() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = runner(1);
+    let models = ["m-openai", "m-anthropic", "m-gemini", "m-mock"];
+    let mut jobs: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut body = chat_request().new_tree(&mut runner).unwrap().current();
+            body.insert("model".into(), models[i % 4].into());
+            body.remove("stream");
+            json!({"endpoint": "/v1/chat/completions", "request": body})
+        })
+        .collect();
+    let embedders = ["e-openai", "e-gemini", "e-mock"];
+    jobs.extend((0..30).map(|i| {
+        let mut body = embeddings_request()
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        body.insert("model".into(), embedders[i % 3].into());
+        json!({"endpoint": "/v1/embeddings", "request": body})
+    }));
+    rt.block_on(async {
+        let up = FakeUpstream::start_for_load("127.0.0.1:0").await;
+        up.bill_max(true);
+        let text = format!(
+            "{}\n[jobs]\nworkers = 2\nbatch_window_ms = 50\n",
+            config(&up)
+        );
+        let gw = TestGateway::start(&text).await;
+        let (key, _) = capped_key(&gw, 0.1).await;
+        let mut ids = Vec::new();
+        let mut refused = 0;
+        for job in &jobs {
+            let r = gw.post("/v1/jobs", &key, job).await;
+            match r.status().as_u16() {
+                202 => ids.push(json(r).await["id"].as_str().unwrap().to_owned()),
+                400 => refused += 1,
+                s => panic!("job answered {s}: {}", r.text().await.unwrap()),
+            }
+        }
+        let mut cost = 0;
+        let mut succeeded = 0;
+        for id in &ids {
+            let job = loop {
+                let job = json(
+                    gw.http
+                        .get(format!("{}/v1/jobs/{id}", gw.url))
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
+                if job["status"] == "succeeded" || job["status"] == "failed" {
+                    break job;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            cost += (job["cost_usd"].as_f64().unwrap() * 1e9).round() as u64;
+            succeeded += u32::from(job["status"] == "succeeded");
+        }
+        let spent = settled_spend(&gw, &key).await;
+        assert!(
+            succeeded > 10,
+            "only {succeeded} of {} jobs succeeded",
+            ids.len()
+        );
+        assert!(refused > 0, "no job was impossible: the cap was not tested");
+        assert!(spent <= 100_000_000, "spent {spent} over the 0.1 USD cap");
+        // Each job's cost is rounded to 1e-9 USD in its view; allow that rounding only.
+        assert!(
+            spent.abs_diff(cost) <= ids.len() as u64,
+            "ledger {spent} ≠ jobs' costs {cost}"
+        );
+    });
+}
