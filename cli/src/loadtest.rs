@@ -157,10 +157,12 @@ fn endpoint(base: &str) -> Result<String, String> {
 /// `floor((n+1)·share) > floor(n·share)`: exactly `floor(N·share)` of the first N do, spread
 /// evenly, and the pool is used in turn. In integers (parts per million), so no rounding.
 pub fn repeat_slot(seq: u64, share: f64) -> Option<u64> {
-    let ppm = u128::from((share.clamp(0.0, 1.0) * 1e6).round() as u32);
+    let ppm = u128::from(sluice::num::f64_to_u64(
+        (share.clamp(0.0, 1.0) * 1e6).round(),
+    ));
     let before = u128::from(seq) * ppm / 1_000_000;
     let after = (u128::from(seq) + 1) * ppm / 1_000_000;
-    (after > before).then_some((before as u64) % REPEAT_POOL)
+    (after > before).then_some(sluice::num::u128_to_u64(before) % REPEAT_POOL)
 }
 
 /// The prompt of request `seq`. `run` keeps prompts of different runs apart, so every
@@ -412,7 +414,7 @@ fn run_id() -> String {
         .map_or(0, |d| d.as_nanos());
     format!(
         "{:x}",
-        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+        sluice::num::u128_to_u64(nanos) ^ (u64::from(std::process::id()) << 40)
     )
 }
 
@@ -424,7 +426,7 @@ fn progress(run: &Run, stats: Arc<Mutex<Stats>>) -> (ProgressBar, tokio::task::J
     } else {
         ProgressDrawTarget::hidden()
     };
-    let length = run.duration.as_millis() as u64;
+    let length = sluice::num::u128_to_u64(run.duration.as_millis());
     let bar = ProgressBar::with_draw_target(Some(length), target);
     if let Ok(style) = ProgressStyle::with_template("[{bar:20}] {msg}") {
         bar.set_style(style.progress_chars("=> "));
@@ -454,7 +456,7 @@ fn progress(run: &Run, stats: Arc<Mutex<Stats>>) -> (ProgressBar, tokio::task::J
             ticking.set_message(format!(
                 "{phase}  {sent} sent  {ok} ok  {failed} err  {outstanding} in flight  {rate:.0}/s"
             ));
-            ticking.set_position((elapsed.as_millis() as u64).min(length));
+            ticking.set_position(sluice::num::u128_to_u64(elapsed.as_millis()).min(length));
         }
     });
     (bar, ticker)

@@ -1,6 +1,16 @@
 //! `sluice`: run the gateway locally (`serve`), manage gateway keys (`keys`), check config,
 //! find a request's log lines (`logs`), offer load to a gateway (`loadtest`).
 
+// Tests may cast freely; the code they test may not (see `sluice::num`).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation
+    )
+)]
+
 mod loadtest;
 
 use std::net::SocketAddr;

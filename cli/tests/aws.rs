@@ -1,6 +1,12 @@
 //! `sluice serve --store dynamodb --queue sqs` against moto: two server processes share keys,
 //! cache and the job queue, as a fleet of containers would (and as the Lambdas do).
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};

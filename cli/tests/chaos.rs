@@ -12,6 +12,12 @@
 //! billed; a job that ran twice is billed once), no reservation is left, and the dead-letter
 //! queue holds exactly the poison messages the test sent. Each test prints a `chaos:` line.
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

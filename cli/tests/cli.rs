@@ -2,6 +2,12 @@
 //! `--log-file`, the generated admin key on stderr, state kept across a `kill -9`), `keys`,
 //! `config check` and `logs`.
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 // Test helpers outside #[test] functions fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -6,6 +6,12 @@
 //! `cargo test -p sluice-cli --test security -- --nocapture`.
 //! Tenant isolation, the admin API and callback addresses are in `tests/tests/e2e/security.rs`.
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 // Test helpers outside #[test] functions fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

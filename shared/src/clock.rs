@@ -18,7 +18,7 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| crate::num::u128_to_u64(d.as_millis()))
             .unwrap_or(0)
     }
 }

@@ -17,9 +17,20 @@
 //! - [`queue`]: the job queue port and its adapters (SQLite table, SQS).
 //! - [`limits`]: rate limits and spending caps, enforced atomically in the store.
 //! - [`keys`]: gateway keys: generation, hashing, records.
-//! - [`tokens`]: token estimates.
+//! - [`tokens`]: token estimates and upper bounds.
+//! - [`num`]: saturating conversions between number types.
 //! - [`logging`]: the JSON log subscriber every binary installs (request ids, the log file).
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
+
+// Tests may cast freely; the code they test may not (see [`num`]).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation
+    )
+)]
 
 pub mod api;
 pub mod clock;
@@ -31,6 +42,7 @@ pub mod keys;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod num;
 pub mod providers;
 pub mod queue;
 pub mod store;

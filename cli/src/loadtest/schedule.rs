@@ -33,7 +33,7 @@ pub fn slot_offset(n: u64, rate: f64) -> Duration {
 
 /// Arrivals at `rate` requests per second that fall inside `duration`: `ceil(rate × s)`.
 pub fn slots_in(duration: Duration, rate: f64) -> u64 {
-    let mut n = (duration.as_secs_f64() * rate).ceil() as u64;
+    let mut n = sluice::num::f64_to_u64((duration.as_secs_f64() * rate).ceil());
     // Guard the float rounding either way: the count is the first n whose slot is not inside.
     while n > 0 && slot_offset(n - 1, rate) >= duration {
         n -= 1;

@@ -117,7 +117,11 @@ pub fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
     if sorted.is_empty() {
         return None;
     }
-    let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).max(1);
+    let rank = usize::try_from(sluice::num::f64_to_u64(
+        (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil(),
+    ))
+    .unwrap_or(usize::MAX)
+    .max(1);
     sorted.get(rank.min(sorted.len()) - 1).copied()
 }
 
@@ -304,7 +308,7 @@ fn percentiles_line(p: &Percentiles) -> String {
         human(p.p95),
         human(p.p99),
         human(p.max),
-        human(p.mean.round() as u32)
+        human(u32::try_from(sluice::num::f64_to_u64(p.mean.round())).unwrap_or(u32::MAX))
     )
 }
 

@@ -3,6 +3,12 @@
 //! can come back as batch item failures (malformed ones are dropped, never retried); every
 //! EMF line is JSON. `PROPTEST_CASES` sets the number of cases (default 128).
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aws_lambda_events::event::sqs::SqsEvent;

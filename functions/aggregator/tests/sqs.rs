@@ -2,6 +2,12 @@
 //! delivered again, malformed messages are dropped rather than retried forever, and every new
 //! rollup row becomes one EMF line.
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aws_lambda_events::event::sqs::SqsEvent;

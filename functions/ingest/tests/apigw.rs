@@ -3,6 +3,12 @@
 //! The router runs on SQLite here; on Lambda it runs on DynamoDB and SQS (see
 //! `tests/tests/backends` for those adapters on moto).
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

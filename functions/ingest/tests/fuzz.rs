@@ -3,6 +3,12 @@
 //! that is not a 500 and, when it is an error, is OpenAI-shaped; the caller's key never
 //! comes back. `PROPTEST_CASES` sets the number of cases (default 128).
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

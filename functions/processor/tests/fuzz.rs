@@ -3,6 +3,12 @@
 //! comes back as a batch item failure (so it ends in the dead-letter queue, not in a crash);
 //! a message for a real job is done. `PROPTEST_CASES` sets the number of cases (default 64).
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

@@ -1,6 +1,12 @@
 //! The processor function's handler with a real SQS event: only the messages to deliver
 //! again come back in `batchItemFailures`; a duplicate of a job is not run twice.
 
+// Tests may cast freely (the workspace denies lossy casts in the code they test).
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

@@ -424,7 +424,8 @@ fn upstream(error: ProviderError) -> ApiError {
                     "upstream_rate_limited",
                     "The provider is rate limiting requests. Please retry later.",
                 );
-                e.retry_after_s = Some(retry_after.map_or(1, |d| d.as_secs_f64().ceil() as u64));
+                e.retry_after_s =
+                    Some(retry_after.map_or(1, |d| crate::num::f64_to_u64(d.as_secs_f64().ceil())));
                 e
             }
             408 | 504 => ApiError::new(

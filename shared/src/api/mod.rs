@@ -78,7 +78,7 @@ impl AppState {
             keys: KeyAuth::new(
                 key_store,
                 Arc::clone(&deps.clock),
-                (config.server.key_cache_ttl_s * 1000.0) as u64,
+                crate::num::f64_to_u64(config.server.key_cache_ttl_s * 1000.0),
             ),
             admin: AdminKey::new(admin_secret),
             store: Arc::clone(&deps.store),

@@ -518,7 +518,7 @@ impl Price {
         // USD per 1M tokens × 1000 = nano-USD per token.
         let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
             + completion_tokens as f64 * self.output_per_mtok * 1000.0;
-        nanos.round() as u64
+        crate::num::f64_to_u64(nanos.round())
     }
 }
 
@@ -529,7 +529,7 @@ impl Price {
         let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
             + completion_tokens as f64 * self.output_per_mtok * 1000.0;
         // `as` saturates: a huge `max_tokens` reserves the most there is, never wraps to 0.
-        (nanos.ceil() as u64).saturating_add(1)
+        crate::num::f64_to_u64(nanos.ceil()).saturating_add(1)
     }
 }
 

@@ -356,7 +356,7 @@ fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
     let sum: u64 = weights.iter().sum::<u64>().max(1);
     let mut parts: Vec<u64> = weights
         .iter()
-        .map(|w| (u128::from(total) * u128::from(*w) / u128::from(sum)) as u64)
+        .map(|w| crate::num::u128_to_u64(u128::from(total) * u128::from(*w) / u128::from(sum)))
         .collect();
     let given: u64 = parts.iter().sum();
     if let Some(last) = parts.last_mut() {

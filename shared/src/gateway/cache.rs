@@ -130,7 +130,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
             // 10000000000000000: every integral float below 2^64 (the integers serde reads as
             // integers) is written as the exact integer it is.
             Some(f) if !n.is_u64() && !n.is_i64() && f.fract() == 0.0 && f.abs() < TWO_POW_64 => {
-                out.extend_from_slice((f as i128).to_string().as_bytes());
+                out.extend_from_slice(crate::num::f64_to_i128(f).to_string().as_bytes());
             }
             _ => out.extend_from_slice(n.to_string().as_bytes()),
         },
@@ -425,7 +425,9 @@ mod fuzz {
             0 => format!("{f:e}"),
             1 => format!("{f:E}"),
             // An integral float below 2^64, written as the integer it is.
-            2 if f.fract() == 0.0 && f.abs() < 2f64.powi(64) => format!("{}", f as i128),
+            2 if f.fract() == 0.0 && f.abs() < 2f64.powi(64) => {
+                format!("{}", crate::num::f64_to_i128(f))
+            }
             _ => n.to_string(),
         }
     }
@@ -450,7 +452,8 @@ mod fuzz {
                 .or(n.as_u64().map(i128::from))
                 .or_else(|| {
                     let f = n.as_f64()?;
-                    (f.fract() == 0.0 && f.abs() < 2f64.powi(64)).then_some(f as i128)
+                    (f.fract() == 0.0 && f.abs() < 2f64.powi(64))
+                        .then_some(crate::num::f64_to_i128(f))
                 })
         }
         match (a, b) {

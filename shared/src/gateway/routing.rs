@@ -116,7 +116,8 @@ impl DeploymentStats {
         } else {
             old * (1.0 - EWMA_ALPHA) + sample * EWMA_ALPHA
         };
-        self.ewma_us.store(new as u64, Ordering::Relaxed);
+        self.ewma_us
+            .store(crate::num::f64_to_u64(new), Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         self.open_until_ms.store(0, Ordering::Relaxed);
         self.probing.store(false, Ordering::Release);
@@ -132,7 +133,7 @@ impl DeploymentStats {
         } = error
         {
             // The provider said it is out of room: believe it until it says when.
-            let reset_ms = retry_after.map_or(1000, |d| d.as_millis() as u64);
+            let reset_ms = retry_after.map_or(1000, |d| crate::num::u128_to_u64(d.as_millis()));
             self.observe(
                 Headroom {
                     requests: Some(0),
@@ -288,7 +289,7 @@ impl Gateway {
                 .filter_map(|name| self.catalog.get(name).cloned()),
         );
         let attempts = self.routing.attempts_per_deployment.max(1);
-        let cooldown_ms = (self.routing.circuit_cooldown_s * 1000.0) as u64;
+        let cooldown_ms = crate::num::f64_to_u64(self.routing.circuit_cooldown_s * 1000.0);
         let mut last: Option<(String, ProviderError)> = None;
         for (m, candidate) in models.iter().enumerate() {
             let now = self.clock.now_ms();

@@ -25,11 +25,14 @@ pub async fn run(processor: Arc<Processor>, queue: Arc<dyn JobQueue>, batch_wind
         if deliveries.is_empty() {
             continue;
         }
-        if !batch_window.is_zero() && (deliveries.len() as u32) < MAX_BATCH {
+        if !batch_window.is_zero() && crate::num::usize_to_u32(deliveries.len()) < MAX_BATCH {
             // Give other small jobs a moment to arrive so they can share upstream calls.
             tokio::time::sleep(batch_window).await;
             if let Ok(more) = queue
-                .receive(MAX_BATCH - deliveries.len() as u32, Duration::ZERO)
+                .receive(
+                    MAX_BATCH.saturating_sub(crate::num::usize_to_u32(deliveries.len())),
+                    Duration::ZERO,
+                )
                 .await
             {
                 deliveries.extend(more);

@@ -12,7 +12,7 @@ use crate::store::{CounterField, Increment};
 
 /// Whole nano-USD in a USD amount.
 pub fn usd_to_nanos(usd: f64) -> u64 {
-    (usd * 1e9).round().max(0.0) as u64
+    crate::num::f64_to_u64((usd * 1e9).round())
 }
 
 /// The counter of a scope's cap in a period and shard.

@@ -376,7 +376,7 @@ impl Limiter {
                     let Some(meta) = plan.meta.get(index) else {
                         return Err(StoreError::Backend("refusal names no increment".into()));
                     };
-                    let delta = plan.increments[index].delta.max(0) as u64;
+                    let delta = crate::num::to_u64(plan.increments[index].delta);
                     refusal = Some(explain(meta, current.unwrap_or(0), delta, now));
                 }
                 Applied::Stale { .. } if stale_retries < 5 => {
@@ -550,7 +550,7 @@ impl Limiter {
         let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
         for (inc, meta) in plan.increments.iter().zip(&plan.meta) {
             if meta.kind == LimitKind::Budget && watched.len() < 10_000 {
-                let cap = inc.at_most.unwrap_or(0).max(0) as u64;
+                let cap = crate::num::to_u64(inc.at_most.unwrap_or(0));
                 watched.insert((inc.counter.clone(), cap, meta.level));
             }
         }
@@ -824,7 +824,7 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 level: meta.level,
                 metric: meta.metric.clone(),
                 limit: meta.limit,
-                remaining: (signed(meta.limit) - used).max(0) as u64,
+                remaining: crate::num::to_u64(signed(meta.limit).saturating_sub(used)),
                 retry_after_s: retry,
                 reset_s: retry,
                 asked: amount,
@@ -838,7 +838,7 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 level: meta.level,
                 metric: meta.metric.clone(),
                 limit: meta.limit,
-                remaining: signed(meta.limit).saturating_sub(current).max(0) as u64,
+                remaining: crate::num::to_u64(signed(meta.limit).saturating_sub(current)),
                 retry_after_s: reset,
                 reset_s: reset,
                 asked: amount,

@@ -22,12 +22,12 @@ pub fn position(now_ms: u64) -> (u64, f64) {
 
 /// The weight the previous window still carries.
 fn carried(previous: i64, elapsed: f64) -> i64 {
-    (previous.max(0) as f64 * (1.0 - elapsed)).ceil() as i64
+    crate::num::f64_to_i64((previous.max(0) as f64 * (1.0 - elapsed)).ceil())
 }
 
 /// The most the current window's counter may hold after admitting a request.
 pub fn ceiling(limit: u64, previous: i64, elapsed: f64) -> i64 {
-    limit as i64 - carried(previous, elapsed)
+    crate::num::to_i64(limit).saturating_sub(carried(previous, elapsed))
 }
 
 /// The estimated load over the last minute.
@@ -59,7 +59,7 @@ pub fn retry_after_s(limit: u64, previous: i64, current: i64, n: u64, elapsed: f
         };
         to_next + needed * window_s
     };
-    (wait_s.ceil() as u64).clamp(1, 2 * WINDOW_MS / 1000)
+    crate::num::f64_to_u64(wait_s.ceil()).clamp(1, 2 * WINDOW_MS / 1000)
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ pub fn bucket_of(micros: u64) -> u16 {
         return 0;
     }
     let b = ((micros as f64).log2() * PER_OCTAVE).floor();
-    (b as u16).min(MAX_BUCKET)
+    u16::try_from(crate::num::f64_to_u64(b))
+        .unwrap_or(MAX_BUCKET)
+        .min(MAX_BUCKET)
 }
 
 /// The value reported for a bucket: the geometric middle of its bounds, in microseconds.
@@ -72,7 +74,7 @@ impl Histogram {
         if n == 0 {
             return None;
         }
-        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let rank = crate::num::f64_to_u64((q.clamp(0.0, 1.0) * n as f64).ceil()).max(1);
         let mut seen = 0;
         for (&bucket, &count) in &self.counts {
             seen += count;
@@ -91,7 +93,9 @@ mod tests {
     /// The exact nearest-rank quantile of raw values.
     fn exact(values: &mut [u64], q: f64) -> f64 {
         values.sort_unstable();
-        let rank = ((q * values.len() as f64).ceil() as usize).max(1);
+        let rank = usize::try_from(crate::num::f64_to_u64((q * values.len() as f64).ceil()))
+            .unwrap_or(usize::MAX)
+            .max(1);
         values[rank - 1] as f64
     }
 

@@ -74,7 +74,7 @@ impl Rollup {
         self.tokens_out = self.tokens_out.saturating_add(event.tokens_out);
         self.cost_nano_usd = self.cost_nano_usd.saturating_add(event.cost_nano_usd);
         self.latency
-            .record((event.latency_ms.max(0.0) * 1000.0).round() as u64);
+            .record(crate::num::f64_to_u64((event.latency_ms * 1000.0).round()));
     }
 
     /// Adds another rollup.

@@ -954,6 +954,8 @@ fn embedding_vectors(body: &[u8], expected: usize) -> Result<Vec<Vec<f64>>, Prov
 }
 
 /// Little-endian `f32`s in base64, as OpenAI sends `encoding_format: "base64"`.
+// f64 → f32 is the point: OpenAI's base64 vectors are little-endian `f32`s.
+#[allow(clippy::cast_possible_truncation)]
 fn base64_vector(values: &[f64]) -> String {
     let bytes: Vec<u8> = values
         .iter()

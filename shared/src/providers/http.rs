@@ -127,7 +127,7 @@ pub(super) fn stream_error(data: &Value) -> Option<ProviderError> {
             .get("code")
             .and_then(Value::as_u64)
             .filter(|c| matches!(c, 408 | 429 | 500..=599))
-            .map(|c| c as u16),
+            .and_then(|c| u16::try_from(c).ok()),
     };
     Some(match status {
         Some(status) => ProviderError::Status {

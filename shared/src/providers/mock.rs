@@ -99,7 +99,7 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
         .and_then(Value::as_u64);
     let finish_reason = match limit {
         Some(n) if (words.len() as u64) > n => {
-            words.truncate(n as usize);
+            words.truncate(usize::try_from(n).unwrap_or(usize::MAX));
             "length"
         }
         _ => "stop",

@@ -212,7 +212,7 @@ pub fn headroom_from(headers: &reqwest::header::HeaderMap, now_ms: u64) -> Headr
             let at =
                 time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
                     .ok()?;
-            let at_ms = (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            let at_ms = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             Some(at_ms.saturating_sub(now_ms))
         });
     Headroom {
@@ -248,7 +248,7 @@ fn parse_duration_ms(s: &str) -> Option<u64> {
     if !number.is_empty() {
         return None;
     }
-    Some(total.round() as u64)
+    Some(crate::num::f64_to_u64(total.round()))
 }
 
 /// Why an upstream call did not produce a usable answer.

@@ -42,15 +42,15 @@ impl SqliteQueue {
         Self {
             store,
             clock,
-            visibility_ms: visibility.as_millis() as u64,
+            visibility_ms: crate::num::u128_to_u64(visibility.as_millis()),
             max_receive_count: max_receive_count.max(1),
             arrivals: Arc::new(Notify::new()),
         }
     }
 
     async fn take(&self, max: u32) -> Result<Vec<Delivery>, QueueError> {
-        let now = self.clock.now_ms() as i64;
-        let visibility = self.visibility_ms as i64;
+        let now = crate::num::to_i64(self.clock.now_ms());
+        let visibility = crate::num::to_i64(self.visibility_ms);
         let max_receive = i64::from(self.max_receive_count);
         self.store
             .write(move |c| {
@@ -100,7 +100,7 @@ impl SqliteQueue {
                         message_id,
                         body,
                         receipt,
-                        receive_count: (count + 1) as u32,
+                        receive_count: crate::num::to_u32(count.saturating_add(1)),
                     });
                 }
                 Ok(out)
@@ -124,7 +124,7 @@ impl From<StoreError> for QueueError {
 impl JobQueue for SqliteQueue {
     async fn send(&self, body: &str) -> Result<(), QueueError> {
         let body = body.to_owned();
-        let now = self.clock.now_ms() as i64;
+        let now = crate::num::to_i64(self.clock.now_ms());
         let message_id = format!("msg_{}", random_alnum(20));
         self.store
             .write(move |c| {
@@ -176,7 +176,7 @@ impl JobQueue for SqliteQueue {
                 c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
                     r.get::<_, i64>(0)
                 })
-                .map(|n| n as u64)
+                .map(crate::num::to_u64)
                 .map_err(backend)
             })
             .await

@@ -125,9 +125,9 @@ impl JobQueue for SqsQueue {
             .client
             .receive_message()
             .queue_url(&self.url)
-            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
             .wait_time_seconds(wait.as_secs().min(20) as i32)
-            .visibility_timeout(self.visibility.as_secs().max(1) as i32)
+            .visibility_timeout(i32::try_from(self.visibility.as_secs().max(1)).unwrap_or(i32::MAX))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await

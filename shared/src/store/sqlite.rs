@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::metrics::{Rollup, RollupKey, RollupRow};
+use crate::num::{to_i64, to_u16, to_u32, to_u64};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
@@ -406,10 +407,8 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRecord, S
         hint: row.get("hint")?,
         tenant: row.get("tenant")?,
         name: row.get("name")?,
-        created_at_ms: row.get::<_, i64>("created_at_ms")? as u64,
-        revoked_at_ms: row
-            .get::<_, Option<i64>>("revoked_at_ms")?
-            .map(|v| v as u64),
+        created_at_ms: to_u64(row.get::<_, i64>("created_at_ms")?),
+        revoked_at_ms: row.get::<_, Option<i64>>("revoked_at_ms")?.map(to_u64),
         limits: KeyLimits {
             rpm: row.get("rpm")?,
             tpm: row.get("tpm")?,
@@ -434,8 +433,8 @@ impl KeyStore for SqliteStore {
                     key.hint,
                     key.tenant,
                     key.name,
-                    key.created_at_ms as i64,
-                    key.revoked_at_ms.map(|v| v as i64),
+                    to_i64(key.created_at_ms),
+                    key.revoked_at_ms.map(to_i64),
                     key.limits.rpm,
                     key.limits.tpm,
                     key.limits.budget_usd,
@@ -486,7 +485,7 @@ impl KeyStore for SqliteStore {
                 .execute(
                     "UPDATE gateway_keys SET revoked_at_ms = ?2
                      WHERE id = ?1 AND revoked_at_ms IS NULL",
-                    params![id, now_ms as i64],
+                    params![id, to_i64(now_ms)],
                 )
                 .map_err(backend)?;
             Ok(n == 1)
@@ -509,12 +508,12 @@ impl CacheStore for SqliteStore {
                  WHERE digest = ?1 AND purge_at_ms > ?2",
             )
             .map_err(backend)?
-            .query_row(params![&digest[..], now_ms as i64], |row| {
+            .query_row(params![&digest[..], to_i64(now_ms)], |row| {
                 Ok(CachedResponse {
                     body: Bytes::from(row.get::<_, Vec<u8>>(0)?),
-                    created_at_ms: row.get::<_, i64>(1)? as u64,
-                    expires_at_ms: row.get::<_, i64>(2)? as u64,
-                    purge_at_ms: row.get::<_, i64>(3)? as u64,
+                    created_at_ms: to_u64(row.get::<_, i64>(1)?),
+                    expires_at_ms: to_u64(row.get::<_, i64>(2)?),
+                    purge_at_ms: to_u64(row.get::<_, i64>(3)?),
                 })
             })
             .optional()
@@ -543,15 +542,15 @@ impl CacheStore for SqliteStore {
                 &key.digest[..],
                 key.tenant,
                 &entry.body[..],
-                entry.created_at_ms as i64,
-                entry.expires_at_ms as i64,
-                entry.purge_at_ms as i64,
+                to_i64(entry.created_at_ms),
+                to_i64(entry.expires_at_ms),
+                to_i64(entry.purge_at_ms),
             ])
             .map_err(backend)?;
             if sweep {
                 c.execute(
                     "DELETE FROM cache_entries WHERE purge_at_ms <= ?1",
-                    [entry.created_at_ms as i64],
+                    [to_i64(entry.created_at_ms)],
                 )
                 .map_err(backend)?;
             }
@@ -572,14 +571,14 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreEr
     };
     let result = match row.get::<_, Option<i64>>("result_status")? {
         Some(http_status) => Some(JobResult {
-            http_status: http_status as u16,
+            http_status: to_u16(http_status),
             body: Bytes::from(
                 row.get::<_, Option<Vec<u8>>>("result_body")?
                     .unwrap_or_default(),
             ),
-            tokens_in: row.get::<_, Option<i64>>("tokens_in")?.unwrap_or(0) as u64,
-            tokens_out: row.get::<_, Option<i64>>("tokens_out")?.unwrap_or(0) as u64,
-            cost_nano_usd: row.get::<_, Option<i64>>("cost_nano_usd")?.unwrap_or(0) as u64,
+            tokens_in: to_u64(row.get::<_, Option<i64>>("tokens_in")?.unwrap_or(0)),
+            tokens_out: to_u64(row.get::<_, Option<i64>>("tokens_out")?.unwrap_or(0)),
+            cost_nano_usd: to_u64(row.get::<_, Option<i64>>("cost_nano_usd")?.unwrap_or(0)),
         }),
         None => None,
     };
@@ -596,19 +595,19 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreEr
         cache_control: row.get("cache_control")?,
         callback_url: row.get("callback_url")?,
         status,
-        attempts: row.get::<_, i64>("attempts")? as u32,
-        lease_until_ms: row.get::<_, i64>("lease_until_ms")? as u64,
+        attempts: to_u32(row.get::<_, i64>("attempts")?),
+        lease_until_ms: to_u64(row.get::<_, i64>("lease_until_ms")?),
         result,
-        created_at_ms: row.get::<_, i64>("created_at_ms")? as u64,
-        updated_at_ms: row.get::<_, i64>("updated_at_ms")? as u64,
-        expires_at_ms: row.get::<_, i64>("expires_at_ms")? as u64,
+        created_at_ms: to_u64(row.get::<_, i64>("created_at_ms")?),
+        updated_at_ms: to_u64(row.get::<_, i64>("updated_at_ms")?),
+        expires_at_ms: to_u64(row.get::<_, i64>("expires_at_ms")?),
     }))
 }
 
 fn job_by_id(c: &Connection, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError> {
     c.prepare_cached("SELECT * FROM jobs WHERE id = ?1 AND expires_at_ms > ?2")
         .map_err(backend)?
-        .query_row(params![id, now_ms as i64], job_from_row)
+        .query_row(params![id, to_i64(now_ms)], job_from_row)
         .optional()
         .map_err(backend)?
         .transpose()
@@ -634,10 +633,10 @@ impl JobStore for SqliteStore {
                     job.callback_url,
                     job.status.as_str(),
                     job.attempts,
-                    job.lease_until_ms as i64,
-                    job.created_at_ms as i64,
-                    job.updated_at_ms as i64,
-                    job.expires_at_ms as i64,
+                    to_i64(job.lease_until_ms),
+                    to_i64(job.created_at_ms),
+                    to_i64(job.updated_at_ms),
+                    to_i64(job.expires_at_ms),
                     serde_json::to_string(&job.key_limits).ok(),
                 ],
             );
@@ -671,7 +670,7 @@ impl JobStore for SqliteStore {
                      RETURNING *",
                 )
                 .map_err(backend)?
-                .query_row(params![id, now_ms as i64, lease_ms as i64], job_from_row)
+                .query_row(params![id, to_i64(now_ms), to_i64(lease_ms)], job_from_row)
                 .optional()
                 .map_err(backend)?
                 .transpose()?;
@@ -696,7 +695,7 @@ impl JobStore for SqliteStore {
                 .execute(
                     "UPDATE jobs SET status = 'queued', lease_until_ms = 0, updated_at_ms = ?3
                      WHERE id = ?1 AND status = 'running' AND attempts = ?2",
-                    params![id, attempt, now_ms as i64],
+                    params![id, attempt, to_i64(now_ms)],
                 )
                 .map_err(backend)?;
             Ok(n == 1)
@@ -730,10 +729,10 @@ impl JobStore for SqliteStore {
                         status.as_str(),
                         result.http_status,
                         &result.body[..],
-                        result.tokens_in as i64,
-                        result.tokens_out as i64,
-                        result.cost_nano_usd as i64,
-                        now_ms as i64,
+                        to_i64(result.tokens_in),
+                        to_i64(result.tokens_out),
+                        to_i64(result.cost_nano_usd),
+                        to_i64(now_ms),
                     ],
                 )
                 .map_err(backend)?;
@@ -786,7 +785,7 @@ fn add_to_counter(c: &Connection, inc: &Increment) -> Result<(), StoreError> {
         inc.counter,
         inc.field.as_str(),
         inc.delta,
-        inc.expires_at_ms as i64
+        to_i64(inc.expires_at_ms)
     ])
     .map_err(backend)?;
     Ok(())
@@ -830,7 +829,7 @@ impl LimitStore for SqliteStore {
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
                 c.execute(
                     "INSERT INTO limit_holds (id, undo, expires_at_ms) VALUES (?1, ?2, ?3)",
-                    params![hold.id, undo, hold.expires_at_ms as i64],
+                    params![hold.id, undo, to_i64(hold.expires_at_ms)],
                 )
                 .map_err(backend)?;
             }
@@ -880,13 +879,16 @@ impl LimitStore for SqliteStore {
                 )
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![now_ms as i64, max as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
+                .query_map(
+                    params![to_i64(now_ms), i64::try_from(max).unwrap_or(i64::MAX)],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
@@ -896,7 +898,7 @@ impl LimitStore for SqliteStore {
                         id,
                         undo: serde_json::from_str(&undo)
                             .map_err(|_| StoreError::Corrupt("hold undo list".into()))?,
-                        expires_at_ms: expires as u64,
+                        expires_at_ms: to_u64(expires),
                     })
                 })
                 .collect()
@@ -910,7 +912,7 @@ impl LimitStore for SqliteStore {
             let n = c
                 .execute(
                     "INSERT OR IGNORE INTO limit_markers (marker, expires_at_ms) VALUES (?1, ?2)",
-                    params![marker, expires_at_ms as i64],
+                    params![marker, to_i64(expires_at_ms)],
                 )
                 .map_err(backend)?;
             Ok(n == 1)
@@ -943,8 +945,8 @@ impl IdempotencyStore for SqliteStore {
                         r.get::<_, i64>(1)? != 0,
                         r.get::<_, Option<i64>>(2)?,
                         r.get::<_, Option<Vec<u8>>>(3)?,
-                        r.get::<_, i64>(4)? as u64,
-                        r.get::<_, i64>(5)? as u64,
+                        to_u64(r.get::<_, i64>(4)?),
+                        to_u64(r.get::<_, i64>(5)?),
                     ))
                 })
                 .optional()
@@ -956,7 +958,7 @@ impl IdempotencyStore for SqliteStore {
                         IdempotencyBegin::Mismatch
                     } else if done {
                         IdempotencyBegin::Replay(StoredResponse {
-                            status: status.unwrap_or(200) as u16,
+                            status: to_u16(status.unwrap_or(200)),
                             body: Bytes::from(body.unwrap_or_default()),
                         })
                     } else {
@@ -968,7 +970,11 @@ impl IdempotencyStore for SqliteStore {
                 "INSERT OR REPLACE INTO idempotency
                      (key, fingerprint, done, status, body, lease_until_ms, expires_at_ms)
                  VALUES (?1, ?2, 0, NULL, NULL, ?3, ?3)",
-                params![key, &fingerprint[..], (now_ms + lease_ms) as i64],
+                params![
+                    key,
+                    &fingerprint[..],
+                    to_i64(now_ms.saturating_add(lease_ms))
+                ],
             )
             .map_err(backend)?;
             Ok(IdempotencyBegin::Started)
@@ -996,7 +1002,7 @@ impl IdempotencyStore for SqliteStore {
                     &fingerprint[..],
                     response.status,
                     &response.body[..],
-                    expires_at_ms as i64
+                    to_i64(expires_at_ms)
                 ],
             )
             .map_err(backend)?;
@@ -1022,7 +1028,7 @@ const ROLLUP_COLUMNS: &str = "minute, tenant, model, provider, requests, errors_
 
 fn rollup_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollupRow, StoreError>> {
     let key = RollupKey {
-        minute: row.get::<_, i64>(0)? as u64,
+        minute: to_u64(row.get::<_, i64>(0)?),
         tenant: row.get(1)?,
         model: row.get(2)?,
         provider: row.get(3)?,
@@ -1030,7 +1036,7 @@ fn rollup_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollupRow
     let mut rollup = Rollup::default();
     let names = rollup.counters().map(|(n, _)| n);
     for (i, name) in names.iter().enumerate() {
-        rollup.set_counter(name, row.get::<_, i64>(4 + i)? as u64);
+        rollup.set_counter(name, to_u64(row.get::<_, i64>(4 + i)?));
     }
     let latency: String = row.get(14)?;
     Ok(match serde_json::from_str(&latency) {
@@ -1052,7 +1058,7 @@ impl MetricsStore for SqliteStore {
             let fresh = c
                 .execute(
                     "INSERT OR IGNORE INTO metrics_batches (batch_id, expires_at_ms) VALUES (?1, ?2)",
-                    params![batch_id, now.saturating_add(METRICS_MARKER_TTL_MS) as i64],
+                    params![batch_id, to_i64(now.saturating_add(METRICS_MARKER_TTL_MS))],
                 )
                 .map_err(backend)?
                 == 1;
@@ -1067,7 +1073,7 @@ impl MetricsStore for SqliteStore {
                             "SELECT {ROLLUP_COLUMNS} FROM metrics_rollups \
                              WHERE minute = ?1 AND tenant = ?2 AND model = ?3 AND provider = ?4"
                         ),
-                        params![k.minute as i64, k.tenant, k.model, k.provider],
+                        params![to_i64(k.minute), k.tenant, k.model, k.provider],
                         rollup_from_row,
                     )
                     .optional()
@@ -1077,14 +1083,14 @@ impl MetricsStore for SqliteStore {
                 total.merge(&row.rollup);
                 let latency = serde_json::to_string(&total.latency)
                     .map_err(|e| StoreError::Backend(e.to_string()))?;
-                let counters = total.counters().map(|(_, v)| v as i64);
+                let counters = total.counters().map(|(_, v)| to_i64(v));
                 c.execute(
                     &format!(
                         "INSERT OR REPLACE INTO metrics_rollups ({ROLLUP_COLUMNS}) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                     ),
                     params![
-                        k.minute as i64,
+                        to_i64(k.minute),
                         k.tenant,
                         k.model,
                         k.provider,
@@ -1105,7 +1111,7 @@ impl MetricsStore for SqliteStore {
             }
             c.execute(
                 "DELETE FROM metrics_batches WHERE expires_at_ms < ?1",
-                params![now as i64],
+                params![to_i64(now)],
             )
             .map_err(backend)?;
             Ok(true)
@@ -1129,7 +1135,10 @@ impl MetricsStore for SqliteStore {
                 ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![from_s as i64, to_s as i64, tenant], rollup_from_row)
+                .query_map(
+                    params![to_i64(from_s), to_i64(to_s), tenant],
+                    rollup_from_row,
+                )
                 .map_err(backend)?;
             let mut out = Vec::new();
             for row in rows {
