@@ -231,7 +231,7 @@ pub struct ChatCompletionRequest {
     #[schema(min_length = 1, example = "gpt-4o-mini")]
     pub model: String,
     /// The conversation.
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, max_items = 2048)]
     pub messages: Vec<ChatMessage>,
     /// Answer as server-sent events.
     pub stream: Option<bool>,
@@ -245,7 +245,7 @@ pub struct ChatCompletionRequest {
     #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u64>,
     /// How many answers.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u64>,
     /// Sampling temperature.
     pub temperature: Option<f64>,
@@ -256,10 +256,10 @@ pub struct ChatCompletionRequest {
     /// Frequency penalty.
     pub frequency_penalty: Option<f64>,
     /// Tools the model may call.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, max_items = 128)]
     pub tools: Option<Vec<Value>>,
     /// Functions the model may call (older form of `tools`).
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, max_items = 128)]
     pub functions: Option<Vec<Value>>,
 }
 
@@ -311,7 +311,7 @@ pub struct EmbeddingRequest {
     /// What to embed.
     pub input: EmbeddingInput,
     /// Length of each vector.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 3072)]
     pub dimensions: Option<u64>,
     /// Must be false or absent: embeddings do not stream.
     pub stream: Option<bool>,
