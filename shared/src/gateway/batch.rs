@@ -295,7 +295,7 @@ impl Gateway {
                     created_at_ms: now,
                     expires_at_ms,
                     purge_at_ms: expires_at_ms
-                        .saturating_add(self.cache_config.stale_keep_s * 1000),
+                        .saturating_add(self.cache_config.stale_keep_s.saturating_mul(1000)),
                 };
                 if let Err(e) = self.cache.put(key, &entry).await {
                     tracing::warn!(error = %e, "cache store failed; answer not cached");

@@ -99,7 +99,7 @@ impl Finish {
                 body,
                 created_at_ms: now,
                 expires_at_ms,
-                purge_at_ms: expires_at_ms.saturating_add(target.stale_keep_s * 1000),
+                purge_at_ms: expires_at_ms.saturating_add(target.stale_keep_s.saturating_mul(1000)),
             };
             if let Err(e) = target.cache.put(&target.key, &entry).await {
                 tracing::warn!(error = %e, "cache store failed; streamed answer not cached");

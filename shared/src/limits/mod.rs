@@ -363,7 +363,8 @@ impl Limiter {
             let hold = (!undo.is_empty()).then(|| Hold {
                 id: format!("hold_{}", random_alnum(20)),
                 undo,
-                expires_at_ms: now + self.config.reservation_ttl_s * 1000,
+                expires_at_ms: now
+                    .saturating_add(self.config.reservation_ttl_s.saturating_mul(1000)),
             });
             grant.hold_id = hold.as_ref().map(|h| h.id.clone());
             grant.hold_expires_at_ms = hold.as_ref().map_or(0, |h| h.expires_at_ms);
