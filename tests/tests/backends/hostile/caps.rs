@@ -1,6 +1,7 @@
 //! Spending caps on DynamoDB (moto): generated requests of every provider kind, all at once
-//! on one key, against a provider that bills the most each allows. The cap holds and the
-//! ledger equals what the answers were billed, as on SQLite (`e2e/hostile/caps`).
+//! on one key, against a provider that bills the most each allows. Each answer is billed no
+//! more than it reserved, the cap holds, and the ledger equals what the answers were billed,
+//! as on SQLite (`e2e/hostile/caps`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,9 @@ use serde_json::{Value, json};
 use sluice::clock::ManualClock;
 use sluice::config::Config;
 use sluice::deps::Deps;
+use sluice::gateway::Caller;
+use sluice::keys::{BudgetPeriod, KeyLimits};
+use sluice::providers::Endpoint;
 use sluice_tests::requests::{chat_request, config, runner};
 use sluice_tests::{FakeUpstream, TestGateway, aws};
 
@@ -37,12 +41,19 @@ async fn generated_requests_at_once_never_overspend_a_cap_on_dynamodb() {
             Value::Object(body)
         })
         .collect();
-    let key = gw
+    let created = gw
         .admin_create(json!({"tenant": "hostile", "budget_usd": 0.2, "period": "day"}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let caller = Caller {
+        key_id: created["id"].as_str().unwrap().to_owned(),
+        tenant: "hostile".into(),
+        limits: KeyLimits {
+            budget_usd: Some(0.2),
+            budget_period: Some(BudgetPeriod::Day),
+            ..KeyLimits::default()
+        },
+    };
     let answers = join_all(
         bodies
             .iter()
