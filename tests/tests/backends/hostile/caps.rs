@@ -63,7 +63,7 @@ async fn generated_requests_at_once_never_overspend_a_cap_on_dynamodb() {
     let mut billed = 0u64;
     let mut ok = 0;
     let mut statuses = Vec::new();
-    for r in answers {
+    for (r, body) in answers.into_iter().zip(&bodies) {
         let status = r.status().as_u16();
         statuses.push(status);
         if status == 200 {
@@ -73,7 +73,21 @@ async fn generated_requests_at_once_never_overspend_a_cap_on_dynamodb() {
                 .unwrap()
                 .to_owned();
             let (whole, frac) = usd.split_once('.').unwrap();
-            billed += whole.parse::<u64>().unwrap() * 1_000_000_000 + frac.parse::<u64>().unwrap();
+            let cost = whole.parse::<u64>().unwrap() * 1_000_000_000 + frac.parse::<u64>().unwrap();
+            let worst = gw
+                .services
+                .gateway
+                .worst_case(
+                    &caller,
+                    Endpoint::ChatCompletions,
+                    body.to_string().as_bytes(),
+                )
+                .unwrap();
+            assert!(
+                cost <= worst.cost_nano_usd,
+                "billed {cost} > reserved {worst:?}: {body}"
+            );
+            billed += cost;
         } else {
             assert!(matches!(status, 400 | 422 | 429), "{status}");
         }
