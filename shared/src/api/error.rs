@@ -179,6 +179,13 @@ impl From<AuthError> for ApiError {
                 "invalid_api_key",
                 "Incorrect API key provided.",
             ),
+            AuthError::Revoked => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "key_revoked",
+                "The API key that submitted this job was revoked before the job ran; it was not \
+                 sent to the provider and not billed.",
+            ),
             AuthError::NotAdmin => Self::new(
                 StatusCode::FORBIDDEN,
                 "permission_error",
