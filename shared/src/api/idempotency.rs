@@ -130,12 +130,6 @@ fn key_problem(key: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Whether `key` is a valid idempotency key: 1 to 255 printable ASCII characters, without a
-/// space at either end.
-pub fn is_valid_key(key: &[u8]) -> bool {
-    key_problem(key).is_none()
-}
-
 fn invalid_key(message: &'static str) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::BAD_REQUEST,
@@ -321,10 +315,10 @@ pub async fn openai_stream_refusal() -> StoredResponse {
     stored_error(stream_not_replayable().into_response()).await
 }
 
-/// Holds the key while a stream runs and settles it when the stream ends: a stream that ended
-/// with `data: [DONE]` keeps the key with `refusal` (see [`stream_not_replayable`]); one that
-/// broke off, or whose client went away, releases it. The record is written before the body
-/// ends, so it is done when the client sees the end (and within a Lambda invocation).
+/// Holds the key while a stream runs and settles it when the stream ends: a stream that
+/// reaches `data: [DONE]` keeps the key with `refusal` (see [`stream_not_replayable`]),
+/// written before `[DONE]` is passed on, so it is done when the client sees the end (and
+/// within a Lambda invocation); one that broke off, or whose client went away, releases it.
 pub fn guard_stream(
     events: EventBytes,
     store: SharedStore,
@@ -334,40 +328,33 @@ pub fn guard_stream(
 ) -> EventBytes {
     let state = StreamState {
         events,
-        complete: false,
-        held: Some(HeldKey {
+        held: HeldKey {
             store,
             claim: Some(claim),
-        }),
+        },
         clock,
         refusal,
     };
     futures_util::stream::unfold(state, |mut s| async move {
-        match s.events.next().await {
-            Some(item) => {
-                s.complete = matches!(&item, Ok(b) if b.ends_with(DONE));
-                Some((item, s))
-            }
-            None => {
-                if let Some(mut held) = s.held.take()
-                    && let Some(claim) = held.claim.take()
-                {
-                    let kept = s.complete.then_some(&s.refusal);
-                    let now = s.clock.now_ms();
-                    keep_or_release(&*held.store, &claim, kept, now).await;
-                }
-                None
+        let item = s.events.next().await;
+        let complete = matches!(&item, Some(Ok(b)) if b.ends_with(DONE));
+        // Settled at `[DONE]` rather than at the stream's end: a reader (the Anthropic
+        // translation) may stop at `[DONE]` without asking for more.
+        if complete || item.is_none() {
+            if let Some(claim) = s.held.claim.take() {
+                let kept = complete.then_some(&s.refusal);
+                let now = s.clock.now_ms();
+                keep_or_release(&*s.held.store, &claim, kept, now).await;
             }
         }
+        item.map(|item| (item, s))
     })
     .boxed()
 }
 
 struct StreamState {
     events: EventBytes,
-    /// Whether the last chunk so far ended the stream properly.
-    complete: bool,
-    held: Option<HeldKey>,
+    held: HeldKey,
     clock: Arc<dyn Clock>,
     refusal: StoredResponse,
 }
@@ -401,6 +388,10 @@ mod tests {
 
     fn fingerprint(request: Request<'_>) -> [u8; 32] {
         request.fingerprint()
+    }
+
+    fn is_valid_key(key: &[u8]) -> bool {
+        key_problem(key).is_none()
     }
 
     #[test]
