@@ -26,7 +26,8 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
         | Behaviour::Slow(_)
         | Behaviour::EchoKey(_)
         | Behaviour::CutOff
-        | Behaviour::Truncated => {}
+        | Behaviour::Truncated
+        | Behaviour::Drip(_) => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = (
                 StatusCode::from_u16(status).unwrap(),
