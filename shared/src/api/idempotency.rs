@@ -340,12 +340,12 @@ pub fn guard_stream(
         let complete = matches!(&item, Some(Ok(b)) if b.ends_with(DONE));
         // Settled at `[DONE]` rather than at the stream's end: a reader (the Anthropic
         // translation) may stop at `[DONE]` without asking for more.
-        if complete || item.is_none() {
-            if let Some(claim) = s.held.claim.take() {
-                let kept = complete.then_some(&s.refusal);
-                let now = s.clock.now_ms();
-                keep_or_release(&*s.held.store, &claim, kept, now).await;
-            }
+        if (complete || item.is_none())
+            && let Some(claim) = s.held.claim.take()
+        {
+            let kept = complete.then_some(&s.refusal);
+            let now = s.clock.now_ms();
+            keep_or_release(&*s.held.store, &claim, kept, now).await;
         }
         item.map(|item| (item, s))
     })
