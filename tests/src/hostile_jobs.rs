@@ -18,7 +18,9 @@ use sluice::jobs::worker::process_deliveries;
 use sluice::queue::Delivery;
 
 use crate::gateway::ADMIN_KEY;
-use crate::{Behaviour, FakeUpstream, FaultyStore, Op, TestGateway, fake_config_with_jobs};
+use crate::{
+    Behaviour, CallbackReceiver, FakeUpstream, FaultyStore, Op, TestGateway, fake_config_with_jobs,
+};
 
 /// [`fake_config_with_jobs`] without workers, plus `embed-short` (an upstream model whose
 /// context the fake ends at 64 tokens, so a few hundred characters overflow it — a limit the
@@ -237,6 +239,8 @@ fn upstream_texts(up: &FakeUpstream) -> Vec<(usize, String)> {
 pub struct RevocationFigures {
     /// Jobs of the revoked key, queued before the revoke.
     pub revoked_jobs: usize,
+    /// Callbacks received (all for the other tenant's jobs).
+    pub callbacks: usize,
     /// Jobs of another tenant's key, in the same batches.
     pub control_jobs: usize,
     /// Batches of up to ten messages processed.
@@ -251,9 +255,10 @@ pub struct RevocationFigures {
 
 /// Issue 13, item 5: `n` jobs (chat and embeddings, half each) accepted from a key, which is
 /// then revoked with `DELETE /admin/keys/{id}` before any runs; another tenant's jobs share
-/// their batches. Every revoked job ends `failed` `key_revoked` (401), unbilled, its request
-/// never sent upstream; the other tenant's jobs all run; the processor reads each distinct key
-/// at most once per batch.
+/// their batches, and six jobs of each key ask for a callback. Every revoked job ends `failed`
+/// `key_revoked` (401), unbilled, never sent upstream and never called back; the other
+/// tenant's jobs all run (and are called back); the processor reads each distinct key at most
+/// once per batch.
 pub async fn revoked_keys_queued_jobs(
     h: &Hostile,
     up: &FakeUpstream,
@@ -292,7 +297,32 @@ pub async fn revoked_keys_queued_jobs(
             owners.push(true);
         }
     }
-    let ids = h.submit_all(&jobs).await;
+    let mut ids = h.submit_all(&jobs).await;
+    // A few of each with a callback: the control key's are delivered, the revoked key's not.
+    let hook = CallbackReceiver::start().await;
+    let mut control_hooked = HashSet::new();
+    for (i, key) in [&revoked, &control]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let is_control = *key == control;
+        let spec = json!({"endpoint": "/v1/chat/completions",
+            "request": chat(&format!("{} hooked {i}", if is_control { "control" } else { "revoked-key" })),
+            "callback_url": hook.url});
+        let r = h.gw.post("/v1/jobs", key, &spec).await;
+        assert_eq!(r.status(), 202);
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if is_control {
+            control_hooked.insert(id.clone());
+        }
+        ids.push(id);
+        owners.push(is_control);
+    }
     h.revoke(&revoked_id).await;
     let reads_before = h.store.calls(Op::KeyById);
     let batches = h.drain().await;
@@ -316,6 +346,21 @@ pub async fn revoked_keys_queued_jobs(
         assert_eq!(job["attempts"], 1, "{job}");
         assert!(job.get("result").is_none(), "{job}");
     }
+    // Callbacks are sent before a message is deleted: all that will come have come.
+    let called_back: HashSet<String> = hook
+        .received()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        called_back, control_hooked,
+        "only the live key's jobs are called back"
+    );
     let texts = upstream_texts(up);
     assert!(
         texts.iter().all(|(_, t)| !t.starts_with("revoked-key")),
@@ -343,7 +388,8 @@ pub async fn revoked_keys_queued_jobs(
         "{key_reads} key reads for {batches} batches"
     );
     RevocationFigures {
-        revoked_jobs: n,
+        revoked_jobs: owners.iter().filter(|c| !**c).count(),
+        callbacks: called_back.len(),
         control_jobs,
         batches,
         key_reads,

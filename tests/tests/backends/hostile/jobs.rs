@@ -30,12 +30,13 @@ async fn a_revoked_keys_queued_jobs_fail_uncalled_and_unbilled() {
     let f = hostile_jobs::revoked_keys_queued_jobs(&h, &up, 200).await;
     println!(
         "hostile: dynamodb+sqs revocation: {} jobs queued then key revoked, {} other-tenant \
-         jobs in the same {} batches; {} key reads; {} upstream calls (all other-tenant); \
+         jobs in the same {} batches; {} key reads; {} callbacks (all other-tenant); {} upstream calls (all other-tenant); \
          revoked tenant billed {} nano-USD; {:.1} s",
         f.revoked_jobs,
         f.control_jobs,
         f.batches,
         f.key_reads,
+        f.callbacks,
         f.upstream_calls,
         f.revoked_spend,
         started.elapsed().as_secs_f64()
