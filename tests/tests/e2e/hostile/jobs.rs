@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice::clock::ManualClock;
 use sluice::deps::Deps;
 use sluice_tests::hostile_jobs::{self, Hostile};
-use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config};
+use sluice_tests::{Behaviour, FakeUpstream, Fault, Op, TestGateway, fake_config};
 
 use crate::{assert_error, header};
 
@@ -301,4 +301,33 @@ async fn a_key_is_an_answer_or_a_job_not_both() {
     assert_eq!(send(false).await.unwrap().status(), 200);
     assert_error(send(true).await.unwrap(), 422, "idempotency_key_reused").await;
     assert!(h.take(1).await.is_empty(), "no job was queued");
+}
+
+/// A key that cannot be read (the store throttled) neither runs nor fails the job: it is given
+/// back and runs on its next delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_cannot_be_read_leaves_the_job_for_redelivery() {
+    let up = FakeUpstream::start().await;
+    let h = sqlite(&up).await;
+    let (key, _) = h.key("control").await;
+    let ids = h
+        .submit_all(&[(
+            key.clone(),
+            "/v1/chat/completions",
+            json!({"model": "gpt-test", "messages": [{"role": "user", "content": "later"}]}),
+        )])
+        .await;
+    h.store.fail(Op::KeyById, Fault::Throttled, 0, 1);
+    let first = h.take(1).await;
+    h.process(&first).await;
+    let job = h.job(&key, &ids[0]).await;
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(up.calls(), 0);
+    // The message comes back after its visibility timeout.
+    h.gw.clock.advance_ms(3_600_000);
+    assert_eq!(h.drain().await, 1);
+    let job = h.job(&key, &ids[0]).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(up.calls(), 1);
 }
