@@ -27,6 +27,7 @@ use sluice::store::{
 pub enum Op {
     InsertKey,
     KeyByHash,
+    KeyById,
     ListKeys,
     RevokeKey,
     CacheGet,
@@ -213,6 +214,9 @@ impl KeyStore for FaultyStore {
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         self.guard(Op::KeyByHash, self.inner.key_by_hash(hash))
             .await
+    }
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.guard(Op::KeyById, self.inner.key_by_id(id)).await
     }
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.guard(Op::ListKeys, self.inner.list_keys()).await

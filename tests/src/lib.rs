@@ -8,6 +8,7 @@ pub mod callback_receiver;
 pub mod fake_upstream;
 pub mod faulty_store;
 pub mod gateway;
+pub mod hostile_jobs;
 pub mod recording;
 pub mod requests;
 pub mod throttle_proxy;

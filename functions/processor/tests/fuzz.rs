@@ -77,8 +77,11 @@ fn fuzz_any_job_batch() {
         )
         .unwrap();
         let services = Services::build(&config, &deps).unwrap();
+        // A stored key: workers read each job's key before running it.
+        let key = sluice::keys::generate("t1", None, Default::default(), 0).unwrap();
+        deps.store.insert_key(&key.record).await.unwrap();
         let caller = Caller {
-            key_id: "key_1".into(),
+            key_id: key.record.id.clone(),
             tenant: "t1".into(),
             limits: Default::default(),
         };

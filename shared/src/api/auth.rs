@@ -32,6 +32,9 @@ pub enum AuthError {
     /// A valid key that is not the admin key, on an admin route
     #[error("admin key required")]
     NotAdmin,
+    /// The key that submitted a job was revoked before the job ran
+    #[error("the job's key was revoked")]
+    Revoked,
     /// The key store could not be asked
     #[error(transparent)]
     Store(#[from] StoreError),

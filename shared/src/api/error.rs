@@ -179,6 +179,13 @@ impl From<AuthError> for ApiError {
                 "invalid_api_key",
                 "Incorrect API key provided.",
             ),
+            AuthError::Revoked => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "key_revoked",
+                "The API key that submitted this job was revoked before the job ran; it was not \
+                 sent to the provider and not billed.",
+            ),
             AuthError::NotAdmin => Self::new(
                 StatusCode::FORBIDDEN,
                 "permission_error",
@@ -372,6 +379,7 @@ fn limited(r: &Refusal) -> ApiError {
 
 fn upstream(error: ProviderError) -> ApiError {
     const KIND: &str = "upstream_error";
+    let rejected = error.rejects_request();
     match error {
         ProviderError::Timeout => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -391,25 +399,27 @@ fn upstream(error: ProviderError) -> ApiError {
             "upstream_bad_response",
             "The provider returned a malformed answer.",
         ),
+        // The provider judged the request itself invalid: pass its reason on.
+        ProviderError::Status {
+            status, message, ..
+        } if rejected => {
+            let mut e = ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                "invalid_request_error",
+                "upstream_rejected_request",
+                format!(
+                    "The provider rejected the request: {}",
+                    message.as_deref().unwrap_or("no reason given")
+                ),
+            );
+            e.param = None;
+            e
+        }
         ProviderError::Status {
             status,
-            message,
             retry_after,
+            ..
         } => match status {
-            // The provider judged the request itself invalid: pass its reason on.
-            400 | 404 | 409 | 413 | 422 => {
-                let mut e = ApiError::new(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                    "invalid_request_error",
-                    "upstream_rejected_request",
-                    format!(
-                        "The provider rejected the request: {}",
-                        message.as_deref().unwrap_or("no reason given")
-                    ),
-                );
-                e.param = None;
-                e
-            }
             // The client's key is fine; it is the gateway's provider credentials that failed.
             401 | 403 => ApiError::new(
                 StatusCode::BAD_GATEWAY,

@@ -1,6 +1,7 @@
 //! Async jobs over HTTP: `POST /v1/jobs`, `GET /v1/jobs/{id}`, and `Prefer: respond-async`
 //! (RFC 7240) on the OpenAI routes. Accepting answers `202 Accepted` with the job, a
-//! `Location` to poll, and `Preference-Applied: respond-async`.
+//! `Location` to poll, and `Preference-Applied: respond-async`. Both ways of submitting honour
+//! `Idempotency-Key` (see [`super::idempotency`]): a repeat gets the same `202` and job again.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::access_log::Outcome;
 use super::error::ApiError;
+use super::idempotency;
 use super::openai::{finish, read_body};
 use crate::gateway::Caller;
 use crate::jobs::{Submission, job_json};
@@ -46,15 +48,55 @@ pub async fn accept(
         .submit(&state.gateway, caller, submission)
         .await?;
     let mut response = (StatusCode::ACCEPTED, Json(job_json(&job))).into_response();
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+    add_acceptance_headers(response.headers_mut(), &job.id);
+    Ok(response)
+}
+
+/// `Location` of the job and `Preference-Applied: respond-async`, on every `202`.
+pub fn add_acceptance_headers(headers: &mut HeaderMap, job_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{job_id}")) {
         headers.insert(header::LOCATION, v);
     }
     headers.insert(
         "preference-applied",
         HeaderValue::from_static("respond-async"),
     );
-    Ok(response)
+}
+
+/// Accepts a job once per `Idempotency-Key`: the first request submits it, a repeat gets the
+/// first `202` again (or the first refusal), without a second job.
+pub async fn accept_once(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&str>,
+    submission: Submission,
+) -> Result<Response, ApiError> {
+    let Some(key) = key else {
+        return accept(state, caller, submission).await;
+    };
+    let request = idempotency::Request::Job {
+        endpoint: submission.endpoint,
+        body: &submission.body,
+        callback_url: submission.callback_url.as_deref(),
+    };
+    let now = state.clock.now_ms();
+    match idempotency::begin(&*state.store, &caller.tenant, key, request, now).await? {
+        idempotency::Begin::Replay(stored) => Ok(idempotency::replayed(stored)),
+        idempotency::Begin::Run(claim) => {
+            let accepted = accept(state, caller, submission).await;
+            let now = state.clock.now_ms();
+            match accepted {
+                Ok(response) => Ok(idempotency::respond(&*state.store, claim, response, now).await),
+                // A refusal is kept like any answer (unless worth retrying); the caller sends
+                // the same error, so the access log still names it.
+                Err(e) => {
+                    idempotency::respond(&*state.store, claim, e.clone().into_response(), now)
+                        .await;
+                    Err(e)
+                }
+            }
+        }
+    }
 }
 
 /// Body of `POST /v1/jobs`.
@@ -76,11 +118,16 @@ struct CreateJob {
 
 /// `POST /v1/jobs`
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    params(super::openapi::JobHeaders),
     request_body = CreateJob,
     responses(
         (status = 202, description = "Accepted.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
         (status = 404, description = "Unknown model.", body = super::error::ErrorResponse),
+        (status = 409, description = "A request with this `Idempotency-Key` is still running.",
+            body = super::error::ErrorResponse),
+        (status = 422, description = "This `Idempotency-Key` was used with another request.",
+            body = super::error::ErrorResponse),
         (status = 429, description = "Over a rate limit or spending cap.",
             body = super::error::ErrorResponse),
     ))]
@@ -95,6 +142,7 @@ pub async fn create_job(
         outcome.tenant = Some(caller.tenant.clone());
         outcome.key_id = Some(caller.key_id.clone());
         let body = read_body(&state, body)?;
+        let key = idempotency::header_key(&headers)?;
         let spec: CreateJob = serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid_request(format!("Invalid job: {e}"), None))?;
         let endpoint = Endpoint::parse(&spec.endpoint).ok_or_else(|| {
@@ -109,7 +157,7 @@ pub async fn create_job(
             cache_control: header_str(&headers, header::CACHE_CONTROL.as_str()),
             callback_url: spec.callback_url,
         };
-        accept(&state, &caller, submission).await
+        accept_once(&state, &caller, key, submission).await
     }
     .await;
     finish(result, outcome)

@@ -5,7 +5,8 @@
 //! (auth, limits, cache, routing, fallbacks) to whichever provider the model is deployed on;
 //! the answer is translated back into a `message`, or into Anthropic's named stream events.
 //! Errors use Anthropic's shape, `{"type":"error","error":{"type","message"}}`, with the same
-//! statuses and headers as the OpenAI routes.
+//! statuses and headers as the OpenAI routes. `Idempotency-Key` works as on the OpenAI routes
+//! (see [`super::idempotency`]); replayed answers and errors are in this route's shape.
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::access_log::Outcome;
 use super::error::ApiError;
+use super::idempotency;
 use super::openai::{finish, options, read_body, reply_response};
 use crate::gateway::stream::EventBytes;
 use crate::gateway::{ReplyBody, Trace};
@@ -41,8 +43,10 @@ use crate::providers::{Endpoint, sse};
                 (super::openapi::ServerSentEvent = "text/event-stream"),
             )),
         (status = 404, description = "Unknown model.", body = AnthropicError),
-        (status = 409, description = "The provider rejected the request.", body = AnthropicError),
-        (status = 422, description = "The provider rejected the request.", body = AnthropicError),
+        (status = 409, description = "The provider rejected the request, or a request with this \
+            `Idempotency-Key` is still running.", body = AnthropicError),
+        (status = 422, description = "The provider rejected the request, or this \
+            `Idempotency-Key` was used with another body.", body = AnthropicError),
         (status = 429, description = "Over a rate limit or spending cap, or the provider is \
             rate limiting (`Retry-After`).", body = AnthropicError),
         (status = 502, description = "The provider failed or answered malformed JSON.",
@@ -63,11 +67,23 @@ pub async fn messages(
         usage: ticket.map(|Extension(t)| t),
         ..Trace::default()
     };
+    let mut claim = None;
     let result = async {
         let caller = state.keys.authenticate(&headers).await?;
         outcome.tenant = Some(caller.tenant.clone());
         outcome.key_id = Some(caller.key_id.clone());
         let body = read_body(&state, body)?;
+        if let Some(key) = idempotency::header_key(&headers)? {
+            let request = idempotency::Request::Call {
+                route: "messages",
+                body: &body,
+            };
+            let now = state.clock.now_ms();
+            match idempotency::begin(&*state.store, &caller.tenant, key, request, now).await? {
+                idempotency::Begin::Run(c) => claim = Some(c),
+                idempotency::Begin::Replay(stored) => return Ok(idempotency::replayed(stored)),
+            }
+        }
         let request: Value = serde_json::from_slice(&body)
             .map_err(|_| ApiError::invalid_request("The request body is not valid JSON.", None))?;
         let chat = to_chat_request(&request)?;
@@ -91,6 +107,24 @@ pub async fn messages(
         reply.body = match reply.body {
             ReplyBody::Json(completion) => ReplyBody::Json(to_message_bytes(&completion, &model)?),
             ReplyBody::EventStream(events) => {
+                // The key is held until the stream ends (judged on the OpenAI events, before
+                // translation), then kept or released by the stream.
+                let events = match claim.take() {
+                    Some(c) => {
+                        let refusal = finish_anthropic(
+                            Err(idempotency::stream_not_replayable()),
+                            Outcome::default(),
+                        );
+                        idempotency::guard_stream(
+                            events,
+                            Arc::clone(&state.store),
+                            Arc::clone(&state.clock),
+                            c,
+                            idempotency::stored_error(refusal).await,
+                        )
+                    }
+                    None => events,
+                };
                 ReplyBody::EventStream(to_message_events(events, model))
             }
         };
@@ -99,7 +133,14 @@ pub async fn messages(
     .await;
     outcome.model = trace.model;
     outcome.deployment = trace.deployment;
-    finish_anthropic(result, outcome)
+    let response = finish_anthropic(result, outcome);
+    match claim {
+        Some(claim) => {
+            let now = state.clock.now_ms();
+            idempotency::respond(&*state.store, claim, response, now).await
+        }
+        None => response,
+    }
 }
 
 /// Finishes a response, with errors in Anthropic's shape (same status and headers).

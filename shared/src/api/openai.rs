@@ -208,6 +208,7 @@ async fn proxy(
         outcome.tenant = Some(caller.tenant.clone());
         outcome.key_id = Some(caller.key_id.clone());
         let body = read_body(state, body)?;
+        let key = idempotency::header_key(headers)?;
         if super::jobs::wants_async(headers) {
             let submission = Submission {
                 endpoint,
@@ -217,72 +218,50 @@ async fn proxy(
             };
             // The job reports its usage when it runs.
             outcome.metered = false;
-            return super::jobs::accept(state, &caller, submission).await;
+            return super::jobs::accept_once(state, &caller, key, submission).await;
         }
-        if let Some(key) = idempotency::header_key(headers) {
+        if let Some(key) = key {
+            let request = idempotency::Request::Call {
+                route: endpoint.path(),
+                body: &body,
+            };
             let now = state.clock.now_ms();
-            match idempotency::begin(&*state.store, &caller.tenant, key, endpoint, &body, now)
-                .await?
-            {
+            match idempotency::begin(&*state.store, &caller.tenant, key, request, now).await? {
                 idempotency::Begin::Run(c) => claim = Some(c),
-                idempotency::Begin::Replay(stored) => return Ok(replayed(stored)),
+                idempotency::Begin::Replay(stored) => return Ok(idempotency::replayed(stored)),
             }
         }
-        let reply = state
+        let mut reply = state
             .gateway
             .handle(&caller, endpoint, &body, options(headers)?, &mut trace)
             .await?;
         outcome.record(&reply);
+        if let ReplyBody::EventStream(events) = reply.body {
+            // The key is held until the stream ends, then kept or released by the stream.
+            reply.body = ReplyBody::EventStream(match claim.take() {
+                Some(c) => idempotency::guard_stream(
+                    events,
+                    Arc::clone(&state.store),
+                    Arc::clone(&state.clock),
+                    c,
+                    idempotency::openai_stream_refusal().await,
+                ),
+                None => events,
+            });
+        }
         Ok(reply_response(reply, trace.deployment.as_deref()))
     }
     .await;
     outcome.model = trace.model;
     outcome.deployment = trace.deployment;
-    if let Some(claim) = claim {
-        return finish_idempotent(state, claim, result, outcome).await;
-    }
-    finish(result, outcome)
-}
-
-/// Finishes an idempotent request: keeps its (JSON) answer for replays, then responds.
-async fn finish_idempotent(
-    state: &AppState,
-    claim: idempotency::Claim,
-    result: Result<Response, ApiError>,
-    outcome: Outcome,
-) -> Response {
-    let now = state.clock.now_ms();
     let response = finish(result, outcome);
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !is_json {
-        // Streams cannot be replayed: the key is released rather than kept.
-        idempotency::finish(&*state.store, claim, status, None, now).await;
-        return response;
+    match claim {
+        Some(claim) => {
+            let now = state.clock.now_ms();
+            idempotency::respond(&*state.store, claim, response, now).await
+        }
+        None => response,
     }
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    idempotency::finish(&*state.store, claim, status, Some(bytes.clone()), now).await;
-    Response::from_parts(parts, Body::from(bytes))
-}
-
-/// A stored answer sent again: nothing was called or charged this time.
-fn replayed(stored: crate::store::StoredResponse) -> Response {
-    let mut response = Response::new(Body::from(stored.body));
-    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    headers.insert("x-sluice-cost-usd", HeaderValue::from_static("0.000000000"));
-    response
 }
 
 /// The pipeline options a request's headers ask for.

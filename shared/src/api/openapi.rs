@@ -195,9 +195,16 @@ pub struct ProxyHeaders {
     /// Seconds for the whole request, retries and fallbacks included: above 0, at most 3600.
     #[param(rename = "x-sluice-timeout")]
     pub timeout: Option<String>,
-    /// The same key and request within 24 h get the stored answer again; the same key with
-    /// another body is 422, a duplicate while the first runs is 409.
-    #[param(rename = "Idempotency-Key")]
+    /// 1 to 255 printable ASCII characters, no space at either end (else 400
+    /// `invalid_idempotency_key`). The same key and request within 24 h get the stored answer
+    /// (or, with `Prefer: respond-async`, the same `202` and job) again; the same key with
+    /// another body is 422, a duplicate while the first runs is 409. A stream that ran to
+    /// its end is not replayed: its key then answers 422 `idempotency_stream_not_replayable`.
+    #[param(
+        rename = "Idempotency-Key",
+        max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$"
+    )]
     pub idempotency_key: Option<String>,
     /// `respond-async` (RFC 7240): accept as a job and answer 202.
     #[param(rename = "Prefer", example = "respond-async")]
@@ -217,6 +224,31 @@ pub struct MessagesHeaders {
     /// Seconds for the whole request: above 0, at most 3600.
     #[param(rename = "x-sluice-timeout")]
     pub timeout: Option<String>,
+    /// As on `/v1/chat/completions`.
+    #[param(
+        rename = "Idempotency-Key",
+        max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$"
+    )]
+    pub idempotency_key: Option<String>,
+}
+
+/// Request headers of `POST /v1/jobs`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct JobHeaders {
+    /// The same key and job (endpoint, request, callback URL) within 24 h get the first `202`
+    /// and job again (`idempotent-replayed: true`), not a second job; the same key with
+    /// another job is 422, a duplicate while the first is being accepted is 409.
+    #[param(
+        rename = "Idempotency-Key",
+        max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$"
+    )]
+    pub idempotency_key: Option<String>,
+    /// Applied when the job runs, as on `/v1/chat/completions`.
+    #[param(rename = "Cache-Control")]
+    pub cache_control: Option<String>,
 }
 
 // ---- OpenAI request bodies -----------------------------------------------------------------

@@ -1,15 +1,24 @@
-//! Micro-batching of embedding requests: queued embedding jobs for the same model and
-//! parameters go upstream as one request with an input array, and the answer is split back.
+//! Micro-batching of embedding requests: queued embedding jobs of the same tenant for the same
+//! model and parameters go upstream as one request with an input array, and the answer is
+//! split back.
 //!
 //! Each job keeps its own cache lookup and store (by its own tenant), its own slice of the
 //! `data` array (re-indexed from 0) and its own usage: the provider's total prompt tokens are
 //! apportioned by each job's estimated share, so the per-job costs add up to exactly what the
 //! upstream call cost. Each job's spend comes back as its reply's settlement, which the
 //! processor writes together with the job's result.
+//!
+//! **Isolation.** Tenants are never batched together: a provider's error about one input would
+//! otherwise fail, and be stored in, another tenant's job. Within a tenant, a batched call the
+//! provider refuses as invalid (a 4xx whose reason is passed to the client, e.g. one input over
+//! the model's context length) is sent again job by job, so only the job at fault fails, with
+//! the provider's reason about its own input alone. Other failures (5xx, timeouts) fail the
+//! whole chunk with Sluice's own message, which quotes nothing.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use super::cache::{self, CacheControl, CacheStatus};
@@ -35,6 +44,18 @@ pub struct BatchItem {
 
 /// The answer to one [`BatchItem`] and what it was routed to.
 pub type BatchOutcome = (Result<Reply, GatewayError>, Trace);
+
+/// What may share one upstream call: the same tenant, model, parameters and kind of input.
+#[derive(PartialEq, Eq, Hash)]
+struct Group {
+    tenant: String,
+    model: String,
+    params: Vec<u8>,
+    kind: InputKind,
+}
+
+/// A chunk the provider did not answer, with the reason, its jobs not yet settled.
+type Unanswered = (Vec<Pending>, GatewayError);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum InputKind {
@@ -72,7 +93,7 @@ impl Gateway {
     /// Answers many embeddings requests with as few upstream calls as possible.
     pub async fn handle_embeddings_batch(&self, items: Vec<BatchItem>) -> Vec<BatchOutcome> {
         let mut outcomes: Vec<Option<BatchOutcome>> = (0..items.len()).map(|_| None).collect();
-        let mut groups: HashMap<(String, Vec<u8>, InputKind), Vec<Pending>> = HashMap::new();
+        let mut groups: HashMap<Group, Vec<Pending>> = HashMap::new();
         let now = self.clock.now_ms();
         for (index, item) in items.iter().enumerate() {
             let mut trace = Trace::default();
@@ -138,11 +159,12 @@ impl Gateway {
             let (inputs, kind) = split_input(request.body.get("input").unwrap_or(&Value::Null));
             let mut params = request.body.clone();
             params.remove("input");
-            let group = (
-                model.name.clone(),
-                cache::canonical_json(&Value::Object(params)),
+            let group = Group {
+                tenant: item.caller.tenant.clone(),
+                model: model.name.clone(),
+                params: cache::canonical_json(&Value::Object(params)),
                 kind,
-            );
+            };
             groups.entry(group).or_default().push(Pending {
                 index,
                 request,
@@ -155,21 +177,31 @@ impl Gateway {
                 grant,
             });
         }
-        for ((model_name, _, _), pending) in groups {
+        let mut chunks: Vec<(String, Vec<Pending>)> = Vec::new();
+        for (group, pending) in groups {
             let mut chunk: Vec<Pending> = Vec::new();
             let mut count = 0;
             for p in pending {
                 if count + p.inputs.len() > MAX_INPUTS_PER_CALL && !chunk.is_empty() {
-                    self.send_chunk(&model_name, std::mem::take(&mut chunk), &mut outcomes)
-                        .await;
+                    chunks.push((group.model.clone(), std::mem::take(&mut chunk)));
                     count = 0;
                 }
                 count += p.inputs.len();
                 chunk.push(p);
             }
             if !chunk.is_empty() {
-                self.send_chunk(&model_name, chunk, &mut outcomes).await;
+                chunks.push((group.model, chunk));
             }
+        }
+        // Chunks of different tenants and models are independent calls: send them together.
+        let answered = join_all(
+            chunks
+                .iter_mut()
+                .map(|(model, chunk)| self.answer_chunk(model, std::mem::take(chunk))),
+        )
+        .await;
+        for (index, outcome) in answered.into_iter().flatten() {
+            outcomes[index] = Some(outcome);
         }
         outcomes
             .into_iter()
@@ -188,14 +220,63 @@ impl Gateway {
             .collect()
     }
 
+    /// Answers one chunk. When the provider refuses the combined call as invalid, each job
+    /// is sent again on its own: one job's input must not fail, or be quoted in, another's.
+    async fn answer_chunk(
+        &self,
+        model_name: &str,
+        chunk: Vec<Pending>,
+    ) -> Vec<(usize, BatchOutcome)> {
+        match self.send_chunk(model_name, chunk).await {
+            Ok(answers) => answers,
+            Err((chunk, error)) if chunk.len() > 1 && rejects_request(&error) => {
+                tracing::info!(
+                    jobs = chunk.len(),
+                    "the provider refused a batched call as invalid; sending its jobs one by one"
+                );
+                let alone = join_all(chunk.into_iter().map(|p| async move {
+                    match self.send_chunk(model_name, vec![p]).await {
+                        Ok(answers) => answers,
+                        Err((chunk, error)) => self.fail_chunk(chunk, &error).await,
+                    }
+                }))
+                .await;
+                alone.into_iter().flatten().collect()
+            }
+            Err((chunk, error)) => self.fail_chunk(chunk, &error).await,
+        }
+    }
+
+    /// The same failure for every job of a chunk; their reservations are given back.
+    async fn fail_chunk(
+        &self,
+        chunk: Vec<Pending>,
+        error: &GatewayError,
+    ) -> Vec<(usize, BatchOutcome)> {
+        let deployment = match error {
+            GatewayError::Upstream { deployment, .. } if !deployment.is_empty() => {
+                Some(deployment.clone())
+            }
+            _ => None,
+        };
+        let mut failed = Vec::with_capacity(chunk.len());
+        for mut p in chunk {
+            self.settle(p.grant, 0, 0).await;
+            p.trace.deployment = deployment.clone();
+            failed.push((p.index, (Err(clone_error(error)), p.trace)));
+        }
+        failed
+    }
+
+    /// One upstream call for the chunk, split back into one answer per job; on failure the
+    /// chunk comes back unsettled with the reason, for [`Gateway::answer_chunk`] to decide.
     async fn send_chunk(
         &self,
         model_name: &str,
         chunk: Vec<Pending>,
-        outcomes: &mut [Option<BatchOutcome>],
-    ) {
+    ) -> Result<Vec<(usize, BatchOutcome)>, Unanswered> {
         let Some(model) = self.catalog.get(model_name).cloned() else {
-            return;
+            return Err((chunk, GatewayError::UnknownModel(model_name.to_owned())));
         };
         // A lone request goes upstream as sent and its answer comes back byte for byte.
         let single = chunk.len() == 1;
@@ -242,14 +323,7 @@ impl Gateway {
         });
         let (raw, (data, upstream_model, usage), price) = match split {
             Ok(parts) => parts,
-            Err(error) => {
-                for mut p in chunk {
-                    self.settle(p.grant, 0, 0).await;
-                    p.trace.deployment = Some(deployment.clone()).filter(|d| !d.is_empty());
-                    outcomes[p.index] = Some((Err(clone_error(&error)), p.trace));
-                }
-                return;
-            }
+            Err(error) => return Err((chunk, error)),
         };
         let total_tokens = usage.map_or_else(
             || chunk.iter().map(|p| estimate(&p.inputs)).sum(),
@@ -264,6 +338,7 @@ impl Gateway {
         );
         let now = self.clock.now_ms();
         let mut data = data.into_iter();
+        let mut answers = Vec::with_capacity(chunk.len());
         for (mut p, share) in chunk.into_iter().zip(shares) {
             p.trace.deployment = Some(deployment.clone());
             let mine: Vec<Value> = data
@@ -321,9 +396,15 @@ impl Gateway {
                 fallback: None,
                 settlement,
             };
-            outcomes[p.index] = Some((Ok(reply), p.trace));
+            answers.push((p.index, (Ok(reply), p.trace)));
         }
+        Ok(answers)
     }
+}
+
+/// Whether the provider refused a call as the request's own fault.
+fn rejects_request(e: &GatewayError) -> bool {
+    matches!(e, GatewayError::Upstream { error, .. } if error.rejects_request())
 }
 
 /// The same failure for every job of a failed batch.

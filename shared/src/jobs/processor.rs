@@ -1,10 +1,19 @@
-//! Runs delivered job messages: claim, run through the gateway, record, call back.
+//! Runs delivered job messages: claim, check the key, run through the gateway, record, call
+//! back.
 //!
 //! One call handles a whole delivery batch (up to 10 SQS messages on Lambda, or what a local
 //! worker gathered in its batching window), so embedding jobs in it can share one upstream
 //! call. Every message ends as [`Disposition::Done`] (delete it) or [`Disposition::Retry`]
 //! (leave it for redelivery; on Lambda, a batch item failure).
+//!
+//! **Revoked keys.** After the claim, the key of every claimed job is read from the store
+//! (once per distinct key per batch, strongly consistent, no cache), so a key revoked before
+//! its job is claimed stops it: the job ends `failed` with `key_revoked` (401), nothing is
+//! sent upstream, nothing is billed and no callback is made. A job claimed before the revoke
+//! returned runs to its end and is billed like any other: the provider call is already paid
+//! for, and the spend must count against the caps.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +23,7 @@ use futures_util::future::join_all;
 use super::JobMessage;
 use super::callback::CallbackSender;
 use super::model::{Claim, Job, JobResult, JobStatus};
+use crate::api::auth::AuthError;
 use crate::api::error::ApiError;
 use crate::clock::Clock;
 use crate::gateway::batch::BatchItem;
@@ -45,6 +55,29 @@ pub struct Processor {
 enum Step {
     Finished(Disposition),
     Run(Box<Job>),
+}
+
+/// A job's key as the store has it when the job is about to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyState {
+    /// Present and not revoked: the job may run.
+    Active,
+    /// Revoked, or gone: the job must not run.
+    Revoked,
+    /// The store could not say: try the job again later.
+    Unknown,
+}
+
+/// How a job ended, to be recorded.
+struct Ending {
+    status: JobStatus,
+    outcome: JobResult,
+    settlement: Option<Settlement>,
+    trace: Trace,
+    cache: &'static str,
+    fallback: Option<&'static str>,
+    /// Whether the result goes to the job's callback URL.
+    call_back: bool,
 }
 
 impl Processor {
@@ -85,18 +118,37 @@ impl Processor {
         }))
         .await;
         let mut dispositions = vec![Disposition::Retry; bodies.len()];
-        let mut embeddings: Vec<(usize, Job)> = Vec::new();
-        let mut others: Vec<(usize, Job)> = Vec::new();
+        let mut claimed: Vec<(usize, Job)> = Vec::new();
         for (i, step) in steps.into_iter().enumerate() {
-            let Some(step) = step else { continue };
             match step {
-                Step::Finished(d) => dispositions[i] = d,
-                Step::Run(job) if job.endpoint == Endpoint::Embeddings => {
-                    embeddings.push((i, *job))
-                }
-                Step::Run(job) => others.push((i, *job)),
+                Some(Step::Finished(d)) => dispositions[i] = d,
+                Some(Step::Run(job)) => claimed.push((i, *job)),
+                None => {}
             }
         }
+        let keys = self.key_states(&claimed).await;
+        let mut embeddings: Vec<(usize, Job)> = Vec::new();
+        let mut others: Vec<(usize, Job)> = Vec::new();
+        let mut refused: Vec<(usize, Job)> = Vec::new();
+        for (i, job) in claimed {
+            match keys.get(&job.key_id).copied().unwrap_or(KeyState::Unknown) {
+                KeyState::Active if job.endpoint == Endpoint::Embeddings => {
+                    embeddings.push((i, job))
+                }
+                KeyState::Active => others.push((i, job)),
+                KeyState::Revoked => refused.push((i, job)),
+                KeyState::Unknown => {
+                    // Give it back at once so the redelivery need not wait for the lease.
+                    let now = self.clock.now_ms();
+                    let _ = self.store.release_job(&job.id, job.attempts, now).await;
+                }
+            }
+        }
+        let refusals = join_all(
+            refused
+                .into_iter()
+                .map(|(i, job)| async move { (i, self.refuse_revoked(job, started).await) }),
+        );
         // Embedding batches and the other jobs run at the same time.
         let embedded = async {
             if embeddings.is_empty() {
@@ -136,13 +188,13 @@ impl Processor {
                 .await;
             (i, job, result, trace)
         }));
-        let (mut ran, chats) = tokio::join!(embedded, chats);
+        let (mut ran, chats, refusals) = tokio::join!(embedded, chats, refusals);
         ran.extend(chats);
         let finished = join_all(ran.into_iter().map(|(i, job, result, trace)| async move {
             (i, self.finish(job, result, trace, started).await)
         }))
         .await;
-        for (i, d) in finished {
+        for (i, d) in finished.into_iter().chain(refusals) {
             dispositions[i] = d;
         }
         for (i, first) in first_copy.into_iter().enumerate() {
@@ -176,6 +228,45 @@ impl Processor {
                 Step::Finished(Disposition::Retry)
             }
         }
+    }
+
+    /// The state of each distinct key of the claimed jobs: one strongly consistent read per
+    /// key, so a batch of ten jobs of one key costs one read, and a revocation that has
+    /// returned is always seen (no cache between batches).
+    async fn key_states(&self, claimed: &[(usize, Job)]) -> HashMap<String, KeyState> {
+        let mut ids: Vec<&str> = claimed.iter().map(|(_, j)| j.key_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        join_all(ids.into_iter().map(|id| async move {
+            let state = match self.store.key_by_id(id).await {
+                Ok(Some(key)) if key.revoked_at_ms.is_none() => KeyState::Active,
+                Ok(_) => KeyState::Revoked,
+                Err(e) => {
+                    tracing::warn!(target: "sluice::jobs", key_id = %id, error = %e, "key lookup failed; jobs will retry");
+                    KeyState::Unknown
+                }
+            };
+            (id.to_owned(), state)
+        }))
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// Ends a job whose key was revoked before it ran: failed, not called, not billed, and
+    /// not called back (the key's holder may be the reason it was revoked).
+    async fn refuse_revoked(&self, job: Job, started: (Instant, u64)) -> Disposition {
+        let (status, outcome) = failed(ApiError::from(AuthError::Revoked));
+        let ending = Ending {
+            status,
+            outcome,
+            settlement: None,
+            trace: Trace::default(),
+            cache: "bypass",
+            fallback: None,
+            call_back: false,
+        };
+        self.conclude(job, ending, started).await
     }
 
     async fn finish(
@@ -226,6 +317,30 @@ impl Processor {
                 (JobStatus::Failed, failed(error).1)
             }
         };
+        let ending = Ending {
+            status,
+            outcome,
+            settlement,
+            trace,
+            cache,
+            fallback,
+            call_back: true,
+        };
+        self.conclude(job, ending, started).await
+    }
+
+    /// Records a job's end, reports its usage and logs it, then calls back if asked.
+    async fn conclude(&self, job: Job, ending: Ending, started: (Instant, u64)) -> Disposition {
+        let now = self.clock.now_ms();
+        let Ending {
+            status,
+            outcome,
+            settlement,
+            trace,
+            cache,
+            fallback,
+            call_back,
+        } = ending;
         match self
             .record(&job, status, &outcome, settlement.as_ref(), now)
             .await
@@ -276,7 +391,7 @@ impl Processor {
             cost_usd = outcome.cost_nano_usd as f64 / 1e9,
             "job finished"
         );
-        if let Some(url) = &job.callback_url {
+        if let Some(url) = job.callback_url.as_ref().filter(|_| call_back) {
             let mut done = job.clone();
             done.status = status;
             done.result = Some(outcome);

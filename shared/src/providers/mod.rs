@@ -155,6 +155,18 @@ impl ProviderError {
         }
     }
 
+    /// Whether the provider judged the request itself invalid (400, 404, 409, 413, 422): its
+    /// reason is passed on to the client, and may quote the request's own content.
+    pub fn rejects_request(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                status: 400 | 404 | 409 | 413 | 422,
+                ..
+            }
+        )
+    }
+
     /// Whether another deployment (another key or provider) may succeed where this one did
     /// not, even though retrying this one would not: auth failures and unknown models.
     pub fn may_work_elsewhere(&self) -> bool {

@@ -6,7 +6,7 @@
 //! | table | `pk` | holds | access |
 //! | --- | --- | --- | --- |
 //! | keys | `hash#<sha256 hex>` | a gateway key | GetItem on every uncached auth; Scan (admin list) |
-//! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke |
+//! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke, and then the `hash#` item per distinct key of a job batch |
 //! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
 //! | cache | `idem#<tenant>#<key digest>` | an `Idempotency-Key` claim or its stored response | conditional PutItem (old item returned on conflict), PutItem, DeleteItem |
 //! | jobs | job id | request, state, lease, result | PutItem, GetItem, conditional UpdateItem |
@@ -413,6 +413,16 @@ impl KeyStore for DynamoStore {
         out.item().map(key_from_item).transpose()
     }
 
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let Some(hash) = self.key_hash_of(id).await? else {
+            return Ok(None);
+        };
+        let Some(hash) = KeyHash::from_hex(&hash) else {
+            return Err(corrupt("key hash"));
+        };
+        self.key_by_hash(&hash).await
+    }
+
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut keys = Vec::new();
         let mut start: Option<Item> = None;
@@ -442,17 +452,7 @@ impl KeyStore for DynamoStore {
     }
 
     async fn revoke_key(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
-        self.count();
-        let found = self
-            .client
-            .get_item()
-            .table_name(&self.tables.keys)
-            .key("pk", s(format!("id#{id}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        let Some(hash) = found.item().and_then(|i| opt_s(i, "hash")) else {
+        let Some(hash) = self.key_hash_of(id).await? else {
             return Ok(false);
         };
         self.count();
@@ -471,6 +471,23 @@ impl KeyStore for DynamoStore {
             Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(sdk(e)),
         }
+    }
+}
+
+impl DynamoStore {
+    /// The hash (hex) of the key with this id, from its `id#` item.
+    async fn key_hash_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.count();
+        let found = self
+            .client
+            .get_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("id#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(found.item().and_then(|i| opt_s(i, "hash")))
     }
 }
 

@@ -43,6 +43,9 @@ pub trait KeyStore: Send + Sync {
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     /// The key whose secret hashes to `hash`, revoked or not.
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
+    /// The key with this public id, revoked or not (a strongly consistent read: a revocation
+    /// that has returned is seen). Job workers use it to refuse a revoked key's queued jobs.
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Every key, oldest first.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     /// Marks a key revoked; `false` if there is no such key or it was already revoked.

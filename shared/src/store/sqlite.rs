@@ -467,6 +467,19 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT * FROM gateway_keys WHERE id = ?1")
+                .map_err(backend)?
+                .query_row([id], key_from_row)
+                .optional()
+                .map_err(backend)?
+                .transpose()
+        })
+        .await
+    }
+
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c

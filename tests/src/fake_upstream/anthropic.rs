@@ -88,7 +88,8 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, body: &Value) -> Response 
         | Behaviour::Slow(_)
         | Behaviour::EchoKey(_)
         | Behaviour::CutOff
-        | Behaviour::Truncated => {}
+        | Behaviour::Truncated
+        | Behaviour::Drip(_) => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = error(
                 status,

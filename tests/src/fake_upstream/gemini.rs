@@ -77,7 +77,8 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, uri: &Uri, body: &Value) -
         | Behaviour::Slow(_)
         | Behaviour::EchoKey(_)
         | Behaviour::CutOff
-        | Behaviour::Truncated => {}
+        | Behaviour::Truncated
+        | Behaviour::Drip(_) => {}
         Behaviour::Status(status, retry_after) => {
             return error(status, &status_message(status), retry_after);
         }

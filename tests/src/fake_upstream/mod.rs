@@ -49,6 +49,9 @@ pub enum Behaviour {
     /// 200 and the first half of a normal answer's body, delivered cleanly as if whole: JSON
     /// that ends mid-object, or a stream that stops mid-event without `[DONE]`.
     Truncated,
+    /// A normal answer whose stream events arrive one at a time, this long apart (a stream
+    /// that stays open for a while).
+    Drip(Duration),
 }
 
 /// One request the fake received.
@@ -239,7 +242,10 @@ async fn handle(
         .bill_max
         .load(Ordering::SeqCst)
         .then(|| max_usage(path, &body));
-    let format = if matches!(behaviour, Behaviour::CutOff | Behaviour::Truncated) {
+    let format = if matches!(
+        behaviour,
+        Behaviour::CutOff | Behaviour::Truncated | Behaviour::Drip(_)
+    ) {
         Behaviour::Ok
     } else {
         behaviour.clone()
@@ -256,6 +262,9 @@ async fn handle(
     }
     if matches!(behaviour, Behaviour::CutOff | Behaviour::Truncated) {
         response = cut(response, behaviour == Behaviour::CutOff).await;
+    }
+    if let Behaviour::Drip(pause) = behaviour {
+        response = drip(response, pause).await;
     }
     for (k, v) in extra {
         if let (Ok(name), Ok(value)) = (
@@ -341,6 +350,33 @@ async fn cut(response: Response, reset: bool) -> Response {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}
+
+/// `response` with its body sent one event (`\n\n`-terminated piece) at a time, `pause`
+/// apart.
+async fn drip(response: Response, pause: Duration) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let whole = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for end in whole
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == b"\n\n")
+        .map(|(i, _)| i + 2)
+    {
+        pieces.push(whole.slice(start..end));
+        start = end;
+    }
+    if start < whole.len() {
+        pieces.push(whole.slice(start..));
+    }
+    let stream = futures_util::stream::iter(pieces).then(move |piece| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(piece)
     });
     Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }

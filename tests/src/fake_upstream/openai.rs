@@ -26,7 +26,8 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
         | Behaviour::Slow(_)
         | Behaviour::EchoKey(_)
         | Behaviour::CutOff
-        | Behaviour::Truncated => {}
+        | Behaviour::Truncated
+        | Behaviour::Drip(_) => {}
         Behaviour::Status(status, retry_after) => {
             let mut r = (
                 StatusCode::from_u16(status).unwrap(),
@@ -50,6 +51,9 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
     }
     let model = body["model"].as_str().unwrap_or("unknown").to_owned();
     if path.ends_with("/embeddings") {
+        if let Some(refusal) = refuse_input(body, &model) {
+            return refusal;
+        }
         return axum::Json(embeddings(body, &model)).into_response();
     }
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
@@ -141,6 +145,60 @@ pub(super) fn answer(behaviour: &Behaviour, n: usize, path: &str, body: &Value) 
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     }))
     .into_response()
+}
+
+/// OpenAI's context length for its embedding models, in tokens per input.
+const EMBEDDING_CONTEXT_TOKENS: usize = 8192;
+
+/// The context length of an upstream embedding model: OpenAI's, or `N` for a model whose
+/// name ends in `-max-N` (so tests can reach it with small inputs the gateway cannot judge).
+fn context_tokens(model: &str) -> usize {
+    model
+        .rsplit_once("-max-")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(EMBEDDING_CONTEXT_TOKENS)
+}
+
+/// Refuses an embeddings request whose inputs OpenAI would refuse — an empty string, or an
+/// input over the model's context length (about four characters a token) — with a 400
+/// `invalid_request_error` naming the input by its index, as OpenAI does, and quoting its
+/// start, as some OpenAI-compatible servers do: the worst case for a batch, where the index
+/// and the text belong to whichever job sent that input.
+fn refuse_input(body: &Value, model: &str) -> Option<Response> {
+    let items: Vec<&Value> = match &body["input"] {
+        Value::Array(items) if items.iter().all(Value::is_u64) => vec![&body["input"]],
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let limit = context_tokens(model);
+    let message = items.iter().enumerate().find_map(|(i, item)| {
+        let tokens = match item {
+            Value::String(s) => s.chars().count().div_ceil(4),
+            Value::Array(ids) => ids.len(),
+            _ => 0,
+        };
+        match item {
+            Value::String(s) if s.is_empty() => Some(format!(
+                "'$.input[{i}]' is invalid: an input must not be an empty string."
+            )),
+            _ if tokens > limit => {
+                let text = item
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| item.to_string());
+                let start: String = text.chars().take(80).collect();
+                Some(format!(
+                    "This model's maximum context length is {limit} tokens, however you \
+                     requested {tokens} tokens in input[{i}] ('{start}…'). Please reduce the \
+                     length of the input."
+                ))
+            }
+            _ => None,
+        }
+    })?;
+    let error = json!({"error": {"message": message, "type": "invalid_request_error",
+        "param": "input", "code": null}});
+    Some((StatusCode::BAD_REQUEST, axum::Json(error)).into_response())
 }
 
 fn embeddings(body: &Value, model: &str) -> Value {

@@ -17,7 +17,7 @@ use sluice::queue::JobQueue;
 use sluice::queue::sqs::SqsQueue;
 use sluice::store::dynamodb::DynamoStore;
 use sluice_tests::{
-    FakeUpstream, TestGateway, Throttle, ThrottleProxy, aws, fake_config_with_jobs,
+    Behaviour, FakeUpstream, TestGateway, Throttle, ThrottleProxy, aws, fake_config_with_jobs,
 };
 
 /// Every DynamoDB write the pipeline makes: counters, holds and rollups are transactions;
@@ -99,6 +99,7 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
         .unwrap()
         .to_owned();
     let (mut billed, mut answered, mut unavailable, mut n) = (0u64, 0usize, 0, 0);
+    let mut provider_failures = 0;
     let mut jobs = Vec::new();
     // Within the SDK's retries (one throttle: it retries), then beyond them (every attempt).
     for times in [1, SDK_ATTEMPTS] {
@@ -109,8 +110,9 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
             ] {
                 n += 1;
                 let before = proxy.throttled(op);
-                // A plain and a streamed request, each with an idempotency key: between them
-                // they make every kind of write (the stream's key is released, not kept).
+                // A plain and a streamed request, each with an idempotency key, and below one
+                // the provider fails (its key is released: the `DeleteItem`): between them
+                // they make every kind of write.
                 for stream in [false, true] {
                     proxy.throttle(op, error, times);
                     let r = gw
@@ -169,6 +171,36 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
                     // A stream settles when it ends, on a task of its own.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                // An idempotent request the provider fails: its key is not kept but released.
+                proxy.throttle(op, error, times);
+                up.fail_next(1, Behaviour::Status(500, None));
+                let calls_before = up.calls();
+                let r = gw
+                    .http
+                    .post(format!("{}/v1/chat/completions", gw.url))
+                    .bearer_auth(&key)
+                    .header("idempotency-key", format!("idem-{n}-failing"))
+                    .json(&json!({"model": "gpt-test", "max_tokens": 50,
+                                  "messages": [{"role": "user", "content": format!("failing {n}")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    502 => {
+                        assert_eq!(up.calls(), calls_before + 1);
+                        provider_failures += 1;
+                    }
+                    503 => unavailable += 1,
+                    other => panic!("{op}/{error:?}: failing request {other}"),
+                }
+                if times < SDK_ATTEMPTS {
+                    assert_eq!(
+                        r.status(),
+                        502,
+                        "{op}/{error:?}: the SDK's retries absorb it"
+                    );
+                }
+                up.fail_next(0, Behaviour::Ok);
                 // And a job through the same throttling.
                 proxy.throttle(op, error, times);
                 let r = gw
@@ -206,8 +238,8 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
     assert_eq!(queue.dead_letter_count().await.unwrap(), 0);
     assert_eq!(
         up.calls(),
-        answered + jobs.len(),
-        "every answered request and job called the provider once"
+        answered + jobs.len() + provider_failures,
+        "every answered request, job and provider failure called the provider once"
     );
     gw.clock.advance_ms(601_000);
     gw.services
@@ -227,7 +259,7 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
     );
     println!(
         "faults: dynamodb throttling cases {n} (4 write operations x 2 errors x within/beyond the SDK's retries), \
-         throttled calls {}, forwarded {}, chats answered {answered}, jobs succeeded {}, clean 503 {unavailable}, 0 reserved",
+         throttled calls {}, forwarded {}, chats answered {answered}, provider failures {provider_failures}, jobs succeeded {}, clean 503 {unavailable}, 0 reserved",
         proxy.throttled_total(),
         proxy.forwarded(),
         jobs.len()

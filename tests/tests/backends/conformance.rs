@@ -75,6 +75,7 @@ macro_rules! conformance {
 
 conformance!(
     keys_are_unique_found_by_hash_listed_and_revoked_once,
+    keys_are_found_by_id_and_a_revocation_is_seen_at_once,
     cache_entries_round_trip_and_vanish_at_purge_time,
     large_cache_entries_never_fail,
     jobs_move_through_their_lifecycle_by_conditional_writes,
@@ -121,6 +122,42 @@ async fn keys_are_unique_found_by_hash_listed_and_revoked_once(b: Backend) {
     assert!(!b.store.revoke_key("key_missing", 6_000).await.unwrap());
     let revoked = b.store.key_by_hash(&a.record.hash).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at_ms, Some(5_000));
+}
+
+/// Job workers look keys up by id to refuse a revoked key's queued jobs: the read must see a
+/// revocation the moment `revoke_key` has returned, on both backends.
+async fn keys_are_found_by_id_and_a_revocation_is_seen_at_once(b: Backend) {
+    let a = keys::generate("t1", None, KeyLimits::default(), 1_000).unwrap();
+    let c = keys::generate("t2", Some("other".into()), KeyLimits::default(), 2_000).unwrap();
+    b.store.insert_key(&a.record).await.unwrap();
+    b.store.insert_key(&c.record).await.unwrap();
+    assert_eq!(
+        b.store.key_by_id(&a.record.id).await.unwrap(),
+        Some(a.record.clone())
+    );
+    assert_eq!(
+        b.store.key_by_id(&c.record.id).await.unwrap(),
+        Some(c.record.clone())
+    );
+    assert_eq!(b.store.key_by_id("key_missing").await.unwrap(), None);
+    // An id is not a hash and a hash is not an id.
+    assert_eq!(
+        b.store.key_by_id(&a.record.hash.to_hex()).await.unwrap(),
+        None
+    );
+    assert!(b.store.revoke_key(&a.record.id, 5_000).await.unwrap());
+    let revoked = b.store.key_by_id(&a.record.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(5_000));
+    assert_eq!(
+        b.store
+            .key_by_id(&c.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        None,
+        "revoking one key leaves the others alone"
+    );
 }
 
 fn cache_key(tenant: &str, n: u8) -> CacheKey {

@@ -351,14 +351,25 @@ async fn queued_embedding_jobs_go_upstream_as_one_request_and_are_split_back() {
         "{outcomes:?}"
     );
 
-    assert_eq!(up.calls(), 1, "four jobs, one upstream call");
+    // Tenants are never batched together: t1's three jobs share one call, t2's goes alone.
     assert_eq!(
-        up.last().body["input"],
-        json!(["alpha", "beta", "gamma", "delta", "epsilon"])
+        up.calls(),
+        2,
+        "four jobs of two tenants, one upstream call per tenant"
+    );
+    let mut inputs: Vec<Value> = up
+        .requests()
+        .iter()
+        .map(|r| r.body["input"].clone())
+        .collect();
+    inputs.sort_by_key(|i| i.is_string());
+    assert_eq!(
+        inputs,
+        [json!(["alpha", "beta", "gamma", "delta"]), json!("epsilon")]
     );
     // The fake returns [0.25, -0.5, i] for combined input i; each job gets its own slice,
     // re-indexed from 0. The fake reports 4 prompt tokens per input: 20 in all.
-    let expected_offsets = [vec![0.0], vec![1.0, 2.0], vec![3.0], vec![4.0]];
+    let expected_offsets = [vec![0.0], vec![1.0, 2.0], vec![3.0], vec![0.0]];
     let mut total_tokens = 0;
     let mut total_cost = 0.0;
     for (i, id) in ids.iter().enumerate() {
