@@ -424,16 +424,35 @@ async fn dynamodb_calls_per_request_by_path() {
     let r = gw.chat(&key, "gpt-test", "a new question").await;
     assert_eq!(r.headers()["x-sluice-cache"], "hit");
     let hit = calls(before);
+    // A cap one request fits but two do not (the provider bills the whole `max_tokens`):
+    // the second is refused by the cap's conditional write, for now (429), not as
+    // impossible (a 400 that needs no store call).
     let poor = gw
-        .admin_create(json!({"tenant": "t2", "budget_usd": 0.000001, "period": "day"}))
+        .admin_create(json!({"tenant": "t2", "budget_usd": 0.001, "period": "day"}))
         .await["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(gw.chat(&poor, "gpt-test", "warm").await.status(), 429);
+    up.bill_max(true);
+    let costly = |text: &str| {
+        json!({"model": "gpt-test", "max_tokens": 1000,
+               "messages": [{"role": "user", "content": text}]})
+    };
+    let r = gw
+        .post("/v1/chat/completions", &poor, &costly("spend"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        gw.post("/v1/chat/completions", &poor, &costly("warm"))
+            .await
+            .status(),
+        429
+    );
     let before = store.calls();
     assert_eq!(
-        gw.chat(&poor, "gpt-test", "refused again").await.status(),
+        gw.post("/v1/chat/completions", &poor, &costly("refused again"))
+            .await
+            .status(),
         429
     );
     let rejected = calls(before);
