@@ -19,6 +19,7 @@
 //! - [`keys`]: gateway keys: generation, hashing, records.
 //! - [`tokens`]: token estimates.
 //! - [`logging`]: the JSON log subscriber every binary installs (request ids, the log file).
+//! - [`redact`]: what a key looks like, and replacing it before text reaches a log.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
 
 pub mod api;
@@ -33,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod queue;
+pub mod redact;
 pub mod store;
 pub mod tokens;
 
