@@ -20,6 +20,8 @@
 //! - [`tokens`]: token estimates.
 //! - [`logging`]: the JSON log subscriber every binary installs (request ids, the log file).
 //! - [`redact`]: what a key looks like, and replacing it before text reaches a log.
+//! - [`server`]: the HTTP server loop of `sluice serve`: connection cap, header, body and idle
+//!   deadlines.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
 
 pub mod api;
@@ -35,6 +37,7 @@ pub mod metrics;
 pub mod providers;
 pub mod queue;
 pub mod redact;
+pub mod server;
 pub mod store;
 pub mod tokens;
 

@@ -128,6 +128,19 @@ impl ApiError {
         )
     }
 
+    /// 408 for a body that did not arrive within `server.body_read_timeout_s`; the
+    /// connection is closed after it (the rest of the body may still be coming).
+    pub fn body_timeout() -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            "The request body did not arrive in time.",
+        );
+        e.headers = Box::new([("connection", "close".to_owned())]);
+        e
+    }
+
     /// 503 when a dependency the request needs is down.
     pub fn unavailable() -> Self {
         Self::new(
