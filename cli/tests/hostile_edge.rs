@@ -1,6 +1,6 @@
 //! The server's edge against a hostile client, on the real `sluice serve` process (issue 13,
-//! item 8): what needs a process of its own — a file-descriptor limit, a flood of half-sent
-//! requests larger than that limit.
+//! items 8 and 11): what needs a process of its own — a file-descriptor limit, a flood of
+//! half-sent requests larger than that limit, proxy environment variables.
 //!
 //! Each test prints what it tried and measured (`hostile-edge:` lines) for RELIABILITY.md:
 //! `cargo test -p sluice-cli --test hostile_edge -- --nocapture`. The same limits in process
@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Served, create_key};
-use serde_json::json;
+use serde_json::{Value, json};
+use sluice_tests::CallbackReceiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -250,5 +251,100 @@ async fn the_soft_fd_limit_is_raised_to_the_hard_limit() {
         "hostile-edge: started with a soft limit of {FD_LIMIT} under a hard limit of {hard}: \
          raised to {}, connection cap {}",
         fields[3], limits["max_connections"]
+    );
+}
+
+/// A loopback listener that counts the connections it is offered and answers none.
+async fn counting_listener() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    let task = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            open.push(socket);
+        }
+    });
+    (url, count, task)
+}
+
+/// With `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` (and their lower-case forms) pointing at a
+/// loopback listener, a job's callback still goes straight to its receiver: the proxy is
+/// offered no connection. (A proxy would connect in Sluice's place, past the public-only
+/// resolver.) The variables are set on the server process only.
+#[tokio::test]
+async fn callbacks_ignore_proxy_environment_variables() {
+    let (proxy, offered, proxy_task) = counting_listener().await;
+    let receiver = CallbackReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proxy.db");
+    let key = create_key(&db, "proxied");
+    let config = write_config(
+        dir.path(),
+        "[jobs]\nworkers = 1\ncallback_secret = \"whsec-edge\"\nallow_private_callbacks = true\n",
+    );
+    let proxy_env: Vec<(&str, &str)> = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|name| (name, proxy.as_str()))
+    .collect();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        db.to_str().unwrap(),
+    ])
+    .args(["--config", &config])
+    .env_remove("NO_PROXY")
+    .env_remove("no_proxy");
+    let served = Served::spawn_command(cmd, &proxy_env);
+
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/jobs", served.url))
+        .bearer_auth(&key)
+        .json(
+            &json!({"endpoint": "/v1/chat/completions", "callback_url": receiver.url,
+                      "request": {"model": "gpt-4o-mini",
+                                  "messages": [{"role": "user", "content": "call me back"}]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    let got = receiver.wait_for(1).await;
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["id"], job["id"]);
+    assert_eq!(
+        offered.load(Ordering::SeqCst),
+        0,
+        "the callback went to the proxy"
+    );
+
+    // The listener does count what a client that uses the proxy sends it.
+    let proxied = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(&proxy).unwrap())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let _ = proxied.post(&receiver.url).body("{}").send().await;
+    assert_eq!(offered.load(Ordering::SeqCst), 1);
+    proxy_task.abort();
+    println!(
+        "hostile-edge: proxy variables set to a loopback listener: the job's callback reached \
+         its receiver directly, the proxy was offered 0 connections"
     );
 }
