@@ -442,6 +442,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "server.max_connections lowered to what the file descriptor limit allows"
         );
     }
+    if config.server.metrics_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "/metrics is open to anyone who reaches this address (gateway-wide request counts \
+             and spend); set server.metrics_token to require a bearer token"
+        );
+    }
     eprintln!("Sluice listening on http://{addr}");
     sluice::server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("sluice stopped");

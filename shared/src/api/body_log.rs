@@ -8,8 +8,8 @@
 //!
 //! Redaction runs before the cut, over the first `max_logged_body_bytes` + 4 KiB of a body, so
 //! a match up to 4 KiB long is caught even where the body is cut. Always redacted, whatever the
-//! config says: the configured secrets (provider keys, the admin key, the callback secret),
-//! gateway keys, bearer tokens and other key-shaped strings; then each
+//! config says: the configured secrets (provider keys, the admin key, the callback secret, the
+//! metrics token), gateway keys, bearer tokens and other key-shaped strings; then each
 //! `logging.redact` pattern ([`crate::redact`] holds them all). Headers are never logged.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,6 +54,7 @@ impl BodyLog {
         let provider_keys = config.providers.iter().flat_map(|p| &p.api_keys);
         let secrets = provider_keys
             .chain(&config.jobs.callback_secret)
+            .chain(&config.server.metrics_token)
             .map(|s| s.expose())
             .chain([admin_secret]);
         let patterns: Vec<Regex> = config
@@ -191,6 +192,7 @@ mod tests {
         config.logging.bodies = true;
         config.providers[0].api_keys = vec![crate::config::Secret::new("k-one")];
         config.jobs.callback_secret = Some(crate::config::Secret::new("cb-secret"));
+        config.server.metrics_token = Some(crate::config::Secret::new("scrape-token"));
         let log = BodyLog::from_config(&config, "the-admin-key").unwrap();
         assert_eq!(
             log.redactor

@@ -111,6 +111,17 @@ impl Modify for KeySchemes {
             ),
         );
         components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`server.metrics_token`, on `/metrics` when the server sets one.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-api-key",
@@ -148,8 +159,15 @@ impl Modify for CommonErrors {
                         .entry(status.to_owned())
                         .or_insert_with(|| error_response(description, schema));
                 };
+                // `/metrics`: open, or a configured token; no store behind it.
+                let optional = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().any(is_empty_requirement));
                 if keyed {
                     add("401", "No key, or an unknown or revoked key.");
+                }
+                if keyed && !optional {
                     add("503", "A store the request needs is down; retry.");
                 }
                 if operation.request_body.is_some() {
@@ -458,7 +476,8 @@ pub struct UsageReport {
     pub key_id: Option<String>,
     /// The tenant.
     pub tenant: String,
-    /// Per level that has a limit: `key`, `tenant`, `gateway`.
+    /// Per level that has a limit: `key` and `tenant` on `/v1/usage`; `tenant` and `gateway`
+    /// (the gateway-wide budget) on `/admin/usage`.
     pub limits: BTreeMap<String, LevelUsage>,
 }
 

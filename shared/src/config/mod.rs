@@ -282,6 +282,8 @@ pub struct ServerConfig {
     /// descriptor limit allows). At the cap a new connection closes the one that has waited
     /// longest for a request.
     pub max_connections: usize,
+    /// A bearer token `GET /metrics` requires (none: `/metrics` is open).
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -294,6 +296,7 @@ impl Default for ServerConfig {
             body_read_timeout_s: 30.0,
             idle_timeout_s: 60.0,
             max_connections: 4096,
+            metrics_token: None,
         }
     }
 }
@@ -721,6 +724,17 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self
+            .server
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return Err(invalid(
+                "server.metrics_token".into(),
+                "is empty; leave it out to keep /metrics open".into(),
+            ));
+        }
         let l = &self.limits;
         if let Some(b) = l.global_budget_usd
             && !(b.is_finite() && b > 0.0)
@@ -1046,16 +1060,22 @@ cache_ttl_s = 3600
             (10.0, 30.0, 60.0)
         );
         assert_eq!(s.max_connections, 4096);
+        assert!(s.metrics_token.is_none());
         let with =
             |extra: &str| Config::parse(&format!("[server]\n{extra}\n{EXAMPLE}"), "x.toml", &env);
-        let c = with("header_read_timeout_s = 2\nmax_connections = 50").unwrap();
+        let c = with(
+            "header_read_timeout_s = 2\nmax_connections = 50\nmetrics_token = \"${FAKE_KEY}\"",
+        )
+        .unwrap();
         assert_eq!(c.server.header_read_timeout_s, 2.0);
         assert_eq!(c.server.max_connections, 50);
+        assert_eq!(c.server.metrics_token.unwrap().expose(), "sk-fake");
         for (extra, field) in [
             ("header_read_timeout_s = 0", "server.header_read_timeout_s"),
             ("body_read_timeout_s = -1", "server.body_read_timeout_s"),
             ("idle_timeout_s = 1e12", "server.idle_timeout_s"),
             ("max_connections = 0", "server.max_connections"),
+            ("metrics_token = \" \"", "server.metrics_token"),
             ("header_timeout_s = 5", "header_timeout_s"),
         ] {
             let msg = with(extra).unwrap_err().to_string();
@@ -1141,6 +1161,7 @@ mod fuzz {
         "header_read_timeout_s",
         "idle_timeout_s",
         "max_connections",
+        "metrics_token",
         "soft_threshold",
         "counter_shards",
         "workers",
