@@ -265,15 +265,22 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let edge = Edge::start(&fake_config(&up.base_url), limits(300, 300, 300, 64)).await;
     let key = edge.create_key("idle").await;
     let mut kept = connect(&edge).await;
+    let mut last_answer = Instant::now();
+    // Three requests 150 ms apart: each within the idle time of the one before.
     for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
         kept.write_all(get("/health").as_bytes()).await.unwrap();
         assert_eq!(read_answer(&mut kept).await.status, 200);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        last_answer = Instant::now();
     }
-    let idle_at = closed_within(&mut kept, Duration::from_millis(1_000))
+    closed_within(&mut kept, Duration::from_millis(1_000))
         .await
         .expect("idle connection kept open");
-    assert!(idle_at >= Duration::from_millis(100), "{idle_at:?}");
+    let idle_at = last_answer.elapsed();
+    assert!(
+        idle_at >= Duration::from_millis(250),
+        "closed early: {idle_at:?}"
+    );
 
     up.set(Behaviour::Slow(Duration::from_millis(700)));
     let mut busy = connect(&edge).await;
