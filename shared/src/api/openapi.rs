@@ -15,8 +15,8 @@
 //! whose status, content type or body the document does not allow.
 //!
 //! Statuses every route of a kind can answer are added in one place, [`CommonErrors`]: 401 and
-//! 503 on every route that takes a key (a missing key; the key store down), 400 and 413 on
-//! every route with a body (unreadable; over `server.max_body_bytes`).
+//! 503 on every route that takes a key (a missing key; the key store down), 400, 408 and 413
+//! on every route with a body (unreadable; not arrived in time; over `server.max_body_bytes`).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -132,7 +132,7 @@ impl Modify for KeySchemes {
 }
 
 /// Adds the statuses that follow from how the router is built rather than from one handler:
-/// 401 and 503 where a key is checked, 400 and 413 where a body is read. Errors on
+/// 401 and 503 where a key is checked, 400, 408 and 413 where a body is read. Errors on
 /// `/v1/messages` are in Anthropic's shape.
 struct CommonErrors;
 
@@ -176,6 +176,11 @@ impl Modify for CommonErrors {
                         "The body is malformed or a field is invalid (`param`).",
                     );
                     add("413", "The body is over `server.max_body_bytes`.");
+                    add(
+                        "408",
+                        "The body did not arrive within `server.body_read_timeout_s` \
+                         (`sluice serve`); the connection is closed.",
+                    );
                 }
             }
         }
