@@ -22,7 +22,10 @@
 //!
 //! One registry, one lock, holds each connection's state; a watchdog per connection sleeps
 //! until its next deadline. A connection closed while the tail of its last answer still waits
-//! for a slow reader's window gets up to one header deadline to finish writing it. Accept errors (e.g. `EMFILE` if descriptors run out for
+//! for a slow reader's window gets up to one header deadline to finish writing it. Evicted
+//! sockets still closing are bounded (`MAX_CLOSING`), and the listen backlog is deep
+//! ([`bind`]), so a burst of connections waits instead of running the process out of
+//! descriptors or losing SYNs. Accept errors (e.g. `EMFILE` if descriptors run out for
 //! another reason) pause accepting for 100 ms instead of spinning or ending the server.
 //! On shutdown the server stops accepting, lets every connection finish its requests
 //! (hyper's graceful shutdown; the deadlines still apply), then returns.
@@ -130,7 +133,7 @@ pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A listener on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue.
+/// A listener on `addr` with a `LISTEN_BACKLOG`-deep (1024) accept queue.
 pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
