@@ -23,6 +23,7 @@ use sluice::api::{self, AppState};
 use sluice::clock::{Clock, SystemClock};
 use sluice::config::Config;
 use sluice::keys::{self, BudgetPeriod, KeyLimits};
+use sluice::server::Limits;
 use std::time::Duration;
 
 use sluice::deps::{Deps, Services};
@@ -384,6 +385,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
         None => sluice::logging::init(),
     }
+    // The connection cap is held to what this limit allows (`server::connections_allowed_by`).
+    let fd_limit = raise_fd_limit();
     let config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::builtin(),
@@ -416,8 +419,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             batch_window,
         ));
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = sluice::server::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener
         .local_addr()
@@ -430,13 +432,49 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         config = args.config.as_ref().map(|p| p.display().to_string()),
         "sluice listening"
     );
+    let limits = match fd_limit {
+        Some(fds) => Limits::from_config(&config.server).within_fd_limit(fds),
+        None => Limits::from_config(&config.server),
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = limits.max_connections,
+        header_read_timeout_s = limits.header_read.as_secs_f64(),
+        body_read_timeout_s = limits.body_read.as_secs_f64(),
+        idle_timeout_s = limits.idle.as_secs_f64(),
+        "connection limits"
+    );
+    if limits.max_connections < config.server.max_connections {
+        tracing::warn!(
+            fd_limit,
+            max_connections = limits.max_connections,
+            configured = config.server.max_connections,
+            "server.max_connections lowered to what the file descriptor limit allows"
+        );
+    }
+    if config.server.metrics_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "/metrics is open to anyone who reaches this address (gateway-wide request counts \
+             and spend); set server.metrics_token to require a bearer token"
+        );
+    }
     eprintln!("Sluice listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    sluice::server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit (a hostile client's idle sockets
+/// must not be what runs the process out of descriptors) and returns the limit now in force.
+fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open file limit");
+            None
+        }
+    }
 }
 
 /// `sluice logs`: the request's lines as they are in the file; an error when there are none.

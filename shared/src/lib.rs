@@ -20,6 +20,9 @@
 //! - [`tokens`]: token estimates and upper bounds.
 //! - [`num`]: saturating conversions between number types.
 //! - [`logging`]: the JSON log subscriber every binary installs (request ids, the log file).
+//! - [`redact`]: what a key looks like, and replacing it before text reaches a log.
+//! - [`server`]: the HTTP server loop of `sluice serve`: connection cap, header, body and idle
+//!   deadlines.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
 
 // Tests may cast freely; the code they test may not (see [`num`]).
@@ -45,6 +48,8 @@ pub mod metrics;
 pub mod num;
 pub mod providers;
 pub mod queue;
+pub mod redact;
+pub mod server;
 pub mod store;
 pub mod tokens;
 

@@ -5,6 +5,10 @@
 //! Every line written while a request is served carries its `request_id` at the top level:
 //! the access-log middleware runs the request inside a [`request_span`], and the formatter
 //! copies that span's id into each line. Lines outside requests are the plain JSON lines.
+//!
+//! Every line, in whichever field, has its key-shaped strings (gateway keys, provider keys,
+//! bearer tokens, JWTs) replaced by `[REDACTED]` as it is written ([`crate::redact`]): a key a
+//! client put in a URL path or a model name never reaches the log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
@@ -41,12 +45,21 @@ fn install<W>(writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    let _ = subscriber(writer).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`: level from `SLUICE_LOG` (default
+/// `info`), request ids, redaction. Tests set it as their default to read the lines served
+/// requests produce.
+pub fn subscriber<W>(writer: W) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry()
+    tracing_subscriber::registry()
         .with(filter)
         .with(RequestIdLayer)
         .with(json_layer(writer))
-        .try_init();
 }
 
 /// The JSON formatting layer: event fields at the top level, no span objects, plus the
@@ -114,7 +127,8 @@ impl Visit for RequestIdVisitor {
 }
 
 /// The JSON event format, with `"request_id"` first when the event happens inside a request
-/// span and does not name its request itself (the access line does).
+/// span and does not name its request itself (the access line does), and key-shaped strings
+/// redacted.
 struct WithRequestId(Format<Json>);
 
 impl<S, N> FormatEvent<S, N> for WithRequestId
@@ -136,13 +150,15 @@ where
                     .map(|r| r.0.clone())
             })
         });
-        let Some(request_id) = span_id.filter(|_| !own_id) else {
-            return self.0.format_event(ctx, writer, event);
-        };
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let line = crate::redact::key_shaped_json(&line);
+        let Some(request_id) = span_id.filter(|_| !own_id) else {
+            return writer.write_str(&line);
+        };
         let rest = line.strip_prefix('{').ok_or(std::fmt::Error)?;
         let id = serde_json::to_string(&request_id).map_err(|_| std::fmt::Error)?;
+        let id = crate::redact::key_shaped_json(&id);
         let comma = if rest.starts_with('}') { "" } else { "," };
         write!(writer, "{{\"{REQUEST_ID}\":{id}{comma}{rest}")
     }
@@ -301,6 +317,30 @@ mod tests {
         // The access line names its request itself: the id is not doubled.
         let raw = serde_json::to_string(&lines[3]).unwrap();
         assert_eq!(raw.matches("request_id").count(), 1);
+    }
+
+    #[test]
+    fn key_shaped_strings_are_redacted_in_every_field_of_every_line() {
+        let key = format!("sk-sluice-{}", "k3Y".repeat(11));
+        let google = format!("AIza{}", "g".repeat(35));
+        let lines = with_subscriber(|| {
+            tracing::info!(target: "sluice::test", model = %google, "outside {google}");
+            let span = request_span("req_abc");
+            let _entered = span.enter();
+            tracing::warn!(target: "sluice::test", path = %format!("/v1/jobs/{key}"), "no job {key}");
+        });
+        let raw: Vec<String> = lines.iter().map(Value::to_string).collect();
+        for line in &raw {
+            assert!(
+                !line.contains(&key[10..]) && !line.contains(&google[4..]),
+                "{line}"
+            );
+        }
+        assert_eq!(lines[0]["model"], "[REDACTED]");
+        assert_eq!(lines[0]["message"], "outside [REDACTED]");
+        assert_eq!(lines[1]["path"], "/v1/jobs/[REDACTED]");
+        assert_eq!(lines[1]["message"], "no job [REDACTED]");
+        assert_eq!(lines[1]["request_id"], "req_abc");
     }
 
     #[test]

@@ -53,9 +53,14 @@ impl Served {
     /// Starts `sluice serve --listen 127.0.0.1:0 ARGS` and waits until it listens.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("SLUICE_ADMIN_KEY")
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        Self::spawn_command(cmd, env)
+    }
+
+    /// Starts `cmd` (which runs `sluice serve`, e.g. under `sh -c 'ulimit …; exec …'`) with
+    /// the `SLUICE_*` environment cleared and `env` set, and waits until it listens.
+    pub fn spawn_command(mut cmd: Command, env: &[(&str, &str)]) -> Self {
+        cmd.env_remove("SLUICE_ADMIN_KEY")
             .env_remove("SLUICE_CONFIG")
             .env_remove("SLUICE_LISTEN")
             .env_remove("SLUICE_DB")

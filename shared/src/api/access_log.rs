@@ -3,8 +3,11 @@
 //! Handlers describe what happened in an [`Outcome`] placed in the response's extensions;
 //! this middleware times the request, adds the request id and writes the line. It never logs
 //! keys: only ids, names, numbers and error codes, plus the redacted bodies when
-//! `logging.bodies` is on ([`super::body_log`]). The request runs inside a
-//! [`crate::logging::request_span`], so every line logged while serving it carries its id.
+//! `logging.bodies` is on ([`super::body_log`]). The path is logged with key-shaped strings
+//! redacted, also when the client percent-encoded them; the query string is not logged (a
+//! `?key=…` is how some clients send keys). The request id is always Sluice's own, never
+//! one the client sent. The request runs inside a [`crate::logging::request_span`], so every
+//! line logged while serving it carries its id.
 
 use std::time::Instant;
 
@@ -76,7 +79,7 @@ pub async fn access_log(
     let started = Instant::now();
     let request_id = format!("req_{}", random_alnum(24));
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let path = loggable_path(request.uri().path());
     let ticket = Arc::new(UsageTicket::new(
         Arc::clone(&state.usage),
         UsageEvent {
@@ -182,6 +185,27 @@ pub async fn access_log(
     Response::from_parts(parts, body)
 }
 
+/// The path as the access line shows it: key-shaped strings redacted. A path in which a key
+/// shows only once percent-decoded (`sk%2Dsluice%2D…`) is logged decoded, and redacted.
+fn loggable_path(path: &str) -> String {
+    let raw = crate::redact::key_shaped(path);
+    if !path.contains('%') {
+        return raw.into_owned();
+    }
+    let decoded = percent_decoded(path);
+    match crate::redact::key_shaped(&decoded) {
+        std::borrow::Cow::Owned(redacted) => redacted,
+        std::borrow::Cow::Borrowed(_) => raw.into_owned(),
+    }
+}
+
+/// `%XX` escapes decoded; invalid escapes kept as they are, invalid UTF-8 replaced.
+fn percent_decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// A response body that marks the ticket ended when the last byte is out or the client
 /// goes away, then lets go of it.
 struct EndsTicket {
@@ -214,5 +238,28 @@ impl Drop for EndsTicket {
         if let Some(ticket) = self.ticket.take() {
             ticket.end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_have_keys_redacted_even_percent_encoded() {
+        let key = format!("sk-sluice-{}", "aB3".repeat(11));
+        assert_eq!(
+            loggable_path(&format!("/v1/jobs/{key}")),
+            "/v1/jobs/[REDACTED]"
+        );
+        let encoded = key.replace('-', "%2D").replace('a', "%61");
+        assert_eq!(
+            loggable_path(&format!("/v1/jobs/{encoded}/x%20y")),
+            "/v1/jobs/[REDACTED]/x y"
+        );
+        // Paths without keys are logged as sent.
+        assert_eq!(loggable_path("/v1/jobs/job_1%20x"), "/v1/jobs/job_1%20x");
+        assert_eq!(loggable_path("/a%zz%4"), "/a%zz%4");
+        assert_eq!(percent_decoded("%e2%82%ac%ff"), "€\u{fffd}");
     }
 }

@@ -1,4 +1,5 @@
-//! Authentication: gateway keys for the API, the admin key for `/admin`.
+//! Authentication: gateway keys for the API, the admin key for `/admin`, the metrics token
+//! for `/metrics` (when one is configured).
 //!
 //! Keys arrive as `Authorization: Bearer …` (OpenAI SDKs) or `x-api-key: …` (Anthropic SDKs),
 //! are hashed with SHA-256, found by hash, and compared in constant time. Lookups are cached in
@@ -134,5 +135,22 @@ impl AdminKey {
         } else {
             Err(AuthError::NotAdmin)
         }
+    }
+}
+
+/// The bearer token `GET /metrics` requires when `server.metrics_token` is set, held only as
+/// its hash.
+pub struct MetricsToken(KeyHash);
+
+impl MetricsToken {
+    /// Hashes the configured token.
+    pub fn new(secret: &str) -> Self {
+        Self(KeyHash::of(secret))
+    }
+
+    /// Whether the request presents the token (`Authorization: Bearer …` or `x-api-key`),
+    /// compared as hashes in constant time.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        presented_key(headers).is_some_and(|secret| KeyHash::of(secret).ct_eq(&self.0))
     }
 }

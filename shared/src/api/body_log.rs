@@ -8,11 +8,10 @@
 //!
 //! Redaction runs before the cut, over the first `max_logged_body_bytes` + 4 KiB of a body, so
 //! a match up to 4 KiB long is caught even where the body is cut. Always redacted, whatever the
-//! config says: the configured secrets (provider keys, the admin key, the callback secret),
-//! gateway keys, bearer tokens and other key-shaped strings; then each `logging.redact`
-//! pattern. Headers are never logged.
+//! config says: the configured secrets (provider keys, the admin key, the callback secret, the
+//! metrics token), gateway keys, bearer tokens and other key-shaped strings; then each
+//! `logging.redact` pattern ([`crate::redact`] holds them all). Headers are never logged.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Body;
@@ -21,29 +20,13 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
-use regex_lite::{NoExpand, Regex};
+use regex_lite::Regex;
 
 use crate::config::Config;
-
-/// What every redacted match becomes.
-pub const REDACTED: &str = "[REDACTED]";
+use crate::redact::Redactor;
 
 /// Redaction also sees this many bytes past the cut, so matches straddling it are caught.
 const CUT_MARGIN: usize = 4096;
-
-/// Key-shaped strings redacted whatever the config says.
-const ALWAYS_REDACTED: &[&str] = &[
-    // Sluice gateway keys and generated admin keys.
-    r"sk-sluice-[A-Za-z0-9-]+",
-    // OpenAI- and Anthropic-style secret keys (sk-proj-…, sk-ant-…).
-    r"\bsk-[A-Za-z0-9_-]{16,}",
-    // Google API keys.
-    r"\bAIza[0-9A-Za-z_-]{35}",
-    // Bearer credentials (RFC 6750 token syntax).
-    r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{12,}=*",
-    // JSON Web Tokens.
-    r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
-];
 
 /// The bodies of one request as they go into its access line.
 #[derive(Debug, Clone, Default)]
@@ -52,60 +35,6 @@ pub struct LoggedBodies {
     pub request: Option<String>,
     /// The JSON response body, redacted and cut.
     pub response: Option<String>,
-}
-
-/// Replaces secrets and configured patterns in text bound for the log.
-#[derive(Debug)]
-pub struct Redactor {
-    secrets: Vec<String>,
-    patterns: Vec<Regex>,
-}
-
-impl Redactor {
-    /// Redacts `secrets` verbatim (as written and as escaped inside a JSON string), the
-    /// key-shaped strings in [`ALWAYS_REDACTED`], then `configured` patterns.
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>, configured: &[Regex]) -> Self {
-        let mut literal: Vec<String> = Vec::new();
-        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
-            let quoted = serde_json::to_string(secret).unwrap_or_default();
-            let escaped = quoted
-                .strip_prefix('"')
-                .and_then(|q| q.strip_suffix('"'))
-                .unwrap_or_default();
-            for form in [secret, escaped] {
-                if !form.is_empty() && !literal.iter().any(|s| s == form) {
-                    literal.push(form.to_owned());
-                }
-            }
-        }
-        // Longest first, so a secret containing another is replaced whole.
-        literal.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let patterns = ALWAYS_REDACTED
-            .iter()
-            .filter_map(|p| Regex::new(p).ok())
-            .chain(configured.iter().cloned())
-            .collect();
-        Self {
-            secrets: literal,
-            patterns,
-        }
-    }
-
-    /// `text` with every secret and every match replaced by [`REDACTED`].
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), REDACTED);
-            }
-        }
-        for pattern in &self.patterns {
-            if let Cow::Owned(replaced) = pattern.replace_all(&out, NoExpand(REDACTED)) {
-                out = replaced;
-            }
-        }
-        out
-    }
 }
 
 /// Body logging as configured: on when `logging.bodies` is.
@@ -125,6 +54,7 @@ impl BodyLog {
         let provider_keys = config.providers.iter().flat_map(|p| &p.api_keys);
         let secrets = provider_keys
             .chain(&config.jobs.callback_secret)
+            .chain(&config.server.metrics_token)
             .map(|s| s.expose())
             .chain([admin_secret]);
         let patterns: Vec<Regex> = config
@@ -230,64 +160,6 @@ mod tests {
         Redactor::new(["prov-key-123", "admin secret/with \"quotes\""], &patterns)
     }
 
-    #[test]
-    fn the_always_redacted_patterns_compile() {
-        let r = Redactor::new([], &[]);
-        assert_eq!(r.patterns.len(), ALWAYS_REDACTED.len());
-    }
-
-    #[test]
-    fn keys_and_tokens_are_redacted_without_any_config() {
-        let r = redactor(&[]);
-        let gateway = format!("sk-sluice-{}", "a1B2".repeat(10));
-        let admin = format!("sk-sluice-admin-{}", "Zz9".repeat(10));
-        let text = format!(
-            "{{\"content\":\"use {gateway} or {admin}; Authorization: Bearer abc.def-ghi_jkl0=; \
-             openai sk-proj-{openai}; google AIza{google}; jwt eyJhbGciOi.eyJzdWIi.c2ln; \
-             provider prov-key-123\"}}",
-            openai = "x".repeat(24),
-            google = "g".repeat(35),
-        );
-        let out = r.redact(&text);
-        for secret in [
-            gateway.as_str(),
-            admin.as_str(),
-            "abc.def-ghi_jkl0",
-            "sk-proj-",
-            "AIza",
-            "eyJ",
-            "prov-key-123",
-        ] {
-            assert!(!out.contains(secret), "{secret} survived: {out}");
-        }
-        assert!(out.starts_with("{\"content\":\"use [REDACTED] or [REDACTED];"));
-        // Ordinary words stay.
-        assert!(out.contains("Authorization:") && out.contains("provider"));
-        assert_eq!(
-            r.redact("ask-me anything, a bearer of news"),
-            "ask-me anything, a bearer of news"
-        );
-    }
-
-    #[test]
-    fn a_secret_is_found_as_escaped_inside_json_too() {
-        let r = redactor(&[]);
-        let body = serde_json::json!({"content": "admin secret/with \"quotes\""}).to_string();
-        assert!(body.contains("\\\"quotes\\\""));
-        assert_eq!(r.redact(&body), "{\"content\":\"[REDACTED]\"}");
-    }
-
-    #[test]
-    fn configured_patterns_replace_every_match() {
-        let r = redactor(&[r"card-\d{4}", r"(?i)ssn:\s*\d+"]);
-        assert_eq!(
-            r.redact("card-1234 and card-5678, SSN: 999"),
-            "[REDACTED] and [REDACTED], [REDACTED]"
-        );
-        // `$` in the replacement is never expanded.
-        assert_eq!(r.redact("$1 card-0000"), "$1 [REDACTED]");
-    }
-
     fn body_log(max_bytes: usize, configured: &[&str]) -> BodyLog {
         BodyLog {
             redactor: redactor(configured),
@@ -320,10 +192,12 @@ mod tests {
         config.logging.bodies = true;
         config.providers[0].api_keys = vec![crate::config::Secret::new("k-one")];
         config.jobs.callback_secret = Some(crate::config::Secret::new("cb-secret"));
+        config.server.metrics_token = Some(crate::config::Secret::new("scrape-token"));
         let log = BodyLog::from_config(&config, "the-admin-key").unwrap();
         assert_eq!(
-            log.redactor.redact("k-one cb-secret the-admin-key"),
-            "[REDACTED] [REDACTED] [REDACTED]"
+            log.redactor
+                .redact("k-one cb-secret the-admin-key scrape-token"),
+            "[REDACTED] [REDACTED] [REDACTED] [REDACTED]"
         );
     }
 }

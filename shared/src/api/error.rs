@@ -128,6 +128,31 @@ impl ApiError {
         )
     }
 
+    /// 408 for a body that did not arrive within `server.body_read_timeout_s`; the
+    /// connection is closed after it (the rest of the body may still be coming).
+    pub fn body_timeout() -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            "The request body did not arrive in time.",
+        );
+        e.headers = Box::new([("connection", "close".to_owned())]);
+        e
+    }
+
+    /// 401 on `/metrics` without the configured `server.metrics_token`.
+    pub fn metrics_token_required() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_metrics_token",
+            "`/metrics` needs `Authorization: Bearer <server.metrics_token>`.",
+        );
+        e.headers = Box::new([("www-authenticate", "Bearer".to_owned())]);
+        e
+    }
+
     /// 503 when a dependency the request needs is down.
     pub fn unavailable() -> Self {
         Self::new(
@@ -343,12 +368,22 @@ fn beyond_capacity(r: &Refusal) -> ApiError {
 /// 429 for a request over a rate limit or spending cap, with `Retry-After` and the IETF
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` headers.
 fn limited(r: &Refusal) -> ApiError {
+    // The gateway-wide cap is the operator's figure (`/admin/usage`): a key learns that it
+    // was reached and when it resets, not how large it is or what is left of it.
+    let gateway = r.level == "gateway";
     let (code, message) = match r.kind {
         LimitKind::Rate => (
             "rate_limit_exceeded",
             format!(
                 "Rate limit reached for this {}: {} {}. Retry in {} s.",
                 r.level, r.limit, r.metric, r.retry_after_s
+            ),
+        ),
+        LimitKind::Budget if gateway => (
+            "budget_exceeded",
+            format!(
+                "The gateway's spending cap is reached. It resets in {} s.",
+                r.reset_s
             ),
         ),
         LimitKind::Budget => (
@@ -369,11 +404,15 @@ fn limited(r: &Refusal) -> ApiError {
         message,
     );
     e.retry_after_s = Some(r.retry_after_s);
-    e.headers = Box::new([
-        ("ratelimit-limit", r.limit.to_string()),
-        ("ratelimit-remaining", r.remaining.to_string()),
-        ("ratelimit-reset", r.reset_s.to_string()),
-    ]);
+    e.headers = if gateway {
+        Box::new([("ratelimit-reset", r.reset_s.to_string())])
+    } else {
+        Box::new([
+            ("ratelimit-limit", r.limit.to_string()),
+            ("ratelimit-remaining", r.remaining.to_string()),
+            ("ratelimit-reset", r.reset_s.to_string()),
+        ])
+    };
     e
 }
 

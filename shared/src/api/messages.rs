@@ -154,6 +154,7 @@ fn finish_anthropic(result: Result<Response, ApiError>, outcome: Outcome) -> Res
         402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
+        408 => "timeout_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
         504 => "timeout_error",

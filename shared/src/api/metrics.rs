@@ -121,17 +121,26 @@ pub async fn metrics(
 }
 
 /// `GET /metrics`: this process's Prometheus text (404 where it is not kept, e.g. Lambda).
-#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+/// Open unless `server.metrics_token` is set; then that token as a bearer token, else 401.
+#[utoipa::path(get, path = "/metrics", tag = "meta", security((), ("metrics_token" = [])),
     responses(
         (status = 200, description = "Prometheus text exposition.", body = String,
             content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "`server.metrics_token` is set and the request does not \
+            present it.", body = super::error::ErrorResponse),
         (status = 404, description = "Not kept by this process (Lambda).",
             body = super::error::ErrorResponse),
     ))]
 pub async fn prometheus(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
 ) -> Response {
+    if let Some(token) = &state.metrics_token
+        && !token.admits(&headers)
+    {
+        return finish(Err(ApiError::metrics_token_required()), Outcome::default());
+    }
     #[cfg(feature = "prometheus")]
     if let Some(prometheus) = &state.prometheus {
         let text = prometheus.render(state.gateway.catalog(), state.clock.now_ms());

@@ -38,7 +38,7 @@ use crate::jobs::Jobs;
 use crate::store::SharedStore;
 pub use access_log::{Outcome, RequestId};
 pub use admin::key_json;
-use auth::{AdminKey, KeyAuth};
+use auth::{AdminKey, KeyAuth, MetricsToken};
 pub use messages::to_chat_request;
 
 /// Everything a handler needs, built once at start-up and shared.
@@ -51,6 +51,8 @@ pub struct AppState {
     pub keys: KeyAuth,
     /// The admin key.
     pub admin: AdminKey,
+    /// The token `/metrics` requires, if one is configured.
+    pub metrics_token: Option<MetricsToken>,
     /// The store (for the admin API).
     pub store: SharedStore,
     /// Time source.
@@ -81,6 +83,11 @@ impl AppState {
                 crate::num::f64_to_u64(config.server.key_cache_ttl_s * 1000.0),
             ),
             admin: AdminKey::new(admin_secret),
+            metrics_token: config
+                .server
+                .metrics_token
+                .as_ref()
+                .map(|t| MetricsToken::new(t.expose())),
             store: Arc::clone(&deps.store),
             clock: Arc::clone(&deps.clock),
             max_body_bytes: config.server.max_body_bytes,

@@ -295,7 +295,8 @@ fn request_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>, A
         })
 }
 
-/// The body, or 413 when it is over the limit (read no further than the limit).
+/// The body; 413 when it is over the limit (read no further than the limit), 408 when it
+/// did not arrive within `server.body_read_timeout_s` ([`crate::server`]).
 pub(super) fn read_body(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
@@ -303,6 +304,8 @@ pub(super) fn read_body(
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.max_body_bytes)
+        } else if crate::server::body_timed_out(&rejection) {
+            ApiError::body_timeout()
         } else {
             ApiError::unreadable_body()
         }

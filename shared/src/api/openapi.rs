@@ -15,8 +15,8 @@
 //! whose status, content type or body the document does not allow.
 //!
 //! Statuses every route of a kind can answer are added in one place, [`CommonErrors`]: 401 and
-//! 503 on every route that takes a key (a missing key; the key store down), 400 and 413 on
-//! every route with a body (unreadable; over `server.max_body_bytes`).
+//! 503 on every route that takes a key (a missing key; the key store down), 400, 408 and 413
+//! on every route with a body (unreadable; not arrived in time; over `server.max_body_bytes`).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -111,6 +111,17 @@ impl Modify for KeySchemes {
             ),
         );
         components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`server.metrics_token`, on `/metrics` when the server sets one.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-api-key",
@@ -121,7 +132,7 @@ impl Modify for KeySchemes {
 }
 
 /// Adds the statuses that follow from how the router is built rather than from one handler:
-/// 401 and 503 where a key is checked, 400 and 413 where a body is read. Errors on
+/// 401 and 503 where a key is checked, 400, 408 and 413 where a body is read. Errors on
 /// `/v1/messages` are in Anthropic's shape.
 struct CommonErrors;
 
@@ -148,8 +159,15 @@ impl Modify for CommonErrors {
                         .entry(status.to_owned())
                         .or_insert_with(|| error_response(description, schema));
                 };
+                // `/metrics`: open, or a configured token; no store behind it.
+                let optional = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().any(is_empty_requirement));
                 if keyed {
                     add("401", "No key, or an unknown or revoked key.");
+                }
+                if keyed && !optional {
                     add("503", "A store the request needs is down; retry.");
                 }
                 if operation.request_body.is_some() {
@@ -158,6 +176,11 @@ impl Modify for CommonErrors {
                         "The body is malformed or a field is invalid (`param`).",
                     );
                     add("413", "The body is over `server.max_body_bytes`.");
+                    add(
+                        "408",
+                        "The body did not arrive within `server.body_read_timeout_s` \
+                         (`sluice serve`); the connection is closed.",
+                    );
                 }
             }
         }
@@ -490,7 +513,8 @@ pub struct UsageReport {
     pub key_id: Option<String>,
     /// The tenant.
     pub tenant: String,
-    /// Per level that has a limit: `key`, `tenant`, `gateway`.
+    /// Per level that has a limit: `key` and `tenant` on `/v1/usage`; `tenant` and `gateway`
+    /// (the gateway-wide budget) on `/admin/usage`.
     pub limits: BTreeMap<String, LevelUsage>,
 }
 

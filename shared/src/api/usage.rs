@@ -1,5 +1,5 @@
-//! `GET /v1/usage` (the calling key's limits and where it stands) and `GET /admin/usage`
-//! (a tenant's, for the admin).
+//! `GET /v1/usage` (the calling key's limits and where it stands: its key and tenant levels)
+//! and `GET /admin/usage` (a tenant's, and the gateway-wide budget, for the admin).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +14,13 @@ use super::access_log::Outcome;
 use super::error::ApiError;
 use super::openai::finish;
 use crate::keys::KeyLimits;
-use crate::limits::Subject;
+use crate::limits::{GatewayLevel, Subject};
 
-/// `GET /v1/usage`: rate windows and spend per level for the calling key.
+/// `GET /v1/usage`: rate windows and spend of the calling key and its tenant. The gateway-wide
+/// budget is not a key's business: it is on `/admin/usage`.
 #[utoipa::path(get, path = "/v1/usage", tag = "usage",
-    responses((status = 200, description = "The key's limits and where it stands.",
+    responses((status = 200, description = "The key's and its tenant's limits and where they \
+        stand (the gateway-wide budget is on `/admin/usage`).",
         body = super::openapi::UsageReport)))]
 pub async fn key_usage(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let mut outcome = Outcome::default();
@@ -26,7 +28,11 @@ pub async fn key_usage(State(state): State<Arc<AppState>>, headers: HeaderMap) -
         let caller = state.keys.authenticate(&headers).await?;
         outcome.tenant = Some(caller.tenant.clone());
         outcome.key_id = Some(caller.key_id.clone());
-        let usage = state.gateway.limiter().usage(&caller.subject()).await?;
+        let usage = state
+            .gateway
+            .limiter()
+            .usage(&caller.subject(), GatewayLevel::Hidden)
+            .await?;
         Ok::<_, ApiError>(Json(usage).into_response())
     }
     .await;
@@ -61,7 +67,11 @@ pub async fn tenant_usage(
             tenant,
             key_limits: &no_key,
         };
-        let mut usage = state.gateway.limiter().usage(&subject).await?;
+        let mut usage = state
+            .gateway
+            .limiter()
+            .usage(&subject, GatewayLevel::Shown)
+            .await?;
         if let Some(obj) = usage.as_object_mut() {
             obj.remove("key_id");
         }

@@ -270,6 +270,20 @@ pub struct ServerConfig {
     pub upstream_timeout_s: f64,
     /// How long a looked-up gateway key is trusted from memory before the store is asked again.
     pub key_cache_ttl_s: f64,
+    /// `sluice serve`: a request's headers must be complete this long after the connection
+    /// was accepted, or after their first byte on a kept-alive connection; else it is closed.
+    pub header_read_timeout_s: f64,
+    /// `sluice serve`: a request's body must be complete this long after its headers; else
+    /// 408 and the connection is closed.
+    pub body_read_timeout_s: f64,
+    /// `sluice serve`: a kept-alive connection with no request for this long is closed.
+    pub idle_timeout_s: f64,
+    /// `sluice serve`: most connections open at once (also held to what the process's file
+    /// descriptor limit allows). At the cap a new connection closes the one that has waited
+    /// longest for a request.
+    pub max_connections: usize,
+    /// A bearer token `GET /metrics` requires (none: `/metrics` is open).
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -278,6 +292,11 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             upstream_timeout_s: 120.0,
             key_cache_ttl_s: 5.0,
+            header_read_timeout_s: 10.0,
+            body_read_timeout_s: 30.0,
+            idle_timeout_s: 60.0,
+            max_connections: 4096,
+            metrics_token: None,
         }
     }
 }
@@ -686,6 +705,36 @@ impl Config {
                 "must be greater than 0".into(),
             ));
         }
+        for (field, seconds) in [
+            ("header_read_timeout_s", self.server.header_read_timeout_s),
+            ("body_read_timeout_s", self.server.body_read_timeout_s),
+            ("idle_timeout_s", self.server.idle_timeout_s),
+        ] {
+            // Up to a day: longer is no deadline at all, and `Duration` must not overflow.
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                return Err(invalid(
+                    format!("server.{field}"),
+                    "must be a number of seconds above 0 and at most 86400".into(),
+                ));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self
+            .server
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return Err(invalid(
+                "server.metrics_token".into(),
+                "is empty; leave it out to keep /metrics open".into(),
+            ));
+        }
         let l = &self.limits;
         if let Some(b) = l.global_budget_usd
             && !(b.is_finite() && b > 0.0)
@@ -1030,6 +1079,42 @@ cache_ttl_s = 3600
     }
 
     #[test]
+    fn server_limits_have_defaults_and_are_checked() {
+        let c = Config::parse(EXAMPLE, "x.toml", &env).unwrap();
+        let s = &c.server;
+        assert_eq!(
+            (
+                s.header_read_timeout_s,
+                s.body_read_timeout_s,
+                s.idle_timeout_s
+            ),
+            (10.0, 30.0, 60.0)
+        );
+        assert_eq!(s.max_connections, 4096);
+        assert!(s.metrics_token.is_none());
+        let with =
+            |extra: &str| Config::parse(&format!("[server]\n{extra}\n{EXAMPLE}"), "x.toml", &env);
+        let c = with(
+            "header_read_timeout_s = 2\nmax_connections = 50\nmetrics_token = \"${FAKE_KEY}\"",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout_s, 2.0);
+        assert_eq!(c.server.max_connections, 50);
+        assert_eq!(c.server.metrics_token.unwrap().expose(), "sk-fake");
+        for (extra, field) in [
+            ("header_read_timeout_s = 0", "server.header_read_timeout_s"),
+            ("body_read_timeout_s = -1", "server.body_read_timeout_s"),
+            ("idle_timeout_s = 1e12", "server.idle_timeout_s"),
+            ("max_connections = 0", "server.max_connections"),
+            ("metrics_token = \" \"", "server.metrics_token"),
+            ("header_timeout_s = 5", "header_timeout_s"),
+        ] {
+            let msg = with(extra).unwrap_err().to_string();
+            assert!(msg.contains(field), "{extra}: {msg}");
+        }
+    }
+
+    #[test]
     fn builtin_config_is_valid() {
         Config::builtin().validate("builtin").unwrap();
     }
@@ -1172,6 +1257,10 @@ mod fuzz {
         "default_ttl_s",
         "max_body_bytes",
         "upstream_timeout_s",
+        "header_read_timeout_s",
+        "idle_timeout_s",
+        "max_connections",
+        "metrics_token",
         "soft_threshold",
         "counter_shards",
         "workers",

@@ -5,10 +5,11 @@
 //! replays.
 //!
 //! Server-side request forgery: unless `jobs.allow_private_callbacks` is set, a callback may
-//! only reach public addresses. IP literals are checked when the job is submitted; host names
-//! are checked then too, and again at connection time by a DNS resolver that drops every
-//! non-public address (so a name that re-resolves to 127.0.0.1 later still cannot get there).
-//! Redirects are not followed.
+//! only reach public addresses ([`is_public`]). IP literals are checked when the job is
+//! submitted; host names are checked then too, and again at connection time by a DNS resolver
+//! that drops every non-public address (so a name that re-resolves to 127.0.0.1 later still
+//! cannot get there). Redirects are not followed, and proxy environment variables are ignored
+//! (a proxy would connect in our place).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -46,30 +47,12 @@ pub enum CallbackError {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) embeds an IPv4 address.
-            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [a, b] = seg[6].to_be_bytes();
-                let [c, d] = seg[7].to_be_bytes();
-                return is_public_v4(Ipv4Addr::new(a, b, c, d));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unique_local()
-                || v6.is_unicast_link_local()
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
-                || v6 == Ipv6Addr::UNSPECIFIED)
-        }
+        IpAddr::V6(v6) => is_public_v6(v6),
     }
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     !(ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -79,8 +62,48 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments (192.0.0.0/24)
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast (192.88.99.0/24)
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
         || a >= 240) // reserved
+}
+
+/// IPv6: not loopback, unspecified, multicast, unique local, link local or site local, and in
+/// none of the special-purpose ranges below.
+///
+/// Every form that carries an IPv4 address is refused whole rather than judged by the address
+/// inside: `::/8` holds IPv4-compatible `::a.b.c.d`, IPv4-mapped `::ffff:a.b.c.d`,
+/// IPv4-translated `::ffff:0:a.b.c.d` and NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`; then
+/// 6to4 `2002::/16` and Teredo `2001::/32`. Where the IPv4 address sits, and what a relay or
+/// translator does with it, differs by form; a callback never needs one of them, since the
+/// receiver can be named by its IPv4 address or a host name. (One cost: on an IPv6-only
+/// network with DNS64, a name of an IPv4-only host resolves into 64:ff9b::/96 and is refused.)
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let [first, second, third, fourth, ..] = ip.segments();
+    let special = match first {
+        // Reserved by the IETF, and where every IPv4-in-IPv6 form but 6to4 and Teredo lives.
+        0x0000..=0x00ff => true,
+        // Discard-only, 100::/64.
+        0x0100 => second == 0 && third == 0 && fourth == 0,
+        // IETF protocol assignments 2001::/23 (Teredo 2001::/32, benchmarking, ORCHID…)
+        // and documentation 2001:db8::/32.
+        0x2001 => second < 0x0200 || second == 0x0db8,
+        // 6to4.
+        0x2002 => true,
+        // Documentation, 3fff::/20.
+        0x3fff => second < 0x1000,
+        // Segment-routing SIDs, 5f00::/16.
+        0x5f00 => true,
+        // Site local (deprecated), fec0::/10.
+        0xfec0..=0xfeff => true,
+        _ => false,
+    };
+    !(special
+        || ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_unique_local()
+        || ip.is_unicast_link_local())
 }
 
 /// A resolver that only ever yields public addresses.
@@ -119,9 +142,12 @@ impl CallbackSender {
         allow_private: bool,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
+        // No proxy, whatever `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` say: a proxy would resolve
+        // and connect in our place, past the public-only resolver.
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("sluice-callback/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .timeout(timeout);
         if !allow_private {
             builder = builder.dns_resolver(Arc::new(PublicOnly));
@@ -209,6 +235,101 @@ impl CallbackSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IPv4 special ranges and every way IPv6 embeds an IPv4 address, each with a public and
+    /// a private IPv4 inside (the whole range is refused either way).
+    #[test]
+    fn special_ranges_and_every_ipv4_in_ipv6_form_are_not_public() {
+        for ip in [
+            // IETF protocol assignments and the 6to4 relay anycast.
+            "192.0.0.1",
+            "192.0.0.170",
+            "192.0.0.255",
+            "192.88.99.1",
+            "192.88.99.255",
+            // IPv6 site-local (deprecated), fec0::/10.
+            "fec0::1",
+            "fed0::1",
+            "feff:ffff::1",
+            // IPv4-compatible ::a.b.c.d.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            // IPv4-mapped ::ffff:a.b.c.d.
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:8.8.8.8",
+            // IPv4-translated ::ffff:0:a.b.c.d (SIIT).
+            "::ffff:0:7f00:1",
+            // 6to4, 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:808:808::1",
+            // NAT64, the well-known prefix and the local-use one.
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::808:808",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::808:808",
+            // Teredo: 2001:0::/32, the client's IPv4 inverted in the last 32 bits.
+            "2001::80ff:fefe",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:0:ffff:ffff:ffff:ffff:f5ff:fffe",
+            // Other special-purpose IPv6: discard, benchmarking, ORCHIDv2, documentation.
+            "100::1",
+            "2001:2::1",
+            "2001:20::1",
+            "3fff::1",
+            "5f00::1",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert!(!is_public(parsed), "{ip}");
+        }
+        // Neighbours of the refused ranges stay public.
+        for ip in [
+            "192.0.1.1",
+            "192.88.98.1",
+            "192.88.100.1",
+            "2003::1",
+            "2001:200::1",
+            "2001:4860:4860::8888",
+            "3fff:1000::1",
+            "2a00:1450:4001:80b::200e",
+            "101::1",
+            "100:0:0:1::1",
+            "fe00::1",
+            "fe7f::1",
+            "fbff:ffff::1",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn callback_urls_in_the_special_ranges_are_refused() {
+        let strict =
+            CallbackSender::new(Some(Secret::new("s")), false, Duration::from_secs(1)).unwrap();
+        for url in [
+            "http://192.0.0.170/x",
+            "http://192.88.99.1/x",
+            "http://[fec0::1]/x",
+            "http://[::127.0.0.1]/x",
+            "http://[::ffff:127.0.0.1]:8080/x",
+            "http://[2002:7f00:1::1]/x",
+            "http://[64:ff9b::7f00:1]/x",
+            "http://[64:ff9b:1::a00:1]/x",
+            "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x",
+        ] {
+            assert!(
+                matches!(
+                    strict.check_url(url).await,
+                    Err(CallbackError::PrivateAddress)
+                ),
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn private_and_special_addresses_are_not_public() {

@@ -707,8 +707,13 @@ impl Limiter {
             .collect())
     }
 
-    /// Current standing of every limit that applies to the subject, for `/v1/usage`.
-    pub async fn usage(&self, subject: &Subject<'_>) -> Result<Value, StoreError> {
+    /// Current standing of every limit that applies to the subject, for `/v1/usage` (without
+    /// the gateway level) and `/admin/usage` (with it).
+    pub async fn usage(
+        &self,
+        subject: &Subject<'_>,
+        gateway: GatewayLevel,
+    ) -> Result<Value, StoreError> {
         let now = self.clock.now_ms();
         let (w, elapsed) = window::position(now);
         let shards = self.config.counter_shards.max(1);
@@ -719,6 +724,7 @@ impl Limiter {
         let global = self
             .config
             .global_budget_usd
+            .filter(|_| gateway == GatewayLevel::Shown)
             .map(|usd| (usd, self.config.global_period));
         for (level, scope, rpm, tpm, cap) in [
             (
@@ -804,6 +810,16 @@ impl Limiter {
             "limits": levels,
         }))
     }
+}
+
+/// Whether a usage report shows the gateway-wide level (`limits.global_budget_usd`). It is
+/// the operator's figure: the admin sees it, a gateway key sees only its key and tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayLevel {
+    /// In the report (`/admin/usage`).
+    Shown,
+    /// Left out (`/v1/usage`).
+    Hidden,
 }
 
 /// An amount as a counter delta. Amounts come from clients (`max_tokens` is any u64): one
