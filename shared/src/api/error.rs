@@ -330,6 +330,19 @@ impl From<GatewayError> for ApiError {
 fn beyond_capacity(r: &Refusal) -> ApiError {
     let over = r.asked.saturating_sub(r.limit);
     let (code, message, param) = match r.kind {
+        // The gateway-wide cap is the operator's figure: a key learns that its request is
+        // beyond it, not how large it is (see `limited`).
+        LimitKind::Budget if r.level == "gateway" => (
+            "request_exceeds_budget",
+            format!(
+                "This request could cost up to ${:.9} (every prompt byte a token, every choice \
+                 at its output maximum), more than the gateway's whole spending cap {}. \
+                 Retrying cannot help: lower `max_tokens`, `n` or the prompt.",
+                r.asked as f64 / 1e9,
+                r.metric.trim_start_matches("spend "),
+            ),
+            "max_tokens",
+        ),
         LimitKind::Budget => (
             "request_exceeds_budget",
             format!(

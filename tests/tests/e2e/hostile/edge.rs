@@ -717,7 +717,7 @@ async fn a_key_never_sees_the_gateway_wide_budget() {
     ))
     .await;
     let key = gw
-        .admin_create(json!({"tenant": "seen", "rpm": 10, "budget_usd": 1.0, "period": "day"}))
+        .admin_create(json!({"tenant": "seen", "rpm": 100, "budget_usd": 1.0, "period": "day"}))
         .await["key"]
         .as_str()
         .unwrap()
@@ -748,14 +748,45 @@ async fn a_key_never_sees_the_gateway_wide_budget() {
         "{admin}"
     );
 
-    let r = gw.chat(&key, "gpt-test", "over the gateway cap").await;
+    // A request the gateway cap could never hold: 400, and still no figure of the cap.
+    let huge = json!({"model": "gpt-test", "max_tokens": 1_000_000,
+        "messages": [{"role": "user", "content": "beyond the gateway cap"}]});
+    let r = gw.post("/v1/chat/completions", &key, &huge).await;
+    let error = assert_error(r, 400, "request_exceeds_budget").await;
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("gateway") && !message.contains("0.000123"),
+        "{message}"
+    );
+
+    // A request the cap holds, refused because the cap is spent for now: 429 with when it
+    // resets, but not the cap's amount or what is left of it.
+    let small = |text: &str| {
+        json!({"model": "gpt-test", "max_tokens": 5,
+               "messages": [{"role": "user", "content": text}]})
+    };
+    // The fake bills 10 + 5 tokens, $0.0000045 a call: after a few dozen the cap has no
+    // room for another one's worst case.
+    let mut answered = 0;
+    loop {
+        let text = format!("spend {answered}");
+        let r = gw.post("/v1/chat/completions", &key, &small(&text)).await;
+        if r.status() != 200 {
+            break;
+        }
+        answered += 1;
+        assert!(answered < 100, "the gateway cap never filled");
+    }
+    let r = gw
+        .post("/v1/chat/completions", &key, &small("over the gateway cap"))
+        .await;
     assert!(r.headers().get("ratelimit-limit").is_none());
     assert!(r.headers().get("ratelimit-remaining").is_none());
     assert!(r.headers().get("retry-after").is_some());
     let error = assert_error(r, 429, "budget_exceeded").await;
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("gateway") && !message.contains('$') && !message.contains("0.000123"));
-    assert_eq!(up.calls(), 0);
+    assert_eq!(up.calls(), answered, "only the requests that fit were sent");
 }
 
 /// With `server.metrics_token` set, `/metrics` answers 401 (OpenAI's shape, with
