@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use prices::default_price;
+pub use prices::{LongContext, Price, default_price};
 pub use secret::Secret;
 
 /// Why a configuration could not be loaded. Every message names the file and the field.
@@ -510,16 +510,6 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Price of a model in USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    /// USD per 1M prompt tokens.
-    pub input_per_mtok: f64,
-    /// USD per 1M completion tokens.
-    pub output_per_mtok: f64,
-}
-
 /// Resolves `${VAR}`: the environment first, then the JSON object in `SLUICE_SECRETS_JSON`
 /// (how the SAM template hands a Secrets Manager secret to the functions).
 pub fn lookup_env(var: &str) -> Option<String> {
@@ -529,27 +519,6 @@ pub fn lookup_env(var: &str) -> Option<String> {
     let secrets = std::env::var("SLUICE_SECRETS_JSON").ok()?;
     let parsed: serde_json::Value = serde_json::from_str(&secrets).ok()?;
     parsed.get(var)?.as_str().map(str::to_owned)
-}
-
-impl Price {
-    /// Cost of a call in nano-USD (1e-9 USD). Integer nanos keep ledgers exact under addition.
-    pub fn cost_nano_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
-        // USD per 1M tokens × 1000 = nano-USD per token.
-        let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
-            + completion_tokens as f64 * self.output_per_mtok * 1000.0;
-        crate::num::f64_to_u64(nanos.round())
-    }
-}
-
-impl Price {
-    /// Like [`Price::cost_nano_usd`] but rounded up: for reservations, which must never be
-    /// smaller than what the call can cost.
-    pub fn cost_nano_usd_ceil(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
-        let nanos = prompt_tokens as f64 * self.input_per_mtok * 1000.0
-            + completion_tokens as f64 * self.output_per_mtok * 1000.0;
-        // `as` saturates: a huge `max_tokens` reserves the most there is, never wraps to 0.
-        crate::num::f64_to_u64(nanos.ceil()).saturating_add(1)
-    }
 }
 
 impl Config {
@@ -916,10 +885,7 @@ impl Config {
                 ));
             }
             if let Some(price) = &m.price {
-                for (f, v) in [
-                    ("input_per_mtok", price.input_per_mtok),
-                    ("output_per_mtok", price.output_per_mtok),
-                ] {
+                for (f, v) in price.components() {
                     if !(v.is_finite() && v >= 0.0) {
                         return Err(invalid(
                             format!("models[{i}].price.{f}"),
@@ -966,13 +932,7 @@ impl Config {
         }
         let mut prices = model.deployments.iter().map(|d| default_price(&d.model));
         let first = prices.next()??;
-        prices.try_fold(first, |max, p| {
-            let p = p?;
-            Some(Price {
-                input_per_mtok: max.input_per_mtok.max(p.input_per_mtok),
-                output_per_mtok: max.output_per_mtok.max(p.output_per_mtok),
-            })
-        })
+        prices.try_fold(first, |dearest, p| Some(dearest.dearest(&p?)))
     }
 }
 

@@ -376,14 +376,11 @@ impl Gateway {
                     tracing::warn!(error = %e, "cache store failed; answer not cached");
                 }
             }
-            let usage = Usage {
-                prompt_tokens: share,
-                completion_tokens: 0,
-            };
+            let usage = Usage::plain(share, 0);
             // Recorded by the processor in the same write as the job's result.
-            let settlement =
-                self.limiter
-                    .settlement(&p.grant, share, price.cost_nano_usd(share, 0));
+            let settlement = self
+                .limiter
+                .settlement(&p.grant, share, price.cost_nano_usd(&usage));
             let reply = Reply {
                 body: ReplyBody::Json(bytes),
                 cache: if p.looked_up {
@@ -392,7 +389,7 @@ impl Gateway {
                     CacheStatus::Bypass
                 },
                 usage,
-                cost_nano_usd: price.cost_nano_usd(share, 0),
+                cost_nano_usd: price.cost_nano_usd(&usage),
                 fallback: None,
                 settlement,
             };

@@ -139,10 +139,7 @@ impl Catalog {
                 name: m.name.clone(),
                 deployments,
                 priced: price.is_some(),
-                price: price.unwrap_or(Price {
-                    input_per_mtok: 0.0,
-                    output_per_mtok: 0.0,
-                }),
+                price: price.unwrap_or(Price::ZERO),
                 cache_ttl_s: m.cache_ttl_s.unwrap_or(config.cache.default_ttl_s),
                 max_output_tokens: m.max_output_tokens,
                 on_limit: m.on_limit.clone(),

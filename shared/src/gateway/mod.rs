@@ -473,9 +473,7 @@ impl Gateway {
             }
             UpstreamResponse::Complete { body, usage, .. } => {
                 let usage = usage.unwrap_or_else(|| estimate_usage(&request));
-                let cost_nano_usd = model
-                    .price
-                    .cost_nano_usd(usage.prompt_tokens, usage.completion_tokens);
+                let cost_nano_usd = model.price.cost_nano_usd(&usage);
                 let store_answer = async {
                     if let (true, Some(key)) = (policy.store, &key)
                         && body.len() <= self.cache_config.max_entry_bytes
@@ -614,7 +612,7 @@ impl Gateway {
             .then_some(ceiling);
         let cost = candidates
             .iter()
-            .map(|m| m.price.cost_nano_usd_ceil(prompt_bound, output))
+            .map(|m| m.price.worst_case_nano_usd(prompt_bound, output))
             .max()
             .unwrap_or(0);
         let ask = Ask {
@@ -742,8 +740,5 @@ fn estimate_usage(request: &ParsedRequest) -> Usage {
         }
         Endpoint::Embeddings => request.body.get("input").map_or(0, tokens::estimate_value),
     };
-    Usage {
-        prompt_tokens,
-        completion_tokens: 0,
-    }
+    Usage::plain(prompt_tokens, 0)
 }

@@ -67,13 +67,10 @@ pub struct Finish {
 
 impl Finish {
     async fn run(self, assembled: Assembler, complete: bool) {
-        let usage = assembled.usage().unwrap_or_else(|| Usage {
-            prompt_tokens: self.prompt_estimate,
-            completion_tokens: assembled.completion_estimate(),
-        });
-        let cost = self
-            .price
-            .cost_nano_usd(usage.prompt_tokens, usage.completion_tokens);
+        let usage = assembled
+            .usage()
+            .unwrap_or_else(|| Usage::plain(self.prompt_estimate, assembled.completion_estimate()));
+        let cost = self.price.cost_nano_usd(&usage);
         if let Err(e) = self.limiter.settle(self.grant, usage.total(), cost).await {
             tracing::error!(target: "sluice::limits", error = %e, "could not settle a streamed request");
         }
@@ -443,13 +440,7 @@ mod tests {
             "{\"a\":1}"
         );
         assert_eq!(done["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(
-            a.usage(),
-            Some(Usage {
-                prompt_tokens: 7,
-                completion_tokens: 3
-            })
-        );
+        assert_eq!(a.usage(), Some(Usage::plain(7, 3)));
     }
 
     #[tokio::test]
@@ -475,13 +466,7 @@ mod tests {
             a.add(&serde_json::from_str(line).unwrap());
         }
         assert_eq!(a.completion()["choices"], completion["choices"]);
-        assert_eq!(
-            a.usage(),
-            Some(Usage {
-                prompt_tokens: 2,
-                completion_tokens: 2
-            })
-        );
+        assert_eq!(a.usage(), Some(Usage::plain(2, 2)));
     }
 }
 

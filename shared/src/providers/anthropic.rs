@@ -376,9 +376,11 @@ pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage
     if !tool_calls.is_empty() {
         out["choices"][0]["message"]["tool_calls"] = Value::Array(tool_calls);
     }
-    let usage = message.get("usage").map(|u| Usage {
-        prompt_tokens: input_tokens(u),
-        completion_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+    let usage = message.get("usage").map(|u| {
+        Usage::plain(
+            input_tokens(u),
+            u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+        )
     });
     if let (Some(usage), Some(raw)) = (usage, message.get("usage")) {
         let cached = raw
@@ -633,13 +635,7 @@ mod tests {
         let args: Value =
             serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args["location"], "San Francisco, CA");
-        assert_eq!(
-            usage,
-            Some(Usage {
-                prompt_tokens: 2100,
-                completion_tokens: 503
-            })
-        );
+        assert_eq!(usage, Some(Usage::plain(2100, 503)));
         assert_eq!(
             completion["usage"]["prompt_tokens_details"]["cached_tokens"],
             5
@@ -705,13 +701,7 @@ mod tests {
         let call = &done["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["id"], "toolu_1");
         assert_eq!(call["function"]["arguments"], "{\"a\":1}");
-        assert_eq!(
-            assembler.usage(),
-            Some(Usage {
-                prompt_tokens: 25,
-                completion_tokens: 15
-            })
-        );
+        assert_eq!(assembler.usage(), Some(Usage::plain(25, 15)));
         let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
         let out = state.translate(Ok(Event {
             name: "error".into(),

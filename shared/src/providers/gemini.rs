@@ -624,11 +624,10 @@ fn block_reason(answer: &Value) -> Option<&str> {
 /// completion tokens.
 fn usage(metadata: &Value) -> Usage {
     let count = |field: &str| metadata.get(field).and_then(Value::as_u64).unwrap_or(0);
-    Usage {
-        prompt_tokens: count("promptTokenCount"),
-        completion_tokens: count("candidatesTokenCount")
-            .saturating_add(count("thoughtsTokenCount")),
-    }
+    Usage::plain(
+        count("promptTokenCount"),
+        count("candidatesTokenCount").saturating_add(count("thoughtsTokenCount")),
+    )
 }
 
 /// OpenAI's `usage` object for `usageMetadata`.
@@ -990,10 +989,7 @@ fn embedding_list(
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens: 0,
-    };
+    let usage = Usage::plain(prompt_tokens, 0);
     (list, usage)
 }
 
@@ -1234,13 +1230,7 @@ mod tests {
             c["usage"],
             json!({"prompt_tokens": 8, "completion_tokens": 398, "total_tokens": 406})
         );
-        assert_eq!(
-            usage,
-            Some(Usage {
-                prompt_tokens: 8,
-                completion_tokens: 398
-            })
-        );
+        assert_eq!(usage, Some(Usage::plain(8, 398)));
     }
 
     #[test]
@@ -1388,13 +1378,7 @@ mod tests {
         let done = assembler.completion();
         assert_eq!(done["choices"][0]["message"]["content"], "The sky is blue");
         assert_eq!(done["choices"][0]["finish_reason"], "stop");
-        assert_eq!(
-            assembler.usage(),
-            Some(Usage {
-                prompt_tokens: 8,
-                completion_tokens: 5
-            })
-        );
+        assert_eq!(assembler.usage(), Some(Usage::plain(8, 5)));
     }
 
     #[tokio::test]

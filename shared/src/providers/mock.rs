@@ -109,10 +109,10 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
         .get("messages")
         .and_then(Value::as_array)
         .map_or(&[][..], Vec::as_slice);
-    let usage = Usage {
-        prompt_tokens: tokens::estimate_chat_prompt(messages, body.get("tools")),
-        completion_tokens: words.len() as u64,
-    };
+    let usage = Usage::plain(
+        tokens::estimate_chat_prompt(messages, body.get("tools")),
+        words.len() as u64,
+    );
     let id = format!("chatcmpl-mock-{}", short_id(&content));
     let created = unix_now();
     let usage_json = json!({
@@ -259,10 +259,7 @@ fn embeddings(model: &str, body: &Map<String, Value>) -> UpstreamResponse {
     );
     UpstreamResponse::Complete {
         body: Bytes::from(out),
-        usage: Some(Usage {
-            prompt_tokens,
-            completion_tokens: 0,
-        }),
+        usage: Some(Usage::plain(prompt_tokens, 0)),
         headroom: Default::default(),
     }
 }

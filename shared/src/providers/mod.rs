@@ -72,20 +72,111 @@ pub struct UpstreamRequest<'a> {
     pub timeout: Duration,
 }
 
-/// Tokens a call used, as the provider reported (or as estimated when it did not).
+/// Tokens a call used, as the provider reported (or as estimated when it did not), by the
+/// components providers bill differently. The two totals are OpenAI's: every other field is
+/// a part of one of them, so `total()` and the token limits never count a token twice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Prompt (input) tokens.
+    /// All input tokens (OpenAI's `prompt_tokens`): uncached, read from the prompt cache,
+    /// written to it, and audio.
     pub prompt_tokens: u64,
-    /// Completion (output) tokens.
+    /// All output tokens (OpenAI's `completion_tokens`): reasoning and audio included.
     pub completion_tokens: u64,
+    /// Of the input, read from the provider's prompt cache (OpenAI `cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`, Gemini `cachedContentTokenCount`).
+    pub cached_tokens: u64,
+    /// Of the input, written to the prompt cache for 5 minutes (Anthropic
+    /// `cache_creation.ephemeral_5m_input_tokens`, or `cache_creation_input_tokens`).
+    pub cache_write_tokens: u64,
+    /// Of the input, written to the prompt cache for 1 hour (Anthropic
+    /// `cache_creation.ephemeral_1h_input_tokens`).
+    pub cache_write_1h_tokens: u64,
+    /// Of the input, audio (OpenAI `prompt_tokens_details.audio_tokens`, Gemini's `AUDIO`
+    /// modality).
+    pub audio_input_tokens: u64,
+    /// Of the output, reasoning (OpenAI `reasoning_tokens`, Gemini `thoughtsTokenCount`):
+    /// billed as output, reported for visibility.
+    pub reasoning_tokens: u64,
+    /// Of the output, audio (OpenAI `completion_tokens_details.audio_tokens`).
+    pub audio_output_tokens: u64,
 }
 
 impl Usage {
+    /// Just the two totals, every token uncached text.
+    pub fn plain(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            ..Self::default()
+        }
+    }
+
     /// Prompt plus completion tokens. Saturating: the counts come from the provider, and a
     /// broken one may send `u64::MAX`.
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// Input tokens billed at the plain input price: what is not cached, a cache write or
+    /// audio. Saturating, so a provider's inconsistent parts cannot underflow it.
+    pub fn uncached_input(&self) -> u64 {
+        self.prompt_tokens
+            .saturating_sub(self.cached_tokens)
+            .saturating_sub(self.cache_write_tokens)
+            .saturating_sub(self.cache_write_1h_tokens)
+            .saturating_sub(self.audio_input_tokens)
+    }
+
+    /// Output tokens billed at the plain output price: all but audio.
+    pub fn text_output(&self) -> u64 {
+        self.completion_tokens
+            .saturating_sub(self.audio_output_tokens)
+    }
+
+    /// OpenAI's `usage` object for these counts: `prompt_tokens_details` and
+    /// `completion_tokens_details` as OpenAI documents them, and the cache writes (which
+    /// OpenAI has no field for) as `prompt_tokens_details.cache_write_tokens` /
+    /// `cache_write_1h_tokens`, Sluice's own, only when not zero.
+    pub fn to_openai(&self) -> Value {
+        let mut prompt_details = serde_json::json!({
+            "cached_tokens": self.cached_tokens,
+            "audio_tokens": self.audio_input_tokens,
+        });
+        if self.cache_write_tokens > 0 {
+            prompt_details["cache_write_tokens"] = self.cache_write_tokens.into();
+        }
+        if self.cache_write_1h_tokens > 0 {
+            prompt_details["cache_write_1h_tokens"] = self.cache_write_1h_tokens.into();
+        }
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total(),
+            "prompt_tokens_details": prompt_details,
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": self.audio_output_tokens,
+            },
+        })
+    }
+
+    /// Reads an OpenAI `usage` object (see [`Usage::to_openai`]); `None` without
+    /// `prompt_tokens`.
+    pub fn from_openai(usage: &Value) -> Option<Self> {
+        let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        let prompt = usage.get("prompt_tokens_details");
+        let completion = usage.get("completion_tokens_details");
+        let detail = |d: Option<&Value>, f: &str| count(d.and_then(|d| d.get(f)));
+        Some(Self {
+            prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+            completion_tokens: count(usage.get("completion_tokens")),
+            cached_tokens: detail(prompt, "cached_tokens"),
+            cache_write_tokens: detail(prompt, "cache_write_tokens"),
+            cache_write_1h_tokens: detail(prompt, "cache_write_1h_tokens"),
+            audio_input_tokens: detail(prompt, "audio_tokens"),
+            reasoning_tokens: detail(completion, "reasoning_tokens"),
+            audio_output_tokens: detail(completion, "audio_tokens"),
+        })
     }
 }
 
@@ -362,16 +453,7 @@ impl ProviderApi for Provider {
 
 /// Reads `usage` from an OpenAI-format response body.
 pub fn usage_from_openai(body: &Value) -> Option<Usage> {
-    let usage = body.get("usage")?;
-    let prompt_tokens = usage.get("prompt_tokens")?.as_u64()?;
-    let completion_tokens = usage
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    Some(Usage {
-        prompt_tokens,
-        completion_tokens,
-    })
+    Usage::from_openai(body.get("usage")?)
 }
 
 #[cfg(test)]
@@ -464,10 +546,7 @@ mod fuzz {
     /// [`Usage::total`].
     #[test]
     fn regression_usage_total_saturates() {
-        let usage = Usage {
-            prompt_tokens: u64::MAX,
-            completion_tokens: 1,
-        };
+        let usage = Usage::plain(u64::MAX, 1);
         assert_eq!(usage.total(), u64::MAX);
     }
 
