@@ -451,6 +451,17 @@ fn upstream(error: ProviderError) -> ApiError {
             "upstream_bad_response",
             "The provider returned a malformed answer.",
         ),
+        // The model is documented to refuse a parameter: name it, as OpenAI does.
+        ProviderError::Unsupported { param, message } => {
+            let mut e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_parameter",
+                message,
+            );
+            e.param = Some(param);
+            e
+        }
         // The provider judged the request itself invalid: pass its reason on.
         ProviderError::Status {
             status, message, ..

@@ -224,6 +224,7 @@ impl ProviderError {
         match self {
             Self::Timeout | Self::Connect(_) | Self::Malformed(_) => true,
             Self::Status { status, .. } => matches!(status, 408 | 425 | 429 | 500..=599),
+            Self::Unsupported { .. } => false,
         }
     }
 
@@ -243,6 +244,8 @@ impl ProviderError {
                 message: message.map(|m| scrub(m, secret)),
                 retry_after,
             },
+            // Written by the gateway from the request, never from a provider's words.
+            unsupported @ Self::Unsupported { .. } => unsupported,
         }
     }
 
@@ -254,7 +257,7 @@ impl ProviderError {
             Self::Status {
                 status: 400 | 404 | 409 | 413 | 422,
                 ..
-            }
+            } | Self::Unsupported { .. }
         )
     }
 
@@ -376,6 +379,15 @@ pub enum ProviderError {
     /// A 2xx answer that is not what the API promises (not JSON, missing fields, an error object).
     #[error("upstream answer is malformed: {0}")]
     Malformed(String),
+    /// The request has a parameter the deployment's model is documented to refuse (and that
+    /// cannot be translated without changing its meaning), found before any call was made.
+    #[error("{message}")]
+    Unsupported {
+        /// The request field at fault, for OpenAI's `param`.
+        param: String,
+        /// What the model refuses and why, shown to the client.
+        message: String,
+    },
 }
 
 /// What every provider can do.

@@ -1,11 +1,19 @@
 //! OpenAI and every OpenAI-compatible server (Azure OpenAI, vLLM, Ollama, …).
 //!
-//! The body is forwarded as the client sent it (every field preserved, only `model` replaced);
-//! the answer is checked for shape but returned byte for byte.
+//! The body is forwarded as the client sent it (every field preserved, only `model` replaced),
+//! except for OpenAI's reasoning models (o1, o3, o4-mini, codex-mini, gpt-5…), which refuse
+//! parameters the other chat models take (see [`Reasoning`]): there `max_tokens` — which the
+//! gateway itself sets when it reserves an output ceiling, and which `/v1/messages` always
+//! sets — is sent as `max_completion_tokens`, parameters at their default value are left out,
+//! and any other value of a refused parameter is a 400 naming it, before any call. The
+//! answer is checked for shape but returned byte for byte.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::http::{self, error_message, stream_error};
 use super::{
@@ -40,10 +48,14 @@ impl ProviderApi for OpenAi {
         let post = client
             .post(self.url(request.endpoint))
             .bearer_auth(request.api_key);
+        let body = match request.endpoint {
+            Endpoint::ChatCompletions => for_model(request.body)?,
+            Endpoint::Embeddings => Cow::Borrowed(request.body),
+        };
         if request.stream {
             // Ask for the usage chunk so the stream can be metered; the gateway hides it from
             // clients that did not ask for it themselves.
-            let mut body = request.body.clone();
+            let mut body = body.into_owned();
             body.insert(
                 "stream_options".into(),
                 serde_json::json!({"include_usage": true}),
@@ -62,8 +74,7 @@ impl ProviderApi for OpenAi {
                 headroom,
             });
         }
-        let (body, headroom) =
-            http::send_for_body(post.json(request.body), request.timeout).await?;
+        let (body, headroom) = http::send_for_body(post.json(&body), request.timeout).await?;
         let usage = validate(request.endpoint, &body)?;
         Ok(UpstreamResponse::Complete {
             body,
@@ -71,6 +82,191 @@ impl ProviderApi for OpenAi {
             headroom,
         })
     }
+}
+
+/// What one of OpenAI's reasoning models refuses, by family. Sources: the API reference
+/// (`max_tokens`: "not compatible with o-series models"; `stop`: "Not supported with latest
+/// reasoning models o3 and o4-mini"), OpenAI's answers to such requests (400
+/// `unsupported_parameter`: "'max_tokens' is not supported with this model. Use
+/// 'max_completion_tokens' instead", "'stop' is not supported with this model" from o4-mini and
+/// gpt-5-mini; `unsupported_value`: "'temperature' does not support 0.7 with this model. Only the
+/// default (1) value is supported"), and LiteLLM's o-series and gpt-5 parameter maps
+/// (`o_series_transformation.py`, `gpt_5_transformation.py`): `temperature`, `top_p`,
+/// `logprobs`, `top_logprobs`, `presence_penalty`, `frequency_penalty` and `logit_bias` are
+/// refused by the o-series and gpt-5; gpt-5.1 and later accept sampling parameters when
+/// `reasoning_effort` is `none`, so those are theirs to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reasoning {
+    /// Only the default `temperature`/`top_p` (1), no `logprobs`/`top_logprobs`.
+    pub fixed_sampling: bool,
+    /// No `stop` sequences (o3, o4-mini, codex-mini, gpt-5).
+    pub refuses_stop: bool,
+}
+
+impl Reasoning {
+    /// The rules for an upstream model name, `None` for a model that takes every chat
+    /// parameter (gpt-4o, gpt-4.1, gpt-5-chat-latest, and any name OpenAI does not use).
+    pub fn of(model: &str) -> Option<Self> {
+        let family = |prefix: &str| {
+            model == prefix
+                || model
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        };
+        if family("gpt-5-chat") {
+            return None;
+        }
+        if family("o1") {
+            return Some(Self {
+                fixed_sampling: true,
+                refuses_stop: false,
+            });
+        }
+        if family("o3") || family("o4-mini") || family("codex-mini") || family("gpt-5") {
+            return Some(Self {
+                fixed_sampling: true,
+                refuses_stop: true,
+            });
+        }
+        // gpt-5.1, gpt-5.2, … (and their -mini, -codex, dated snapshots).
+        if model
+            .strip_prefix("gpt-5.")
+            .is_some_and(|rest| rest.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        {
+            return Some(Self {
+                fixed_sampling: false,
+                refuses_stop: true,
+            });
+        }
+        None
+    }
+}
+
+/// The chat parameters reasoning models treat differently; everything else in `extra`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ChatParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logit_bias: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stop: Option<Stop>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// `stop`: one sequence or several.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::One(s) => s.is_empty(),
+            Self::Many(v) => v.is_empty(),
+        }
+    }
+}
+
+/// The body as the upstream model accepts it: unchanged for most models; for a reasoning
+/// model, `max_tokens` renamed, defaults left out, refused parameters refused.
+fn for_model(body: &Map<String, Value>) -> Result<Cow<'_, Map<String, Value>>, ProviderError> {
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("");
+    let Some(rules) = Reasoning::of(model) else {
+        return Ok(Cow::Borrowed(body));
+    };
+    let model = model.to_owned();
+    let params: ChatParams = serde_path_to_error::deserialize(Value::Object(body.clone()))
+        .map_err(|e| ProviderError::Unsupported {
+            param: e.path().to_string(),
+            message: format!("Invalid value for `{}`: {}", e.path(), e.inner()),
+        })?;
+    let params = for_reasoning(params, rules, &model)?;
+    match serde_json::to_value(params) {
+        Ok(Value::Object(map)) => Ok(Cow::Owned(map)),
+        _ => Err(ProviderError::Unsupported {
+            param: "model".into(),
+            message: "The request could not be prepared for this model.".into(),
+        }),
+    }
+}
+
+/// Applies a reasoning family's rules (see [`Reasoning`]).
+fn for_reasoning(
+    mut p: ChatParams,
+    rules: Reasoning,
+    model: &str,
+) -> Result<ChatParams, ProviderError> {
+    let refuse = |param: &str, why: &str| ProviderError::Unsupported {
+        param: param.to_owned(),
+        message: format!(
+            "`{param}` is not supported by {model}: {why} (OpenAI reasoning models refuse it). \
+             Remove it, or use a model that takes it."
+        ),
+    };
+    // The same limit under the name reasoning models take: both bound the tokens generated,
+    // reasoning included. Given both, the tighter one is what the client asked for.
+    if let Some(max) = p.max_tokens.take() {
+        p.max_completion_tokens = Some(p.max_completion_tokens.map_or(max, |c| c.min(max)));
+    }
+    // A parameter at its default asks for nothing: leaving it out keeps the meaning.
+    let at_default =
+        |param: &str, value: &mut Option<f64>, default: f64, refused: bool| match *value {
+            Some(v) if v == default => {
+                *value = None;
+                Ok(())
+            }
+            Some(v) if refused => Err(refuse(
+                param,
+                &format!("only the default ({default}) is accepted, got {v}"),
+            )),
+            _ => Ok(()),
+        };
+    at_default("temperature", &mut p.temperature, 1.0, rules.fixed_sampling)?;
+    at_default("top_p", &mut p.top_p, 1.0, rules.fixed_sampling)?;
+    at_default("presence_penalty", &mut p.presence_penalty, 0.0, true)?;
+    at_default("frequency_penalty", &mut p.frequency_penalty, 0.0, true)?;
+    if rules.fixed_sampling {
+        match p.logprobs {
+            Some(true) => return Err(refuse("logprobs", "no log probabilities are returned")),
+            Some(false) => p.logprobs = None,
+            None => {}
+        }
+        if p.top_logprobs.is_some() {
+            return Err(refuse("top_logprobs", "no log probabilities are returned"));
+        }
+    }
+    match &p.logit_bias {
+        Some(bias) if bias.is_empty() => p.logit_bias = None,
+        Some(_) => return Err(refuse("logit_bias", "token biases are not applied")),
+        None => {}
+    }
+    if rules.refuses_stop {
+        match &p.stop {
+            Some(stop) if stop.is_empty() => p.stop = None,
+            Some(_) => return Err(refuse("stop", "stop sequences are not applied")),
+            None => {}
+        }
+    }
+    Ok(p)
 }
 
 /// Checks that a 200 body is the JSON the endpoint promises, and reads its usage.
@@ -95,6 +291,124 @@ fn validate(endpoint: Endpoint, body: &Bytes) -> Result<Option<super::Usage>, Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn prepared(body: Value) -> Result<Value, ProviderError> {
+        let Value::Object(map) = body else {
+            unreachable!()
+        };
+        for_model(&map).map(|b| Value::Object(b.into_owned()))
+    }
+
+    fn refused(body: Value) -> String {
+        match prepared(body) {
+            Err(ProviderError::Unsupported { param, .. }) => param,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reasoning_families_by_name() {
+        for m in [
+            "o1",
+            "o1-2024-12-17",
+            "o3",
+            "o3-mini",
+            "o3-pro",
+            "o4-mini",
+            "o4-mini-2025-04-16",
+            "codex-mini-latest",
+            "gpt-5",
+            "gpt-5-mini",
+            "gpt-5-nano-2025-08-07",
+            "gpt-5.1",
+            "gpt-5.2-codex",
+        ] {
+            assert!(Reasoning::of(m).is_some(), "{m}");
+        }
+        for m in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "gpt-5-chat-latest",
+            "o1x",
+            "gpt-50",
+            "gpt-5.x",
+            "text-embedding-3-small",
+            "llama3",
+        ] {
+            assert_eq!(Reasoning::of(m), None, "{m}");
+        }
+        assert!(!Reasoning::of("gpt-5.1").unwrap().fixed_sampling);
+        assert!(!Reasoning::of("o1").unwrap().refuses_stop);
+    }
+
+    #[test]
+    fn other_models_get_the_body_untouched() {
+        let body = json!({"model": "gpt-4o-mini", "max_tokens": 5, "temperature": 0.2,
+            "logprobs": true, "stop": ["x"], "messages": []});
+        assert_eq!(prepared(body.clone()).unwrap(), body);
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens() {
+        let out = prepared(json!({"model": "o4-mini", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}], "seed": 7}))
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"model": "o4-mini", "max_completion_tokens": 100,
+                "messages": [{"role": "user", "content": "hi"}], "seed": 7})
+        );
+        // Both limits: the tighter one holds.
+        for (a, b) in [(100, 50), (50, 100)] {
+            let out = prepared(json!({"model": "gpt-5", "max_tokens": a,
+                "max_completion_tokens": b}))
+            .unwrap();
+            assert_eq!(out, json!({"model": "gpt-5", "max_completion_tokens": 50}));
+        }
+    }
+
+    #[test]
+    fn defaults_are_left_out_and_other_values_refused() {
+        let out = prepared(json!({"model": "o3", "temperature": 1, "top_p": 1.0,
+            "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": false,
+            "logit_bias": {}, "stop": [], "temperature_extra": 3}))
+        .unwrap();
+        assert_eq!(out, json!({"model": "o3", "temperature_extra": 3}));
+        for (field, value) in [
+            ("temperature", json!(0.2)),
+            ("top_p", json!(0.9)),
+            ("presence_penalty", json!(0.5)),
+            ("frequency_penalty", json!(-1)),
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(0)),
+            ("logit_bias", json!({"50256": -100})),
+            ("stop", json!("END")),
+            ("stop", json!(["a", "b"])),
+        ] {
+            let mut body = json!({"model": "o4-mini"});
+            body[field] = value;
+            assert_eq!(refused(body), field);
+        }
+        // o1 takes stop sequences; gpt-5.1 and later judge sampling by `reasoning_effort`.
+        assert!(prepared(json!({"model": "o1", "stop": "END"})).is_ok());
+        let out = prepared(json!({"model": "gpt-5.1", "temperature": 0.3, "top_p": 0.5,
+            "logprobs": true, "top_logprobs": 2, "reasoning_effort": "none"}))
+        .unwrap();
+        assert_eq!(out["temperature"], 0.3);
+        assert_eq!(out["top_logprobs"], 2);
+        assert_eq!(
+            refused(json!({"model": "gpt-5.1", "presence_penalty": 1})),
+            "presence_penalty"
+        );
+        assert_eq!(refused(json!({"model": "gpt-5.1", "stop": ["x"]})), "stop");
+        // A malformed value is named too.
+        assert_eq!(
+            refused(json!({"model": "o3", "logprobs": "yes"})),
+            "logprobs"
+        );
+    }
 
     #[test]
     fn validate_rejects_garbage_and_error_bodies() {
