@@ -80,6 +80,8 @@ struct Shared {
     headers: Mutex<Vec<(String, String)>>,
     /// Report the most usage each request allows ([`billing`]) instead of a fixed amount.
     bill_max: AtomicBool,
+    /// Prompt prefixes seen, per model: OpenAI's prompt cache.
+    prompt_cache: Mutex<HashSet<String>>,
 }
 
 /// A running fake provider. Dropping it stops the server.
@@ -255,7 +257,12 @@ async fn handle(
     } else if path == "/v1/messages" {
         anthropic::answer(&format, n, &body)
     } else {
-        openai::answer(&format, n, path, &body)
+        // A long prompt whose prefix was seen before is partly read from the prompt cache.
+        let cached = openai::cache_prefix(&body).map_or(0, |(key, tokens)| {
+            let mut seen = shared.prompt_cache.lock().unwrap();
+            if seen.insert(key) { 0 } else { tokens }
+        });
+        openai::answer(&format, n, path, &body, cached)
     };
     if let Some((format, usage)) = usage {
         response = rebill(response, format, usage).await;
