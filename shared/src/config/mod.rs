@@ -15,7 +15,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use prices::{LongContext, Price, default_price};
+pub use prices::{
+    Listed, LongContext, Matched, Price, PriceTable, TableEntry, default_price, lookup, price_table,
+};
 pub use secret::Secret;
 
 /// Why a configuration could not be loaded. Every message names the file and the field.
@@ -384,6 +386,19 @@ impl ProviderConfig {
     }
 }
 
+/// Where a model's price comes from ([`Config::price_origin`]).
+#[derive(Debug, Clone)]
+pub enum PriceOrigin {
+    /// Its own `price` in config.
+    Config,
+    /// The built-in table's entry for its public name.
+    Table(Listed),
+    /// The dearest of its deployments' upstream models, each in the built-in table.
+    Deployments(Vec<(String, Listed)>),
+    /// Nowhere: a request under a spending cap is refused.
+    Unpriced,
+}
+
 /// One public model name.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -583,7 +598,7 @@ impl Config {
                 rpm: None,
                 tpm: None,
             }],
-            price: default_price(name),
+            price: None,
             cache_ttl_s: None,
             max_output_tokens: None,
             on_limit: OnLimit::Reject,
@@ -922,6 +937,25 @@ impl Config {
         Ok(())
     }
 
+    /// Where [`Config::price_of`] finds a model's price, for `sluice prices`.
+    pub fn price_origin(model: &ModelConfig) -> PriceOrigin {
+        if model.price.is_some() {
+            return PriceOrigin::Config;
+        }
+        if let Some(listed) = lookup(&model.name) {
+            return PriceOrigin::Table(listed);
+        }
+        let deployments: Option<Vec<(String, Listed)>> = model
+            .deployments
+            .iter()
+            .map(|d| lookup(&d.model).map(|l| (d.model.clone(), l)))
+            .collect();
+        match deployments {
+            Some(d) if !d.is_empty() => PriceOrigin::Deployments(d),
+            _ => PriceOrigin::Unpriced,
+        }
+    }
+
     /// The price of a model: its own `price`, else the built-in table's for its public name,
     /// else the highest of its deployments' upstream models (input and output each), so a
     /// reservation covers whichever deployment answers. `None` when neither gives one, or
@@ -1136,6 +1170,53 @@ deployments = [{ provider = "p", model = "my-finetune" }]
             );
             Config::parse(&format!("{priced}\n{cap}"), "x.toml", &none).unwrap();
         }
+    }
+
+    #[test]
+    fn the_price_origin_says_where_price_of_finds_a_price() {
+        let text = r#"
+[[providers]]
+name = "p"
+kind = "mock"
+
+[[models]]
+name = "own"
+deployments = [{ provider = "p", model = "my-finetune" }]
+price = { input_per_mtok = 1, output_per_mtok = 2 }
+
+[[models]]
+name = "gpt-4o-mini-2024-07-18"
+deployments = [{ provider = "p", model = "my-finetune" }]
+
+[[models]]
+name = "public"
+deployments = [{ provider = "p", model = "o4-mini" }, { provider = "p", model = "claude-haiku-4-5-20251001" }]
+
+[[models]]
+name = "custom"
+deployments = [{ provider = "p", model = "o4-mini" }, { provider = "p", model = "my-finetune" }]
+"#;
+        let c = Config::parse(text, "x.toml", &|_| None).unwrap();
+        let origins: Vec<PriceOrigin> = c.models.iter().map(Config::price_origin).collect();
+        assert!(matches!(origins[0], PriceOrigin::Config));
+        assert!(
+            matches!(&origins[1], PriceOrigin::Table(l) if l.entry.name == "gpt-4o-mini" && l.matched == Matched::Snapshot)
+        );
+        let PriceOrigin::Deployments(d) = &origins[2] else {
+            panic!("{:?}", origins[2])
+        };
+        assert_eq!(d[1].1.entry.name, "claude-haiku-4-5");
+        assert!(matches!(origins[3], PriceOrigin::Unpriced));
+        for (m, origin) in c.models.iter().zip(&origins) {
+            assert_eq!(
+                Config::price_of(m).is_some(),
+                !matches!(origin, PriceOrigin::Unpriced)
+            );
+        }
+        // The dearest of o4-mini ($1.10/$4.40) and Haiku 4.5 ($1/$5), component by component.
+        let p = Config::price_of(&c.models[2]).unwrap();
+        assert_eq!((p.input_per_mtok, p.output_per_mtok), (1.10, 5.00));
+        assert_eq!(p.cache_write_1h_per_mtok, Some(2.00));
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! Default prices (USD per million tokens) for well-known models, used when a model's config
-//! has no `price`. Figures are the providers' public list prices; override them in config.
+//! Prices (USD per million tokens, by component) and the built-in price table.
+//!
+//! A model's config `price` wins; without one, the table in `prices.toml` (a maintained list
+//! with its source and date, embedded in the binary) prices it by name, alias or dated
+//! snapshot ([`lookup`]). A model with neither has no price, and a budgeted request to it is
+//! refused: an unknown price is never taken as free.
+
+use std::sync::LazyLock;
 
 use serde::Deserialize;
 
@@ -258,33 +264,129 @@ impl Price {
     }
 }
 
-const TABLE: &[(&str, f64, f64)] = &[
-    ("gpt-4o-mini", 0.15, 0.60),
-    ("gpt-4o", 2.50, 10.00),
-    ("gpt-4.1", 2.00, 8.00),
-    ("gpt-4.1-mini", 0.40, 1.60),
-    ("gpt-4.1-nano", 0.10, 0.40),
-    ("o3-mini", 1.10, 4.40),
-    ("text-embedding-3-small", 0.02, 0.0),
-    ("text-embedding-3-large", 0.13, 0.0),
-    ("claude-3-5-haiku-latest", 0.80, 4.00),
-    ("claude-3-5-sonnet-latest", 3.00, 15.00),
-    ("claude-sonnet-4-0", 3.00, 15.00),
-    ("claude-sonnet-4-5", 3.00, 15.00),
-    ("claude-haiku-4-5", 1.00, 5.00),
-    ("claude-opus-4-1", 15.00, 75.00),
-    ("gemini-1.5-flash", 0.075, 0.30),
-    ("gemini-2.0-flash", 0.10, 0.40),
-    ("gemini-2.5-flash", 0.30, 2.50),
-    ("gemini-2.5-pro", 1.25, 10.00),
-];
+/// The built-in price table, `prices.toml` beside this file: a maintained list with its
+/// source and date, parsed once on first use.
+const TABLE_TOML: &str = include_str!("prices.toml");
 
-/// The built-in price for a model name, if it is a well-known one.
-pub fn default_price(model: &str) -> Option<Price> {
-    TABLE
+/// The parsed table, or why it did not parse (a unit test keeps it parsing; should it ever
+/// fail, every model is unpriced, which refuses budgeted requests rather than undercharging).
+static TABLE: LazyLock<Result<PriceTable, String>> =
+    LazyLock::new(|| toml::from_str(TABLE_TOML).map_err(|e| e.to_string()));
+
+/// The built-in price table: where its figures come from and its entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTable {
+    /// Where the figures come from.
+    pub source: String,
+    /// When they were last checked (`YYYY-MM-DD`).
+    pub date: String,
+    /// One entry per model family.
+    pub models: Vec<TableEntry>,
+}
+
+/// One model family's prices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    /// The family's name (`gpt-4o-mini`, `claude-sonnet-4-5`).
+    pub name: String,
+    /// Who sells it: `openai`, `anthropic`, `gemini`.
+    pub provider: String,
+    /// Other names of the same model (`claude-sonnet-4-0`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its prices.
+    pub price: Price,
+}
+
+/// How a model name found its table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// The entry's own name.
+    Name,
+    /// One of the entry's aliases.
+    Alias,
+    /// A dated snapshot (or `-latest`, `-001`) of the entry's name or alias.
+    Snapshot,
+}
+
+impl Matched {
+    /// How it reads in `sluice prices`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "matched by name",
+            Self::Alias => "matched by alias",
+            Self::Snapshot => "matched as a snapshot",
+        }
+    }
+}
+
+/// A model name's entry in the built-in table.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed {
+    /// The entry.
+    pub entry: &'static TableEntry,
+    /// How the name matched it.
+    pub matched: Matched,
+}
+
+/// The built-in table, `None` if it failed to parse (see [`TABLE`]).
+pub fn price_table() -> Option<&'static PriceTable> {
+    TABLE.as_ref().ok()
+}
+
+/// Whether `tag` is what providers append to a family's name for a pinned snapshot: a date
+/// (`2024-08-06`, `20250929`), `latest`, or a version number (`0613`, `001`).
+fn is_snapshot_tag(tag: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let dashed_date = || {
+        let parts: Vec<&str> = tag.split('-').collect();
+        matches!(parts.as_slice(), [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2
+            && digits(y) && digits(m) && digits(d))
+    };
+    tag == "latest" || (digits(tag) && matches!(tag.len(), 3 | 4 | 8)) || dashed_date()
+}
+
+/// The table entry for a model name: its exact name or alias, else the family it is a
+/// snapshot of — the longest name followed by `-` and a snapshot tag, so
+/// `gpt-4o-mini-2024-07-18` is gpt-4o-mini and never gpt-4o. A leading `models/` (Gemini's
+/// resource form) is ignored.
+pub fn lookup(model: &str) -> Option<Listed> {
+    let table = price_table()?;
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let names = |e: &'static TableEntry| {
+        std::iter::once((e.name.as_str(), Matched::Name))
+            .chain(e.aliases.iter().map(|a| (a.as_str(), Matched::Alias)))
+    };
+    if let Some(listed) = table.models.iter().find_map(|entry| {
+        names(entry)
+            .find(|(name, _)| *name == model)
+            .map(|(_, matched)| Listed { entry, matched })
+    }) {
+        return Some(listed);
+    }
+    table
+        .models
         .iter()
-        .find(|(name, _, _)| *name == model)
-        .map(|&(_, input_per_mtok, output_per_mtok)| Price::flat(input_per_mtok, output_per_mtok))
+        .flat_map(|entry| names(entry).map(move |(name, _)| (entry, name)))
+        .filter(|(_, name)| {
+            model
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(is_snapshot_tag)
+        })
+        .max_by_key(|(_, name)| name.len())
+        .map(|(entry, _)| Listed {
+            entry,
+            matched: Matched::Snapshot,
+        })
+}
+
+/// The built-in price for a model name, if the table lists it or the family it is a
+/// snapshot of. The one entry point for built-in prices ([`crate::config::Config::price_of`]).
+pub fn default_price(model: &str) -> Option<Price> {
+    lookup(model).map(|listed| listed.entry.price)
 }
 
 #[cfg(test)]
@@ -348,5 +450,140 @@ mod tests {
             }
         }
         assert_eq!(price.worst_case_nano_usd(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn the_table_parses_with_its_source_and_date() {
+        let table = price_table().unwrap_or_else(|| panic!("{:?}", TABLE.as_ref().err()));
+        assert!(table.source.contains("LiteLLM"));
+        assert_eq!(table.date.len(), 10);
+        assert!(table.models.len() >= 40);
+        let mut names = std::collections::HashSet::new();
+        for e in &table.models {
+            for n in std::iter::once(&e.name).chain(&e.aliases) {
+                assert!(names.insert(n.clone()), "{n} listed twice");
+            }
+            assert!(["openai", "anthropic", "gemini"].contains(&e.provider.as_str()));
+            let p = e.price;
+            for (field, v) in p.components() {
+                assert!(v.is_finite() && v >= 0.0, "{}: {field}", e.name);
+            }
+            // A discount is a discount; a premium is a premium.
+            assert!(
+                p.cached_input_per_mtok.unwrap_or(0.0) <= p.input_per_mtok,
+                "{}",
+                e.name
+            );
+            assert!(p.cache_write_per_mtok.unwrap_or(f64::MAX) >= p.input_per_mtok);
+            if let Some(t) = p.long_context {
+                assert!(
+                    t.input_per_mtok >= p.input_per_mtok && t.output_per_mtok >= p.output_per_mtok
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_aliases_and_snapshots_find_their_family() {
+        let found = |m: &str| lookup(m).map(|l| (l.entry.name.as_str(), l.matched));
+        use Matched::*;
+        for (model, entry, how) in [
+            ("gpt-4o", "gpt-4o", Name),
+            ("gpt-4o-2024-08-06", "gpt-4o", Snapshot),
+            // A snapshot priced differently has its own entry.
+            ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13", Name),
+            // The longest family wins: never gpt-4o for a gpt-4o-mini snapshot.
+            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", Snapshot),
+            ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini", Snapshot),
+            ("o3-mini-2025-01-31", "o3-mini", Snapshot),
+            ("o4-mini-2025-04-16", "o4-mini", Snapshot),
+            ("gpt-5-2025-08-07", "gpt-5", Snapshot),
+            ("gpt-5-chat-latest", "gpt-5", Alias),
+            ("codex-mini-latest", "codex-mini", Snapshot),
+            ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5", Snapshot),
+            ("claude-sonnet-4-20250514", "claude-sonnet-4", Snapshot),
+            ("claude-sonnet-4-0", "claude-sonnet-4", Alias),
+            ("claude-opus-4-1-20250805", "claude-opus-4-1", Snapshot),
+            ("claude-3-5-haiku-latest", "claude-3-5-haiku", Snapshot),
+            ("claude-3-haiku-20240307", "claude-3-haiku", Snapshot),
+            ("gemini-2.0-flash-001", "gemini-2.0-flash", Snapshot),
+            ("models/gemini-2.5-pro", "gemini-2.5-pro", Name),
+            ("gemini-2.5-flash-lite", "gemini-2.5-flash-lite", Name),
+        ] {
+            assert_eq!(found(model), Some((entry, how)), "{model}");
+        }
+        // Not a snapshot: previews, other products, and look-alikes are unpriced.
+        for model in [
+            "gpt-4o-realtime-preview",
+            "gpt-4o-mini-tts",
+            "gemini-2.5-flash-preview-05-20",
+            "gpt-4o-x",
+            "claude-opus-4-2",
+            "gpt-test",
+            "o3-pro",
+            "my-finetune",
+            "gpt-4o-2024-8-6",
+            "",
+        ] {
+            assert_eq!(found(model), None, "{model}");
+        }
+        assert_eq!(
+            default_price("gpt-4o-mini-2024-07-18").map(|p| p.input_per_mtok),
+            Some(0.15)
+        );
+    }
+
+    /// Reservations in the same units as bills: for every table entry, whatever mix of
+    /// components a call of at most `prompt` in and `output` out is billed with (cache reads,
+    /// 5-minute and 1-hour cache writes, audio both ways, reasoning, either side of a
+    /// long-context threshold), the bill never exceeds the worst case reserved for it.
+    #[test]
+    fn no_bill_of_any_table_entry_exceeds_its_reservation() {
+        let Some(table) = price_table() else {
+            panic!("the table does not parse")
+        };
+        let prompts = [
+            0, 1, 1_000, 127_999, 128_001, 199_999, 200_000, 200_001, 1_000_000,
+        ];
+        for e in &table.models {
+            let p = e.price;
+            for prompt in prompts {
+                for output in [0, 1, 65_536] {
+                    let worst = p.worst_case_nano_usd(prompt, output);
+                    // Every split of the prompt into the components, in quarters.
+                    for q in 0..=4u64 {
+                        for (a, b, c, d) in [
+                            (q, 0, 0, 0),
+                            (0, q, 0, 0),
+                            (0, 0, q, 0),
+                            (0, 0, 0, q),
+                            (q, 4 - q, 0, 0),
+                            (0, q, 4 - q, 0),
+                            (0, 0, q, 4 - q),
+                        ] {
+                            if a + b + c + d > 4 {
+                                continue;
+                            }
+                            let usage = Usage {
+                                prompt_tokens: prompt,
+                                completion_tokens: output,
+                                cached_tokens: prompt / 4 * a,
+                                cache_write_tokens: prompt / 4 * b,
+                                cache_write_1h_tokens: prompt / 4 * c,
+                                audio_input_tokens: prompt / 4 * d,
+                                reasoning_tokens: output / 2,
+                                audio_output_tokens: output / 4 * q.min(4),
+                            };
+                            let bill = p.cost_nano_usd(&usage);
+                            assert!(
+                                bill <= worst,
+                                "{}: {usage:?} billed {bill} > reserved {worst}",
+                                e.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
