@@ -1,5 +1,6 @@
 //! `sluice`: run the gateway locally (`serve`), manage gateway keys (`keys`), check config,
-//! find a request's log lines (`logs`), offer load to a gateway (`loadtest`).
+//! show prices (`prices`), find a request's log lines (`logs`), offer load to a gateway
+//! (`loadtest`).
 
 // Tests may cast freely; the code they test may not (see `sluice::num`).
 #![cfg_attr(
@@ -12,6 +13,7 @@
 )]
 
 mod loadtest;
+mod prices;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +59,9 @@ enum Command {
     },
     /// Print every log line of one request from a log file written by `serve --log-file`.
     Logs(LogsArgs),
+    /// Show what each configured model (or each named one) costs by component, and where
+    /// each price comes from: the config, or the built-in table (with its source and date).
+    Prices(prices::PricesArgs),
     /// Send chat completions at a fixed concurrency or arrival rate and report throughput,
     /// latency percentiles, errors and cache hits.
     Loadtest(loadtest::LoadtestArgs),
@@ -290,6 +295,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Serve(args) => serve(args).await,
         Command::Logs(args) => logs(&args),
+        Command::Prices(args) => prices::run(&args),
         Command::Loadtest(args) => loadtest::run(args).await,
         Command::Keys { command } => keys_command(command).await,
         Command::Config {
@@ -305,7 +311,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             for m in &config.models {
                 if Config::price_of(m).is_none() {
                     println!(
-                        "warning: model `{}` has no price and no built-in default; its cost is counted as 0",
+                        "warning: model `{}` has no price and is not in the built-in table; a request to it under a spending cap is refused",
                         m.name
                     );
                 }

@@ -1,6 +1,6 @@
 //! The `sluice` binary as users run it: `serve` as a real process (JSON logs on stdout and in
 //! `--log-file`, the generated admin key on stderr, state kept across a `kill -9`), `keys`,
-//! `config check` and `logs`.
+//! `config check`, `prices` and `logs`.
 
 // Tests may cast freely (the workspace denies lossy casts in the code they test).
 #![allow(
@@ -212,6 +212,149 @@ fn config_check_accepts_the_example_and_names_bad_fields() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("models[0].cache_ttl_s"), "{err}");
+}
+
+#[test]
+fn prices_shows_each_component_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prices.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[providers]]
+name = "p"
+kind = "mock"
+
+[[models]]
+name = "own"
+deployments = [{ provider = "p", model = "my-finetune" }]
+price = { input_per_mtok = 1.5, output_per_mtok = 6, cached_input_per_mtok = 0.5 }
+
+[[models]]
+name = "sonnet"
+deployments = [{ provider = "p", model = "claude-sonnet-4-5-20250929" }]
+
+[[models]]
+name = "custom"
+deployments = [{ provider = "p", model = "my-finetune" }]
+"#,
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let out = sluice(&["prices", "--config", path], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Each model's lines: its name, then its indented lines.
+    let section = |name: &str| -> String {
+        let mut lines = text.lines().skip_while(|l| *l != name);
+        assert!(lines.next().is_some(), "no {name}: {text}");
+        lines
+            .take_while(|l| l.starts_with(' '))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let own = section("own");
+    assert!(
+        own.contains("price from: config (models[0].price)"),
+        "{own}"
+    );
+    assert!(
+        own.lines()
+            .any(|l| l.contains("cached_input_per_mtok") && l.contains("0.5")),
+        "{own}"
+    );
+    assert!(
+        own.lines()
+            .any(|l| l.contains("cache_write_per_mtok") && l.contains("billed as input")),
+        "{own}"
+    );
+    let sonnet = section("sonnet");
+    assert!(
+        sonnet.contains("deployments' models (claude-sonnet-4-5-20250929 → `claude-sonnet-4-5` (anthropic, matched as a snapshot))"),
+        "{sonnet}"
+    );
+    assert!(
+        sonnet.contains("LiteLLM") && sonnet.contains("as of 20"),
+        "{sonnet}"
+    );
+    for (component, usd) in [
+        ("cache_write_per_mtok", "3.75"),
+        ("cache_write_1h_per_mtok", "6"),
+        ("cached_input_per_mtok", "0.3"),
+    ] {
+        assert!(
+            sonnet
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [component, usd]),
+            "{component}: {sonnet}"
+        );
+    }
+    assert!(
+        section("custom").contains("no price: refused under a spending cap"),
+        "{text}"
+    );
+
+    // Named models, as JSON: a configured one, and names only the table knows.
+    let out = sluice(
+        &[
+            "prices",
+            "--config",
+            path,
+            "--json",
+            "own",
+            "gpt-4o-mini-2024-07-18",
+            "gemini-2.5-pro",
+            "gpt-4o-realtime-preview",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        all[0]["origin"],
+        json!({"kind": "config", "field": "models[0].price"})
+    );
+    assert_eq!(all[0]["price"]["usd_per_mtok"]["output_per_mtok"], 6.0);
+    let mini = &all[1];
+    assert_eq!(mini["configured"], false);
+    assert_eq!(
+        mini["origin"]["listed"],
+        json!({"entry": "gpt-4o-mini", "provider": "openai", "matched": "snapshot"})
+    );
+    assert!(
+        mini["origin"]["table"]["date"]
+            .as_str()
+            .unwrap()
+            .starts_with("20")
+    );
+    assert_eq!(
+        mini["price"]["usd_per_mtok"]["cached_input_per_mtok"],
+        0.075
+    );
+    let pro = &all[2]["price"]["usd_per_mtok"];
+    assert_eq!(pro["long_context.above_prompt_tokens"], 200_000);
+    assert_eq!(pro["long_context.input_per_mtok"], 2.5);
+    assert_eq!(
+        all[3]["origin"],
+        json!({"kind": "none", "refused_under_cap": true})
+    );
+    assert_eq!(all[3]["price"], Value::Null);
+
+    // Without a config: the built-in models, priced by the table.
+    let out = Command::new(BIN)
+        .args(["prices", "gpt-4o"])
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("built-in table, entry `gpt-4o` (openai, matched by name)"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
