@@ -23,6 +23,12 @@ name = "mini"
 deployments = [{ provider = "fake", model = "gpt-4o-mini" }]
 price = { input_per_mtok = 0.15, output_per_mtok = 0.60, cached_input_per_mtok = 0.075 }
 cache_ttl_s = 0
+
+# No `price`: the built-in table prices the dated snapshot as its family, gpt-4o-mini.
+[[models]]
+name = "dated"
+deployments = [{ provider = "fake", model = "gpt-4o-mini-2024-07-18" }]
+cache_ttl_s = 0
 "#;
 
 async fn start() -> (FakeUpstream, TestGateway) {
@@ -551,4 +557,17 @@ async fn cached_input_is_billed_at_the_cached_price_plain_and_streamed() {
             >= 1024
     );
     assert_eq!(spent(&gw, &key).await, cost(&usage, prices));
+}
+
+#[tokio::test]
+async fn a_dated_snapshot_is_priced_by_the_built_in_table_and_held_by_a_cap() {
+    let (up, gw) = start().await;
+    let key = capped_key(&gw).await;
+    // Before the table matched snapshots, this model had no price: a 400 model_not_priced.
+    let r = gw.chat(&key, "dated", "hi").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(up.last().body["model"], "gpt-4o-mini-2024-07-18");
+    // gpt-4o-mini's list price: 10 prompt tokens at $0.15/M, 5 completion tokens at $0.60/M.
+    assert_eq!(nanos(header(&r, "x-sluice-cost-usd")), 10 * 150 + 5 * 600);
+    assert_eq!(spent(&gw, &key).await, 4_500);
 }
