@@ -403,6 +403,11 @@ mod tests {
             "presence_penalty"
         );
         assert_eq!(refused(json!({"model": "gpt-5.1", "stop": ["x"]})), "stop");
+        // The request's own fault: not retried, not tried elsewhere, its reason passed on.
+        let Err(e) = prepared(json!({"model": "o3", "temperature": 0.5})) else {
+            unreachable!()
+        };
+        assert!(!e.is_retryable() && !e.may_work_elsewhere() && e.rejects_request());
         // A malformed value is named too.
         assert_eq!(
             refused(json!({"model": "o3", "logprobs": "yes"})),
