@@ -80,6 +80,8 @@ struct Shared {
     headers: Mutex<Vec<(String, String)>>,
     /// Report the most usage each request allows ([`billing`]) instead of a fixed amount.
     bill_max: AtomicBool,
+    /// Anthropic's prompt cache: the prefixes written so far (see `anthropic::cache_usage`).
+    anthropic_cache: Mutex<HashSet<u64>>,
 }
 
 /// A running fake provider. Dropping it stops the server.
@@ -253,7 +255,7 @@ async fn handle(
     let mut response = if path.starts_with("/v1beta/") {
         gemini::answer(&format, n, &uri, &body)
     } else if path == "/v1/messages" {
-        anthropic::answer(&format, n, &body)
+        anthropic::answer(&format, n, &body, &shared.anthropic_cache)
     } else {
         openai::answer(&format, n, path, &body)
     };
