@@ -275,9 +275,17 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
     chat.insert("model".into(), json!(model));
     chat.insert("messages".into(), Value::Array(messages));
     chat.insert("max_tokens".into(), json!(max_tokens));
-    // `top_k`, `thinking` and the top-level `cache_control` are Anthropic's own: carried as
-    // they are, for the Anthropic provider (others refuse or drop them, see `extensions`).
-    for field in ["temperature", "top_p", "top_k", "thinking", "cache_control"] {
+    // `top_k`, `thinking`, `output_config` (effort, structured output) and the top-level
+    // `cache_control` are Anthropic's own: carried as they are, for the Anthropic provider
+    // (others refuse or drop them, see `extensions`).
+    for field in [
+        "temperature",
+        "top_p",
+        "top_k",
+        "thinking",
+        "output_config",
+        "cache_control",
+    ] {
         if let Some(v) = request.get(field).filter(|v| !v.is_null()) {
             chat.insert(field.into(), v.clone());
         }
@@ -921,6 +929,7 @@ mod tests {
         let cc = json!({"type": "ephemeral", "ttl": "1h"});
         let request = json!({
             "model": "claude", "max_tokens": 3000, "top_k": 20, "cache_control": {"type": "ephemeral"},
+            "output_config": {"effort": "medium"},
             "thinking": {"type": "enabled", "budget_tokens": 2000},
             "system": [{"type": "text", "text": "Rules.", "cache_control": cc}],
             "tools": [{"name": "look", "input_schema": {"type": "object"}, "cache_control": cc}],
@@ -940,7 +949,7 @@ mod tests {
             ]
         });
         let chat = to_chat_request(&request).unwrap();
-        for field in ["top_k", "thinking", "cache_control"] {
+        for field in ["top_k", "thinking", "output_config", "cache_control"] {
             assert_eq!(chat[field], request[field], "{field}");
         }
         assert_eq!(chat["tools"][0]["cache_control"], cc);
@@ -980,7 +989,14 @@ mod tests {
         // And back to Anthropic: what the client sent is what Anthropic gets.
         let out =
             serde_json::to_value(anthropic::to_messages_request(&chat, false).unwrap()).unwrap();
-        for field in ["top_k", "thinking", "cache_control", "system", "tools"] {
+        for field in [
+            "top_k",
+            "thinking",
+            "output_config",
+            "cache_control",
+            "system",
+            "tools",
+        ] {
             assert_eq!(out[field], request[field], "{field}");
         }
         let back = out["messages"].as_array().unwrap();

@@ -171,6 +171,9 @@ pub struct MessagesRequest {
     /// Extended thinking.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thinking: Option<Value>,
+    /// Effort and structured output (an Anthropic extension on the OpenAI side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<Value>,
     /// Automatic caching: a breakpoint on the last cacheable block.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Value>,
@@ -427,6 +430,7 @@ pub fn to_messages_request(
         tools: tools(body)?,
         tool_choice: tool_choice(body),
         thinking,
+        output_config: present(body, "output_config").cloned(),
         cache_control: present(body, "cache_control").cloned(),
         stream,
     })

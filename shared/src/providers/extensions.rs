@@ -11,7 +11,7 @@
 //! | `cache_control` on content parts, on a message (its last block), on tools and tool calls, top level | kept | removed | removed |
 //! | `thinking_blocks`, `reasoning_content` on assistant messages | sent back first | removed | removed |
 //! | `is_error` on tool messages | `tool_result.is_error` | `Error: ` before the content | `Error: ` before the content |
-//! | `thinking`, `top_k` (top level) | sent | passed on | 400 naming the field |
+//! | `thinking`, `top_k`, `output_config` (top level) | sent | passed on | 400 naming the field |
 //! | parts of Anthropic's own types (`document`, `image`, `search_result`) | sent | passed on | 400 (Gemini's translation) |
 //! | images and documents in tool messages | in the `tool_result` | passed on | 400 naming the part |
 //! | `stream_options.continuous_usage_stats` (asked by `/v1/messages` for `message_start`) | the prompt's usage on the first chunk | removed | removed |
@@ -36,8 +36,8 @@ pub enum Target {
     Gemini,
 }
 
-/// Top-level fields that are Anthropic's sampling and thinking controls.
-const ANSWER_CHANGING: &[&str] = &["thinking", "top_k"];
+/// Top-level fields that are Anthropic's sampling, thinking and output controls.
+const ANSWER_CHANGING: &[&str] = &["thinking", "top_k", "output_config"];
 
 /// The body without Anthropic's extensions, for `target`; `None` when it has none (the
 /// common case: nothing is copied). A 400 naming the field when `target` cannot take one.

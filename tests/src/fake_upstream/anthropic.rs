@@ -278,6 +278,20 @@ fn invalid(body: &Value) -> Result<(), String> {
     if family(model, ONE_SAMPLER) && !body["temperature"].is_null() && !body["top_p"].is_null() {
         return Err("`temperature` and `top_p` cannot both be specified for this model. Please use only one.".into());
     }
+    // [API] `OutputConfigParam.effort`: "Valid values are `low`, `medium`, `high`, `xhigh`,
+    // or `max`."
+    let effort = &body["output_config"]["effort"];
+    if !effort.is_null()
+        && !matches!(
+            effort.as_str(),
+            Some("low" | "medium" | "high" | "xhigh" | "max")
+        )
+    {
+        return Err(
+            "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+                .into(),
+        );
+    }
     // [API] `stop_sequences`: strings.
     if !body["stop_sequences"].is_null()
         && !body["stop_sequences"]
@@ -859,6 +873,7 @@ mod tests {
                 "adaptive",
             ),
             (json!({"stop_sequences": [1]}), "stop_sequences"),
+            (json!({"output_config": {"effort": "extreme"}}), "effort"),
             (
                 json!({"messages": [{"role": "assistant", "content": "hi"}]}),
                 "first message",

@@ -339,12 +339,12 @@ async fn files_reach_anthropic_as_documents_and_what_it_cannot_read_is_a_400() {
 }
 
 #[tokio::test]
-async fn the_messages_ingress_keeps_documents_tool_result_images_errors_and_top_k() {
+async fn the_messages_ingress_keeps_documents_tool_result_images_errors_top_k_and_effort() {
     let (up, gw, key) = start().await;
     let pdf = json!({"type": "document", "title": "Q3", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}});
     let notes = json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Revenue up."}});
     let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}});
-    let request = json!({"model": "claude", "max_tokens": 200, "top_k": 5,
+    let request = json!({"model": "claude", "max_tokens": 200, "top_k": 5, "output_config": {"effort": "low"},
     "tools": [{"name": "chart", "input_schema": {"type": "object"}}],
     "messages": [
         {"role": "user", "content": [pdf, notes, {"type": "text", "text": "Chart it."}]},
@@ -356,6 +356,7 @@ async fn the_messages_ingress_keeps_documents_tool_result_images_errors_and_top_
     assert_eq!(r.status(), 200);
     let sent = up.last().body;
     assert_eq!(sent["top_k"], 5);
+    assert_eq!(sent["output_config"], json!({"effort": "low"}));
     // What the client sent is what Anthropic got.
     assert_eq!(sent["messages"], request["messages"]);
 
