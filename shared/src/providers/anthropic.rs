@@ -322,7 +322,7 @@ impl AnthropicUsage {
                 .saturating_add(written),
             completion_tokens: output,
             cached_tokens: read,
-            cache_write_tokens: five_min.saturating_add(written - parts),
+            cache_write_tokens: five_min.saturating_add(written.saturating_sub(parts)),
             cache_write_1h_tokens: one_hour,
             reasoning_tokens: self
                 .output_tokens_details
