@@ -110,10 +110,15 @@ pub fn prompt_upper_bound(request: &ParsedRequest) -> u64 {
             let mut images = 0u64;
             let mut image_bytes = 0u64;
             for (_, _, part) in content_parts(body) {
-                if part_type(part) == Some("image_url") {
-                    images += 1;
-                    image_bytes = image_bytes.saturating_add(json_len(&part["image_url"]));
-                }
+                // OpenAI's `image_url`, or Anthropic's own `image` block carried through
+                // from `/v1/messages` (see `providers::extensions`).
+                let data = match part_type(part) {
+                    Some("image_url") => &part["image_url"],
+                    Some("image") => &part["source"],
+                    _ => continue,
+                };
+                images += 1;
+                image_bytes = image_bytes.saturating_add(json_len(data));
             }
             json_len(body)
                 .saturating_sub(image_bytes)
@@ -162,14 +167,15 @@ pub fn output_upper_bound(request: &ParsedRequest, ceiling: u64) -> u64 {
 /// The first input whose token count no gateway can bound before the provider answers, as
 /// the field path to name in a refusal: audio (`input_audio` parts, and audio output asked
 /// for with `modalities` or `audio`, billed per second at audio prices) and files (`file`
-/// parts: a PDF's pages become text and images, unbounded by its compressed bytes).
+/// parts, and Anthropic `document` blocks from `/v1/messages`: a PDF's pages become text and
+/// images, unbounded by its compressed bytes, and a document may be a URL).
 pub fn unbounded_input(request: &ParsedRequest) -> Option<String> {
     if request.endpoint != Endpoint::ChatCompletions {
         return None;
     }
     let body = &request.body;
     for (i, j, part) in content_parts(body) {
-        if matches!(part_type(part), Some("input_audio" | "file")) {
+        if matches!(part_type(part), Some("input_audio" | "file" | "document")) {
             return Some(format!("messages[{i}].content[{j}]"));
         }
     }
@@ -231,6 +237,16 @@ mod tests {
             (IMAGE_TOKENS_MAX..IMAGE_TOKENS_MAX + 200).contains(&bound),
             "{bound}"
         );
+        // Anthropic's own `image` block (from `/v1/messages`), by URL: a few bytes that are
+        // an image all the same; and inside a tool result.
+        let image = json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": [{"type": "image_url", "image_url": {"url": "https://x/z.png"}}]}]});
+        let bound = prompt_upper_bound(&parsed(Endpoint::ChatCompletions, image));
+        assert!(
+            (2 * IMAGE_TOKENS_MAX..2 * IMAGE_TOKENS_MAX + 300).contains(&bound),
+            "{bound}"
+        );
     }
 
     #[test]
@@ -277,6 +293,12 @@ mod tests {
         assert_eq!(
             unbounded_input(&parsed(Endpoint::ChatCompletions, out)).as_deref(),
             Some("modalities")
+        );
+        let document = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}]});
+        assert_eq!(
+            unbounded_input(&parsed(Endpoint::ChatCompletions, document)).as_deref(),
+            Some("messages[0].content[0]")
         );
         let plain = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         assert_eq!(

@@ -121,6 +121,11 @@ def test_anthropic_sdk_plain(claude, model):
     assert message.content[0].text.startswith("fake answer #")
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (10, 5)
+    # Anthropic's usage shape whatever answered: nothing cached here, every field typed.
+    assert message.usage.cache_read_input_tokens == 0
+    assert message.usage.cache_creation_input_tokens == 0
+    assert message.usage.cache_creation.ephemeral_5m_input_tokens == 0
+    assert message.usage.cache_creation.ephemeral_1h_input_tokens == 0
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -165,6 +170,114 @@ def test_anthropic_sdk_streaming(claude, model):
     assert final.content[0].text == text
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == 5
+
+
+def test_anthropic_sdk_prompt_caching_usage_is_typed(claude):
+    """`cache_control` reaches Anthropic; the usage the SDK reads has the cached tokens apart
+    from `input_tokens` (the fake writes 1,000 tokens per breakpoint, then reads them), in
+    the message, in `message_start` and in the streamed final message."""
+    rules = [
+        {
+            "type": "text",
+            "text": unique("Long house rules."),
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
+    ]
+    first = claude.messages.create(
+        model="claude",
+        max_tokens=50,
+        system=rules,
+        messages=[{"role": "user", "content": unique("first")}],
+    )
+    usage = first.usage
+    assert (usage.input_tokens, usage.output_tokens) == (10, 5)
+    assert (usage.cache_creation_input_tokens, usage.cache_read_input_tokens) == (1000, 0)
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 1000
+    assert usage.cache_creation.ephemeral_5m_input_tokens == 0
+
+    with claude.messages.stream(
+        model="claude",
+        max_tokens=50,
+        system=rules,
+        messages=[{"role": "user", "content": unique("second")}],
+    ) as stream:
+        start = None
+        for event in stream:
+            if event.type == "message_start":
+                start = event.message.usage
+        final = stream.get_final_message()
+    assert (start.input_tokens, start.cache_read_input_tokens) == (10, 1000)
+    assert start.cache_creation.ephemeral_1h_input_tokens == 0
+    usage = final.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (10, 1000, 5)
+    assert usage.cache_creation_input_tokens == 0
+
+
+def test_openai_sdk_cache_control_reaches_claude(oai):
+    """Anthropic-style `cache_control` on OpenAI content parts: the cached prefix is reported
+    as OpenAI reports it (`prompt_tokens` has every input token, `cached_tokens` the reads)."""
+    system = [
+        {"type": "text", "text": unique("Long house rules."), "cache_control": {"type": "ephemeral"}}
+    ]
+    usages = [
+        oai.chat.completions.create(
+            model="claude",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": unique(q)}],
+        ).usage
+        for q in ["first", "second"]
+    ]
+    assert [u.prompt_tokens for u in usages] == [1010, 1010]
+    assert [u.prompt_tokens_details.cached_tokens for u in usages] == [0, 1000]
+
+
+def test_anthropic_sdk_thinking_survives_a_tool_use_cycle(claude):
+    """Thinking blocks come back typed with their signatures; sent back with the tool result,
+    the fake checks the signature (a changed block is a 400, as at Anthropic)."""
+    tools = [
+        {
+            "name": WEATHER["name"],
+            "description": WEATHER["description"],
+            "input_schema": WEATHER["parameters"],
+        }
+    ]
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    messages = [{"role": "user", "content": unique("weather in Oslo")}]
+    first = claude.messages.create(
+        model="claude", max_tokens=4000, thinking=thinking, tools=tools, messages=messages
+    )
+    assert first.content[0].type == "thinking"
+    assert first.content[0].signature.startswith("fakesig")
+    use = next(b for b in first.content if b.type == "tool_use")
+    messages.append(
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]}
+    )
+    messages.append(
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "-3C"}]}
+    )
+    second = claude.messages.create(
+        model="claude", max_tokens=4000, thinking=thinking, tools=tools, messages=messages
+    )
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].type == "thinking"
+    assert "-3C" in second.content[-1].text
+
+    messages[1]["content"][0]["thinking"] = "Something else."
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude.messages.create(
+            model="claude", max_tokens=4000, thinking=thinking, tools=tools, messages=messages
+        )
+    assert "signature" in e.value.body["error"]["message"]
+
+    with claude.messages.stream(
+        model="claude",
+        max_tokens=4000,
+        thinking=thinking,
+        messages=[{"role": "user", "content": unique("think")}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking"
+    assert final.content[0].thinking.startswith("The user said: think")
+    assert final.content[0].signature.startswith("fakesig")
 
 
 def test_anthropic_sdk_errors_are_typed(providers, claude):

@@ -29,7 +29,8 @@ use super::openai::{finish, options, read_body, reply_response};
 use crate::gateway::stream::EventBytes;
 use crate::gateway::{ReplyBody, Trace};
 use crate::metrics::UsageTicket;
-use crate::providers::{Endpoint, sse};
+use crate::providers::anthropic::{self, AnthropicUsage};
+use crate::providers::{Endpoint, Usage, sse};
 
 /// `POST /v1/messages`
 #[utoipa::path(post, path = "/v1/messages", tag = "anthropic",
@@ -200,7 +201,16 @@ pub struct AnthropicErrorBody<'a> {
 
 // ---- Anthropic request → OpenAI request ----------------------------------------------------
 
-/// Translates a Messages API request into an OpenAI chat request.
+/// A request field that cannot be translated: a 400 naming it, in Anthropic's path form
+/// (`messages.2.content.0`).
+fn untranslatable(field: &str, why: &str) -> ApiError {
+    ApiError::invalid_request(format!("{field}: {why}"), Some(field))
+}
+
+/// Translates a Messages API request into an OpenAI chat request. Anthropic features with
+/// no OpenAI field travel as the extensions the Anthropic provider maps back (see
+/// [`crate::providers::extensions`]); a block that has no translation at all is a 400
+/// naming it, never dropped.
 pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> {
     let Some(model) = request.get("model").and_then(Value::as_str) else {
         return Err(ApiError::invalid_request(
@@ -224,8 +234,17 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
     match request.get("system") {
         Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
         Some(Value::Array(blocks)) => {
-            let text = block_texts(blocks).join("\n");
-            messages.push(json!({"role": "system", "content": text}));
+            let mut parts = Vec::new();
+            for (j, block) in blocks.iter().enumerate() {
+                if block.get("type").and_then(Value::as_str) != Some("text") {
+                    return Err(untranslatable(
+                        &format!("system.{j}"),
+                        "system blocks are text blocks",
+                    ));
+                }
+                parts.push(text_part(block));
+            }
+            messages.push(json!({"role": "system", "content": text_content(parts, "\n")}));
         }
         _ => {}
     }
@@ -235,12 +254,12 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
             (Some("user"), Some(Value::String(s))) => {
                 messages.push(json!({"role": "user", "content": s}));
             }
-            (Some("user"), Some(Value::Array(blocks))) => user_blocks(blocks, &mut messages),
+            (Some("user"), Some(Value::Array(blocks))) => user_blocks(blocks, i, &mut messages)?,
             (Some("assistant"), Some(Value::String(s))) => {
                 messages.push(json!({"role": "assistant", "content": s}));
             }
             (Some("assistant"), Some(Value::Array(blocks))) => {
-                messages.push(assistant_message(blocks));
+                messages.push(assistant_message(blocks, i)?);
             }
             _ => {
                 return Err(ApiError::invalid_request(
@@ -256,7 +275,17 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
     chat.insert("model".into(), json!(model));
     chat.insert("messages".into(), Value::Array(messages));
     chat.insert("max_tokens".into(), json!(max_tokens));
-    for field in ["temperature", "top_p"] {
+    // `top_k`, `thinking`, `output_config` (effort, structured output) and the top-level
+    // `cache_control` are Anthropic's own: carried as they are, for the Anthropic provider
+    // (others refuse or drop them, see `extensions`).
+    for field in [
+        "temperature",
+        "top_p",
+        "top_k",
+        "thinking",
+        "output_config",
+        "cache_control",
+    ] {
         if let Some(v) = request.get(field).filter(|v| !v.is_null()) {
             chat.insert(field.into(), v.clone());
         }
@@ -270,22 +299,7 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
     {
         chat.insert("user".into(), user.clone());
     }
-    let tools: Vec<Value> = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|t| {
-            let mut function = json!({
-                "name": t.get("name")?,
-                "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
-            });
-            if let Some(d) = t.get("description") {
-                function["description"] = d.clone();
-            }
-            Some(json!({"type": "function", "function": function}))
-        })
-        .collect();
+    let tools = tools(request)?;
     if !tools.is_empty() {
         chat.insert("tools".into(), Value::Array(tools));
     }
@@ -305,116 +319,237 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
     }
     if request.get("stream") == Some(&Value::Bool(true)) {
         chat.insert("stream".into(), json!(true));
-        // Anthropic streams always end with usage; ask the pipeline for it.
-        chat.insert("stream_options".into(), json!({"include_usage": true}));
+        // Anthropic streams always end with usage, and `message_start` has the prompt's:
+        // ask the pipeline for both.
+        chat.insert(
+            "stream_options".into(),
+            json!({"include_usage": true, "continuous_usage_stats": true}),
+        );
     }
     Ok(chat)
 }
 
-fn block_texts(blocks: &[Value]) -> Vec<&str> {
-    blocks
+/// Client tools as OpenAI function tools (`cache_control` on the tool kept). Anthropic's
+/// server tools (web search, code execution, …) run at Anthropic and have no translation.
+fn tools(request: &Value) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for (i, t) in request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if t.get("type").is_some_and(|k| k != "custom") {
+            return Err(untranslatable(
+                &format!("tools.{i}"),
+                "Anthropic's server tools cannot be sent through Sluice; define client tools \
+                 (name, description, input_schema)",
+            ));
+        }
+        let mut function = json!({
+            "name": t.get("name").cloned().unwrap_or(Value::Null),
+            "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+        });
+        if let Some(d) = t.get("description") {
+            function["description"] = d.clone();
+        }
+        let mut tool = json!({"type": "function", "function": function});
+        if let Some(cc) = t.get("cache_control") {
+            tool["cache_control"] = cc.clone();
+        }
+        out.push(tool);
+    }
+    Ok(out)
+}
+
+/// A text block as an OpenAI text part, its `cache_control` kept.
+fn text_part(block: &Value) -> Value {
+    let mut part = json!({"type": "text", "text": block.get("text").cloned().unwrap_or(json!(""))});
+    if let Some(cc) = block.get("cache_control") {
+        part["cache_control"] = cc.clone();
+    }
+    part
+}
+
+/// Text parts as a string (joined by `separator`), the form every provider accepts, unless
+/// a part carries more than its text (a cache breakpoint) or is not text.
+fn text_content(parts: Vec<Value>, separator: &str) -> Value {
+    let plain = parts
         .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect()
+        .all(|p| p["type"] == "text" && p.as_object().is_some_and(|o| o.len() == 2));
+    if !plain {
+        return Value::Array(parts);
+    }
+    json!(
+        parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(separator)
+    )
+}
+
+/// A content block as an OpenAI content part: text, images (base64 and URL sources as
+/// `image_url`), PDFs (base64 as a `file`), and Anthropic's other blocks as they are (see
+/// [`anthropic::NATIVE_PARTS`]). `None` for a block no provider can take here.
+fn content_part(block: &Value) -> Option<Value> {
+    let kind = block.get("type").and_then(Value::as_str)?;
+    let source = block.get("source").unwrap_or(&Value::Null);
+    let source_type = source.get("type").and_then(Value::as_str);
+    let media_type = source.get("media_type").and_then(Value::as_str);
+    let data = source.get("data").and_then(Value::as_str);
+    let mut part = match (kind, source_type) {
+        ("text", _) => return Some(text_part(block)),
+        ("image", Some("base64")) => {
+            let url = format!("data:{};base64,{}", media_type?, data?);
+            json!({"type": "image_url", "image_url": {"url": url}})
+        }
+        ("image", Some("url")) => {
+            json!({"type": "image_url", "image_url": {"url": source.get("url")?}})
+        }
+        ("document", Some("base64")) if media_type == Some("application/pdf") => {
+            let mut file = json!({"file_data": format!("data:application/pdf;base64,{}", data?)});
+            if let Some(title) = block.get("title").filter(|t| t.is_string()) {
+                file["filename"] = title.clone();
+            }
+            let mut part = json!({"type": "file", "file": file});
+            for field in ["context", "citations"] {
+                if let Some(v) = block.get(field) {
+                    part[field] = v.clone();
+                }
+            }
+            part
+        }
+        (native, _) if anthropic::NATIVE_PARTS.contains(&native) => return Some(block.clone()),
+        _ => return None,
+    };
+    if let Some(cc) = block.get("cache_control") {
+        part["cache_control"] = cc.clone();
+    }
+    Some(part)
 }
 
 /// A user turn's blocks: tool results become `tool` messages (first, as OpenAI wants them
-/// right after the assistant's calls), the rest one user message with text and image parts.
-fn user_blocks(blocks: &[Value], messages: &mut Vec<Value>) {
+/// right after the assistant's calls), the rest one user message with text, image, file
+/// and Anthropic's own parts.
+fn user_blocks(blocks: &[Value], i: usize, messages: &mut Vec<Value>) -> Result<(), ApiError> {
     let mut parts = Vec::new();
-    for block in blocks {
-        match block.get("type").and_then(Value::as_str) {
-            Some("tool_result") => {
-                let content = match block.get("content") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Array(inner)) => block_texts(inner).join("\n"),
-                    _ => String::new(),
-                };
-                let content = if block.get("is_error") == Some(&Value::Bool(true)) {
-                    format!("Error: {content}")
-                } else {
-                    content
-                };
-                messages.push(json!({
-                    "role": "tool",
-                    "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
-                    "content": content,
-                }));
-            }
-            Some("text") => parts.push(
-                json!({"type": "text", "text": block.get("text").cloned().unwrap_or(json!(""))}),
-            ),
-            Some("image") => {
-                let source = block.get("source").unwrap_or(&Value::Null);
-                let url = match source.get("type").and_then(Value::as_str) {
-                    Some("base64") => format!(
-                        "data:{};base64,{}",
-                        source
-                            .get("media_type")
-                            .and_then(Value::as_str)
-                            .unwrap_or("image/png"),
-                        source.get("data").and_then(Value::as_str).unwrap_or("")
-                    ),
-                    _ => source
-                        .get("url")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                };
-                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
-            }
-            _ => {}
+    for (j, block) in blocks.iter().enumerate() {
+        let at = || format!("messages.{i}.content.{j}");
+        if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+            messages.push(tool_message(block, &at())?);
+            continue;
         }
+        let part = content_part(block).ok_or_else(|| {
+            untranslatable(
+                &at(),
+                &format!(
+                    "a `{}` block cannot be translated for a user turn",
+                    block
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("(untyped)")
+                ),
+            )
+        })?;
+        parts.push(part);
     }
-    if parts.is_empty() {
-        return;
+    if !parts.is_empty() {
+        messages.push(json!({"role": "user", "content": text_content(parts, "\n")}));
     }
-    // Text alone is sent as a string, the form every provider accepts.
-    let only_text = parts.iter().all(|p| p["type"] == "text");
-    let content = if only_text {
-        json!(
-            parts
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    } else {
-        Value::Array(parts)
-    };
-    messages.push(json!({"role": "user", "content": content}));
+    Ok(())
 }
 
-/// An assistant turn's blocks: text, and `tool_use` blocks as tool calls.
-fn assistant_message(blocks: &[Value]) -> Value {
-    let text = block_texts(blocks).join("");
-    let calls: Vec<Value> = blocks
-        .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
-        .map(|b| {
-            json!({
-                "id": b.get("id"),
-                "type": "function",
-                "function": {
-                    "name": b.get("name"),
-                    "arguments": b.get("input").unwrap_or(&json!({})).to_string(),
-                },
-            })
-        })
-        .collect();
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+/// A `tool_result` block as a `tool` message: its text, or parts when it holds images or
+/// documents; `is_error` and `cache_control` kept (Anthropic extensions).
+fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
+    let content = match block.get("content") {
+        Some(Value::String(s)) => json!(s),
+        Some(Value::Array(inner)) => {
+            let mut parts = Vec::new();
+            for (k, b) in inner.iter().enumerate() {
+                parts.push(content_part(b).ok_or_else(|| {
+                    untranslatable(
+                        &format!("{at}.content.{k}"),
+                        "a tool result holds text, image, document or search_result blocks",
+                    )
+                })?);
+            }
+            text_content(parts, "\n")
+        }
+        _ => json!(""),
+    };
+    let mut message = json!({
+        "role": "tool",
+        "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
+        "content": content,
+    });
+    if block.get("is_error") == Some(&Value::Bool(true)) {
+        message["is_error"] = json!(true);
+    }
+    if let Some(cc) = block.get("cache_control") {
+        message["cache_control"] = cc.clone();
+    }
+    Ok(message)
+}
+
+/// An assistant turn's blocks: text, thinking blocks (kept whole, signatures included, as
+/// `thinking_blocks`), and `tool_use` blocks as tool calls.
+fn assistant_message(blocks: &[Value], i: usize) -> Result<Value, ApiError> {
+    let mut text = Vec::new();
+    let mut thinking = Vec::new();
+    let mut calls = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push(text_part(b)),
+            Some("thinking" | "redacted_thinking") => thinking.push(b.clone()),
+            Some("tool_use") => {
+                let mut call = json!({
+                    "id": b.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": b.get("name"),
+                        "arguments": b.get("input").unwrap_or(&json!({})).to_string(),
+                    },
+                });
+                if let Some(cc) = b.get("cache_control") {
+                    call["cache_control"] = cc.clone();
+                }
+                calls.push(call);
+            }
+            other => {
+                return Err(untranslatable(
+                    &format!("messages.{i}.content.{j}"),
+                    &format!(
+                        "a `{}` block cannot be translated for an assistant turn",
+                        other.unwrap_or("(untyped)")
+                    ),
+                ));
+            }
+        }
+    }
+    let content = match text_content(text, "") {
+        Value::String(s) if s.is_empty() => Value::Null,
+        content => content,
+    };
+    let mut message = json!({"role": "assistant", "content": content});
+    if !thinking.is_empty() {
+        message["thinking_blocks"] = Value::Array(thinking);
+    }
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    message
+    Ok(message)
 }
 
 // ---- OpenAI answer → Anthropic answer ------------------------------------------------------
 
-/// OpenAI's `finish_reason` as Anthropic's `stop_reason`.
-fn stop_reason(finish_reason: &str) -> &'static str {
+/// OpenAI's `finish_reason` as Anthropic's `stop_reason`; a choice's `stop_sequence` (kept by
+/// the Anthropic provider) says which sequence ended it.
+fn stop_reason(finish_reason: &str, stop_sequence: Option<&Value>) -> &'static str {
     match finish_reason {
+        "stop" if stop_sequence.is_some_and(Value::is_string) => "stop_sequence",
         "length" => "max_tokens",
         "tool_calls" | "function_call" => "tool_use",
         "content_filter" => "refusal",
@@ -422,13 +557,45 @@ fn stop_reason(finish_reason: &str) -> &'static str {
     }
 }
 
-fn message_usage(usage: &Value) -> Value {
-    json!({
-        "input_tokens": usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-        "output_tokens": usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": usage.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0),
-    })
+/// Anthropic's usage for an OpenAI `usage` object, whatever provider answered: cache reads
+/// and writes by TTL apart, `input_tokens` only the rest (clients add them up).
+fn message_usage(usage: &Value) -> AnthropicUsage {
+    AnthropicUsage::from_usage(&Usage::from_openai(usage).unwrap_or_default())
+}
+
+/// A Messages API `message`.
+#[derive(Debug, Serialize)]
+struct MessageBody<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<Value>,
+    stop_reason: &'static str,
+    stop_sequence: Option<Value>,
+    usage: AnthropicUsage,
+}
+
+/// `usage` of a `message_delta` event: cumulative counts, as Anthropic documents them
+/// (`MessageDeltaUsage`: no TTL breakdown, which `message_start` carries).
+#[derive(Debug, Serialize)]
+struct DeltaUsage {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl From<AnthropicUsage> for DeltaUsage {
+    fn from(u: AnthropicUsage) -> Self {
+        Self {
+            input_tokens: u.input_tokens,
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+            output_tokens: u.output_tokens,
+        }
+    }
 }
 
 /// A message id from a completion id (`chatcmpl-x` → `msg_x`; `msg_…` kept).
@@ -440,11 +607,23 @@ fn message_id(id: Option<&str>) -> String {
     }
 }
 
+/// A thinking block as it goes out: as it came, without the streaming `index`.
+fn thinking_block(block: &Value) -> Option<Value> {
+    let mut block = block.as_object()?.clone();
+    block.remove("index");
+    Some(Value::Object(block))
+}
+
 /// A `chat.completion` as a Messages API `message`.
 pub fn to_message(completion: &Value, model: &str) -> Value {
     let choice = &completion["choices"][0];
     let message = &choice["message"];
-    let mut content = Vec::new();
+    let mut content: Vec<Value> = message["thinking_blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(thinking_block)
+        .collect();
     if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -453,16 +632,18 @@ pub fn to_message(completion: &Value, model: &str) -> Value {
         let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
         content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
     }
-    json!({
-        "id": message_id(completion["id"].as_str()),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
-        "stop_sequence": null,
-        "usage": message_usage(&completion["usage"]),
-    })
+    let sequence = choice.get("stop_sequence").filter(|s| s.is_string());
+    let body = MessageBody {
+        id: message_id(completion["id"].as_str()),
+        kind: "message",
+        role: "assistant",
+        model,
+        content,
+        stop_reason: stop_reason(choice["finish_reason"].as_str().unwrap_or("stop"), sequence),
+        stop_sequence: sequence.cloned(),
+        usage: message_usage(&completion["usage"]),
+    };
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 fn to_message_bytes(completion: &Bytes, model: &str) -> Result<Bytes, ApiError> {
@@ -487,6 +668,7 @@ struct EventWriter {
     open: Option<(u64, BlockKind)>,
     next_index: u64,
     stop_reason: &'static str,
+    stop_sequence: Option<Value>,
     usage: Value,
 }
 
@@ -495,6 +677,8 @@ enum BlockKind {
     Text,
     /// A tool call, by its OpenAI index.
     Tool(u64),
+    /// A thinking block, by its index among the answer's thinking blocks.
+    Thinking(u64),
 }
 
 fn frame(name: &str, data: &Value) -> Bytes {
@@ -509,20 +693,31 @@ impl EventWriter {
             open: None,
             next_index: 0,
             stop_reason: "end_turn",
+            stop_sequence: None,
             usage: json!({}),
         }
     }
 
+    /// `message_start`, with the prompt's usage when the first chunk reports it (the
+    /// Anthropic provider does, asked for continuous usage), zeros otherwise.
     fn start(&mut self, chunk: &Value, out: &mut Vec<Bytes>) {
         if self.started {
             return;
         }
         self.started = true;
-        let message = json!({
-            "id": message_id(chunk["id"].as_str()), "type": "message", "role": "assistant",
-            "model": self.model, "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
-        });
+        let message = MessageBody {
+            id: message_id(chunk["id"].as_str()),
+            kind: "message",
+            role: "assistant",
+            model: &self.model,
+            content: Vec::new(),
+            stop_reason: "end_turn",
+            stop_sequence: None,
+            usage: message_usage(&chunk["usage"]),
+        };
+        let mut message = serde_json::to_value(message).unwrap_or(Value::Null);
+        // Not decided yet.
+        message["stop_reason"] = Value::Null;
         out.push(frame(
             "message_start",
             &json!({"type": "message_start", "message": message}),
@@ -556,6 +751,13 @@ impl EventWriter {
         index
     }
 
+    fn delta(index: u64, delta: Value) -> Bytes {
+        frame(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+    }
+
     fn chunk(&mut self, chunk: &Value) -> Vec<Bytes> {
         let mut out = Vec::new();
         self.start(chunk, &mut out);
@@ -564,16 +766,32 @@ impl EventWriter {
         }
         let choice = &chunk["choices"][0];
         let delta = &choice["delta"];
+        for piece in delta["thinking_blocks"].as_array().into_iter().flatten() {
+            let k = piece["index"].as_u64().unwrap_or(0);
+            let start = if piece["type"] == "redacted_thinking" {
+                json!({"type": "redacted_thinking", "data": piece["data"]})
+            } else {
+                json!({"type": "thinking", "thinking": "", "signature": ""})
+            };
+            let index = self.open(BlockKind::Thinking(k), start, &mut out);
+            for (field, kind) in [
+                ("thinking", "thinking_delta"),
+                ("signature", "signature_delta"),
+            ] {
+                if let Some(text) = piece[field].as_str().filter(|t| !t.is_empty()) {
+                    out.push(Self::delta(index, json!({"type": kind, field: text})));
+                }
+            }
+        }
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             let index = self.open(
                 BlockKind::Text,
                 json!({"type": "text", "text": ""}),
                 &mut out,
             );
-            out.push(frame(
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": index,
-                        "delta": {"type": "text_delta", "text": text}}),
+            out.push(Self::delta(
+                index,
+                json!({"type": "text_delta", "text": text}),
             ));
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
@@ -584,15 +802,17 @@ impl EventWriter {
                 .as_str()
                 .filter(|a| !a.is_empty())
             {
-                out.push(frame(
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": index,
-                            "delta": {"type": "input_json_delta", "partial_json": partial}}),
+                out.push(Self::delta(
+                    index,
+                    json!({"type": "input_json_delta", "partial_json": partial}),
                 ));
             }
         }
+        if let Some(sequence) = choice.get("stop_sequence").filter(|s| s.is_string()) {
+            self.stop_sequence = Some(sequence.clone());
+        }
         if let Some(reason) = choice["finish_reason"].as_str() {
-            self.stop_reason = stop_reason(reason);
+            self.stop_reason = stop_reason(reason, self.stop_sequence.as_ref());
         }
         out
     }
@@ -601,11 +821,11 @@ impl EventWriter {
         let mut out = Vec::new();
         self.start(&Value::Null, &mut out);
         self.close(&mut out);
-        let usage = message_usage(&self.usage);
+        let usage = DeltaUsage::from(message_usage(&self.usage));
         out.push(frame(
             "message_delta",
             &json!({"type": "message_delta",
-                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": null},
+                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
                     "usage": usage}),
         ));
         out.push(frame("message_stop", &json!({"type": "message_stop"})));
@@ -704,6 +924,243 @@ mod tests {
         assert_eq!(message["usage"]["output_tokens"], 3);
     }
 
+    #[test]
+    fn anthropic_features_travel_as_extensions_and_the_rest_is_refused() {
+        let cc = json!({"type": "ephemeral", "ttl": "1h"});
+        let request = json!({
+            "model": "claude", "max_tokens": 3000, "top_k": 20, "cache_control": {"type": "ephemeral"},
+            "output_config": {"effort": "medium"},
+            "thinking": {"type": "enabled", "budget_tokens": 2000},
+            "system": [{"type": "text", "text": "Rules.", "cache_control": cc}],
+            "tools": [{"name": "look", "input_schema": {"type": "object"}, "cache_control": cc}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "document", "title": "Q3", "context": "finance", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+                    {"type": "text", "text": "Summarise.", "cache_control": cc}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Look first.", "signature": "EqQB"},
+                    {"type": "redacted_thinking", "data": "EmwK"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": true, "cache_control": cc, "content": [
+                        {"type": "text", "text": "partial:"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]}
+            ]
+        });
+        let chat = to_chat_request(&request).unwrap();
+        for field in ["top_k", "thinking", "output_config", "cache_control"] {
+            assert_eq!(chat[field], request[field], "{field}");
+        }
+        assert_eq!(chat["tools"][0]["cache_control"], cc);
+        let messages = chat["messages"].as_array().unwrap();
+        assert_eq!(
+            messages[0]["content"],
+            json!([{"type": "text", "text": "Rules.", "cache_control": cc}])
+        );
+        let user = messages[1]["content"].as_array().unwrap();
+        assert_eq!(
+            user[0],
+            json!({"type": "file", "context": "finance",
+                   "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "Q3"}})
+        );
+        assert_eq!(
+            user[1], request["messages"][0]["content"][1],
+            "Anthropic's own, as it came"
+        );
+        assert_eq!(user[2]["cache_control"], cc);
+        let assistant = &messages[2];
+        assert_eq!(
+            assistant["thinking_blocks"],
+            json!([
+                request["messages"][1]["content"][0],
+                request["messages"][1]["content"][1]
+            ])
+        );
+        assert_eq!(assistant["tool_calls"][0]["id"], "toolu_1");
+        let tool = &messages[3];
+        assert_eq!(tool["is_error"], true);
+        assert_eq!(tool["cache_control"], cc);
+        assert_eq!(
+            tool["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAAA"
+        );
+
+        // And back to Anthropic: what the client sent is what Anthropic gets.
+        let out =
+            serde_json::to_value(anthropic::to_messages_request(&chat, false).unwrap()).unwrap();
+        for field in [
+            "top_k",
+            "thinking",
+            "output_config",
+            "cache_control",
+            "system",
+            "tools",
+        ] {
+            assert_eq!(out[field], request[field], "{field}");
+        }
+        let back = out["messages"].as_array().unwrap();
+        assert_eq!(back[1]["content"], request["messages"][1]["content"]);
+        assert_eq!(back[2]["content"], request["messages"][2]["content"]);
+        let first = back[0]["content"].as_array().unwrap();
+        assert_eq!(first[0], request["messages"][0]["content"][0]);
+        assert_eq!(first[1], request["messages"][0]["content"][1]);
+        assert_eq!(first[2], request["messages"][0]["content"][2]);
+
+        let refused = |request: Value, field: &str| {
+            let e = to_chat_request(&request).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.starts_with(field), "{}", e.message);
+        };
+        let turn = |content: Value| json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": content}]});
+        refused(
+            turn(json!([{"type": "container_upload", "file_id": "f"}])),
+            "messages.0.content.0",
+        );
+        refused(
+            turn(
+                json!([{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "video"}]}]),
+            ),
+            "messages.0.content.0.content.0",
+        );
+        refused(
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "server_tool_use", "id": "s"}]}]}),
+            "messages.0.content.0",
+        );
+        refused(
+            json!({"model": "m", "max_tokens": 5, "system": [{"type": "image"}], "messages": []}),
+            "system.0",
+        );
+        refused(
+            json!({"model": "m", "max_tokens": 5, "messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+            "tools.0",
+        );
+    }
+
+    #[test]
+    fn usage_is_anthropics_shape_whatever_answered() {
+        // OpenAI's shape with Sluice's cache writes: 1,350 prompt tokens of which 1,000 read
+        // from the cache and 300 written (100 for 5 minutes, 200 for an hour).
+        let completion = json!({"id": "chatcmpl-u", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 1350, "completion_tokens": 7, "total_tokens": 1357,
+                "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 100, "cache_write_1h_tokens": 200}}});
+        let message = to_message(&completion, "claude");
+        assert_eq!(
+            message["usage"],
+            json!({"input_tokens": 50, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 1000,
+                   "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                   "output_tokens": 7})
+        );
+        // No usage at all (nothing to report): zeros, every field present.
+        let bare = to_message(
+            &json!({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}),
+            "m",
+        );
+        assert_eq!(bare["usage"]["input_tokens"], 0);
+        assert_eq!(
+            bare["usage"]["cache_creation"]["ephemeral_1h_input_tokens"],
+            0
+        );
+    }
+
+    async fn events_of(chunks: &[Value]) -> Vec<(String, Value)> {
+        let mut sse = String::new();
+        for c in chunks {
+            sse.push_str(&format!("data: {c}\n\n"));
+        }
+        sse.push_str("data: [DONE]\n\n");
+        let input: EventBytes =
+            futures_util::stream::iter([Ok::<_, ProviderError>(Bytes::from(sse))]).boxed();
+        to_message_events(input, "claude".into())
+            .map(Result::unwrap)
+            .collect::<Vec<Bytes>>()
+            .await
+            .iter()
+            .map(|b| {
+                let text = String::from_utf8_lossy(b).into_owned();
+                let mut lines = text.lines();
+                let name = lines
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("event: ")
+                    .to_owned();
+                let data = serde_json::from_str(lines.next().unwrap().trim_start_matches("data: "))
+                    .unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_starts_with_the_prompts_usage_and_carries_thinking() {
+        let usage = |completion: u64| {
+            json!({"prompt_tokens": 1104, "completion_tokens": completion,
+            "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_1h_tokens": 100}})
+        };
+        let chunks = [
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "usage": usage(1)}),
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {"thinking_blocks": [{"index": 0, "type": "thinking"}]}}]}),
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {"reasoning_content": "Hm.", "thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "Hm."}]}}]}),
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {"thinking_blocks": [{"index": 0, "type": "thinking", "signature": "EqQB"}]}}]}),
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {"thinking_blocks": [{"index": 1, "type": "redacted_thinking", "data": "EmwK"}]}}]}),
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {"content": "Yes"}}]}),
+            json!({"id": "msg_s", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_sequence": "##"}]}),
+            json!({"id": "msg_s", "choices": [], "usage": usage(9)}),
+        ];
+        let events = events_of(&chunks).await;
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let start = &events[0].1["message"]["usage"];
+        assert_eq!(
+            *start,
+            json!({"input_tokens": 4, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 1000,
+                   "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 100},
+                   "output_tokens": 1})
+        );
+        assert_eq!(
+            events[1].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        );
+        assert_eq!(
+            events[2].1["delta"],
+            json!({"type": "thinking_delta", "thinking": "Hm."})
+        );
+        assert_eq!(
+            events[3].1["delta"],
+            json!({"type": "signature_delta", "signature": "EqQB"})
+        );
+        assert_eq!(
+            events[5].1["content_block"],
+            json!({"type": "redacted_thinking", "data": "EmwK"})
+        );
+        let delta = &events[10].1;
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "##"})
+        );
+        assert_eq!(
+            delta["usage"],
+            json!({"input_tokens": 4, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 1000, "output_tokens": 9})
+        );
+    }
+
     #[tokio::test]
     async fn chunks_become_the_anthropic_event_sequence() {
         let chunks = [
@@ -754,5 +1211,65 @@ mod tests {
         let delta = String::from_utf8_lossy(&out[8]).into_owned();
         assert!(delta.contains("\"stop_reason\":\"tool_use\""), "{delta}");
         assert!(delta.contains("\"output_tokens\":6"), "{delta}");
+    }
+}
+
+/// Property tests: the `/v1/messages` ingress in front of an Anthropic deployment gives the
+/// client Anthropic's answer back, exactly.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{self, text};
+
+    /// An Anthropic answer: thinking, text and tool calls, a stop reason, usage by component.
+    fn answer() -> impl Strategy<Value = Value> {
+        let tool = (
+            "[a-zA-Z0-9_-]{1,24}",
+            proptest::collection::btree_map("[a-z]{1,5}", any::<i32>(), 0..3),
+        );
+        let count = || 0..(1u64 << 40);
+        (
+            proptest::sample::select(vec!["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]),
+            proptest::option::of((text(), "[A-Za-z0-9+/]{4,16}")),
+            proptest::option::of(text().prop_filter("Anthropic sends no empty text block", |t| !t.is_empty())),
+            proptest::collection::vec(tool, 0..3),
+            (count(), count(), count(), count(), count()),
+        )
+            .prop_map(|(stop, thinking, text, tools, (input, read, five, hour, output))| {
+                let mut content = Vec::new();
+                if let Some((thinking, signature)) = thinking {
+                    content.push(json!({"type": "thinking", "thinking": thinking, "signature": signature}));
+                }
+                if let Some(text) = text {
+                    content.push(json!({"type": "text", "text": text}));
+                }
+                for (i, (id, input)) in tools.into_iter().enumerate() {
+                    content.push(json!({"type": "tool_use", "id": id, "name": format!("f{i}"), "input": input}));
+                }
+                json!({"id": "msg_rt", "type": "message", "role": "assistant", "model": "claude",
+                    "content": content, "stop_reason": stop,
+                    "stop_sequence": if stop == "stop_sequence" { json!("##") } else { Value::Null },
+                    "usage": {"input_tokens": input, "cache_creation_input_tokens": five + hour,
+                        "cache_read_input_tokens": read, "output_tokens": output,
+                        "cache_creation": {"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour}}})
+            })
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+        /// Anthropic → OpenAI (inside Sluice) → Anthropic is the identity on what the client
+        /// reads: content blocks (thinking with signatures, text, tool ids and inputs), stop
+        /// reason and sequence, usage by component.
+        #[test]
+        fn fuzz_an_anthropic_answer_comes_back_as_it_was(message in answer()) {
+            let (completion, _) = anthropic::from_message(&message, "claude").unwrap();
+            let back = to_message(&completion, "claude");
+            for field in ["id", "content", "stop_reason", "stop_sequence", "usage"] {
+                prop_assert_eq!(&back[field], &message[field], "{}", field);
+            }
+        }
     }
 }

@@ -439,7 +439,8 @@ pub struct ServerSentEvent {
 
 // ---- Anthropic -----------------------------------------------------------------------------
 
-/// Anthropic's Messages request. Fields not listed are ignored.
+/// Anthropic's Messages request, its main fields. The README (Providers) lists what else is
+/// translated, passed through or refused.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"model": "gpt-4o-mini", "max_tokens": 64,
                           "messages": [{"role": "user", "content": "Hello, Sluice"}]}))]
@@ -489,15 +490,17 @@ pub struct Message {
     pub role: String,
     /// The model name the client asked for.
     pub model: String,
-    /// Content blocks (`text`, `tool_use`).
+    /// Content blocks (`thinking`, `redacted_thinking`, `text`, `tool_use`).
     #[schema(value_type = Vec<Object>)]
     pub content: Vec<Value>,
-    /// `end_turn`, `max_tokens`, `tool_use` or `refusal`.
+    /// `end_turn`, `stop_sequence`, `max_tokens`, `tool_use` or `refusal`.
     pub stop_reason: String,
-    /// Always null.
+    /// The stop sequence that ended the answer, or null.
     #[schema(required = true, value_type = Option<String>)]
     pub stop_sequence: Option<Value>,
-    /// `input_tokens`, `output_tokens`, …
+    /// Anthropic's usage: `input_tokens` (neither read from nor written to the prompt cache),
+    /// `cache_creation_input_tokens`, `cache_read_input_tokens`, `cache_creation`
+    /// (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`), `output_tokens`.
     #[schema(value_type = Object)]
     pub usage: Value,
 }

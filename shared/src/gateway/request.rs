@@ -196,9 +196,15 @@ fn check_chat(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
             Some(Value::Array(parts)) => {
                 let field = || format!("messages[{i}].content");
                 at_most(field(), "content parts", parts.len(), bounds::CONTENT_PARTS)?;
+                // `image` is Anthropic's own block, carried through from `/v1/messages`.
                 images += parts
                     .iter()
-                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                    .filter(|p| {
+                        matches!(
+                            p.get("type").and_then(Value::as_str),
+                            Some("image_url" | "image")
+                        )
+                    })
                     .count();
             }
             Some(_) => {

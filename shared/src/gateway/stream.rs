@@ -6,7 +6,9 @@
 //!   `stream_options.include_usage` never see it.
 //! - Assembling: the chunks are folded back into one `chat.completion`, which is cached, so a
 //!   later identical request — streamed or not — is a cache hit; a hit on a streamed request
-//!   is replayed as events ([`replay`]).
+//!   is replayed as events ([`replay`]). Anthropic's extensions (`reasoning_content`,
+//!   `thinking_blocks` with their signatures, a choice's `stop_sequence`; see
+//!   `providers::extensions`) are folded and replayed too.
 //! - A client that disconnects drops this stream, which drops the provider's response and
 //!   closes its connection (cancelling the upstream call); what was used so far is settled.
 //! - The `stream finished` line is logged from a spawned task, after the request's handler
@@ -67,9 +69,14 @@ pub struct Finish {
 
 impl Finish {
     async fn run(self, assembled: Assembler, complete: bool) {
-        let usage = assembled
+        let mut usage = assembled
             .usage()
             .unwrap_or_else(|| Usage::plain(self.prompt_estimate, assembled.completion_estimate()));
+        if !complete {
+            // A stream cut off after an early usage report (the prompt's, sent on the first
+            // chunk when continuous usage is asked for) has not counted what followed.
+            usage.completion_tokens = usage.completion_tokens.max(assembled.completion_estimate());
+        }
         let cost = self.price.cost_nano_usd(&usage);
         if let Err(e) = self.limiter.settle(self.grant, usage.total(), cost).await {
             tracing::error!(target: "sluice::limits", error = %e, "could not settle a streamed request");
@@ -117,8 +124,15 @@ pub struct Assembler {
 struct Choice {
     role: Option<String>,
     content: Option<String>,
+    /// Thinking text, as reasoning models stream it (`reasoning_content`).
+    reasoning: Option<String>,
+    /// Anthropic's thinking blocks by their index, text and signature appended in pieces
+    /// (see `providers::extensions`).
+    thinking_blocks: BTreeMap<u64, Map<String, Value>>,
     tool_calls: BTreeMap<u64, Map<String, Value>>,
     finish_reason: Value,
+    /// The stop sequence that ended an Anthropic answer.
+    stop_sequence: Option<Value>,
 }
 
 impl Assembler {
@@ -150,6 +164,36 @@ impl Assembler {
                     .get_or_insert_with(String::new)
                     .push_str(text);
             }
+            if let Some(text) = delta.get("reasoning_content").and_then(Value::as_str) {
+                choice
+                    .reasoning
+                    .get_or_insert_with(String::new)
+                    .push_str(text);
+            }
+            for piece in delta
+                .get("thinking_blocks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = piece.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let block = choice.thinking_blocks.entry(i).or_default();
+                for (field, v) in piece.as_object().into_iter().flatten() {
+                    match (field.as_str(), v, block.get_mut(field)) {
+                        ("index", _, _) => {}
+                        (
+                            "thinking" | "signature" | "data",
+                            Value::String(more),
+                            Some(Value::String(so_far)),
+                        ) => {
+                            so_far.push_str(more);
+                        }
+                        _ => {
+                            block.insert(field.clone(), v.clone());
+                        }
+                    }
+                }
+            }
             for call in delta
                 .get("tool_calls")
                 .and_then(Value::as_array)
@@ -178,6 +222,9 @@ impl Assembler {
             if let Some(reason) = c.get("finish_reason").filter(|r| !r.is_null()) {
                 choice.finish_reason = reason.clone();
             }
+            if let Some(sequence) = c.get("stop_sequence").filter(|s| !s.is_null()) {
+                choice.stop_sequence = Some(sequence.clone());
+            }
         }
     }
 
@@ -198,6 +245,7 @@ impl Assembler {
             .values()
             .map(|c| {
                 tokens::estimate_text(c.content.as_deref().unwrap_or(""))
+                    + tokens::estimate_text(c.reasoning.as_deref().unwrap_or(""))
                     + c.tool_calls
                         .values()
                         .map(|t| tokens::estimate_value(&Value::Object(t.clone())))
@@ -222,7 +270,19 @@ impl Assembler {
                         c.tool_calls.values().cloned().map(Value::Object).collect(),
                     );
                 }
-                json!({"index": index, "message": message, "logprobs": null, "finish_reason": c.finish_reason})
+                if let Some(reasoning) = &c.reasoning {
+                    message["reasoning_content"] = json!(reasoning);
+                }
+                if !c.thinking_blocks.is_empty() {
+                    message["thinking_blocks"] = Value::Array(
+                        c.thinking_blocks.values().cloned().map(Value::Object).collect(),
+                    );
+                }
+                let mut choice = json!({"index": index, "message": message, "logprobs": null, "finish_reason": c.finish_reason});
+                if let Some(sequence) = &c.stop_sequence {
+                    choice["stop_sequence"] = sequence.clone();
+                }
+                choice
             })
             .collect();
         let mut out = self.head.clone();
@@ -381,6 +441,23 @@ pub fn replay(completion: &Value, include_usage: bool) -> EventBytes {
         if let Some(content) = message.get("content").filter(|v| !v.is_null()) {
             delta["content"] = content.clone();
         }
+        if let Some(reasoning) = message.get("reasoning_content").filter(|v| !v.is_null()) {
+            delta["reasoning_content"] = reasoning.clone();
+        }
+        if let Some(blocks) = message.get("thinking_blocks").and_then(Value::as_array) {
+            // Indexed as streamed, so the replay assembles into the same blocks.
+            let indexed: Vec<Value> = blocks
+                .iter()
+                .filter_map(Value::as_object)
+                .enumerate()
+                .map(|(i, block)| {
+                    let mut block = block.clone();
+                    block.insert("index".into(), json!(i));
+                    Value::Object(block)
+                })
+                .collect();
+            delta["thinking_blocks"] = Value::Array(indexed);
+        }
         if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
             // The stored answer came from a provider: a call that is not an object is dropped
             // (indexing into it would panic), not replayed.
@@ -400,9 +477,12 @@ pub fn replay(completion: &Value, include_usage: bool) -> EventBytes {
             json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]),
         )));
         let finish = c.get("finish_reason").cloned().unwrap_or(json!("stop"));
-        events.push(event(&head(
-            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}]),
-        )));
+        let mut last =
+            json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish});
+        if let Some(sequence) = c.get("stop_sequence").filter(|s| !s.is_null()) {
+            last["stop_sequence"] = sequence.clone();
+        }
+        events.push(event(&head(json!([last]))));
     }
     if include_usage && let Some(usage) = completion.get("usage") {
         let mut last = head(json!([]));
@@ -467,6 +547,30 @@ mod tests {
         }
         assert_eq!(a.completion()["choices"], completion["choices"]);
         assert_eq!(a.usage(), Some(Usage::plain(2, 2)));
+    }
+
+    /// Claude's thinking (with the signatures it must be sent back with) and the stop
+    /// sequence that ended it survive the cache: a replayed hit assembles into them again.
+    #[tokio::test]
+    async fn thinking_blocks_and_the_stop_sequence_survive_a_replay() {
+        let completion = json!({"id": "msg_1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "logprobs": null, "finish_reason": "stop", "stop_sequence": "##",
+                "message": {"role": "assistant", "content": "4", "refusal": null, "reasoning_content": "2+2",
+                    "thinking_blocks": [{"type": "thinking", "thinking": "2+2", "signature": "EqQB"},
+                                        {"type": "redacted_thinking", "data": "EmwK"}]}}]});
+        let text: String = replay(&completion, false)
+            .map(|b| String::from_utf8_lossy(&b.unwrap()).into_owned())
+            .collect()
+            .await;
+        let mut a = Assembler::default();
+        for line in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| *l != "[DONE]")
+        {
+            a.add(&serde_json::from_str(line).unwrap());
+        }
+        assert_eq!(a.completion()["choices"], completion["choices"]);
     }
 }
 

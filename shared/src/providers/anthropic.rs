@@ -2,14 +2,28 @@
 //!
 //! Requests: system and developer messages become `system`; tool calls become `tool_use`
 //! blocks and tool results `tool_result` blocks in a user turn; consecutive turns of one role
-//! are merged (Anthropic requires alternation); `max_tokens` is required, so the gateway's
-//! reserved ceiling (or 4096) is sent when the client set none. Answers: text blocks become
-//! `content`, `tool_use` blocks become `tool_calls`, stop reasons and usage are mapped, and
-//! the event stream (`message_start`, `content_block_*`, `message_delta`, …) becomes
-//! `chat.completion.chunk`s. Anthropic has no embeddings API.
+//! are merged; `max_tokens` is required, so the gateway's reserved ceiling (or 4096) is sent
+//! when the client set none. Content parts become blocks: text, images, PDF and plain-text
+//! `file`s (as `document`s), and the Anthropic blocks the `/v1/messages` ingress carries
+//! through (see [`super::extensions`]); `cache_control` stays on whatever carries it.
+//! What Anthropic cannot take is refused with a 400 naming the field, never dropped: audio,
+//! `file_id`s, `temperature` above 1, both samplers at once.
+//!
+//! Answers: text blocks become `content`, `tool_use` blocks `tool_calls`, thinking blocks
+//! `reasoning_content` and `thinking_blocks` (signatures kept, so they can be sent back),
+//! stop reasons are mapped (a matched stop sequence is kept as the choice's
+//! `stop_sequence`), and usage is read by component: Anthropic's `input_tokens` excludes
+//! cache reads and writes, OpenAI's `prompt_tokens` includes them. The event stream
+//! (`message_start`, `content_block_*`, `message_delta`, …) becomes `chat.completion.chunk`s.
+//! Anthropic has no embeddings API.
 
+use std::collections::HashMap;
+
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{self, error_message, stream_error};
@@ -21,6 +35,22 @@ pub const API_VERSION: &str = "2023-06-01";
 
 /// Output ceiling sent when neither the client nor the model config set one.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Thinking budgets for OpenAI's `reasoning_effort` (LiteLLM's defaults for the same
+/// translation; Anthropic's smallest budget is 1,024 tokens, so `minimal` is `low`).
+/// `none` asks for no thinking.
+pub const EFFORT_BUDGETS: &[(&str, u64)] = &[
+    ("minimal", 1024),
+    ("low", 1024),
+    ("medium", 2048),
+    ("high", 4096),
+    ("xhigh", 8192),
+];
+
+/// Content-block types the `/v1/messages` ingress passes through untouched as content parts
+/// of their own type (no OpenAI part means the same): they are sent to Anthropic as they
+/// came.
+pub const NATIVE_PARTS: &[&str] = &["document", "image", "search_result"];
 
 /// The Anthropic API at a base URL such as `https://api.anthropic.com/v1`.
 #[derive(Debug, Clone)]
@@ -62,7 +92,7 @@ impl ProviderApi for Anthropic {
             .to_owned();
         if request.stream {
             let (events, headroom) = http::send_for_events(post, request.timeout).await?;
-            let mut state = StreamState::new(model);
+            let mut state = StreamState::new(model, continuous_usage(request.body));
             let chunks = events
                 .map(move |e| state.translate(e))
                 .flat_map(futures_util::stream::iter);
@@ -92,104 +122,421 @@ fn rejected(message: &str) -> ProviderError {
     }
 }
 
+/// Whether the client asked for usage on more than the last chunk (vLLM's
+/// `stream_options.continuous_usage_stats`): then the prompt's usage, known from
+/// `message_start`, is also sent on the first chunk. The `/v1/messages` ingress asks, for
+/// its own `message_start`.
+fn continuous_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("continuous_usage_stats"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+// ---- Wire types ----------------------------------------------------------------------------
+
+/// A Messages API request body.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessagesRequest {
+    /// The upstream model.
+    pub model: Value,
+    /// Output ceiling (required by Anthropic).
+    pub max_tokens: u64,
+    /// Alternating user and assistant turns.
+    pub messages: Vec<Turn>,
+    /// System prompt blocks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub system: Vec<Value>,
+    /// Sampling temperature, 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Value>,
+    /// Nucleus sampling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<Value>,
+    /// Top-k sampling (an Anthropic extension on the OpenAI side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<Value>,
+    /// Stop sequences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_sequences: Option<Vec<Value>>,
+    /// `{"user_id": …}` from OpenAI's `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Tool definitions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Value>,
+    /// Tool choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    /// Extended thinking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Value>,
+    /// Effort and structured output (an Anthropic extension on the OpenAI side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<Value>,
+    /// Automatic caching: a breakpoint on the last cacheable block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Value>,
+    /// Server-sent events.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+}
+
+/// One turn of a Messages request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Turn {
+    /// `user` or `assistant`.
+    pub role: &'static str,
+    /// Content blocks.
+    pub content: Vec<Value>,
+}
+
+/// Anthropic's `usage` object, in answers, `message_start` and `message_delta` (whose counts
+/// are cumulative). Every count is optional and read leniently: a provider's odd value is
+/// a missing count, not a failed answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnthropicUsage {
+    /// Input tokens neither read from nor written to the prompt cache.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input_tokens: Option<u64>,
+    /// Input tokens written to the prompt cache (both TTLs).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Input tokens read from the prompt cache.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_read_input_tokens: Option<u64>,
+    /// The cache writes by TTL.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_creation: Option<CacheCreation>,
+    /// Output tokens, thinking included.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output_tokens: Option<u64>,
+    /// Of the output, thinking.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output_tokens_details: Option<OutputTokensDetails>,
+}
+
+/// `usage.cache_creation`: cache writes by TTL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCreation {
+    /// Written for 5 minutes.
+    #[serde(default, deserialize_with = "lenient_count")]
+    pub ephemeral_5m_input_tokens: u64,
+    /// Written for 1 hour.
+    #[serde(default, deserialize_with = "lenient_count")]
+    pub ephemeral_1h_input_tokens: u64,
+}
+
+/// `usage.output_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputTokensDetails {
+    /// Output tokens spent thinking.
+    #[serde(default, deserialize_with = "lenient_count")]
+    pub thinking_tokens: u64,
+}
+
+/// A value of the expected type, or `None` for anything else.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+/// A count, or 0 for anything else.
+fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(lenient::<D, u64>(d)?.unwrap_or(0))
+}
+
+impl AnthropicUsage {
+    /// Reads a `usage` value; `None` if it is not an object.
+    pub fn read(value: &Value) -> Option<Self> {
+        value
+            .is_object()
+            .then(|| serde_json::from_value(value.clone()).ok())
+            .flatten()
+    }
+
+    /// The fields `later` has, over these: `message_delta` counts are cumulative totals that
+    /// replace `message_start`'s, and a count it omits keeps its earlier value.
+    fn merge(&mut self, later: Self) {
+        let Self {
+            input_tokens,
+            cache_creation_input_tokens,
+            cache_read_input_tokens,
+            cache_creation,
+            output_tokens,
+            output_tokens_details,
+        } = later;
+        self.input_tokens = input_tokens.or(self.input_tokens);
+        self.cache_creation_input_tokens =
+            cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = cache_read_input_tokens.or(self.cache_read_input_tokens);
+        self.cache_creation = cache_creation.or(self.cache_creation);
+        self.output_tokens = output_tokens.or(self.output_tokens);
+        self.output_tokens_details = output_tokens_details.or(self.output_tokens_details);
+    }
+
+    /// Sluice's usage: every input token in `prompt_tokens` (Anthropic's `input_tokens`
+    /// counts only the uncached ones), cache reads and writes by TTL as its parts. Writes
+    /// with no TTL breakdown are 5-minute ones (the default TTL). Saturating: a broken
+    /// upstream may send `u64::MAX`.
+    pub fn to_usage(&self) -> Usage {
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let (five_min, one_hour) = self
+            .cache_creation
+            .map_or((self.cache_creation_input_tokens.unwrap_or(0), 0), |c| {
+                (c.ephemeral_5m_input_tokens, c.ephemeral_1h_input_tokens)
+            });
+        let parts = five_min.saturating_add(one_hour);
+        // A total above its parts (an inconsistent answer) is billed as 5-minute writes, the
+        // default TTL, so no written token goes unbilled.
+        let written = self.cache_creation_input_tokens.unwrap_or(parts).max(parts);
+        let output = self.output_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(read)
+                .saturating_add(written),
+            completion_tokens: output,
+            cached_tokens: read,
+            cache_write_tokens: five_min.saturating_add(written.saturating_sub(parts)),
+            cache_write_1h_tokens: one_hour,
+            reasoning_tokens: self
+                .output_tokens_details
+                .map_or(0, |d| d.thinking_tokens.min(output)),
+            ..Usage::default()
+        }
+    }
+
+    /// Anthropic's usage for Sluice's, every field present: `input_tokens` is what was
+    /// neither read from nor written to the cache.
+    pub fn from_usage(usage: &Usage) -> Self {
+        let written = usage
+            .cache_write_tokens
+            .saturating_add(usage.cache_write_1h_tokens);
+        Self {
+            input_tokens: Some(
+                usage
+                    .prompt_tokens
+                    .saturating_sub(usage.cached_tokens)
+                    .saturating_sub(written),
+            ),
+            cache_creation_input_tokens: Some(written),
+            cache_read_input_tokens: Some(usage.cached_tokens),
+            cache_creation: Some(CacheCreation {
+                ephemeral_5m_input_tokens: usage.cache_write_tokens,
+                ephemeral_1h_input_tokens: usage.cache_write_1h_tokens,
+            }),
+            output_tokens: Some(usage.completion_tokens),
+            output_tokens_details: None,
+        }
+    }
+}
+
 // ---- OpenAI request → Anthropic request ----------------------------------------------------
 
 /// Builds the Messages API body from an OpenAI chat request.
 pub fn to_messages_request(
     body: &Map<String, Value>,
     stream: bool,
-) -> Result<Value, ProviderError> {
+) -> Result<MessagesRequest, ProviderError> {
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(rejected("Anthropic returns one choice; `n` must be 1"));
     }
     let mut system = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
-    for message in body
+    let mut turns: Vec<Turn> = Vec::new();
+    for (i, message) in body
         .get("messages")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .enumerate()
     {
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
-        let (role, blocks) = match role {
+        let (role, mut blocks) = match role {
             "system" | "developer" => {
-                system.extend(text_blocks(message.get("content")));
+                let mut blocks = content_blocks(message.get("content"), i, Place::System)?;
+                mark_last(message, &mut blocks);
+                system.extend(blocks);
                 continue;
             }
-            "user" => ("user", content_blocks(message.get("content"))),
-            "assistant" => ("assistant", assistant_blocks(message)?),
-            "tool" => ("user", vec![tool_result_block(message)]),
+            "user" => (
+                "user",
+                content_blocks(message.get("content"), i, Place::User)?,
+            ),
+            "assistant" => ("assistant", assistant_blocks(message, i)?),
+            "tool" => ("user", vec![tool_result_block(message, i)?]),
             other => return Err(rejected(&format!("unsupported message role `{other}`"))),
         };
+        mark_last(message, &mut blocks);
         match turns.last_mut() {
-            // Anthropic wants user and assistant turns to alternate: merge neighbours.
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_owned(), blocks)),
+            // One turn per role change, as Anthropic's examples have them: merge neighbours.
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => turns.push(Turn {
+                role,
+                content: blocks,
+            }),
         }
     }
-    let messages: Vec<Value> = turns
-        .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect();
-    let max_tokens = body
+    let explicit_max = body
         .get("max_completion_tokens")
         .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
-    let mut out = Map::new();
-    out.insert(
-        "model".into(),
-        body.get("model").cloned().unwrap_or(Value::Null),
-    );
-    out.insert("max_tokens".into(), json!(max_tokens));
-    out.insert("messages".into(), Value::Array(messages));
-    if !system.is_empty() {
-        out.insert("system".into(), Value::Array(system));
+        .and_then(Value::as_u64);
+    let (thinking, budget) = thinking(body, explicit_max)?;
+    let (temperature, top_p) = sampling(body)?;
+    let stop_sequences = match body.get("stop") {
+        Some(Value::String(s)) => Some(vec![json!(s)]),
+        Some(Value::Array(items)) if !items.is_empty() => Some(items.clone()),
+        _ => None,
+    };
+    Ok(MessagesRequest {
+        model: body.get("model").cloned().unwrap_or(Value::Null),
+        // With a thinking budget and no ceiling from the client, the budget comes on top of
+        // the default answer length (Anthropic counts thinking in `max_tokens`).
+        max_tokens: explicit_max.unwrap_or(DEFAULT_MAX_TOKENS.saturating_add(budget)),
+        messages: turns,
+        system,
+        temperature,
+        top_p,
+        top_k: present(body, "top_k").cloned(),
+        stop_sequences,
+        metadata: body
+            .get("user")
+            .and_then(Value::as_str)
+            .map(|user| json!({"user_id": user})),
+        tools: tools(body)?,
+        tool_choice: tool_choice(body),
+        thinking,
+        output_config: present(body, "output_config").cloned(),
+        cache_control: present(body, "cache_control").cloned(),
+        stream,
+    })
+}
+
+fn present<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    body.get(field).filter(|v| !v.is_null())
+}
+
+/// `temperature` and `top_p`. Anthropic's temperature runs from 0 to 1 (OpenAI's to 2, and
+/// no value above 1 means the same there: refused, not clamped). Anthropic has always asked
+/// for one sampler or the other, and its models since Claude 4.5 refuse both ("`temperature`
+/// and `top_p` cannot both be specified for this model"): a sampler at its default (1, both)
+/// is left out, since omitting it means the same; two real ones are refused.
+fn sampling(body: &Map<String, Value>) -> Result<(Option<Value>, Option<Value>), ProviderError> {
+    let temperature = present(body, "temperature");
+    if let Some(t) = temperature
+        && !t.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t))
+    {
+        return Err(rejected(&format!(
+            "`temperature` must be from 0 to 1 for Anthropic models, got {t}; OpenAI's range \
+             above 1 has no equivalent"
+        )));
     }
-    for (from, to) in [("temperature", "temperature"), ("top_p", "top_p")] {
-        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
+    let at_default = |v: Option<&Value>| v.and_then(Value::as_f64) == Some(1.0);
+    let temperature = temperature.filter(|_| !at_default(temperature)).cloned();
+    let top_p = present(body, "top_p")
+        .filter(|v| !at_default(Some(v)))
+        .cloned();
+    if temperature.is_some() && top_p.is_some() {
+        return Err(rejected(
+            "`temperature` and `top_p` cannot both be set for Anthropic models: use one",
+        ));
     }
-    match body.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(items)) if !items.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(items.clone()));
-        }
-        _ => {}
+    Ok((temperature, top_p))
+}
+
+/// Anthropic's `thinking` (passed through), or one made from `reasoning_effort` (see
+/// [`EFFORT_BUDGETS`]), with its budget. A budget needs `max_tokens` above it.
+fn thinking(
+    body: &Map<String, Value>,
+    explicit_max: Option<u64>,
+) -> Result<(Option<Value>, u64), ProviderError> {
+    let effort = present(body, "reasoning_effort");
+    let Some(effort) = effort else {
+        return Ok((present(body, "thinking").cloned(), 0));
+    };
+    if present(body, "thinking").is_some() {
+        return Err(rejected(
+            "`reasoning_effort` and `thinking` cannot both be set: use one",
+        ));
     }
-    if let Some(user) = body.get("user").and_then(Value::as_str) {
-        out.insert("metadata".into(), json!({"user_id": user}));
+    let name = effort.as_str().unwrap_or_default();
+    if name == "none" {
+        return Ok((None, 0));
     }
-    let tools: Vec<Value> = body
+    let Some(&(_, budget)) = EFFORT_BUDGETS.iter().find(|(e, _)| *e == name) else {
+        return Err(rejected(&format!(
+            "`reasoning_effort` {effort} has no Anthropic thinking budget; use none, minimal, \
+             low, medium, high or xhigh"
+        )));
+    };
+    if explicit_max.is_some_and(|max| max <= budget) {
+        return Err(rejected(&format!(
+            "`reasoning_effort` {effort} is a thinking budget of {budget} tokens, which \
+             Anthropic counts in `max_tokens`: set `max_tokens` above {budget}"
+        )));
+    }
+    Ok((
+        Some(json!({"type": "enabled", "budget_tokens": budget})),
+        budget,
+    ))
+}
+
+/// OpenAI function tools as Anthropic tools (`cache_control` on the tool kept).
+fn tools(body: &Map<String, Value>) -> Result<Vec<Value>, ProviderError> {
+    let mut out = Vec::new();
+    for (i, t) in body
         .get("tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|t| {
-            let f = t.get("function")?;
-            let mut tool = json!({
-                "name": f.get("name")?,
-                "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
-            });
-            if let Some(d) = f.get("description") {
-                tool["description"] = d.clone();
-            }
-            Some(tool)
-        })
-        .collect();
-    if !tools.is_empty() {
-        out.insert("tools".into(), Value::Array(tools));
+        .enumerate()
+    {
+        let Some(f) = t.get("function").filter(|_| t["type"] == "function") else {
+            return Err(rejected(&format!(
+                "tools[{i}]: only function tools can be sent to Anthropic"
+            )));
+        };
+        let mut tool = Map::new();
+        tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
+        if let Some(d) = f.get("description") {
+            tool.insert("description".into(), d.clone());
+        }
+        tool.insert(
+            "input_schema".into(),
+            f.get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"})),
+        );
+        if let Some(cc) = t.get("cache_control") {
+            tool.insert("cache_control".into(), cc.clone());
+        }
+        out.push(Value::Object(tool));
     }
-    if let Some(choice) = tool_choice(body) {
-        out.insert("tool_choice".into(), choice);
-    }
-    if stream {
-        out.insert("stream".into(), json!(true));
-    }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// OpenAI's `tool_choice` and `parallel_tool_calls` as Anthropic's `tool_choice`.
@@ -212,50 +559,198 @@ fn tool_choice(body: &Map<String, Value>) -> Option<Value> {
     Some(choice)
 }
 
-/// Text blocks of a message's content (string or array of text parts).
-fn text_blocks(content: Option<&Value>) -> Vec<Value> {
-    match content {
-        Some(Value::String(s)) if !s.is_empty() => vec![json!({"type": "text", "text": s})],
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .map(|t| json!({"type": "text", "text": t}))
-            .collect(),
-        _ => Vec::new(),
+/// Where content parts are going: what Anthropic accepts differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// `system`: text only.
+    System,
+    /// A user turn.
+    User,
+    /// An assistant turn: text (and refusals, which are text the model said).
+    Assistant,
+    /// Inside a `tool_result`: text, images, documents, search results.
+    ToolResult,
+}
+
+/// A message-level `cache_control` (LiteLLM's form) marks the message's last block, unless
+/// that block has its own.
+fn mark_last(message: &Value, blocks: &mut [Value]) {
+    if let (Some(cc), Some(Value::Object(last))) = (message.get("cache_control"), blocks.last_mut())
+    {
+        last.entry("cache_control").or_insert_with(|| cc.clone());
     }
 }
 
-/// A user message's content as blocks: text, and images (data URLs inline, others by URL).
-fn content_blocks(content: Option<&Value>) -> Vec<Value> {
-    let Some(Value::Array(parts)) = content else {
-        return text_blocks(content);
-    };
-    parts
-        .iter()
-        .filter_map(|part| match part.get("type").and_then(Value::as_str) {
-            Some("text") => Some(json!({"type": "text", "text": part.get("text")?})),
-            Some("image_url") => {
-                let url = part.get("image_url")?.get("url")?.as_str()?;
-                Some(json!({"type": "image", "source": image_source(url)}))
+/// A message's content as blocks: a string is one text block (none if empty: Anthropic
+/// refuses empty text), an array is one block per part.
+fn content_blocks(
+    content: Option<&Value>,
+    i: usize,
+    place: Place,
+) -> Result<Vec<Value>, ProviderError> {
+    match content {
+        Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
+        Some(Value::Array(parts)) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                if let Some(block) =
+                    part_block(part, &format!("messages[{i}].content[{j}]"), place)?
+                {
+                    blocks.push(block);
+                }
             }
-            _ => None,
-        })
-        .collect()
+            Ok(blocks)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// One OpenAI content part as an Anthropic block (`None`: an empty text part), or a 400
+/// naming the part when Anthropic has nothing that means the same.
+fn part_block(part: &Value, at: &str, place: Place) -> Result<Option<Value>, ProviderError> {
+    let refuse = |why: &str| Err(rejected(&format!("{at}: {why}")));
+    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+    let mut block = match (kind, place) {
+        ("text", _) => {
+            let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+            if text.is_empty() {
+                return Ok(None);
+            }
+            json!({"type": "text", "text": text})
+        }
+        ("refusal", Place::Assistant) => {
+            let text = part.get("refusal").and_then(Value::as_str).unwrap_or("");
+            json!({"type": "text", "text": text})
+        }
+        (_, Place::System | Place::Assistant) => {
+            return refuse(&format!(
+                "a `{kind}` part cannot be sent to Anthropic here (text only)"
+            ));
+        }
+        ("image_url", _) => {
+            let image = part.get("image_url");
+            let Some(url) = image
+                .and_then(|i| i.get("url"))
+                .or(image)
+                .and_then(Value::as_str)
+            else {
+                return refuse("image_url has no url");
+            };
+            json!({"type": "image", "source": image_source(url)})
+        }
+        ("file", _) => {
+            let mut block = file_block(part.get("file").unwrap_or(&Value::Null), at)?;
+            // A document's `context` and `citations`, from the `/v1/messages` ingress.
+            for field in ["context", "citations"] {
+                if let Some(v) = part.get(field) {
+                    block[field] = v.clone();
+                }
+            }
+            block
+        }
+        ("input_audio", _) => {
+            return refuse(
+                "Anthropic has no audio input; send the audio to an OpenAI or Gemini model",
+            );
+        }
+        (native, _) if NATIVE_PARTS.contains(&native) => {
+            // Anthropic's own block, carried through from the `/v1/messages` ingress.
+            return Ok(Some(part.clone()));
+        }
+        _ => {
+            return refuse(&format!(
+                "content part type `{kind}` cannot be sent to Anthropic"
+            ));
+        }
+    };
+    if let Some(cc) = part.get("cache_control") {
+        block["cache_control"] = cc.clone();
+    }
+    Ok(Some(block))
 }
 
 /// `data:image/png;base64,…` → a base64 source; anything else → a URL source.
 fn image_source(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:")
-        && let Some((media_type, data)) = rest.split_once(";base64,")
-    {
+    if let Some((media_type, data)) = data_url(url) {
         return json!({"type": "base64", "media_type": media_type, "data": data});
     }
     json!({"type": "url", "url": url})
 }
 
-/// An assistant message as blocks: its text, then one `tool_use` per tool call.
-fn assistant_blocks(message: &Value) -> Result<Vec<Value>, ProviderError> {
-    let mut blocks = text_blocks(message.get("content"));
+/// `data:<type>;base64,<data>` → (type, data).
+fn data_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
+}
+
+/// OpenAI's `file` part (`file_data` as a data URL) as a `document`: PDFs as a base64
+/// source, plain text as a text source. `filename` becomes the document's `title`.
+fn file_block(file: &Value, at: &str) -> Result<Value, ProviderError> {
+    let refuse = |why: &str| rejected(&format!("{at}: {why}"));
+    if file.get("file_id").is_some_and(|id| !id.is_null()) {
+        return Err(refuse(
+            "a `file_id` names a file stored at OpenAI, which Anthropic cannot read; send \
+             the file's content as `file_data`",
+        ));
+    }
+    let Some(data) = file.get("file_data").and_then(Value::as_str) else {
+        return Err(refuse("a file part needs `file_data`"));
+    };
+    let Some((media_type, data)) = data_url(data) else {
+        return Err(refuse(
+            "`file_data` must be a data URL: `data:application/pdf;base64,…`",
+        ));
+    };
+    let source = match media_type {
+        "application/pdf" => json!({"type": "base64", "media_type": media_type, "data": data}),
+        "text/plain" => {
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| refuse("`file_data` is not base64 of UTF-8 text"))?;
+            json!({"type": "text", "media_type": media_type, "data": text})
+        }
+        other => {
+            return Err(refuse(&format!(
+                "Anthropic reads PDF (application/pdf) and plain-text files, not {other}"
+            )));
+        }
+    };
+    let mut block = json!({"type": "document", "source": source});
+    if let Some(title) = file.get("filename").filter(|t| t.is_string()) {
+        block["title"] = title.clone();
+    }
+    Ok(block)
+}
+
+/// An assistant message as blocks: its thinking blocks (first, unmodified: Anthropic checks
+/// their signatures), its text, then one `tool_use` per tool call.
+fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, ProviderError> {
+    let mut blocks = Vec::new();
+    for (k, block) in message
+        .get("thinking_blocks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(mut block) = block.as_object().cloned().filter(|b| {
+            matches!(
+                b.get("type").and_then(Value::as_str),
+                Some("thinking" | "redacted_thinking")
+            )
+        }) else {
+            return Err(rejected(&format!(
+                "messages[{i}].thinking_blocks[{k}]: a thinking block is an object of type \
+                 `thinking` or `redacted_thinking`"
+            )));
+        };
+        // Left over from streaming (see `thinking_blocks` chunks).
+        block.remove("index");
+        blocks.push(Value::Object(block));
+    }
+    blocks.extend(content_blocks(message.get("content"), i, Place::Assistant)?);
     for call in message
         .get("tool_calls")
         .and_then(Value::as_array)
@@ -273,27 +768,62 @@ fn assistant_blocks(message: &Value) -> Result<Vec<Value>, ProviderError> {
             serde_json::from_str(arguments)
                 .map_err(|_| rejected("a tool call's `arguments` is not JSON"))?
         };
-        blocks.push(json!({
+        let mut block = json!({
             "type": "tool_use",
-            "id": call.get("id").cloned().unwrap_or(Value::Null),
+            "id": tool_id(call.get("id")),
             "name": function.get("name").cloned().unwrap_or(Value::Null),
             "input": input,
-        }));
+        });
+        if let Some(cc) = call.get("cache_control") {
+            block["cache_control"] = cc.clone();
+        }
+        blocks.push(block);
     }
     Ok(blocks)
 }
 
-/// A `tool` message as a `tool_result` block.
-fn tool_result_block(message: &Value) -> Value {
-    let content = match message.get("content") {
-        Some(Value::String(s)) => Value::String(s.clone()),
-        other => Value::Array(text_blocks(other)),
-    };
-    json!({
+/// A tool call id as Anthropic takes it. Anthropic refuses ids outside
+/// `^[a-zA-Z0-9_-]+$` (its 400 names `tool_use.id`), and other providers make such ids
+/// (`functions.Bash:0`): a conversation begun elsewhere then fails on Claude. Such an id is
+/// replaced by one made from its hash, the same on the `tool_use` and its `tool_result`
+/// (distinct ids stay distinct); a valid id is sent as it is.
+fn tool_id(id: Option<&Value>) -> Value {
+    match id {
+        Some(Value::String(id)) if !valid_tool_id(id) => {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
+            json!(format!("toolu_sluice_{}", hex::encode(&digest[..16])))
+        }
+        Some(id) => id.clone(),
+        None => Value::Null,
+    }
+}
+
+/// Anthropic's pattern for tool ids, `^[a-zA-Z0-9_-]+$`.
+pub fn valid_tool_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A `tool` message as a `tool_result` block: text, or blocks (images, documents) when the
+/// result has them; `is_error` kept (an Anthropic extension, see [`super::extensions`]).
+fn tool_result_block(message: &Value, i: usize) -> Result<Value, ProviderError> {
+    let mut block = json!({
         "type": "tool_result",
-        "tool_use_id": message.get("tool_call_id").cloned().unwrap_or(Value::Null),
-        "content": content,
-    })
+        "tool_use_id": tool_id(message.get("tool_call_id")),
+    });
+    match message.get("content") {
+        Some(Value::String(s)) => block["content"] = json!(s),
+        content @ Some(Value::Array(_)) => {
+            block["content"] = Value::Array(content_blocks(content, i, Place::ToolResult)?);
+        }
+        _ => {}
+    }
+    if message.get("is_error") == Some(&Value::Bool(true)) {
+        block["is_error"] = json!(true);
+    }
+    Ok(block)
 }
 
 // ---- Anthropic answer → OpenAI answer ------------------------------------------------------
@@ -308,28 +838,6 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
     }
 }
 
-/// Input tokens including those written to or read from Anthropic's prompt cache.
-fn input_tokens(usage: &Value) -> u64 {
-    [
-        "input_tokens",
-        "cache_creation_input_tokens",
-        "cache_read_input_tokens",
-    ]
-    .iter()
-    .filter_map(|f| usage.get(*f).and_then(Value::as_u64))
-    // Saturating: a broken upstream may send `u64::MAX`.
-    .fold(0, u64::saturating_add)
-}
-
-fn openai_usage(prompt: u64, completion: u64, cached: u64) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt.saturating_add(completion),
-        "prompt_tokens_details": {"cached_tokens": cached},
-    })
-}
-
 /// A Messages API answer as a `chat.completion`, with its usage.
 pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage>), ProviderError> {
     if message.get("type").and_then(Value::as_str) == Some("error") {
@@ -342,6 +850,8 @@ pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage
         .and_then(Value::as_array)
         .ok_or_else(|| ProviderError::Malformed("no `content` array".into()))?;
     let mut text: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut thinking_blocks = Vec::new();
     let mut tool_calls = Vec::new();
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
@@ -356,9 +866,20 @@ pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage
                     "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
                 },
             })),
+            Some("thinking") => {
+                reasoning
+                    .get_or_insert_with(String::new)
+                    .push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                thinking_blocks.push(block.clone());
+            }
+            Some("redacted_thinking") => thinking_blocks.push(block.clone()),
             _ => {}
         }
     }
+    let stop_reason = message
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
     let mut out = json!({
         "id": message.get("id").cloned().unwrap_or_else(|| json!("msg")),
         "object": "chat.completion",
@@ -368,28 +889,50 @@ pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage
             "index": 0,
             "message": {"role": "assistant", "content": text, "refusal": null},
             "logprobs": null,
-            "finish_reason": finish_reason(
-                message.get("stop_reason").and_then(Value::as_str).unwrap_or("end_turn"),
-            ),
+            "finish_reason": finish_reason(stop_reason),
         }],
     });
-    if !tool_calls.is_empty() {
-        out["choices"][0]["message"]["tool_calls"] = Value::Array(tool_calls);
+    let choice = &mut out["choices"][0];
+    if let Some(sequence) = matched_stop_sequence(stop_reason, message.get("stop_sequence")) {
+        choice["stop_sequence"] = sequence;
     }
-    let usage = message.get("usage").map(|u| {
-        Usage::plain(
-            input_tokens(u),
-            u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
-        )
-    });
-    if let (Some(usage), Some(raw)) = (usage, message.get("usage")) {
-        let cached = raw
-            .get("cache_read_input_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        out["usage"] = openai_usage(usage.prompt_tokens, usage.completion_tokens, cached);
+    if !tool_calls.is_empty() {
+        choice["message"]["tool_calls"] = Value::Array(tool_calls);
+    }
+    if !thinking_blocks.is_empty() {
+        choice["message"]["reasoning_content"] = json!(reasoning);
+        choice["message"]["thinking_blocks"] = Value::Array(thinking_blocks);
+    }
+    let usage = message
+        .get("usage")
+        .and_then(AnthropicUsage::read)
+        .map(|u| u.to_usage());
+    if let Some(usage) = &usage {
+        out["usage"] = usage.to_openai();
     }
     Ok((out, usage))
+}
+
+/// The stop sequence that ended the answer, kept on the OpenAI choice (whose
+/// `finish_reason` is `stop` either way) so `/v1/messages` can say which one matched.
+fn matched_stop_sequence(stop_reason: &str, sequence: Option<&Value>) -> Option<Value> {
+    (stop_reason == "stop_sequence")
+        .then(|| sequence.filter(|s| s.is_string()).cloned())
+        .flatten()
+}
+
+/// What the stream translation knows of one content block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Block {
+    /// A `tool_use` block: its OpenAI tool-call index, its `input` from `content_block_start`
+    /// (sent if no input arrives in pieces), and whether any piece arrived.
+    Tool {
+        call: u64,
+        start_input: Option<String>,
+        streamed: bool,
+    },
+    /// A `thinking` or `redacted_thinking` block, by its index among them.
+    Thinking(u64),
 }
 
 /// What a stream translation remembers between events.
@@ -397,21 +940,26 @@ struct StreamState {
     id: String,
     model: String,
     created: u64,
-    input_tokens: u64,
-    cached_tokens: u64,
-    /// Anthropic content-block index → OpenAI tool-call index, for `tool_use` blocks.
-    tool_index: std::collections::HashMap<u64, u64>,
+    usage: AnthropicUsage,
+    /// Send the prompt's usage on the first chunk too (see [`continuous_usage`]).
+    early_usage: bool,
+    /// Anthropic content-block index → what that block is, for tools and thinking.
+    blocks: HashMap<u64, Block>,
+    tool_calls: u64,
+    thinking_blocks: u64,
 }
 
 impl StreamState {
-    fn new(model: String) -> Self {
+    fn new(model: String, early_usage: bool) -> Self {
         Self {
             id: String::new(),
             model,
             created: super::now_ms() / 1000,
-            input_tokens: 0,
-            cached_tokens: 0,
-            tool_index: Default::default(),
+            usage: AnthropicUsage::default(),
+            early_usage,
+            blocks: HashMap::new(),
+            tool_calls: 0,
+            thinking_blocks: 0,
         }
     }
 
@@ -426,6 +974,29 @@ impl StreamState {
         self.chunk(
             json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]),
         )
+    }
+
+    /// The arguments of a tool call no input piece arrived for: its start `input`, or `{}`
+    /// (an empty string is not JSON, and clients parse it).
+    fn finish_tool(&mut self, index: u64) -> Option<Value> {
+        let Some(Block::Tool {
+            call,
+            start_input,
+            streamed,
+        }) = self.blocks.get_mut(&index)
+        else {
+            return None;
+        };
+        if *streamed {
+            return None;
+        }
+        *streamed = true;
+        let arguments = start_input.take().unwrap_or_else(|| "{}".to_owned());
+        let call = *call;
+        Some(self.delta(
+            json!({"tool_calls": [{"index": call, "function": {"arguments": arguments}}]}),
+            None,
+        ))
     }
 
     /// One Anthropic event as zero or more OpenAI chunks.
@@ -445,6 +1016,7 @@ impl StreamState {
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or(&event.name);
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
         match kind {
             "message_start" => {
                 let message = data.get("message").unwrap_or(&Value::Null);
@@ -454,25 +1026,76 @@ impl StreamState {
                 if let Some(model) = message.get("model").and_then(Value::as_str) {
                     self.model = model.to_owned();
                 }
-                if let Some(usage) = message.get("usage") {
-                    self.input_tokens = input_tokens(usage);
-                    self.cached_tokens = usage
-                        .get("cache_read_input_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
+                if let Some(usage) = message.get("usage").and_then(AnthropicUsage::read) {
+                    self.usage.merge(usage);
                 }
-                vec![Ok(
-                    self.delta(json!({"role": "assistant", "content": ""}), None)
-                )]
+                let mut first = self.delta(json!({"role": "assistant", "content": ""}), None);
+                if self.early_usage {
+                    first["usage"] = self.usage.to_usage().to_openai();
+                }
+                vec![Ok(first)]
             }
-            "content_block_start" => {
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                if block.get("type").and_then(Value::as_str) != Some("tool_use") {
-                    return Vec::new();
+            "content_block_start" => self.block_start(index, data.get("content_block")),
+            "content_block_delta" => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                self.block_delta(index, delta).into_iter().map(Ok).collect()
+            }
+            "content_block_stop" => self.finish_tool(index).into_iter().map(Ok).collect(),
+            "message_delta" => {
+                let mut out: Vec<Result<Value, ProviderError>> = Vec::new();
+                // A tool block the stream never closed still gets valid arguments.
+                let mut open: Vec<u64> = self.blocks.keys().copied().collect();
+                open.sort_unstable();
+                for index in open {
+                    out.extend(self.finish_tool(index).map(Ok));
                 }
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let call = self.tool_index.len() as u64;
-                self.tool_index.insert(index, call);
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                let stop = delta
+                    .get("stop_reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("end_turn");
+                if let Some(usage) = data.get("usage").and_then(AnthropicUsage::read) {
+                    self.usage.merge(usage);
+                }
+                let mut last = self.delta(json!({}), Some(finish_reason(stop)));
+                if let Some(sequence) = matched_stop_sequence(stop, delta.get("stop_sequence")) {
+                    last["choices"][0]["stop_sequence"] = sequence;
+                }
+                let mut usage_chunk = self.chunk(json!([]));
+                usage_chunk["usage"] = self.usage.to_usage().to_openai();
+                out.push(Ok(last));
+                out.push(Ok(usage_chunk));
+                out
+            }
+            // ping, message_stop and event types added later.
+            _ => Vec::new(),
+        }
+    }
+
+    fn block_start(
+        &mut self,
+        index: u64,
+        block: Option<&Value>,
+    ) -> Vec<Result<Value, ProviderError>> {
+        let block = block.unwrap_or(&Value::Null);
+        match block.get("type").and_then(Value::as_str) {
+            Some("tool_use") => {
+                let call = self.tool_calls;
+                self.tool_calls += 1;
+                // Client tools start with `input: {}` and send it in pieces; a non-empty start
+                // input is the whole input.
+                let start_input = block
+                    .get("input")
+                    .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                    .map(Value::to_string);
+                self.blocks.insert(
+                    index,
+                    Block::Tool {
+                        call,
+                        start_input,
+                        streamed: false,
+                    },
+                );
                 vec![Ok(self.delta(
                     json!({"tool_calls": [{
                         "index": call, "id": block.get("id"), "type": "function",
@@ -481,47 +1104,63 @@ impl StreamState {
                     None,
                 ))]
             }
-            "content_block_delta" => {
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        let text = delta.get("text").cloned().unwrap_or(json!(""));
-                        vec![Ok(self.delta(json!({"content": text}), None))]
+            Some(kind @ ("thinking" | "redacted_thinking")) => {
+                let k = self.thinking_blocks;
+                self.thinking_blocks += 1;
+                self.blocks.insert(index, Block::Thinking(k));
+                let mut piece = json!({"index": k, "type": kind});
+                // A redacted block arrives whole; a thinking block's text and signature
+                // arrive as deltas, but a start that carries some is kept.
+                for field in ["data", "thinking", "signature"] {
+                    if let Some(v) = block
+                        .get(field)
+                        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                    {
+                        piece[field] = v.clone();
                     }
-                    Some("input_json_delta") => {
-                        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let Some(call) = self.tool_index.get(&index) else {
-                            return Vec::new();
-                        };
-                        let partial = delta.get("partial_json").cloned().unwrap_or(json!(""));
-                        vec![Ok(self.delta(
-                            json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
-                            None,
-                        ))]
-                    }
-                    _ => Vec::new(),
                 }
+                vec![Ok(self.delta(json!({"thinking_blocks": [piece]}), None))]
             }
-            "message_delta" => {
-                let stop = data
-                    .get("delta")
-                    .and_then(|d| d.get("stop_reason"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("end_turn");
-                let output = data
-                    .get("usage")
-                    .and_then(|u| u.get("output_tokens"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                let mut usage_chunk = self.chunk(json!([]));
-                usage_chunk["usage"] = openai_usage(self.input_tokens, output, self.cached_tokens);
-                vec![
-                    Ok(self.delta(json!({}), Some(finish_reason(stop)))),
-                    Ok(usage_chunk),
-                ]
-            }
-            // ping, content_block_stop, message_stop and event types added later.
             _ => Vec::new(),
+        }
+    }
+
+    fn block_delta(&mut self, index: u64, delta: &Value) -> Option<Value> {
+        let piece = |field: &str| delta.get(field).and_then(Value::as_str).unwrap_or("");
+        match (
+            delta.get("type").and_then(Value::as_str),
+            self.blocks.get_mut(&index),
+        ) {
+            (Some("text_delta"), _) => Some(self.delta(json!({"content": piece("text")}), None)),
+            (Some("input_json_delta"), Some(Block::Tool { call, streamed, .. })) => {
+                let partial = piece("partial_json");
+                if partial.is_empty() {
+                    return None;
+                }
+                *streamed = true;
+                let call = *call;
+                Some(self.delta(
+                    json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
+                    None,
+                ))
+            }
+            (Some("thinking_delta"), Some(Block::Thinking(k))) => {
+                let k = *k;
+                let text = piece("thinking");
+                Some(self.delta(
+                    json!({"reasoning_content": text,
+                           "thinking_blocks": [{"index": k, "type": "thinking", "thinking": text}]}),
+                    None,
+                ))
+            }
+            (Some("signature_delta"), Some(Block::Thinking(k))) => {
+                let k = *k;
+                Some(self.delta(
+                    json!({"thinking_blocks": [{"index": k, "type": "thinking", "signature": piece("signature")}]}),
+                    None,
+                ))
+            }
+            _ => None,
         }
     }
 }
@@ -532,6 +1171,37 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// The Messages request for an OpenAI body, as JSON.
+    fn request(body: &Map<String, Value>, stream: bool) -> Value {
+        serde_json::to_value(to_messages_request(body, stream).unwrap()).unwrap()
+    }
+
+    /// The 400 message for an OpenAI body Anthropic cannot take.
+    fn refusal(body: Value) -> String {
+        match to_messages_request(&obj(body), false) {
+            Err(ProviderError::Status {
+                status: 400,
+                message: Some(m),
+                ..
+            }) => m,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    /// Feeds named events through a stream translation.
+    fn translated(state: &mut StreamState, events: Vec<(&str, Value)>) -> Vec<Value> {
+        events
+            .into_iter()
+            .flat_map(|(name, data)| {
+                state.translate(Ok(Event {
+                    name: name.into(),
+                    data,
+                }))
+            })
+            .map(Result::unwrap)
+            .collect()
     }
 
     #[test]
@@ -561,7 +1231,7 @@ mod tests {
             "max_tokens": 300,
             "user": "u-1"
         }));
-        let out = to_messages_request(&body, true).unwrap();
+        let out = request(&body, true);
         assert_eq!(
             out["system"],
             json!([{"type": "text", "text": "Be terse."}])
@@ -594,11 +1264,10 @@ mod tests {
 
     #[test]
     fn max_tokens_defaults_and_bad_arguments_are_refused() {
-        let out = to_messages_request(
+        let out = request(
             &obj(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})),
             false,
-        )
-        .unwrap();
+        );
         assert_eq!(out["max_tokens"], DEFAULT_MAX_TOKENS);
         assert!(out.get("stream").is_none());
         let bad = obj(
@@ -635,7 +1304,14 @@ mod tests {
         let args: Value =
             serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args["location"], "San Francisco, CA");
-        assert_eq!(usage, Some(Usage::plain(2100, 503)));
+        // Anthropic's `input_tokens` leaves the 5 cache reads out; OpenAI's total has them.
+        assert_eq!(
+            usage,
+            Some(Usage {
+                cached_tokens: 5,
+                ..Usage::plain(2100, 503)
+            })
+        );
         assert_eq!(
             completion["usage"]["prompt_tokens_details"]["cached_tokens"],
             5
@@ -682,7 +1358,7 @@ mod tests {
             ),
             ("message_stop", json!({"type": "message_stop"})),
         ];
-        let mut state = StreamState::new("m".into());
+        let mut state = StreamState::new("m".into(), false);
         let mut assembler = crate::gateway::stream::Assembler::default();
         for (name, data) in events {
             for chunk in state.translate(Ok(Event {
@@ -708,6 +1384,420 @@ mod tests {
             data: overloaded,
         }));
         assert!(matches!(out.as_slice(), [Err(e)] if e.is_retryable()));
+    }
+
+    #[test]
+    fn temperature_above_one_and_two_samplers_are_refused_defaults_left_out() {
+        let ask = |extra: Value| {
+            let mut body = json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        // OpenAI allows 0 to 2; Anthropic 0 to 1. Clamping would change the meaning.
+        assert!(refusal(ask(json!({"temperature": 1.5}))).contains("`temperature`"));
+        assert!(refusal(ask(json!({"temperature": "hot"}))).contains("`temperature`"));
+        // Claude 4.5 and later refuse both samplers; Sluice says so before the call.
+        let both = refusal(ask(json!({"temperature": 0.3, "top_p": 0.9})));
+        assert!(both.contains("`temperature` and `top_p`"), "{both}");
+        // A sampler at Anthropic's default means the same left out.
+        let out = request(&obj(ask(json!({"temperature": 0.3, "top_p": 1}))), false);
+        assert_eq!(out["temperature"], 0.3);
+        assert!(out.get("top_p").is_none());
+        let out = request(&obj(ask(json!({"temperature": 1.0, "top_p": 0.5}))), false);
+        assert!(out.get("temperature").is_none());
+        assert_eq!(out["top_p"], 0.5);
+        let out = request(&obj(ask(json!({"temperature": 0, "top_k": 5}))), false);
+        assert_eq!(
+            (out["temperature"].clone(), out["top_k"].clone()),
+            (json!(0), json!(5))
+        );
+    }
+
+    #[test]
+    fn cache_control_reaches_anthropic_wherever_it_was() {
+        let cc = json!({"type": "ephemeral"});
+        let hour = json!({"type": "ephemeral", "ttl": "1h"});
+        let body = obj(json!({"model": "m", "cache_control": cc,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": hour}],
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": hour}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Read this.", "cache_control": cc},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png"}, "cache_control": cc}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}, "cache_control": cc}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done", "cache_control": cc},
+            {"role": "user", "content": "Next?", "cache_control": cc}
+        ]}));
+        let out = request(&body, false);
+        assert_eq!(out["cache_control"], cc);
+        assert_eq!(out["tools"][0]["cache_control"], hour);
+        assert_eq!(out["system"][0]["cache_control"], hour);
+        let turns = out["messages"].as_array().unwrap();
+        assert_eq!(turns[0]["content"][0]["cache_control"], cc);
+        assert_eq!(turns[0]["content"][1]["type"], "image");
+        assert_eq!(turns[0]["content"][1]["cache_control"], cc);
+        assert_eq!(turns[1]["content"][0]["cache_control"], cc);
+        // A message-level `cache_control` marks the message's last block.
+        assert_eq!(turns[2]["content"][0]["type"], "tool_result");
+        assert_eq!(turns[2]["content"][0]["cache_control"], cc);
+        assert_eq!(
+            turns[2]["content"][1],
+            json!({"type": "text", "text": "Next?", "cache_control": cc})
+        );
+    }
+
+    #[test]
+    fn files_become_documents_and_what_anthropic_cannot_read_is_refused() {
+        let user =
+            |part: Value| json!({"model": "m", "messages": [{"role": "user", "content": [part]}]});
+        let pdf = user(
+            json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}),
+        );
+        let out = request(&obj(pdf), false);
+        assert_eq!(
+            out["messages"][0]["content"][0],
+            json!({"type": "document", "title": "a.pdf",
+                   "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}})
+        );
+        let text =
+            user(json!({"type": "file", "file": {"file_data": "data:text/plain;base64,aGVsbG8="}}));
+        assert_eq!(
+            request(&obj(text), false)["messages"][0]["content"][0]["source"],
+            json!({"type": "text", "media_type": "text/plain", "data": "hello"})
+        );
+        let refused = [
+            (
+                user(json!({"type": "file", "file": {"file_id": "file-abc"}})),
+                "file_id",
+            ),
+            (
+                user(json!({"type": "file", "file": {"file_data": "data:image/heic;base64,AA"}})),
+                "image/heic",
+            ),
+            (
+                user(json!({"type": "file", "file": {"file_data": "JVBERi0="}})),
+                "data URL",
+            ),
+            (
+                user(
+                    json!({"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}),
+                ),
+                "audio",
+            ),
+            (
+                user(json!({"type": "video_url", "video_url": {"url": "x"}})),
+                "video_url",
+            ),
+        ];
+        for (body, why) in refused {
+            let m = refusal(body);
+            assert!(m.starts_with("messages[0].content[0]: "), "{m}");
+            assert!(m.contains(why), "{m}");
+        }
+        // Anthropic's own blocks from the `/v1/messages` ingress go through untouched.
+        let doc = json!({"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}, "citations": {"enabled": true}});
+        assert_eq!(
+            request(&obj(user(doc.clone())), false)["messages"][0]["content"][0],
+            doc
+        );
+        // Only function tools exist on Anthropic's side of this translation.
+        let m = refusal(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "custom", "custom": {"name": "g"}}]}),
+        );
+        assert!(m.starts_with("tools[0]"), "{m}");
+    }
+
+    #[test]
+    fn tool_results_keep_images_documents_and_is_error() {
+        let body = obj(json!({"model": "m", "messages": [
+            {"role": "user", "content": "look"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "shot", "arguments": ""}}]},
+            {"role": "tool", "tool_call_id": "c1", "is_error": true, "content": [
+                {"type": "text", "text": "timed out; last frame:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}));
+        let out = request(&body, false);
+        assert_eq!(out["messages"][1]["content"][0]["input"], json!({}));
+        let result = &out["messages"][2]["content"][0];
+        assert_eq!(result["is_error"], true);
+        assert_eq!(result["content"][0]["text"], "timed out; last frame:");
+        assert_eq!(result["content"][1]["source"]["media_type"], "image/png");
+    }
+
+    #[test]
+    fn thinking_passes_through_and_reasoning_effort_is_a_budget() {
+        let base = || json!({"model": "m", "messages": [{"role": "user", "content": "think"}]});
+        let with = |extra: Value| {
+            let mut b = base();
+            b.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            obj(b)
+        };
+        let thinking = json!({"type": "enabled", "budget_tokens": 2000});
+        let out = request(
+            &with(json!({"thinking": thinking, "max_tokens": 3000})),
+            false,
+        );
+        assert_eq!(out["thinking"], thinking);
+        assert_eq!(out["max_tokens"], 3000);
+        // `reasoning_effort`: a budget, and room for the answer when no ceiling was set.
+        let out = request(&with(json!({"reasoning_effort": "high"})), false);
+        assert_eq!(
+            out["thinking"],
+            json!({"type": "enabled", "budget_tokens": 4096})
+        );
+        assert_eq!(out["max_tokens"], DEFAULT_MAX_TOKENS + 4096);
+        let out = request(
+            &with(json!({"reasoning_effort": "low", "max_tokens": 2000})),
+            false,
+        );
+        assert_eq!(out["thinking"]["budget_tokens"], 1024);
+        assert_eq!(out["max_tokens"], 2000);
+        assert!(
+            request(&with(json!({"reasoning_effort": "none"})), false)
+                .get("thinking")
+                .is_none()
+        );
+        for (extra, why) in [
+            (
+                json!({"reasoning_effort": "medium", "max_tokens": 2048}),
+                "above 2048",
+            ),
+            (
+                json!({"reasoning_effort": "huge"}),
+                "no Anthropic thinking budget",
+            ),
+            (
+                json!({"reasoning_effort": "low", "thinking": thinking}),
+                "both",
+            ),
+        ] {
+            let mut body = base();
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let m = refusal(body);
+            assert!(m.contains("`reasoning_effort`") && m.contains(why), "{m}");
+        }
+    }
+
+    #[test]
+    fn thinking_blocks_go_back_first_and_unmodified() {
+        let body = obj(json!({"model": "m", "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null,
+             "reasoning_content": "I should look.",
+             "thinking_blocks": [
+                {"index": 0, "type": "thinking", "thinking": "I should look.", "signature": "sig1"},
+                {"index": 1, "type": "redacted_thinking", "data": "opaque"}],
+             "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "w", "arguments": "{\"c\":\"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "-3C"}]}));
+        let out = request(&body, false);
+        assert_eq!(
+            out["messages"][1]["content"],
+            json!([
+                {"type": "thinking", "thinking": "I should look.", "signature": "sig1"},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {"c": "Oslo"}}
+            ])
+        );
+        let m = refusal(
+            json!({"model": "m", "messages": [{"role": "assistant", "content": "x", "thinking_blocks": ["no"]}]}),
+        );
+        assert!(m.starts_with("messages[0].thinking_blocks[0]"), "{m}");
+    }
+
+    #[test]
+    fn thinking_answers_keep_blocks_signatures_and_stop_sequences() {
+        let message = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [
+                {"type": "thinking", "thinking": "Hmm.", "signature": "EqQB"},
+                {"type": "redacted_thinking", "data": "EmwK"},
+                {"type": "text", "text": "Done"}],
+            "stop_reason": "stop_sequence", "stop_sequence": "END",
+            "usage": {"input_tokens": 3, "output_tokens": 40, "output_tokens_details": {"thinking_tokens": 30}}});
+        let (completion, usage) = from_message(&message, "m").unwrap();
+        let choice = &completion["choices"][0];
+        assert_eq!(choice["finish_reason"], "stop");
+        assert_eq!(choice["stop_sequence"], "END");
+        assert_eq!(choice["message"]["content"], "Done");
+        assert_eq!(choice["message"]["reasoning_content"], "Hmm.");
+        assert_eq!(
+            choice["message"]["thinking_blocks"],
+            json!([{"type": "thinking", "thinking": "Hmm.", "signature": "EqQB"},
+                   {"type": "redacted_thinking", "data": "EmwK"}])
+        );
+        assert_eq!(usage.unwrap().reasoning_tokens, 30);
+    }
+
+    #[test]
+    fn cache_reads_and_writes_are_usage_components() {
+        // Anthropic's prompt caching usage: `input_tokens` is only what came after the last
+        // breakpoint; reads and writes (by TTL) are on top.
+        let message = json!({"content": [], "usage": {"input_tokens": 50, "output_tokens": 7,
+            "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}});
+        let (completion, usage) = from_message(&message, "m").unwrap();
+        let usage = usage.unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 1350,
+                completion_tokens: 7,
+                cached_tokens: 1000,
+                cache_write_tokens: 100,
+                cache_write_1h_tokens: 200,
+                ..Usage::default()
+            }
+        );
+        assert_eq!(usage.uncached_input(), 50);
+        // The gateway reads the answer's OpenAI usage: it must say the same.
+        assert_eq!(
+            crate::providers::usage_from_openai(&completion),
+            Some(usage)
+        );
+        // Without the TTL breakdown, writes are 5-minute ones (the default TTL).
+        let older =
+            json!({"input_tokens": 5, "cache_creation_input_tokens": 20, "output_tokens": 1});
+        let usage = AnthropicUsage::read(&older).unwrap().to_usage();
+        assert_eq!((usage.prompt_tokens, usage.cache_write_tokens), (25, 20));
+        // And back, every field present, as `/v1/messages` answers.
+        assert_eq!(
+            serde_json::to_value(AnthropicUsage::from_usage(&usage)).unwrap(),
+            json!({"input_tokens": 5, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 0,
+                   "cache_creation": {"ephemeral_5m_input_tokens": 20, "ephemeral_1h_input_tokens": 0},
+                   "output_tokens": 1})
+        );
+    }
+
+    /// A streamed tool call whose tool takes no input got `arguments: ""` (not JSON) where
+    /// the same answer unstreamed gets `"{}"`; clients `json.loads` it.
+    #[test]
+    fn a_streamed_tool_call_without_input_has_empty_object_arguments() {
+        let start = |id: &str| {
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": id, "name": "now", "input": {}}})
+        };
+        let stop = json!({"type": "content_block_stop", "index": 0});
+        let end = json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}});
+        let empty_piece = json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": ""}});
+        for events in [
+            // No input delta at all, or one empty piece, as Anthropic sends for `{}`.
+            vec![
+                ("content_block_start", start("toolu_a")),
+                ("content_block_stop", stop.clone()),
+                ("message_delta", end.clone()),
+            ],
+            vec![
+                ("content_block_start", start("toolu_a")),
+                ("content_block_delta", empty_piece.clone()),
+                ("content_block_stop", stop.clone()),
+                ("message_delta", end.clone()),
+            ],
+            // A stream that never closed the block still ends with JSON.
+            vec![
+                ("content_block_start", start("toolu_a")),
+                ("message_delta", end.clone()),
+            ],
+        ] {
+            let mut state = StreamState::new("m".into(), false);
+            let mut assembler = crate::gateway::stream::Assembler::default();
+            for chunk in translated(&mut state, events) {
+                assembler.add(&chunk);
+            }
+            let done = assembler.completion();
+            let call = &done["choices"][0]["message"]["tool_calls"][0];
+            assert_eq!(call["id"], "toolu_a");
+            assert_eq!(call["function"]["arguments"], "{}");
+        }
+    }
+
+    #[test]
+    fn a_thinking_stream_assembles_into_blocks_with_signatures() {
+        let mut state = StreamState::new("m".into(), true);
+        let chunks = translated(
+            &mut state,
+            vec![
+                (
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "msg_t", "usage":
+                {"input_tokens": 4, "cache_read_input_tokens": 100, "output_tokens": 1,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}}}),
+                ),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me "}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "see."}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "EqQB"}}),
+                ),
+                (
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking", "data": "EmwK"}}),
+                ),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "4"}}),
+                ),
+                (
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {"stop_reason": "stop_sequence", "stop_sequence": "##"},
+                "usage": {"output_tokens": 20, "cache_read_input_tokens": 100}}),
+                ),
+            ],
+        );
+        // With continuous usage asked for, the prompt's usage is on the first chunk too.
+        assert_eq!(chunks[0]["usage"]["prompt_tokens"], 104);
+        assert_eq!(
+            chunks[0]["usage"]["prompt_tokens_details"]["cached_tokens"],
+            100
+        );
+        let mut assembler = crate::gateway::stream::Assembler::default();
+        for chunk in &chunks {
+            assembler.add(chunk);
+        }
+        let done = assembler.completion();
+        let choice = &done["choices"][0];
+        assert_eq!(choice["message"]["content"], "4");
+        assert_eq!(choice["message"]["reasoning_content"], "Let me see.");
+        assert_eq!(
+            choice["message"]["thinking_blocks"],
+            json!([{"type": "thinking", "thinking": "Let me see.", "signature": "EqQB"},
+                   {"type": "redacted_thinking", "data": "EmwK"}])
+        );
+        assert_eq!(choice["finish_reason"], "stop");
+        assert_eq!(choice["stop_sequence"], "##");
+        let usage = assembler.usage().unwrap();
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.cached_tokens,
+                usage.completion_tokens
+            ),
+            (104, 100, 20)
+        );
     }
 }
 
@@ -787,12 +1877,152 @@ mod fuzz {
     }
 
     fn read(chunks: Vec<Bytes>) -> Result<Value, Vec<String>> {
-        let mut state = StreamState::new("m".into());
+        let mut state = StreamState::new("m".into(), false);
         let chunks: Vec<_> = block_on(event_stream(chunks).collect::<Vec<_>>())
             .into_iter()
             .flat_map(|e| state.translate(e))
             .collect();
         assemble(chunks)
+    }
+
+    const STOP_REASONS: &[&str] = &[
+        "end_turn",
+        "max_tokens",
+        "stop_sequence",
+        "tool_use",
+        "refusal",
+        "pause_turn",
+        "model_context_window_exceeded",
+    ];
+
+    /// Counts small enough that every sum stays exact.
+    fn count() -> impl Strategy<Value = u64> {
+        0..(1u64 << 40)
+    }
+
+    /// An Anthropic answer: a stop reason, text, tool calls with ids of Anthropic's pattern
+    /// (`^[a-zA-Z0-9_-]+$`) and any input, usage by component (with or without the TTL
+    /// breakdown); and the usage Sluice must read from it.
+    fn answer() -> impl Strategy<Value = (Value, Usage)> {
+        let tool = (
+            "[a-zA-Z0-9_-]{1,24}",
+            proptest::collection::btree_map("[a-z]{1,5}", any::<i32>(), 0..3),
+        );
+        (
+            proptest::sample::select(STOP_REASONS),
+            proptest::option::of(text()),
+            proptest::collection::vec(tool, 0..3),
+            (count(), count(), count(), count(), count()),
+            any::<bool>(),
+        )
+            .prop_map(|(stop, text, tools, (input, read, five, hour, output), breakdown)| {
+                let mut content = Vec::new();
+                if let Some(text) = &text {
+                    content.push(json!({"type": "text", "text": text}));
+                }
+                for (i, (id, input)) in tools.iter().enumerate() {
+                    content.push(json!({"type": "tool_use", "id": id, "name": format!("f{i}"), "input": input}));
+                }
+                let mut usage = json!({"input_tokens": input, "output_tokens": output,
+                    "cache_read_input_tokens": read, "cache_creation_input_tokens": five + hour});
+                let hour = if breakdown {
+                    usage["cache_creation"] = json!({"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour});
+                    hour
+                } else {
+                    0
+                };
+                let five = if breakdown { five } else { usage["cache_creation_input_tokens"].as_u64().unwrap() };
+                let message = json!({"id": "msg_p", "type": "message", "role": "assistant", "model": "claude",
+                    "content": content, "stop_reason": stop,
+                    "stop_sequence": if stop == "stop_sequence" { json!("STOP") } else { Value::Null },
+                    "usage": usage});
+                let expected = Usage {
+                    prompt_tokens: input + read + five + hour,
+                    completion_tokens: output,
+                    cached_tokens: read,
+                    cache_write_tokens: five,
+                    cache_write_1h_tokens: hour,
+                    ..Usage::default()
+                };
+                (message, expected)
+            })
+    }
+
+    /// The stream Anthropic sends for `message`: usage but output in `message_start`, each
+    /// block started, fed (text whole, tool input in two pieces, or none for `{}`) and
+    /// stopped, then the stop reason and output tokens.
+    fn events_of(message: &Value) -> Vec<(Option<&'static str>, Value)> {
+        let mut start_usage = message["usage"].clone();
+        start_usage["output_tokens"] = json!(1);
+        let mut events = vec![(
+            Some("message_start"),
+            json!({"type": "message_start", "message": {
+            "id": message["id"], "model": message["model"], "content": [], "usage": start_usage}}),
+        )];
+        for (index, block) in message["content"].as_array().unwrap().iter().enumerate() {
+            let (start, pieces) = if block["type"] == "tool_use" {
+                let input = block["input"].to_string();
+                let pieces = if input == "{}" {
+                    Vec::new()
+                } else {
+                    let (a, b) = input.split_at(input.len() / 2);
+                    vec![a.to_owned(), b.to_owned()]
+                };
+                (
+                    json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                    pieces
+                        .into_iter()
+                        .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                (
+                    json!({"type": "text", "text": ""}),
+                    vec![json!({"type": "text_delta", "text": block["text"]})],
+                )
+            };
+            events.push((
+                Some("content_block_start"),
+                json!({"type": "content_block_start", "index": index, "content_block": start}),
+            ));
+            for delta in pieces {
+                events.push((
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                ));
+            }
+            events.push((
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        events.push((Some("message_delta"), json!({"type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
+            "usage": {"output_tokens": message["usage"]["output_tokens"]}})));
+        events.push((Some("message_stop"), json!({"type": "message_stop"})));
+        events
+    }
+
+    /// An OpenAI conversation of `rounds` assistant turns with tool calls (ids of any
+    /// characters: OpenAI's and other providers' ids are not Anthropic's pattern), each
+    /// followed by its tool results; the ids in order.
+    fn tool_conversation() -> impl Strategy<Value = (Value, Vec<String>)> {
+        proptest::collection::vec(proptest::collection::vec("[a-zA-Z0-9_.:-]{1,20}", 1..4), 0..4).prop_map(|rounds| {
+            let mut messages = vec![json!({"role": "user", "content": "go"})];
+            let mut ids = Vec::new();
+            for round in rounds {
+                let calls: Vec<Value> = round
+                    .iter()
+                    .map(|id| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}}))
+                    .collect();
+                messages.push(json!({"role": "assistant", "content": null, "tool_calls": calls}));
+                for id in round {
+                    messages.push(json!({"role": "tool", "tool_call_id": id, "content": "ok"}));
+                    ids.push(id);
+                }
+            }
+            (json!({"model": "claude", "messages": messages}), ids)
+        })
     }
 
     /// Token counts near `u64::MAX` (a broken or hostile upstream) overflowed the sum of the
@@ -805,7 +2035,7 @@ mod fuzz {
         let (completion, usage) = from_message(&message, "m").unwrap();
         assert_eq!(usage.map(|u| u.prompt_tokens), Some(u64::MAX));
         assert_eq!(completion["usage"]["total_tokens"], u64::MAX);
-        let mut state = StreamState::new("m".into());
+        let mut state = StreamState::new("m".into(), false);
         let start = json!({"type": "message_start", "message": {"usage": {"input_tokens": u64::MAX - 1, "cache_read_input_tokens": 2}}});
         let _ = state.translate(Ok(Event {
             name: String::new(),
@@ -837,7 +2067,7 @@ mod fuzz {
 
         #[test]
         fn fuzz_any_events(events in proptest::collection::vec((fuzzing::word(), prop_oneof![json_value(), valid_event()]), 0..10)) {
-            let mut state = StreamState::new("m".into());
+            let mut state = StreamState::new("m".into(), false);
             for (name, data) in events {
                 for chunk in state.translate(Ok(Event { name, data })).into_iter().flatten() {
                     prop_assert_eq!(&chunk["object"], "chat.completion.chunk");
@@ -849,7 +2079,7 @@ mod fuzz {
         fn fuzz_any_request(body in prop_oneof![json_value(), mutated(valid_request())], stream in any::<bool>()) {
             let map = body.as_object().cloned().unwrap_or_default();
             match to_messages_request(&map, stream) {
-                Ok(out) => prop_assert!(out["messages"].is_array()),
+                Ok(out) => prop_assert!(serde_json::to_value(&out).unwrap()["messages"].is_array()),
                 Err(e) => prop_assert!(matches!(e, ProviderError::Status { status: 400, .. }), "{:?}", e),
             }
         }
@@ -864,6 +2094,76 @@ mod fuzz {
                 prop_assert_eq!(message["tool_calls"][0]["function"]["arguments"].as_str(), Some(args.as_str()));
             }
             prop_assert_eq!(read(split(&bytes, &at)), whole);
+        }
+
+        /// OpenAI → Anthropic → OpenAI keeps the stop reason, the tool ids and the usage by
+        /// component exactly, and Sluice's usage maps back to the same Anthropic usage.
+        #[test]
+        fn fuzz_answers_keep_stop_reasons_tool_ids_and_usage((message, expected) in answer()) {
+            let (completion, usage) = from_message(&message, "m").unwrap();
+            let choice = &completion["choices"][0];
+            let stop = message["stop_reason"].as_str().unwrap();
+            prop_assert_eq!(&choice["finish_reason"], finish_reason(stop));
+            prop_assert_eq!(choice.get("stop_sequence").is_some(), stop == "stop_sequence");
+            let blocks: Vec<&Value> = message["content"].as_array().unwrap().iter().filter(|b| b["type"] == "tool_use").collect();
+            let calls = choice["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
+            prop_assert_eq!(calls.len(), blocks.len());
+            for (call, block) in calls.iter().zip(blocks) {
+                prop_assert_eq!(&call["id"], &block["id"]);
+                let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                prop_assert_eq!(&args, &block["input"]);
+            }
+            prop_assert_eq!(usage, Some(expected));
+            prop_assert_eq!(crate::providers::usage_from_openai(&completion), Some(expected));
+            let back = AnthropicUsage::from_usage(&expected);
+            prop_assert_eq!(back.to_usage(), expected);
+            prop_assert_eq!(back.input_tokens, message["usage"]["input_tokens"].as_u64());
+            prop_assert_eq!(back.cache_read_input_tokens, message["usage"]["cache_read_input_tokens"].as_u64());
+            prop_assert_eq!(back.cache_creation_input_tokens, message["usage"]["cache_creation_input_tokens"].as_u64());
+        }
+
+        /// The same answer streamed assembles into what the unstreamed one translates to.
+        #[test]
+        fn fuzz_a_streamed_answer_is_the_same_answer((message, _) in answer(), at in cuts(8)) {
+            let (whole, usage) = from_message(&message, "m").unwrap();
+            let streamed = read(split(&sse_text(&events_of(&message)), &at)).unwrap();
+            let (a, b) = (&whole["choices"][0], &streamed["choices"][0]);
+            prop_assert_eq!(&a["finish_reason"], &b["finish_reason"]);
+            prop_assert_eq!(a.get("stop_sequence"), b.get("stop_sequence"));
+            // Unstreamed, no text is `null`; streamed, the first chunk's `""`.
+            let text = |c: &Value| c["message"]["content"].as_str().unwrap_or("").to_owned();
+            prop_assert_eq!(text(a), text(b));
+            prop_assert_eq!(&a["message"]["tool_calls"], &b["message"]["tool_calls"]);
+            prop_assert_eq!(crate::providers::usage_from_openai(&streamed), usage);
+            prop_assert_eq!(&whole["id"], &streamed["id"]);
+        }
+
+        /// Tool call ids reach Anthropic in order and the same on both sides of each round
+        /// (`tool_use` and `tool_result`): valid ones as they were, others (which Anthropic
+        /// refuses) mapped to valid ones, distinct ids to distinct ids.
+        #[test]
+        fn fuzz_requests_keep_tool_ids((body, ids) in tool_conversation()) {
+            let out = serde_json::to_value(to_messages_request(body.as_object().unwrap(), false).unwrap()).unwrap();
+            let blocks: Vec<&Value> = out["messages"].as_array().unwrap().iter()
+                .flat_map(|m| m["content"].as_array().unwrap().iter()).collect();
+            let uses: Vec<&str> = blocks.iter().filter(|b| b["type"] == "tool_use").map(|b| b["id"].as_str().unwrap()).collect();
+            let results: Vec<&str> = blocks.iter().filter(|b| b["type"] == "tool_result").map(|b| b["tool_use_id"].as_str().unwrap()).collect();
+            prop_assert_eq!(&uses, &results);
+            for (sent, id) in uses.iter().zip(&ids) {
+                // Valid ids exactly; others replaced by valid ones, distinct for distinct ids.
+                prop_assert!(valid_tool_id(sent), "{}", sent);
+                if valid_tool_id(id) {
+                    prop_assert_eq!(sent, id);
+                }
+            }
+            for (i, a) in ids.iter().enumerate() {
+                for (j, b) in ids.iter().enumerate() {
+                    prop_assert_eq!(a == b, uses[i] == uses[j]);
+                }
+            }
+            // Roles alternate, starting with the user.
+            let roles: Vec<&str> = out["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+            prop_assert!(roles.iter().enumerate().all(|(i, r)| *r == if i % 2 == 0 { "user" } else { "assistant" }), "{:?}", roles);
         }
 
         #[test]

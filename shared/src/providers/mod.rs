@@ -5,6 +5,7 @@
 //! the usage it reported. Translation to and from other wire formats lives in each provider.
 
 pub mod anthropic;
+pub mod extensions;
 pub mod gemini;
 mod http;
 pub mod mock;
@@ -441,6 +442,26 @@ impl ProviderApi for Provider {
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let key = request.api_key;
+        // Anthropic's extensions of the OpenAI body, for providers that are not Anthropic.
+        let target = match self {
+            Self::OpenAi(_) => Some(extensions::Target::OpenAi),
+            Self::Gemini(_) => Some(extensions::Target::Gemini),
+            Self::Anthropic(_) | Self::Mock(_) => None,
+        };
+        let lowered;
+        let request = match target.filter(|_| request.endpoint == Endpoint::ChatCompletions) {
+            Some(target) => match extensions::lower(request.body, target)? {
+                Some(body) => {
+                    lowered = body;
+                    UpstreamRequest {
+                        body: &lowered,
+                        ..request
+                    }
+                }
+                None => request,
+            },
+            None => request,
+        };
         let result = match self {
             Self::OpenAi(p) => p.call(http, request).await,
             Self::Anthropic(p) => p.call(http, request).await,

@@ -166,6 +166,19 @@ pub fn set_usage(format: Format, event: &mut Value, (prompt, completion): (u64, 
             if usage.is_object() {
                 if usage.get("input_tokens").is_some() {
                     usage["input_tokens"] = prompt.into();
+                    // Every prompt token is in `input_tokens`: none is also a cache read or
+                    // write (Anthropic counts those apart, on top).
+                    for field in ["cache_creation_input_tokens", "cache_read_input_tokens"] {
+                        if usage.get(field).is_some() {
+                            usage[field] = 0.into();
+                        }
+                    }
+                    if let Some(parts) = usage
+                        .get_mut("cache_creation")
+                        .and_then(Value::as_object_mut)
+                    {
+                        parts.values_mut().for_each(|v| *v = 0.into());
+                    }
                 }
                 usage["output_tokens"] = completion.into();
             }

@@ -82,6 +82,8 @@ struct Shared {
     bill_max: AtomicBool,
     /// Prompt prefixes seen, per model: OpenAI's prompt cache.
     prompt_cache: Mutex<HashSet<String>>,
+    /// Anthropic's prompt cache: the prefixes written so far (see `anthropic::cache_usage`).
+    anthropic_cache: Mutex<HashSet<u64>>,
 }
 
 /// A running fake provider. Dropping it stops the server.
@@ -255,7 +257,7 @@ async fn handle(
     let mut response = if path.starts_with("/v1beta/") {
         gemini::answer(&format, n, &uri, &body)
     } else if path == "/v1/messages" {
-        anthropic::answer(&format, n, &body)
+        anthropic::answer(&format, n, &body, &shared.anthropic_cache)
     } else {
         // A long prompt whose prefix was seen before is partly read from the prompt cache.
         let cached = openai::cache_prefix(&body).map_or(0, |(key, tokens)| {

@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod pooling;
+mod providers_anthropic;
 mod providers_openai;
 mod restart;
 mod routing;
