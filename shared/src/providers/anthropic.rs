@@ -366,6 +366,7 @@ pub fn to_messages_request(
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(rejected("Anthropic returns one choice; `n` must be 1"));
     }
+    refuse_unmappable(body)?;
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     for (i, message) in body
@@ -434,6 +435,81 @@ pub fn to_messages_request(
         cache_control: present(body, "cache_control").cloned(),
         stream,
     })
+}
+
+/// OpenAI request fields that change the answer and that the Messages API has no way to
+/// express: a clear 400 naming the field, never a silently different answer. A field at its
+/// default (`response_format: {"type": "text"}`, `logprobs: false`, a penalty of 0, an empty
+/// `logit_bias`) asks for nothing and passes. Hints that cannot change what the model says
+/// (`seed`, `prediction`, `service_tier`, `store`, `parallel_tool_calls` without tools) are
+/// left out, as the README's Anthropic section lists.
+fn refuse_unmappable(body: &Map<String, Value>) -> Result<(), ProviderError> {
+    let refuse = |param: &str, why: &str| ProviderError::Unsupported {
+        param: param.to_owned(),
+        message: format!(
+            "`{param}` cannot be sent to Anthropic: {why}. Remove it, or use a model served \
+             by another provider."
+        ),
+    };
+    let set = |field: &str| present(body, field);
+    if let Some(format) = set("response_format")
+        && format.get("type").and_then(Value::as_str) != Some("text")
+    {
+        return Err(refuse(
+            "response_format",
+            "the Messages API has no JSON mode or JSON Schema output format",
+        ));
+    }
+    if set("logprobs").is_some_and(|v| v != &Value::Bool(false)) || set("top_logprobs").is_some() {
+        let param = if set("top_logprobs").is_some() {
+            "top_logprobs"
+        } else {
+            "logprobs"
+        };
+        return Err(refuse(
+            param,
+            "the Messages API returns no log probabilities",
+        ));
+    }
+    for penalty in ["presence_penalty", "frequency_penalty"] {
+        if set(penalty)
+            .and_then(Value::as_f64)
+            .is_some_and(|p| p != 0.0)
+        {
+            return Err(refuse(
+                penalty,
+                "the Messages API has no repetition penalties",
+            ));
+        }
+    }
+    if set("logit_bias")
+        .and_then(Value::as_object)
+        .is_some_and(|b| !b.is_empty())
+    {
+        return Err(refuse(
+            "logit_bias",
+            "the Messages API takes no token biases",
+        ));
+    }
+    for legacy in ["functions", "function_call"] {
+        if set(legacy).is_some() {
+            return Err(refuse(legacy, "send the functions as `tools` instead"));
+        }
+    }
+    if set("modalities")
+        .and_then(Value::as_array)
+        .is_some_and(|m| m.iter().any(|v| v.as_str().is_some_and(|v| v != "text")))
+        || set("audio").is_some()
+    {
+        return Err(refuse("modalities", "Anthropic answers in text only"));
+    }
+    if set("web_search_options").is_some() {
+        return Err(refuse(
+            "web_search_options",
+            "Anthropic's web search is a server tool, not this option",
+        ));
+    }
+    Ok(())
 }
 
 fn present<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {

@@ -539,3 +539,55 @@ async fn tool_ids_anthropic_refuses_are_mapped_not_sent() {
     assert!(id.starts_with("toolu_sluice_"), "{id}");
     assert_eq!(sent["messages"][2]["content"][0]["tool_use_id"], id);
 }
+
+/// OpenAI fields that change the answer and that the Messages API cannot express are a 400
+/// naming the field, before any call; the same fields at their defaults pass, and so do the
+/// hints that change nothing the model says.
+#[tokio::test]
+async fn openai_fields_anthropic_cannot_honour_are_refused_not_dropped() {
+    let (up, gw, key) = start().await;
+    let ask = |extra: Value| {
+        let mut body = json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, param) in [
+        (
+            json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"logprobs": true, "top_logprobs": 3}), "top_logprobs"),
+        (json!({"presence_penalty": 0.5}), "presence_penalty"),
+        (json!({"frequency_penalty": -1}), "frequency_penalty"),
+        (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+        (
+            json!({"functions": [{"name": "f", "parameters": {"type": "object"}}]}),
+            "functions",
+        ),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+    ] {
+        let r = gw
+            .post("/v1/chat/completions", &key, &ask(extra.clone()))
+            .await;
+        let error = assert_error(r, 400, "unsupported_parameter").await;
+        assert_eq!(error["param"], param, "{extra}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("Anthropic"),
+            "{error}"
+        );
+    }
+    assert_eq!(up.calls(), 0, "refused by Sluice, never sent");
+    let defaults = json!({"response_format": {"type": "text"}, "logprobs": false,
+        "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "seed": 7});
+    let r = gw.post("/v1/chat/completions", &key, &ask(defaults)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.calls(), 1);
+}
