@@ -1,0 +1,148 @@
+//! Property tests: any answer, event, embedding list or request is translated or refused
+//! without panicking, and a stream reads the same however the network cuts it.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::answer::{completion, usage, usage_json};
+use super::embeddings::{base64_vector, embedding_inputs, embedding_vectors};
+use super::request::generate_request;
+use super::stream::{ChunkTranslator, chunk_stream};
+use super::upstream_model;
+use crate::fuzzing::{
+    self, assemble, block_on, cuts, event_stream, json_value, mutated, split, sse_text, text,
+};
+use crate::providers::ProviderError;
+
+fn valid_answer() -> Value {
+    json!({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+            {"text": "Hi"}, {"text": "hmm", "thought": true}, {"functionCall": {"id": "c", "name": "f", "args": {"a": 1}}}]}}],
+        "promptFeedback": {"blockReason": "SAFETY"}, "modelVersion": "gemini-2.0", "responseId": "r1",
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4, "thoughtsTokenCount": 5, "totalTokenCount": 12, "cachedContentTokenCount": 1}})
+}
+
+fn valid_request() -> Value {
+    json!({"model": "models/gemini-2.0-flash", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+        {"role": "assistant", "content": "ok", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "{\"r\":2}"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "required", "stop": "x", "max_tokens": 10, "temperature": 0.5, "n": 2, "seed": 1,
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
+        "input": ["a", "b"], "dimensions": 8})
+}
+
+/// A Gemini stream: whole `GenerateContentResponse`s with text, a function call, the
+/// finish and usage. Returns the SSE bytes and the text.
+fn valid_stream() -> impl Strategy<Value = (Vec<u8>, String)> {
+    (proptest::collection::vec(text(), 1..6), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(
+        |(pieces, call, prompt, output)| {
+            let mut events: Vec<(Option<&str>, Value)> = pieces
+                .iter()
+                .map(|p| (None, json!({"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}, "index": 0}],
+                    "modelVersion": "gemini-2.0", "responseId": "r1"})))
+                .collect();
+            if call {
+                events.push((None, json!({"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": {"x": 1}}}]}}]})));
+            }
+            events.push((None, json!({"candidates": [{"content": {"parts": []}, "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": output, "thoughtsTokenCount": output}})));
+            (sse_text(&events), pieces.concat())
+        },
+    )
+}
+
+fn read(chunks: Vec<Bytes>) -> Result<Value, Vec<String>> {
+    let chunks =
+        block_on(chunk_stream(event_stream(chunks), ChunkTranslator::new("m")).collect::<Vec<_>>());
+    assemble(chunks)
+}
+
+/// `candidatesTokenCount + thoughtsTokenCount` (and the total) overflowed on counts near
+/// `u64::MAX`: a panic in a debug build. Found by
+/// `fuzz_a_stream_reads_the_same_however_it_is_cut`.
+#[test]
+fn regression_huge_token_counts_saturate() {
+    let metadata =
+        json!({"promptTokenCount": 1, "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": 2});
+    assert_eq!(usage(&metadata).completion_tokens, u64::MAX);
+    assert_eq!(usage_json(&metadata)["total_tokens"], u64::MAX);
+}
+
+proptest! {
+    #![proptest_config(fuzzing::config(fuzzing::CASES))]
+
+    #[test]
+    fn fuzz_any_answer(answer in prop_oneof![json_value(), mutated(valid_answer())]) {
+        match completion(&answer, "m") {
+            Ok((out, usage)) => {
+                prop_assert!(out["choices"].as_array().is_some_and(|c| !c.is_empty()));
+                prop_assert_eq!(usage.is_some(), out.get("usage").is_some());
+            }
+            Err(e) => prop_assert!(matches!(e, ProviderError::Malformed(_))),
+        }
+    }
+
+    #[test]
+    fn fuzz_any_events(events in proptest::collection::vec(prop_oneof![json_value(), mutated(valid_answer())], 0..8)) {
+        let mut translator = ChunkTranslator::new("m");
+        for data in &events {
+            if let Ok(chunks) = translator.event(data) {
+                for chunk in chunks {
+                    prop_assert!(chunk["choices"].is_array());
+                }
+            }
+        }
+        let _ = translator.finish();
+    }
+
+    #[test]
+    fn fuzz_any_embedding_answer(
+        body in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..128),
+            mutated(json!({"embeddings": [{"values": [0.1, -2, 3e10]}, {"values": []}]})).prop_map(|v| v.to_string().into_bytes()),
+        ],
+        expected in 0usize..4,
+    ) {
+        match embedding_vectors(&body, expected) {
+            Ok(vectors) => {
+                prop_assert_eq!(vectors.len(), expected);
+                for v in &vectors {
+                    let _ = base64_vector(v);
+                }
+            }
+            Err(e) => prop_assert!(matches!(e, ProviderError::Malformed(_))),
+        }
+    }
+
+    #[test]
+    fn fuzz_any_request(body in prop_oneof![json_value(), mutated(valid_request())]) {
+        let map = body.as_object().cloned().unwrap_or_default();
+        match generate_request(&map) {
+            Ok(out) => prop_assert!(out["contents"].is_array()),
+            Err(e) => prop_assert!(matches!(e, ProviderError::Status { status: 400, .. }), "{:?}", e),
+        }
+        if let Ok(inputs) = embedding_inputs(&map) {
+            prop_assert!(!inputs.is_empty());
+        }
+        let _ = upstream_model(&map);
+    }
+
+    #[test]
+    fn fuzz_a_stream_reads_the_same_however_it_is_cut((bytes, text) in valid_stream(), at in cuts(16)) {
+        let whole = read(vec![Bytes::from(bytes.clone())]);
+        let done = whole.clone().unwrap();
+        prop_assert_eq!(done["choices"][0]["message"]["content"].as_str(), Some(text.as_str()));
+        // Ids Gemini does not give are random; compare the rest.
+        let without_id = |v: Result<Value, Vec<String>>| v.map(|mut v| { v["id"] = Value::Null; v });
+        prop_assert_eq!(without_id(read(split(&bytes, &at))), without_id(whole));
+    }
+
+    #[test]
+    fn fuzz_any_stream_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), at in cuts(6)) {
+        let _ = read(split(&bytes, &at));
+    }
+}
