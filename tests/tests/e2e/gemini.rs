@@ -97,7 +97,9 @@ async fn chat_is_translated_to_generate_content_and_back() {
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(
         answer["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}})
     );
 
     let seen = up.last();
@@ -158,7 +160,7 @@ async fn tool_calls_and_tool_results_make_a_two_round_conversation() {
     assert_eq!(
         seen["tools"],
         json!([{"functionDeclarations": [{"name": "lookup", "description": "Searches the knowledge base",
-            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}]}])
+            "parametersJsonSchema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}]}])
     );
     assert_eq!(
         seen["toolConfig"],
@@ -230,7 +232,9 @@ async fn streams_are_translated_metered_cached_and_replayed() {
     assert_eq!(last["choices"], json!([]));
     assert_eq!(
         last["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}})
     );
     let seen = up.last();
     assert_eq!(

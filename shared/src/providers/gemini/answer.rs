@@ -1,8 +1,21 @@
 //! Gemini `GenerateContentResponse` → OpenAI `chat.completion`, and what the stream shares
-//! with it: finish reasons, tool calls, usage.
+//! with it: finish reasons, tool calls (their ids carrying thought signatures, see
+//! [`call_id`]) and usage.
+//!
+//! Usage (`UsageMetadata`) becomes OpenAI's `usage` with every component the gateway bills:
+//! `promptTokenCount` (cached content included) and `toolUsePromptTokenCount` (built-in
+//! tools' results fed back; outside `promptTokenCount`) are the prompt;
+//! `candidatesTokenCount` and `thoughtsTokenCount` the completion, because `totalTokenCount`
+//! is their sum with the prompt (so candidates leave thoughts out) and Gemini bills thinking
+//! as output; `cachedContentTokenCount` is `cached_tokens`; `thoughtsTokenCount` is
+//! `reasoning_tokens`; the prompt's `AUDIO` modality, less audio read from the cache, is
+//! `audio_tokens`.
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::call_id::CallIds;
+use super::wire::{Candidate, GenerateContentResponse, ModalityTokenCount, Part, UsageMetadata};
 use super::{completion_id, unix_now};
 use crate::providers::http::error_message;
 use crate::providers::{ProviderError, Usage};
@@ -21,111 +34,69 @@ pub(super) fn finish_reason(reason: Option<&str>, called: bool) -> &'static str 
     }
 }
 
-/// Hands out `call_0`, `call_1`, … for function calls Gemini gave no id.
-#[derive(Debug, Default)]
-pub(super) struct CallIds(u64);
-
-impl CallIds {
-    pub(super) fn id_for(&mut self, call: &Value) -> String {
-        if let Some(id) = call
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty())
-        {
-            return id.to_owned();
-        }
-        let id = format!("call_{}", self.0);
-        self.0 += 1;
-        id
-    }
-}
-
-/// A candidate's parts.
-pub(super) fn parts(candidate: &Value) -> &[Value] {
-    candidate
-        .get("content")
-        .and_then(|c| c.get("parts"))
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice)
-}
-
 /// The candidate's text parts joined (thought summaries left out); `None` if it has none.
-pub(super) fn candidate_text(parts: &[Value]) -> Option<String> {
+pub(super) fn candidate_text(parts: &[Part]) -> Option<String> {
     let texts: Vec<&str> = parts
         .iter()
-        .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
-        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .filter(|p| p.thought != Some(true))
+        .filter_map(|p| p.text.as_deref())
         .collect();
     (!texts.is_empty()).then(|| texts.concat())
 }
 
-/// OpenAI tool calls (without stream indexes) from the `functionCall` parts.
-pub(super) fn tool_calls(parts: &[Value], ids: &mut CallIds) -> Vec<Value> {
+/// OpenAI tool calls (without stream indexes) from the `functionCall` parts, each id
+/// carrying its part's thought signature.
+pub(super) fn tool_calls(parts: &[Part], ids: &mut CallIds) -> Vec<Value> {
     parts
         .iter()
-        .filter_map(|p| p.get("functionCall"))
-        .map(|call| {
-            let args = call.get("args").cloned().unwrap_or_else(|| json!({}));
+        .filter_map(|p| Some((p.function_call.as_ref()?, p.thought_signature.as_deref())))
+        .map(|(call, signature)| {
+            let args = call.args.clone().unwrap_or_else(|| json!({}));
             json!({
-                "id": ids.id_for(call),
+                "id": ids.next(call.id.as_deref(), signature),
                 "type": "function",
-                "function": {
-                    "name": call.get("name").and_then(Value::as_str).unwrap_or(""),
-                    "arguments": args.to_string(),
-                },
+                "function": {"name": call.name, "arguments": args.to_string()},
             })
         })
         .collect()
 }
 
 /// The candidate's `index`, or its position.
-pub(super) fn candidate_index(candidate: &Value, position: usize) -> u64 {
-    candidate
-        .get("index")
-        .and_then(Value::as_u64)
-        .unwrap_or(position as u64)
+pub(super) fn candidate_index(candidate: &Candidate, position: usize) -> u64 {
+    candidate.index.unwrap_or(position as u64)
 }
 
 /// Why the prompt was refused, if it was (then there are no candidates).
-pub(super) fn block_reason(answer: &Value) -> Option<&str> {
-    answer
-        .get("promptFeedback")
-        .and_then(|f| f.get("blockReason"))
-        .and_then(Value::as_str)
+pub(super) fn block_reason(answer: &GenerateContentResponse) -> Option<&str> {
+    answer.prompt_feedback.as_ref()?.block_reason.as_deref()
 }
 
-/// Usage from `usageMetadata`: thinking tokens are billed as output, so they count as
-/// completion tokens.
-pub(super) fn usage(metadata: &Value) -> Usage {
-    let count = |field: &str| metadata.get(field).and_then(Value::as_u64).unwrap_or(0);
-    Usage::plain(
-        count("promptTokenCount"),
-        count("candidatesTokenCount").saturating_add(count("thoughtsTokenCount")),
-    )
+/// Tokens of one modality in a breakdown.
+fn modality(details: Option<&Vec<ModalityTokenCount>>, which: &str) -> u64 {
+    details
+        .into_iter()
+        .flatten()
+        .filter(|d| d.modality.as_deref() == Some(which))
+        .filter_map(|d| d.token_count)
+        .fold(0, u64::saturating_add)
 }
 
-/// OpenAI's `usage` object for `usageMetadata`.
-pub(super) fn usage_json(metadata: &Value) -> Value {
-    let u = usage(metadata);
-    let total = metadata
-        .get("totalTokenCount")
-        .and_then(Value::as_u64)
-        .unwrap_or(u.total());
-    let mut out = json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": total,
-    });
-    if let Some(cached) = metadata
-        .get("cachedContentTokenCount")
-        .and_then(Value::as_u64)
-    {
-        out["prompt_tokens_details"] = json!({ "cached_tokens": cached });
+/// Usage by component from `usageMetadata` (see the module note). Saturating: the counts
+/// are the provider's word.
+pub(super) fn usage(metadata: &UsageMetadata) -> Usage {
+    let count = |v: Option<u64>| v.unwrap_or(0);
+    let thoughts = count(metadata.thoughts_token_count);
+    let audio = modality(metadata.prompt_tokens_details.as_ref(), "AUDIO")
+        .saturating_sub(modality(metadata.cache_tokens_details.as_ref(), "AUDIO"));
+    Usage {
+        prompt_tokens: count(metadata.prompt_token_count)
+            .saturating_add(count(metadata.tool_use_prompt_token_count)),
+        completion_tokens: count(metadata.candidates_token_count).saturating_add(thoughts),
+        cached_tokens: count(metadata.cached_content_token_count),
+        audio_input_tokens: audio,
+        reasoning_tokens: thoughts,
+        ..Usage::default()
     }
-    if let Some(thoughts) = metadata.get("thoughtsTokenCount").and_then(Value::as_u64) {
-        out["completion_tokens_details"] = json!({ "reasoning_tokens": thoughts });
-    }
-    out
 }
 
 /// Refuses a 200 answer that carries an `error` object instead of a result.
@@ -138,22 +109,18 @@ pub(super) fn no_error_object(answer: &Value) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Refuses 200 answers that are not a `GenerateContentResponse`.
-fn check_answer(answer: &Value) -> Result<(), ProviderError> {
+/// A `GenerateContentResponse` from JSON: an error object, or fields of the wrong type, are
+/// a malformed answer.
+pub(super) fn parse(answer: &Value) -> Result<GenerateContentResponse, ProviderError> {
     no_error_object(answer)?;
-    if answer.get("candidates").is_none() && answer.get("promptFeedback").is_none() {
-        return Err(ProviderError::Malformed(
-            "neither `candidates` nor `promptFeedback` in the answer".into(),
-        ));
-    }
-    Ok(())
+    GenerateContentResponse::deserialize(answer)
+        .map_err(|e| ProviderError::Malformed(format!("not a GenerateContentResponse: {e}")))
 }
 
 /// One OpenAI choice for one candidate.
-fn choice(candidate: &Value, position: usize, ids: &mut CallIds) -> Value {
-    let parts = parts(candidate);
+fn choice(candidate: &Candidate, position: usize, ids: &mut CallIds) -> Value {
+    let parts = candidate.parts();
     let calls = tool_calls(parts, ids);
-    let reason = candidate.get("finishReason").and_then(Value::as_str);
     let mut message = json!({
         "role": "assistant",
         "content": candidate_text(parts),
@@ -166,7 +133,7 @@ fn choice(candidate: &Value, position: usize, ids: &mut CallIds) -> Value {
         "index": candidate_index(candidate, position),
         "message": message,
         "logprobs": null,
-        "finish_reason": finish_reason(reason, !calls.is_empty()),
+        "finish_reason": finish_reason(candidate.finish_reason.as_deref(), !calls.is_empty()),
     })
 }
 
@@ -175,19 +142,21 @@ pub(super) fn completion(
     answer: &Value,
     model: &str,
 ) -> Result<(Value, Option<Usage>), ProviderError> {
-    check_answer(answer)?;
-    let candidates = answer
-        .get("candidates")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let mut ids = CallIds::default();
+    let answer = parse(answer)?;
+    if answer.candidates.is_none() && answer.prompt_feedback.is_none() {
+        return Err(ProviderError::Malformed(
+            "neither `candidates` nor `promptFeedback` in the answer".into(),
+        ));
+    }
+    let candidates = answer.candidates.as_deref().unwrap_or_default();
+    let mut ids = CallIds::new(answer.response_id.as_deref());
     let mut choices: Vec<Value> = candidates
         .iter()
         .enumerate()
         .map(|(i, c)| choice(c, i, &mut ids))
         .collect();
     if choices.is_empty() {
-        if block_reason(answer).is_none() {
+        if block_reason(&answer).is_none() {
             return Err(ProviderError::Malformed(
                 "an answer without candidates".into(),
             ));
@@ -199,24 +168,25 @@ pub(super) fn completion(
             "finish_reason": "content_filter",
         }));
     }
-    let metadata = answer.get("usageMetadata");
+    let usage = answer.usage_metadata.as_ref().map(usage);
     let mut out = json!({
-        "id": completion_id(answer),
+        "id": completion_id(answer.response_id.as_deref()),
         "object": "chat.completion",
         "created": unix_now(),
-        "model": answer.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "model": answer.model_version.as_deref().unwrap_or(model),
         "choices": choices,
     });
-    if let Some(m) = metadata {
-        out["usage"] = usage_json(m);
+    if let Some(u) = &usage {
+        out["usage"] = u.to_openai();
     }
-    Ok((out, metadata.map(usage)))
+    Ok((out, usage))
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
+    use super::super::call_id;
     use super::*;
 
     /// The `generateContent` response example of Google's API reference.
@@ -252,7 +222,9 @@ mod tests {
         );
         assert_eq!(
             c["usage"],
-            json!({"prompt_tokens": 8, "completion_tokens": 398, "total_tokens": 406})
+            json!({"prompt_tokens": 8, "completion_tokens": 398, "total_tokens": 406,
+                   "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}})
         );
         assert_eq!(usage, Some(Usage::plain(8, 398)));
     }
@@ -297,7 +269,11 @@ mod tests {
         assert_eq!(choice["finish_reason"], "tool_calls");
         assert_eq!(choice["message"]["content"], Value::Null);
         let calls = choice["message"]["tool_calls"].as_array().unwrap();
-        assert_eq!(calls[0]["id"], "call_0");
+        // No id from Gemini: one made from the answer, never `call_0` again in the next one.
+        let id = calls[0]["id"].as_str().unwrap();
+        assert!(id.starts_with("call_") && id.len() == 29, "{id}");
+        let (again, _) = completion(&answer, "m").unwrap();
+        assert_ne!(again["choices"][0]["message"]["tool_calls"][0]["id"], id);
         assert_eq!(calls[0]["type"], "function");
         assert_eq!(calls[0]["function"]["name"], "find_theaters");
         let args: Value =
@@ -308,6 +284,58 @@ mod tests {
         );
         assert_eq!(calls[1]["id"], "fc-7");
         assert_eq!(calls[1]["function"]["arguments"], "{\"theater\":\"AMC\"}");
+    }
+
+    /// Gemini 3's answer to a function-calling request (the thought-signatures guide): the
+    /// signature rides in the call's id, and ids are the same for every read of the answer.
+    #[test]
+    fn a_call_id_carries_its_thought_signature() {
+        let answer = json!({
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "check_flight", "args": {"flight": "AA100"}},
+                 "thoughtSignature": "<Signature A>"},
+                {"functionCall": {"name": "check_weather", "args": {"city": "Paris"}}}]},
+                "finishReason": "STOP", "index": 0}],
+            "responseId": "r-42"
+        });
+        let (c, _) = completion(&answer, "gemini-3-pro-preview").unwrap();
+        let calls = c["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+        let first = calls[0]["id"].as_str().unwrap();
+        assert_eq!(call_id::signature(first).as_deref(), Some("<Signature A>"));
+        // Parallel calls: only the first part has a signature (and so only its id).
+        assert_eq!(call_id::signature(calls[1]["id"].as_str().unwrap()), None);
+        assert_ne!(calls[0]["id"], calls[1]["id"]);
+        let (again, _) = completion(&answer, "gemini-3-pro-preview").unwrap();
+        assert_eq!(again["choices"][0]["message"]["tool_calls"], json!(calls));
+    }
+
+    /// Every `usageMetadata` count lands in the component it is billed as.
+    #[test]
+    fn usage_by_component() {
+        let answer = json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 1000, "cachedContentTokenCount": 600,
+                "toolUsePromptTokenCount": 50, "candidatesTokenCount": 20, "thoughtsTokenCount": 30,
+                "totalTokenCount": 1100,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 900}, {"modality": "AUDIO", "tokenCount": 100}],
+                "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 560}, {"modality": "AUDIO", "tokenCount": 40}]}
+        });
+        let (c, usage) = completion(&answer, "gemini-2.5-pro").unwrap();
+        let usage = usage.unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 1050,
+                completion_tokens: 50,
+                cached_tokens: 600,
+                audio_input_tokens: 60,
+                reasoning_tokens: 30,
+                ..Usage::default()
+            }
+        );
+        // What the gateway reads back from the answer is the same.
+        assert_eq!(Usage::from_openai(&c["usage"]), Some(usage));
+        assert_eq!(c["usage"]["total_tokens"], 1100);
     }
 
     #[test]

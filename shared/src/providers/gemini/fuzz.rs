@@ -6,11 +6,12 @@ use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::answer::{completion, usage, usage_json};
+use super::answer::{completion, usage};
 use super::embeddings::{base64_vector, embedding_inputs, embedding_vectors};
 use super::request::generate_request;
 use super::stream::{ChunkTranslator, chunk_stream};
 use super::upstream_model;
+use super::wire::UsageMetadata;
 use crate::fuzzing::{
     self, assemble, block_on, cuts, event_stream, json_value, mutated, split, sse_text, text,
 };
@@ -26,13 +27,31 @@ fn valid_answer() -> Value {
 fn valid_request() -> Value {
     json!({"model": "models/gemini-2.0-flash", "messages": [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
-        {"role": "assistant", "content": "ok", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "{\"r\":2}"}],
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}},
+            {"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}]},
+        {"role": "assistant", "content": "ok", "tool_calls": [{"id": "c1__thought__c2ln", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+        {"role": "tool", "tool_call_id": "c1__thought__c2ln", "content": "{\"r\":2}"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}],
         "tool_choice": "required", "stop": "x", "max_tokens": 10, "temperature": 0.5, "n": 2, "seed": 1,
-        "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
-        "input": ["a", "b"], "dimensions": 8})
+        "reasoning_effort": "low", "user": "u",
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}})
+}
+
+fn valid_embedding_request() -> Value {
+    json!({"model": "gemini-embedding-001", "input": ["a", "b"], "dimensions": 8, "encoding_format": "base64"})
+}
+
+/// The documents the properties mutate are valid, so mutations start from deep paths.
+#[test]
+fn the_documents_mutated_are_valid() {
+    let chat = valid_request().as_object().cloned().unwrap_or_default();
+    assert!(generate_request(&chat).is_ok());
+    let embeddings = valid_embedding_request()
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(embedding_inputs(&embeddings).unwrap().len(), 2);
 }
 
 /// A Gemini stream: whole `GenerateContentResponse`s with text, a function call, the
@@ -66,10 +85,14 @@ fn read(chunks: Vec<Bytes>) -> Result<Value, Vec<String>> {
 /// `fuzz_a_stream_reads_the_same_however_it_is_cut`.
 #[test]
 fn regression_huge_token_counts_saturate() {
-    let metadata =
-        json!({"promptTokenCount": 1, "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": 2});
+    let metadata: UsageMetadata = serde_json::from_value(
+        json!({"promptTokenCount": 1, "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": 2,
+               "toolUsePromptTokenCount": u64::MAX}),
+    )
+    .unwrap();
     assert_eq!(usage(&metadata).completion_tokens, u64::MAX);
-    assert_eq!(usage_json(&metadata)["total_tokens"], u64::MAX);
+    assert_eq!(usage(&metadata).prompt_tokens, u64::MAX);
+    assert_eq!(usage(&metadata).to_openai()["total_tokens"], u64::MAX);
 }
 
 proptest! {
@@ -119,10 +142,12 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_any_request(body in prop_oneof![json_value(), mutated(valid_request())]) {
+    fn fuzz_any_request(
+        body in prop_oneof![json_value(), mutated(valid_request()), mutated(valid_embedding_request())],
+    ) {
         let map = body.as_object().cloned().unwrap_or_default();
         match generate_request(&map) {
-            Ok(out) => prop_assert!(out["contents"].is_array()),
+            Ok(out) => prop_assert!(serde_json::to_value(out).unwrap()["contents"].is_array()),
             Err(e) => prop_assert!(matches!(e, ProviderError::Status { status: 400, .. }), "{:?}", e),
         }
         if let Ok(inputs) = embedding_inputs(&map) {

@@ -18,11 +18,13 @@
 //! `embeddings` the embedding calls.
 
 mod answer;
+mod call_id;
 mod embeddings;
 #[cfg(test)]
 mod fuzz;
 mod request;
 mod stream;
+mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -61,7 +63,7 @@ impl Gemini {
         client: &reqwest::Client,
         request: &UpstreamRequest<'_>,
         method: &str,
-        body: &Value,
+        body: &impl serde::Serialize,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let model = upstream_model(request.body)?;
         Ok(client
@@ -172,8 +174,8 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// `chatcmpl-` and Gemini's `responseId`, or a random id when it sent none.
-pub(super) fn completion_id(answer: &Value) -> String {
-    match answer.get("responseId").and_then(Value::as_str) {
+pub(super) fn completion_id(response_id: Option<&str>) -> String {
+    match response_id {
         Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
         _ => format!("chatcmpl-{}", hex::encode(rand::random::<[u8; 12]>())),
     }

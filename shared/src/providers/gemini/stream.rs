@@ -7,16 +7,17 @@ use futures_util::stream;
 use serde_json::{Map, Value, json};
 
 use super::answer::{
-    CallIds, block_reason, candidate_index, candidate_text, finish_reason, parts, tool_calls,
-    usage_json,
+    block_reason, candidate_index, candidate_text, finish_reason, parse, tool_calls, usage,
 };
+use super::call_id::CallIds;
+use super::wire::{Candidate, UsageMetadata};
 use super::{completion_id, unix_now};
 use crate::providers::http::{self, stream_error};
 use crate::providers::{ChunkStream, ProviderError, sse};
 
 /// Turns streamed `GenerateContentResponse`s into OpenAI chunks, remembering what one
 /// answer needs across events: its id and model, which choices have started, how many tool
-/// calls each has made, and the latest usage.
+/// calls each has made, the ids they got, and the latest usage.
 #[derive(Debug)]
 pub(super) struct ChunkTranslator {
     id: Option<String>,
@@ -25,7 +26,7 @@ pub(super) struct ChunkTranslator {
     started: HashSet<u64>,
     calls: HashMap<u64, u64>,
     ids: CallIds,
-    usage: Option<Value>,
+    usage: Option<UsageMetadata>,
 }
 
 impl ChunkTranslator {
@@ -36,7 +37,7 @@ impl ChunkTranslator {
             created: unix_now(),
             started: HashSet::new(),
             calls: HashMap::new(),
-            ids: CallIds::default(),
+            ids: CallIds::new(None),
             usage: None,
         }
     }
@@ -46,20 +47,20 @@ impl ChunkTranslator {
         if let Some(error) = stream_error(data) {
             return Err(error);
         }
+        let event = parse(data)?;
         if self.id.is_none() {
-            self.id = Some(completion_id(data));
-            if let Some(version) = data.get("modelVersion").and_then(Value::as_str) {
-                self.model = version.to_owned();
+            // Every event carries the answer's `responseId`; the first one names it.
+            self.id = Some(completion_id(event.response_id.as_deref()));
+            self.ids = CallIds::new(event.response_id.as_deref());
+            if let Some(version) = &event.model_version {
+                self.model.clone_from(version);
             }
         }
-        if let Some(metadata) = data.get("usageMetadata").filter(|m| !m.is_null()) {
+        if let Some(metadata) = &event.usage_metadata {
             self.usage = Some(metadata.clone());
         }
-        let candidates = data
-            .get("candidates")
-            .and_then(Value::as_array)
-            .map_or(&[][..], Vec::as_slice);
-        if candidates.is_empty() && block_reason(data).is_some() {
+        let candidates = event.candidates.as_deref().unwrap_or_default();
+        if candidates.is_empty() && block_reason(&event).is_some() {
             let mut chunks = self.start(0).into_iter().collect::<Vec<_>>();
             chunks.push(self.chunk(0, json!({}), json!("content_filter")));
             return Ok(chunks);
@@ -79,8 +80,8 @@ impl ChunkTranslator {
     }
 
     /// The chunks of one candidate in one event: its text and calls, then its finish.
-    fn candidate(&mut self, candidate: &Value, index: u64) -> Vec<Value> {
-        let parts = parts(candidate);
+    fn candidate(&mut self, candidate: &Candidate, index: u64) -> Vec<Value> {
+        let parts = candidate.parts();
         let mut delta = Map::new();
         if self.started.insert(index) {
             delta.insert("role".into(), json!("assistant"));
@@ -106,8 +107,8 @@ impl ChunkTranslator {
             chunks.push(self.chunk(index, Value::Object(delta), Value::Null));
         }
         let reason = candidate
-            .get("finishReason")
-            .and_then(Value::as_str)
+            .finish_reason
+            .as_deref()
             .filter(|r| *r != "FINISH_REASON_UNSPECIFIED");
         if let Some(reason) = reason {
             let called = self.calls.get(&index).is_some_and(|n| *n > 0);
@@ -119,10 +120,10 @@ impl ChunkTranslator {
 
     /// The closing chunk with the usage, if Gemini reported any.
     pub(super) fn finish(&self) -> Option<Value> {
-        let usage = self.usage.as_ref()?;
+        let metadata = self.usage.as_ref()?;
         let mut chunk = self.head();
         chunk["choices"] = json!([]);
-        chunk["usage"] = usage_json(usage);
+        chunk["usage"] = usage(metadata).to_openai();
         Some(chunk)
     }
 
@@ -208,7 +209,9 @@ mod tests {
         assert_eq!(chunks[3]["choices"], json!([]));
         assert_eq!(
             chunks[3]["usage"],
-            json!({"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13})
+            json!({"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13,
+                   "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}})
         );
         let mut assembler = Assembler::default();
         chunks.iter().for_each(|c| assembler.add(c));
@@ -231,19 +234,17 @@ mod tests {
         let chunks: Vec<Value> = chunks.into_iter().map(Result::unwrap).collect();
         let first = &chunks[0]["choices"][0]["delta"];
         assert_eq!(first["role"], "assistant");
+        let id = first["tool_calls"][0]["id"].as_str().unwrap();
+        assert!(id.starts_with("call_") && id.len() == 29, "{id}");
         assert_eq!(
             first["tool_calls"],
-            json!([{"index": 0, "id": "call_0", "type": "function",
+            json!([{"index": 0, "id": id, "type": "function",
                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}])
         );
-        assert_eq!(
-            chunks[1]["choices"][0]["delta"]["tool_calls"][0]["index"],
-            1
-        );
-        assert_eq!(
-            chunks[1]["choices"][0]["delta"]["tool_calls"][0]["id"],
-            "call_1"
-        );
+        let second = &chunks[1]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(second["index"], 1);
+        assert!(second["id"].as_str().unwrap().starts_with("call_"));
+        assert_ne!(second["id"], id);
         let mut assembler = Assembler::default();
         chunks.iter().for_each(|c| assembler.add(c));
         let done = assembler.completion();
@@ -254,6 +255,28 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Bergen\"}");
         assert_eq!(assembler.usage().unwrap().prompt_tokens, 20);
+    }
+
+    /// A streamed Gemini 3 call: its id carries the signature, and is the id the same
+    /// answer gets unstreamed (both come from the `responseId`).
+    #[tokio::test]
+    async fn a_streamed_call_id_carries_its_thought_signature() {
+        let event = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "lookup", "args": {"q": 1}}, "thoughtSignature": "c2ln"}]},
+            "finishReason": "STOP", "index": 0}], "responseId": "r7"});
+        let text: &'static str = format!("data: {event}\n\n").leak();
+        let chunks: Vec<Value> = translate_stream(text)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let id = &chunks[0]["choices"][0]["delta"]["tool_calls"][0]["id"];
+        assert_eq!(
+            super::super::call_id::signature(id.as_str().unwrap()).as_deref(),
+            Some("c2ln")
+        );
+        let (whole, _) = super::super::answer::completion(&event, "m").unwrap();
+        assert_eq!(&whole["choices"][0]["message"]["tool_calls"][0]["id"], id);
     }
 
     #[tokio::test]
