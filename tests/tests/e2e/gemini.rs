@@ -295,6 +295,12 @@ fn decode_f32s(encoded: &str) -> Vec<f32> {
         .collect()
 }
 
+/// `values` scaled to unit length.
+fn unit(values: &[f64]) -> Vec<f64> {
+    let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+    values.iter().map(|v| v / norm).collect()
+}
+
 #[tokio::test]
 async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let (up, gw, key) = start("attempts_per_deployment = 1").await;
@@ -305,11 +311,12 @@ async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let body = json(r).await;
     assert_eq!(body["object"], "list");
     assert_eq!(body["model"], "text-embedding-004");
+    // The fake's vectors are [0.25, -0.5, i]; OpenAI's are unit length, and so are Sluice's.
     assert_eq!(
         body["data"],
         json!([
-            {"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.0]},
-            {"object": "embedding", "index": 1, "embedding": [0.25, -0.5, 1.0]}
+            {"object": "embedding", "index": 0, "embedding": unit(&[0.25, -0.5, 0.0])},
+            {"object": "embedding", "index": 1, "embedding": unit(&[0.25, -0.5, 1.0])}
         ])
     );
     // Estimated: Gemini reports no usage for embeddings ("alpha" and "beta" are 2 + 1).
@@ -343,7 +350,8 @@ async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let body = json(r).await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     let encoded = body["data"][0]["embedding"].as_str().unwrap();
-    assert_eq!(decode_f32s(encoded), [0.25, -0.5, 0.0]);
+    let expected: Vec<f32> = unit(&[0.25, -0.5, 0.0]).iter().map(|v| *v as f32).collect();
+    assert_eq!(decode_f32s(encoded), expected);
     assert!(
         up.last().body["requests"][0]
             .get("outputDimensionality")

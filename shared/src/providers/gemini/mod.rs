@@ -29,10 +29,11 @@ mod wire;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
 use super::http;
-use super::{Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
+use super::{Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
 use answer::completion;
 use embeddings::{batch_embed_request, embedding_inputs, embedding_list, embedding_vectors};
 use request::generate_request;
@@ -105,6 +106,8 @@ impl Gemini {
         })
     }
 
+    /// Embeddings in batches of at most [`embeddings::BATCH`], a few in flight at once,
+    /// joined in order.
     async fn embed(
         &self,
         client: &reqwest::Client,
@@ -113,18 +116,36 @@ impl Gemini {
         let inputs = embedding_inputs(request.body)?;
         let model = upstream_model(request.body)?;
         let dimensions = request.body.get("dimensions").and_then(Value::as_u64);
-        let body = batch_embed_request(model, &inputs, dimensions);
-        let post = self.post(client, &request, "batchEmbedContents", &body)?;
-        let (answer, headroom) = http::send_for_body(post, request.timeout).await?;
-        let vectors = embedding_vectors(&answer, inputs.len())?;
+        let mut calls = Vec::new();
+        for batch in inputs.chunks(embeddings::BATCH) {
+            let body = batch_embed_request(model, batch, dimensions);
+            let post = self.post(client, &request, "batchEmbedContents", &body)?;
+            calls.push(embed_batch(post, request.timeout, batch.len()));
+        }
+        let answers: Vec<_> = futures_util::stream::iter(calls)
+            .buffered(embeddings::CONCURRENT_BATCHES)
+            .try_collect()
+            .await?;
+        let headroom = answers.first().map(|(_, h)| *h).unwrap_or_default();
+        let vectors = answers.into_iter().flat_map(|(v, _)| v).collect();
         let base64 = request.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
-        let (list, usage) = embedding_list(request_model(request.body), &inputs, &vectors, base64);
+        let (list, usage) = embedding_list(request_model(request.body), &inputs, vectors, base64);
         Ok(UpstreamResponse::Complete {
             body: Bytes::from(list.to_string()),
             usage: Some(usage),
             headroom,
         })
     }
+}
+
+/// One `batchEmbedContents` call: its vectors and the room the answer reported.
+async fn embed_batch(
+    post: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+    inputs: usize,
+) -> Result<(Vec<Vec<f64>>, Headroom), ProviderError> {
+    let (answer, headroom) = http::send_for_body(post, timeout).await?;
+    Ok((embedding_vectors(&answer, inputs)?, headroom))
 }
 
 impl ProviderApi for Gemini {
