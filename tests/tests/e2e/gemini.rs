@@ -295,12 +295,6 @@ fn decode_f32s(encoded: &str) -> Vec<f32> {
         .collect()
 }
 
-/// `values` scaled to unit length.
-fn unit(values: &[f64]) -> Vec<f64> {
-    let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt();
-    values.iter().map(|v| v / norm).collect()
-}
-
 #[tokio::test]
 async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let (up, gw, key) = start("attempts_per_deployment = 1").await;
@@ -311,14 +305,21 @@ async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let body = json(r).await;
     assert_eq!(body["object"], "list");
     assert_eq!(body["model"], "text-embedding-004");
-    // The fake's vectors are [0.25, -0.5, i]; OpenAI's are unit length, and so are Sluice's.
-    assert_eq!(
-        body["data"],
-        json!([
-            {"object": "embedding", "index": 0, "embedding": unit(&[0.25, -0.5, 0.0])},
-            {"object": "embedding", "index": 1, "embedding": unit(&[0.25, -0.5, 1.0])}
-        ])
-    );
+    // The fake's 768-value vectors are ±1/√768, the sign pattern shifted by the input's
+    // index; `dimensions: 3` is their first three values, which Sluice scales back to unit
+    // length: ±1/√3.
+    let s = 1.0 / 3f64.sqrt();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, signs) in [[-1.0, 1.0, 1.0], [1.0, 1.0, -1.0]].iter().enumerate() {
+        assert_eq!(data[i]["object"], "embedding");
+        assert_eq!(data[i]["index"], i);
+        let values = data[i]["embedding"].as_array().unwrap();
+        assert_eq!(values.len(), 3);
+        for (v, sign) in values.iter().zip(signs) {
+            assert!((v.as_f64().unwrap() - sign * s).abs() < 1e-12, "{values:?}");
+        }
+    }
     // Estimated: Gemini reports no usage for embeddings ("alpha" and "beta" are 2 + 1).
     assert_eq!(
         body["usage"],
@@ -350,8 +351,10 @@ async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let body = json(r).await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     let encoded = body["data"][0]["embedding"].as_str().unwrap();
-    let expected: Vec<f32> = unit(&[0.25, -0.5, 0.0]).iter().map(|v| *v as f32).collect();
-    assert_eq!(decode_f32s(encoded), expected);
+    let floats = decode_f32s(encoded);
+    assert_eq!(floats.len(), 768);
+    let s = (1.0 / 768f64.sqrt()) as f32;
+    assert_eq!(floats[..3], [-s, s, s]);
     assert!(
         up.last().body["requests"][0]
             .get("outputDimensionality")

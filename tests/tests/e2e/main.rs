@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod pooling;
+mod providers_gemini;
 mod restart;
 mod routing;
 mod security;
