@@ -95,6 +95,43 @@ fn regression_huge_token_counts_saturate() {
     assert_eq!(usage(&metadata).to_openai()["total_tokens"], u64::MAX);
 }
 
+/// A Gemini answer of text and function calls (each maybe signed), a finish reason and
+/// usage; with or without a `responseId`.
+fn gemini_answer() -> impl Strategy<Value = Value> {
+    let call = (
+        "[a-z][a-z_]{0,7}",
+        any::<i64>(),
+        proptest::option::of("[A-Za-z0-9+/]{4,40}={0,2}"),
+    )
+        .prop_map(|(name, n, signature)| {
+            let mut part = json!({"functionCall": {"name": name, "args": {"n": n}}});
+            if let Some(s) = signature {
+                part["thoughtSignature"] = json!(s);
+            }
+            part
+        });
+    (
+        proptest::option::of("[A-Za-z][a-z .]{0,20}"),
+        proptest::collection::vec(call, 0..4),
+        prop_oneof![Just("STOP"), Just("MAX_TOKENS"), Just("SAFETY"), Just("OTHER")],
+        proptest::option::of("[a-zA-Z0-9]{1,12}"),
+        (0u64..1 << 40, 0u64..1 << 40, 0u64..1 << 40, 0u64..1 << 40),
+    )
+        .prop_map(|(text, calls, finish, id, (prompt, cached, candidates, thoughts))| {
+            let mut parts: Vec<Value> = text.iter().map(|t| json!({ "text": t })).collect();
+            parts.extend(calls);
+            let mut answer = json!({
+                "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+                "usageMetadata": {"promptTokenCount": prompt + cached, "cachedContentTokenCount": cached,
+                    "candidatesTokenCount": candidates, "thoughtsTokenCount": thoughts}
+            });
+            if let Some(id) = id {
+                answer["responseId"] = json!(id);
+            }
+            answer
+        })
+}
+
 proptest! {
     #![proptest_config(fuzzing::config(fuzzing::CASES))]
 
@@ -169,5 +206,55 @@ proptest! {
     #[test]
     fn fuzz_any_stream_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), at in cuts(6)) {
         let _ = read(split(&bytes, &at));
+    }
+
+    /// OpenAI → Gemini → OpenAI: an answer's assistant message, sent back as clients send it
+    /// (`id`, `type`, `function`), gives Gemini the parts it answered with, signatures where
+    /// they were; the streamed answer has the same calls, finish and usage.
+    #[test]
+    fn fuzz_an_answer_round_trips(answer in gemini_answer()) {
+        let parts = answer["candidates"][0]["content"]["parts"].clone();
+        let (completion, usage) = completion(&answer, "gemini-3-pro-preview").unwrap();
+        let usage = usage.unwrap();
+        let metadata = &answer["usageMetadata"];
+        prop_assert_eq!(Some(usage.prompt_tokens), metadata["promptTokenCount"].as_u64());
+        prop_assert_eq!(Some(usage.cached_tokens), metadata["cachedContentTokenCount"].as_u64());
+        prop_assert_eq!(Some(usage.reasoning_tokens), metadata["thoughtsTokenCount"].as_u64());
+        let message = &completion["choices"][0]["message"];
+        let calls: Vec<Value> = message["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| json!({"id": c["id"], "type": "function", "function": c["function"]}))
+            .collect();
+        let mut messages = vec![
+            json!({"role": "user", "content": "q"}),
+            json!({"role": "assistant", "content": message["content"], "tool_calls": calls}),
+        ];
+        for c in &calls {
+            messages.push(json!({"role": "tool", "tool_call_id": c["id"], "content": "ok"}));
+        }
+        let body = json!({"model": "gemini-3-pro-preview", "messages": messages});
+        let request = serde_json::to_value(generate_request(body.as_object().unwrap()).unwrap()).unwrap();
+        if parts.as_array().is_some_and(Vec::is_empty) {
+            // Nothing said: no turn (Gemini refuses empty ones).
+            prop_assert_eq!(request["contents"].as_array().map(Vec::len), Some(1));
+        } else {
+            prop_assert_eq!(&request["contents"][1]["parts"], &parts);
+        }
+
+        let whole = read(vec![Bytes::from(sse_text(&[(None, answer.clone())]))]).unwrap();
+        let streamed = &whole["choices"][0];
+        prop_assert_eq!(&streamed["finish_reason"], &completion["choices"][0]["finish_reason"]);
+        prop_assert_eq!(&whole["usage"], &completion["usage"]);
+        let strip_ids = |calls: &Value| -> Value {
+            calls.as_array().into_iter().flatten()
+                .map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}))
+                .collect()
+        };
+        prop_assert_eq!(strip_ids(&streamed["message"]["tool_calls"]), strip_ids(&message["tool_calls"]));
+        if answer.get("responseId").is_some() {
+            prop_assert_eq!(&streamed["message"]["tool_calls"], &message["tool_calls"]);
+        }
     }
 }
