@@ -15,7 +15,7 @@ use crate::{assert_error, events, header, json};
 /// Chat models on the fake's Gemini API: `g20` (gemini-2.0-flash), `g25` (gemini-2.5-flash,
 /// a thinking model), `g3` (gemini-3-pro-preview, strict thought signatures) and `g25pro`
 /// (gemini-2.5-pro, priced by component with its long-context tier); embeddings `gemb`
-/// (gemini-embedding-001).
+/// (gemini-embedding-001); and `gpt` on the fake's OpenAI API.
 fn config(up: &FakeUpstream) -> String {
     format!(
         r#"
@@ -27,6 +27,18 @@ name = "g"
 kind = "gemini"
 base_url = "{url}"
 api_keys = ["gk-test"]
+
+[[providers]]
+name = "o"
+kind = "openai"
+base_url = "{openai}"
+api_keys = ["sk-test"]
+
+[[models]]
+name = "gpt"
+deployments = [{{ provider = "o", model = "gpt-4o-mini" }}]
+price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+cache_ttl_s = 0
 
 [[models]]
 name = "g20"
@@ -59,6 +71,7 @@ price = {{ input_per_mtok = 0.15, output_per_mtok = 0.0 }}
 cache_ttl_s = 0
 "#,
         url = up.gemini_url,
+        openai = up.base_url,
     )
 }
 
@@ -265,6 +278,43 @@ async fn gemini_3_tool_use_through_the_messages_endpoint_keeps_its_signature() {
         "tool said: {\"content\":\"Ibsen\"}"
     );
     assert!(up.last().body["contents"][1]["parts"][0]["thoughtSignature"].is_string());
+}
+
+/// A conversation Gemini began can go on at another provider (another deployment of the
+/// model, a fallback): it gets the tool-call ids without the signatures, as short as OpenAI
+/// wants them (at most 40 characters).
+#[tokio::test]
+async fn other_providers_get_tool_call_ids_without_signatures() {
+    let (up, gw, key) = start().await;
+    let mut messages = vec![json!({"role": "user", "content": "Who wrote Peer Gynt?"})];
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": "g3", "messages": messages, "tools": lookup_tool()}),
+        )
+        .await;
+    let message = json(r).await["choices"][0]["message"].clone();
+    let id = message["tool_calls"][0]["id"].as_str().unwrap().to_owned();
+    assert!(id.contains("__thought__"), "{id}");
+    messages.push(message);
+    messages.push(json!({"role": "tool", "tool_call_id": id, "content": "Ibsen"}));
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": "gpt", "messages": messages, "tools": lookup_tool()}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let sent = up.last();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    let short = sent.body["messages"][1]["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(short, id.split("__thought__").next().unwrap());
+    assert!(short.len() <= 40, "{short}");
+    assert_eq!(sent.body["messages"][2]["tool_call_id"], short);
 }
 
 /// Gemini gives its calls no ids; each answer's ids were `call_0`, … again, so an agent

@@ -19,6 +19,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Between a call's own id and the signature it carries.
@@ -39,6 +40,43 @@ pub(super) fn signature(id: &str) -> Option<String> {
     let (_, encoded) = id.split_once(MARK)?;
     let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
     String::from_utf8(bytes).ok()
+}
+
+/// The request with the thought signatures taken out of its tool-call ids (assistant
+/// `tool_calls[].id`, tool `tool_call_id`), for a provider other than Gemini: a conversation
+/// Gemini began may continue elsewhere (another deployment of the model, a fallback), and
+/// OpenAI refuses tool-call ids longer than 40 characters. `None` when no id carries one.
+pub(crate) fn without_signatures(body: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let carries = |id: &Value| id.as_str().is_some_and(|id| id.contains(MARK));
+    let messages = body.get("messages")?.as_array()?;
+    let any = messages.iter().any(|m| {
+        carries(&m["tool_call_id"])
+            || m["tool_calls"]
+                .as_array()
+                .is_some_and(|calls| calls.iter().any(|c| carries(&c["id"])))
+    });
+    if !any {
+        return None;
+    }
+    let strip = |id: &mut Value| {
+        if let Some((own, _)) = id.as_str().and_then(|s| s.split_once(MARK)) {
+            *id = Value::String(own.to_owned());
+        }
+    };
+    let mut body = body.clone();
+    let messages = body.get_mut("messages")?.as_array_mut()?;
+    for message in messages {
+        if let Some(id) = message.get_mut("tool_call_id") {
+            strip(id);
+        }
+        let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
+        for call in calls.into_iter().flatten() {
+            if let Some(id) = call.get_mut("id") {
+                strip(id);
+            }
+        }
+    }
+    Some(body)
 }
 
 /// Hands out the ids of one answer's function calls (see the module note).
@@ -91,6 +129,25 @@ mod tests {
         assert_eq!(encode("call_1", None), "call_1");
         assert_eq!(self::signature("call_1"), None);
         assert_eq!(self::signature("call_1__thought__%%%"), None);
+    }
+
+    #[test]
+    fn other_providers_get_the_ids_without_signatures() {
+        let id = encode("call_0123", Some("c2lnbmF0dXJl"));
+        let body = serde_json::json!({"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "tool_calls": [{"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                                                 {"id": "call_plain", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": id, "content": "1"},
+            {"role": "tool", "tool_call_id": "call_plain", "content": "2"}]});
+        let body = body.as_object().unwrap();
+        let stripped = without_signatures(body).unwrap();
+        let messages = stripped["messages"].as_array().unwrap();
+        assert_eq!(messages[1]["tool_calls"][0]["id"], "call_0123");
+        assert_eq!(messages[1]["tool_calls"][1]["id"], "call_plain");
+        assert_eq!(messages[2]["tool_call_id"], "call_0123");
+        assert_eq!(messages[3]["tool_call_id"], "call_plain");
+        assert!(without_signatures(&stripped).is_none());
     }
 
     #[test]

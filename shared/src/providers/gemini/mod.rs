@@ -34,6 +34,8 @@ use serde_json::{Map, Value};
 
 use super::http;
 use super::{Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
+pub(crate) use call_id::without_signatures;
+
 use answer::completion;
 use embeddings::{batch_embed_request, embedding_inputs, embedding_list, embedding_vectors};
 use request::generate_request;
