@@ -116,6 +116,10 @@ deployments = [{{ provider = "anthropic", model = "claude-sonnet-4-5" }}]
 [[models]]
 name = "gemini"
 deployments = [{{ provider = "gemini", model = "gemini-2.0-flash" }}]
+
+[[models]]
+name = "gemini3"
+deployments = [{{ provider = "gemini", model = "gemini-3-pro-preview" }}]
 """
 
 
@@ -142,7 +146,7 @@ def _fake_upstream(tmp, name, *args):
 @pytest.fixture(scope="session")
 def providers():
     """Sluice with models `gpt`, `claude` and `gemini`, each on the fake provider's routes
-    for that wire format."""
+    for that wire format, and `gemini3` (Gemini 3: thought signatures required)."""
     tmp = tempfile.mkdtemp(prefix="sluice-pytest-providers-")
     fake, url = _fake_upstream(tmp, "fake")
     config = os.path.join(tmp, "sluice.toml")

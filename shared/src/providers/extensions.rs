@@ -77,13 +77,19 @@ fn refuse_for_gemini(body: &Map<String, Value>) -> Result<(), ProviderError> {
         message: Some(message),
         retry_after: None,
     };
+    // `top_k` Gemini takes as `topK` (the Gemini translator maps it); the others it has no
+    // equivalent for.
     if let Some(field) = ANSWER_CHANGING
         .iter()
+        .filter(|f| **f != "top_k")
         .find(|f| body.get(**f).is_some_and(|v| !v.is_null()))
     {
-        return Err(refuse(format!(
-            "`{field}` is an Anthropic parameter that Gemini cannot take through Sluice"
-        )));
+        return Err(ProviderError::Unsupported {
+            param: (*field).to_owned(),
+            message: format!(
+                "`{field}` is an Anthropic parameter that Gemini cannot take through Sluice"
+            ),
+        });
     }
     for (i, message) in messages(body).enumerate() {
         if message.get("role").and_then(Value::as_str) != Some("tool") {

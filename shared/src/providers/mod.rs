@@ -462,6 +462,16 @@ impl ProviderApi for Provider {
             },
             None => request,
         };
+        // Tool-call ids of a conversation Gemini began carry its thought signatures; other
+        // providers get them without (OpenAI refuses ids over 40 characters).
+        let plain = match self {
+            Self::Gemini(_) => None,
+            _ => gemini::without_signatures(request.body),
+        };
+        let request = match &plain {
+            Some(body) => UpstreamRequest { body, ..request },
+            None => request,
+        };
         let result = match self {
             Self::OpenAi(p) => p.call(http, request).await,
             Self::Anthropic(p) => p.call(http, request).await,

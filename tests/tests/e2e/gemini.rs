@@ -97,7 +97,9 @@ async fn chat_is_translated_to_generate_content_and_back() {
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(
         answer["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}})
     );
 
     let seen = up.last();
@@ -158,7 +160,7 @@ async fn tool_calls_and_tool_results_make_a_two_round_conversation() {
     assert_eq!(
         seen["tools"],
         json!([{"functionDeclarations": [{"name": "lookup", "description": "Searches the knowledge base",
-            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}]}])
+            "parametersJsonSchema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}]}])
     );
     assert_eq!(
         seen["toolConfig"],
@@ -230,7 +232,9 @@ async fn streams_are_translated_metered_cached_and_replayed() {
     assert_eq!(last["choices"], json!([]));
     assert_eq!(
         last["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}})
     );
     let seen = up.last();
     assert_eq!(
@@ -301,13 +305,21 @@ async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let body = json(r).await;
     assert_eq!(body["object"], "list");
     assert_eq!(body["model"], "text-embedding-004");
-    assert_eq!(
-        body["data"],
-        json!([
-            {"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.0]},
-            {"object": "embedding", "index": 1, "embedding": [0.25, -0.5, 1.0]}
-        ])
-    );
+    // The fake's 768-value vectors are ±1/√768, the sign pattern shifted by the input's
+    // index; `dimensions: 3` is their first three values, which Sluice scales back to unit
+    // length: ±1/√3.
+    let s = 1.0 / 3f64.sqrt();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, signs) in [[-1.0, 1.0, 1.0], [1.0, 1.0, -1.0]].iter().enumerate() {
+        assert_eq!(data[i]["object"], "embedding");
+        assert_eq!(data[i]["index"], i);
+        let values = data[i]["embedding"].as_array().unwrap();
+        assert_eq!(values.len(), 3);
+        for (v, sign) in values.iter().zip(signs) {
+            assert!((v.as_f64().unwrap() - sign * s).abs() < 1e-12, "{values:?}");
+        }
+    }
     // Estimated: Gemini reports no usage for embeddings ("alpha" and "beta" are 2 + 1).
     assert_eq!(
         body["usage"],
@@ -339,7 +351,10 @@ async fn embeddings_use_batch_embed_contents_as_floats_or_base64() {
     let body = json(r).await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     let encoded = body["data"][0]["embedding"].as_str().unwrap();
-    assert_eq!(decode_f32s(encoded), [0.25, -0.5, 0.0]);
+    let floats = decode_f32s(encoded);
+    assert_eq!(floats.len(), 768);
+    let s = (1.0 / 768f64.sqrt()) as f32;
+    assert_eq!(floats[..3], [-s, s, s]);
     assert!(
         up.last().body["requests"][0]
             .get("outputDimensionality")

@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod pooling;
 mod providers_anthropic;
+mod providers_gemini;
 mod providers_openai;
 mod restart;
 mod routing;

@@ -1,0 +1,263 @@
+//! Google Gemini's `generateContent` API, translated to and from OpenAI's format.
+//!
+//! - Chat: `POST {base}/models/{model}:generateContent`, streamed as
+//!   `:streamGenerateContent?alt=sse` (every event is a whole `GenerateContentResponse`).
+//! - Embeddings: `POST {base}/models/{model}:batchEmbedContents`, one request per input.
+//! - The key goes in the `x-goog-api-key` header, never in the URL (URLs end up in logs).
+//!
+//! OpenAI messages become Gemini `contents` (`assistant` is `model`; tool results are
+//! `functionResponse` parts of a `user` turn; consecutive turns of one role are merged), and
+//! system messages become `systemInstruction`. Answers become `chat.completion` objects, or
+//! `chat.completion.chunk` objects followed by one usage chunk when streamed.
+//!
+//! Gemini sends no rate-limit headers; the wait of a 429 is read from its body's `RetryInfo`
+//! by the shared HTTP helpers.
+//!
+//! Layout: this file is the client (URLs, authentication, the three calls); `request`
+//! translates OpenAI requests, `answer` and `stream` translate answers and stream events,
+//! `embeddings` the embedding calls.
+
+mod answer;
+mod call_id;
+mod embeddings;
+#[cfg(test)]
+mod fuzz;
+mod request;
+mod stream;
+mod wire;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::{Map, Value};
+
+use super::http;
+use super::{Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
+pub(crate) use call_id::without_signatures;
+
+use answer::completion;
+use embeddings::{batch_embed_request, embedding_inputs, embedding_list, embedding_vectors};
+use request::generate_request;
+use stream::{ChunkTranslator, chunk_stream};
+
+/// The Gemini API at a base URL such as `https://generativelanguage.googleapis.com/v1beta`.
+#[derive(Debug, Clone)]
+pub struct Gemini {
+    base_url: String,
+}
+
+impl Gemini {
+    /// A provider at `base_url` (with or without a trailing slash).
+    pub fn new(base_url: &str) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `{base}/models/{model}:{method}`; `method` may carry a query (`…?alt=sse`).
+    fn url(&self, model: &str, method: &str) -> String {
+        format!("{}/models/{model}:{method}", self.base_url)
+    }
+
+    /// A POST of `body` to one of the model's methods, authenticated by header.
+    fn post(
+        &self,
+        client: &reqwest::Client,
+        request: &UpstreamRequest<'_>,
+        method: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let model = upstream_model(request.body)?;
+        Ok(client
+            .post(self.url(model, method))
+            .header("x-goog-api-key", request.api_key)
+            .json(body))
+    }
+
+    async fn generate(
+        &self,
+        client: &reqwest::Client,
+        request: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let body = generate_request(request.body)?;
+        let post = self.post(client, &request, "generateContent", &body)?;
+        let (answer, headroom) = http::send_for_body(post, request.timeout).await?;
+        let answer: Value = serde_json::from_slice(&answer)
+            .map_err(|_| ProviderError::Malformed("body is not JSON".into()))?;
+        let (completion, usage) = completion(&answer, request_model(request.body))?;
+        Ok(UpstreamResponse::Complete {
+            body: Bytes::from(completion.to_string()),
+            usage,
+            headroom,
+        })
+    }
+
+    async fn stream(
+        &self,
+        client: &reqwest::Client,
+        request: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let body = generate_request(request.body)?;
+        let post = self.post(client, &request, "streamGenerateContent?alt=sse", &body)?;
+        let (events, headroom) = http::send_for_events(post, request.timeout).await?;
+        let translator = ChunkTranslator::new(request_model(request.body));
+        Ok(UpstreamResponse::Stream {
+            chunks: chunk_stream(events, translator),
+            headroom,
+        })
+    }
+
+    /// Embeddings in batches of at most [`embeddings::BATCH`], a few in flight at once,
+    /// joined in order.
+    async fn embed(
+        &self,
+        client: &reqwest::Client,
+        request: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let inputs = embedding_inputs(request.body)?;
+        let model = upstream_model(request.body)?;
+        let dimensions = request.body.get("dimensions").and_then(Value::as_u64);
+        let mut calls = Vec::new();
+        for batch in inputs.chunks(embeddings::BATCH) {
+            let body = batch_embed_request(model, batch, dimensions);
+            let post = self.post(client, &request, "batchEmbedContents", &body)?;
+            calls.push(embed_batch(post, request.timeout, batch.len()));
+        }
+        let answers: Vec<_> = futures_util::stream::iter(calls)
+            .buffered(embeddings::CONCURRENT_BATCHES)
+            .try_collect()
+            .await?;
+        let headroom = answers.first().map(|(_, h)| *h).unwrap_or_default();
+        let vectors = answers.into_iter().flat_map(|(v, _)| v).collect();
+        let base64 = request.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let (list, usage) = embedding_list(request_model(request.body), &inputs, vectors, base64);
+        Ok(UpstreamResponse::Complete {
+            body: Bytes::from(list.to_string()),
+            usage: Some(usage),
+            headroom,
+        })
+    }
+}
+
+/// One `batchEmbedContents` call: its vectors and the room the answer reported.
+async fn embed_batch(
+    post: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+    inputs: usize,
+) -> Result<(Vec<Vec<f64>>, Headroom), ProviderError> {
+    let (answer, headroom) = http::send_for_body(post, timeout).await?;
+    Ok((embedding_vectors(&answer, inputs)?, headroom))
+}
+
+impl ProviderApi for Gemini {
+    async fn call(
+        &self,
+        client: &reqwest::Client,
+        request: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        match request.endpoint {
+            Endpoint::Embeddings => self.embed(client, request).await,
+            Endpoint::ChatCompletions if request.stream => self.stream(client, request).await,
+            Endpoint::ChatCompletions => self.generate(client, request).await,
+        }
+    }
+}
+
+/// A request Gemini would refuse anyway, refused before it is sent: the client gets a 400
+/// with the reason, and no other deployment is tried.
+pub(super) fn bad_request(message: impl Into<String>) -> ProviderError {
+    ProviderError::Status {
+        status: 400,
+        message: Some(message.into()),
+        retry_after: None,
+    }
+}
+
+/// The request's `model` as it was sent (the upstream name), for answers.
+pub(super) fn request_model(body: &Map<String, Value>) -> &str {
+    body.get("model").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The model for the URL: the upstream name without a leading `models/`.
+pub(super) fn upstream_model(body: &Map<String, Value>) -> Result<&str, ProviderError> {
+    let model = request_model(body);
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    if model.is_empty() {
+        return Err(bad_request("no model to send to Gemini"));
+    }
+    Ok(model)
+}
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `chatcmpl-` and Gemini's `responseId`, or a random id when it sent none.
+pub(super) fn completion_id(response_id: Option<&str>) -> String {
+    match response_id {
+        Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
+        _ => format!("chatcmpl-{}", hex::encode(rand::random::<[u8; 12]>())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A JSON object literal as the map a request body is.
+    pub(super) fn object(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// The message of a 400, or a panic.
+    pub(super) fn status_400(e: ProviderError) -> String {
+        match e {
+            ProviderError::Status {
+                status: 400,
+                message: Some(m),
+                retry_after: None,
+            } => m,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_key_goes_in_a_header_and_never_in_the_url() {
+        let gemini = Gemini::new("https://generativelanguage.googleapis.com/v1beta/");
+        let body = object(json!({"model": "models/gemini-2.0-flash", "messages": []}));
+        let request = UpstreamRequest {
+            endpoint: Endpoint::ChatCompletions,
+            body: &body,
+            api_key: "AIza-secret",
+            stream: true,
+            timeout: Duration::from_secs(1),
+        };
+        let built = gemini
+            .post(
+                &reqwest::Client::new(),
+                &request,
+                "streamGenerateContent?alt=sse",
+                &json!({}),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            built.url().as_str(),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(built.headers()["x-goog-api-key"], "AIza-secret");
+        assert!(built.headers().get("authorization").is_none());
+    }
+}
