@@ -217,11 +217,23 @@ mod tests {
                 status: 400,
                 message: Some(m),
                 ..
-            }) => m,
+            })
+            | Err(ProviderError::Unsupported { message: m, .. }) => m,
             other => panic!("expected a 400, got {other:?}"),
         };
         let user = json!([{"role": "user", "content": "x"}]);
-        assert!(refused(json!({"model": "m", "messages": user, "top_k": 3})).contains("`top_k`"));
+        // `top_k` Gemini takes (as `topK`): passed on to its translator.
+        assert!(
+            lower(
+                &obj(json!({"model": "m", "messages": user, "top_k": 3})),
+                Target::Gemini
+            )
+            .is_ok()
+        );
+        assert!(
+            refused(json!({"model": "m", "messages": user, "output_config": {"effort": "low"}}))
+                .contains("`output_config`")
+        );
         assert!(
             refused(json!({"model": "m", "messages": user, "thinking": {"type": "enabled", "budget_tokens": 2000}}))
                 .contains("`thinking`")

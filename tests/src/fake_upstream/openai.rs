@@ -212,6 +212,22 @@ fn refuse_chat(body: &Value) -> Result<(), Refusal> {
                         ),
                     ));
                 }
+                // Tool-call ids: "Invalid 'messages[1].tool_calls[0].id': string too long.
+                // Expected a string with maximum length 40" (OpenAI's answer to longer ids,
+                // e.g. ones that carry another provider's signatures).
+                for (j, call) in calls.into_iter().flatten().enumerate() {
+                    let id = call["id"].as_str().unwrap_or("");
+                    if id.len() > 40 {
+                        return Err(refusal(
+                            format!("messages[{i}].tool_calls[{j}].id"),
+                            "string_above_max_length",
+                            format!(
+                                "Invalid 'messages[{i}].tool_calls[{j}].id': string too long. Expected a string with maximum length 40, but got a string with length {} instead.",
+                                id.len()
+                            ),
+                        ));
+                    }
+                }
                 open_calls = calls
                     .map(|c| {
                         c.iter()

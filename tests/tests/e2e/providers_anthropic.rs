@@ -360,14 +360,19 @@ async fn the_messages_ingress_keeps_documents_tool_result_images_errors_top_k_an
     // What the client sent is what Anthropic got.
     assert_eq!(sent["messages"], request["messages"]);
 
-    // The same request to Gemini, which cannot take `top_k` through Sluice: a 400 naming it,
-    // never an answer without it.
+    // The same request to Gemini, which has no `output_config`: a 400 naming it, never an
+    // answer without it.
     let mut to_gemini = request.clone();
     to_gemini["model"] = json!("gemini");
     let before = up.calls();
     let message = anthropic_400(messages(&gw, &key, &to_gemini).await).await;
-    assert!(message.contains("`top_k`"), "{message}");
+    assert!(message.contains("`output_config`"), "{message}");
     assert_eq!(up.calls(), before);
+    // `top_k` Gemini takes, as `topK`.
+    let topk = json!({"model": "gemini", "max_tokens": 200, "top_k": 5,
+        "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(messages(&gw, &key, &topk).await.status(), 200);
+    assert_eq!(up.last().body["generationConfig"]["topK"], 5);
 }
 
 #[tokio::test]
