@@ -21,6 +21,10 @@ start_mock_serve() {
     unset SLUICE_CONFIG SLUICE_LISTEN SLUICE_DB SLUICE_LOG_FILE SLUICE_STORE SLUICE_QUEUE \
         SLUICE_TABLE_PREFIX SLUICE_JOBS_QUEUE_URL SLUICE_URL SLUICE_KEY
     export SLUICE_ADMIN_KEY="sk-sluice-admin-$tenant-$$"
+    # The files exist before the server starts: the background shell opens its redirections
+    # only after the fork, and reading a missing file below would end the script (set -e).
+    : >"$work/serve.out"
+    : >"$work/serve.err"
     SLUICE_LOG=warn "$work/sluice" serve --listen 127.0.0.1:0 --db "$work/serve.db" \
         >"$work/serve.out" 2>"$work/serve.err" &
     server_pid=$!
