@@ -103,8 +103,9 @@ impl DeploymentStats {
                 ..OwnWindow::default()
             };
         }
-        own.requests += 1;
-        own.tokens += tokens;
+        // `tokens` is the request's worst case, as large as a client's `max_tokens` makes it.
+        own.requests = own.requests.saturating_add(1);
+        own.tokens = own.tokens.saturating_add(tokens);
     }
 
     fn succeeded(&self, latency: Duration, headroom: Headroom, now_ms: u64) {

@@ -732,3 +732,22 @@ fn generated_jobs_never_overspend_a_cap() {
         );
     });
 }
+
+/// Regression (found by schemathesis through the local topology): a deployment's in-flight
+/// token count added each request's worst case, and two requests with a `max_tokens` near
+/// `u64::MAX` overflowed it — a panic on the request path in a debug build, a wrapped count
+/// in a release one. Without a limit on the key nothing refuses such a request before it is
+/// routed, so both must be answered.
+#[tokio::test]
+async fn worst_cases_near_u64_max_are_routed_without_overflow() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let key = gw.create_key("hostile").await;
+    for i in 0..3 {
+        let body = json!({"model": "m-openai", "max_completion_tokens": u64::MAX - i,
+            "messages": [{"role": "user", "content": format!("huge {i}")}]});
+        let r = gw.post("/v1/chat/completions", &key, &body).await;
+        assert!(r.status().as_u16() < 500, "{}", r.status());
+    }
+    assert_eq!(up.calls(), 3);
+}
