@@ -7,7 +7,8 @@
 # headless Chromium (installed from Debian's `chromium` package when missing); the OpenAPI
 # contract check, schemathesis against `sluice serve` in its own venv (infra/api/schemathesis.sh,
 # ~50 s); a smoke load with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s); memory after
-# the largest accepted requests (infra/bench/memory.sh, ~10 s).
+# the largest accepted requests (infra/bench/memory.sh, ~10 s); and the whole serverless
+# topology end to end under cargo lambda watch on moto (infra/aws/local_e2e.py, ~40 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -68,7 +69,8 @@ infra/bench/smoke-load.sh target/debug/sluice
 step "memory: RSS returns near idle after the largest accepted requests (fails if it stays 32 MiB above)"
 infra/bench/memory.sh target/debug/sluice
 
-step "ingest function under cargo lambda watch, on moto"
-infra/aws/lambda-watch-smoke.sh
+step "local serverless topology: template.yaml on moto, every function under cargo lambda watch, SQS event sources emulated"
+PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/pytest" -q -p no:cacheprovider infra/aws/test_local_topology.py
+FAKE_UPSTREAM_BIN=target/debug/fake-upstream "$VENV/bin/python" infra/aws/local_e2e.py
 
 step "all tests passed"

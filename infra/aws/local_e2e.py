@@ -1,0 +1,405 @@
+"""End to end through the local serverless topology (infra/aws/local.sh), loopback only.
+
+Starts two fake providers (the project's `fake-upstream`: one instant, one taking 3 s), then
+infra/aws/local.sh with a config that points the functions at them, and drives the topology
+over HTTP through the ingest functions' function-URL endpoints (API Gateway payload 2.0):
+
+  1. a chat completion (cache miss), the same again (cache hit), one through the OpenAI SDK;
+     no key is 401
+  2. 202 jobs that the SQS event-source emulator hands to the processor in one batch (the
+     template's BatchSize 10 / 1 s window), each read back by id
+  3. usage events: ingest and processor -> UsageQueue -> aggregator -> GET /v1/metrics
+  4. a key with rpm = 3 used through IngestFunction and IngestStreamFunction, two ingest
+     processes (two watches): the second process refuses what the first used up
+  5. streaming: SSE chunks, usage and [DONE] from IngestStreamFunction (RESPONSE_STREAM), and
+     the same request buffered whole through IngestFunction
+  6. kill -9 of the processor process while its batch of slow jobs is in flight: the
+     messages come back after the visibility timeout, a new environment runs each job again,
+     every job succeeds once, and the key's ledger is billed once per job
+  7. a message that names no job is reported failed (ReportBatchItemFailures) at every
+     receive and moto moves it to the dead-letter queue after maxReceiveCount (5)
+
+Every check prints what it measured. Usage: python infra/aws/local_e2e.py (the test venv's
+python; env SLUICE_VENV / SLUICE_LAMBDA_VENV / SLUICE_SAM_VENV as for local.sh,
+FAKE_UPSTREAM_BIN for the fake, built if missing). Exit status 0 when every check held.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import requests
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+VISIBILITY_S = 6  # every queue's, for this run (the template's 360 s is too long for a test)
+SLOW_MS = 3000
+COST_NANO = 20_000  # the fake bills 10 prompt + 5 completion tokens; $1 and $2 per million
+started = time.monotonic()
+
+
+def say(check: str, measured: str) -> None:
+    print(f"  ok  {check}: {measured}  [{time.monotonic() - started:5.1f} s]", flush=True)
+
+
+def wait_for(what: str, probe, timeout_s: float, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int, exe: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().decode().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and os.path.basename(os.readlink(f"/proc/{entry}/exe")) == exe:
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+class Topology:
+    def __init__(self, state: dict):
+        self.state = state
+        self.ingest = state["functions"]["IngestFunction"]["url"]
+        self.stream = state["functions"]["IngestStreamFunction"]["url"]
+        self.http = requests.Session()
+
+    def events(self) -> list[dict]:
+        with open(self.state["events"], encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def batches_with(self, job_ids: list[str]) -> list[dict]:
+        """The processor invocations whose records carry these jobs' messages."""
+        return [e for e in self.events() if e["event"] == "invoke"
+                and e["mapping"] == "ProcessorFunctionJobs"
+                and any(j in b for b in e["bodies"] for j in job_ids)]
+
+    def admin_key(self, body: dict) -> str:
+        r = self.http.post(self.ingest + "admin/keys", json=body,
+                           headers={"Authorization": f"Bearer {self.state['admin_key']}"})
+        assert r.status_code == 201, r.text
+        return r.json()["key"]
+
+    def chat(self, base: str, key: str, content: str, model: str = "e2e", **kw):
+        headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
+        body = {"model": model, "max_tokens": 20,
+                "messages": [{"role": "user", "content": content}], **kw}
+        return self.http.post(base + "v1/chat/completions", json=body, headers=headers,
+                              stream=bool(kw.get("stream")), timeout=60)
+
+    def job(self, key: str, job_id: str) -> dict:
+        r = self.http.get(self.ingest + f"v1/jobs/{job_id}",
+                          headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def ledger(self, key: str) -> tuple[int, int]:
+        """The key's (spent, reserved) in nano-USD."""
+        r = self.http.get(self.ingest + "v1/usage", headers={"Authorization": f"Bearer {key}"})
+        budget = r.json()["limits"]["key"]["budget"]
+        return round(budget["spent_usd"] * 1e9), round(budget["reserved_usd"] * 1e9)
+
+    def submit_jobs(self, key: str, model: str, prompts: list[str]) -> list[str]:
+        def one(prompt):
+            r = self.chat(self.ingest, key, prompt, model, headers={"Prefer": "respond-async"})
+            assert r.status_code == 202, r.text
+            return r.json()["id"]
+
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            return list(pool.map(one, prompts))
+
+
+def config(fast: int, slow: int) -> str:
+    return f"""
+[server]
+upstream_timeout_s = 20
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "http://127.0.0.1:{fast}/v1"
+api_keys = ["sk-provider-e2e"]
+
+[[providers]]
+name = "slow"
+kind = "openai"
+base_url = "http://127.0.0.1:{slow}/v1"
+api_keys = ["sk-provider-e2e"]
+
+[[models]]
+name = "e2e"
+deployments = [{{ provider = "fake", model = "gpt-4o-mini" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+# Every job calls the provider: a job run twice would be paid twice.
+[[models]]
+name = "e2e-slow"
+deployments = [{{ provider = "slow", model = "gpt-4o-mini" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+cache_ttl_s = 0
+
+[limits]
+# The reservation of a run cut off by the kill is given back soon after.
+reservation_ttl_s = 3
+
+[jobs]
+visibility_timeout_s = {VISIBILITY_S}
+# Shorter than the visibility timeout, so the redelivered message can claim the job again.
+lease_s = 4
+
+[metrics]
+flush_every_ms = 300
+"""
+
+
+def checks(top: Topology, sqs) -> None:
+    state = top.state
+    jobs_queue = state["resources"]["JobsQueue"]["QueueUrl"]
+    dlq = state["resources"]["JobsDeadLetterQueue"]["QueueUrl"]
+    poison = sqs.send_message(QueueUrl=jobs_queue, MessageBody="not a job message")["MessageId"]
+    key = top.admin_key({"tenant": "e2e", "budget_usd": 100, "period": "day"})
+    limited = top.admin_key({"tenant": "e2e-rpm", "rpm": 3})
+    run = uuid.uuid4().hex[:8]
+
+    # 1. cache miss, hit, the OpenAI SDK, no key
+    r = top.chat(top.ingest, "", "hello")
+    assert r.status_code == 401, r.status_code
+    t0 = time.monotonic()
+    first = top.chat(top.ingest, key, f"hello {run}")
+    miss_ms = (time.monotonic() - t0) * 1000
+    t0 = time.monotonic()
+    second = top.chat(top.ingest, key, f"hello {run}")
+    hit_ms = (time.monotonic() - t0) * 1000
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    assert first.headers["x-sluice-cache"] == "miss", first.headers
+    assert second.headers["x-sluice-cache"] == "hit", second.headers
+    assert second.json()["choices"] == first.json()["choices"]
+    sdk = OpenAI(base_url=top.ingest + "v1", api_key=key)
+    answer = sdk.chat.completions.create(
+        model="e2e", max_tokens=20, messages=[{"role": "user", "content": f"sdk {run}"}])
+    assert answer.choices[0].message.content and answer.usage.total_tokens == 15
+    say("HTTP API -> IngestFunction", f"401 without key; miss {miss_ms:.0f} ms "
+        f"(cost ${first.headers['x-sluice-cost-usd']}), hit {hit_ms:.0f} ms (cost "
+        f"${second.headers['x-sluice-cost-usd']}); OpenAI SDK answer, {answer.usage.total_tokens} tokens")
+
+    # 2. jobs: 202, one SQS batch to the processor, results by id
+    t0 = time.monotonic()
+    ids = top.submit_jobs(key, "e2e", [f"job {run} {i}" for i in range(3)])
+    done = wait_for("3 jobs to succeed", lambda: (
+        js if all(j["status"] == "succeeded" for j in js) else None
+    ) if (js := [top.job(key, i) for i in ids]) else None, 30)
+    took = time.monotonic() - t0
+    assert all(j["result"]["choices"][0]["message"]["content"] for j in done)
+    batches = top.batches_with(ids)
+    assert len(batches) == 1, f"the 3 jobs did not arrive as one batch: {batches}"
+    mapping = state["mappings"]["ProcessorFunctionJobs"]
+    say("202 jobs -> JobsQueue -> ProcessorFunction", f"3 jobs succeeded {took:.1f} s after "
+        f"submission, delivered in one batch of {batches[0]['records']} records (batch size "
+        f"{mapping['batch_size']}, window {mapping['window_s']:g} s); results read by id")
+
+    # 3. usage -> aggregator -> /v1/metrics: miss, hit, SDK call, 3 jobs
+    def metrics():
+        r = top.http.get(top.ingest + "v1/metrics", headers={"Authorization": f"Bearer {key}"})
+        totals = r.json()["totals"]
+        return totals if totals["requests"] >= 6 and totals["cache_hits"] >= 1 else None
+
+    t0 = time.monotonic()
+    totals = wait_for("usage in /v1/metrics", metrics, 30, 0.5)
+    aggregated = [e for e in top.events() if e["event"] == "invoked"
+                  and e["mapping"] == "AggregatorFunctionUsage"]
+    say("usage -> UsageQueue -> AggregatorFunction -> GET /v1/metrics",
+        f"{totals['requests']} requests, {totals['cache_hits']} cache hit, "
+        f"{totals['tokens_in']}+{totals['tokens_out']} tokens, ${totals['cost_usd']:.6f}, "
+        f"p50 {totals['p50_ms']} ms; visible {time.monotonic() - t0:.1f} s after the jobs, "
+        f"{len(aggregated)} aggregator invocations ({sum(e['records'] for e in aggregated)} messages)")
+
+    # 4. rate limit across two ingest processes
+    statuses_a = [top.chat(top.ingest, limited, f"rpm {run} a{i}").status_code for i in range(3)]
+    refused_b = [top.chat(top.stream, limited, f"rpm {run} b{i}") for i in range(3)]
+    last_a = top.chat(top.ingest, limited, f"rpm {run} a3")
+    assert statuses_a == [200, 200, 200], statuses_a
+    assert [r.status_code for r in refused_b] == [429] * 3, [r.text for r in refused_b]
+    assert last_a.status_code == 429, last_a.text
+    pids = {name: children(state["functions"][name]["watch_pid"], "ingest")
+            for name in ("IngestFunction", "IngestStreamFunction")}
+    assert all(len(p) == 1 for p in pids.values()) and pids["IngestFunction"] != pids["IngestStreamFunction"], pids
+    say("rpm = 3 across two ingest processes",
+        f"IngestFunction (pid {pids['IngestFunction'][0]}) admitted 3/3; IngestStreamFunction "
+        f"(pid {pids['IngestStreamFunction'][0]}) refused 3/3 with 429 (Retry-After "
+        f"{refused_b[0].headers.get('retry-after')} s); IngestFunction's 4th: 429")
+
+    # 5. streaming (function URL, RESPONSE_STREAM) and the buffered SSE body
+    def stream(base):
+        r = top.chat(base, key, f"stream {run}", stream=True,
+                     stream_options={"include_usage": True})
+        t0 = time.monotonic()
+        first_at, lines = None, []
+        for line in r.iter_lines():
+            if line and first_at is None:
+                first_at = time.monotonic() - t0
+            lines.append(line.decode())
+        return r, lines
+
+    r, lines = stream(top.stream)
+    assert r.headers["content-type"].startswith("text/event-stream"), r.headers
+    chunks = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+    assert chunks and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert any(c.get("usage") for c in chunks) and [x for x in lines if x][-1] == "data: [DONE]"
+    plain = top.chat(top.stream, key, f"hello {run}")
+    assert plain.status_code == 200 and plain.json()["object"] == "chat.completion"
+    buffered, blines = stream(top.ingest)
+    assert buffered.headers["content-type"].startswith("text/event-stream")
+    assert [x for x in blines if x][-1] == "data: [DONE]"
+    say("streaming", f"IngestStreamFunction: {len(chunks)} SSE chunks with usage and [DONE], JSON "
+        "answers too; IngestFunction (buffered, as API Gateway returns it): the whole SSE body")
+
+    # 6. kill -9 the processor mid-batch
+    before = top.ledger(key)
+    ids = top.submit_jobs(key, "e2e-slow", [f"slow {run} {i}" for i in range(3)])
+    wait_for("the slow jobs to be claimed", lambda: all(
+        top.job(key, i)["status"] == "running" for i in ids), 20, 0.1)
+    time.sleep(1.0)  # well into the provider calls (3 s each)
+    watch_pid = state["functions"]["ProcessorFunction"]["watch_pid"]
+    [victim] = children(watch_pid, "processor")
+    [in_flight] = top.batches_with(ids)
+    job_messages = {m for m, b in zip(in_flight["message_ids"], in_flight["bodies"])
+                    if any(j in b for j in ids)}
+    assert len(job_messages) == 3 and not any(
+        e["event"] == "invoked" and e["t"] > in_flight["t"] for e in top.events()
+        if e.get("mapping") == "ProcessorFunctionJobs"), in_flight
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.time()
+    say("kill -9", f"processor pid {victim} killed {(killed_at - in_flight['t']) * 1000:.0f} ms "
+        f"into its invocation with a batch of {in_flight['records']} records (the 3 slow jobs "
+        f"claimed, their {SLOW_MS} ms provider calls under way)")
+    finals = wait_for("the slow jobs to finish", lambda: (
+        js if all(j["status"] in ("succeeded", "failed") for j in js) else None
+    ) if (js := [top.job(key, i) for i in ids]) else None, 60, 0.25)
+    back_after = time.time() - killed_at
+    assert all(j["status"] == "succeeded" for j in finals), finals
+    attempts = [j["attempts"] for j in finals]
+    costs = [round(j["cost_usd"] * 1e9) for j in finals]
+    assert costs == [COST_NANO] * 3, costs
+    # The killed run's reservation is given back once it is older than reservation_ttl_s.
+    spent = wait_for("the ledger to settle", lambda: (
+        led if (led := top.ledger(key))[1] == before[1] else None), 15, 0.25)
+    billed = spent[0] - before[0]
+    assert billed == sum(costs), f"billed {billed} nano-USD for jobs costing {sum(costs)}"
+    evs = [e for e in top.events() if e["t"] >= in_flight["t"]]
+    failed = [e for e in evs if e["event"] == "invoke_failed"]
+    resets = [e for e in evs if e["event"] == "environment_reset"]
+    again = [(e["t"], n) for e in evs if e["event"] == "invoke" and e["t"] > killed_at
+             for m, n in zip(e["message_ids"], e["receive_counts"]) if m in job_messages]
+    assert failed and resets and len(again) == 3, (failed, resets, again)
+    say("no job lost, none billed twice",
+        f"the batch's invocation failed ({failed[0]['error'][:45]}…) and nothing was deleted; "
+        f"environment reset; the 3 job messages redelivered {again[0][0] - killed_at:.1f} s "
+        f"after the kill (visibility {VISIBILITY_S} s; receive counts {[n for _, n in again]}); "
+        f"all succeeded {back_after:.1f} s after the kill, attempts {attempts}; ledger "
+        f"+{billed} nano-USD = 3 x {COST_NANO}, reserved back to {spent[1] - before[1]}")
+
+    # 7. the poison message: reported failed each time, then the dead-letter queue
+    def dead_letter():
+        got = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1,
+                                  MessageSystemAttributeNames=["All"]).get("Messages", [])
+        return got[0] if got and got[0]["MessageId"] == poison else None
+
+    wait_for("the poison message in the DLQ", dead_letter, 6 * VISIBILITY_S + 20, 0.5)
+    deliveries = [e for e in top.events() if e["event"] == "invoke" and poison in e["message_ids"]]
+    reported = [e for e in top.events() if e["event"] == "invoked"
+                and poison in e.get("left_for_retry", [])]
+    assert len(deliveries) == 5, deliveries
+    counts = [e["receive_counts"][e["message_ids"].index(poison)] for e in deliveries]
+    cut = len(deliveries) - len(reported)
+    say("ReportBatchItemFailures + redrive", f"a message naming no job: delivered "
+        f"{len(deliveries)}x (receive counts {counts}), listed in batchItemFailures and left "
+        f"on the queue {len(reported)}x{f' (+{cut} in the killed batch)' if cut else ''}, "
+        "then moved to JobsDeadLetterQueue (maxReceiveCount 5)")
+
+
+def main() -> int:
+    fake = os.environ.get("FAKE_UPSTREAM_BIN") or str(ROOT / "target/debug/fake-upstream")
+    if not Path(fake).exists():
+        subprocess.run(["cargo", "build", "--workspace", "--bin", "fake-upstream"], cwd=ROOT, check=True)
+    work = Path(tempfile.mkdtemp(prefix="sluice-local-e2e-"))
+    procs: list[subprocess.Popen] = []
+    topology = None
+    ok = False
+    try:
+        fast, slow = free_port(), free_port()
+        for port, delay in ((fast, 0), (slow, SLOW_MS)):
+            procs.append(subprocess.Popen([fake, f"127.0.0.1:{port}", str(delay)],
+                                          stderr=subprocess.DEVNULL))
+        (work / "sluice.toml").write_text(config(fast, slow))
+        state_file = work / "state.json"
+        log = open(work / "local.log", "wb")
+        topology = subprocess.Popen(
+            [str(ROOT / "infra/aws/local.sh"), "--port", "0", "--quiet", "--no-reload", "--config",
+             str(work / "sluice.toml"), "--visibility-timeout", str(VISIBILITY_S),
+             "--log-dir", str(work / "logs"), "--state-file", str(state_file)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for("infra/aws/local.sh to be up", lambda: state_file.exists()
+                 or topology.poll() is not None, 600, 0.25)
+        if topology.poll() is not None:
+            raise AssertionError("infra/aws/local.sh exited")
+        state = json.loads(state_file.read_text())
+        say("topology up", f"moto, {len(state['resources'])} tables/queues from template.yaml, "
+            f"{len(state['functions'])} functions under cargo lambda watch, "
+            f"{len(state['mappings'])} SQS mappings, {len(state['schedules'])} schedules")
+        sqs = boto3.client("sqs", endpoint_url=state["endpoint"], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        checks(Topology(state), sqs)
+        print(f"local topology end to end: all checks passed in {time.monotonic() - started:.0f} s")
+        ok = True
+        return 0
+    except BaseException:
+        print("\n--- local.sh output", file=sys.stderr)
+        print((work / "local.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+        for f in sorted((work / "logs").glob("*")) if (work / "logs").exists() else []:
+            print(f"--- {f.name} (last lines)", file=sys.stderr)
+            print("\n".join(f.read_text(errors="replace").splitlines()[-25:]), file=sys.stderr)
+        raise
+    finally:
+        if topology is not None and topology.poll() is None:
+            os.killpg(topology.pid, signal.SIGTERM)
+            try:
+                topology.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(topology.pid, signal.SIGKILL)
+        for p in procs:
+            p.kill()
+            p.wait()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
