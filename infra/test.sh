@@ -7,8 +7,11 @@
 # headless Chromium (installed from Debian's `chromium` package when missing); the OpenAPI
 # contract check, schemathesis against `sluice serve` in its own venv (infra/api/schemathesis.sh,
 # ~50 s); a smoke load with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s); memory after
-# the largest accepted requests (infra/bench/memory.sh, ~10 s); and the whole serverless
-# topology end to end under cargo lambda watch on moto (infra/aws/local_e2e.py, ~40 s).
+# the largest accepted requests (infra/bench/memory.sh, ~10 s); the whole serverless topology
+# end to end under cargo lambda watch on moto (infra/aws/local_e2e.py, ~40 s); and `sam build`
+# of the template as the README deploys it, for arm64, with each function's zip against the
+# 5 MB target (infra/aws/sam-build.sh; installs the aarch64 Rust target and cargo-lambda when
+# missing; ~6 min cold on 2 cores, seconds warm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -72,5 +75,8 @@ infra/bench/memory.sh target/debug/sluice
 step "local serverless topology: template.yaml on moto, every function under cargo lambda watch, SQS event sources emulated"
 PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/pytest" -q -p no:cacheprovider infra/aws/test_local_topology.py
 FAKE_UPSTREAM_BIN=target/debug/fake-upstream "$VENV/bin/python" infra/aws/local_e2e.py
+
+step "sam build: the Lambda functions for arm64 as the README deploys them (zips under 5 MB, built template lints clean)"
+infra/aws/sam-build.sh
 
 step "all tests passed"

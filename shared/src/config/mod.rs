@@ -11,7 +11,7 @@ mod prices;
 mod secret;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -49,6 +49,9 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// Both `SLUICE_CONFIG` and `SLUICE_CONFIG_TOML` are set, so which one is meant is unclear.
+    #[error("SLUICE_CONFIG ({path}) and SLUICE_CONFIG_TOML are both set; set one of them")]
+    TwoSources { path: String },
 }
 
 /// The whole gateway configuration.
@@ -531,8 +534,12 @@ pub fn lookup_env(var: &str) -> Option<String> {
     if let Ok(v) = std::env::var(var) {
         return Some(v);
     }
-    let secrets = std::env::var("SLUICE_SECRETS_JSON").ok()?;
-    let parsed: serde_json::Value = serde_json::from_str(&secrets).ok()?;
+    lookup_secret(&std::env::var("SLUICE_SECRETS_JSON").ok()?, var)
+}
+
+/// `var`'s string value in a secret holding a JSON object (`{"OPENAI_API_KEY":"sk-..."}`).
+fn lookup_secret(secrets_json: &str, var: &str) -> Option<String> {
+    let parsed: serde_json::Value = serde_json::from_str(secrets_json).ok()?;
     parsed.get(var)?.as_str().map(str::to_owned)
 }
 
@@ -547,14 +554,28 @@ impl Config {
         Self::parse(&text, &origin, &lookup_env)
     }
 
-    /// The config of a Lambda function: the TOML text in `SLUICE_CONFIG_TOML`, or the built-in
-    /// config when it is unset or empty.
+    /// The config of a Lambda function: the file named by `SLUICE_CONFIG` (on AWS
+    /// `/opt/sluice.toml`, from the template's config layer; `sluice serve` reads the same
+    /// variable), else the TOML text in `SLUICE_CONFIG_TOML` (handy under `cargo lambda watch`),
+    /// else the built-in config. Empty values count as unset; both set is an error.
     pub fn from_env() -> Result<Self, ConfigError> {
-        match std::env::var("SLUICE_CONFIG_TOML") {
-            Ok(text) if !text.trim().is_empty() => {
-                Self::parse(&text, "SLUICE_CONFIG_TOML", &lookup_env)
-            }
-            _ => Ok(Self::builtin()),
+        Self::from_sources(
+            std::env::var_os("SLUICE_CONFIG").map(PathBuf::from),
+            std::env::var("SLUICE_CONFIG_TOML").ok(),
+        )
+    }
+
+    /// [`Config::from_env`] over the two variables' values.
+    fn from_sources(path: Option<PathBuf>, text: Option<String>) -> Result<Self, ConfigError> {
+        let path = path.filter(|p| !p.as_os_str().is_empty());
+        let text = text.filter(|t| !t.trim().is_empty());
+        match (path, text) {
+            (Some(path), Some(_)) => Err(ConfigError::TwoSources {
+                path: path.display().to_string(),
+            }),
+            (Some(path), None) => Self::load(&path),
+            (None, Some(text)) => Self::parse(&text, "SLUICE_CONFIG_TOML", &lookup_env),
+            (None, None) => Ok(Self::builtin()),
         }
     }
 
@@ -1241,6 +1262,96 @@ deployments = [{ provider = "p", model = "gpt-4o-mini" }, { provider = "p", mode
             Config::price_of(&c.models[1]).is_none(),
             "a deployment without a price leaves the model unpriced"
         );
+    }
+
+    /// The config `sam deploy` ships to the functions (the template's config layer).
+    const AWS_CONFIG: &str = include_str!("../../../infra/aws/config/sluice.toml");
+
+    #[test]
+    fn the_aws_config_is_valid_with_the_keys_from_the_provider_secret() {
+        // What the functions see on AWS: the secret's JSON object in SLUICE_SECRETS_JSON.
+        let secret = r#"{"OPENAI_API_KEY":"sk-o","ANTHROPIC_API_KEY":"sk-a","GEMINI_API_KEY":"g"}"#;
+        let c = Config::parse(AWS_CONFIG, "sluice.toml", &|v| lookup_secret(secret, v)).unwrap();
+        let kinds: Vec<_> = c.providers.iter().map(|p| p.kind.name()).collect();
+        assert_eq!(kinds, ["openai", "anthropic", "gemini"]);
+        let keys: Vec<_> = c.providers.iter().map(|p| p.api_keys[0].expose()).collect();
+        assert_eq!(keys, ["sk-o", "sk-a", "g"]);
+        // The gateway-wide cap needs a price for every model: all come from the built-in table.
+        assert!(c.limits.global_budget_usd.is_some());
+        for m in &c.models {
+            assert!(Config::price_of(m).is_some(), "{} has no price", m.name);
+        }
+    }
+
+    #[test]
+    fn the_aws_config_without_a_key_names_the_field_and_the_variable() {
+        let secret = r#"{"OPENAI_API_KEY":"sk-o","ANTHROPIC_API_KEY":"sk-a"}"#;
+        let msg = Config::parse(AWS_CONFIG, "/opt/sluice.toml", &|v| {
+            lookup_secret(secret, v)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("/opt/sluice.toml"), "{msg}");
+        assert!(
+            msg.contains("providers[2].api_keys[0]") && msg.contains("GEMINI_API_KEY"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_secret_that_is_not_a_json_object_of_strings_resolves_nothing() {
+        assert_eq!(lookup_secret("sk-plain", "OPENAI_API_KEY"), None);
+        assert_eq!(
+            lookup_secret(r#"{"OPENAI_API_KEY":1}"#, "OPENAI_API_KEY"),
+            None
+        );
+        assert_eq!(lookup_secret(r#"{"A":"x"}"#, "A").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn from_env_reads_the_file_named_by_sluice_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        let text = EXAMPLE.replace("${FAKE_KEY}", "sk-in-file");
+        std::fs::write(&file, &text).unwrap();
+        let c = Config::from_sources(Some(file.clone()), None).unwrap();
+        assert_eq!(c.models[0].name, "gpt-test");
+        assert_eq!(c.providers[0].api_keys, vec![Secret::new("sk-in-file")]);
+
+        // Errors name the file, as for `sluice serve --config`.
+        std::fs::write(&file, text.replace("weight = 1", "weigth = 1")).unwrap();
+        let msg = Config::from_sources(Some(file.clone()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&file.display().to_string()) && msg.contains("weigth"),
+            "{msg}"
+        );
+
+        let missing = dir.path().join("nope.toml");
+        let err = Config::from_sources(Some(missing.clone()), None).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Read { ref path, .. } if *path == missing.display().to_string())
+        );
+    }
+
+    #[test]
+    fn from_env_takes_inline_text_or_the_builtin_config_and_refuses_both_sources() {
+        let text = EXAMPLE.replace("${FAKE_KEY}", "sk-inline");
+        let c = Config::from_sources(None, Some(text.clone())).unwrap();
+        assert_eq!(c.models[0].name, "gpt-test");
+
+        for (path, inline) in [(None, None), (Some(PathBuf::new()), Some(" \n".to_owned()))] {
+            let c = Config::from_sources(path, inline).unwrap();
+            assert_eq!(
+                c.providers[0].kind,
+                ProviderKind::Mock,
+                "empty values count as unset"
+            );
+        }
+
+        let err = Config::from_sources(Some("/opt/sluice.toml".into()), Some(text)).unwrap_err();
+        assert!(matches!(err, ConfigError::TwoSources { ref path } if path == "/opt/sluice.toml"));
     }
 }
 
