@@ -5,7 +5,7 @@
 #   event source mappings, schedules). See infra/aws/local_topology.py for what is emulated how.
 #
 #   infra/aws/local.sh                                # ports 9000.. ; Ctrl-C stops everything
-#   infra/aws/local.sh --config my-sluice.toml        # SLUICE_CONFIG_TOML for every function
+#   infra/aws/local.sh --config my-sluice.toml        # SLUICE_CONFIG for every function (else the template's config layer)
 #   infra/aws/local.sh --port 0 --quiet --state-file /tmp/topology.json   # free ports (tests)
 # Other options: --param KEY=VALUE (template parameter), --env KEY=VALUE (every function),
 # --admin-key K, --provider-keys '{"OPENAI_API_KEY":"..."}', --visibility-timeout S (every

@@ -418,6 +418,19 @@ def cargo_packages(root: Path) -> dict[str, str]:
     }
 
 
+def layer_dirs(t: Template, layers: list) -> list[Path]:
+    """The local directories of a function's layers (`Ref`s to `AWS::Lambda::LayerVersion`
+    whose content sam_transform.py left at `s3://local/<dir>`)."""
+    dirs = []
+    for layer in layers:
+        name = layer.get("Ref") if isinstance(layer, dict) else None
+        content = t.resources.get(name, {}).get("Properties", {}).get("Content", {})
+        if content.get("S3Bucket") != "local" or not content.get("S3Key"):
+            raise TopologyError(f"layer {layer!r}: only local layer directories are emulated")
+        dirs.append(Path(__file__).resolve().parents[2] / content["S3Key"])
+    return dirs
+
+
 def plan_functions(t: Template, packages: dict[str, str], local_env: dict) -> dict[str, Function]:
     functions = {}
     for logical, res in t.of_type("AWS::Lambda::Function").items():
@@ -427,6 +440,11 @@ def plan_functions(t: Template, packages: dict[str, str], local_env: dict) -> di
         props = res.get("Properties", {})
         env = t.resolve(props.get("Environment", {}).get("Variables", {}), logical)
         env = {k: str(v) for k, v in env.items()}
+        # Lambda mounts a function's layers at /opt; here a layer is its local directory
+        # (sam_transform.py keeps it as `s3://local/<dir>`), so /opt paths point there.
+        for layer in layer_dirs(t, props.get("Layers", [])):
+            env = {k: (str(layer / v[len("/opt/"):]) if v.startswith("/opt/") else v)
+                   for k, v in env.items()}
         env.update(local_env)
         functions[logical] = Function(
             logical, binary, packages[binary], int(props.get("Timeout", 3)), env
@@ -944,7 +962,8 @@ def main() -> int:
     ap.add_argument("--param", action="append", default=[], help="template parameter KEY=VALUE")
     ap.add_argument("--env", action="append", default=[],
                     help="environment variable for every function, KEY=VALUE (after the template's)")
-    ap.add_argument("--config", help="Sluice config file, given to every function as SLUICE_CONFIG_TOML")
+    ap.add_argument("--config", help="Sluice config file, given to every function as SLUICE_CONFIG "
+                    "(instead of the template's config layer)")
     ap.add_argument("--admin-key", help="the admin key (default: random, printed)")
     ap.add_argument("--provider-keys", default="{}",
                     help="JSON object of provider keys for the providers secret")
@@ -1000,7 +1019,13 @@ def main() -> int:
         "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ}
     local_env.update(AWS_REGION=region, AWS_DEFAULT_REGION=region)
     if args.config:
-        local_env["SLUICE_CONFIG_TOML"] = Path(args.config).read_text(encoding="utf-8")
+        local_env["SLUICE_CONFIG"] = str(Path(args.config).resolve())
+    elif json.loads(args.provider_keys or "{}") == {}:
+        # The template's config layer names real providers whose keys come from the secret;
+        # with none given, an empty SLUICE_CONFIG means the built-in mock models (offline).
+        local_env["SLUICE_CONFIG"] = ""
+        print("local: no --config and no --provider-keys: every function uses the built-in "
+              "mock models instead of the config layer", file=sys.stderr)
     local_env.update(parse_pairs(args.env, "--env"))
     functions = plan_functions(t, cargo_packages(root), local_env)
     for i, fn in enumerate(functions.values()):

@@ -9,8 +9,9 @@ HttpApi events an `AWS::ApiGatewayV2::Api` whose OpenAPI body names the integrat
 infra/aws/local_topology.py builds the local topology from this output.
 
 Usage: python sam_transform.py template.yaml > template.cfn.json
-samtranslator accepts only S3 code locations (as after `sam package`); local `CodeUri`s are
-rewritten to `s3://local/<path>` first, which changes nothing the local topology reads.
+samtranslator accepts only S3 code locations (as after `sam package`); local `CodeUri`s and
+layer `ContentUri`s are rewritten to `s3://local/<path>` first: the local topology reads a
+layer's directory from that key (it stands in for /opt).
 """
 import json
 import os
@@ -40,6 +41,13 @@ def main() -> None:
         code = props.get("CodeUri")
         if isinstance(code, str) and not code.startswith("s3://"):
             props["CodeUri"] = "s3://local/" + code
+    # Layers likewise: the local topology mounts `s3://local/<dir>` where Lambda mounts /opt.
+    for r in template.get("Resources", {}).values():
+        props = r.get("Properties", {})
+        content = props.get("ContentUri")
+        if r.get("Type") == "AWS::Serverless::LayerVersion" and isinstance(content, str) \
+                and not content.startswith("s3://"):
+            props["ContentUri"] = "s3://local/" + content
     # Pseudo parameters (AWS::Region) are looked up from the environment at transform time.
     os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
     cfn = transform(template, {}, NoManagedPolicies(), passthrough_metadata=True)
