@@ -59,14 +59,26 @@ pub struct Invocation {
 
 impl Invocation {
     /// An invocation that must end by `deadline_ms` (Unix milliseconds, as the Lambda
-    /// runtime's `Context::deadline`), or by nothing known.
+    /// runtime's `Context::deadline`), or by nothing known. A deadline already past when the
+    /// invocation starts is not one Lambda gives: it is an emulator's placeholder
+    /// (`cargo lambda watch` sends 600000, ten minutes after 1970), and is ignored.
     pub fn new(deadline_ms: Option<u64>) -> Arc<Self> {
-        let deadline = deadline_ms.map(|ms| {
+        let deadline = deadline_ms.and_then(|ms| {
             let end = UNIX_EPOCH + Duration::from_millis(ms);
-            let left = end
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
+            match end.duration_since(SystemTime::now()) {
+                Ok(left) => Some(Instant::now() + left.saturating_sub(DEADLINE_MARGIN)),
+                Err(_) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!(
+                            deadline_ms = ms,
+                            "the invocation's deadline had passed when it started; ignored \
+                             (a local emulator's placeholder?)"
+                        );
+                    });
+                    None
+                }
+            }
         });
         Arc::new(Self {
             deadline,
@@ -411,9 +423,15 @@ mod tests {
                 assert!(d <= Instant::now() + Duration::from_secs(1));
             })
             .await;
-        // A deadline already past leaves no time, never a panic.
-        let late = Invocation::new(Some(now_ms.saturating_sub(5_000)));
-        late.run(async { assert_eq!(time_left(), Some(Duration::ZERO)) })
+        // Less time left than the margin: no time at all, never a panic.
+        let short = Invocation::new(Some(now_ms + 1_000));
+        short
+            .run(async { assert_eq!(time_left(), Some(Duration::ZERO)) })
+            .await;
+        // A deadline already past at the start is an emulator's placeholder: ignored.
+        let placeholder = Invocation::new(Some(600_000));
+        placeholder
+            .run(async { assert_eq!(time_left(), None) })
             .await;
     }
 
