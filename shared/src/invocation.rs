@@ -375,6 +375,14 @@ pub fn check_timeouts(
         Role::IngestBuffered | Role::IngestStreamed => Ok(()),
         Role::Processor => {
             let lease = Duration::from_secs(config.jobs.lease_s);
+            if lease < function {
+                return Err(format!(
+                    "jobs.lease_s ({} s) must be at least the processor's timeout ({} s): a \
+                     job still running must never be claimed again by a copy of its message",
+                    lease.as_secs(),
+                    function.as_secs()
+                ));
+            }
             let Some(visibility) = timeouts.queue_visibility else {
                 return Ok(());
             };
@@ -475,10 +483,12 @@ mod tests {
         let ok = config(50, 600);
         assert!(check_timeouts(Role::IngestBuffered, t(28, None), &ok).is_ok());
         assert!(check_timeouts(Role::IngestStreamed, t(300, None), &ok).is_ok());
-        assert!(check_timeouts(Role::Processor, t(60, Some(360)), &ok).is_ok());
+        assert!(check_timeouts(Role::Processor, t(45, Some(360)), &ok).is_ok());
+        let e = check_timeouts(Role::Processor, t(60, Some(360)), &ok).unwrap_err();
+        assert!(e.contains("at least the processor's timeout"), "{e}");
         let e = check_timeouts(Role::IngestBuffered, t(30, None), &ok).unwrap_err();
         assert!(e.contains("at most 29 s"), "{e}");
-        let e = check_timeouts(Role::Processor, t(60, Some(300)), &ok).unwrap_err();
+        let e = check_timeouts(Role::Processor, t(45, Some(240)), &ok).unwrap_err();
         assert!(e.contains("6 x"), "{e}");
         let e = check_timeouts(Role::Processor, t(10, Some(60)), &config(60, 600)).unwrap_err();
         assert!(e.contains("jobs.lease_s"), "{e}");

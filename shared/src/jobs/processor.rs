@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -100,22 +100,13 @@ impl Processor {
         }
     }
 
-    /// How long a job's provider calls may take: the whole-request timeout, held within the
-    /// job's lease (less a margin for writing the result), so that a redelivered message can
-    /// never claim a job that is still running. Inside a Lambda invocation the gateway also
-    /// holds it to the invocation's deadline ([`crate::invocation::deadline_within`]).
-    fn job_timeout(&self) -> Duration {
-        let lease = Duration::from_millis(self.lease_ms);
-        let margin = crate::invocation::DEADLINE_MARGIN.min(lease / 4);
-        self.gateway
-            .request_timeout()
-            .min(lease.saturating_sub(margin))
-    }
-
     /// Handles a batch of message bodies; the result has one disposition per body, in order.
     pub async fn process(&self, bodies: &[String]) -> Vec<Disposition> {
         let started = (Instant::now(), self.clock.now_ms());
-        let job_timeout = self.job_timeout();
+        // Inside a Lambda invocation the gateway holds this to the invocation's deadline
+        // (`invocation::deadline_within`); there the lease outlasts the function's timeout
+        // (checked at start-up), so no redelivered copy can claim a job still running.
+        let job_timeout = self.gateway.request_timeout();
         // Duplicates of a message within one batch (SQS delivers at least once) share the
         // first copy's fate instead of racing it for the claim.
         let mut first_copy: Vec<Option<usize>> = vec![None; bodies.len()];
