@@ -39,7 +39,7 @@ cargo fmt --all --check
 step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Lambda functions build `sluice` without sqlite and prometheus; check that feature set too.
-cargo clippy -p sluice-ingest -p sluice-processor -p sluice-aggregator --locked -- -D warnings
+cargo clippy -p sluice-ingest -p sluice-processor -p sluice-aggregator -p sluice-housekeeper --locked -- -D warnings
 
 step "cargo test (unit, end-to-end, CLI)"
 cargo test --workspace --locked

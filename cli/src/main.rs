@@ -425,6 +425,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             batch_window,
         ));
     }
+    // On AWS one scheduled function does this; here every process does (its writes are
+    // conditional, so processes sharing a store may all run it).
+    tokio::spawn(sluice::housekeeping::run_every(
+        Arc::clone(&services.housekeeper),
+        Duration::from_secs(config.server.housekeeping_every_s),
+    ));
     let listener = sluice::server::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener

@@ -7,10 +7,17 @@
 //! - Locally: the one `sluice serve` on SQLite, which accepts and runs jobs, is killed and
 //!   restarted; clients retry the submissions that found it down.
 //!
-//! At the end every accepted job has succeeded or failed with a reason, the spend on the
-//! key's ledger equals the sum of the finished jobs' costs (a run cut off by a kill is not
-//! billed; a job that ran twice is billed once), no reservation is left, and the dead-letter
-//! queue holds exactly the poison messages the test sent. Each test prints a `chaos:` line.
+//! Kills come 1.6-2.4 s apart, often enough that a message caught by kill after kill uses up
+//! its receives and reaches the dead-letter queue with its job unfinished. Before the load the
+//! test also leaves behind what a kill can leave: a job stored but never queued (ingest killed
+//! between its two writes) and an unfinished job whose message is already dead-lettered.
+//! Housekeeping (every second in these processes) must bring all of them home.
+//!
+//! At the end every job in the store — accepted by a client or not — has succeeded or failed
+//! with a reason, the spend on the key's ledger equals the sum of the finished jobs' costs (a
+//! run cut off by a kill is not billed; a job that ran twice is billed once), no reservation
+//! is left, and the dead-letter queue holds exactly the poison messages the test sent. Each
+//! test prints a `chaos:` line, with what housekeeping did.
 
 // Tests may cast freely (the workspace denies lossy casts in the code they test).
 #![allow(
@@ -50,6 +57,8 @@ fn config(dir: &Path, upstream: &str, workers: usize) -> String {
             r#"
 [server]
 upstream_timeout_s = 10
+# Housekeeping every second (the default is a minute).
+housekeeping_every_s = 1
 
 [[providers]]
 name = "fake"
@@ -74,6 +83,8 @@ visibility_timeout_s = {VISIBILITY_S}
 lease_s = 1
 max_receive_count = {MAX_RECEIVES}
 batch_window_ms = 50
+# Jobs left behind are queued again after 4 s unchanged (the default is 10 minutes).
+requeue_after_s = 4
 "#
         ),
     )
@@ -338,10 +349,12 @@ fn check(stored: &Stored, accepted: &Outcome, n_accepted: usize, spent: u64, swe
         n_accepted,
         "an accepted job is lost"
     );
-    // Every accepted job finished (above). A kill between storing a job and queueing its
-    // message leaves a `queued` record whose 202 never left the server: never run, never
-    // billed, gone at its retention. Those are reported, not counted as lost.
+    // Every accepted job finished (above), and so did every job the store holds: one stored
+    // by a server killed before its 202 left, one stored but never queued (found by
+    // housekeeping and queued again), one whose message was dead-lettered unfinished (sent
+    // again by housekeeping).
     assert!(stored.total() >= n_accepted, "{stored:?}");
+    assert_eq!(stored.unfinished, 0, "a job was left behind: {stored:?}");
     assert_eq!(
         spent,
         stored.costs + sweep_cost,
@@ -403,22 +416,113 @@ async fn dead_letters(queue: &dyn JobQueue) -> u64 {
 }
 
 /// Kills `victim` with SIGKILL mid-batch and restarts it, `KILLS` times, while the load
-/// runs; `restart` starts the new process (and may point the load at it).
-async fn kill_and_restart(mut victim: Served, restart: impl Fn() -> Served) -> Served {
+/// runs; `restart` starts the new process (and may point the load at it). The output of every
+/// process killed is kept in `logs`.
+async fn kill_and_restart(
+    mut victim: Served,
+    restart: impl Fn() -> Served,
+    logs: &mut Logs,
+) -> Served {
     for round in 0..KILLS {
-        // 3.0-3.8 s of work between kills: each kill lands with batches in flight (the
-        // provider takes 150 ms a call and jobs arrive every 40 ms), and the messages a kill
-        // left behind are visible again (2 s) and run before the next one. A message caught
-        // by kill after kill goes to the dead-letter queue after `max_receive_count`
-        // deliveries with its job unfinished: that is the queue's poison rule, not survived
-        // here (see RELIABILITY.md, section 4).
-        tokio::time::sleep(Duration::from_millis(3_000 + 200 * (round as u64 % 5))).await;
+        // 1.6-2.4 s of work between kills: each kill lands with batches in flight (the
+        // provider takes 150 ms a call and jobs arrive every 40 ms), and a message left
+        // invisible by one kill (2 s) may be caught by the next: kill after kill can use up
+        // its `max_receive_count` deliveries, and it reaches the dead-letter queue with its
+        // job unfinished. Housekeeping sends it back (RELIABILITY.md, section 4).
+        tokio::time::sleep(Duration::from_millis(1_600 + 200 * (round as u64 % 5))).await;
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
+        logs.push(Arc::clone(&victim.stdout));
         drop(victim);
         victim = restart();
     }
     victim
+}
+
+/// The output lines of the processes of a run.
+type Logs = Vec<Arc<Mutex<Vec<String>>>>;
+
+/// What housekeeping did over a run, summed from every process's `housekeeping` lines.
+#[derive(Debug, Default)]
+struct Housekept {
+    dead_letters_redriven: u64,
+    dead_letters_cleared: u64,
+    jobs_requeued: u64,
+    jobs_failed: u64,
+    holds_released: u64,
+}
+
+fn housekept(logs: &Logs) -> Housekept {
+    let mut h = Housekept::default();
+    for lines in logs {
+        for line in lines.lock().unwrap().iter() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["message"] != "housekeeping" {
+                continue;
+            }
+            let n = |f: &str| v[f].as_u64().unwrap_or(0);
+            h.dead_letters_redriven += n("dead_letters_redriven");
+            h.dead_letters_cleared += n("dead_letters_cleared");
+            h.jobs_requeued += n("jobs_requeued");
+            h.jobs_failed += n("jobs_failed");
+            h.holds_released += n("holds_released");
+        }
+    }
+    h
+}
+
+/// What a kill can leave behind, left on purpose before the load: a job stored 10 s ago and
+/// never queued, and an unfinished job whose message is in the dead-letter queue (the caller
+/// puts it there, by the backend's own means; it is stored as changed just now, so that only
+/// the dead letter can bring it back before `requeue_after_s`). Both are the key's; returns
+/// (never queued, dead-lettered).
+async fn leave_behind(store: &dyn sluice::store::Store, key: &str) -> (String, String) {
+    let record = store
+        .key_by_hash(&sluice::keys::KeyHash::of(key))
+        .await
+        .unwrap()
+        .unwrap();
+    let now = sluice::clock::Clock::now_ms(&sluice::clock::SystemClock);
+    let job = |id: &str, prompt: &str, ago: u64| sluice::jobs::model::Job {
+        id: id.to_owned(),
+        tenant: record.tenant.clone(),
+        key_id: record.id.clone(),
+        key_limits: record.limits.clone(),
+        endpoint: sluice::providers::Endpoint::ChatCompletions,
+        request: bytes::Bytes::from(
+            json!({"model": "chaos", "max_tokens": 20,
+                   "messages": [{"role": "user", "content": prompt}]})
+            .to_string(),
+        ),
+        cache_control: None,
+        callback_url: None,
+        status: sluice::jobs::model::JobStatus::Queued,
+        attempts: 0,
+        lease_until_ms: 0,
+        result: None,
+        created_at_ms: now - ago,
+        updated_at_ms: now - ago,
+        expires_at_ms: now + 86_400_000,
+    };
+    let never_queued = job(
+        "job_chaosnevrqueued0000000000",
+        "stored, never queued",
+        10_000,
+    );
+    let dead_lettered = job(
+        "job_chaosdeadletter000000000",
+        "dead-lettered unfinished",
+        0,
+    );
+    store.insert_job(&never_queued).await.unwrap();
+    store.insert_job(&dead_lettered).await.unwrap();
+    (never_queued.id, dead_lettered.id)
+}
+
+fn job_message(id: &str) -> String {
+    json!({ "job_id": id }).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,26 +563,54 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
     .await
     .unwrap();
     send_poison(&queue).await;
+    let store = sluice::store::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        sluice::store::dynamodb::Tables::with_prefix(&prefix),
+    );
+    let (never_queued, dead_lettered) = leave_behind(&store, &key).await;
+    aws_sdk_sqs::Client::new(&sdk)
+        .send_message()
+        .queue_url(queue.dead_letter_url().unwrap())
+        .message_body(job_message(&dead_lettered))
+        .send()
+        .await
+        .unwrap();
 
     let http = client();
+    let mut logs = vec![Arc::clone(&ingest.stdout)];
     let load = Load::start(&http, &key, Arc::new(Mutex::new(ingest.url.clone())));
-    let processor = kill_and_restart(processor, || spawn(&processor_config)).await;
+    let processor = kill_and_restart(processor, || spawn(&processor_config), &mut logs).await;
     let (accepted, unreachable) = load.stop().await;
 
-    let outcome = settle_jobs(&http, &ingest.url, &key, &accepted).await;
+    let mut all = accepted.clone();
+    all.extend([never_queued, dead_lettered]);
+    let outcome = settle_jobs(&http, &ingest.url, &key, &all).await;
     // A fresh processor process sweeps the reservations of the killed runs.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    logs.push(Arc::clone(&processor.stdout));
     drop(processor);
     let sweeper = spawn(&processor_config);
     let sweep_cost = sweep(&http, &sweeper.url, &key).await;
+    logs.push(Arc::clone(&sweeper.stdout));
     let (spent, reserved) = ledger(&http, &ingest.url, &key).await;
     assert_eq!(reserved, 0);
     let stored = stored_dynamodb(&sdk, &prefix).await;
-    check(&stored, &outcome, accepted.len(), spent, sweep_cost);
+    check(&stored, &outcome, all.len(), spent, sweep_cost);
     let dlq = dead_letters(&queue).await;
+    let h = housekept(&logs);
+    assert!(
+        h.jobs_requeued >= 1,
+        "the job never queued was found: {h:?}"
+    );
+    assert!(
+        h.dead_letters_redriven >= 1,
+        "the dead letter was sent again: {h:?}"
+    );
     println!(
-        "chaos: moto, processor killed {KILLS}x mid-batch; jobs accepted {}, succeeded {}, failed {}, \
-         submissions refused {}; provider calls {} (runs cut off by kills and run again: {}); \
+        "chaos: moto, processor killed {KILLS}x mid-batch; jobs accepted {} (+2 left behind on purpose), \
+         succeeded {}, failed {}, submissions refused {}; provider calls {} (runs cut off by kills and run again: {}); \
+         housekeeping: dead letters sent again {} (cleared, job already final: {}), jobs queued again {}, \
+         failed job_abandoned {}, holds released {}; every stored job final ({}); \
          ledger {spent} nano-USD = job costs + sweep; 0 reserved; dead letters {dlq} = poison {POISON}",
         accepted.len(),
         outcome.succeeded,
@@ -486,6 +618,12 @@ async fn kill_dash_nine_the_processor_on_moto_loses_and_double_bills_nothing() {
         unreachable,
         up.calls(),
         up.calls().saturating_sub(stored.succeeded + 1),
+        h.dead_letters_redriven,
+        h.dead_letters_cleared,
+        h.jobs_requeued,
+        h.jobs_failed,
+        h.holds_released,
+        stored.total(),
     );
 }
 
@@ -508,40 +646,81 @@ async fn kill_dash_nine_sluice_serve_on_sqlite_loses_and_double_bills_nothing() 
         MAX_RECEIVES,
     );
     send_poison(&queue).await;
+    let store = sluice::store::sqlite::SqliteStore::open(&db_arg).unwrap();
+    let (never_queued, dead_lettered) = leave_behind(&store, &key).await;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO dead_letters (message_id, body, receive_count, moved_at_ms)
+             VALUES ('msg_chaos_dead_lettered', ?1, 5, 0)",
+            [job_message(&dead_lettered)],
+        )
+        .unwrap();
 
     let http = client();
     let target = Arc::new(Mutex::new(served.url.clone()));
+    let mut logs = Logs::new();
     let load = Load::start(&http, &key, Arc::clone(&target));
-    let served = kill_and_restart(served, || {
-        let s = spawn();
-        *target.lock().unwrap() = s.url.clone();
-        s
-    })
+    let served = kill_and_restart(
+        served,
+        || {
+            let s = spawn();
+            *target.lock().unwrap() = s.url.clone();
+            s
+        },
+        &mut logs,
+    )
     .await;
     let (accepted, unreachable) = load.stop().await;
 
-    let outcome = settle_jobs(&http, &served.url, &key, &accepted).await;
+    let mut all = accepted.clone();
+    all.extend([never_queued, dead_lettered]);
+    let outcome = settle_jobs(&http, &served.url, &key, &all).await;
+    // Jobs a kill left stored but never queued, unknown to the client, are queued again
+    // by housekeeping once they have been unchanged for `requeue_after_s`.
+    let started = Instant::now();
+    while stored_sqlite(&db).unfinished > 0 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::time::sleep(Duration::from_secs(4)).await;
+    logs.push(Arc::clone(&served.stdout));
     drop(served);
     let served = spawn();
     let sweep_cost = sweep(&http, &served.url, &key).await;
+    logs.push(Arc::clone(&served.stdout));
     let (spent, reserved) = ledger(&http, &served.url, &key).await;
     assert_eq!(reserved, 0);
     let stored = stored_sqlite(&db);
-    check(&stored, &outcome, accepted.len(), spent, sweep_cost);
+    check(&stored, &outcome, all.len(), spent, sweep_cost);
     let dlq = dead_letters(&queue).await;
+    let h = housekept(&logs);
+    assert!(
+        h.jobs_requeued >= 1,
+        "the job never queued was found: {h:?}"
+    );
+    assert!(
+        h.dead_letters_redriven >= 1,
+        "the dead letter was sent again: {h:?}"
+    );
     println!(
-        "chaos: sqlite, sluice serve killed {KILLS}x mid-batch; jobs accepted {}, succeeded {}, failed {}, \
-         stored but never acknowledged to the client {} (of which never queued {}), submissions that found it down {}; \
+        "chaos: sqlite, sluice serve killed {KILLS}x mid-batch; jobs accepted {} (+2 left behind on purpose), \
+         succeeded {}, failed {}, stored but never acknowledged to the client {}, submissions that found it down {}; \
          provider calls {} (runs cut off by kills and run again: {}); \
+         housekeeping: dead letters sent again {} (cleared, job already final: {}), jobs queued again {}, \
+         failed job_abandoned {}, holds released {}; every stored job final ({}); \
          ledger {spent} nano-USD = job costs + sweep; 0 reserved; dead letters {dlq} = poison {POISON}",
         accepted.len(),
         outcome.succeeded,
         outcome.failed,
-        stored.total() - accepted.len(),
-        stored.unfinished,
+        stored.total() - all.len(),
         unreachable,
         up.calls(),
         up.calls().saturating_sub(stored.succeeded + 1),
+        h.dead_letters_redriven,
+        h.dead_letters_cleared,
+        h.jobs_requeued,
+        h.jobs_failed,
+        h.holds_released,
+        stored.total(),
     );
 }

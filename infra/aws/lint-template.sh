@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lint the SAM template offline: cfn-lint, then `sam validate --lint`.
+# Lint the SAM template offline: cfn-lint, the timeout checks (infra/aws/check-timeouts.py),
+# then `sam validate --lint`.
 # Exits non-zero on any finding (error or warning) from either tool.
 #
 # Usage: infra/aws/lint-template.sh [template]   (from any directory; default template.yaml)
@@ -27,6 +28,11 @@ echo "== cfn-lint --include-checks I $template"
 if "$venv/bin/cfn-lint" --include-checks I -- "$template"; then
   echo "cfn-lint: no findings"
 else
+  status=1
+fi
+
+echo "== timeouts agree (infra/aws/check-timeouts.py $template)"
+if ! "$venv/bin/python" infra/aws/check-timeouts.py "$template"; then
   status=1
 fi
 

@@ -26,6 +26,9 @@ pub enum StartError {
     /// A required setting is missing.
     #[error("{0}")]
     Missing(String),
+    /// The function's timeouts and the config disagree.
+    #[error("timeouts disagree: {0}")]
+    Timeouts(String),
 }
 
 /// Shared dependencies.
@@ -54,6 +57,8 @@ pub struct Services {
     pub jobs: Jobs,
     /// Job execution.
     pub processor: Arc<Processor>,
+    /// Finds jobs left behind and reservations never settled.
+    pub housekeeper: Arc<crate::housekeeping::Housekeeper>,
 }
 
 impl Services {
@@ -80,15 +85,24 @@ impl Services {
         let processor = Arc::new(Processor::new(
             Arc::clone(&gateway),
             Arc::clone(&deps.store),
-            callbacks,
+            Arc::clone(&callbacks),
             Arc::clone(&deps.clock),
             config.jobs.lease_s.saturating_mul(1000),
             Arc::clone(&deps.usage),
+        ));
+        let housekeeper = Arc::new(crate::housekeeping::Housekeeper::new(
+            Arc::clone(&deps.store),
+            Arc::clone(&deps.queue),
+            Arc::clone(gateway.limiter()),
+            callbacks,
+            Arc::clone(&deps.clock),
+            &config.jobs,
         ));
         Ok(Self {
             gateway,
             jobs,
             processor,
+            housekeeper,
         })
     }
 }
@@ -155,6 +169,36 @@ impl Deps {
         self
     }
 
+    /// At a Lambda function's start: its timeout (`SLUICE_FUNCTION_TIMEOUT_S`, set beside
+    /// `Timeout` in the template) and, for the processor, the jobs queue's visibility timeout
+    /// checked against the config ([`crate::invocation::check_timeouts`]). Without
+    /// `SLUICE_FUNCTION_TIMEOUT_S` there is nothing to check against.
+    pub async fn check_function_timeouts(
+        &self,
+        role: crate::invocation::Role,
+        config: &Config,
+    ) -> Result<(), StartError> {
+        use crate::invocation::{
+            FunctionTimeouts, Role, check_timeouts, function_timeout_from_env,
+        };
+        let Some(function) = function_timeout_from_env().map_err(StartError::Timeouts)? else {
+            return Ok(());
+        };
+        let queue_visibility = match role {
+            Role::Processor => Some(self.queue.visibility_timeout().await.map_err(|e| {
+                StartError::Timeouts(format!(
+                    "cannot read the jobs queue's visibility timeout: {e}"
+                ))
+            })?),
+            Role::IngestBuffered | Role::IngestStreamed => None,
+        };
+        let timeouts = FunctionTimeouts {
+            function,
+            queue_visibility,
+        };
+        check_timeouts(role, timeouts, config).map_err(StartError::Timeouts)
+    }
+
     /// DynamoDB and SQS from the environment (`AWS_*`, `SLUICE_*_TABLE`,
     /// `SLUICE_JOBS_QUEUE_URL`), as on Lambda.
     #[cfg(feature = "aws")]
@@ -176,13 +220,12 @@ impl Deps {
                 .filter(|v| !v.is_empty()),
             Duration::from_secs(config.jobs.visibility_timeout_s),
         );
-        // Usage events go to the usage queue in batches, when one is configured.
+        // Usage events go to the usage queue in batches, when one is configured; each Lambda
+        // invocation sends what it buffered before it ends (no timer: a frozen environment
+        // runs none).
         let usage: Arc<dyn UsageSink> = match std::env::var("SLUICE_USAGE_QUEUE_URL") {
             Ok(url) if !url.is_empty() => {
-                let sink =
-                    crate::metrics::sqs::SqsUsageSink::new(aws_sdk_sqs::Client::new(&sdk), url);
-                sink.spawn_flusher(Duration::from_millis(config.metrics.flush_every_ms));
-                sink
+                crate::metrics::sqs::SqsUsageSink::new(aws_sdk_sqs::Client::new(&sdk), url)
             }
             _ => {
                 tracing::warn!("SLUICE_USAGE_QUEUE_URL is not set; usage events are not recorded");

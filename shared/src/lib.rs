@@ -24,6 +24,8 @@
 //! - [`server`]: the HTTP server loop of `sluice serve`: connection cap, header, body and idle
 //!   deadlines.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
+//! - [`invocation`]: a Lambda invocation's deadline and the work it owes before it ends.
+//! - [`housekeeping`]: one pass that finds jobs left behind and reservations never settled.
 
 // Tests may cast freely; the code they test may not (see [`num`]).
 #![cfg_attr(
@@ -40,6 +42,8 @@ pub mod clock;
 pub mod config;
 pub mod deps;
 pub mod gateway;
+pub mod housekeeping;
+pub mod invocation;
 pub mod jobs;
 pub mod keys;
 pub mod limits;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sluice::jobs::model::{Claim, Job, JobResult, JobStatus};
+use sluice::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use sluice::keys::{KeyHash, KeyRecord};
 use sluice::metrics::RollupRow;
 use sluice::store::{
@@ -274,6 +274,22 @@ impl JobStore for FaultyStore {
                 .finish_job(id, attempt, status, result, now_ms, settle),
         )
         .await
+    }
+    async fn stale_jobs(
+        &self,
+        changed_before_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<StaleJob>, StoreError> {
+        self.inner.stale_jobs(changed_before_ms, now_ms, max).await
+    }
+    async fn requeue_job(
+        &self,
+        id: &str,
+        changed_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.requeue_job(id, changed_at_ms, now_ms).await
     }
 }
 

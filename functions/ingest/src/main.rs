@@ -4,13 +4,16 @@
 //! Two modes, chosen by `SLUICE_LAMBDA_RESPONSE`: `buffered` (default) for API Gateway HTTP
 //! API events, whose integration takes the whole response at once; `stream` for a function
 //! URL with `InvokeMode: RESPONSE_STREAM`, where server-sent events reach the client as the
-//! provider produces them. `template.yaml` deploys the binary once in each mode.
+//! provider produces them. `template.yaml` deploys the binary once in each mode. Either way an
+//! invocation ends only once what its request owes is done (`invocation` in the shared crate),
+//! and SIGTERM sends the usage events still buffered.
 
 use std::sync::Arc;
 
-use sluice::api::{self, AppState};
+use lambda_http::RequestExt;
 use sluice::config::Config;
 use sluice::deps::{Deps, Services};
+use sluice::invocation::{self, Delivery, Role};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -18,19 +21,28 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::from_env()?;
     let deps = Deps::aws_from_env(&config).await?;
     let services = Services::build(&config, &deps)?;
+    let (delivery, role) = match std::env::var("SLUICE_LAMBDA_RESPONSE").as_deref() {
+        Ok("stream") => (Delivery::Streamed, Role::IngestStreamed),
+        Ok("buffered") | Err(_) => (Delivery::Buffered, Role::IngestBuffered),
+        Ok(other) => Err(format!(
+            "SLUICE_LAMBDA_RESPONSE must be `buffered` or `stream`, not `{other}`"
+        ))?,
+    };
+    deps.check_function_timeouts(role, &config).await?;
     let admin_secret = std::env::var("SLUICE_ADMIN_KEY").unwrap_or_else(|_| {
         // No admin key configured: admin routes stay closed to everyone.
         tracing::warn!("SLUICE_ADMIN_KEY is not set; the admin API is disabled");
         sluice::keys::random_alnum(48)
     });
-    let state = AppState::new(&config, &deps, &services, &admin_secret);
-    let app = api::router(Arc::new(state));
-    match std::env::var("SLUICE_LAMBDA_RESPONSE").as_deref() {
-        Ok("stream") => lambda_http::run_with_streaming_response(app).await,
-        Ok("buffered") | Err(_) => lambda_http::run(app).await,
-        Ok(other) => Err(format!(
-            "SLUICE_LAMBDA_RESPONSE must be `buffered` or `stream`, not `{other}`"
-        )
-        .into()),
+    let state = sluice::api::AppState::new(&config, &deps, &services, &admin_secret);
+    let router = sluice::api::router(Arc::new(state));
+    let app = invocation::settle_before_answering(router, Arc::clone(&deps.usage), delivery, |r| {
+        r.lambda_context_ref().map(|c| c.deadline)
+    });
+    let usage = Arc::clone(&deps.usage);
+    lambda_runtime::spawn_graceful_shutdown_handler(|| async move { usage.flush().await }).await;
+    match delivery {
+        Delivery::Streamed => lambda_http::run_with_streaming_response(app).await,
+        Delivery::Buffered => lambda_http::run(app).await,
     }
 }

@@ -3,7 +3,20 @@
 //! send the whole batch back.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::LambdaEvent;
 use sluice::jobs::processor::{Disposition, Processor};
+use sluice::metrics::UsageSink;
+
+/// One invocation: the batch runs within the invocation's deadline, and this returns once
+/// everything it owes is done and its usage events are sent (one `SendMessageBatch`).
+pub async fn handle(
+    processor: &Processor,
+    usage: &dyn UsageSink,
+    event: LambdaEvent<SqsEvent>,
+) -> SqsBatchResponse {
+    let deadline_ms = event.context.deadline;
+    sluice::invocation::complete(deadline_ms, usage, handle_batch(processor, event.payload)).await
+}
 
 /// Processes one SQS batch; only the messages that must come again are reported.
 pub async fn handle_batch(processor: &Processor, event: SqsEvent) -> SqsBatchResponse {

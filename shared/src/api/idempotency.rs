@@ -370,14 +370,13 @@ impl Drop for HeldKey {
         let Some(claim) = self.claim.take() else {
             return;
         };
-        // Not awaited here (drop is synchronous); if no runtime is left, the claim's lease
-        // lets a retry take the key over after `LEASE_MS`.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
-            runtime.spawn(async move {
-                keep_or_release(&*store, &claim, None, 0).await;
-            });
-        }
+        // Not awaited here (drop is synchronous), but owed by the Lambda invocation if there
+        // is one; if no runtime is left, the claim's lease lets a retry take the key over
+        // after `LEASE_MS`.
+        let store = Arc::clone(&self.store);
+        crate::invocation::after_response(async move {
+            keep_or_release(&*store, &claim, None, 0).await;
+        });
     }
 }
 

@@ -247,6 +247,12 @@ pub struct JobsConfig {
     pub allow_private_callbacks: bool,
     /// Timeout of one callback attempt.
     pub callback_timeout_s: f64,
+    /// Housekeeping queues a job again when it is not final and has not changed for this
+    /// long (stored but never queued, or its message lost); a duplicate message is harmless.
+    pub requeue_after_s: u64,
+    /// Housekeeping fails a job with `job_abandoned` once it has been started this many times
+    /// without finishing (each start cut short: the worker died), instead of queueing it again.
+    pub max_attempts: u32,
 }
 
 impl Default for JobsConfig {
@@ -261,6 +267,8 @@ impl Default for JobsConfig {
             callback_secret: None,
             allow_private_callbacks: false,
             callback_timeout_s: 10.0,
+            requeue_after_s: 600,
+            max_attempts: 10,
         }
     }
 }
@@ -289,6 +297,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A bearer token `GET /metrics` requires (none: `/metrics` is open).
     pub metrics_token: Option<Secret>,
+    /// `sluice serve`: how often it runs housekeeping (jobs left behind, dead letters,
+    /// abandoned reservations). On AWS a scheduled function does it instead.
+    pub housekeeping_every_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -302,6 +313,7 @@ impl Default for ServerConfig {
             idle_timeout_s: 60.0,
             max_connections: 4096,
             metrics_token: None,
+            housekeeping_every_s: 60,
         }
     }
 }
@@ -683,6 +695,26 @@ impl Config {
             return Err(invalid(
                 "jobs.lease_s".into(),
                 "must be at least 1 and shorter than jobs.visibility_timeout_s".into(),
+            ));
+        }
+        if self.jobs.requeue_after_s < self.jobs.visibility_timeout_s {
+            return Err(invalid(
+                "jobs.requeue_after_s".into(),
+                "must be at least jobs.visibility_timeout_s: until then a job's message may \
+                 still be on its way, and queueing it again only adds a duplicate"
+                    .into(),
+            ));
+        }
+        if self.jobs.max_attempts == 0 {
+            return Err(invalid(
+                "jobs.max_attempts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.housekeeping_every_s == 0 {
+            return Err(invalid(
+                "server.housekeeping_every_s".into(),
+                "must be at least 1".into(),
             ));
         }
         if !(self.jobs.callback_timeout_s.is_finite() && self.jobs.callback_timeout_s > 0.0) {

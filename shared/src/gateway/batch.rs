@@ -16,6 +16,7 @@
 //! whole chunk with Sluice's own message, which quotes nothing.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -90,8 +91,14 @@ fn split_input(input: &Value) -> (Vec<Value>, InputKind) {
 }
 
 impl Gateway {
-    /// Answers many embeddings requests with as few upstream calls as possible.
-    pub async fn handle_embeddings_batch(&self, items: Vec<BatchItem>) -> Vec<BatchOutcome> {
+    /// Answers many embeddings requests with as few upstream calls as possible; each upstream
+    /// call has up to `timeout` (held to the current invocation's deadline).
+    pub async fn handle_embeddings_batch(
+        &self,
+        items: Vec<BatchItem>,
+        timeout: Duration,
+    ) -> Vec<BatchOutcome> {
+        let deadline = crate::invocation::deadline_within(timeout);
         let mut outcomes: Vec<Option<BatchOutcome>> = (0..items.len()).map(|_| None).collect();
         let mut groups: HashMap<Group, Vec<Pending>> = HashMap::new();
         let now = self.clock.now_ms();
@@ -197,7 +204,7 @@ impl Gateway {
         let answered = join_all(
             chunks
                 .iter_mut()
-                .map(|(model, chunk)| self.answer_chunk(model, std::mem::take(chunk))),
+                .map(|(model, chunk)| self.answer_chunk(model, std::mem::take(chunk), deadline)),
         )
         .await;
         for (index, outcome) in answered.into_iter().flatten() {
@@ -226,8 +233,9 @@ impl Gateway {
         &self,
         model_name: &str,
         chunk: Vec<Pending>,
+        deadline: Instant,
     ) -> Vec<(usize, BatchOutcome)> {
-        match self.send_chunk(model_name, chunk).await {
+        match self.send_chunk(model_name, chunk, deadline).await {
             Ok(answers) => answers,
             Err((chunk, error)) if chunk.len() > 1 && rejects_request(&error) => {
                 tracing::info!(
@@ -235,7 +243,7 @@ impl Gateway {
                     "the provider refused a batched call as invalid; sending its jobs one by one"
                 );
                 let alone = join_all(chunk.into_iter().map(|p| async move {
-                    match self.send_chunk(model_name, vec![p]).await {
+                    match self.send_chunk(model_name, vec![p], deadline).await {
                         Ok(answers) => answers,
                         Err((chunk, error)) => self.fail_chunk(chunk, &error).await,
                     }
@@ -274,6 +282,7 @@ impl Gateway {
         &self,
         model_name: &str,
         chunk: Vec<Pending>,
+        deadline: Instant,
     ) -> Result<Vec<(usize, BatchOutcome)>, Unanswered> {
         let Some(model) = self.catalog.get(model_name).cloned() else {
             return Err((chunk, GatewayError::UnknownModel(model_name.to_owned())));
@@ -297,7 +306,7 @@ impl Gateway {
             stream: false,
             tokens,
             output_ceiling: None,
-            deadline: std::time::Instant::now() + self.request_timeout,
+            deadline,
         };
         let answered = self.call_providers(&model, call).await;
         let deployment = answered

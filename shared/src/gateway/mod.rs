@@ -11,7 +11,7 @@ pub mod routing;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -308,9 +308,14 @@ impl Gateway {
         }
     }
 
-    /// The limiter (for usage reports and background release of abandoned reservations).
+    /// The limiter (for usage reports, and for housekeeping to release abandoned reservations).
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter
+    }
+
+    /// The whole-request deadline when the client sets none (`routing.request_timeout_s`).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The routing table.
@@ -396,7 +401,7 @@ impl Gateway {
             }
         }
 
-        self.limiter.maintain_if_due();
+        self.limiter.warn_soft_thresholds_if_due();
         let (ask, output_ceiling) = self.ask(&model, &request, &subject)?;
         let grant = match self.limiter.admit(&subject, ask).await? {
             Ok(grant) => grant,
@@ -418,7 +423,9 @@ impl Gateway {
             stream: request.stream,
             tokens: ask.tokens,
             output_ceiling,
-            deadline: Instant::now() + options.timeout.unwrap_or(self.request_timeout),
+            deadline: crate::invocation::deadline_within(
+                options.timeout.unwrap_or(self.request_timeout),
+            ),
         };
         let answered = match self.call_providers(&model, call).await {
             Ok(a) => a,

@@ -103,7 +103,8 @@ impl DeploymentStats {
                 ..OwnWindow::default()
             };
         }
-        // `tokens` is the request's worst case, as large as a client's `max_tokens` makes it.
+        // A request's token bound comes from the client (`max_tokens` up to u64::MAX when no
+        // limit caps it): the sum saturates rather than overflowing (a panic in debug builds).
         own.requests = own.requests.saturating_add(1);
         own.tokens = own.tokens.saturating_add(tokens);
     }
@@ -451,5 +452,20 @@ impl Gateway {
             (Some((deployment, error)), false) => GatewayError::Upstream { deployment, error },
             (None, false) => GatewayError::AllUnavailable,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by schemathesis: `max_tokens` near u64::MAX (no limit caps it) made the
+    /// deployment's own token count overflow, a panic in debug builds.
+    #[test]
+    fn token_bounds_from_clients_saturate_the_own_window() {
+        let stats = DeploymentStats::default();
+        stats.started(u64::MAX, 60_000);
+        stats.started(u64::MAX, 60_001);
+        assert_eq!(DeploymentStats::lock(&stats.own).tokens, u64::MAX);
     }
 }

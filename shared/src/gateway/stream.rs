@@ -11,8 +11,13 @@
 //!   `providers::extensions`) are folded and replayed too.
 //! - A client that disconnects drops this stream, which drops the provider's response and
 //!   closes its connection (cancelling the upstream call); what was used so far is settled.
-//! - The `stream finished` line is logged from a spawned task, after the request's handler
-//!   returned: the stream keeps the request's span so that line carries the request id.
+//! - When the provider's stream ends, the [`Finish`] (settlement, cache write, the usage
+//!   event's totals) runs after the handler returned: in `sluice serve` as a spawned task, so
+//!   the client's last event waits for nothing; inside a Lambda invocation
+//!   ([`crate::invocation`]) it is awaited before the final event is written, because Lambda
+//!   freezes the environment once the response ends. There a stream still running at the
+//!   invocation's deadline (minus the margin) is cut off with an error event and settled.
+//!   The stream keeps the request's span, so the `stream finished` line carries the request id.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
@@ -303,6 +309,12 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Streams provider chunks to the client as events, metering and assembling them.
 pub fn metered(chunks: ChunkStream, include_usage: bool, finish: Finish) -> EventBytes {
+    // Called while the request is served: inside its invocation, if it runs in one.
+    let invocation = crate::invocation::Invocation::current();
+    let cut_at = invocation
+        .as_ref()
+        .and_then(|i| i.deadline())
+        .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
     Metered {
         inner: chunks,
         include_usage,
@@ -311,6 +323,9 @@ pub fn metered(chunks: ChunkStream, include_usage: bool, finish: Finish) -> Even
         state: State::Streaming,
         // Called while the request is served: this is its span.
         span: tracing::Span::current(),
+        inline: invocation.is_some(),
+        cut_at,
+        finishing: None,
     }
     .boxed()
 }
@@ -321,6 +336,15 @@ enum State {
     Ended,
 }
 
+/// Why a stream ends without `[DONE]`.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// The provider's stream failed or ended before the answer was whole.
+    Upstream,
+    /// The Lambda invocation's deadline (minus the margin) came first.
+    Deadline,
+}
+
 struct Metered {
     inner: ChunkStream,
     include_usage: bool,
@@ -329,39 +353,75 @@ struct Metered {
     state: State,
     /// The request's span, for the lines logged when the stream ends.
     span: tracing::Span,
+    /// Inside a Lambda invocation: the [`Finish`] is awaited before the final event.
+    inline: bool,
+    /// Inside a Lambda invocation: when to stop waiting for the provider.
+    cut_at: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The [`Finish`] being awaited, and the final event to send once it is done.
+    finishing: Option<(BoxFuture<'static, ()>, Bytes)>,
 }
 
 impl Metered {
-    fn end(&mut self, complete: bool) {
-        if let Some(finish) = self.finish.take() {
-            let assembled = std::mem::take(&mut self.assembler);
-            tokio::spawn(
-                finish
-                    .run(assembled, complete)
-                    .instrument(self.span.clone()),
-            );
+    /// Takes the stream's [`Finish`]: returned to be awaited inside an invocation, else
+    /// handed to [`crate::invocation::after_response`].
+    fn end(&mut self, complete: bool) -> Option<BoxFuture<'static, ()>> {
+        let finish = self.finish.take()?;
+        let assembled = std::mem::take(&mut self.assembler);
+        let work = finish
+            .run(assembled, complete)
+            .instrument(self.span.clone());
+        if self.inline {
+            Some(Box::pin(work))
+        } else {
+            crate::invocation::after_response(work);
+            None
         }
     }
 
-    /// Ends a stream the provider broke off: what was used so far is settled, nothing is
-    /// cached, and the client gets an error event instead of `[DONE]` (OpenAI's SDKs raise
-    /// it as an `APIError`), then a cleanly closed body.
-    fn cut_off(&mut self) -> Bytes {
-        self.end(false);
-        self.state = State::Ended;
-        event(&json!({"error": {
-            "message": "The provider's stream broke off before the answer was complete.",
-            "type": "upstream_error",
-            "code": "upstream_stream_cut",
+    /// Ends the stream with `last` as its final event, once the [`Finish`] is done when it
+    /// must be awaited; the next poll returns it.
+    fn end_with(&mut self, complete: bool, last: Bytes, then: State) {
+        self.state = then;
+        let work = self.end(complete).unwrap_or_else(|| Box::pin(async {}));
+        self.finishing = Some((work, last));
+    }
+
+    /// Ends a stream that was cut: what was used so far is settled, nothing is cached, and
+    /// the client gets an error event instead of `[DONE]` (OpenAI's SDKs raise it as an
+    /// `APIError`), then a cleanly closed body.
+    fn cut_off(&mut self, why: Cut) {
+        let (message, kind, code) = match why {
+            Cut::Upstream => (
+                "The provider's stream broke off before the answer was complete.",
+                "upstream_error",
+                "upstream_stream_cut",
+            ),
+            Cut::Deadline => (
+                "The answer was cut off at the gateway's time limit for one request.",
+                "server_error",
+                "stream_deadline",
+            ),
+        };
+        let last = event(&json!({"error": {
+            "message": message,
+            "type": kind,
+            "code": code,
             "param": null,
-        }}))
+        }}));
+        self.end_with(false, last, State::Ended);
     }
 }
 
 impl Drop for Metered {
     fn drop(&mut self) {
         // The client went away (or the stream broke) before the end: settle what was used.
-        self.end(false);
+        // Dropped inside an invocation, the settlement is still owed by it.
+        self.inline = false;
+        let _ = self.end(false);
+        // Dropped while its settlement was being awaited: let that finish all the same.
+        if let Some((work, _)) = self.finishing.take() {
+            crate::invocation::after_response(work);
+        }
     }
 }
 
@@ -370,6 +430,14 @@ impl Stream for Metered {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            if let Some((work, _)) = self.finishing.as_mut() {
+                if work.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some((_, last)) = self.finishing.take() {
+                    return Poll::Ready(Some(Ok(last)));
+                }
+            }
             match self.state {
                 State::Ended => return Poll::Ready(None),
                 State::DoneSent => {
@@ -377,6 +445,13 @@ impl Stream for Metered {
                     return Poll::Ready(None);
                 }
                 State::Streaming => {}
+            }
+            if let Some(cut_at) = self.cut_at.as_mut()
+                && cut_at.as_mut().poll(cx).is_ready()
+            {
+                tracing::warn!("stream cut off at the invocation's deadline");
+                self.cut_off(Cut::Deadline);
+                continue;
             }
             match self.inner.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -398,18 +473,16 @@ impl Stream for Metered {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "provider stream failed mid-way");
-                    return Poll::Ready(Some(Ok(self.cut_off())));
+                    self.cut_off(Cut::Upstream);
                 }
                 // A provider's stream that ends before every choice has its `finish_reason`
                 // was cut off (a proxy or the provider closed it early): not an answer.
                 Poll::Ready(None) if !self.assembler.finished() => {
                     tracing::warn!("provider stream ended before the answer was complete");
-                    return Poll::Ready(Some(Ok(self.cut_off())));
+                    self.cut_off(Cut::Upstream);
                 }
                 Poll::Ready(None) => {
-                    self.end(true);
-                    self.state = State::DoneSent;
-                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE))));
+                    self.end_with(true, Bytes::from_static(DONE), State::DoneSent);
                 }
             }
         }

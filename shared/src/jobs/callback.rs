@@ -204,8 +204,22 @@ impl CallbackSender {
         format!("t={unix_secs},v1={}", mac.unwrap_or_default())
     }
 
-    /// POSTs `body` to `url`, signed, with up to three attempts.
+    /// POSTs `body` to `url`, signed, with up to three attempts; inside a Lambda invocation,
+    /// given up at its deadline (minus the margin) rather than frozen mid-call.
     pub async fn send(&self, url: &str, body: &[u8], unix_secs: u64) -> Result<(), CallbackError> {
+        match crate::invocation::time_left() {
+            Some(left) => tokio::time::timeout(left, self.attempts(url, body, unix_secs))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CallbackError::Delivery(
+                        "the invocation's deadline came first".into(),
+                    ))
+                }),
+            None => self.attempts(url, body, unix_secs).await,
+        }
+    }
+
+    async fn attempts(&self, url: &str, body: &[u8], unix_secs: u64) -> Result<(), CallbackError> {
         let secret = self.secret.as_ref().ok_or(CallbackError::NotConfigured)?;
         let url = self.check_url(url).await?;
         let signature = Self::signature(secret, unix_secs, body);

@@ -116,3 +116,19 @@ pub enum Claim {
     /// No such job.
     Missing,
 }
+
+/// A job not yet final whose last state change is long past: housekeeping's view of a job
+/// that may have been left behind (stored but never queued, or its message dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleJob {
+    /// Public id.
+    pub id: String,
+    /// `queued` or `running`.
+    pub status: JobStatus,
+    /// How many times a worker has claimed it.
+    pub attempts: u32,
+    /// While `running`, the claim is valid until then.
+    pub lease_until_ms: u64,
+    /// Its last state change.
+    pub updated_at_ms: u64,
+}

@@ -103,6 +103,10 @@ impl Processor {
     /// Handles a batch of message bodies; the result has one disposition per body, in order.
     pub async fn process(&self, bodies: &[String]) -> Vec<Disposition> {
         let started = (Instant::now(), self.clock.now_ms());
+        // Inside a Lambda invocation the gateway holds this to the invocation's deadline
+        // (`invocation::deadline_within`); there the lease outlasts the function's timeout
+        // (checked at start-up), so no redelivered copy can claim a job still running.
+        let job_timeout = self.gateway.request_timeout();
         // Duplicates of a message within one batch (SQS delivers at least once) share the
         // first copy's fate instead of racing it for the claim.
         let mut first_copy: Vec<Option<usize>> = vec![None; bodies.len()];
@@ -162,7 +166,10 @@ impl Processor {
                     cache_control: CacheControl::parse(job.cache_control.as_deref()),
                 })
                 .collect();
-            let outcomes = self.gateway.handle_embeddings_batch(items).await;
+            let outcomes = self
+                .gateway
+                .handle_embeddings_batch(items, job_timeout)
+                .await;
             embeddings
                 .into_iter()
                 .zip(outcomes)
@@ -181,7 +188,7 @@ impl Processor {
                         cache: CacheControl::parse(job.cache_control.as_deref()),
                         // The spend is written with the result (see `record`).
                         defer_settlement: true,
-                        ..RequestOptions::default()
+                        timeout: Some(job_timeout),
                     },
                     &mut trace,
                 )

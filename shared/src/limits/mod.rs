@@ -13,7 +13,7 @@
 //! ([`LimitStore::apply`]): all levels are charged or none is, so a request refused by its
 //! tenant's cap leaves nothing behind on its key's counters. A reservation that is never
 //! settled (a crashed request) expires after `limits.reservation_ttl_s` and is given back by
-//! [`Limiter::release_expired`].
+//! [`Limiter::release_expired`], which housekeeping runs ([`crate::housekeeping`]).
 
 pub mod budget;
 pub mod period;
@@ -135,11 +135,11 @@ pub struct Limiter {
     previous: Mutex<(u64, HashMap<String, i64>)>,
     /// Budget counters seen recently, for the soft-threshold check.
     watched: Mutex<HashSet<(String, u64, &'static str)>>,
-    /// When this process next releases abandoned reservations and checks soft thresholds.
+    /// When this process next checks soft thresholds.
     maintenance_due_ms: AtomicU64,
 }
 
-/// How often each process does limit housekeeping (see [`Limiter::maintain_if_due`]).
+/// How often each process checks soft thresholds (see [`Limiter::warn_soft_thresholds_if_due`]).
 const MAINTENANCE_EVERY_MS: u64 = 60_000;
 
 /// How far another process's clock may run ahead of ours when it judges a hold abandoned.
@@ -169,10 +169,13 @@ impl Limiter {
         }
     }
 
-    /// At most once a minute per process: release abandoned reservations and warn about soft
-    /// thresholds, in the background. Called on the request path, so it also runs on Lambda,
-    /// where no timer survives between invocations.
-    pub fn maintain_if_due(self: &Arc<Self>) {
+    /// At most once a minute per process: warn about spending caps past their soft
+    /// threshold. Called on the request path (no timer survives between Lambda invocations);
+    /// the check follows the answer ([`crate::invocation::after_response`]: spawned in
+    /// `sluice serve`, awaited before a Lambda invocation ends). Giving back abandoned
+    /// reservations is housekeeping's ([`crate::housekeeping`]): on DynamoDB it reads an
+    /// index, which one scheduled function does, not every warm environment.
+    pub fn warn_soft_thresholds_if_due(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         let due = self.maintenance_due_ms.load(Ordering::Relaxed);
         if now < due
@@ -189,10 +192,7 @@ impl Limiter {
             return;
         }
         let limiter = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = limiter.release_expired().await {
-                tracing::warn!(target: "sluice::limits", error = %e, "releasing abandoned reservations failed");
-            }
+        crate::invocation::after_response(async move {
             if let Err(e) = limiter.check_soft_thresholds().await {
                 tracing::warn!(target: "sluice::limits", error = %e, "soft-threshold check failed");
             }

@@ -1,6 +1,12 @@
 //! Usage events to an SQS queue, in batches: events are buffered, packed many to a message
 //! (`{"events": [...]}`) and sent ten messages per `SendMessageBatch`, so the request path
 //! never makes an SQS call of its own. The aggregator Lambda reads the queue.
+//!
+//! On Lambda the buffer is sent at the end of every invocation ([`UsageSink::flush`], called
+//! by the ingest function's `invocation::settle_before_answering` and by the processor), never
+//! by a timer: a frozen environment runs no timer, and one shut down would lose what waited.
+//! The graceful-shutdown hook flushes once more on SIGTERM. A process that is not a Lambda
+//! function may still run [`SqsUsageSink::spawn_flusher`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,10 +75,13 @@ impl UsageSink for SqsUsageSink {
             buffer.push(event);
             buffer.len() >= SEND_AT
         };
-        if full && let Ok(handle) = tokio::runtime::Handle::try_current() {
-            // A whole call's worth is waiting: send it now rather than at the next tick.
+        if full {
+            // A whole call's worth is waiting: send it now rather than at the next flush
+            // (owed by the Lambda invocation, which waits for it before it ends).
             let (client, url, events) = (self.client.clone(), self.queue_url.clone(), self.take());
-            handle.spawn(async move { send_events(&client, &url, events).await });
+            crate::invocation::after_response(async move {
+                send_events(&client, &url, events).await;
+            });
         }
     }
 

@@ -44,6 +44,16 @@ pub trait JobQueue: Send + Sync {
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
     /// Deletes a delivered message (it was handled); a stale receipt is not an error.
     async fn delete(&self, receipt: &str) -> Result<(), QueueError>;
+    /// How long a received message stays invisible (SQS: the queue's own setting, as SQS
+    /// reports it; the processor checks it against its timeouts at start-up).
+    async fn visibility_timeout(&self) -> Result<Duration, QueueError>;
     /// Messages currently in the dead-letter queue.
     async fn dead_letter_count(&self) -> Result<u64, QueueError>;
+    /// Takes up to `max` messages from the dead-letter queue for inspection (housekeeping);
+    /// each is hidden from the next call for the visibility timeout and stays in the
+    /// dead-letter queue unless deleted. Nothing when there is no dead-letter queue.
+    async fn receive_dead_letters(&self, max: u32) -> Result<Vec<Delivery>, QueueError>;
+    /// Deletes a dead letter (its job is final, or was queued again); a stale receipt is not
+    /// an error.
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError>;
 }

@@ -170,6 +170,66 @@ impl JobQueue for SqliteQueue {
             .map_err(QueueError::from)
     }
 
+    async fn visibility_timeout(&self) -> Result<Duration, QueueError> {
+        Ok(Duration::from_millis(self.visibility_ms))
+    }
+
+    async fn receive_dead_letters(&self, max: u32) -> Result<Vec<Delivery>, QueueError> {
+        let now = crate::num::to_i64(self.clock.now_ms());
+        let visibility = crate::num::to_i64(self.visibility_ms);
+        self.store
+            .write(move |c| {
+                let rows = c
+                    .prepare_cached(
+                        "SELECT message_id, body, receive_count FROM dead_letters
+                         WHERE visible_at_ms <= ?1 ORDER BY moved_at_ms, message_id LIMIT ?2",
+                    )
+                    .map_err(backend)?
+                    .query_map(params![now, i64::from(max.max(1))], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (message_id, body, count) in rows {
+                    let receipt = format!("{message_id}:{}", random_alnum(16));
+                    c.prepare_cached(
+                        "UPDATE dead_letters SET visible_at_ms = ?2, receipt = ?3
+                         WHERE message_id = ?1",
+                    )
+                    .map_err(backend)?
+                    .execute(params![message_id, now + visibility, receipt])
+                    .map_err(backend)?;
+                    out.push(Delivery {
+                        message_id,
+                        body,
+                        receipt,
+                        receive_count: crate::num::to_u32(count),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(QueueError::from)
+    }
+
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        let receipt = receipt.to_owned();
+        self.store
+            .write(move |c| {
+                c.execute("DELETE FROM dead_letters WHERE receipt = ?1", [receipt])
+                    .map_err(backend)?;
+                Ok(())
+            })
+            .await
+            .map_err(QueueError::from)
+    }
+
     async fn dead_letter_count(&self) -> Result<u64, QueueError> {
         self.store
             .read(|c| {

@@ -105,28 +105,36 @@ impl SqsQueue {
             .to_owned();
         Ok(Self::new(client, url, Some(dlq_url), visibility))
     }
-}
 
-#[async_trait]
-impl JobQueue for SqsQueue {
-    async fn send(&self, body: &str) -> Result<(), QueueError> {
-        self.client
-            .send_message()
+    /// The queue's visibility timeout as SQS has it.
+    async fn queue_visibility(&self) -> Result<Duration, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
             .queue_url(&self.url)
-            .message_body(body)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
             .send()
             .await
             .map_err(sdk)?;
-        Ok(())
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| QueueError::Backend("SQS: no visibility timeout".into()))
     }
 
-    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive_from(
+        &self,
+        url: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let out = self
             .client
             .receive_message()
-            .queue_url(&self.url)
+            .queue_url(url)
             .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
-            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
             .visibility_timeout(i32::try_from(self.visibility.as_secs().max(1)).unwrap_or(i32::MAX))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
@@ -151,11 +159,11 @@ impl JobQueue for SqsQueue {
             .collect())
     }
 
-    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+    async fn delete_from(&self, url: &str, receipt: &str) -> Result<(), QueueError> {
         match self
             .client
             .delete_message()
-            .queue_url(&self.url)
+            .queue_url(url)
             .receipt_handle(receipt)
             .send()
             .await
@@ -169,6 +177,46 @@ impl JobQueue for SqsQueue {
                 Ok(())
             }
             Err(e) => Err(sdk(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqsQueue {
+    async fn send(&self, body: &str) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        self.receive_from(&self.url, max, wait).await
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        self.delete_from(&self.url, receipt).await
+    }
+
+    async fn visibility_timeout(&self) -> Result<Duration, QueueError> {
+        self.queue_visibility().await
+    }
+
+    async fn receive_dead_letters(&self, max: u32) -> Result<Vec<Delivery>, QueueError> {
+        match &self.dead_letter_url {
+            Some(url) => self.receive_from(url, max, Duration::ZERO).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        match &self.dead_letter_url {
+            Some(url) => self.delete_from(url, receipt).await,
+            None => Ok(()),
         }
     }
 

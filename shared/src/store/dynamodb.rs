@@ -9,9 +9,9 @@
 //! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke, and then the `hash#` item per distinct key of a job batch |
 //! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
 //! | cache | `idem#<tenant>#<key digest>` | an `Idempotency-Key` claim or its stored response | conditional PutItem (old item returned on conflict), PutItem, DeleteItem |
-//! | jobs | job id | request, state, lease, result | PutItem, GetItem, conditional UpdateItem |
+//! | jobs | job id | request, state, lease, result; `open_shard` while not final | PutItem, GetItem, conditional UpdateItem; housekeeping queries the sparse index `open-jobs` (`open_shard`, `updated_at_ms`) |
 //! | limits | counter id (`rate:…`, `budget:…`) | `count`, or `committed` + `spent` | one `TransactWriteItems` per admit and per settle |
-//! | limits | `hold#<id>` | a reservation's `undo` list and expiry | in the same transactions; Scan for expired holds |
+//! | limits | `hold#<id>` | a reservation's `undo` list and expiry, `hold_shard` | in the same transactions; housekeeping queries the sparse index `holds-by-expiry` (`hold_shard`, `expires_at_ms`) |
 //! | limits | `mark#<marker>` | a once-only marker (soft-threshold warnings) | conditional PutItem |
 //!
 //! TTL deletion is lazy on AWS (up to 48 h late) and absent on moto, so every read also checks
@@ -32,9 +32,10 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
-    KeyType, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, Update,
 };
 use bytes::Bytes;
 
@@ -44,7 +45,7 @@ use super::{
     StoreError, StoredResponse,
 };
 use crate::clock::Clock;
-use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
+use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::metrics::{Rollup, RollupKey, RollupRow};
 use crate::providers::Endpoint;
@@ -55,6 +56,22 @@ type Item = HashMap<String, AttributeValue>;
 const MAX_BLOB_BYTES: usize = 380 * 1024;
 /// Bodies above this are deflated before storing.
 const DEFLATE_ABOVE: usize = 1024;
+
+/// The jobs table's sparse index of jobs not yet final, by their last change: partition key
+/// `open_shard` (set when a job is stored, removed when it ends), sort key `updated_at_ms`.
+pub const OPEN_JOBS_INDEX: &str = "open-jobs";
+/// The limits table's sparse index of reservations (holds) by expiry: partition key
+/// `hold_shard` (only hold items have it), sort key `expires_at_ms`.
+pub const HOLDS_INDEX: &str = "holds-by-expiry";
+/// Partitions of each index: housekeeping queries each one, and writes spread over them
+/// (one index partition takes about 1,000 writes a second).
+const INDEX_SHARDS: u32 = 8;
+
+/// The index partition of an item, fixed by its id so every write of it lands in the same one.
+fn index_shard(id: &str) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
+    format!("s{}", u32::from(digest[0]) % INDEX_SHARDS)
+}
 
 /// Names of the tables the adapter uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +163,50 @@ impl DynamoStore {
         &self.tables
     }
 
+    /// Up to `max` items of one partition of a sparse index whose sort key is at most
+    /// `until`, oldest first, leaving out items past their retention at `unexpired_at`. An
+    /// index is read eventually consistently: callers recheck with conditional writes.
+    async fn query_index(
+        &self,
+        table: &str,
+        index: &str,
+        (partition_name, partition): (&str, &str),
+        (sort_name, until): (&str, u64),
+        unexpired_at: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        while out.len() < max {
+            self.count();
+            let mut query = self
+                .client
+                .query()
+                .table_name(table)
+                .index_name(index)
+                .key_condition_expression("#p = :p AND #t <= :t")
+                .expression_attribute_names("#p", partition_name)
+                .expression_attribute_names("#t", sort_name)
+                .expression_attribute_values(":p", s(partition))
+                .expression_attribute_values(":t", n(until))
+                .limit(i32::try_from(max - out.len()).unwrap_or(1000).min(1000))
+                .set_exclusive_start_key(start.take());
+            if let Some(now) = unexpired_at {
+                query = query
+                    .filter_expression("expires_at_ms > :now")
+                    .expression_attribute_values(":now", n(now));
+            }
+            let page = query.send().await.map_err(sdk)?;
+            out.extend(page.items().iter().cloned());
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
     /// Creates the tables (on-demand, TTL on `expires_at`) unless they exist: for local
     /// development against moto and `serve --store dynamodb --create-tables`. On AWS the SAM
     /// template creates them.
@@ -162,6 +223,64 @@ impl DynamoStore {
                 .create_table()
                 .table_name(table)
                 .billing_mode(BillingMode::PayPerRequest);
+            // Housekeeping's sparse indexes (see the module table), queried, never scanned.
+            let index = if table == self.tables.jobs {
+                Some((
+                    OPEN_JOBS_INDEX,
+                    "open_shard",
+                    "updated_at_ms",
+                    vec!["status", "attempts", "lease_until_ms", "expires_at_ms"],
+                ))
+            } else if table == self.tables.limits {
+                Some((HOLDS_INDEX, "hold_shard", "expires_at_ms", vec!["undo"]))
+            } else {
+                None
+            };
+            if let Some((name, shard, time, projected)) = index {
+                create = create
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name(shard)
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name(time)
+                            .attribute_type(ScalarAttributeType::N)
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .global_secondary_indexes(
+                        GlobalSecondaryIndex::builder()
+                            .index_name(name)
+                            .key_schema(
+                                KeySchemaElement::builder()
+                                    .attribute_name(shard)
+                                    .key_type(KeyType::Hash)
+                                    .build()
+                                    .map_err(build)?,
+                            )
+                            .key_schema(
+                                KeySchemaElement::builder()
+                                    .attribute_name(time)
+                                    .key_type(KeyType::Range)
+                                    .build()
+                                    .map_err(build)?,
+                            )
+                            .projection(
+                                Projection::builder()
+                                    .projection_type(ProjectionType::Include)
+                                    .set_non_key_attributes(Some(
+                                        projected.into_iter().map(str::to_owned).collect(),
+                                    ))
+                                    .build(),
+                            )
+                            .build()
+                            .map_err(build)?,
+                    );
+            }
             for (name, kind) in keys {
                 create = create
                     .attribute_definitions(
@@ -619,6 +738,9 @@ impl JobStore for DynamoStore {
             item.insert("callback_url".into(), s(url));
         }
         item.insert("status".into(), s(job.status.as_str()));
+        if !job.status.is_final() {
+            item.insert("open_shard".into(), s(index_shard(&job.id)));
+        }
         item.insert("attempts".into(), n(job.attempts));
         item.insert("lease_until_ms".into(), n(job.lease_until_ms));
         item.insert("created_at_ms".into(), n(job.created_at_ms));
@@ -783,6 +905,8 @@ impl JobStore for DynamoStore {
             set.push_str(&format!(", {name} = {placeholder}"));
             values.insert(placeholder, value);
         }
+        // A final job leaves the index of open jobs.
+        set.push_str(" REMOVE open_shard");
         const CONDITION: &str = "#s = :running AND attempts = :attempt";
         let Some(settle) = settle else {
             self.count();
@@ -852,6 +976,78 @@ impl JobStore for DynamoStore {
             Some(_) => Err(StoreError::Backend(
                 "DynamoDB: finish transaction cancelled".into(),
             )),
+        }
+    }
+
+    async fn stale_jobs(
+        &self,
+        changed_before_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<StaleJob>, StoreError> {
+        let mut jobs = Vec::new();
+        for shard in 0..INDEX_SHARDS {
+            let items = self
+                .query_index(
+                    &self.tables.jobs,
+                    OPEN_JOBS_INDEX,
+                    ("open_shard", &format!("s{shard}")),
+                    ("updated_at_ms", changed_before_ms),
+                    Some(now_ms),
+                    max.saturating_sub(jobs.len()),
+                )
+                .await?;
+            for item in &items {
+                let status =
+                    JobStatus::parse(&get_s(item, "status")?).ok_or_else(|| corrupt("status"))?;
+                // The index is read eventually consistently: a job that just ended may linger.
+                if status.is_final() {
+                    continue;
+                }
+                jobs.push(StaleJob {
+                    id: get_s(item, "pk")?,
+                    status,
+                    attempts: get_n(item, "attempts")?,
+                    lease_until_ms: get_n(item, "lease_until_ms")?,
+                    updated_at_ms: get_n(item, "updated_at_ms")?,
+                });
+            }
+            if jobs.len() >= max {
+                break;
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn requeue_job(
+        &self,
+        id: &str,
+        changed_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.jobs)
+            .key("pk", s(id))
+            .update_expression("SET #s = :queued, lease_until_ms = :zero, updated_at_ms = :now")
+            .condition_expression(
+                "updated_at_ms = :seen AND expires_at_ms > :now AND \
+                 (#s = :queued OR (#s = :running AND lease_until_ms <= :now))",
+            )
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":seen", n(changed_at_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
         }
     }
 }
@@ -1037,6 +1233,7 @@ impl LimitStore for DynamoStore {
                     .map_err(|e| StoreError::Backend(e.to_string()))?),
             );
             item.insert("expires_at_ms".into(), n(hold.expires_at_ms));
+            item.insert("hold_shard".into(), s(index_shard(&hold.id)));
             // Kept a week past its expiry so the release sweep finds it before TTL deletes it.
             item.insert(
                 "expires_at".into(),
@@ -1181,22 +1378,18 @@ impl LimitStore for DynamoStore {
 
     async fn expired_holds(&self, now_ms: u64, max: usize) -> Result<Vec<Hold>, StoreError> {
         let mut holds = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            self.count();
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.tables.limits)
-                .filter_expression("begins_with(pk, :h) AND expires_at_ms <= :now")
-                .expression_attribute_values(":h", s("hold#"))
-                .expression_attribute_values(":now", n(now_ms))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in page.items() {
+        for shard in 0..INDEX_SHARDS {
+            let items = self
+                .query_index(
+                    &self.tables.limits,
+                    HOLDS_INDEX,
+                    ("hold_shard", &format!("s{shard}")),
+                    ("expires_at_ms", now_ms),
+                    None,
+                    max.saturating_sub(holds.len()),
+                )
+                .await?;
+            for item in &items {
                 let pk = get_s(item, "pk")?;
                 holds.push(Hold {
                     id: pk.trim_start_matches("hold#").to_owned(),
@@ -1204,15 +1397,12 @@ impl LimitStore for DynamoStore {
                         .map_err(|_| corrupt("hold undo list"))?,
                     expires_at_ms: get_n(item, "expires_at_ms")?,
                 });
-                if holds.len() >= max {
-                    return Ok(holds);
-                }
             }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(holds),
+            if holds.len() >= max {
+                break;
             }
         }
+        Ok(holds)
     }
 
     async fn mark_once(&self, marker: &str, expires_at_ms: u64) -> Result<bool, StoreError> {

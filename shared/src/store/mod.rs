@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
+use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use crate::keys::{KeyHash, KeyRecord};
 
 /// A store operation failed for a reason the caller cannot fix by changing its input.
@@ -120,6 +120,24 @@ pub trait JobStore: Send + Sync {
         result: &JobResult,
         now_ms: u64,
         settle: Option<&Settlement>,
+    ) -> Result<bool, StoreError>;
+    /// Jobs not final and not past their retention at `now_ms` whose last state change was
+    /// at or before `changed_before_ms`, up to `max` (for housekeeping: an index of open jobs
+    /// by time on both adapters, never a scan of the table).
+    async fn stale_jobs(
+        &self,
+        changed_before_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<StaleJob>, StoreError>;
+    /// Puts a job left behind back in line: one still last changed at `changed_at_ms` that is
+    /// `queued`, or `running` with its lease run out at `now_ms`, becomes `queued` as of
+    /// `now_ms`. `false` if it moved in between (another housekeeper, or a worker, got to it).
+    async fn requeue_job(
+        &self,
+        id: &str,
+        changed_at_ms: u64,
+        now_ms: u64,
     ) -> Result<bool, StoreError>;
 }
 

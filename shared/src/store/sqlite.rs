@@ -22,14 +22,14 @@ use super::{
     MetricsStore, Settlement, StoreError, StoredResponse,
 };
 use crate::clock::Clock;
-use crate::jobs::model::{Claim, Job, JobResult, JobStatus};
+use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::metrics::{Rollup, RollupKey, RollupRow};
 use crate::num::{to_i64, to_u16, to_u32, to_u64};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at_ms  INTEGER NOT NULL,
     expires_at_ms  INTEGER NOT NULL
 );
+-- Open jobs by their last change, for housekeeping (partial: final jobs are not in it).
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (updated_at_ms) WHERE status IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS queue_messages (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id    TEXT NOT NULL UNIQUE,
@@ -116,7 +118,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     message_id    TEXT PRIMARY KEY,
     body          TEXT NOT NULL,
     receive_count INTEGER NOT NULL,
-    moved_at_ms   INTEGER NOT NULL
+    moved_at_ms   INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+    receipt       TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics_rollups (
     minute              INTEGER NOT NULL,
@@ -382,10 +386,43 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN key_limits TEXT")
             .map_err(backend)?;
     }
+    if (1..6).contains(&version)
+        && has_table(conn, "dead_letters")?
+        && !has_column(conn, "dead_letters", "receipt")?
+    {
+        // v6: housekeeping reads dead letters the way a queue is read.
+        conn.execute_batch(
+            "ALTER TABLE dead_letters ADD COLUMN visible_at_ms INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE dead_letters ADD COLUMN receipt TEXT;",
+        )
+        .map_err(backend)?;
+    }
     conn.execute_batch(SCHEMA).map_err(backend)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(backend)?;
     Ok(())
+}
+
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(backend)
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA table_info({table})"))
+        .map_err(backend)?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>("name"))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    Ok(names.iter().any(|n| n == column))
 }
 
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
@@ -756,6 +793,78 @@ impl JobStore for SqliteStore {
                 settle_in(c, settle)?;
             }
             Ok(true)
+        })
+        .await
+    }
+
+    async fn stale_jobs(
+        &self,
+        changed_before_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<StaleJob>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, status, attempts, lease_until_ms, updated_at_ms FROM jobs
+                     WHERE status IN ('queued', 'running') AND updated_at_ms <= ?1
+                       AND expires_at_ms > ?2
+                     ORDER BY updated_at_ms LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        to_i64(changed_before_ms),
+                        to_i64(now_ms),
+                        i64::try_from(max).unwrap_or(i64::MAX)
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, status, attempts, lease, updated) = row.map_err(backend)?;
+                let status = JobStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt("unknown job status".into()))?;
+                out.push(StaleJob {
+                    id,
+                    status,
+                    attempts: to_u32(attempts),
+                    lease_until_ms: to_u64(lease),
+                    updated_at_ms: to_u64(updated),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn requeue_job(
+        &self,
+        id: &str,
+        changed_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = 'queued', lease_until_ms = 0, updated_at_ms = ?3
+                     WHERE id = ?1 AND updated_at_ms = ?2 AND expires_at_ms > ?3
+                       AND (status = 'queued' OR (status = 'running' AND lease_until_ms <= ?3))",
+                    params![id, to_i64(changed_at_ms), to_i64(now_ms)],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
         })
         .await
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use sluice::clock::SystemClock;
-use sluice::jobs::model::{Claim, Job, JobResult, JobStatus};
+use sluice::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use sluice::keys::{self, BudgetPeriod, KeyLimits};
 use sluice::metrics::{Rollup, RollupKey, RollupRow};
 use sluice::providers::Endpoint;
@@ -83,6 +83,8 @@ conformance!(
     expired_jobs_are_gone,
     queue_delivers_hides_redelivers_and_deletes,
     queue_moves_a_message_to_the_dead_letter_queue_after_max_receives,
+    dead_letters_are_read_hidden_and_deleted_for_housekeeping,
+    jobs_left_behind_are_found_by_age_and_queued_again_once,
     limit_increments_apply_all_or_nothing,
     concurrent_conditional_increments_never_pass_the_limit,
     holds_settle_once_and_expired_holds_are_listed,
@@ -463,6 +465,223 @@ async fn queue_moves_a_message_to_the_dead_letter_queue_after_max_receives(b: Ba
             .is_empty()
     );
     assert_eq!(b.queue.dead_letter_count().await.unwrap(), 1);
+}
+
+/// Housekeeping reads the dead-letter queue like a queue: what it takes is hidden for the
+/// visibility timeout and stays a dead letter (counted) until deleted.
+async fn dead_letters_are_read_hidden_and_deleted_for_housekeeping(b: Backend) {
+    assert_eq!(b.queue.visibility_timeout().await.unwrap(), VISIBILITY);
+    assert!(b.queue.receive_dead_letters(10).await.unwrap().is_empty());
+    let job_message = r#"{"job_id":"job_x"}"#;
+    b.queue.send(job_message).await.unwrap();
+    b.queue.send("poison").await.unwrap();
+    for attempt in 1..=MAX_RECEIVES {
+        let got = receive_n(b.queue.as_ref(), 2).await;
+        assert_eq!(got.len(), 2, "delivery {attempt}");
+        tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    }
+    assert!(
+        b.queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(b.queue.dead_letter_count().await.unwrap(), 2);
+    let mut letters = Vec::new();
+    for _ in 0..10 {
+        letters.extend(b.queue.receive_dead_letters(10).await.unwrap());
+        if letters.len() >= 2 {
+            break;
+        }
+    }
+    let mut bodies: Vec<&str> = letters.iter().map(|d| d.body.as_str()).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, vec!["poison", job_message]);
+    // Hidden while being looked at, and still dead letters.
+    assert!(b.queue.receive_dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(b.queue.dead_letter_count().await.unwrap(), 2);
+    let of_job = letters.iter().find(|d| d.body == job_message).unwrap();
+    b.queue.delete_dead_letter(&of_job.receipt).await.unwrap();
+    assert_eq!(b.queue.dead_letter_count().await.unwrap(), 1);
+    // A stale receipt is not an error.
+    b.queue.delete_dead_letter(&of_job.receipt).await.unwrap();
+    // The one not deleted comes back after the visibility timeout, still a dead letter.
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    let again = b.queue.receive_dead_letters(10).await.unwrap();
+    assert_eq!(
+        again.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(),
+        vec!["poison"]
+    );
+    assert!(
+        b.queue
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Housekeeping finds jobs that are not final and have not changed for a while through an
+/// index (never a scan), and queues each one again at most once per look: the write is
+/// conditional on the change it saw, and refused for a job a worker holds or that ended.
+async fn jobs_left_behind_are_found_by_age_and_queued_again_once(b: Backend) {
+    let small = || Bytes::from_static(br#"{"model":"m"}"#);
+    // Stored at 1 s and never queued (ingest died between its two writes).
+    b.store
+        .insert_job(&job("job_orphan", 1_000, small()))
+        .await
+        .unwrap();
+    // Claimed at 2 s with a lease of 0.5 s, then its worker died.
+    b.store
+        .insert_job(&job("job_dead_worker", 1_500, small()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.store
+            .claim_job("job_dead_worker", 2_000, 500)
+            .await
+            .unwrap(),
+        Claim::Claimed(_)
+    ));
+    // Claimed at 2 s with a lease until 100 s: a worker holds it.
+    b.store
+        .insert_job(&job("job_leased", 1_500, small()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.store
+            .claim_job("job_leased", 2_000, 98_000)
+            .await
+            .unwrap(),
+        Claim::Claimed(_)
+    ));
+    // Finished: never listed.
+    b.store
+        .insert_job(&job("job_done", 1_000, small()))
+        .await
+        .unwrap();
+    let Claim::Claimed(done) = b.store.claim_job("job_done", 1_500, 1_000).await.unwrap() else {
+        panic!("not claimed");
+    };
+    let result = JobResult {
+        http_status: 200,
+        body: Bytes::from_static(b"{}"),
+        tokens_in: 1,
+        tokens_out: 1,
+        cost_nano_usd: 1,
+    };
+    assert!(
+        b.store
+            .finish_job(
+                "job_done",
+                done.attempts,
+                JobStatus::Succeeded,
+                &result,
+                1_600,
+                None
+            )
+            .await
+            .unwrap()
+    );
+    // Changed after the cut.
+    b.store
+        .insert_job(&job("job_recent", 9_000, small()))
+        .await
+        .unwrap();
+    // Past its retention.
+    let mut expired = job("job_expired", 100, small());
+    expired.expires_at_ms = 4_000;
+    b.store.insert_job(&expired).await.unwrap();
+
+    let mut stale = b.store.stale_jobs(5_000, 5_000, 100).await.unwrap();
+    stale.sort_by(|a, c| a.id.cmp(&c.id));
+    assert_eq!(
+        stale,
+        vec![
+            StaleJob {
+                id: "job_dead_worker".into(),
+                status: JobStatus::Running,
+                attempts: 1,
+                lease_until_ms: 2_500,
+                updated_at_ms: 2_000,
+            },
+            StaleJob {
+                id: "job_leased".into(),
+                status: JobStatus::Running,
+                attempts: 1,
+                lease_until_ms: 100_000,
+                updated_at_ms: 2_000,
+            },
+            StaleJob {
+                id: "job_orphan".into(),
+                status: JobStatus::Queued,
+                attempts: 0,
+                lease_until_ms: 0,
+                updated_at_ms: 1_000,
+            },
+        ]
+    );
+    assert_eq!(b.store.stale_jobs(5_000, 5_000, 2).await.unwrap().len(), 2);
+
+    // Queued again once: a second look with the same view is refused.
+    assert!(
+        b.store
+            .requeue_job("job_orphan", 1_000, 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.store
+            .requeue_job("job_orphan", 1_000, 5_000)
+            .await
+            .unwrap()
+    );
+    // A dead worker's job becomes claimable at once, its attempts kept.
+    assert!(
+        b.store
+            .requeue_job("job_dead_worker", 2_000, 5_000)
+            .await
+            .unwrap()
+    );
+    let requeued = b
+        .store
+        .get_job("job_dead_worker", 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            requeued.status,
+            requeued.attempts,
+            requeued.lease_until_ms,
+            requeued.updated_at_ms
+        ),
+        (JobStatus::Queued, 1, 0, 5_000)
+    );
+    // Refused for a job a worker holds, and for one that ended.
+    assert!(
+        !b.store
+            .requeue_job("job_leased", 2_000, 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(!b.store.requeue_job("job_done", 1_600, 5_000).await.unwrap());
+    // Queued again, they are no longer behind.
+    let ids: Vec<String> = b
+        .store
+        .stale_jobs(4_999, 5_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, vec!["job_leased".to_owned()]);
+    let Claim::Claimed(claimed) = b.store.claim_job("job_orphan", 6_000, 1_000).await.unwrap()
+    else {
+        panic!("a job queued again can be claimed");
+    };
+    assert_eq!(claimed.attempts, 1);
 }
 
 fn inc(counter: &str, field: CounterField, delta: i64, at_most: Option<i64>) -> Increment {

@@ -6,3 +6,4 @@ mod aws_e2e;
 mod aws_faults;
 mod conformance;
 mod hostile;
+mod housekeeping;

@@ -450,6 +450,18 @@ impl sluice::queue::JobQueue for BrokenQueue {
     async fn dead_letter_count(&self) -> Result<u64, sluice::queue::QueueError> {
         Ok(0)
     }
+    async fn visibility_timeout(&self) -> Result<Duration, sluice::queue::QueueError> {
+        Ok(Duration::from_secs(60))
+    }
+    async fn receive_dead_letters(
+        &self,
+        _max: u32,
+    ) -> Result<Vec<sluice::queue::Delivery>, sluice::queue::QueueError> {
+        Ok(Vec::new())
+    }
+    async fn delete_dead_letter(&self, _receipt: &str) -> Result<(), sluice::queue::QueueError> {
+        Ok(())
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod faults;
 mod forwarding;
 mod gemini;
 mod hostile;
+mod invocation;
 mod jobs;
 mod limits;
 mod metrics;

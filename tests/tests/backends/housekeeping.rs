@@ -1,0 +1,267 @@
+//! Housekeeping on both backends (SQLite with its local queue and dead-letter table; DynamoDB
+//! and SQS on moto): no job is left behind. A job stored but never queued is queued again and
+//! runs; a job whose message reached the dead-letter queue unfinished is sent again and runs;
+//! a job started `jobs.max_attempts` times is failed with a reason; the dead letter of a
+//! finished job is cleared; poison stays. Everything is found through an index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sluice::clock::{Clock, SystemClock};
+use sluice::config::Config;
+use sluice::deps::{Deps, Services};
+use sluice::gateway::Caller;
+use sluice::housekeeping::Report;
+use sluice::jobs::Submission;
+use sluice::jobs::model::{Job, JobStatus};
+use sluice::keys::{self, KeyLimits};
+use sluice::providers::Endpoint;
+use sluice::queue::JobQueue;
+use sluice::queue::sqlite::SqliteQueue;
+use sluice::store::SharedStore;
+use sluice::store::sqlite::SqliteStore;
+
+const VISIBILITY: Duration = Duration::from_secs(1);
+const MAX_RECEIVES: u32 = 2;
+
+struct Backend {
+    store: SharedStore,
+    queue: Arc<dyn JobQueue>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("h.db").to_str().unwrap()).unwrap();
+    let queue = SqliteQueue::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        VISIBILITY,
+        MAX_RECEIVES,
+    );
+    Backend {
+        store: Arc::new(store),
+        queue: Arc::new(queue),
+        _dir: Some(dir),
+    }
+}
+
+async fn aws() -> Backend {
+    Backend {
+        store: Arc::new(sluice_tests::aws::dynamo_store().await),
+        queue: Arc::new(sluice_tests::aws::sqs_queue(VISIBILITY, MAX_RECEIVES).await),
+        _dir: None,
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod dynamodb_sqs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::aws().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(no_job_is_left_behind);
+
+fn chat(prompt: &str) -> Bytes {
+    Bytes::from(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
+            .to_string(),
+    )
+}
+
+/// A job as `Jobs::submit` stores it, last changed 10 s ago, never queued.
+fn stored_job(id: &str, caller: &Caller, prompt: &str, attempts: u32) -> Job {
+    let ago = SystemClock.now_ms() - 10_000;
+    Job {
+        id: id.into(),
+        tenant: caller.tenant.clone(),
+        key_id: caller.key_id.clone(),
+        key_limits: KeyLimits::default(),
+        endpoint: Endpoint::ChatCompletions,
+        request: chat(prompt),
+        cache_control: None,
+        callback_url: None,
+        status: JobStatus::Queued,
+        attempts,
+        lease_until_ms: 0,
+        result: None,
+        created_at_ms: ago,
+        updated_at_ms: ago,
+        expires_at_ms: ago + 86_400_000,
+    }
+}
+
+/// Receives (and does not delete) until every message sent so far has used up its receives:
+/// the next receive moves them to the dead-letter queue, as kill after kill does.
+async fn wear_out_receives(queue: &dyn JobQueue, messages: usize) {
+    for _ in 0..MAX_RECEIVES {
+        let mut got = 0;
+        for _ in 0..20 {
+            got += queue.receive(10, Duration::ZERO).await.unwrap().len();
+            if got >= messages {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got, messages);
+        tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    }
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(queue.dead_letter_count().await.unwrap(), messages as u64);
+}
+
+async fn status(b: &Backend, id: &str) -> (JobStatus, Value) {
+    let job = b
+        .store
+        .get_job(id, SystemClock.now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let body = job
+        .result
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .unwrap_or(Value::Null);
+    (job.status, body)
+}
+
+async fn no_job_is_left_behind(b: Backend) {
+    let mut config = Config::builtin();
+    config.jobs.requeue_after_s = 1;
+    config.jobs.max_attempts = 3;
+    config.jobs.lease_s = 5;
+    let deps = Deps::new(
+        Arc::clone(&b.store),
+        Arc::clone(&b.queue),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(SystemClock),
+    );
+    let services = Services::build(&config, &deps).unwrap();
+    let key = keys::generate("t1", None, KeyLimits::default(), 0).unwrap();
+    b.store.insert_key(&key.record).await.unwrap();
+    let caller = Caller {
+        key_id: key.record.id.clone(),
+        tenant: "t1".into(),
+        limits: KeyLimits::default(),
+    };
+    let submit = |prompt: &'static str| {
+        let (services, caller) = (&services, &caller);
+        async move {
+            let submission = Submission {
+                endpoint: Endpoint::ChatCompletions,
+                body: chat(prompt),
+                cache_control: None,
+                callback_url: None,
+            };
+            services
+                .jobs
+                .submit(&services.gateway, caller, submission)
+                .await
+                .unwrap()
+                .id
+        }
+    };
+
+    // A job that ran and whose (duplicate) message is dead-lettered afterwards, one whose
+    // message is dead-lettered before any worker finished it, and poison.
+    let finished = submit("ran, then a duplicate was dead-lettered").await;
+    let mut deliveries = Vec::new();
+    for _ in 0..20 {
+        deliveries.extend(b.queue.receive(10, Duration::ZERO).await.unwrap());
+        if !deliveries.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(deliveries.len(), 1);
+    sluice::jobs::worker::process_deliveries(&services.processor, &*b.queue, &deliveries).await;
+    assert_eq!(status(&b, &finished).await.0, JobStatus::Succeeded);
+    let unfinished = submit("dead-lettered before it ran").await;
+    b.queue.send(&deliveries[0].body).await.unwrap();
+    b.queue.send("poison").await.unwrap();
+    wear_out_receives(&*b.queue, 3).await;
+    // Stored, never queued (ingest died between its two writes); and one started as often
+    // as allowed, its worker dying each time.
+    let orphan = "job_orphan000000000000000000";
+    let worn = "job_worn00000000000000000000";
+    b.store
+        .insert_job(&stored_job(orphan, &caller, "never queued", 0))
+        .await
+        .unwrap();
+    b.store
+        .insert_job(&stored_job(worn, &caller, "started too often", 3))
+        .await
+        .unwrap();
+
+    let report = services.housekeeper.run_once().await.unwrap();
+    assert_eq!(
+        report,
+        Report {
+            holds_released: 0,
+            dead_letters_redriven: 1,
+            dead_letters_cleared: 1,
+            dead_letters_kept: 1,
+            jobs_requeued: 1,
+            jobs_failed: 1,
+        }
+    );
+    let (worn_status, worn_body) = status(&b, worn).await;
+    assert_eq!(worn_status, JobStatus::Failed);
+    assert_eq!(worn_body["error"]["code"], "job_abandoned", "{worn_body}");
+    assert!(
+        worn_body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("started 3 times"),
+        "{worn_body}"
+    );
+    // The jobs sent again run like any other.
+    let mut ran = 0;
+    for _ in 0..20 {
+        let got = b.queue.receive(10, Duration::ZERO).await.unwrap();
+        ran += got.len();
+        sluice::jobs::worker::process_deliveries(&services.processor, &*b.queue, &got).await;
+        if ran >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ran, 2);
+    for id in [&unfinished, &finished, &orphan.to_owned()] {
+        assert_eq!(status(&b, id).await.0, JobStatus::Succeeded, "{id}");
+    }
+    // Only the poison is left, and a second pass changes nothing.
+    assert_eq!(b.queue.dead_letter_count().await.unwrap(), 1);
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    let again = services.housekeeper.run_once().await.unwrap();
+    assert_eq!(
+        again,
+        Report {
+            dead_letters_kept: 1,
+            ..Report::default()
+        }
+    );
+    assert!(
+        b.store
+            .stale_jobs(SystemClock.now_ms(), SystemClock.now_ms(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every job is final"
+    );
+}
