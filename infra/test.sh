@@ -8,7 +8,8 @@
 # contract check, schemathesis against `sluice serve` in its own venv (infra/api/schemathesis.sh,
 # ~50 s); a smoke load with `sluice loadtest` (infra/bench/smoke-load.sh, ~20 s); memory after
 # the largest accepted requests (infra/bench/memory.sh, ~10 s); the whole serverless topology
-# end to end under cargo lambda watch on moto (infra/aws/local_e2e.py, ~40 s); and `sam build`
+# end to end under cargo lambda watch on moto (infra/aws/local_e2e.py, ~3 min: five
+# deliveries of a poison message at a 30 s visibility timeout); and `sam build`
 # of the template as the README deploys it, for arm64, with each function's zip against the
 # 5 MB target (infra/aws/sam-build.sh; installs the aarch64 Rust target and cargo-lambda when
 # missing; ~6 min cold on 2 cores, seconds warm).
@@ -73,8 +74,10 @@ step "memory: RSS returns near idle after the largest accepted requests (fails i
 infra/bench/memory.sh target/debug/sluice
 
 step "local serverless topology: template.yaml on moto, every function under cargo lambda watch, SQS event sources emulated"
-PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/pytest" -q -p no:cacheprovider infra/aws/test_local_topology.py
-FAKE_UPSTREAM_BIN=target/debug/fake-upstream "$VENV/bin/python" infra/aws/local_e2e.py
+# Both bounded: a function that refuses to start must fail the run, not hang it (local_e2e.py
+# also stops itself after 900 s and prints the functions' logs).
+PYTHONDONTWRITEBYTECODE=1 timeout -k 10 300 "$VENV/bin/pytest" -q -p no:cacheprovider infra/aws/test_local_topology.py
+FAKE_UPSTREAM_BIN=target/debug/fake-upstream timeout -k 30 960 "$VENV/bin/python" infra/aws/local_e2e.py
 
 step "sam build: the Lambda functions for arm64 as the README deploys them (zips under 5 MB, built template lints clean)"
 infra/aws/sam-build.sh

@@ -26,6 +26,7 @@ FAKE_UPSTREAM_BIN for the fake, built if missing). Exit status 0 when every chec
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import shutil
@@ -43,7 +44,13 @@ import requests
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
-VISIBILITY_S = 6  # every queue's, for this run (the template's 360 s is too long for a test)
+# Every queue's visibility timeout and every function's timeout, for this run (the template's
+# 360 s and 28-300 s are too long for a test). The functions refuse to start unless the
+# visibility timeout is at least 6 x the processor's timeout and jobs.lease_s lies between them.
+VISIBILITY_S = 30
+FUNCTION_TIMEOUT_S = 5
+HTTP_TIMEOUT_S = 30  # no call may wait forever on a function that did not start
+DEADLINE_S = 900  # the whole run, start-up included
 SLOW_MS = 3000
 COST_NANO = 20_000  # the fake bills 10 prompt + 5 completion tokens; $1 and $2 per million
 started = time.monotonic()
@@ -89,6 +96,7 @@ class Topology:
         self.ingest = state["functions"]["IngestFunction"]["url"]
         self.stream = state["functions"]["IngestStreamFunction"]["url"]
         self.http = requests.Session()
+        self.http.request = functools.partial(self.http.request, timeout=HTTP_TIMEOUT_S)
 
     def events(self) -> list[dict]:
         with open(self.state["events"], encoding="utf-8") as f:
@@ -111,7 +119,7 @@ class Topology:
         body = {"model": model, "max_tokens": 20,
                 "messages": [{"role": "user", "content": content}], **kw}
         return self.http.post(base + "v1/chat/completions", json=body, headers=headers,
-                              stream=bool(kw.get("stream")), timeout=60)
+                              stream=bool(kw.get("stream")))
 
     def job(self, key: str, job_id: str) -> dict:
         r = self.http.get(self.ingest + f"v1/jobs/{job_id}",
@@ -165,13 +173,15 @@ price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
 cache_ttl_s = 0
 
 [limits]
-# The reservation of a run cut off by the kill is given back soon after.
-reservation_ttl_s = 3
+# The reservation of a run cut off by the kill is given back soon after; it must outlive
+# the longest invocation (the functions check this at start-up).
+reservation_ttl_s = {FUNCTION_TIMEOUT_S + 1}
 
 [jobs]
 visibility_timeout_s = {VISIBILITY_S}
-# Shorter than the visibility timeout, so the redelivered message can claim the job again.
-lease_s = 4
+# At least the processor's timeout, and shorter than the visibility timeout, so the message
+# redelivered after the kill can claim the job again.
+lease_s = {FUNCTION_TIMEOUT_S}
 
 [metrics]
 flush_every_ms = 300
@@ -200,7 +210,7 @@ def checks(top: Topology, sqs) -> None:
     assert first.headers["x-sluice-cache"] == "miss", first.headers
     assert second.headers["x-sluice-cache"] == "hit", second.headers
     assert second.json()["choices"] == first.json()["choices"]
-    sdk = OpenAI(base_url=top.ingest + "v1", api_key=key)
+    sdk = OpenAI(base_url=top.ingest + "v1", api_key=key, timeout=HTTP_TIMEOUT_S, max_retries=0)
     answer = sdk.chat.completions.create(
         model="e2e", max_tokens=20, messages=[{"role": "user", "content": f"sdk {run}"}])
     assert answer.choices[0].message.content and answer.usage.total_tokens == 15
@@ -306,9 +316,14 @@ def checks(top: Topology, sqs) -> None:
     attempts = [j["attempts"] for j in finals]
     costs = [round(j["cost_usd"] * 1e9) for j in finals]
     assert costs == [COST_NANO] * 3, costs
-    # The killed run's reservation is given back once it is older than reservation_ttl_s.
+    # The killed run's reservation is given back once it is older than reservation_ttl_s, by
+    # the housekeeper's next scheduled run (rate(1 minute) in the template).
     spent = wait_for("the ledger to settle", lambda: (
-        led if (led := top.ledger(key))[1] == before[1] else None), 15, 0.25)
+        led if (led := top.ledger(key))[1] == before[1] else None), 75, 0.5)
+    settled_after = time.time() - killed_at
+    released = [e for e in top.events() if e["event"] == "scheduled" and e["t"] > killed_at
+                and e["response"].get("holds_released", 0) > 0]
+    assert released, "the reservation came back without the housekeeper releasing a hold"
     billed = spent[0] - before[0]
     assert billed == sum(costs), f"billed {billed} nano-USD for jobs costing {sum(costs)}"
     evs = [e for e in top.events() if e["t"] >= in_flight["t"]]
@@ -322,7 +337,9 @@ def checks(top: Topology, sqs) -> None:
         f"environment reset; the 3 job messages redelivered {again[0][0] - killed_at:.1f} s "
         f"after the kill (visibility {VISIBILITY_S} s; receive counts {[n for _, n in again]}); "
         f"all succeeded {back_after:.1f} s after the kill, attempts {attempts}; ledger "
-        f"+{billed} nano-USD = 3 x {COST_NANO}, reserved back to {spent[1] - before[1]}")
+        f"+{billed} nano-USD = 3 x {COST_NANO}, reserved back to {spent[1] - before[1]} "
+        f"{settled_after:.0f} s after the kill (the housekeeper released "
+        f"{released[0]['response']['holds_released']} expired holds)")
 
     # 7. the poison message: reported failed each time, then the dead-letter queue
     def dead_letter():
@@ -344,6 +361,15 @@ def checks(top: Topology, sqs) -> None:
 
 
 def main() -> int:
+    def out_of_time(_signum, _frame):
+        raise TimeoutError(f"the local end-to-end run took longer than {DEADLINE_S} s")
+
+    def terminated(signum, _frame):
+        raise SystemExit(128 + signum)  # through the finally below: the topology is stopped
+
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.signal(signal.SIGTERM, terminated)
+    signal.alarm(DEADLINE_S)
     fake = os.environ.get("FAKE_UPSTREAM_BIN") or str(ROOT / "target/debug/fake-upstream")
     if not Path(fake).exists():
         subprocess.run(["cargo", "build", "--workspace", "--bin", "fake-upstream"], cwd=ROOT, check=True)
@@ -362,6 +388,7 @@ def main() -> int:
         topology = subprocess.Popen(
             [str(ROOT / "infra/aws/local.sh"), "--port", "0", "--quiet", "--no-reload", "--config",
              str(work / "sluice.toml"), "--visibility-timeout", str(VISIBILITY_S),
+             "--function-timeout", str(FUNCTION_TIMEOUT_S),
              "--log-dir", str(work / "logs"), "--state-file", str(state_file)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for("infra/aws/local.sh to be up", lambda: state_file.exists()

@@ -969,6 +969,10 @@ def main() -> int:
                     help="JSON object of provider keys for the providers secret")
     ap.add_argument("--visibility-timeout", type=int,
                     help="override every queue's VisibilityTimeout (seconds), e.g. for tests")
+    ap.add_argument("--function-timeout", type=int,
+                    help="cap every function's Timeout (and SLUICE_FUNCTION_TIMEOUT_S, which "
+                    "repeats it) at this many seconds, e.g. for tests with a short visibility "
+                    "timeout: the functions check at start-up that their timeouts agree")
     ap.add_argument("--log-dir", default=None, help="function logs and events.jsonl")
     ap.add_argument("--state-file", help="write endpoints as JSON here once ready")
     ap.add_argument("--quiet", action="store_true", help="function logs to files only")
@@ -1000,6 +1004,14 @@ def main() -> int:
         for res in cfn.get("Resources", {}).values():
             if res.get("Type") == "AWS::SQS::Queue":
                 res.setdefault("Properties", {})["VisibilityTimeout"] = args.visibility_timeout
+    if args.function_timeout is not None:
+        for res in cfn.get("Resources", {}).values():
+            if res.get("Type") == "AWS::Lambda::Function":
+                props = res.setdefault("Properties", {})
+                props["Timeout"] = min(int(props.get("Timeout", 3)), args.function_timeout)
+                env = props.get("Environment", {}).get("Variables", {})
+                if "SLUICE_FUNCTION_TIMEOUT_S" in env:
+                    env["SLUICE_FUNCTION_TIMEOUT_S"] = str(props["Timeout"])
 
     # The two secrets the template reads by ARN, made on moto for this run.
     params = parse_pairs(args.param, "--param")
