@@ -2,7 +2,7 @@
 //! events as the ingest functions get them:
 //! - the public functions (`SLUICE_ROUTES=public`) answer `/admin/*` with an OpenAI-shaped
 //!   404 whatever the credentials, and the admin function (`SLUICE_ROUTES=admin`) serves only
-//!   `/admin/*` (and `/health`);
+//!   `/admin/*` (and `/v1/metrics`, `/health`);
 //! - a buffered answer larger than Lambda's 6 MB response payload limit is a 413 that names
 //!   the limit and what to do, not a payload Lambda would refuse (API Gateway's opaque 502),
 //!   and the size the function checks bounds what the runtime would really post.
@@ -60,6 +60,17 @@ async fn function(surface: Surface) -> Function {
 
 /// An API Gateway HTTP API (payload 2.0) event, from the recorded chat fixture.
 fn event(method: &str, path: &str, bearer: &str, body: Option<&Value>) -> LambdaRequest {
+    let authorization = format!("Bearer {bearer}");
+    event_with(method, path, &[("authorization", &authorization)], body)
+}
+
+/// The same with these headers instead of a bearer token.
+fn event_with(
+    method: &str,
+    path: &str,
+    with: &[(&str, &str)],
+    body: Option<&Value>,
+) -> LambdaRequest {
     let fixture = format!(
         "{}/tests/fixtures/apigw-v2-chat.json",
         env!("CARGO_MANIFEST_DIR")
@@ -70,7 +81,10 @@ fn event(method: &str, path: &str, bearer: &str, body: Option<&Value>) -> Lambda
     e["requestContext"]["http"]["path"] = json!(path);
     let headers = e["headers"].as_object_mut().unwrap();
     headers.remove("content-length");
-    headers.insert("authorization".into(), json!(format!("Bearer {bearer}")));
+    headers.remove("authorization");
+    for (name, value) in with {
+        headers.insert((*name).into(), json!(value));
+    }
     match body {
         Some(b) => e["body"] = json!(b.to_string()),
         None => {
@@ -145,9 +159,24 @@ async fn the_admin_function_serves_only_the_admin_api() {
     assert!(body(&r)["key"].as_str().unwrap().starts_with("sk-sluice-"));
     let (r, _) = invoke(&f, event("GET", "/admin/keys", ADMIN, None)).await;
     assert_eq!(r["statusCode"], 200, "{r}");
+    // Behind the IAM-authenticated function URL, `Authorization` carries the caller's SigV4
+    // signature (Lambda passes it on), so the admin key comes as `x-api-key`.
+    let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261206/us-east-1/lambda/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=0123abcd";
+    let signed = [("authorization", sigv4), ("x-api-key", ADMIN)];
+    let (r, _) = invoke(&f, event_with("GET", "/admin/keys", &signed, None)).await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let unsigned_key = [("authorization", sigv4), ("x-api-key", "wrong")];
+    let (r, _) = invoke(&f, event_with("GET", "/admin/keys", &unsigned_key, None)).await;
+    assert_eq!(r["statusCode"], 403, "{r}");
+    let (r, _) = invoke(&f, event_with("GET", "/admin/keys", &signed[..1], None)).await;
+    assert_eq!(r["statusCode"], 401, "{r}");
     // The admin key is still needed behind IAM.
     let (r, _) = invoke(&f, event("GET", "/admin/keys", "wrong", None)).await;
     assert_eq!(r["statusCode"], 403, "{r}");
+    // The admin key's all-tenant metrics are here too (the public functions hold no admin key).
+    let (r, _) = invoke(&f, event("GET", "/v1/metrics", ADMIN, None)).await;
+    assert_eq!(r["statusCode"], 200, "{r}");
     let (r, _) = invoke(&f, event("GET", "/health", "", None)).await;
     assert_eq!(r["statusCode"], 200);
     let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});

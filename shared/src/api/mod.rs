@@ -110,7 +110,7 @@ pub enum Surface {
     All,
     /// Every route but `/admin/*`, which answers 404 `admin_not_served`.
     Public,
-    /// `/admin/*` and `/health` only.
+    /// `/admin/*`, `/v1/metrics` (for the admin key's all-tenant view) and `/health` only.
     Admin,
 }
 
@@ -150,6 +150,11 @@ pub fn router_for(state: Arc<AppState>, surface: Surface) -> Router {
             .route("/v1/usage", get(usage::key_usage))
             .route("/v1/metrics", get(metrics::metrics))
             .route("/metrics", get(metrics::prometheus));
+    }
+    if surface == Surface::Admin {
+        // The all-tenant view of the metrics needs the admin key, which only this function
+        // holds on AWS.
+        routes = routes.route("/v1/metrics", get(metrics::metrics));
     }
     routes = if surface == Surface::Public {
         routes.fallback(admin::not_served_here)
