@@ -582,4 +582,29 @@ mod tests {
             assert!(e.contains("SLUICE_FUNCTION_TIMEOUT_S"), "{e}");
         }
     }
+
+    #[test]
+    fn binary_and_compressed_answers_are_counted_as_base64() {
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let body = vec![0u8; 3_000];
+        let with = |pairs: &[(header::HeaderName, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(k.clone(), HeaderValue::from_static(v));
+            }
+            h
+        };
+        let octets = with(&[(header::CONTENT_TYPE, "application/octet-stream")]);
+        let gzip = with(&[
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ]);
+        let json = with(&[(header::CONTENT_TYPE, "application/json")]);
+        // 3,000 bytes are 4,000 in base64; as text, each NUL is escaped to `\u0000`.
+        assert!(buffered_payload_bytes(&octets, &body) >= 4_000);
+        assert!(buffered_payload_bytes(&octets, &body) < 4_000 + 1_024);
+        assert!(buffered_payload_bytes(&gzip, &body) < 4_000 + 1_024);
+        assert!(buffered_payload_bytes(&json, &body) >= 18_000);
+        assert!(buffered_payload_bytes(&with(&[]), b"plain") < 1_024);
+    }
 }

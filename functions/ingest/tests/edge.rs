@@ -245,6 +245,7 @@ async fn an_answer_over_the_buffered_lambda_limit_is_a_413_that_says_what_to_do(
     assert_eq!(e["code"], "response_too_large");
     assert_eq!(e["type"], "invalid_request_error");
     let message = e["message"].as_str().unwrap();
+    eprintln!("{over} inputs: {message}");
     let limit = BUFFERED_RESPONSE_LIMIT.to_string();
     for needed in [limit.as_str(), "6 MB", "StreamUrl", "fewer"] {
         assert!(message.contains(needed), "{needed:?} in {message}");
