@@ -155,10 +155,10 @@ def test_the_edge_is_throttled_and_capped(cfn):
     t = lt.Template(cfn, {}, "s", "us-east-1", aws=None)
     (stage,) = of_type(cfn, "AWS::ApiGatewayV2::Stage").values()
     throttles = t.resolve(stage["Properties"]["DefaultRouteSettings"], "stage")
-    assert throttles == {"ThrottlingRateLimit": "100", "ThrottlingBurstLimit": "200"}
+    assert throttles == {"ThrottlingRateLimit": "50", "ThrottlingBurstLimit": "100"}
     functions = of_type(cfn, "AWS::Lambda::Function")
     assert t.resolve(functions["IngestFunction"]["Properties"]["ReservedConcurrentExecutions"],
-                     "f") == "50"
+                     "f") == "100"
     assert t.resolve(
         functions["IngestStreamFunction"]["Properties"]["ReservedConcurrentExecutions"], "f") == "20"
     jobs = cfn["Resources"]["ProcessorFunctionJobs"]["Properties"]
