@@ -41,14 +41,15 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-/// The secret presented in a request's headers, if any.
+/// The secret presented in a request's headers, if any: a bearer token, else `x-api-key`
+/// (also when `Authorization` carries another scheme, such as the SigV4 signature a request
+/// to the IAM-authenticated admin function URL carries).
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             return Some(v[7..].trim()).filter(|k| !k.is_empty());
         }
-        return None;
     }
     headers
         .get("x-api-key")
