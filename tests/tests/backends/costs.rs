@@ -1,0 +1,260 @@
+//! What the AWS backends cost, counted on the wire: every DynamoDB and SQS call goes through
+//! a proxy in front of moto ([`ThrottleProxy`], throttling nothing here) that tallies calls per
+//! operation, the items each `Query` or `Scan` read, and the sizes of every
+//! `SendMessageBatch` entry.
+//!
+//! - Housekeeping reads only what expired: with thousands of rate windows, live holds, keys,
+//!   cache entries and jobs present, one pass reads the expired holds and stale jobs and
+//!   nothing else, never with a `Scan`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use bytes::Bytes;
+use serde_json::json;
+use sluice::clock::ManualClock;
+use sluice::config::Config;
+use sluice::deps::{Deps, Services};
+use sluice::housekeeping::Report;
+use sluice::jobs::model::{Claim, Job, JobResult, JobStatus};
+use sluice::keys::{self, KeyLimits};
+use sluice::limits::rate;
+use sluice::providers::Endpoint;
+use sluice::queue::sqs::SqsQueue;
+use sluice::store::dynamodb::DynamoStore;
+use sluice::store::{CacheKey, CachedResponse, CounterField, Hold, Increment, SharedStore};
+use sluice_tests::{ThrottleProxy, aws};
+
+const T0: u64 = 1_800_000_000_000;
+
+/// A store and a queue whose calls go through a counting proxy, and a store over the same
+/// tables that does not (to fill them without counting).
+struct Counted {
+    proxy: ThrottleProxy,
+    store: DynamoStore,
+    queue: SqsQueue,
+    direct: DynamoStore,
+}
+
+async fn counted() -> Counted {
+    let direct = aws::dynamo_store().await;
+    let proxy = ThrottleProxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let sdk = aws::sdk_config_at(&proxy.url).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), direct.tables().clone());
+    let queue = SqsQueue::create(
+        aws_sdk_sqs::Client::new(&sdk),
+        &aws::unique_prefix(),
+        Duration::from_secs(30),
+        5,
+    )
+    .await
+    .unwrap();
+    Counted {
+        proxy,
+        store,
+        queue,
+        direct,
+    }
+}
+
+fn job(id: &str, updated_at_ms: u64) -> Job {
+    Job {
+        id: id.into(),
+        tenant: "t1".into(),
+        key_id: "key_1".into(),
+        key_limits: KeyLimits::default(),
+        endpoint: Endpoint::ChatCompletions,
+        request: Bytes::from(
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": id}]})
+                .to_string(),
+        ),
+        cache_control: None,
+        callback_url: None,
+        status: JobStatus::Queued,
+        attempts: 0,
+        lease_until_ms: 0,
+        result: None,
+        created_at_ms: updated_at_ms,
+        updated_at_ms,
+        expires_at_ms: T0 + 86_400_000,
+    }
+}
+
+fn hold(id: String, counter: &str, expires_at_ms: u64) -> Hold {
+    Hold {
+        id,
+        undo: vec![Increment {
+            counter: counter.into(),
+            field: CounterField::Committed,
+            delta: -1,
+            at_most: None,
+            expires_at_ms: T0 + 86_400_000,
+            guard: None,
+        }],
+        expires_at_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_reads_only_what_expired_among_thousands_of_items() {
+    use sluice::store::{CacheStore, JobStore, KeyStore, LimitStore};
+    let c = counted().await;
+    let d = &c.direct;
+    // Live reservations (in the holds index, not expired) and five abandoned ones.
+    let budget = "budget:tenant:t1:2027-01:0";
+    let charge = |delta| Increment {
+        counter: budget.into(),
+        field: CounterField::Committed,
+        delta,
+        at_most: None,
+        expires_at_ms: T0 + 86_400_000,
+        guard: None,
+    };
+    for i in 0..300 {
+        let live = hold(format!("live{i}"), budget, T0 + 600_000);
+        d.apply(&[charge(1)], Some(&live)).await.unwrap();
+    }
+    for i in 0..5 {
+        let gone = hold(format!("gone{i}"), budget, T0 - 1_000);
+        d.apply(&[charge(1)], Some(&gone)).await.unwrap();
+    }
+    // Keys and cache entries.
+    for _ in 0..200 {
+        let key = keys::generate("t1", None, KeyLimits::default(), T0).unwrap();
+        d.insert_key(&key.record).await.unwrap();
+    }
+    for i in 0..1_000u32 {
+        let mut digest = [0u8; 32];
+        digest[..4].copy_from_slice(&i.to_be_bytes());
+        let entry = CachedResponse {
+            body: Bytes::from(format!("{{\"answer\":{i}}}")),
+            created_at_ms: T0,
+            expires_at_ms: T0 + 3_600_000,
+            purge_at_ms: T0 + 7_200_000,
+        };
+        let key = CacheKey {
+            digest,
+            tenant: "t1".into(),
+        };
+        d.cache_put(&key, &entry).await.unwrap();
+    }
+    // Jobs: finished ones (out of the open-jobs index), open ones changed a moment ago (in
+    // it, but not stale), and three left behind two hours ago.
+    for i in 0..150 {
+        let id = format!("job_done{i:020}");
+        d.insert_job(&job(&id, T0 - 5_000)).await.unwrap();
+        let Claim::Claimed(claimed) = d.claim_job(&id, T0 - 5_000, 50_000).await.unwrap() else {
+            panic!("claim");
+        };
+        let result = JobResult {
+            http_status: 200,
+            body: Bytes::from_static(b"{}"),
+            tokens_in: 1,
+            tokens_out: 1,
+            cost_nano_usd: 1,
+        };
+        assert!(
+            d.finish_job(
+                &id,
+                claimed.attempts,
+                JobStatus::Succeeded,
+                &result,
+                T0 - 4_000,
+                None
+            )
+            .await
+            .unwrap()
+        );
+    }
+    for i in 0..300 {
+        d.insert_job(&job(&format!("job_open{i:020}"), T0 - 1_000))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        d.insert_job(&job(&format!("job_left{i:020}"), T0 - 7_200_000))
+            .await
+            .unwrap();
+    }
+
+    // Thousands of rate windows (the bulk of a busy limits table), written as the adapter
+    // writes them but 25 to a `BatchWriteItem`: moto's transactions copy whole tables, so
+    // filling it through `apply` would take minutes.
+    let raw = aws_sdk_dynamodb::Client::new(&aws::sdk_config().await);
+    let windows: Vec<_> = (0..3_000u64)
+        .map(|i| {
+            let w = T0 / 60_000 - (i % 3);
+            let pk = rate::counter_id(&format!("key:k{i}"), rate::Metric::Requests, w, 0);
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .item("pk", AttributeValue::S(pk))
+                        .item("count", AttributeValue::N("1".into()))
+                        .item(
+                            "expires_at",
+                            AttributeValue::N(((T0 + 180_000) / 1000).to_string()),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        })
+        .collect();
+    for chunk in windows.chunks(25) {
+        let out = raw
+            .batch_write_item()
+            .request_items(&d.tables().limits, chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(out.unprocessed_items().is_none_or(|u| u.is_empty()));
+    }
+
+    let config = Config::builtin();
+    let clock = ManualClock::new(T0);
+    let store: SharedStore = Arc::new(c.store.clone());
+    let deps = Deps::new(
+        store,
+        Arc::new(c.queue.clone()),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(clock.clone()),
+    );
+    let services = Services::build(&config, &deps).unwrap();
+    let before = c.proxy.tally();
+    let report = services.housekeeper.run_once().await.unwrap();
+    let pass = c.proxy.tally().since(&before);
+    eprintln!(
+        "one housekeeping pass among 3,000 rate windows, 300 live holds, 200 keys, 1,000 cache \
+         entries and 453 jobs: {pass}; items read by queries {} (scanned {})",
+        pass.items_returned, pass.items_scanned
+    );
+    assert_eq!(
+        report,
+        Report {
+            holds_released: 5,
+            jobs_requeued: 3,
+            ..Report::default()
+        }
+    );
+    assert_eq!(pass.of("Scan"), 0, "{pass}");
+    // Eight index partitions each for holds and open jobs; what they read is what expired.
+    assert_eq!(pass.of("Query"), 16, "{pass}");
+    assert_eq!(pass.items_returned, 8, "{pass:?}");
+    assert_eq!(pass.items_scanned, 8, "{pass:?}");
+    // Then one write per hold given back, one conditional update and one message per job
+    // queued again, and one look at the dead-letter queue.
+    assert_eq!(pass.of("TransactWriteItems"), 5, "{pass}");
+    assert_eq!(pass.of("UpdateItem"), 3, "{pass}");
+    assert_eq!(pass.of("SendMessage"), 3, "{pass}");
+    assert_eq!(pass.of("ReceiveMessage"), 1, "{pass}");
+    assert_eq!(pass.total(), 16 + 5 + 3 + 3 + 1, "{pass}");
+    // A pass with nothing to do reads nothing but the empty ends of the indexes.
+    let before = c.proxy.tally();
+    let idle = services.housekeeper.run_once().await.unwrap();
+    let pass = c.proxy.tally().since(&before);
+    eprintln!("an idle pass: {pass}; items read {}", pass.items_scanned);
+    assert_eq!(idle, Report::default());
+    assert_eq!((pass.of("Query"), pass.items_scanned), (16, 0), "{pass:?}");
+    assert_eq!(pass.total(), 17, "{pass}");
+}
