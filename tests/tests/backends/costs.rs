@@ -6,11 +6,14 @@
 //! - Housekeeping reads only what expired: with thousands of rate windows, live holds, keys,
 //!   cache entries and jobs present, one pass reads the expired holds and stale jobs and
 //!   nothing else, never with a `Scan`.
+//! - Usage events of any size reach SQS whole: packed by bytes, no batch is refused.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use bytes::Bytes;
 use serde_json::json;
 use sluice::clock::ManualClock;
@@ -20,6 +23,8 @@ use sluice::housekeeping::Report;
 use sluice::jobs::model::{Claim, Job, JobResult, JobStatus};
 use sluice::keys::{self, KeyLimits};
 use sluice::limits::rate;
+use sluice::metrics::sqs::{MAX_EVENT_BYTES, SqsUsageSink};
+use sluice::metrics::{EventKind, UsageEvent, UsageSink};
 use sluice::providers::Endpoint;
 use sluice::queue::sqs::SqsQueue;
 use sluice::store::dynamodb::DynamoStore;
@@ -257,4 +262,148 @@ async fn housekeeping_reads_only_what_expired_among_thousands_of_items() {
     assert_eq!(idle, Report::default());
     assert_eq!((pass.of("Query"), pass.items_scanned), (16, 0), "{pass:?}");
     assert_eq!(pass.total(), 17, "{pass}");
+}
+
+fn usage_event(i: usize, error_bytes: usize, model_bytes: usize) -> UsageEvent {
+    UsageEvent {
+        event_id: UsageEvent::new_id(),
+        request_id: format!("req_{i}"),
+        time_ms: T0 + i as u64,
+        tenant: "t1".into(),
+        key_id: Some("key_1".into()),
+        model: Some(format!("m{}", "o".repeat(model_bytes))),
+        deployment: Some("openai/gpt-4o-mini".into()),
+        kind: EventKind::Sync,
+        status: if error_bytes > 0 { 502 } else { 200 },
+        error: (error_bytes > 0).then(|| "ü".repeat(error_bytes / 2)),
+        latency_ms: 12.5,
+        ttfb_ms: None,
+        tokens_in: 10,
+        tokens_out: 5,
+        cost_nano_usd: 100,
+        cache: "miss".into(),
+        fallback: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_events_of_any_size_reach_the_queue_whole() {
+    let proxy = ThrottleProxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws::sdk_config_at(&proxy.url).await);
+    // SQS's long-standing 256 KiB message limit, which moto enforces per queue (and 1 MiB
+    // for a whole SendMessageBatch).
+    let url = sqs
+        .create_queue()
+        .queue_name(aws::unique_prefix())
+        .attributes(QueueAttributeName::MaximumMessageSize, "262144")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let entry = |id: &str, bytes: usize| {
+        SendMessageBatchRequestEntry::builder()
+            .id(id)
+            .message_body("x".repeat(bytes))
+            .build()
+            .unwrap()
+    };
+    // moto does refuse what SQS refuses: a message over 256 KiB, a batch over 1 MiB.
+    let too_long = sqs
+        .send_message_batch()
+        .queue_url(&url)
+        .entries(entry("a", 300 * 1024))
+        .send()
+        .await;
+    assert!(too_long.is_err(), "{too_long:?}");
+    let too_much = sqs
+        .send_message_batch()
+        .queue_url(&url)
+        .set_entries(Some(
+            (0..5).map(|i| entry(&i.to_string(), 250 * 1024)).collect(),
+        ))
+        .send()
+        .await;
+    assert!(too_much.is_err(), "{too_much:?}");
+
+    // Events of every size: plain ones, long error texts and model names, some far over any
+    // message (their text is cut), mixed through each other.
+    let sizes = [
+        (0, 0),
+        (200, 0),
+        (15_000, 0),
+        (0, 9_000),
+        (300_000, 0),
+        (40_000, 40_000),
+        (0, 0),
+        (6_000, 100),
+    ];
+    let events: Vec<UsageEvent> = (0..1_200)
+        .map(|i| {
+            let (error, model) = sizes[i % sizes.len()];
+            usage_event(i, error, model)
+        })
+        .collect();
+    let sink = SqsUsageSink::new(sqs.clone(), url.clone());
+    for e in &events {
+        sink.record(e.clone());
+    }
+    let before = proxy.tally();
+    assert_eq!(sink.send_now().await, 0, "no event lost");
+    let sent = proxy.tally().since(&before);
+    eprintln!(
+        "{} events of mixed sizes: {} SendMessageBatch calls, message sizes {:?}",
+        events.len(),
+        sent.of("SendMessageBatch"),
+        sent.batches
+    );
+    assert!(sent.of("SendMessageBatch") > 1);
+    assert_eq!(sent.batches.len() as u64, sent.of("SendMessageBatch"));
+    for batch in &sent.batches {
+        assert!(batch.len() <= 10);
+        assert!(batch.iter().all(|&b| b <= 256 * 1024), "{batch:?}");
+        assert!(batch.iter().sum::<usize>() <= 1024 * 1024, "{batch:?}");
+    }
+    // Every event arrived once, in full unless it was larger than 16 KiB.
+    let mut got: HashMap<String, UsageEvent> = HashMap::new();
+    for _ in 0..200 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages() {
+            let body: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            for e in body["events"].as_array().unwrap() {
+                let e: UsageEvent = serde_json::from_value(e.clone()).unwrap();
+                assert!(got.insert(e.event_id.clone(), e).is_none(), "twice");
+            }
+            sqs.delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        if got.len() == events.len() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), events.len());
+    for e in &events {
+        let back = &got[&e.event_id];
+        if serde_json::to_string(e).unwrap().len() <= MAX_EVENT_BYTES {
+            assert_eq!(back, e);
+        } else {
+            assert_eq!(
+                (back.cost_nano_usd, back.status, back.request_id.as_str()),
+                (e.cost_nano_usd, e.status, e.request_id.as_str())
+            );
+            assert!(back.error.as_ref().is_none_or(|t| t.len() <= 1024));
+            assert!(back.model.as_ref().is_some_and(|t| t.len() <= 1024));
+        }
+    }
 }
