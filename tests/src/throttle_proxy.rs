@@ -71,6 +71,8 @@ pub struct Tally {
     pub items_scanned: u64,
     /// Each `SendMessageBatch`'s entries' body sizes, in bytes.
     pub batches: Vec<Vec<usize>>,
+    /// Items written by `TransactWriteItems` calls (each costs two write units per KB).
+    pub transact_items: u64,
 }
 
 impl Tally {
@@ -98,6 +100,7 @@ impl Tally {
             items_returned: self.items_returned - before.items_returned,
             items_scanned: self.items_scanned - before.items_scanned,
             batches: self.batches[before.batches.len()..].to_vec(),
+            transact_items: self.transact_items - before.transact_items,
         }
     }
 }
@@ -248,6 +251,12 @@ async fn forward(
                 })
                 .unwrap_or_default();
             tally.batches.push(sizes);
+        }
+        if operation == "TransactWriteItems" {
+            tally.transact_items += serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["TransactItems"].as_array().map(|a| a.len() as u64))
+                .unwrap_or(0);
         }
     }
     let mut request = shared.client.request(

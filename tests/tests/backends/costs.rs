@@ -7,6 +7,8 @@
 //!   cache entries and jobs present, one pass reads the expired holds and stale jobs and
 //!   nothing else, never with a `Scan`.
 //! - Usage events of any size reach SQS whole: packed by bytes, no batch is refused.
+//! - Calls per request by path (cache hit, miss, with and without limits, job accepted, job
+//!   run, usage aggregated): the figures behind docs/aws.md's cost table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use sluice::providers::Endpoint;
 use sluice::queue::sqs::SqsQueue;
 use sluice::store::dynamodb::DynamoStore;
 use sluice::store::{CacheKey, CachedResponse, CounterField, Hold, Increment, SharedStore};
-use sluice_tests::{ThrottleProxy, aws};
+use sluice_tests::{FakeUpstream, Tally, TestGateway, ThrottleProxy, aws, fake_config_with_jobs};
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -406,4 +408,304 @@ async fn usage_events_of_any_size_reach_the_queue_whole() {
             assert!(back.model.as_ref().is_some_and(|t| t.len() <= 1024));
         }
     }
+}
+
+/// One path's measured calls, split by service.
+struct PathCost {
+    path: &'static str,
+    /// Requests (or jobs, or usage messages) the tally covers.
+    per: u64,
+    tally: Tally,
+}
+
+const SQS_OPS: [&str; 5] = [
+    "SendMessage",
+    "SendMessageBatch",
+    "ReceiveMessage",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+];
+
+impl PathCost {
+    fn dynamodb(&self) -> u64 {
+        self.tally.total() - self.sqs()
+    }
+    fn sqs(&self) -> u64 {
+        SQS_OPS.iter().map(|op| self.tally.of(op)).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
+    use sluice::metrics::aggregator::Message;
+    let up = FakeUpstream::start().await;
+    let c = counted().await;
+    let sqs = aws_sdk_sqs::Client::new(&aws::sdk_config_at(&c.proxy.url).await);
+    let usage_url = sqs
+        .create_queue()
+        .queue_name(aws::unique_prefix())
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let text = fake_config_with_jobs(&up.base_url, 0)
+        .replace("upstream_timeout_s = 1\n", "upstream_timeout_s = 10\n");
+    let config = Config::parse(&text, "test", &|_| None).unwrap();
+    // Two instances (Lambda execution environments) over the same tables and queues, each
+    // with its own key cache and memory tier of the response cache.
+    let sink = SqsUsageSink::new(sqs.clone(), usage_url.clone());
+    let instance = || {
+        let clock = ManualClock::new(T0);
+        let mut deps = Deps::new(
+            Arc::new(c.store.clone()),
+            Arc::new(c.queue.clone()),
+            sluice::gateway::http_client().unwrap(),
+            Arc::new(clock.clone()),
+        );
+        deps.usage = sink.clone();
+        TestGateway::start_deps(&config, deps, clock)
+    };
+    let a = instance().await;
+    let b = instance().await;
+    let free = a.admin_create(json!({"tenant": "t1"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let limited = a
+        .admin_create(
+            json!({"tenant": "t1", "rpm": 1000, "tpm": 1000000, "budget_usd": 10.0, "period": "day"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Warm: each instance has looked each key up and read the previous rate windows.
+    for (i, gw) in [&a, &b].into_iter().enumerate() {
+        for (j, key) in [&free, &limited].into_iter().enumerate() {
+            let prompt = format!("warm-up {i} {j}");
+            let r = gw.chat(key, "gpt-test", &prompt).await;
+            assert_eq!(r.headers()["x-sluice-cache"], "miss");
+        }
+    }
+    sink.send_now().await;
+
+    // One request as one Lambda invocation: the request, then the usage flush that ends it.
+    let mut costs = Vec::new();
+    let mut measure =
+        async |path: &'static str, gw: &TestGateway, key: &str, prompt: &str, cache: &str| {
+            let before = c.proxy.tally();
+            let r = gw.chat(key, "gpt-test", prompt).await;
+            assert_eq!(r.status(), 200, "{path}");
+            assert_eq!(r.headers()["x-sluice-cache"], cache, "{path}");
+            // The usage event is recorded as the answer's body ends; on Lambda the invocation
+            // waits for it (`settle_before_answering`), here the test does.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            UsageSink::flush(&*sink).await;
+            costs.push(PathCost {
+                path,
+                per: 1,
+                tally: c.proxy.tally().since(&before),
+            });
+        };
+    measure("cache miss, key without limits", &a, &free, "q1", "miss").await;
+    measure(
+        "cache hit, same instance (memory tier)",
+        &a,
+        &free,
+        "q1",
+        "hit",
+    )
+    .await;
+    measure(
+        "cache hit, another instance, key without limits",
+        &b,
+        &free,
+        "q1",
+        "hit",
+    )
+    .await;
+    measure(
+        "cache miss, key with rpm, tpm and a budget",
+        &a,
+        &limited,
+        "q2",
+        "miss",
+    )
+    .await;
+    measure(
+        "cache hit, another instance, key with rpm, tpm and a budget",
+        &b,
+        &limited,
+        "q2",
+        "hit",
+    )
+    .await;
+
+    // Ten jobs accepted (one measured), then processed as one batch of the jobs queue.
+    let before = c.proxy.tally();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = a
+            .post(
+                "/v1/jobs",
+                &limited,
+                &json!({"endpoint": "/v1/chat/completions", "request": {"model": "gpt-test",
+                        "messages": [{"role": "user", "content": format!("job {i}")}]}}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        UsageSink::flush(&*sink).await;
+    }
+    costs.push(PathCost {
+        path: "202 job accepted (key with limits)",
+        per: 10,
+        tally: c.proxy.tally().since(&before),
+    });
+    let before = c.proxy.tally();
+    let mut batch = Vec::new();
+    for _ in 0..20 {
+        batch.extend(
+            sluice::queue::JobQueue::receive(
+                &c.queue,
+                10 - batch.len() as u32,
+                Duration::from_millis(500),
+            )
+            .await
+            .unwrap(),
+        );
+        if batch.len() == 10 {
+            break;
+        }
+    }
+    assert_eq!(batch.len(), 10);
+    sluice::jobs::worker::process_deliveries(&a.services.processor, &c.queue, &batch).await;
+    UsageSink::flush(&*sink).await;
+    costs.push(PathCost {
+        path: "job run (a batch of 10, key with limits; receive and delete included)",
+        per: 10,
+        tally: c.proxy.tally().since(&before),
+    });
+    for id in &ids {
+        let job = sluice::store::JobStore::get_job(&c.store, id, T0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded, "{id}");
+    }
+
+    // The aggregator: every usage message so far (one per invocation), ten at a time.
+    let mut messages = Vec::new();
+    for _ in 0..20 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&usage_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if out.messages().is_empty() {
+            break;
+        }
+        for m in out.messages() {
+            messages.push(Message {
+                id: m.message_id().unwrap().to_owned(),
+                body: m.body().unwrap().to_owned(),
+            });
+        }
+    }
+    // The warm-up's four events, one message per measured request (a 202 sends no event of
+    // its own: the job's comes when it runs), and the job batch's.
+    assert_eq!(messages.len(), 1 + 5 + 1);
+    assert_eq!(messages[0].body.matches("\"event_id\"").count(), 4);
+    let measured: Vec<Message> = messages[1..6].to_vec();
+    assert!(
+        measured
+            .iter()
+            .all(|m| m.body.matches("\"event_id\"").count() == 1)
+    );
+    let before = c.proxy.tally();
+    let outcome = sluice::metrics::aggregator::handle(&c.store, &measured).await;
+    assert!(outcome.retry.is_empty() && outcome.malformed == 0);
+    costs.push(PathCost {
+        path: "usage message aggregated (one request's event; SQS polling not included)",
+        per: 5,
+        tally: c.proxy.tally().since(&before),
+    });
+
+    eprintln!("| path | DynamoDB calls | of which | transaction items | SQS calls | of which |");
+    eprintln!("| --- | ---: | --- | ---: | ---: | --- |");
+    for p in &costs {
+        let per = p.per as f64;
+        let (dynamo, sqs): (Vec<_>, Vec<_>) = {
+            let mut ops: Vec<_> = p.tally.calls.iter().collect();
+            ops.sort();
+            ops.into_iter()
+                .map(|(op, n)| format!("{op} {}", *n as f64 / per))
+                .partition(|s| !SQS_OPS.iter().any(|q| s.starts_with(&format!("{q} "))))
+        };
+        eprintln!(
+            "| {} | {} | {} | {} | {} | {} |",
+            p.path,
+            p.dynamodb() as f64 / per,
+            dynamo.join(", "),
+            p.tally.transact_items as f64 / per,
+            p.sqs() as f64 / per,
+            sqs.join(", ")
+        );
+    }
+    let cost = |path: &str| costs.iter().find(|p| p.path == path).unwrap();
+    for p in &costs {
+        assert_eq!(p.tally.of("Scan"), 0, "{}: {}", p.path, p.tally);
+    }
+    // The budgets of docs/aws.md's cost table.
+    let miss_free = cost("cache miss, key without limits");
+    assert_eq!(
+        (miss_free.dynamodb(), miss_free.sqs()),
+        (2, 1),
+        "{}",
+        miss_free.tally
+    );
+    let hit_memory = cost("cache hit, same instance (memory tier)");
+    assert_eq!(
+        (hit_memory.dynamodb(), hit_memory.sqs()),
+        (0, 1),
+        "{}",
+        hit_memory.tally
+    );
+    let hit_free = cost("cache hit, another instance, key without limits");
+    assert_eq!(
+        (hit_free.dynamodb(), hit_free.sqs()),
+        (1, 1),
+        "{}",
+        hit_free.tally
+    );
+    let miss = cost("cache miss, key with rpm, tpm and a budget");
+    assert_eq!((miss.dynamodb(), miss.sqs()), (4, 1), "{}", miss.tally);
+    assert_eq!(miss.tally.of("TransactWriteItems"), 2, "{}", miss.tally);
+    let hit = cost("cache hit, another instance, key with rpm, tpm and a budget");
+    assert_eq!((hit.dynamodb(), hit.sqs()), (2, 1), "{}", hit.tally);
+    let accepted = cost("202 job accepted (key with limits)");
+    assert_eq!(accepted.tally.of("PutItem"), 10, "{}", accepted.tally);
+    assert_eq!(accepted.tally.of("SendMessage"), 10, "{}", accepted.tally);
+    let run = cost("job run (a batch of 10, key with limits; receive and delete included)");
+    // Per job: claim, cache read, admit, cache write, finish (result and settlement in one
+    // transaction); and the key's two reads once for the batch.
+    assert_eq!(run.dynamodb(), 10 * 5 + 2, "{}", run.tally);
+    let aggregated =
+        cost("usage message aggregated (one request's event; SQS polling not included)");
+    assert_eq!(
+        aggregated.tally.of("TransactWriteItems"),
+        5,
+        "{}",
+        aggregated.tally
+    );
 }
