@@ -284,12 +284,12 @@ async fn forward(
         }
     }
     let bytes = answer.bytes().await.unwrap_or_default();
-    if operation == "Query" || operation == "Scan" {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            let mut tally = shared.tally.lock().unwrap();
-            tally.items_returned += v["Count"].as_u64().unwrap_or(0);
-            tally.items_scanned += v["ScannedCount"].as_u64().unwrap_or(0);
-        }
+    if (operation == "Query" || operation == "Scan")
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    {
+        let mut tally = shared.tally.lock().unwrap();
+        tally.items_returned += v["Count"].as_u64().unwrap_or(0);
+        tally.items_scanned += v["ScannedCount"].as_u64().unwrap_or(0);
     }
     (status, out, bytes).into_response()
 }
