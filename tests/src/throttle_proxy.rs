@@ -73,6 +73,8 @@ pub struct Tally {
     pub batches: Vec<Vec<usize>>,
     /// Items written by `TransactWriteItems` calls (each costs two write units per KB).
     pub transact_items: u64,
+    /// `GetItem` calls asking for a strongly consistent read (twice the read units).
+    pub strong_reads: u64,
 }
 
 impl Tally {
@@ -101,6 +103,7 @@ impl Tally {
             items_scanned: self.items_scanned - before.items_scanned,
             batches: self.batches[before.batches.len()..].to_vec(),
             transact_items: self.transact_items - before.transact_items,
+            strong_reads: self.strong_reads - before.strong_reads,
         }
     }
 }
@@ -251,6 +254,12 @@ async fn forward(
                 })
                 .unwrap_or_default();
             tally.batches.push(sizes);
+        }
+        if operation == "GetItem"
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["ConsistentRead"] == serde_json::Value::Bool(true))
+        {
+            tally.strong_reads += 1;
         }
         if operation == "TransactWriteItems" {
             tally.transact_items += serde_json::from_slice::<serde_json::Value>(&body)

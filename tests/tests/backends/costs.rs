@@ -481,6 +481,16 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
         .as_str()
         .unwrap()
         .to_owned();
+    // A key's first lookup: one eventually consistent read (a key not found would be read
+    // again strongly, so a new key works at once).
+    let before = c.proxy.tally();
+    assert_eq!(a.chat(&free, "gpt-test", "first").await.status(), 200);
+    let first = c.proxy.tally().since(&before);
+    assert_eq!(
+        (first.of("GetItem"), first.strong_reads),
+        (2, 0),
+        "{first:?}"
+    );
     // Warm: each instance has looked each key up and read the previous rate windows.
     for (i, gw) in [&a, &b].into_iter().enumerate() {
         for (j, key) in [&free, &limited].into_iter().enumerate() {
@@ -622,10 +632,10 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
             });
         }
     }
-    // The warm-up's four events, one message per measured request (a 202 sends no event of
-    // its own: the job's comes when it runs), and the job batch's.
+    // The first request's and the warm-up's five events, one message per measured request (a
+    // 202 sends no event of its own: the job's comes when it runs), and the job batch's.
     assert_eq!(messages.len(), 1 + 5 + 1);
-    assert_eq!(messages[0].body.matches("\"event_id\"").count(), 4);
+    assert_eq!(messages[0].body.matches("\"event_id\"").count(), 5);
     let measured: Vec<Message> = messages[1..6].to_vec();
     assert!(
         measured
@@ -700,6 +710,12 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
     // Per job: claim, cache read, admit, cache write, finish (result and settlement in one
     // transaction); and the key's two reads once for the batch.
     assert_eq!(run.dynamodb(), 10 * 5 + 2, "{}", run.tally);
+    // Cache entries and authentication's key lookups are read eventually consistently; the
+    // processor's check that a job's key is not revoked (two reads per batch) is strong.
+    for p in &costs[..5] {
+        assert_eq!(p.tally.strong_reads, 0, "{}: {:?}", p.path, p.tally);
+    }
+    assert_eq!(run.tally.strong_reads, 2, "{:?}", run.tally);
     let aggregated =
         cost("usage message aggregated (one request's event; SQS polling not included)");
     assert_eq!(
