@@ -574,9 +574,14 @@ impl Limiter {
                 continue;
             }
             let expires = self.clock.now_ms() + 40 * 86_400_000;
+            // Once per cap, not per shard: a sharded cap warns when its first shard passes
+            // the threshold of its share (requests spread evenly, so the others are close).
+            let cap_counter = counter
+                .rsplit_once(':')
+                .map_or(counter.as_str(), |(c, _)| c);
             if self
                 .store
-                .mark_once(&format!("soft:{counter}"), expires)
+                .mark_once(&format!("soft:{cap_counter}"), expires)
                 .await?
             {
                 tracing::warn!(

@@ -771,7 +771,11 @@ async fn a_sharded_tenant_cap_holds_its_shares_and_small_caps_stay_whole() {
     .await;
     let ok = admitted.iter().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 32);
-    let refusal = admitted.iter().find_map(|r| r.as_ref().err()).unwrap();
+    let refusal = admitted
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .unwrap()
+        .clone();
     assert_eq!((refusal.kind, refusal.level), (LimitKind::Budget, "tenant"));
     assert!(!refusal.impossible);
     let usage = limiter
@@ -779,6 +783,14 @@ async fn a_sharded_tenant_cap_holds_its_shares_and_small_caps_stay_whole() {
         .await
         .unwrap();
     assert_eq!(usage["limits"]["tenant"]["budget"]["reserved_usd"], 96.0);
+    // Spent in full: every shard is past 80% of its share, and the soft-threshold warning
+    // comes once for the cap, not once per shard.
+    for grant in admitted.into_iter().filter_map(Result::ok) {
+        limiter.settle(grant, 10, 3_000_000_000).await.unwrap();
+    }
+    let warned = limiter.check_soft_thresholds().await.unwrap();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(limiter.check_soft_thresholds().await.unwrap().is_empty());
     // A worst case above one share (12.5 USD) can never be admitted: refused at once.
     let too_big = limiter.admit(&subject("big"), ask(13.0)).await.unwrap();
     assert!(too_big.unwrap_err().impossible);
