@@ -5,7 +5,8 @@
 //! are hashed with SHA-256, found by hash, and compared in constant time. Lookups are cached in
 //! memory for `server.key_cache_ttl_s` (default 5 s) so the hot path does not hit the store on
 //! every request; a revocation through this process takes effect at once, through another
-//! process within that TTL.
+//! process within that TTL (on DynamoDB, plus the lag of its eventually consistent read, about
+//! a second: see `DynamoStore::key_by_hash`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

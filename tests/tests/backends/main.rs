@@ -5,5 +5,6 @@
 mod aws_e2e;
 mod aws_faults;
 mod conformance;
+mod costs;
 mod hostile;
 mod housekeeping;
