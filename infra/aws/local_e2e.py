@@ -2,7 +2,10 @@
 
 Starts two fake providers (the project's `fake-upstream`: one instant, one taking 3 s), then
 infra/aws/local.sh with a config that points the functions at them, and drives the topology
-over HTTP through the ingest functions' function-URL endpoints (API Gateway payload 2.0):
+over HTTP through the ingest functions' function-URL endpoints (API Gateway payload 2.0).
+The provider key and the admin key are secrets on moto: the functions get only their ARNs
+and read them at start-up, as on AWS (ingest both, the processor the provider key).
+
 
   1. a chat completion (cache miss), the same again (cache hit), one through the OpenAI SDK;
      no key is 401
@@ -143,6 +146,11 @@ class Topology:
             return list(pool.map(one, prompts))
 
 
+# The provider key comes from the providers secret on moto (--provider-keys), which ingest and
+# the processor read by ARN at start-up; the housekeeper, which may not read it, starts without.
+PROVIDER_KEYS = json.dumps({"E2E_PROVIDER_KEY": "sk-provider-e2e"})
+
+
 def config(fast: int, slow: int) -> str:
     return f"""
 [server]
@@ -152,13 +160,13 @@ upstream_timeout_s = 20
 name = "fake"
 kind = "openai"
 base_url = "http://127.0.0.1:{fast}/v1"
-api_keys = ["sk-provider-e2e"]
+api_keys = ["${{E2E_PROVIDER_KEY}}"]
 
 [[providers]]
 name = "slow"
 kind = "openai"
 base_url = "http://127.0.0.1:{slow}/v1"
-api_keys = ["sk-provider-e2e"]
+api_keys = ["${{E2E_PROVIDER_KEY}}"]
 
 [[models]]
 name = "e2e"
@@ -388,7 +396,7 @@ def main() -> int:
         topology = subprocess.Popen(
             [str(ROOT / "infra/aws/local.sh"), "--port", "0", "--quiet", "--no-reload", "--config",
              str(work / "sluice.toml"), "--visibility-timeout", str(VISIBILITY_S),
-             "--function-timeout", str(FUNCTION_TIMEOUT_S),
+             "--function-timeout", str(FUNCTION_TIMEOUT_S), "--provider-keys", PROVIDER_KEYS,
              "--log-dir", str(work / "logs"), "--state-file", str(state_file)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for("infra/aws/local.sh to be up", lambda: state_file.exists()

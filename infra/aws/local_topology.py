@@ -13,6 +13,8 @@ with samtranslator (infra/aws/sam_transform.py). From that CloudFormation this p
 2. Resolves each `AWS::Lambda::Function`'s environment the way CloudFormation does: `Ref`,
    `Fn::GetAtt`, `Fn::Sub`, `Fn::Join` to the resources above, parameters, and dynamic
    references (`{{resolve:secretsmanager:...}}`, `{{resolve:ssm:...}}`) read from moto.
+   The template's functions get only the secrets' ARNs (the secrets are created on moto for
+   the run) and read the values themselves from moto's Secrets Manager at AWS_ENDPOINT_URL.
 3. Runs every function under its own `cargo lambda watch` (the binary is the function's
    `Metadata.BuildProperties.Binary`), on its own port. One watch per function because the
    workspace's function binaries live in separate packages behind `default-members = ["cli"]`,
@@ -1013,7 +1015,7 @@ def main() -> int:
                 if "SLUICE_FUNCTION_TIMEOUT_S" in env:
                     env["SLUICE_FUNCTION_TIMEOUT_S"] = str(props["Timeout"])
 
-    # The two secrets the template reads by ARN, made on moto for this run.
+    # The two secrets whose ARNs the template hands the functions, made on moto for this run.
     params = parse_pairs(args.param, "--param")
     admin_key = args.admin_key or "sk-sluice-admin-local-" + secrets.token_hex(12)
     local_secrets = {"ProviderSecretArn": ("providers", args.provider_keys),
