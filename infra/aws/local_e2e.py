@@ -198,6 +198,17 @@ flush_every_ms = 300
 
 def checks(top: Topology, sqs) -> None:
     state = top.state
+    # 0. secrets by ARN: each function gets only the ARNs of the secrets its role may read
+    # (local.sh refuses to start a function whose environment holds a secret value).
+    arns = {name: sorted(fn["secret_arns"]) for name, fn in state["functions"].items()}
+    both = ["SLUICE_ADMIN_KEY_SECRET_ARN", "SLUICE_PROVIDER_SECRET_ARN"]
+    assert arns == {"IngestFunction": both, "IngestStreamFunction": both,
+                    "ProcessorFunction": ["SLUICE_PROVIDER_SECRET_ARN"],
+                    "AggregatorFunction": [], "HousekeeperFunction": []}, arns
+    assert all(v.startswith("arn:aws:secretsmanager:")
+               for fn in state["functions"].values() for v in fn["secret_arns"].values())
+    say("secrets by ARN", ", ".join(f"{n}: {len(a)}" for n, a in arns.items())
+        + " secret ARNs, no secret value in any environment")
     jobs_queue = state["resources"]["JobsQueue"]["QueueUrl"]
     dlq = state["resources"]["JobsDeadLetterQueue"]["QueueUrl"]
     poison = sqs.send_message(QueueUrl=jobs_queue, MessageBody="not a job message")["MessageId"]

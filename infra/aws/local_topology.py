@@ -1042,6 +1042,14 @@ def main() -> int:
               "mock models instead of the config layer", file=sys.stderr)
     local_env.update(parse_pairs(args.env, "--env"))
     functions = plan_functions(t, cargo_packages(root), local_env)
+    # The functions read secrets by ARN: no secret value may be in a function's configuration.
+    secret_values = [admin_key] + [v for v in json.loads(args.provider_keys or "{}").values()
+                                   if isinstance(v, str) and v]
+    for fn in functions.values():
+        leaked = [k for k, v in fn.env.items() if any(sv in v for sv in secret_values)]
+        if leaked:
+            raise TopologyError(f"{fn.logical}: {', '.join(leaked)} hold a secret value; "
+                                "the template must pass the secret's ARN instead")
     for i, fn in enumerate(functions.values()):
         fn.port = free_port() if args.port == 0 else args.port + i
     for logical in functions:
@@ -1116,7 +1124,9 @@ def serve(args, t: Template, functions: dict[str, Function], mappings, schedules
         "functions": {
             f.logical: {"binary": f.binary, "port": f.port, "url": f.url,
                         "invoke_url": f.invoke_url, "watch_pid": f.watch.proc.pid,
-                        "triggers": f.triggers, "timeout_s": f.timeout_s}
+                        "triggers": f.triggers, "timeout_s": f.timeout_s,
+                        "secret_arns": {k: v for k, v in f.env.items()
+                                        if k.startswith("SLUICE_") and k.endswith("_SECRET_ARN")}}
             for f in functions.values()
         },
         "mappings": {m.logical: {"function": m.fn.logical, "queue": m.queue["QueueName"],
