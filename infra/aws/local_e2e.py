@@ -4,9 +4,13 @@ Starts two fake providers (the project's `fake-upstream`: one instant, one takin
 infra/aws/local.sh with a config that points the functions at them, and drives the topology
 over HTTP through the ingest functions' function-URL endpoints (API Gateway payload 2.0).
 The provider key and the admin key are secrets on moto: the functions get only their ARNs
-and read them at start-up, as on AWS (ingest both, the processor the provider key).
+and read them at start-up, as on AWS (the public ingest functions and the processor the
+provider key, the admin function the admin key).
 
 
+  0. keys are minted through AdminFunction (its function URL has AuthType AWS_IAM, not
+     enforced locally); both public ingest functions answer /admin/* with 404
+     `admin_not_served`, even with the admin key, and mint nothing
   1. a chat completion (cache miss), the same again (cache hit), one through the OpenAI SDK;
      no key is 401
   2. 202 jobs that the SQS event-source emulator hands to the processor in one batch (the
@@ -98,6 +102,8 @@ class Topology:
         self.state = state
         self.ingest = state["functions"]["IngestFunction"]["url"]
         self.stream = state["functions"]["IngestStreamFunction"]["url"]
+        self.admin = state["functions"]["AdminFunction"]["url"]
+        assert state["functions"]["AdminFunction"]["url_auth"] == "AWS_IAM", state["functions"]
         self.http = requests.Session()
         self.http.request = functools.partial(self.http.request, timeout=HTTP_TIMEOUT_S)
 
@@ -112,7 +118,7 @@ class Topology:
                 and any(j in b for b in e["bodies"] for j in job_ids)]
 
     def admin_key(self, body: dict) -> str:
-        r = self.http.post(self.ingest + "admin/keys", json=body,
+        r = self.http.post(self.admin + "admin/keys", json=body,
                            headers={"Authorization": f"Bearer {self.state['admin_key']}"})
         assert r.status_code == 201, r.text
         return r.json()["key"]
@@ -146,8 +152,9 @@ class Topology:
             return list(pool.map(one, prompts))
 
 
-# The provider key comes from the providers secret on moto (--provider-keys), which ingest and
-# the processor read by ARN at start-up; the housekeeper, which may not read it, starts without.
+# The provider key comes from the providers secret on moto (--provider-keys), which the public
+# ingest functions and the processor read by ARN at start-up; the admin function and the
+# housekeeper, which may not read it, start without.
 PROVIDER_KEYS = json.dumps({"E2E_PROVIDER_KEY": "sk-provider-e2e"})
 
 
@@ -201,9 +208,9 @@ def checks(top: Topology, sqs) -> None:
     # 0. secrets by ARN: each function gets only the ARNs of the secrets its role may read
     # (local.sh refuses to start a function whose environment holds a secret value).
     arns = {name: sorted(fn["secret_arns"]) for name, fn in state["functions"].items()}
-    both = ["SLUICE_ADMIN_KEY_SECRET_ARN", "SLUICE_PROVIDER_SECRET_ARN"]
-    assert arns == {"IngestFunction": both, "IngestStreamFunction": both,
-                    "ProcessorFunction": ["SLUICE_PROVIDER_SECRET_ARN"],
+    provider, admin_key = ["SLUICE_PROVIDER_SECRET_ARN"], ["SLUICE_ADMIN_KEY_SECRET_ARN"]
+    assert arns == {"IngestFunction": provider, "IngestStreamFunction": provider,
+                    "ProcessorFunction": provider, "AdminFunction": admin_key,
                     "AggregatorFunction": [], "HousekeeperFunction": []}, arns
     assert all(v.startswith("arn:aws:secretsmanager:")
                for fn in state["functions"].values() for v in fn["secret_arns"].values())
@@ -215,6 +222,27 @@ def checks(top: Topology, sqs) -> None:
     key = top.admin_key({"tenant": "e2e", "budget_usd": 100, "period": "day"})
     limited = top.admin_key({"tenant": "e2e-rpm", "rpm": 3})
     run = uuid.uuid4().hex[:8]
+
+    # 0. the admin API only on the admin function
+    admin = {"Authorization": f"Bearer {state['admin_key']}"}
+    listed = top.http.get(top.admin + "admin/keys", headers=admin)
+    assert listed.status_code == 200, listed.text
+    before = len(listed.json()["data"])
+    for base in (top.ingest, top.stream):
+        for method, path in (("POST", "admin/keys"), ("GET", "admin/keys"),
+                             ("GET", "admin/usage?tenant=e2e")):
+            r = top.http.request(method, base + path, headers=admin,
+                                 json={"tenant": "intruder"} if method == "POST" else None)
+            assert r.status_code == 404, (base, path, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "admin_not_served", r.text
+    refused = top.http.post(top.admin + "v1/chat/completions", headers={
+        "Authorization": f"Bearer {key}"}, json={"model": "e2e", "messages": []})
+    assert refused.status_code == 404, refused.text
+    after = top.http.get(top.admin + "admin/keys", headers=admin).json()["data"]
+    assert len(after) == before and all(k["tenant"] != "intruder" for k in after), after
+    say("admin API only behind the admin function",
+        f"keys minted via AdminFunction; 6 admin calls to the public functions: 404 "
+        f"admin_not_served; {len(after)} keys, none minted by them")
 
     # 1. cache miss, hit, the OpenAI SDK, no key
     r = top.chat(top.ingest, "", "hello")

@@ -87,6 +87,10 @@ class TopologyError(Exception):
     """Something in the template cannot be run locally as written."""
 
 
+# What `Ref: AWS::NoValue` resolves to: the property or list item holding it is dropped.
+NO_VALUE = object()
+
+
 def log(message: str) -> None:
     print(f"[local] {message}", flush=True)
 
@@ -124,16 +128,24 @@ class Template:
     # -- intrinsic functions, as CloudFormation resolves them
 
     def resolve(self, value, where: str):
+        """`value` with its intrinsic functions resolved; `Ref: AWS::NoValue` (as from an
+        `Fn::If` branch) removes the property or list item that holds it."""
         if isinstance(value, list):
-            return [self.resolve(v, where) for v in value]
+            items = (self.resolve(v, where) for v in value)
+            return [v for v in items if v is not NO_VALUE]
         if isinstance(value, str):
             return self.dynamic_references(value)
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
             (fn, arg), = value.items()
+            if fn == "Ref" and arg == "AWS::NoValue":
+                return NO_VALUE
             if fn == "Ref":
                 return self.ref(arg, where)
+            if fn == "Fn::If":
+                name, yes, no = arg
+                return self.resolve(yes if self.condition(name, where) else no, where)
             if fn == "Fn::GetAtt":
                 target, attr = arg if isinstance(arg, list) else arg.split(".", 1)
                 return self.get_att(target, attr, where)
@@ -149,7 +161,31 @@ class Template:
                 return self.resolve(items, where)[int(self.resolve(index, where))]
             if fn.startswith("Fn::") or fn == "Condition":
                 raise TopologyError(f"{where}: {fn} is not emulated locally")
-        return {k: self.resolve(v, f"{where}.{k}") for k, v in value.items()}
+        resolved = {k: self.resolve(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: v for k, v in resolved.items() if v is not NO_VALUE}
+
+    def condition(self, name: str, where: str) -> bool:
+        """A named condition of the template's `Conditions`, as CloudFormation evaluates it."""
+        conditions = self.cfn.get("Conditions", {})
+        if name not in conditions:
+            raise TopologyError(f"{where}: no condition named {name}")
+        return self.truth(conditions[name], f"condition {name}")
+
+    def truth(self, value, where: str) -> bool:
+        if isinstance(value, dict) and len(value) == 1:
+            (fn, arg), = value.items()
+            if fn == "Condition":
+                return self.condition(arg, where)
+            if fn == "Fn::Equals":
+                a, b = (self.resolve(x, where) for x in arg)
+                return str(a) == str(b)
+            if fn == "Fn::Not":
+                return not self.truth(arg[0], where)
+            if fn == "Fn::And":
+                return all(self.truth(x, where) for x in arg)
+            if fn == "Fn::Or":
+                return any(self.truth(x, where) for x in arg)
+        raise TopologyError(f"{where}: {value!r} is not a condition that is emulated locally")
 
     def ref(self, name: str, where: str):
         pseudo = {
@@ -396,6 +432,7 @@ class Function:
     port: int = 0
     triggers: list = field(default_factory=list)
     watch: "Watch | None" = None
+    url_auth: str | None = None  # the function URL's AuthType, if it has one
 
     @property
     def url(self) -> str:
@@ -489,7 +526,12 @@ def http_triggers(t: Template, functions: dict[str, Function]) -> None:
     for logical, url in t.of_type("AWS::Lambda::Url").items():
         props = url.get("Properties", {})
         f = function_of(t, props.get("TargetFunctionArn"), functions)
-        f.triggers.append(f"{logical} (function URL, {props.get('InvokeMode', 'BUFFERED')})")
+        auth = props.get("AuthType", "NONE")
+        # cargo lambda watch does not check SigV4: an AWS_IAM URL is open locally.
+        auth_note = ", AWS_IAM: not enforced locally" if auth == "AWS_IAM" else ""
+        f.triggers.append(
+            f"{logical} (function URL, {props.get('InvokeMode', 'BUFFERED')}{auth_note})")
+        f.url_auth = auth
         t.function_urls[logical] = f.url
 
 
@@ -1064,6 +1106,8 @@ def main() -> int:
         queue = next((t.physical[q] for q in t.of_type("AWS::SQS::Queue") if f'"{q}"' in source), None)
         if queue is None:
             raise TopologyError(f"{logical}: only SQS event sources are emulated")
+        if "ScalingConfig" in props:  # e.g. MaximumConcurrency from a parameter
+            props = {**props, "ScalingConfig": t.resolve(props["ScalingConfig"], logical)}
         mappings.append(SqsMapping(logical, fn, queue, props, aws, events, stop))
     schedules = plan_schedules(t, functions, events, stop)
     emulated = {"AWS::Lambda::EventSourceMapping", "AWS::Lambda::Url", "AWS::ApiGatewayV2::Api",
@@ -1125,13 +1169,15 @@ def serve(args, t: Template, functions: dict[str, Function], mappings, schedules
             f.logical: {"binary": f.binary, "port": f.port, "url": f.url,
                         "invoke_url": f.invoke_url, "watch_pid": f.watch.proc.pid,
                         "triggers": f.triggers, "timeout_s": f.timeout_s,
+                        "url_auth": f.url_auth,
                         "secret_arns": {k: v for k, v in f.env.items()
                                         if k.startswith("SLUICE_") and k.endswith("_SECRET_ARN")}}
             for f in functions.values()
         },
         "mappings": {m.logical: {"function": m.fn.logical, "queue": m.queue["QueueName"],
                                  "batch_size": m.batch_size, "window_s": m.window_s,
-                                 "report_batch_item_failures": m.report_failures}
+                                 "report_batch_item_failures": m.report_failures,
+                                 "max_concurrency": m.max_concurrency}
                      for m in mappings},
         "schedules": {s.logical: {"function": s.fn.logical, "expression": s.expression}
                       for s in schedules},

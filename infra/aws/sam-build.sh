@@ -25,14 +25,14 @@ export PATH="$(abs "$LAMBDA_VENV")/bin:$(abs "$SAM_VENV")/bin:$PATH"
 export SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 echo "$(sam --version), $(cargo lambda --version), $(rustc --version)"
 
-# First the three functions in one cargo invocation, with the arguments Cargo.toml's
+# First the four functions in one cargo invocation, with the arguments Cargo.toml's
 # [workspace.metadata.lambda] gives each of SAM's builds: the dependencies once and two links
 # at a time on two cores (about a quarter less than SAM's three builds in a row, cold). `sam
 # build` then runs its own `cargo lambda build --bin <name>` per function exactly as for a user,
 # finds them fresh, and copies them; a mismatch would only make it rebuild.
 started=$(date +%s)
 cargo lambda build --release --arm64 -p sluice-ingest -p sluice-processor -p sluice-aggregator \
-    --bin ingest --bin processor --bin aggregator
+    -p sluice-housekeeper --bin ingest --bin processor --bin aggregator --bin housekeeper
 built=$(date +%s)
 sam build --template template.yaml
 secs=$(( $(date +%s) - built ))

@@ -187,6 +187,62 @@ pub enum Delivery {
     Streamed,
 }
 
+/// Lambda's limit on a buffered (synchronous) invocation's response payload: 6 MB. Function
+/// URLs in `RESPONSE_STREAM` mode allow 200 MB.
+pub const BUFFERED_RESPONSE_LIMIT: usize = 6 * 1024 * 1024;
+
+/// An upper bound of the payload the Lambda runtime posts for this answer through
+/// `lambda_http` (the API Gateway v2 response JSON): the body as a JSON string when
+/// `lambda_http` sends it as text (no `content-encoding`, a textual `content-type` or none),
+/// else base64; every header twice (`headers` and `multiValueHeaders`); and the envelope.
+pub fn buffered_payload_bytes(headers: &axum::http::HeaderMap, body: &[u8]) -> usize {
+    let escaped = |bytes: &[u8]| -> usize {
+        bytes
+            .iter()
+            .map(|&b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            })
+            .sum()
+    };
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default());
+    let textual = |ct: &str| {
+        let mime = ct.split(';').next().unwrap_or_default().trim();
+        [
+            "text",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "application/yaml",
+        ]
+        .iter()
+        .any(|p| ct.starts_with(p))
+            || ["+xml", "+yaml", "+json"].iter().any(|s| mime.ends_with(s))
+            || headers
+                .get("x-lambda-http-content-encoding")
+                .is_some_and(|v| v == "text")
+    };
+    let as_text = !headers.contains_key(axum::http::header::CONTENT_ENCODING)
+        && content_type.is_none_or(textual);
+    let body = if as_text {
+        // Decoded as UTF-8 with replacement characters, as `lambda_http` does.
+        escaped(String::from_utf8_lossy(body).as_bytes())
+    } else {
+        body.len().div_ceil(3) * 4
+    };
+    let headers: usize = headers
+        .iter()
+        .map(|(name, value)| {
+            2 * (escaped(name.as_str().as_bytes()) + escaped(value.as_bytes()) + 8)
+        })
+        .sum();
+    const ENVELOPE: usize = 512;
+    body + headers + ENVELOPE
+}
+
 /// What [`settle_before_answering`] needs.
 #[derive(Clone)]
 struct Settling {
@@ -234,7 +290,29 @@ async fn settle_request(
             invocation.settle().await;
             settling.usage.flush().await;
             match read {
-                Ok(bytes) => Response::from_parts(parts, Body::from(bytes)),
+                Ok(bytes) => {
+                    let size = buffered_payload_bytes(&parts.headers, &bytes);
+                    if size <= BUFFERED_RESPONSE_LIMIT {
+                        return Response::from_parts(parts, Body::from(bytes));
+                    }
+                    // Lambda would refuse this payload and API Gateway would answer an opaque
+                    // 502; the client gets a reason and what to do instead.
+                    tracing::warn!(
+                        size,
+                        limit = BUFFERED_RESPONSE_LIMIT,
+                        status = parts.status.as_u16(),
+                        "answer too large for a buffered Lambda response; refused with 413"
+                    );
+                    let mut refused = crate::api::error::ApiError::response_too_large(
+                        size,
+                        BUFFERED_RESPONSE_LIMIT,
+                    )
+                    .into_response();
+                    if let Some(id) = parts.headers.get("x-request-id") {
+                        refused.headers_mut().insert("x-request-id", id.clone());
+                    }
+                    refused
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "could not read the response body");
                     crate::api::error::ApiError::unreadable_body().into_response()
@@ -503,5 +581,30 @@ mod tests {
             let e = parse_function_timeout(bad).unwrap_err();
             assert!(e.contains("SLUICE_FUNCTION_TIMEOUT_S"), "{e}");
         }
+    }
+
+    #[test]
+    fn binary_and_compressed_answers_are_counted_as_base64() {
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let body = vec![0u8; 3_000];
+        let with = |pairs: &[(header::HeaderName, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(k.clone(), HeaderValue::from_static(v));
+            }
+            h
+        };
+        let octets = with(&[(header::CONTENT_TYPE, "application/octet-stream")]);
+        let gzip = with(&[
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ]);
+        let json = with(&[(header::CONTENT_TYPE, "application/json")]);
+        // 3,000 bytes are 4,000 in base64; as text, each NUL is escaped to `\u0000`.
+        assert!(buffered_payload_bytes(&octets, &body) >= 4_000);
+        assert!(buffered_payload_bytes(&octets, &body) < 4_000 + 1_024);
+        assert!(buffered_payload_bytes(&gzip, &body) < 4_000 + 1_024);
+        assert!(buffered_payload_bytes(&json, &body) >= 18_000);
+        assert!(buffered_payload_bytes(&with(&[]), b"plain") < 1_024);
     }
 }

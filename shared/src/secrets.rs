@@ -97,6 +97,9 @@ pub struct SecretIds {
     pub admin_key: Option<String>,
     /// `SLUICE_SECRETS_TTL_S`: how long a read value is used.
     pub ttl: Duration,
+    /// Whether the function calls providers. One that does not (the admin function) resolves
+    /// its config without a provider secret, leaving the provider keys unresolved.
+    pub calls_providers: bool,
 }
 
 impl SecretIds {
@@ -116,6 +119,7 @@ impl SecretIds {
             provider: var("SLUICE_PROVIDER_SECRET_ARN"),
             admin_key: var("SLUICE_ADMIN_KEY_SECRET_ARN"),
             ttl,
+            calls_providers: true,
         })
     }
 }
@@ -181,15 +185,18 @@ impl FunctionSecrets {
                     })?;
                 (Some(ProviderSecret { id, source }), config)
             }
-            None => (
-                None,
-                source
-                    .resolve(&lookup_env)
-                    .map_err(|source| SecretsError::Config {
-                        id: "(none: SLUICE_PROVIDER_SECRET_ARN is not set)".into(),
-                        source,
-                    })?,
-            ),
+            None => {
+                let config = if ids.calls_providers {
+                    source.resolve(&lookup_env)
+                } else {
+                    source.resolve_without_provider_keys(&lookup_env)
+                };
+                let config = config.map_err(|source| SecretsError::Config {
+                    id: "(none: SLUICE_PROVIDER_SECRET_ARN is not set)".into(),
+                    source,
+                })?;
+                (None, config)
+            }
         };
         let admin = match ids.admin_key {
             Some(id) => {
@@ -311,9 +318,16 @@ impl FunctionSecrets {
 
 /// At a Lambda function's start: the secrets named in its environment, read from Secrets
 /// Manager with `sdk` (which honours `AWS_ENDPOINT_URL`), and the config resolved with them.
+/// `calls_providers`: see [`SecretIds::calls_providers`].
 #[cfg(feature = "aws")]
-pub async fn start_from_env(sdk: &aws_config::SdkConfig) -> Result<FunctionSecrets, StartError> {
-    let ids = SecretIds::from_env()?;
+pub async fn start_from_env(
+    sdk: &aws_config::SdkConfig,
+    calls_providers: bool,
+) -> Result<FunctionSecrets, StartError> {
+    let ids = SecretIds {
+        calls_providers,
+        ..SecretIds::from_env()?
+    };
     let source = ConfigSource::from_env()?;
     let reader = Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
         sdk,

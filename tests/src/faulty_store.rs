@@ -322,6 +322,10 @@ impl LimitStore for FaultyStore {
         self.guard(Op::MarkOnce, self.inner.mark_once(marker, expires_at_ms))
             .await
     }
+
+    fn default_budget_shards(&self) -> u32 {
+        self.inner.default_budget_shards()
+    }
 }
 
 #[async_trait]

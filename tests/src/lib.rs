@@ -18,7 +18,7 @@ pub use fake_upstream::{Behaviour, FakeUpstream, Recorded};
 pub use faulty_store::{Fault, FaultyStore, Op};
 pub use gateway::TestGateway;
 pub use recording::RecordingSink;
-pub use throttle_proxy::{Throttle, ThrottleProxy};
+pub use throttle_proxy::{Tally, Throttle, ThrottleProxy};
 
 /// A config routing `gpt-test` and `embed-test` to the fake upstream at `base_url`, with the
 /// provider key `sk-provider-test`, 1 s upstream timeout and a 64 KiB body limit.

@@ -7,6 +7,11 @@
 //! `ProvisionedThroughputExceededException` or `ThrottlingException`. So its own retry policy
 //! (standard mode: 3 attempts with jittered backoff for throttling errors) runs for real, and
 //! what is left after it reaches the store adapter as it would on AWS.
+//!
+//! It also tallies what it forwards, for tests that count calls (SQS's JSON protocol names
+//! its operations the same way, `AmazonSQS.SendMessageBatch`): calls per operation, the
+//! items a `Query` or `Scan` read (`Count`, `ScannedCount` of each answer), and the body
+//! sizes of every `SendMessageBatch` entry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +57,64 @@ struct Shared {
     /// Operation → calls throttled so far.
     throttled: Mutex<HashMap<String, usize>>,
     forwarded: AtomicUsize,
+    tally: Mutex<Tally>,
+}
+
+/// What the proxy has forwarded so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Operation → calls forwarded.
+    pub calls: HashMap<String, u64>,
+    /// Items returned by `Query` and `Scan` answers (`Count`).
+    pub items_returned: u64,
+    /// Items read by `Query` and `Scan` answers before filters (`ScannedCount`).
+    pub items_scanned: u64,
+    /// Each `SendMessageBatch`'s entries' body sizes, in bytes.
+    pub batches: Vec<Vec<usize>>,
+    /// Items written by `TransactWriteItems` calls (each costs two write units per KB).
+    pub transact_items: u64,
+    /// `GetItem` calls asking for a strongly consistent read (twice the read units).
+    pub strong_reads: u64,
+}
+
+impl Tally {
+    /// Calls of `operation` (e.g. `GetItem`).
+    pub fn of(&self, operation: &str) -> u64 {
+        self.calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// All calls.
+    pub fn total(&self) -> u64 {
+        self.calls.values().sum()
+    }
+
+    /// What happened between `before` and this tally (`batches` keeps only the new ones).
+    pub fn since(&self, before: &Tally) -> Tally {
+        let mut calls = self.calls.clone();
+        for (op, n) in &before.calls {
+            if let Some(c) = calls.get_mut(op) {
+                *c -= n;
+            }
+        }
+        calls.retain(|_, n| *n > 0);
+        Tally {
+            calls,
+            items_returned: self.items_returned - before.items_returned,
+            items_scanned: self.items_scanned - before.items_scanned,
+            batches: self.batches[before.batches.len()..].to_vec(),
+            transact_items: self.transact_items - before.transact_items,
+            strong_reads: self.strong_reads - before.strong_reads,
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ops: Vec<_> = self.calls.iter().collect();
+        ops.sort();
+        let ops: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        write!(f, "{}", ops.join(", "))
+    }
 }
 
 /// A running proxy. Dropping it stops it.
@@ -121,6 +184,11 @@ impl ThrottleProxy {
         self.shared.throttled.lock().unwrap().values().sum()
     }
 
+    /// What was forwarded so far.
+    pub fn tally(&self) -> Tally {
+        self.shared.tally.lock().unwrap().clone()
+    }
+
     /// Calls passed on to moto so far.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
@@ -170,6 +238,36 @@ async fn forward(
             .into_response();
     }
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut tally = shared.tally.lock().unwrap();
+        *tally.calls.entry(operation.clone()).or_default() += 1;
+        if operation == "SendMessageBatch" {
+            let sizes = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v["Entries"].as_array().map(|entries| {
+                        entries
+                            .iter()
+                            .map(|e| e["MessageBody"].as_str().map_or(0, str::len))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            tally.batches.push(sizes);
+        }
+        if operation == "GetItem"
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["ConsistentRead"] == serde_json::Value::Bool(true))
+        {
+            tally.strong_reads += 1;
+        }
+        if operation == "TransactWriteItems" {
+            tally.transact_items += serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["TransactItems"].as_array().map(|a| a.len() as u64))
+                .unwrap_or(0);
+        }
+    }
     let mut request = shared.client.request(
         method,
         format!(
@@ -195,5 +293,12 @@ async fn forward(
         }
     }
     let bytes = answer.bytes().await.unwrap_or_default();
+    if (operation == "Query" || operation == "Scan")
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    {
+        let mut tally = shared.tally.lock().unwrap();
+        tally.items_returned += v["Count"].as_u64().unwrap_or(0);
+        tally.items_scanned += v["ScannedCount"].as_u64().unwrap_or(0);
+    }
     (status, out, bytes).into_response()
 }

@@ -14,7 +14,7 @@ use sluice::invocation::Role;
 async fn main() -> Result<(), Error> {
     sluice::logging::init();
     let sdk = Deps::aws_sdk_config().await;
-    let secrets = Arc::new(sluice::secrets::start_from_env(&sdk).await?);
+    let secrets = Arc::new(sluice::secrets::start_from_env(&sdk, true).await?);
     let config = secrets.config();
     let deps = Deps::aws_from_env_with(&sdk, config)?;
     deps.check_function_timeouts(Role::Processor, config)

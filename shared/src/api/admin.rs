@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -231,4 +231,16 @@ pub async fn revoke_key(
     }
     .await;
     finish(result, Outcome::default())
+}
+
+/// Fallback of the public routers ([`super::Surface::Public`]): `/admin` and `/admin/*` are
+/// served only by the admin function, so they answer 404 `admin_not_served` here whatever the
+/// credentials; any other unknown path is the usual 404 `unknown_url`.
+pub async fn not_served_here(OriginalUri(uri): OriginalUri) -> Response {
+    let path = uri.path();
+    if path == "/admin" || path.starts_with("/admin/") {
+        finish(Err(ApiError::admin_not_served(path)), Outcome::default())
+    } else {
+        super::openai::no_route(OriginalUri(uri)).await
+    }
 }

@@ -5,7 +5,8 @@
 //! are hashed with SHA-256, found by hash, and compared in constant time. Lookups are cached in
 //! memory for `server.key_cache_ttl_s` (default 5 s) so the hot path does not hit the store on
 //! every request; a revocation through this process takes effect at once, through another
-//! process within that TTL.
+//! process within that TTL (on DynamoDB, plus the lag of its eventually consistent read, about
+//! a second: see `DynamoStore::key_by_hash`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,14 +43,15 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-/// The secret presented in a request's headers, if any.
+/// The secret presented in a request's headers, if any: a bearer token, else `x-api-key`
+/// (also when `Authorization` carries another scheme, such as the SigV4 signature a request
+/// to the IAM-authenticated admin function URL carries).
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             return Some(v[7..].trim()).filter(|k| !k.is_empty());
         }
-        return None;
     }
     headers
         .get("x-api-key")

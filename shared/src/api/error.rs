@@ -98,6 +98,37 @@ impl ApiError {
         )
     }
 
+    /// 404 for `/admin/*` on a public endpoint: the admin API is served only by the admin
+    /// function, behind IAM authentication.
+    pub fn admin_not_served(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "admin_not_served",
+            format!(
+                "The admin API ({path}) is not served on this endpoint. Call the admin \
+                 function's URL (stack output AdminUrl) with AWS IAM (SigV4) credentials."
+            ),
+        )
+    }
+
+    /// 413 for an answer too large for a buffered Lambda response (`limit` bytes, the
+    /// invocation payload limit), which would otherwise reach the client as an opaque 502.
+    pub fn response_too_large(size: usize, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "response_too_large",
+            format!(
+                "The answer ({size} bytes as a Lambda response) is larger than the {limit}-byte \
+                 (6 MB) limit of a buffered Lambda response behind API Gateway. Ask for less \
+                 per request (fewer embedding inputs, fewer `dimensions`, or \
+                 `encoding_format: \"base64\"`), or send the request to the streaming \
+                 endpoint (stack output StreamUrl), whose answers may be up to 200 MB."
+            ),
+        )
+    }
+
     /// 405 for a known path with the wrong method.
     pub fn wrong_method() -> Self {
         Self::new(

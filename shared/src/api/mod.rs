@@ -7,7 +7,8 @@
 //! `GET /dashboard` (the live dashboard page); `GET /openapi.json` (the OpenAPI 3.1 document
 //! of all these, [`openapi`]); the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
-//! `DELETE /admin/keys/{id}`. Every response carries `x-request-id`, every error is
+//! `DELETE /admin/keys/{id}` ([`Surface`] says which of these a router serves: on AWS the
+//! admin API is a separate, IAM-only function). Every response carries `x-request-id`, every error is
 //! OpenAI-shaped, and every request produces one access-log line.
 
 mod access_log;
@@ -110,26 +111,72 @@ impl AppState {
     }
 }
 
+/// Which routes a router serves. `sluice serve` serves all of them; on AWS the public
+/// functions (behind the HTTP API and the open function URL) serve everything but `/admin/*`,
+/// and the admin function, reachable only with IAM credentials, serves `/admin/*` alone — so
+/// a leaked admin key is not enough to mint keys from the internet (docs/aws.md, "The edge").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Every route (`sluice serve`, tests).
+    All,
+    /// Every route but `/admin/*`, which answers 404 `admin_not_served`.
+    Public,
+    /// `/admin/*`, `/v1/metrics` (for the admin key's all-tenant view) and `/health` only.
+    Admin,
+}
+
+impl Surface {
+    /// The surface named by `SLUICE_ROUTES` (`public` or `admin`), for the ingest function;
+    /// unset means `public`, so a function deployed without it never serves the admin API.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("SLUICE_ROUTES").as_deref() {
+            Ok("public") | Err(_) => Ok(Self::Public),
+            Ok("admin") => Ok(Self::Admin),
+            Ok(other) => Err(format!(
+                "SLUICE_ROUTES must be `public` or `admin`, not `{other}`"
+            )),
+        }
+    }
+}
+
 /// The router with every route, the body limit and the access log.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_for(state, Surface::All)
+}
+
+/// The router serving `surface`'s routes, with the body limit and the access log.
+pub fn router_for(state: Arc<AppState>, surface: Surface) -> Router {
     let max_body = state.max_body_bytes;
-    Router::new()
-        .route("/health", get(openai::health))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/dashboard", get(dashboard::dashboard))
-        .route("/v1/models", get(openai::models))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/messages", post(messages::messages))
-        .route("/v1/jobs", post(jobs::create_job))
-        .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/usage", get(usage::key_usage))
-        .route("/v1/metrics", get(metrics::metrics))
-        .route("/metrics", get(metrics::prometheus))
-        .route("/admin/usage", get(usage::tenant_usage))
-        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
-        .route("/admin/keys/{id}", delete(admin::revoke_key))
-        .fallback(openai::no_route)
+    let mut routes = Router::new().route("/health", get(openai::health));
+    if surface != Surface::Admin {
+        routes = routes
+            .route("/openapi.json", get(openapi::openapi_json))
+            .route("/dashboard", get(dashboard::dashboard))
+            .route("/v1/models", get(openai::models))
+            .route("/v1/chat/completions", post(openai::chat_completions))
+            .route("/v1/embeddings", post(openai::embeddings))
+            .route("/v1/messages", post(messages::messages))
+            .route("/v1/jobs", post(jobs::create_job))
+            .route("/v1/jobs/{id}", get(jobs::get_job))
+            .route("/v1/usage", get(usage::key_usage))
+            .route("/v1/metrics", get(metrics::metrics))
+            .route("/metrics", get(metrics::prometheus));
+    }
+    if surface == Surface::Admin {
+        // The all-tenant view of the metrics needs the admin key, which only this function
+        // holds on AWS.
+        routes = routes.route("/v1/metrics", get(metrics::metrics));
+    }
+    routes = if surface == Surface::Public {
+        routes.fallback(admin::not_served_here)
+    } else {
+        routes
+            .route("/admin/usage", get(usage::tenant_usage))
+            .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+            .route("/admin/keys/{id}", delete(admin::revoke_key))
+            .fallback(openai::no_route)
+    };
+    routes
         .method_not_allowed_fallback(openai::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(

@@ -173,6 +173,13 @@ pub struct LimitsConfig {
     pub default_max_output_tokens: u64,
     /// Counter shards per key on DynamoDB, so one hot key can exceed a partition's write rate.
     pub counter_shards: u32,
+    /// Shards of each tenant's and the gateway's spending-cap counter, which every request of
+    /// many keys writes; unset: the store's default (8 on DynamoDB, 1 on SQLite). A cap is
+    /// split only when each shard then holds at least `budget_shard_min_usd`.
+    pub budget_shards: Option<u32>,
+    /// The smallest share of a tenant or gateway cap one shard may hold, in USD: a request's
+    /// worst case must fit one shard, so small caps stay whole.
+    pub budget_shard_min_usd: f64,
 }
 
 impl Default for LimitsConfig {
@@ -184,6 +191,8 @@ impl Default for LimitsConfig {
             reservation_ttl_s: 600,
             default_max_output_tokens: 4096,
             counter_shards: 1,
+            budget_shards: None,
+            budget_shard_min_usd: 10.0,
         }
     }
 }
@@ -905,6 +914,18 @@ impl Config {
                 "must be between 1 and 64".into(),
             ));
         }
+        if l.budget_shards.is_some_and(|n| n == 0 || n > 64) {
+            return Err(invalid(
+                "limits.budget_shards".into(),
+                "must be between 1 and 64".into(),
+            ));
+        }
+        if !(l.budget_shard_min_usd.is_finite() && l.budget_shard_min_usd > 0.0) {
+            return Err(invalid(
+                "limits.budget_shard_min_usd".into(),
+                "must be a positive number".into(),
+            ));
+        }
         if l.reservation_ttl_s == 0 || l.default_max_output_tokens == 0 {
             return Err(invalid(
                 "limits".into(),
@@ -1610,6 +1631,8 @@ mod fuzz {
         "metrics_token",
         "soft_threshold",
         "counter_shards",
+        "budget_shards",
+        "budget_shard_min_usd",
         "workers",
         "lease_s",
         "visibility_timeout_s",

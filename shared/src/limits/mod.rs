@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig, TenantConfig};
-use crate::keys::{KeyLimits, random_alnum};
+use crate::keys::{BudgetPeriod, KeyLimits, random_alnum};
 use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, Settlement, StoreError};
 
 /// Who a request is limited as.
@@ -116,6 +116,9 @@ struct Meta {
     previous: i64,
     elapsed: f64,
     ends_at_ms: u64,
+    /// How many shards the counter has (a refusal by a counter whose every shard was tried
+    /// is final).
+    shards: u32,
 }
 
 /// A planned atomic charge across all levels.
@@ -137,6 +140,8 @@ pub struct Limiter {
     watched: Mutex<HashSet<(String, u64, &'static str)>>,
     /// When this process next checks soft thresholds.
     maintenance_due_ms: AtomicU64,
+    /// Shards of a large tenant or gateway cap (`limits.budget_shards`, else the store's).
+    budget_shards: u32,
 }
 
 /// How often each process checks soft thresholds (see [`Limiter::warn_soft_thresholds_if_due`]).
@@ -155,7 +160,6 @@ impl Limiter {
     /// A limiter over the store's counters.
     pub fn new(config: &Config, store: Arc<dyn LimitStore>, clock: Arc<dyn Clock>) -> Self {
         Self {
-            store,
             clock,
             config: config.limits.clone(),
             tenants: config
@@ -166,6 +170,29 @@ impl Limiter {
             previous: Mutex::new((0, HashMap::new())),
             watched: Mutex::new(HashSet::new()),
             maintenance_due_ms: AtomicU64::new(0),
+            budget_shards: config
+                .limits
+                .budget_shards
+                .unwrap_or_else(|| store.default_budget_shards())
+                .clamp(1, 64),
+            store,
+        }
+    }
+
+    /// Shards of a spending cap's counter: a key's follow `limits.counter_shards`; a tenant's
+    /// or the gateway's, written by every request of many keys, are split into
+    /// `budget_shards` when each shard then holds at least `limits.budget_shard_min_usd`
+    /// (a request's worst case must fit one shard), else they follow `counter_shards`.
+    fn budget_shards_of(&self, level: &str, cap_nanos: u64) -> u32 {
+        let keyed = self.config.counter_shards.max(1);
+        if level == "key" || self.budget_shards <= keyed {
+            return keyed;
+        }
+        let min_share = budget::usd_to_nanos(self.config.budget_shard_min_usd).max(1);
+        if cap_nanos / u64::from(self.budget_shards) >= min_share {
+            self.budget_shards
+        } else {
+            keyed
         }
     }
 
@@ -225,7 +252,7 @@ impl Limiter {
         let shards = self.config.counter_shards.max(1);
         let tenant = self.tenants.get(subject.tenant);
         let key = subject.key_limits;
-        let mut checks: Vec<(LimitKind, &'static str, &'static str, u64, u64)> = Vec::new();
+        let mut checks: Vec<(LimitKind, &'static str, &'static str, u64, u64, u32)> = Vec::new();
         for (level, rpm, tpm) in [
             ("key", key.rpm, key.tpm),
             (
@@ -236,11 +263,18 @@ impl Limiter {
         ] {
             if let Some(rpm) = rpm {
                 let metric = rate::Metric::Requests.describe();
-                checks.push((LimitKind::Rate, level, metric, u64::from(rpm), 1));
+                checks.push((LimitKind::Rate, level, metric, u64::from(rpm), 1, shards));
             }
             if let (Some(tpm), Some(ask)) = (tpm, ask) {
                 let metric = rate::Metric::Tokens.describe();
-                checks.push((LimitKind::Rate, level, metric, u64::from(tpm), ask.tokens));
+                checks.push((
+                    LimitKind::Rate,
+                    level,
+                    metric,
+                    u64::from(tpm),
+                    ask.tokens,
+                    shards,
+                ));
             }
         }
         if let Some(ask) = ask {
@@ -261,14 +295,22 @@ impl Limiter {
                         crate::keys::BudgetPeriod::Month => "spend per month",
                     };
                     let nanos = budget::usd_to_nanos(usd);
-                    checks.push((LimitKind::Budget, level, metric, nanos, ask.cost_nano_usd));
+                    let shards = self.budget_shards_of(level, nanos);
+                    checks.push((
+                        LimitKind::Budget,
+                        level,
+                        metric,
+                        nanos,
+                        ask.cost_nano_usd,
+                        shards,
+                    ));
                 }
             }
         }
         // Shard 0 holds the largest share of a sharded limit; what exceeds it fits no shard.
-        let (kind, level, metric, limit, asked) = checks
+        let (kind, level, metric, limit, asked, shards) = checks
             .into_iter()
-            .find(|&(_, _, _, limit, asked)| asked > share(limit, shards, 0))?;
+            .find(|&(_, _, _, limit, asked, shards)| asked > share(limit, shards, 0))?;
         Some(Refusal {
             kind,
             level,
@@ -319,7 +361,9 @@ impl Limiter {
         if let Some(refusal) = self.beyond_capacity(subject, ask) {
             return Ok(Err(refusal));
         }
-        let shards = self.config.counter_shards.max(1);
+        // Each counter of the plan has its own number of shards n; attempt a uses shard
+        // (first + a) mod n of each, so consecutive attempts try every shard of every counter.
+        let shards = self.most_shards(subject, ask);
         let first = if shards > 1 {
             rand::rng().random_range(0..shards)
         } else {
@@ -331,7 +375,7 @@ impl Limiter {
         // by one shard tries the others before it is refused.
         let mut attempt = 0;
         while attempt < shards {
-            let shard = (first + attempt) % shards;
+            let shard = first + attempt;
             let now = self.clock.now_ms();
             let plan = self.plan(subject, ask, now, shard).await?;
             if plan.increments.is_empty() {
@@ -379,6 +423,10 @@ impl Limiter {
                     };
                     let delta = crate::num::to_u64(plan.increments[index].delta);
                     refusal = Some(explain(meta, current.unwrap_or(0), delta, now));
+                    if meta.shards <= attempt + 1 {
+                        // Every shard of the refusing counter has been tried.
+                        break;
+                    }
                 }
                 Applied::Stale { .. } if stale_retries < 5 => {
                     // The previous window grew after it was read: read it again, same shard.
@@ -526,9 +574,14 @@ impl Limiter {
                 continue;
             }
             let expires = self.clock.now_ms() + 40 * 86_400_000;
+            // Once per cap, not per shard: a sharded cap warns when its first shard passes
+            // the threshold of its share (requests spread evenly, so the others are close).
+            let cap_counter = counter
+                .rsplit_once(':')
+                .map_or(counter.as_str(), |(c, _)| c);
             if self
                 .store
-                .mark_once(&format!("soft:{counter}"), expires)
+                .mark_once(&format!("soft:{cap_counter}"), expires)
                 .await?
             {
                 tracing::warn!(
@@ -563,9 +616,11 @@ impl Limiter {
         subject: &Subject<'_>,
         ask: Option<Ask>,
         now: u64,
-        shard: u32,
+        attempt: u32,
     ) -> Result<Plan, StoreError> {
         let shards = self.config.counter_shards.max(1);
+        // Rate counters and a key's cap have `counter_shards`; see `budget_shards_of`.
+        let shard = attempt % shards;
         let tenant = self.tenants.get(subject.tenant);
         let key_scope = format!("key:{}", subject.key_id);
         let tenant_scope = format!("tenant:{}", subject.tenant);
@@ -618,31 +673,17 @@ impl Limiter {
                     previous: prev,
                     elapsed,
                     ends_at_ms: ends,
+                    shards,
                 });
                 plan.increments.push(inc);
             }
         }
         if let Some(ask) = ask {
-            let mut caps = Vec::new();
-            if let (Some(usd), Some(p)) = (
-                subject.key_limits.budget_usd,
-                subject.key_limits.budget_period,
-            ) {
-                caps.push(("key", key_scope.clone(), usd, p));
-            }
-            if let Some((usd, p)) = tenant.and_then(|t| t.budget_usd.zip(t.period)) {
-                caps.push(("tenant", tenant_scope.clone(), usd, p));
-            }
-            if let Some(usd) = self.config.global_budget_usd {
-                caps.push((
-                    "gateway",
-                    "global".to_owned(),
-                    usd,
-                    self.config.global_period,
-                ));
-            }
-            for (level, scope, usd, period) in caps {
-                let cap = share(budget::usd_to_nanos(usd), shards, shard);
+            for (level, scope, usd, period) in self.caps(subject) {
+                let whole = budget::usd_to_nanos(usd);
+                let shards = self.budget_shards_of(level, whole);
+                let shard = attempt % shards;
+                let cap = share(whole, shards, shard);
                 let (inc, ends) =
                     budget::reserve(&scope, period, cap, ask.cost_nano_usd, now, shard);
                 plan.meta.push(Meta {
@@ -654,11 +695,49 @@ impl Limiter {
                     previous: 0,
                     elapsed: 0.0,
                     ends_at_ms: ends,
+                    shards,
                 });
                 plan.increments.push(inc);
             }
         }
         Ok(plan)
+    }
+
+    /// The spending caps that apply to the subject: level, counter scope, USD, period.
+    fn caps(&self, subject: &Subject<'_>) -> Vec<(&'static str, String, f64, BudgetPeriod)> {
+        let mut caps = Vec::new();
+        if let (Some(usd), Some(p)) = (
+            subject.key_limits.budget_usd,
+            subject.key_limits.budget_period,
+        ) {
+            caps.push(("key", format!("key:{}", subject.key_id), usd, p));
+        }
+        let tenant = self.tenants.get(subject.tenant);
+        if let Some((usd, p)) = tenant.and_then(|t| t.budget_usd.zip(t.period)) {
+            caps.push(("tenant", format!("tenant:{}", subject.tenant), usd, p));
+        }
+        if let Some(usd) = self.config.global_budget_usd {
+            caps.push((
+                "gateway",
+                "global".to_owned(),
+                usd,
+                self.config.global_period,
+            ));
+        }
+        caps
+    }
+
+    /// The most shards any counter of the subject's request has: how many attempts it takes
+    /// to try every shard of each.
+    fn most_shards(&self, subject: &Subject<'_>, ask: Option<Ask>) -> u32 {
+        let keyed = self.config.counter_shards.max(1);
+        if ask.is_none() {
+            return keyed;
+        }
+        self.caps(subject)
+            .iter()
+            .map(|(level, _, usd, _)| self.budget_shards_of(level, budget::usd_to_nanos(*usd)))
+            .fold(keyed, u32::max)
     }
 
     fn forget_previous(&self) {
@@ -777,7 +856,7 @@ impl Limiter {
                 let scope = scope.map_or("global", String::as_str);
                 let (id, ends) = period::current(period, now);
                 let mut counters = Vec::new();
-                for s in 0..shards {
+                for s in 0..self.budget_shards_of(level, budget::usd_to_nanos(usd)) {
                     let c = budget::counter_id(scope, &id, s);
                     counters.push((c.clone(), CounterField::Committed));
                     counters.push((c, CounterField::Spent));

@@ -162,7 +162,7 @@ pub fn roll_up(events: &[UsageEvent]) -> Vec<RollupRow> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::event::EventKind;
 

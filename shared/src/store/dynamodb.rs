@@ -15,8 +15,10 @@
 //! | limits | `mark#<marker>` | a once-only marker (soft-threshold warnings) | conditional PutItem |
 //!
 //! TTL deletion is lazy on AWS (up to 48 h late) and absent on moto, so every read also checks
-//! the stored expiry itself. Reads are strongly consistent so the adapter behaves exactly like
-//! SQLite (a write is visible to the next read). Conditional-write failures return the old item
+//! the stored expiry itself. Reads are strongly consistent so the adapter behaves like SQLite (a
+//! write is visible to the next read), except where staleness is harmless and the read is
+//! frequent: cache entries and authentication's key lookups (see `key_by_hash`) are read
+//! eventually consistently, for half the read units. Conditional-write failures return the old item
 //! (`ReturnValuesOnConditionCheckFailure`) instead of costing a second read. Bodies larger than
 //! 1 KiB are deflated; cache entries still over the item limit are skipped, never an error.
 
@@ -161,6 +163,25 @@ impl DynamoStore {
     /// The table names.
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// The key item of a secret's hash, read strongly or eventually consistently.
+    async fn read_key(
+        &self,
+        hash: &KeyHash,
+        consistent: bool,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.count();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("hash#{}", hash.to_hex())))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(sdk)?;
+        out.item().map(key_from_item).transpose()
     }
 
     /// Up to `max` items of one partition of a sparse index whose sort key is at most
@@ -518,18 +539,15 @@ impl KeyStore for DynamoStore {
         }
     }
 
+    /// Authentication's lookup: an eventually consistent read (half the read units of a
+    /// strongly consistent one), which may return an item up to about a second old. A key not
+    /// found is read again strongly, so a key is usable the moment it is created; a revoked
+    /// key may still pass for that second, on top of the gateway's 5 s in-memory key cache.
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.count();
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.tables.keys)
-            .key("pk", s(format!("hash#{}", hash.to_hex())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk)?;
-        out.item().map(key_from_item).transpose()
+        match self.read_key(hash, false).await? {
+            Some(key) => Ok(Some(key)),
+            None => self.read_key(hash, true).await,
+        }
     }
 
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -539,7 +557,8 @@ impl KeyStore for DynamoStore {
         let Some(hash) = KeyHash::from_hex(&hash) else {
             return Err(corrupt("key hash"));
         };
-        self.key_by_hash(&hash).await
+        // The processor asks whether a job's key was revoked: strongly consistent.
+        self.read_key(&hash, true).await
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -630,7 +649,9 @@ impl CacheStore for DynamoStore {
             .get_item()
             .table_name(&self.tables.cache)
             .key("pk", s(key.to_hex()))
-            .consistent_read(true)
+            // Eventually consistent (half the read units): an entry written a moment ago may
+            // be missed, which costs one provider call, never a wrong answer.
+            .consistent_read(false)
             .send()
             .await
             .map_err(sdk)?;
@@ -1054,6 +1075,12 @@ impl JobStore for DynamoStore {
 
 // ---- limits -----------------------------------------------------------------------------
 
+/// Shards of a tenant's or the gateway's spending-cap counter by default: every request of
+/// every key of a tenant writes it twice (reserve, settle), in transactions (two write units
+/// each), and one item takes about 1,000 write units a second: about 250 requests a second
+/// on one item, about 2,000 on eight.
+pub const DEFAULT_BUDGET_SHARDS: u32 = 8;
+
 /// Attempts of a limits transaction that lost a race with a concurrent one on the same item.
 const CONFLICT_ATTEMPTS: u32 = 8;
 
@@ -1178,6 +1205,10 @@ impl DynamoStore {
 
 #[async_trait]
 impl LimitStore for DynamoStore {
+    fn default_budget_shards(&self) -> u32 {
+        DEFAULT_BUDGET_SHARDS
+    }
+
     async fn apply(
         &self,
         increments: &[Increment],

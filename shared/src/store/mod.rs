@@ -260,6 +260,12 @@ pub trait LimitStore: Send + Sync {
     async fn expired_holds(&self, now_ms: u64, max: usize) -> Result<Vec<Hold>, StoreError>;
     /// Sets a marker if it is not set yet; `true` only for the call that set it.
     async fn mark_once(&self, marker: &str, expires_at_ms: u64) -> Result<bool, StoreError>;
+    /// Shards of a tenant's or the gateway's spending-cap counter when the config does not
+    /// say (`limits.budget_shards`): where one item's write rate is limited (a DynamoDB
+    /// partition takes about 1,000 writes a second), more than one.
+    fn default_budget_shards(&self) -> u32 {
+        1
+    }
 }
 
 /// A response kept for `Idempotency-Key` replays.

@@ -384,6 +384,114 @@ async fn sharded_counters_still_never_pass_a_limit() {
     assert!(used.iter().filter(|v| **v > 0).count() >= 2, "{used:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_and_gateway_caps_are_sharded_by_default_and_hold_across_instances() {
+    let up = FakeUpstream::start().await;
+    // No `budget_shards`: DynamoDB's default of 8. The minimum share is lowered so that these
+    // tiny caps are split (each shard holds 1/8 of the cap).
+    let limits = "[limits]\nglobal_budget_usd = 0.0004\nglobal_period = \"day\"\n\
+                  budget_shard_min_usd = 0.000001\n\n\
+                  [[tenants]]\nname = \"big\"\nbudget_usd = 0.0002\nperiod = \"day\"\n";
+    let (a, store) = limited_gateway(&up.base_url, limits).await;
+    // A second instance over the same tables: its own limiter, caches and connections.
+    let text = format!(
+        "{}\n{limits}\n",
+        sluice_tests::fake_config(&up.base_url)
+            .replace("upstream_timeout_s = 1\n", "upstream_timeout_s = 10\n")
+    );
+    let config = Config::parse(&text, "test", &|_| None).unwrap();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let deps = Deps::new(
+        Arc::new(store.clone()),
+        Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(clock.clone()),
+    );
+    let b = TestGateway::start_deps(&config, deps, clock).await;
+    let mut keys = Vec::new();
+    for tenant in ["big", "big", "other", "other"] {
+        let created = a.admin_create(json!({"tenant": tenant})).await;
+        keys.push(created["key"].as_str().unwrap().to_owned());
+    }
+    // 4 keys × 2 instances × 40 requests, all at once.
+    let runs = futures_util::future::join_all(
+        keys.iter()
+            .flat_map(|k| [(&a, k.clone()), (&b, k.clone())])
+            .map(|(gw, k)| async move { (k.clone(), burst(gw, &k, 40).await) }),
+    )
+    .await;
+    let mut answered_big = 0;
+    let mut answered_all = 0;
+    let mut refused = 0;
+    for (k, results) in &runs {
+        for &(status, cost) in results {
+            assert!(status == 200 || status == 429, "{status}");
+            refused += usize::from(status == 429);
+            answered_all += cost;
+            if keys[..2].contains(k) {
+                answered_big += cost;
+            }
+        }
+    }
+    let (tenant_spent, tenant_reserved) = spent_nanos(&a, &keys[0], "tenant").await;
+    // The gateway-wide figures, from the store (all shards).
+    let period =
+        sluice::limits::period::current(sluice::keys::BudgetPeriod::Day, 1_800_000_000_000).0;
+    let read = |scope: &'static str, field| {
+        let store = store.clone();
+        let period = period.clone();
+        async move {
+            let counters: Vec<(String, sluice::store::CounterField)> = (0..8)
+                .map(|s| (sluice::limits::budget::counter_id(scope, &period, s), field))
+                .collect();
+            sluice::store::LimitStore::read_counters(&store, &counters)
+                .await
+                .unwrap()
+        }
+    };
+    let gateway_spent: i64 = read("global", sluice::store::CounterField::Spent)
+        .await
+        .iter()
+        .sum();
+    let gateway_committed: i64 = read("global", sluice::store::CounterField::Committed)
+        .await
+        .iter()
+        .sum();
+    let gateway_spent = gateway_spent as u64;
+    eprintln!(
+        "sharded caps: tenant spent {tenant_spent} of 200000, gateway {gateway_spent} of \
+         400000 nano-USD; {refused} of 320 refused"
+    );
+    assert!(tenant_spent <= 200_000, "tenant cap passed: {tenant_spent}");
+    assert!(
+        gateway_spent <= 400_000,
+        "gateway cap passed: {gateway_spent}"
+    );
+    assert_eq!(
+        tenant_spent, answered_big,
+        "tenant ledger != reported costs"
+    );
+    assert_eq!(
+        gateway_spent, answered_all,
+        "gateway ledger != reported costs"
+    );
+    assert_eq!(tenant_reserved, 0.0);
+    assert_eq!(
+        gateway_committed as u64, gateway_spent,
+        "reservations left behind"
+    );
+    assert!(refused > 0, "the caps were reached");
+    // The writes went to several items of each cap.
+    for scope in ["tenant:big", "global"] {
+        let used = read(scope, sluice::store::CounterField::Spent).await;
+        eprintln!("{scope} spent per shard: {used:?}");
+        assert!(
+            used.iter().filter(|v| **v > 0).count() >= 4,
+            "{scope}: {used:?}"
+        );
+    }
+}
+
 async fn spent_key_id(gw: &TestGateway, key: &str) -> String {
     let u: Value = gw
         .http

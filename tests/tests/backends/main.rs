@@ -6,6 +6,7 @@
 mod aws_e2e;
 mod aws_faults;
 mod conformance;
+mod costs;
 mod hostile;
 mod housekeeping;
 mod secrets;

@@ -190,6 +190,7 @@ async fn a_function_reads_both_secrets_at_start_and_follows_a_rotation_after_the
         provider: Some(provider.clone()),
         admin_key: Some(admin.clone()),
         ttl: Duration::from_secs(60),
+        calls_providers: true,
     })
     .await;
 
@@ -241,6 +242,7 @@ async fn a_failed_refresh_keeps_the_values_in_use_and_is_tried_again_sooner() {
         provider: Some(provider.clone()),
         admin_key: Some(admin.clone()),
         ttl: Duration::from_millis(ttl_ms),
+        calls_providers: true,
     })
     .await;
     let key = f.create_key(ADMIN_ONE).await.1.unwrap();
@@ -303,6 +305,7 @@ async fn start_up_fails_naming_the_secret_it_cannot_read_or_the_field_it_cannot_
         provider: Some(missing.clone()),
         admin_key: None,
         ttl: Duration::from_secs(60),
+        calls_providers: true,
     })
     .await
     .unwrap_err()
@@ -319,6 +322,7 @@ async fn start_up_fails_naming_the_secret_it_cannot_read_or_the_field_it_cannot_
         provider: Some(arn.clone()),
         admin_key: None,
         ttl: Duration::from_secs(60),
+        calls_providers: true,
     })
     .await
     .unwrap_err()
@@ -339,6 +343,7 @@ async fn start_up_fails_naming_the_secret_it_cannot_read_or_the_field_it_cannot_
         provider: None,
         admin_key: Some(empty.clone()),
         ttl: Duration::from_secs(60),
+        calls_providers: true,
     };
     let err = FunctionSecrets::start(ids, literal, reader, Arc::new(ManualClock::new(0)))
         .await

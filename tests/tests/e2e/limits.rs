@@ -734,3 +734,79 @@ async fn a_late_write_to_the_previous_window_is_not_missed() {
     }
     assert_eq!(admitted, 0);
 }
+
+#[tokio::test]
+async fn a_sharded_tenant_cap_holds_its_shares_and_small_caps_stay_whole() {
+    use sluice::clock::ManualClock;
+    use sluice::limits::{Ask, LimitKind, Limiter, Subject};
+    let store = Arc::new(sluice::store::sqlite::SqliteStore::open(":memory:").unwrap());
+    let clock = ManualClock::new(1_800_000_000_000);
+    // As on DynamoDB: eight shards for tenant and gateway caps of at least 8 × 10 USD.
+    let config = sluice::config::Config::parse(
+        "[limits]\nbudget_shards = 8\n\n\
+         [[tenants]]\nname = \"big\"\nbudget_usd = 100.0\nperiod = \"day\"\n\n\
+         [[tenants]]\nname = \"small\"\nbudget_usd = 0.2\nperiod = \"day\"\n",
+        "test",
+        &|_| None,
+    )
+    .unwrap();
+    let limiter = Arc::new(Limiter::new(&config, store, Arc::new(clock)));
+    let no_limits = KeyLimits::default();
+    let subject = |tenant: &'static str| Subject {
+        key_id: "k",
+        tenant,
+        key_limits: &no_limits,
+    };
+    let ask = |usd: f64| Ask {
+        tokens: 10,
+        cost_nano_usd: (usd * 1e9) as u64,
+    };
+    // 40 concurrent asks of 3 USD against 100 USD in eight shares of 12.5 USD: four fit each
+    // share, so exactly 32 are admitted (one undivided counter would admit 33), whatever the
+    // order, because a refused request tries every shard.
+    let admitted = futures_util::future::join_all((0..40).map(|_| {
+        let limiter = Arc::clone(&limiter);
+        async move { limiter.admit(&subject("big"), ask(3.0)).await.unwrap() }
+    }))
+    .await;
+    let ok = admitted.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 32);
+    let refusal = admitted
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .unwrap()
+        .clone();
+    assert_eq!((refusal.kind, refusal.level), (LimitKind::Budget, "tenant"));
+    assert!(!refusal.impossible);
+    let usage = limiter
+        .usage(&subject("big"), sluice::limits::GatewayLevel::Hidden)
+        .await
+        .unwrap();
+    assert_eq!(usage["limits"]["tenant"]["budget"]["reserved_usd"], 96.0);
+    // Spent in full: every shard is past 80% of its share, and the soft-threshold warning
+    // comes once for the cap, not once per shard.
+    for grant in admitted.into_iter().filter_map(Result::ok) {
+        limiter.settle(grant, 10, 3_000_000_000).await.unwrap();
+    }
+    let warned = limiter.check_soft_thresholds().await.unwrap();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(limiter.check_soft_thresholds().await.unwrap().is_empty());
+    // A worst case above one share (12.5 USD) can never be admitted: refused at once.
+    let too_big = limiter.admit(&subject("big"), ask(13.0)).await.unwrap();
+    assert!(too_big.unwrap_err().impossible);
+    // A cap too small to split (0.2 USD < 8 × 10 USD) stays one counter: 0.03 USD asks fit
+    // six times, and a 0.15 USD ask is not impossible.
+    let mut ok = 0;
+    for _ in 0..10 {
+        ok += usize::from(
+            limiter
+                .admit(&subject("small"), ask(0.03))
+                .await
+                .unwrap()
+                .is_ok(),
+        );
+    }
+    assert_eq!(ok, 6);
+    let fits = limiter.beyond_capacity(&subject("small"), Some(ask(0.15)));
+    assert!(fits.is_none(), "{fits:?}");
+}
