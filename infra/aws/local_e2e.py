@@ -2,7 +2,11 @@
 
 Starts two fake providers (the project's `fake-upstream`: one instant, one taking 3 s), then
 infra/aws/local.sh with a config that points the functions at them, and drives the topology
-over HTTP through the ingest functions' function-URL endpoints (API Gateway payload 2.0):
+over HTTP through the ingest functions' function-URL endpoints (API Gateway payload 2.0).
+The provider key and the admin key are secrets on moto: the functions get only their ARNs
+and read them at start-up, as on AWS (the public ingest functions and the processor the
+provider key, the admin function the admin key).
+
 
   0. keys are minted through AdminFunction (its function URL has AuthType AWS_IAM, not
      enforced locally); both public ingest functions answer /admin/* with 404
@@ -148,6 +152,12 @@ class Topology:
             return list(pool.map(one, prompts))
 
 
+# The provider key comes from the providers secret on moto (--provider-keys), which the public
+# ingest functions and the processor read by ARN at start-up; the admin function and the
+# housekeeper, which may not read it, start without.
+PROVIDER_KEYS = json.dumps({"E2E_PROVIDER_KEY": "sk-provider-e2e"})
+
+
 def config(fast: int, slow: int) -> str:
     return f"""
 [server]
@@ -157,13 +167,13 @@ upstream_timeout_s = 20
 name = "fake"
 kind = "openai"
 base_url = "http://127.0.0.1:{fast}/v1"
-api_keys = ["sk-provider-e2e"]
+api_keys = ["${{E2E_PROVIDER_KEY}}"]
 
 [[providers]]
 name = "slow"
 kind = "openai"
 base_url = "http://127.0.0.1:{slow}/v1"
-api_keys = ["sk-provider-e2e"]
+api_keys = ["${{E2E_PROVIDER_KEY}}"]
 
 [[models]]
 name = "e2e"
@@ -195,6 +205,17 @@ flush_every_ms = 300
 
 def checks(top: Topology, sqs) -> None:
     state = top.state
+    # 0. secrets by ARN: each function gets only the ARNs of the secrets its role may read
+    # (local.sh refuses to start a function whose environment holds a secret value).
+    arns = {name: sorted(fn["secret_arns"]) for name, fn in state["functions"].items()}
+    provider, admin_key = ["SLUICE_PROVIDER_SECRET_ARN"], ["SLUICE_ADMIN_KEY_SECRET_ARN"]
+    assert arns == {"IngestFunction": provider, "IngestStreamFunction": provider,
+                    "ProcessorFunction": provider, "AdminFunction": admin_key,
+                    "AggregatorFunction": [], "HousekeeperFunction": []}, arns
+    assert all(v.startswith("arn:aws:secretsmanager:")
+               for fn in state["functions"].values() for v in fn["secret_arns"].values())
+    say("secrets by ARN", ", ".join(f"{n}: {len(a)}" for n, a in arns.items())
+        + " secret ARNs, no secret value in any environment")
     jobs_queue = state["resources"]["JobsQueue"]["QueueUrl"]
     dlq = state["resources"]["JobsDeadLetterQueue"]["QueueUrl"]
     poison = sqs.send_message(QueueUrl=jobs_queue, MessageBody="not a job message")["MessageId"]
@@ -414,7 +435,7 @@ def main() -> int:
         topology = subprocess.Popen(
             [str(ROOT / "infra/aws/local.sh"), "--port", "0", "--quiet", "--no-reload", "--config",
              str(work / "sluice.toml"), "--visibility-timeout", str(VISIBILITY_S),
-             "--function-timeout", str(FUNCTION_TIMEOUT_S),
+             "--function-timeout", str(FUNCTION_TIMEOUT_S), "--provider-keys", PROVIDER_KEYS,
              "--log-dir", str(work / "logs"), "--state-file", str(state_file)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for("infra/aws/local.sh to be up", lambda: state_file.exists()

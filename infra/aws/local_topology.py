@@ -13,6 +13,8 @@ with samtranslator (infra/aws/sam_transform.py). From that CloudFormation this p
 2. Resolves each `AWS::Lambda::Function`'s environment the way CloudFormation does: `Ref`,
    `Fn::GetAtt`, `Fn::Sub`, `Fn::Join` to the resources above, parameters, and dynamic
    references (`{{resolve:secretsmanager:...}}`, `{{resolve:ssm:...}}`) read from moto.
+   The template's functions get only the secrets' ARNs (the secrets are created on moto for
+   the run) and read the values themselves from moto's Secrets Manager at AWS_ENDPOINT_URL.
 3. Runs every function under its own `cargo lambda watch` (the binary is the function's
    `Metadata.BuildProperties.Binary`), on its own port. One watch per function because the
    workspace's function binaries live in separate packages behind `default-members = ["cli"]`,
@@ -1055,7 +1057,7 @@ def main() -> int:
                 if "SLUICE_FUNCTION_TIMEOUT_S" in env:
                     env["SLUICE_FUNCTION_TIMEOUT_S"] = str(props["Timeout"])
 
-    # The two secrets the template reads by ARN, made on moto for this run.
+    # The two secrets whose ARNs the template hands the functions, made on moto for this run.
     params = parse_pairs(args.param, "--param")
     admin_key = args.admin_key or "sk-sluice-admin-local-" + secrets.token_hex(12)
     local_secrets = {"ProviderSecretArn": ("providers", args.provider_keys),
@@ -1082,6 +1084,14 @@ def main() -> int:
               "mock models instead of the config layer", file=sys.stderr)
     local_env.update(parse_pairs(args.env, "--env"))
     functions = plan_functions(t, cargo_packages(root), local_env)
+    # The functions read secrets by ARN: no secret value may be in a function's configuration.
+    secret_values = [admin_key] + [v for v in json.loads(args.provider_keys or "{}").values()
+                                   if isinstance(v, str) and v]
+    for fn in functions.values():
+        leaked = [k for k, v in fn.env.items() if any(sv in v for sv in secret_values)]
+        if leaked:
+            raise TopologyError(f"{fn.logical}: {', '.join(leaked)} hold a secret value; "
+                                "the template must pass the secret's ARN instead")
     for i, fn in enumerate(functions.values()):
         fn.port = free_port() if args.port == 0 else args.port + i
     for logical in functions:
@@ -1159,7 +1169,9 @@ def serve(args, t: Template, functions: dict[str, Function], mappings, schedules
             f.logical: {"binary": f.binary, "port": f.port, "url": f.url,
                         "invoke_url": f.invoke_url, "watch_pid": f.watch.proc.pid,
                         "triggers": f.triggers, "timeout_s": f.timeout_s,
-                        "url_auth": f.url_auth}
+                        "url_auth": f.url_auth,
+                        "secret_arns": {k: v for k, v in f.env.items()
+                                        if k.startswith("SLUICE_") and k.endswith("_SECRET_ARN")}}
             for f in functions.values()
         },
         "mappings": {m.logical: {"function": m.fn.logical, "queue": m.queue["QueueName"],

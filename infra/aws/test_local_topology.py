@@ -173,9 +173,10 @@ def test_the_admin_api_is_only_behind_iam(cfn):
         env = functions[name]["Properties"]["Environment"]["Variables"]
         assert env["SLUICE_ROUTES"] == "public", name
         assert "SLUICE_ADMIN_KEY" not in env, f"{name} needs no admin key"
+        assert "SLUICE_ADMIN_KEY_SECRET_ARN" not in env, f"{name} needs no admin key"
     admin = functions["AdminFunction"]["Properties"]
     assert admin["Environment"]["Variables"]["SLUICE_ROUTES"] == "admin"
-    assert "SLUICE_ADMIN_KEY" in admin["Environment"]["Variables"]
+    assert "SLUICE_ADMIN_KEY_SECRET_ARN" in admin["Environment"]["Variables"]
     urls = {u["Properties"]["TargetFunctionArn"]["Ref"]: u["Properties"]
             for u in of_type(cfn, "AWS::Lambda::Url").values()}
     assert urls["AdminFunction"]["AuthType"] == "AWS_IAM"
@@ -280,3 +281,30 @@ def test_error_rate_alarms_count_server_errors_not_clients(cfn):
     for client_side in (("Sluice", "Errors"), ("AWS/ApiGateway", "4xx"),
                         ("AWS/Lambda", "Url4xxCount")):
         assert client_side not in read, client_side
+
+
+def test_secrets_reach_functions_by_arn_and_each_role_reads_only_its_own(cfn):
+    functions = of_type(cfn, "AWS::Lambda::Function")
+    roles = of_type(cfn, "AWS::IAM::Role")
+    wanted = {"IngestFunction": {"ProviderSecretArn"}, "IngestStreamFunction": {"ProviderSecretArn"},
+              "ProcessorFunction": {"ProviderSecretArn"}, "AdminFunction": {"AdminKeySecretArn"},
+              "AggregatorFunction": set(), "HousekeeperFunction": set()}
+    assert set(functions) == set(wanted)
+    for name, params in wanted.items():
+        props = functions[name]["Properties"]
+        env = props.get("Environment", {}).get("Variables", {})
+        # Only references to the parameters: never a resolved value or a dynamic reference.
+        assert "{{resolve:" not in json.dumps(env), name
+        in_env = {v["Ref"] for k, v in env.items() if k.endswith("_SECRET_ARN")}
+        assert in_env == params, (name, in_env)
+        role = roles[props["Role"]["Fn::GetAtt"][0]]
+        readable = set()
+        for policy in role["Properties"].get("Policies", []):
+            for st in policy["PolicyDocument"]["Statement"]:
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                if any(a.startswith("secretsmanager:") for a in actions):
+                    assert actions == ["secretsmanager:GetSecretValue"], (name, actions)
+                    text = json.dumps(st["Resource"])
+                    readable |= {p for p in ("ProviderSecretArn", "AdminKeySecretArn") if p in text}
+                    assert "*" not in text.replace("-??????", ""), (name, text)
+        assert readable == params, (name, readable)

@@ -26,6 +26,12 @@ pub enum StartError {
     /// A required setting is missing.
     #[error("{0}")]
     Missing(String),
+    /// The config could not be read.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A secret could not be read at start-up.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     /// The function's timeouts and the config disagree.
     #[error("timeouts disagree: {0}")]
     Timeouts(String),
@@ -199,21 +205,37 @@ impl Deps {
         check_timeouts(role, timeouts, config).map_err(StartError::Timeouts)
     }
 
+    /// The AWS SDK's settings from the environment (`AWS_*`, including `AWS_ENDPOINT_URL`),
+    /// loaded once per function and shared by its clients.
+    #[cfg(feature = "aws")]
+    pub async fn aws_sdk_config() -> aws_config::SdkConfig {
+        aws_config::load_from_env().await
+    }
+
     /// DynamoDB and SQS from the environment (`AWS_*`, `SLUICE_*_TABLE`,
     /// `SLUICE_JOBS_QUEUE_URL`), as on Lambda.
     #[cfg(feature = "aws")]
     pub async fn aws_from_env(config: &Config) -> Result<Self, StartError> {
+        Self::aws_from_env_with(&Self::aws_sdk_config().await, config)
+    }
+
+    /// [`Deps::aws_from_env`] with SDK settings already loaded (a function that read its
+    /// secrets with them).
+    #[cfg(feature = "aws")]
+    pub fn aws_from_env_with(
+        sdk: &aws_config::SdkConfig,
+        config: &Config,
+    ) -> Result<Self, StartError> {
         let queue_url = std::env::var("SLUICE_JOBS_QUEUE_URL")
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| StartError::Missing("SLUICE_JOBS_QUEUE_URL is not set".into()))?;
-        let sdk = aws_config::load_from_env().await;
         let store = crate::store::dynamodb::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
+            aws_sdk_dynamodb::Client::new(sdk),
             crate::store::dynamodb::Tables::from_env(),
         );
         let queue = crate::queue::sqs::SqsQueue::new(
-            aws_sdk_sqs::Client::new(&sdk),
+            aws_sdk_sqs::Client::new(sdk),
             queue_url,
             std::env::var("SLUICE_JOBS_DLQ_URL")
                 .ok()
@@ -225,7 +247,7 @@ impl Deps {
         // runs none).
         let usage: Arc<dyn UsageSink> = match std::env::var("SLUICE_USAGE_QUEUE_URL") {
             Ok(url) if !url.is_empty() => {
-                crate::metrics::sqs::SqsUsageSink::new(aws_sdk_sqs::Client::new(&sdk), url)
+                crate::metrics::sqs::SqsUsageSink::new(aws_sdk_sqs::Client::new(sdk), url)
             }
             _ => {
                 tracing::warn!("SLUICE_USAGE_QUEUE_URL is not set; usage events are not recorded");

@@ -21,6 +21,7 @@
 //! - [`num`]: saturating conversions between number types.
 //! - [`logging`]: the JSON log subscriber every binary installs (request ids, the log file).
 //! - [`redact`]: what a key looks like, and replacing it before text reaches a log.
+//! - [`secrets`]: the Lambda functions' secrets, read from Secrets Manager and kept current.
 //! - [`server`]: the HTTP server loop of `sluice serve`: connection cap, header, body and idle
 //!   deadlines.
 //! - [`clock`]: wall-clock time behind a trait so tests can move it.
@@ -53,6 +54,7 @@ pub mod num;
 pub mod providers;
 pub mod queue;
 pub mod redact;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tokens;

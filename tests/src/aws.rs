@@ -1,4 +1,4 @@
-//! DynamoDB and SQS on moto's server for tests: real SDK clients, real wire protocol.
+//! DynamoDB, SQS and Secrets Manager on moto's server for tests: real SDK clients, real wire protocol.
 //!
 //! `AWS_ENDPOINT_URL` must point at a moto server on 127.0.0.1 (`./infra/test.sh` starts one;
 //! `infra/aws/moto.sh` does it by hand). Refusing anything else keeps a test from ever
@@ -65,4 +65,9 @@ pub async fn sqs_queue(visibility: Duration, max_receive_count: u32) -> SqsQueue
     )
     .await
     .unwrap()
+}
+
+/// A Secrets Manager client for moto.
+pub async fn secrets_client() -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&sdk_config().await)
 }

@@ -1,28 +1,32 @@
 //! Lambda `processor`: SQS job batches → `sluice::jobs`. Clients are built once per execution
 //! environment; each invocation handles one batch, and ends only once its results, spend and
-//! usage events are written (no work is left for a frozen environment).
+//! usage events are written (no work is left for a frozen environment). Provider keys come from
+//! Secrets Manager by ARN (`sluice::secrets`) and are read again on a TTL as batches arrive.
 
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use sluice::config::Config;
 use sluice::deps::{Deps, Services};
 use sluice::invocation::Role;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     sluice::logging::init();
-    let config = Config::from_env()?;
-    let deps = Deps::aws_from_env(&config).await?;
-    deps.check_function_timeouts(Role::Processor, &config)
+    let sdk = Deps::aws_sdk_config().await;
+    let secrets = Arc::new(sluice::secrets::start_from_env(&sdk, true).await?);
+    let config = secrets.config();
+    let deps = Deps::aws_from_env_with(&sdk, config)?;
+    deps.check_function_timeouts(Role::Processor, config)
         .await?;
-    let processor = Services::build(&config, &deps)?.processor;
+    let processor = Services::build(config, &deps)?.processor;
     let usage = Arc::clone(&deps.usage);
     lambda_runtime::spawn_graceful_shutdown_handler(|| async move { usage.flush().await }).await;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let (processor, usage) = (Arc::clone(&processor), Arc::clone(&deps.usage));
+        let secrets = Arc::clone(&secrets);
         async move {
+            secrets.refresh_if_due().await;
             let response = sluice_processor::handle(&processor, &*usage, event).await;
             Ok::<SqsBatchResponse, Error>(response)
         }

@@ -15,6 +15,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 
 use crate::clock::Clock;
+use crate::config::Secret;
 use crate::gateway::Caller;
 use crate::keys::{KeyHash, KeyRecord};
 use crate::store::{KeyStore, StoreError};
@@ -120,19 +121,20 @@ impl KeyAuth {
     }
 }
 
-/// The admin key, held only as its hash.
-pub struct AdminKey(KeyHash);
+/// The admin key. It is read at each check, so a rotated key (`crate::secrets`) takes
+/// effect without a restart; compared as hashes in constant time.
+pub struct AdminKey(Secret);
 
 impl AdminKey {
-    /// Hashes the admin secret.
-    pub fn new(secret: &str) -> Self {
-        Self(KeyHash::of(secret))
+    /// Checks requests against `secret`'s current value.
+    pub fn new(secret: Secret) -> Self {
+        Self(secret)
     }
 
     /// Checks a request for the admin key: 401 without a key, 403 with another one.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         let secret = presented_key(headers).ok_or(AuthError::Missing)?;
-        if KeyHash::of(secret).ct_eq(&self.0) {
+        if KeyHash::of(secret).ct_eq(&KeyHash::of(&self.0.expose())) {
             Ok(())
         } else {
             Err(AuthError::NotAdmin)
@@ -140,19 +142,20 @@ impl AdminKey {
     }
 }
 
-/// The bearer token `GET /metrics` requires when `server.metrics_token` is set, held only as
-/// its hash.
-pub struct MetricsToken(KeyHash);
+/// The bearer token `GET /metrics` requires when `server.metrics_token` is set, read at each
+/// check like the admin key.
+pub struct MetricsToken(Secret);
 
 impl MetricsToken {
-    /// Hashes the configured token.
-    pub fn new(secret: &str) -> Self {
-        Self(KeyHash::of(secret))
+    /// Checks requests against `secret`'s current value.
+    pub fn new(secret: Secret) -> Self {
+        Self(secret)
     }
 
     /// Whether the request presents the token (`Authorization: Bearer …` or `x-api-key`),
     /// compared as hashes in constant time.
     pub fn admits(&self, headers: &HeaderMap) -> bool {
-        presented_key(headers).is_some_and(|secret| KeyHash::of(secret).ct_eq(&self.0))
+        presented_key(headers)
+            .is_some_and(|secret| KeyHash::of(secret).ct_eq(&KeyHash::of(&self.0.expose())))
     }
 }

@@ -22,7 +22,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use regex_lite::Regex;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::redact::Redactor;
 
 /// Redaction also sees this many bytes past the cut, so matches straddling it are caught.
@@ -40,33 +40,60 @@ pub struct LoggedBodies {
 /// Body logging as configured: on when `logging.bodies` is.
 #[derive(Debug)]
 pub struct BodyLog {
-    redactor: Redactor,
+    /// The secrets to redact, read at each use: a rotated key is redacted from then on.
+    secrets: Vec<Secret>,
+    patterns: Vec<Regex>,
+    /// The redactor for the secrets' values it was built from, rebuilt when one changes.
+    current: Mutex<(Vec<Arc<str>>, Arc<Redactor>)>,
     max_bytes: usize,
 }
 
 impl BodyLog {
-    /// Body logging for this config, or `None` when it is off. `admin_secret` is redacted
-    /// like the secrets in the config.
-    pub fn from_config(config: &Config, admin_secret: &str) -> Option<Self> {
+    /// Body logging for this config, or `None` when it is off. `admin` is redacted like the
+    /// secrets in the config.
+    pub fn from_config(config: &Config, admin: &Secret) -> Option<Self> {
         if !config.logging.bodies {
             return None;
         }
-        let provider_keys = config.providers.iter().flat_map(|p| &p.api_keys);
-        let secrets = provider_keys
-            .chain(&config.jobs.callback_secret)
-            .chain(&config.server.metrics_token)
-            .map(|s| s.expose())
-            .chain([admin_secret]);
+        let secrets = config
+            .secrets()
+            .into_iter()
+            .map(|(_, s)| s.clone())
+            .chain([admin.clone()])
+            .collect();
         let patterns: Vec<Regex> = config
             .logging
             .redact
             .iter()
             .map(|p| p.regex().clone())
             .collect();
-        Some(Self {
-            redactor: Redactor::new(secrets, &patterns),
-            max_bytes: config.logging.max_logged_body_bytes,
-        })
+        Some(Self::new(
+            secrets,
+            patterns,
+            config.logging.max_logged_body_bytes,
+        ))
+    }
+
+    fn new(secrets: Vec<Secret>, patterns: Vec<Regex>, max_bytes: usize) -> Self {
+        let values: Vec<Arc<str>> = secrets.iter().map(Secret::expose).collect();
+        let redactor = Arc::new(Redactor::new(values.iter().map(|v| &**v), &patterns));
+        Self {
+            secrets,
+            patterns,
+            current: Mutex::new((values, redactor)),
+            max_bytes,
+        }
+    }
+
+    /// The redactor for the secrets' current values.
+    fn redactor(&self) -> Arc<Redactor> {
+        let values: Vec<Arc<str>> = self.secrets.iter().map(Secret::expose).collect();
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.0 != values {
+            let redactor = Redactor::new(values.iter().map(|v| &**v), &self.patterns);
+            *current = (values, Arc::new(redactor));
+        }
+        Arc::clone(&current.1)
     }
 
     /// How much of a body is kept for redaction.
@@ -80,7 +107,7 @@ impl BodyLog {
             return None;
         }
         let head = &head[..head.len().min(self.window())];
-        let mut text = self.redactor.redact(&String::from_utf8_lossy(head));
+        let mut text = self.redactor().redact(&String::from_utf8_lossy(head));
         if text.len() > self.max_bytes || total > head.len() {
             text.truncate(text.floor_char_boundary(self.max_bytes));
             text.push_str(&format!("…[cut, {total} bytes]"));
@@ -155,16 +182,10 @@ fn is_json(response: &Response) -> bool {
 mod tests {
     use super::*;
 
-    fn redactor(configured: &[&str]) -> Redactor {
-        let patterns: Vec<Regex> = configured.iter().map(|p| Regex::new(p).unwrap()).collect();
-        Redactor::new(["prov-key-123", "admin secret/with \"quotes\""], &patterns)
-    }
-
     fn body_log(max_bytes: usize, configured: &[&str]) -> BodyLog {
-        BodyLog {
-            redactor: redactor(configured),
-            max_bytes,
-        }
+        let patterns: Vec<Regex> = configured.iter().map(|p| Regex::new(p).unwrap()).collect();
+        let secrets = ["prov-key-123", "admin secret/with \"quotes\""].map(Secret::new);
+        BodyLog::new(secrets.to_vec(), patterns, max_bytes)
     }
 
     #[test]
@@ -188,16 +209,24 @@ mod tests {
     #[test]
     fn body_logging_is_off_by_default_and_takes_every_configured_secret() {
         let mut config = Config::builtin();
-        assert!(BodyLog::from_config(&config, "admin").is_none());
+        assert!(BodyLog::from_config(&config, &Secret::new("admin")).is_none());
         config.logging.bodies = true;
-        config.providers[0].api_keys = vec![crate::config::Secret::new("k-one")];
-        config.jobs.callback_secret = Some(crate::config::Secret::new("cb-secret"));
-        config.server.metrics_token = Some(crate::config::Secret::new("scrape-token"));
-        let log = BodyLog::from_config(&config, "the-admin-key").unwrap();
+        config.providers[0].api_keys = vec![Secret::new("k-one")];
+        config.jobs.callback_secret = Some(Secret::new("cb-secret"));
+        config.server.metrics_token = Some(Secret::new("scrape-token"));
+        let admin = Secret::new("the-admin-key");
+        let log = BodyLog::from_config(&config, &admin).unwrap();
         assert_eq!(
-            log.redactor
+            log.redactor()
                 .redact("k-one cb-secret the-admin-key scrape-token"),
             "[REDACTED] [REDACTED] [REDACTED] [REDACTED]"
+        );
+        // Rotated: the new values are redacted from then on.
+        admin.replace("admin-two");
+        config.providers[0].api_keys[0].replace("k-two");
+        assert_eq!(
+            log.redactor().redact("k-two admin-two"),
+            "[REDACTED] [REDACTED]"
         );
     }
 }

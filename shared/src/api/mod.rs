@@ -32,7 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::deps::{Deps, Services};
 use crate::gateway::Gateway;
 use crate::jobs::Jobs;
@@ -73,6 +73,17 @@ impl AppState {
     /// Assembles the state from a validated config, the shared dependencies and the services
     /// built on them (the same services the workers use).
     pub fn new(config: &Config, deps: &Deps, services: &Services, admin_secret: &str) -> Self {
+        Self::with_admin_key(config, deps, services, Secret::new(admin_secret))
+    }
+
+    /// [`AppState::new`] with an admin key that may be rotated while the process runs
+    /// (`crate::secrets`): every check reads its current value.
+    pub fn with_admin_key(
+        config: &Config,
+        deps: &Deps,
+        services: &Services,
+        admin: Secret,
+    ) -> Self {
         // Trait upcasting: the key checker needs only the key port of the store.
         let key_store: Arc<dyn crate::store::KeyStore> = Arc::clone(&deps.store) as _;
         Self {
@@ -83,19 +94,19 @@ impl AppState {
                 Arc::clone(&deps.clock),
                 crate::num::f64_to_u64(config.server.key_cache_ttl_s * 1000.0),
             ),
-            admin: AdminKey::new(admin_secret),
+            body_log: body_log::BodyLog::from_config(config, &admin).map(Arc::new),
+            admin: AdminKey::new(admin),
             metrics_token: config
                 .server
                 .metrics_token
                 .as_ref()
-                .map(|t| MetricsToken::new(t.expose())),
+                .map(|t| MetricsToken::new(t.clone())),
             store: Arc::clone(&deps.store),
             clock: Arc::clone(&deps.clock),
             max_body_bytes: config.server.max_body_bytes,
             usage: Arc::clone(&deps.usage),
             #[cfg(feature = "prometheus")]
             prometheus: deps.prometheus.clone(),
-            body_log: body_log::BodyLog::from_config(config, admin_secret).map(Arc::new),
         }
     }
 }

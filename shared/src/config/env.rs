@@ -6,29 +6,41 @@
 
 use super::ConfigError;
 
+/// Expands every placeholder; one that `lookup` cannot resolve (and has no default) is an
+/// error, unless `keep` holds for its field: then it stays as written.
 pub(super) fn interpolate(
     value: &mut toml::Value,
     origin: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<(), ConfigError> {
-    walk(value, &mut String::new(), origin, lookup)
+    walk(
+        value,
+        &mut String::new(),
+        &Resolver {
+            origin,
+            lookup,
+            keep,
+        },
+    )
 }
 
-fn walk(
-    value: &mut toml::Value,
-    path: &mut String,
-    origin: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+struct Resolver<'a> {
+    origin: &'a str,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    keep: &'a dyn Fn(&str) -> bool,
+}
+
+fn walk(value: &mut toml::Value, path: &mut String, r: &Resolver<'_>) -> Result<(), ConfigError> {
     match value {
         toml::Value::String(s) if s.contains("${") => {
-            *s = expand(s, path, origin, lookup)?;
+            *s = expand(s, path, r)?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                walk(item, path, origin, lookup)?;
+                walk(item, path, r)?;
                 path.truncate(len);
             }
         }
@@ -39,7 +51,7 @@ fn walk(
                     path.push('.');
                 }
                 path.push_str(k);
-                walk(item, path, origin, lookup)?;
+                walk(item, path, r)?;
                 path.truncate(len);
             }
         }
@@ -48,12 +60,8 @@ fn walk(
     Ok(())
 }
 
-fn expand(
-    s: &str,
-    field: &str,
-    origin: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
+fn expand(s: &str, field: &str, r: &Resolver<'_>) -> Result<String, ConfigError> {
+    let origin = r.origin;
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -70,9 +78,10 @@ fn expand(
             Some((v, d)) => (v, Some(d)),
             None => (inner, None),
         };
-        match (lookup(var), default) {
+        match ((r.lookup)(var), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
+            (None, None) if (r.keep)(field) => out.push_str(&rest[start..start + 2 + end + 1]),
             (None, None) => {
                 return Err(ConfigError::MissingEnv {
                     origin: origin.to_owned(),
@@ -99,14 +108,36 @@ mod tests {
         }
     }
 
+    const STRICT: Resolver<'static> = Resolver {
+        origin: "o",
+        lookup: &lookup,
+        keep: &|_| false,
+    };
+
     #[test]
     fn expands_defaults_and_values_without_touching_structure() {
-        assert_eq!(expand("x-${A}-y", "f", "o", &lookup).unwrap(), "x-alpha-y");
-        assert_eq!(expand("${B:-dflt}", "f", "o", &lookup).unwrap(), "dflt");
-        assert_eq!(expand("${Q}", "f", "o", &lookup).unwrap(), "has \"quotes\"");
+        assert_eq!(expand("x-${A}-y", "f", &STRICT).unwrap(), "x-alpha-y");
+        assert_eq!(expand("${B:-dflt}", "f", &STRICT).unwrap(), "dflt");
+        assert_eq!(expand("${Q}", "f", &STRICT).unwrap(), "has \"quotes\"");
         assert!(matches!(
-            expand("${A", "f", "o", &lookup),
+            expand("${A", "f", &STRICT),
             Err(ConfigError::BadPlaceholder { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unresolved_placeholder_stays_as_written_only_where_kept() {
+        let keeping = Resolver {
+            keep: &|field| field == "kept",
+            ..STRICT
+        };
+        assert_eq!(
+            expand("${A}:${MISSING}", "kept", &keeping).unwrap(),
+            "alpha:${MISSING}"
+        );
+        assert!(matches!(
+            expand("${MISSING}", "other", &keeping),
+            Err(ConfigError::MissingEnv { ref var, .. }) if var == "MISSING"
         ));
     }
 }

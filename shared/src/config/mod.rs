@@ -549,36 +549,43 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Resolves `${VAR}`: the environment first, then the JSON object in `SLUICE_SECRETS_JSON`
-/// (how the SAM template hands a Secrets Manager secret to the functions).
+/// Resolves `${VAR}` from the environment (`sluice serve`, and the functions for what their
+/// secrets do not hold).
 pub fn lookup_env(var: &str) -> Option<String> {
-    if let Ok(v) = std::env::var(var) {
-        return Some(v);
-    }
-    lookup_secret(&std::env::var("SLUICE_SECRETS_JSON").ok()?, var)
+    std::env::var(var).ok()
+}
+
+/// Resolves `${VAR}` from the environment first, then from a secret holding a JSON object of
+/// strings (`{"OPENAI_API_KEY":"sk-..."}`), as the functions do with their provider secret.
+pub fn lookup_env_then_secret(secret_json: &str) -> impl Fn(&str) -> Option<String> + '_ {
+    move |var| lookup_env(var).or_else(|| lookup_secret(secret_json, var))
 }
 
 /// `var`'s string value in a secret holding a JSON object (`{"OPENAI_API_KEY":"sk-..."}`).
-fn lookup_secret(secrets_json: &str, var: &str) -> Option<String> {
+pub(crate) fn lookup_secret(secrets_json: &str, var: &str) -> Option<String> {
     let parsed: serde_json::Value = serde_json::from_str(secrets_json).ok()?;
     parsed.get(var)?.as_str().map(str::to_owned)
 }
 
-impl Config {
-    /// Reads, interpolates, parses and validates a TOML file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: origin.clone(),
-            source,
-        })?;
-        Self::parse(&text, &origin, &lookup_env)
-    }
+/// Whether `field` (a path such as `providers[0].api_keys[1]`) holds a provider API key.
+fn is_provider_key(field: &str) -> bool {
+    field.starts_with("providers[") && field.contains("].api_keys[")
+}
 
-    /// The config of a Lambda function: the file named by `SLUICE_CONFIG` (on AWS
-    /// `/opt/sluice.toml`, from the template's config layer; `sluice serve` reads the same
-    /// variable), else the TOML text in `SLUICE_CONFIG_TOML` (handy under `cargo lambda watch`),
-    /// else the built-in config. Empty values count as unset; both set is an error.
+/// Where a config's text comes from, kept after start-up so that the same text can be
+/// resolved again when the secret values behind its `${VAR}` placeholders change
+/// (`crate::secrets`). No `Debug`: the text may hold literal keys.
+#[derive(Clone)]
+pub enum ConfigSource {
+    /// No file: [`Config::builtin`].
+    Builtin,
+    /// TOML text and where it was read from (a path, or `SLUICE_CONFIG_TOML`), for errors.
+    Text { text: String, origin: String },
+}
+
+impl ConfigSource {
+    /// The file named by `SLUICE_CONFIG`, else the text in `SLUICE_CONFIG_TOML`, else the
+    /// built-in config (see [`Config::from_env`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_sources(
             std::env::var_os("SLUICE_CONFIG").map(PathBuf::from),
@@ -586,7 +593,7 @@ impl Config {
         )
     }
 
-    /// [`Config::from_env`] over the two variables' values.
+    /// [`ConfigSource::from_env`] over the two variables' values.
     fn from_sources(path: Option<PathBuf>, text: Option<String>) -> Result<Self, ConfigError> {
         let path = path.filter(|p| !p.as_os_str().is_empty());
         let text = text.filter(|t| !t.trim().is_empty());
@@ -594,10 +601,104 @@ impl Config {
             (Some(path), Some(_)) => Err(ConfigError::TwoSources {
                 path: path.display().to_string(),
             }),
-            (Some(path), None) => Self::load(&path),
-            (None, Some(text)) => Self::parse(&text, "SLUICE_CONFIG_TOML", &lookup_env),
-            (None, None) => Ok(Self::builtin()),
+            (Some(path), None) => {
+                let origin = path.display().to_string();
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: origin.clone(),
+                    source,
+                })?;
+                Ok(Self::Text { text, origin })
+            }
+            (None, Some(text)) => Ok(Self::Text {
+                text,
+                origin: "SLUICE_CONFIG_TOML".into(),
+            }),
+            (None, None) => Ok(Self::Builtin),
         }
+    }
+
+    /// Parses the text, `lookup` resolving its placeholders.
+    pub fn resolve(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        match self {
+            Self::Builtin => Ok(Config::builtin()),
+            Self::Text { text, origin } => Config::parse(text, origin, lookup),
+        }
+    }
+
+    /// Parses the text for a process that never calls a provider (the housekeeper, whose role
+    /// cannot read the provider secret): a provider key that `lookup` cannot resolve keeps
+    /// its `${VAR}` text instead of failing. Every other placeholder must resolve.
+    pub fn resolve_without_provider_keys(
+        &self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        match self {
+            Self::Builtin => Ok(Config::builtin()),
+            Self::Text { text, origin } => {
+                Config::parse_keeping_unresolved(text, origin, lookup, &is_provider_key)
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        ConfigSource::from_sources(Some(path.to_owned()), None)?.resolve(&lookup_env)
+    }
+
+    /// The config of a Lambda function: the file named by `SLUICE_CONFIG` (on AWS
+    /// `/opt/sluice.toml`, from the template's config layer; `sluice serve` reads the same
+    /// variable), else the TOML text in `SLUICE_CONFIG_TOML` (handy under `cargo lambda watch`),
+    /// else the built-in config. Empty values count as unset; both set is an error.
+    /// Placeholders resolve from the environment; a function with a provider secret resolves
+    /// them through `crate::secrets` instead.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        ConfigSource::from_env()?.resolve(&lookup_env)
+    }
+
+    /// [`Config::from_env`] over the two variables' values.
+    #[cfg(test)]
+    fn from_sources(path: Option<PathBuf>, text: Option<String>) -> Result<Self, ConfigError> {
+        ConfigSource::from_sources(path, text)?.resolve(&lookup_env)
+    }
+
+    /// Every secret in the config with its field path, in the order of the text.
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        let mut all = Vec::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            for (k, key) in p.api_keys.iter().enumerate() {
+                all.push((format!("providers[{i}].api_keys[{k}]"), key));
+            }
+        }
+        if let Some(s) = &self.jobs.callback_secret {
+            all.push(("jobs.callback_secret".to_owned(), s));
+        }
+        if let Some(s) = &self.server.metrics_token {
+            all.push(("server.metrics_token".to_owned(), s));
+        }
+        all
+    }
+
+    /// Gives this config's secrets, and every clone of them in use, the values in `newer`: the
+    /// same text resolved again with rotated secret values. Answers the fields whose value
+    /// changed (names only), or why the two configs' secrets do not line up.
+    pub fn take_secret_values(&self, newer: &Config) -> Result<Vec<String>, String> {
+        let (current, fresh) = (self.secrets(), newer.secrets());
+        let fields = |s: &[(String, &Secret)]| s.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+        if fields(&current) != fields(&fresh) {
+            return Err(format!(
+                "the secrets moved: {:?} became {:?}",
+                fields(&current),
+                fields(&fresh)
+            ));
+        }
+        Ok(current
+            .iter()
+            .zip(&fresh)
+            .filter(|((_, old), (_, new))| old.replace(&new.expose()))
+            .map(|((field, _), _)| field.clone())
+            .collect())
     }
 
     /// Parses TOML text; `lookup` resolves `${VAR}` placeholders. `origin` names the source in errors.
@@ -606,11 +707,22 @@ impl Config {
         origin: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        Self::parse_keeping_unresolved(text, origin, lookup, &|_| false)
+    }
+
+    /// [`Config::parse`], except that a placeholder `lookup` cannot resolve in a field for
+    /// which `keep` holds stays as written.
+    fn parse_keeping_unresolved(
+        text: &str,
+        origin: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, ConfigError> {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;
-        env::interpolate(&mut value, origin, lookup)?;
+        env::interpolate(&mut value, origin, lookup, keep)?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             ConfigError::Invalid {
@@ -1168,7 +1280,7 @@ cache_ttl_s = 3600
         .unwrap();
         assert_eq!(c.server.header_read_timeout_s, 2.0);
         assert_eq!(c.server.max_connections, 50);
-        assert_eq!(c.server.metrics_token.unwrap().expose(), "sk-fake");
+        assert_eq!(c.server.metrics_token.unwrap().expose().as_ref(), "sk-fake");
         for (extra, field) in [
             ("header_read_timeout_s = 0", "server.header_read_timeout_s"),
             ("body_read_timeout_s = -1", "server.body_read_timeout_s"),
@@ -1322,12 +1434,16 @@ deployments = [{ provider = "p", model = "gpt-4o-mini" }, { provider = "p", mode
 
     #[test]
     fn the_aws_config_is_valid_with_the_keys_from_the_provider_secret() {
-        // What the functions see on AWS: the secret's JSON object in SLUICE_SECRETS_JSON.
+        // What the functions see on AWS: the provider secret's JSON object (crate::secrets).
         let secret = r#"{"OPENAI_API_KEY":"sk-o","ANTHROPIC_API_KEY":"sk-a","GEMINI_API_KEY":"g"}"#;
         let c = Config::parse(AWS_CONFIG, "sluice.toml", &|v| lookup_secret(secret, v)).unwrap();
         let kinds: Vec<_> = c.providers.iter().map(|p| p.kind.name()).collect();
         assert_eq!(kinds, ["openai", "anthropic", "gemini"]);
-        let keys: Vec<_> = c.providers.iter().map(|p| p.api_keys[0].expose()).collect();
+        let keys: Vec<_> = c
+            .providers
+            .iter()
+            .map(|p| p.api_keys[0].expose().to_string())
+            .collect();
         assert_eq!(keys, ["sk-o", "sk-a", "g"]);
         // The gateway-wide cap needs a price for every model: all come from the built-in table.
         assert!(c.limits.global_budget_usd.is_some());
@@ -1347,6 +1463,53 @@ deployments = [{ provider = "p", model = "gpt-4o-mini" }, { provider = "p", mode
         assert!(msg.contains("/opt/sluice.toml"), "{msg}");
         assert!(
             msg.contains("providers[2].api_keys[0]") && msg.contains("GEMINI_API_KEY"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_rotation_reaches_every_clone_of_the_configs_secrets_and_names_only_the_fields() {
+        let source = ConfigSource::Text {
+            text: AWS_CONFIG.to_owned(),
+            origin: "sluice.toml".into(),
+        };
+        let v1 = r#"{"OPENAI_API_KEY":"sk-o1","ANTHROPIC_API_KEY":"sk-a1","GEMINI_API_KEY":"g1"}"#;
+        let v2 = r#"{"OPENAI_API_KEY":"sk-o2","ANTHROPIC_API_KEY":"sk-a1","GEMINI_API_KEY":"g1"}"#;
+        let live = source.resolve(&|v| lookup_secret(v1, v)).unwrap();
+        let in_use = live.providers[0].api_keys[0].clone();
+        let newer = source.resolve(&|v| lookup_secret(v2, v)).unwrap();
+        let changed = live.take_secret_values(&newer).unwrap();
+        assert_eq!(changed, ["providers[0].api_keys[0]"]);
+        assert_eq!(&*in_use.expose(), "sk-o2");
+        assert_eq!(&*live.providers[1].api_keys[0].expose(), "sk-a1");
+        assert!(live.take_secret_values(&newer).unwrap().is_empty());
+
+        // A config whose secrets do not line up (another text) changes nothing.
+        let other = Config::parse(EXAMPLE, "x.toml", &|_| Some("sk-x".into())).unwrap();
+        let err = live.take_secret_values(&other).unwrap_err();
+        assert!(!err.contains("sk-"), "{err}");
+        assert_eq!(&*in_use.expose(), "sk-o2");
+    }
+
+    #[test]
+    fn without_provider_keys_only_the_keys_may_stay_unresolved() {
+        let source = ConfigSource::Text {
+            text: AWS_CONFIG.to_owned(),
+            origin: "/opt/sluice.toml".into(),
+        };
+        let c = source.resolve_without_provider_keys(&|_| None).unwrap();
+        assert_eq!(&*c.providers[0].api_keys[0].expose(), "${OPENAI_API_KEY}");
+        let text = format!("{AWS_CONFIG}\n[jobs]\ncallback_secret = \"${{CALLBACK_SECRET}}\"\n");
+        let source = ConfigSource::Text {
+            text,
+            origin: "/opt/sluice.toml".into(),
+        };
+        let msg = source
+            .resolve_without_provider_keys(&|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("jobs.callback_secret") && msg.contains("CALLBACK_SECRET"),
             "{msg}"
         );
     }

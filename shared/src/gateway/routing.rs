@@ -390,7 +390,7 @@ impl Gateway {
                 UpstreamRequest {
                     endpoint: call.endpoint,
                     body,
-                    api_key: deployment.api_key.expose(),
+                    api_key: &deployment.api_key.expose(),
                     stream: call.stream,
                     timeout,
                 },
