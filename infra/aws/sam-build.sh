@@ -62,7 +62,7 @@ def zipped(directory):
     return len(buf.getvalue())
 
 mb = lambda n: f"{n / 1e6:.2f} MB"
-print(f"cargo lambda build (3 functions): {prebuild} s, then sam build: {secs} s")
+print(f"cargo lambda build (4 function binaries): {prebuild} s, then sam build: {secs} s")
 print(f"{'function':<22} {'bootstrap':>20} {'zip':>20}   (limit {limit:,} B)")
 over = []
 for name, r in resources.items():
