@@ -166,14 +166,21 @@ impl Housekeeper {
         report: &mut Report,
         queued_again: &mut HashSet<String>,
     ) -> Result<(), HousekeepingError> {
-        let mut seen = 0;
-        while seen < PER_PASS && !Self::out_of_time() {
+        // A letter kept (poison, or a job a worker holds) is not deleted: once its visibility
+        // timeout runs out it can be received again in the same pass. It is handled once a
+        // pass, and a receive that brings back only letters already handled ends the pass.
+        let mut handled = HashSet::new();
+        while handled.len() < PER_PASS && !Self::out_of_time() {
             let letters = self.queue.receive_dead_letters(10).await?;
-            if letters.is_empty() {
+            let fresh: Vec<_> = letters
+                .into_iter()
+                .filter(|letter| !handled.contains(&letter.message_id))
+                .collect();
+            if fresh.is_empty() {
                 break;
             }
-            seen += letters.len();
-            for letter in letters {
+            for letter in fresh {
+                handled.insert(letter.message_id.clone());
                 self.dead_letter(&letter, report, queued_again).await?;
             }
         }
