@@ -9,6 +9,7 @@ pub mod fake_upstream;
 pub mod faulty_store;
 pub mod gateway;
 pub mod hostile_jobs;
+pub mod logs;
 pub mod recording;
 pub mod requests;
 pub mod throttle_proxy;

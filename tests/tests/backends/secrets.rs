@@ -4,8 +4,7 @@
 //! refresh fails, and never printed: not in a log line (captured without Sluice's redaction,
 //! at debug level) nor in `Debug` output.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -16,6 +15,7 @@ use sluice::deps::{Deps, Services};
 use sluice::secrets::{
     FunctionSecrets, RETRY_AFTER_FAILURE_MS, SecretIds, SecretSource, SecretsManager,
 };
+use sluice_tests::logs::Captured;
 use sluice_tests::{FakeUpstream, PROVIDER_KEY, aws, fake_config};
 
 /// The placeholder the config uses for the provider key; nothing in the environment sets it.
@@ -32,39 +32,18 @@ fn provider_secret(key: &str) -> String {
     json!({ VAR: key }).to_string()
 }
 
-/// Log lines of this thread's tasks, written by a plain fmt subscriber (no redaction).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// This thread's default subscriber until the guard drops; the tests run on a
-    /// current-thread runtime, so the server's tasks log here too.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
+/// A plain fmt subscriber (no redaction) writing to `logs`, as this thread's default until
+/// the guard drops; the tests run on a current-thread runtime, so the server's tasks log
+/// there too.
+fn install(logs: &Captured) -> tracing::subscriber::DefaultGuard {
+    let sink = logs.clone();
+    Captured::set_default(
+        tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
             .with_writer(move || sink.clone())
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        tracing::callsite::rebuild_interest_cache();
-        guard
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
+            .finish(),
+    )
 }
 
 /// Creates a secret on moto; answers its ARN.
@@ -176,7 +155,7 @@ impl Function {
 #[tokio::test]
 async fn a_function_reads_both_secrets_at_start_and_follows_a_rotation_after_the_ttl() {
     let logs = Captured::default();
-    let _guard = logs.install();
+    let _guard = install(&logs);
     let sm = aws::secrets_client().await;
     let prefix = aws::unique_prefix();
     let provider = create_secret(
@@ -230,7 +209,7 @@ async fn a_function_reads_both_secrets_at_start_and_follows_a_rotation_after_the
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_values_in_use_and_is_tried_again_sooner() {
     let logs = Captured::default();
-    let _guard = logs.install();
+    let _guard = install(&logs);
     let sm = aws::secrets_client().await;
     let prefix = aws::unique_prefix();
     // By name, as infra/samconfig.toml passes them.

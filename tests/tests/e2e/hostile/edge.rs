@@ -16,9 +16,8 @@
 //! and measured (`hostile-edge:` lines) for RELIABILITY.md:
 //! `cargo test -p sluice-tests --test e2e hostile::edge -- --nocapture`.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -30,6 +29,7 @@ use sluice::config::Config;
 use sluice::deps::{Deps, Services};
 use sluice::server::Limits;
 use sluice_tests::gateway::ADMIN_KEY;
+use sluice_tests::logs::Captured;
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config, fake_config_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -447,50 +447,20 @@ async fn shutdown_lets_requests_in_flight_finish() {
 
 // ---- Logs ------------------------------------------------------------------------------------
 
-/// The lines a subscriber wrote, as [`sluice::logging::subscriber`] formats them.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Sluice's log subscriber, writing to `captured`, as this thread's default.
+fn install(captured: &Captured) -> tracing::subscriber::DefaultGuard {
+    let sink = captured.clone();
+    Captured::set_default(sluice::logging::subscriber(move || sink.clone()))
 }
 
-impl Captured {
-    /// Sets Sluice's log subscriber, writing here, as this thread's default.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let guard =
-            tracing::subscriber::set_default(sluice::logging::subscriber(move || sink.clone()));
-        Self::refresh();
-        guard
-    }
-
-    /// Recomputes which log call sites are enabled. Other tests' threads, without this
-    /// thread's subscriber, register call sites concurrently and may cache them as disabled
-    /// (tracing-core recomputes interest per call site without a lock against new
-    /// subscribers); a line missing for that reason would fail the access-line checks below.
-    fn refresh() {
-        tracing::callsite::rebuild_interest_cache();
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    fn access_lines(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|l| l["target"] == "sluice::access")
-            .collect()
-    }
+/// The access-log lines `captured` holds.
+fn access_lines(captured: &Captured) -> Vec<Value> {
+    captured
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["target"] == "sluice::access")
+        .collect()
 }
 
 /// Sends `GET <target>` as written (no client-side normalisation) and reads the answer.
@@ -515,7 +485,7 @@ fn secret_part(key: &str) -> &str {
 #[tokio::test]
 async fn keys_in_paths_queries_request_ids_and_model_names_never_reach_the_log() {
     let captured = Captured::default();
-    let _guard = captured.install();
+    let _guard = install(&captured);
     let up = FakeUpstream::start().await;
     let gw = TestGateway::start(&fake_config(&up.base_url)).await;
     let key = gw.create_key("logs").await;
@@ -557,7 +527,7 @@ async fn keys_in_paths_queries_request_ids_and_model_names_never_reach_the_log()
             "{secret} in the log:\n{text}"
         );
     }
-    let access = captured.access_lines();
+    let access = access_lines(&captured);
     assert_eq!(access.len(), cases.len() + 2, "{text}");
     let paths: Vec<&str> = access.iter().filter_map(|l| l["path"].as_str()).collect();
     for expected in [
@@ -616,7 +586,7 @@ fn fuzz_a_key_anywhere_in_a_path_or_query_never_reaches_the_log() {
         .build()
         .unwrap();
     let captured = Captured::default();
-    let _guard = captured.install();
+    let _guard = install(&captured);
     let gw = runtime.block_on(TestGateway::start_builtin());
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -629,13 +599,13 @@ fn fuzz_a_key_anywhere_in_a_path_or_query_never_reaches_the_log() {
     });
     let requests = std::cell::Cell::new(0);
     let result = runner.run(&target_with_key(), |(target, key)| {
-        let before = captured.access_lines().len();
+        let before = access_lines(&captured).len();
         Captured::refresh();
         runtime.block_on(raw_get(gw.addr, &target, ""));
         requests.set(requests.get() + 1);
         let text = captured.text();
         prop_assert_eq!(
-            captured.access_lines().len(),
+            access_lines(&captured).len(),
             before + 1,
             "no access line: {}",
             target
