@@ -17,9 +17,9 @@ use sluice::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use sluice::keys::{KeyHash, KeyRecord};
 use sluice::metrics::RollupRow;
 use sluice::store::{
-    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, IdempotencyBegin,
-    IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, MetricsStore, Settlement,
-    SharedStore, StoreError, StoredResponse,
+    Applied, CacheKey, CacheStore, CachedResponse, CounterField, FlightBegin, FlightPoll, Hold,
+    IdempotencyBegin, IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, MetricsStore,
+    Settlement, SharedStore, StoreError, StoredResponse,
 };
 
 /// A store operation, by the name of its trait method.
@@ -32,6 +32,9 @@ pub enum Op {
     RevokeKey,
     CacheGet,
     CachePut,
+    FlightBegin,
+    FlightPoll,
+    FlightEnd,
     InsertJob,
     GetJob,
     ClaimJob,
@@ -51,10 +54,12 @@ pub enum Op {
 
 impl Op {
     /// Every operation that writes, in the order a request or job meets them.
-    pub const WRITES: [Op; 14] = [
+    pub const WRITES: [Op; 16] = [
         Op::IdempotencyBegin,
+        Op::FlightBegin,
         Op::Apply,
         Op::CachePut,
+        Op::FlightEnd,
         Op::Settle,
         Op::IdempotencyFinish,
         Op::IdempotencyRelease,
@@ -239,6 +244,29 @@ impl CacheStore for FaultyStore {
     }
     async fn cache_put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError> {
         self.guard(Op::CachePut, self.inner.cache_put(key, entry))
+            .await
+    }
+    async fn flight_begin(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        landed_ms: u64,
+    ) -> Result<FlightBegin, StoreError> {
+        self.guard(
+            Op::FlightBegin,
+            self.inner
+                .flight_begin(key, token, now_ms, lease_ms, landed_ms),
+        )
+        .await
+    }
+    async fn flight_poll(&self, key: &CacheKey, now_ms: u64) -> Result<FlightPoll, StoreError> {
+        self.guard(Op::FlightPoll, self.inner.flight_poll(key, now_ms))
+            .await
+    }
+    async fn flight_end(&self, key: &CacheKey, token: &str) -> Result<(), StoreError> {
+        self.guard(Op::FlightEnd, self.inner.flight_end(key, token))
             .await
     }
 }

@@ -38,7 +38,7 @@ use crate::providers::{Endpoint, Usage, sse};
     request_body = super::openapi::MessagesRequest,
     responses(
         (status = 200, description = "A `message`; Anthropic's named events with `stream: true`.",
-            headers(("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`")),
+            headers(("x-sluice-cache" = String, description = "`hit`, `coalesced`, `miss`, `stale` or `bypass`")),
             content(
                 (super::openapi::Message = "application/json"),
                 (super::openapi::ServerSentEvent = "text/event-stream"),

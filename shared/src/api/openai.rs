@@ -121,7 +121,7 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     responses(
         (status = 200, description = "The answer; server-sent events with `stream: true`.",
             headers(
-                ("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`"),
+                ("x-sluice-cache" = String, description = "`hit`, `coalesced`, `miss`, `stale` or `bypass`"),
                 ("x-sluice-provider" = String, description = "The deployment that answered"),
                 ("x-sluice-cost-usd" = String, description = "Exact cost (JSON answers)"),
             ),
@@ -161,7 +161,7 @@ pub async fn chat_completions(
     responses(
         (status = 200, description = "The vectors.", body = super::openapi::EmbeddingList,
             headers(
-                ("x-sluice-cache" = String, description = "`hit`, `miss`, `stale` or `bypass`"),
+                ("x-sluice-cache" = String, description = "`hit`, `coalesced`, `miss`, `stale` or `bypass`"),
                 ("x-sluice-cost-usd" = String, description = "Exact cost"),
             )),
         (status = 202, description = "Accepted as a job (`Prefer: respond-async`).",

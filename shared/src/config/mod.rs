@@ -341,6 +341,10 @@ pub struct CacheConfig {
     pub max_entry_bytes: usize,
     /// Recent entries kept in process memory in front of the store, in MiB (0: none).
     pub memory_mb: usize,
+    /// How long a request waits for an identical request's provider call already in flight
+    /// (in this process or another sharing the store) before it calls the provider itself;
+    /// 0 turns coalescing off (`gateway/coalesce.rs`).
+    pub coalesce_wait_s: f64,
 }
 
 impl Default for CacheConfig {
@@ -351,6 +355,7 @@ impl Default for CacheConfig {
             stale_keep_s: 86_400,
             max_entry_bytes: 1024 * 1024,
             memory_mb: 16,
+            coalesce_wait_s: 30.0,
         }
     }
 }
@@ -804,6 +809,12 @@ impl Config {
             return Err(invalid(
                 "server.key_cache_ttl_s".into(),
                 "must be zero or a positive number of seconds".into(),
+            ));
+        }
+        if !(self.cache.coalesce_wait_s.is_finite() && self.cache.coalesce_wait_s >= 0.0) {
+            return Err(invalid(
+                "cache.coalesce_wait_s".into(),
+                "must be zero (off) or a positive number of seconds".into(),
             ));
         }
         if self.metrics.flush_every_ms == 0 || self.metrics.max_pending_events == 0 {
@@ -1623,6 +1634,7 @@ mod fuzz {
         "redact",
         "enabled",
         "default_ttl_s",
+        "coalesce_wait_s",
         "max_body_bytes",
         "upstream_timeout_s",
         "header_read_timeout_s",

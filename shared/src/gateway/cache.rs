@@ -31,6 +31,9 @@ pub enum CacheStatus {
     Miss,
     /// An expired entry served because every provider failed.
     Stale,
+    /// Answered by an identical request's provider call that was already in flight (see
+    /// [`super::coalesce`]); no provider call of its own.
+    Coalesced,
     /// The cache was not consulted (disabled, streaming, `no-cache`, or an error before lookup).
     #[default]
     Bypass,
@@ -43,6 +46,7 @@ impl CacheStatus {
             Self::Hit => "hit",
             Self::Miss => "miss",
             Self::Stale => "stale",
+            Self::Coalesced => "coalesced",
             Self::Bypass => "bypass",
         }
     }

@@ -1,10 +1,11 @@
-//! The request pipeline: validate → resolve model → cache → pick deployment → provider →
-//! price → store → answer. Hosting-agnostic: the HTTP layer calls [`Gateway::handle`] with an
+//! The request pipeline: validate → resolve model → cache → coalesce identical misses
+//! (`coalesce`) → pick deployment → provider → price → store → answer. Hosting-agnostic: the HTTP layer calls [`Gateway::handle`] with an
 //! authenticated [`Caller`]; the same code serves `sluice serve` and the Lambda functions.
 
 pub mod batch;
 pub mod cache;
 pub mod catalog;
+pub mod coalesce;
 pub mod request;
 pub mod response_cache;
 pub mod routing;
@@ -234,9 +235,15 @@ pub struct Gateway {
     cache_config: CacheConfig,
     upstream_timeout: Duration,
     cache: Arc<response_cache::ResponseCache>,
+    /// Single-flight of identical misses; `None` when `cache.coalesce_wait_s` is 0.
+    coalescer: Option<Arc<coalesce::Coalescer>>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
 }
+
+/// Added to a leader's own deadline for its in-flight marker's lease: settling and storing
+/// the answer come after the provider call.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Builds the one HTTP client a process uses for every provider: pooled keep-alive
 /// connections, HTTP/2 where the provider offers it over TLS (rustls).
@@ -269,9 +276,16 @@ impl Gateway {
             cache_config: config.cache.clone(),
             upstream_timeout: Duration::from_secs_f64(config.server.upstream_timeout_s),
             cache: Arc::new(response_cache::ResponseCache::new(
-                store,
+                Arc::clone(&store),
                 config.cache.memory_mb.saturating_mul(1024 * 1024),
             )),
+            coalescer: (config.cache.coalesce_wait_s > 0.0).then(|| {
+                Arc::new(coalesce::Coalescer::new(
+                    store,
+                    Arc::clone(&clock),
+                    Duration::from_secs_f64(config.cache.coalesce_wait_s),
+                ))
+            }),
             http,
             clock,
         }
@@ -377,27 +391,48 @@ impl Gateway {
         let key = (policy.lookup || policy.store)
             .then(|| cache::cache_key(&caller.tenant, endpoint, &model.name, &request.body));
         let mut stale = None;
+        // Set when this request calls the provider for identical requests waiting for it.
+        let mut lead = None;
         if let (true, Some(key)) = (policy.lookup, &key) {
             let now = self.clock.now_ms();
             match self.cache.get(key, now).await {
                 Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
-                    // A cached answer is a request (requests per minute) but spends nothing.
-                    return match self.limiter.admit_cached(&subject).await? {
-                        Ok(()) => Ok(Reply::cached(entry.body, CacheStatus::Hit)),
-                        Err(refusal) => {
-                            let over = Over {
-                                refusal,
-                                stale: Some(entry),
-                                downgraded,
-                            };
-                            self.over_limit(caller, &model, request, options, trace, over)
-                                .await
-                        }
-                    };
+                    let hit = (entry, CacheStatus::Hit);
+                    return self
+                        .serve_cached(caller, &model, request, options, trace, hit, downgraded)
+                        .await;
                 }
                 Ok(entry) => stale = entry,
                 // The cache is an optimisation: when it fails, the provider still answers.
                 Err(e) => tracing::warn!(error = %e, "cache lookup failed; calling provider"),
+            }
+            // Streams are not coalesced (README, "Coalescing"): a follower would wait for the
+            // leader's whole answer before its first byte, or need the leader's events
+            // relayed live between processes, which the store cannot do.
+            if let (true, false, Some(coalescer)) = (policy.store, request.stream, &self.coalescer)
+            {
+                let landed = stale
+                    .as_ref()
+                    .map_or(0, |e: &CachedResponse| e.created_at_ms);
+                let own = options.timeout.unwrap_or(self.request_timeout);
+                let lease = crate::invocation::time_left().map_or(own, |left| own.min(left));
+                let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
+                match coalescer
+                    .join(key, landed, lease + LEASE_MARGIN, fresh)
+                    .await
+                {
+                    coalesce::Joined::Answer(entry) => {
+                        self.cache.remember(key, &entry);
+                        let coalesced = (entry, CacheStatus::Coalesced);
+                        return self
+                            .serve_cached(
+                                caller, &model, request, options, trace, coalesced, downgraded,
+                            )
+                            .await;
+                    }
+                    coalesce::Joined::Lead(l) => lead = Some(l),
+                    coalesce::Joined::Alone => {}
+                }
             }
         }
 
@@ -481,24 +516,29 @@ impl Gateway {
             UpstreamResponse::Complete { body, usage, .. } => {
                 let usage = usage.unwrap_or_else(|| estimate_usage(&request));
                 let cost_nano_usd = model.price.cost_nano_usd(&usage);
+                let entry = policy.store.then(|| {
+                    let now = self.clock.now_ms();
+                    let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
+                    CachedResponse {
+                        body: body.clone(),
+                        created_at_ms: now,
+                        expires_at_ms,
+                        purge_at_ms: expires_at_ms
+                            .saturating_add(self.cache_config.stale_keep_s.saturating_mul(1000)),
+                    }
+                });
                 let store_answer = async {
-                    if let (true, Some(key)) = (policy.store, &key)
+                    if let (Some(entry), Some(key)) = (&entry, &key)
                         && body.len() <= self.cache_config.max_entry_bytes
                     {
-                        let now = self.clock.now_ms();
-                        let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
-                        let entry = CachedResponse {
-                            body: body.clone(),
-                            created_at_ms: now,
-                            expires_at_ms,
-                            purge_at_ms: expires_at_ms.saturating_add(
-                                self.cache_config.stale_keep_s.saturating_mul(1000),
-                            ),
-                        };
-                        if let Err(e) = self.cache.put(key, &entry).await {
-                            tracing::warn!(error = %e, "cache store failed; answer not cached");
+                        match self.cache.put(key, entry).await {
+                            Ok(()) => return true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cache store failed; answer not cached");
+                            }
                         }
                     }
+                    false
                 };
                 // Independent writes: settle the reservation and store the answer together.
                 let settlement = if options.defer_settlement {
@@ -512,7 +552,10 @@ impl Gateway {
                         self.settle(grant, usage.total(), cost_nano_usd).await;
                     }
                 };
-                tokio::join!(settle, store_answer);
+                let ((), stored) = tokio::join!(settle, store_answer);
+                if let (Some(lead), Some(entry)) = (lead, entry) {
+                    lead.land(entry, stored).await;
+                }
                 Ok(Reply {
                     body: ReplyBody::Json(body),
                     cache: status,
@@ -521,6 +564,33 @@ impl Gateway {
                     fallback: tier,
                     settlement,
                 })
+            }
+        }
+    }
+
+    /// Serves a stored answer (a cache hit, or an identical request's answer): a request for
+    /// the rate limits (requests per minute), no tokens, no reservation, no spend.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_cached(
+        &self,
+        caller: &Caller,
+        model: &Model,
+        request: ParsedRequest,
+        options: RequestOptions,
+        trace: &mut Trace,
+        (entry, status): (CachedResponse, CacheStatus),
+        downgraded: bool,
+    ) -> Result<Reply, GatewayError> {
+        match self.limiter.admit_cached(&caller.subject()).await? {
+            Ok(()) => Ok(Reply::cached(entry.body, status)),
+            Err(refusal) => {
+                let over = Over {
+                    refusal,
+                    stale: Some(entry),
+                    downgraded,
+                };
+                self.over_limit(caller, model, request, options, trace, over)
+                    .await
             }
         }
     }

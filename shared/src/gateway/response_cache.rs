@@ -107,6 +107,13 @@ impl ResponseCache {
         Ok(found)
     }
 
+    /// Keeps an entry another process stored (found by polling) in memory too.
+    pub fn remember(&self, key: &CacheKey, entry: &CachedResponse) {
+        if let Some(mut hot) = self.hot() {
+            hot.insert(key.digest, entry.clone());
+        }
+    }
+
     /// Stores or replaces the entry under `key`, in memory and in the store.
     pub async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError> {
         if let Some(mut hot) = self.hot() {

@@ -74,7 +74,7 @@ pub struct UsageEvent {
     pub tokens_out: u64,
     /// Cost in nano-USD.
     pub cost_nano_usd: u64,
-    /// `hit`, `miss` or `bypass`.
+    /// `hit`, `coalesced`, `miss`, `stale` or `bypass`.
     pub cache: String,
     /// The fallback tier that answered, for degraded answers.
     pub fallback: Option<String>,

@@ -176,7 +176,8 @@ impl UsageSink for Prometheus {
                 model: model.clone(),
             })
             .observe(event.latency_ms / 1000.0);
-        if event.cache == "hit" {
+        // An identical request's answer saved a provider call as a hit does.
+        if matches!(event.cache.as_str(), "hit" | "coalesced") {
             self.cache_hits
                 .get_or_create(&ModelLabels {
                     model: model.clone(),

@@ -63,7 +63,8 @@ impl Rollup {
             Some(ErrorClass::Server) => self.errors_server += 1,
             None => {}
         }
-        if event.cache == "hit" {
+        // An identical request's answer saved a provider call as a hit does.
+        if matches!(event.cache.as_str(), "hit" | "coalesced") {
             self.cache_hits += 1;
         }
         if event.fallback.is_some() {

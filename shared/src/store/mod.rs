@@ -81,7 +81,38 @@ pub struct CachedResponse {
     pub purge_at_ms: u64,
 }
 
-/// Exact-match response cache.
+/// An identical request's provider call in progress: the single-flight marker of
+/// [`crate::gateway::coalesce`], one per cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flight {
+    /// Who holds it (random per leader), so only its holder ends it.
+    pub token: String,
+    /// When the leader took it.
+    pub started_at_ms: u64,
+    /// After this the leader is presumed dead and another request may take over.
+    pub lease_until_ms: u64,
+}
+
+/// What [`CacheStore::flight_begin`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlightBegin {
+    /// The caller holds the marker now: it calls the provider.
+    Leading,
+    /// Another request's flight holds it (returned with the refusal, no second read).
+    Following(Flight),
+}
+
+/// What one [`CacheStore::flight_poll`] read found under a key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlightPoll {
+    /// The cached entry, unless past its purge time.
+    pub entry: Option<CachedResponse>,
+    /// The in-flight marker, unless its lease has run out.
+    pub flight: Option<Flight>,
+}
+
+/// Exact-match response cache, and the in-flight markers that let identical misses share one
+/// provider call across processes.
 #[async_trait]
 pub trait CacheStore: Send + Sync {
     /// The entry under `key` unless it is past its purge time at `now_ms` (expired but not yet
@@ -93,6 +124,24 @@ pub trait CacheStore: Send + Sync {
     ) -> Result<Option<CachedResponse>, StoreError>;
     /// Stores or replaces the entry under `key`.
     async fn cache_put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError>;
+    /// Marks `key` in flight for `token` until `now_ms + lease_ms` with one conditional write,
+    /// unless another flight holds it: one whose lease has not run out at `now_ms` and that
+    /// started after `landed_ms` (the creation time of the entry the caller saw, 0 if none: a
+    /// flight that started before that entry was stored has landed, and its marker is spent —
+    /// so a leader that stored its answer need not delete its marker).
+    async fn flight_begin(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        landed_ms: u64,
+    ) -> Result<FlightBegin, StoreError>;
+    /// The entry and the in-flight marker under `key`, in one read (a follower's poll).
+    async fn flight_poll(&self, key: &CacheKey, now_ms: u64) -> Result<FlightPoll, StoreError>;
+    /// Deletes the marker under `key` if `token` still holds it (the leader failed, or its
+    /// answer was not stored), so a waiting request can take over at once.
+    async fn flight_end(&self, key: &CacheKey, token: &str) -> Result<(), StoreError>;
 }
 
 /// Async jobs and their lifecycle; every state change is a conditional write.

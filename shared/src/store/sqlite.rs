@@ -17,9 +17,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Hold, IdempotencyBegin,
-    IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, METRICS_MARKER_TTL_MS,
-    MetricsStore, Settlement, StoreError, StoredResponse,
+    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Flight, FlightBegin, FlightPoll,
+    Hold, IdempotencyBegin, IdempotencyStore, Increment, JobStore, KeyStore, LimitStore,
+    METRICS_MARKER_TTL_MS, MetricsStore, Settlement, StoreError, StoredResponse,
 };
 use crate::clock::Clock;
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
@@ -29,7 +29,7 @@ use crate::num::{to_i64, to_u16, to_u32, to_u64};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     purge_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS cache_entries_purge ON cache_entries (purge_at_ms);
+-- v7: in-flight markers of identical misses (gateway/coalesce.rs), one per cache key.
+CREATE TABLE IF NOT EXISTS cache_flights (
+    digest         BLOB PRIMARY KEY,
+    token          TEXT NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (
     id             TEXT PRIMARY KEY,
     tenant         TEXT NOT NULL,
@@ -603,11 +610,91 @@ impl CacheStore for SqliteStore {
                     [to_i64(entry.created_at_ms)],
                 )
                 .map_err(backend)?;
+                c.execute(
+                    "DELETE FROM cache_flights WHERE lease_until_ms <= ?1",
+                    [to_i64(entry.created_at_ms)],
+                )
+                .map_err(backend)?;
             }
             Ok(())
         })
         .await
     }
+
+    async fn flight_begin(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        landed_ms: u64,
+    ) -> Result<FlightBegin, StoreError> {
+        let digest = key.digest;
+        let token = token.to_owned();
+        // One write transaction on the single writer (`BEGIN IMMEDIATE` against other
+        // processes): the read and the insert cannot interleave with another begin.
+        self.write(move |c| {
+            if let Some(held) = flight_row(c, &digest)?
+                && held.lease_until_ms > now_ms
+                && held.started_at_ms > landed_ms
+            {
+                return Ok(FlightBegin::Following(held));
+            }
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO cache_flights (digest, token, started_at_ms, lease_until_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?
+            .execute(params![
+                &digest[..],
+                token,
+                to_i64(now_ms),
+                to_i64(now_ms.saturating_add(lease_ms))
+            ])
+            .map_err(backend)?;
+            Ok(FlightBegin::Leading)
+        })
+        .await
+    }
+
+    async fn flight_poll(&self, key: &CacheKey, now_ms: u64) -> Result<FlightPoll, StoreError> {
+        let entry = self.cache_get(key, now_ms).await?;
+        let digest = key.digest;
+        let flight = self
+            .read(move |c| flight_row(c, &digest))
+            .await?
+            .filter(|f| f.lease_until_ms > now_ms);
+        Ok(FlightPoll { entry, flight })
+    }
+
+    async fn flight_end(&self, key: &CacheKey, token: &str) -> Result<(), StoreError> {
+        let digest = key.digest;
+        let token = token.to_owned();
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM cache_flights WHERE digest = ?1 AND token = ?2")
+                .map_err(backend)?
+                .execute(params![&digest[..], token])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn flight_row(c: &Connection, digest: &[u8; 32]) -> Result<Option<Flight>, StoreError> {
+    c.prepare_cached(
+        "SELECT token, started_at_ms, lease_until_ms FROM cache_flights WHERE digest = ?1",
+    )
+    .map_err(backend)?
+    .query_row([&digest[..]], |row| {
+        Ok(Flight {
+            token: row.get(0)?,
+            started_at_ms: to_u64(row.get::<_, i64>(1)?),
+            lease_until_ms: to_u64(row.get::<_, i64>(2)?),
+        })
+    })
+    .optional()
+    .map_err(backend)
 }
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {

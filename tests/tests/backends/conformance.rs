@@ -15,8 +15,8 @@ use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
-    Applied, CacheKey, CachedResponse, CounterField, Hold, IdempotencyBegin, Increment, Settlement,
-    SharedStore, StoreError, StoredResponse,
+    Applied, CacheKey, CachedResponse, CounterField, FlightBegin, FlightPoll, Hold,
+    IdempotencyBegin, Increment, Settlement, SharedStore, StoreError, StoredResponse,
 };
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -78,6 +78,8 @@ conformance!(
     keys_are_found_by_id_and_a_revocation_is_seen_at_once,
     cache_entries_round_trip_and_vanish_at_purge_time,
     large_cache_entries_never_fail,
+    in_flight_markers_have_one_holder_and_end_by_token_lease_or_landing,
+    concurrent_flight_begins_have_one_leader,
     jobs_move_through_their_lifecycle_by_conditional_writes,
     concurrent_claims_of_one_job_have_one_winner,
     expired_jobs_are_gone,
@@ -1187,4 +1189,110 @@ async fn concurrent_rollup_batches_all_count(b: Backend) {
     assert_eq!(rows[0].rollup.requests, 8);
     assert_eq!(rows[0].rollup.latency.count(), 8);
     assert_eq!(rows[0].rollup.errors_rate_limited, 8);
+}
+
+/// The single-flight marker of identical misses (`gateway/coalesce.rs`): one holder at a time,
+/// refused with the holder; ended only by its own token; taken over once its lease runs out or
+/// once an entry newer than it is stored (the leader landed); polled with its entry in one read.
+async fn in_flight_markers_have_one_holder_and_end_by_token_lease_or_landing(b: Backend) {
+    let key = cache_key("t1", 21);
+    let begin = |token: &'static str, now: u64, landed: u64| {
+        let (store, key) = (b.store.clone(), key.clone());
+        async move {
+            store
+                .flight_begin(&key, token, now, 1_000, landed)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        b.store.flight_poll(&key, 10_000).await.unwrap(),
+        FlightPoll::default()
+    );
+    assert_eq!(begin("a", 10_000, 0).await, FlightBegin::Leading);
+    let held = FlightBegin::Following(sluice::store::Flight {
+        token: "a".into(),
+        started_at_ms: 10_000,
+        lease_until_ms: 11_000,
+    });
+    assert_eq!(begin("b", 10_500, 0).await, held);
+    // Its lease is still on at 10 999, by an entry stored before it began too.
+    assert_eq!(begin("b", 10_999, 9_000).await, held);
+    let polled = b.store.flight_poll(&key, 10_999).await.unwrap();
+    assert_eq!(polled.entry, None);
+    assert_eq!(polled.flight.unwrap().token, "a");
+    // Another token cannot end it; its own can.
+    b.store.flight_end(&key, "b").await.unwrap();
+    assert_eq!(begin("c", 10_600, 0).await, held);
+    b.store.flight_end(&key, "a").await.unwrap();
+    assert_eq!(
+        b.store.flight_poll(&key, 10_600).await.unwrap().flight,
+        None
+    );
+    assert_eq!(begin("c", 10_700, 0).await, FlightBegin::Leading);
+    // A lease that ran out is taken over; the poll no longer reports it.
+    assert_eq!(
+        b.store.flight_poll(&key, 11_700).await.unwrap().flight,
+        None
+    );
+    assert_eq!(begin("d", 11_700, 0).await, FlightBegin::Leading);
+    // The leader stores its answer and leaves its marker: the entry, created after the
+    // marker began, makes it spent for whoever saw that entry (once it is stale).
+    let entry = CachedResponse {
+        body: Bytes::from_static(br#"{"answer":"landed"}"#),
+        created_at_ms: 12_000,
+        expires_at_ms: 12_100,
+        purge_at_ms: 50_000,
+    };
+    b.store.cache_put(&key, &entry).await.unwrap();
+    let polled = b.store.flight_poll(&key, 12_050).await.unwrap();
+    assert_eq!(polled.entry, Some(entry.clone()));
+    assert_eq!(polled.flight.as_ref().map(|f| f.token.as_str()), Some("d"));
+    assert_eq!(begin("e", 12_200, 12_000).await, FlightBegin::Leading);
+    // Markers are per key: another key's flight is its own.
+    let other = cache_key("t1", 23);
+    assert_eq!(
+        b.store.flight_poll(&other, 12_200).await.unwrap(),
+        FlightPoll::default()
+    );
+    assert_eq!(
+        b.store
+            .flight_begin(&other, "f", 12_200, 1_000, 0)
+            .await
+            .unwrap(),
+        FlightBegin::Leading
+    );
+}
+
+/// Fifty processes' first requests of one key begin at once: exactly one leads, and the
+/// others are told who does.
+async fn concurrent_flight_begins_have_one_leader(b: Backend) {
+    let key = cache_key("t1", 22);
+    let results = join_all((0..50).map(|i| {
+        let (store, key) = (b.store.clone(), key.clone());
+        async move {
+            store
+                .flight_begin(&key, &format!("token{i}"), 20_000, 5_000, 0)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let leaders = results
+        .iter()
+        .filter(|r| **r == FlightBegin::Leading)
+        .count();
+    assert_eq!(leaders, 1, "{results:?}");
+    let holder = b
+        .store
+        .flight_poll(&key, 20_001)
+        .await
+        .unwrap()
+        .flight
+        .unwrap();
+    for r in &results {
+        if let FlightBegin::Following(f) = r {
+            assert_eq!(f, &holder);
+        }
+    }
 }

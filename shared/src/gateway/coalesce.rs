@@ -1,0 +1,325 @@
+//! Coalescing of identical misses (single-flight): when identical cacheable requests of one
+//! tenant arrive together, only the first (the *leader*) calls the provider; the others
+//! (*followers*) wait for its answer and are served it, `x-sluice-cache: coalesced`, billed and
+//! admitted like a cache hit.
+//!
+//! This is the second half of the pipeline's "lookup" stage: after a cache miss,
+//! [`Coalescer::join`] says whether this request leads (calls the provider, then hands its
+//! answer over with [`Lead::land`]), is answered by another request's call, or goes alone.
+//! Identity is the cache key, which holds the tenant: tenants never share a flight.
+//!
+//! Two levels:
+//! - **Within a process**, a map from cache key to a `watch` channel: the process's first
+//!   request of a key registers; the others subscribe and wait, at no store cost.
+//! - **Across processes** (several `sluice serve` over one store, Lambda instances), that first
+//!   request takes the key's in-flight marker with one conditional write
+//!   ([`CacheStore::flight_begin`](crate::store::CacheStore::flight_begin)), leased for the
+//!   leader's whole deadline. If another process holds it, this request polls the store
+//!   ([`CacheStore::flight_poll`](crate::store::CacheStore::flight_poll): the entry and the
+//!   marker in one read) on behalf of every follower in its process, after 20 ms, then twice as
+//!   long each time up to 500 ms, until the answer is stored (served), the marker is gone or
+//!   its lease ran out (the leader failed or died: it takes over and calls the provider), or
+//!   its wait is over (it calls the provider itself). So a process polls a key at most
+//!   `5 + 2 × wait_s` times however many of its requests wait for it.
+//!
+//! A leader that stores its answer leaves its marker: the entry, newer than the marker, marks
+//! it spent. A leader that fails, is cancelled, or cannot store its answer ends the marker and
+//! tells its local followers, and one of them takes over (the others follow it): no follower
+//! gets an error for having waited. Every wait is bounded by `cache.coalesce_wait_s` (and by
+//! the invocation's deadline on Lambda); a store failure here only ends coalescing for that
+//! request, never the request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::store::{CacheKey, CachedResponse, FlightBegin, SharedStore};
+
+/// First wait between two polls of another process's flight.
+pub const FIRST_POLL: Duration = Duration::from_millis(20);
+/// Longest wait between two polls.
+pub const MAX_POLL: Duration = Duration::from_millis(500);
+
+/// Where a process's flight of a key is.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Flying,
+    Landed(CachedResponse),
+    Failed,
+}
+
+/// What [`Coalescer::join`] decided for a request that missed the cache.
+pub enum Joined {
+    /// Call the provider, then [`Lead::land`] the answer (dropping it unlanded lets a
+    /// follower take over).
+    Lead(Lead),
+    /// Another request's answer: serve it.
+    Answer(CachedResponse),
+    /// Waited as long as allowed: call the provider without leading anyone.
+    Alone,
+}
+
+/// Single-flight of identical misses, in this process and across processes through the store.
+pub struct Coalescer {
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    wait: Duration,
+    local: Mutex<HashMap<[u8; 32], (u64, watch::Receiver<Outcome>)>>,
+    next_id: AtomicU64,
+}
+
+impl Coalescer {
+    /// A coalescer whose followers wait at most `wait`.
+    pub fn new(store: SharedStore, clock: Arc<dyn Clock>, wait: Duration) -> Self {
+        Self {
+            store,
+            clock,
+            wait,
+            local: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Decides who calls the provider for `key` after a miss. `landed_ms` is the creation time
+    /// of the (stale or too old) entry the lookup saw, 0 if none; `lease` how long a leader
+    /// may take before another request presumes it dead; `fresh` whether an entry may answer.
+    pub async fn join(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        landed_ms: u64,
+        lease: Duration,
+        fresh: impl Fn(&CachedResponse, u64) -> bool,
+    ) -> Joined {
+        let deadline = Instant::from_std(crate::invocation::deadline_within(self.wait));
+        loop {
+            match self.local_role(key) {
+                Role::Follow(mut rx) => {
+                    let waited = tokio::time::timeout_at(
+                        deadline,
+                        rx.wait_for(|o| !matches!(o, Outcome::Flying)),
+                    )
+                    .await;
+                    match waited {
+                        Err(_) => return Joined::Alone,
+                        Ok(Ok(outcome)) => {
+                            if let Outcome::Landed(entry) = &*outcome {
+                                return Joined::Answer(entry.clone());
+                            }
+                            // The leader failed: take over, or follow whoever did.
+                        }
+                        // The leader is gone without a word (cancelled): likewise.
+                        Ok(Err(_)) => {}
+                    }
+                }
+                Role::Lead(slot) => {
+                    return self
+                        .across(slot, key, landed_ms, lease, deadline, &fresh)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// This process's flights of keys now (for tests: none is left behind).
+    pub fn local_flights(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (u64, watch::Receiver<Outcome>)>> {
+        // A poisoned lock only means a panic elsewhere mid-update; the map itself is intact.
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Follows this process's flight of `key`, or registers one.
+    fn local_role(self: &Arc<Self>, key: &CacheKey) -> Role {
+        let mut map = self.lock();
+        if let Some((_, rx)) = map.get(&key.digest)
+            && matches!(*rx.borrow(), Outcome::Flying)
+            && rx.has_changed().is_ok()
+        {
+            return Role::Follow(rx.clone());
+        }
+        let (tx, rx) = watch::channel(Outcome::Flying);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        map.insert(key.digest, (id, rx));
+        Role::Lead(Slot {
+            coalescer: Arc::clone(self),
+            digest: key.digest,
+            id,
+            tx: Some(tx),
+        })
+    }
+
+    /// The process's first request of a key: lead across processes, or follow another
+    /// process's flight by polling the store.
+    async fn across(
+        &self,
+        slot: Slot,
+        key: &CacheKey,
+        landed_ms: u64,
+        lease: Duration,
+        deadline: Instant,
+        fresh: &impl Fn(&CachedResponse, u64) -> bool,
+    ) -> Joined {
+        let token = crate::keys::random_alnum(20);
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let alone = |slot: Slot| Joined::Lead(Lead { slot, marker: None });
+        let mut landed = landed_ms;
+        let mut delay = FIRST_POLL;
+        loop {
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .flight_begin(key, &token, now, lease_ms, landed)
+                .await
+            {
+                Ok(FlightBegin::Leading) => {
+                    return Joined::Lead(Lead {
+                        slot,
+                        marker: Some(Marker {
+                            store: Arc::clone(&self.store),
+                            key: key.clone(),
+                            token,
+                        }),
+                    });
+                }
+                Ok(FlightBegin::Following(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-flight marker failed; calling the provider");
+                    return alone(slot);
+                }
+            }
+            // Another process is calling: poll until its answer lands or its flight ends.
+            loop {
+                tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
+                delay = (delay * 2).min(MAX_POLL);
+                let now = self.clock.now_ms();
+                let poll = match self.store.flight_poll(key, now).await {
+                    Ok(poll) => poll,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "in-flight poll failed; calling the provider");
+                        return alone(slot);
+                    }
+                };
+                if let Some(entry) = poll.entry {
+                    if fresh(&entry, now) {
+                        slot.finish(Outcome::Landed(entry.clone()));
+                        return Joined::Answer(entry);
+                    }
+                    landed = landed.max(entry.created_at_ms);
+                }
+                if Instant::now() >= deadline {
+                    return alone(slot);
+                }
+                match poll.flight {
+                    Some(flight) if flight.started_at_ms > landed => {}
+                    // Gone, run out, or spent: try to take over.
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+enum Role {
+    Follow(watch::Receiver<Outcome>),
+    Lead(Slot),
+}
+
+/// A process's flight of one key: its entry in the local map and the channel its followers
+/// wait on. Dropped without an outcome, it tells them it failed.
+struct Slot {
+    coalescer: Arc<Coalescer>,
+    digest: [u8; 32],
+    id: u64,
+    tx: Option<watch::Sender<Outcome>>,
+}
+
+impl Slot {
+    fn finish(mut self, outcome: Outcome) {
+        self.publish(outcome);
+    }
+
+    fn publish(&mut self, outcome: Outcome) {
+        let Some(tx) = self.tx.take() else { return };
+        {
+            let mut map = self.coalescer.lock();
+            if map.get(&self.digest).is_some_and(|(id, _)| *id == self.id) {
+                map.remove(&self.digest);
+            }
+        }
+        // Followers may all have given up: nobody to tell is fine.
+        let _ = tx.send(outcome);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.publish(Outcome::Failed);
+    }
+}
+
+/// The store's in-flight marker a leader holds.
+struct Marker {
+    store: SharedStore,
+    key: CacheKey,
+    token: String,
+}
+
+impl Marker {
+    async fn end(self) {
+        if let Err(e) = self.store.flight_end(&self.key, &self.token).await {
+            // Its lease ends it anyway; followers elsewhere wait until then at most.
+            tracing::warn!(error = %e, "could not end an in-flight marker");
+        }
+    }
+}
+
+/// The right, and duty, to call the provider for a key and hand the answer to the requests
+/// waiting for it. Dropped without [`Lead::land`] (the call failed, the request was refused
+/// or cancelled), it ends its marker and then tells its followers, so one of them takes over.
+pub struct Lead {
+    slot: Slot,
+    marker: Option<Marker>,
+}
+
+impl Lead {
+    /// Serves the answer to this process's followers; `stored` says whether it is in the
+    /// store, where other processes' followers find it (if not, the marker is ended so one of
+    /// them calls the provider instead of waiting for an entry that will not come).
+    pub async fn land(mut self, entry: CachedResponse, stored: bool) {
+        let marker = self.marker.take();
+        self.slot.publish(Outcome::Landed(entry));
+        if let (Some(marker), false) = (marker, stored) {
+            marker.end().await;
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let Some(marker) = self.marker.take() else {
+            // No marker: the slot's own drop tells the followers.
+            return;
+        };
+        // End the marker first, so that the follower taking over finds it gone. On Lambda this
+        // is owed work the invocation awaits; without a runtime the slot's drop still tells.
+        let slot = Slot {
+            coalescer: Arc::clone(&self.slot.coalescer),
+            digest: self.slot.digest,
+            id: self.slot.id,
+            tx: self.slot.tx.take(),
+        };
+        crate::invocation::after_response(async move {
+            marker.end().await;
+            slot.finish(Outcome::Failed);
+        });
+    }
+}
