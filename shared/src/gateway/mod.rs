@@ -332,6 +332,12 @@ impl Gateway {
         self.request_timeout
     }
 
+    /// Keys this process is calling the provider for with identical requests waiting (for
+    /// tests: a finished or failed flight leaves nothing behind).
+    pub fn coalesced_flights(&self) -> usize {
+        self.coalescer.as_ref().map_or(0, |c| c.local_flights())
+    }
+
     /// The routing table.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog

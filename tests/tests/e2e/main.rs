@@ -4,6 +4,7 @@
 mod admin;
 mod anthropic;
 mod cache;
+mod coalesce;
 mod dashboard;
 mod errors;
 mod faults;
