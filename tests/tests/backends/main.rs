@@ -3,6 +3,7 @@
 //! Plus the AWS-backed gateway and processor end to end on moto, and the functions' secrets
 //! on moto's Secrets Manager.
 
+mod aws_coalesce;
 mod aws_e2e;
 mod aws_faults;
 mod conformance;
