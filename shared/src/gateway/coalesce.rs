@@ -53,6 +53,9 @@ enum Outcome {
     Failed,
 }
 
+/// This process's flights: cache digest → (the flight's id, its followers' channel).
+type Flights = HashMap<[u8; 32], (u64, watch::Receiver<Outcome>)>;
+
 /// What [`Coalescer::join`] decided for a request that missed the cache.
 pub enum Joined {
     /// Call the provider, then [`Lead::land`] the answer (dropping it unlanded lets a
@@ -69,7 +72,7 @@ pub struct Coalescer {
     store: SharedStore,
     clock: Arc<dyn Clock>,
     wait: Duration,
-    local: Mutex<HashMap<[u8; 32], (u64, watch::Receiver<Outcome>)>>,
+    local: Mutex<Flights>,
     next_id: AtomicU64,
 }
 
@@ -130,9 +133,7 @@ impl Coalescer {
         self.lock().len()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (u64, watch::Receiver<Outcome>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flights> {
         // A poisoned lock only means a panic elsewhere mid-update; the map itself is intact.
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -321,5 +322,167 @@ impl Drop for Lead {
             marker.end().await;
             slot.finish(Outcome::Failed);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::CacheStore;
+    use crate::store::sqlite::SqliteStore;
+
+    const T0: u64 = 1_800_000_000_000;
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn key() -> CacheKey {
+        CacheKey {
+            digest: [7; 32],
+            tenant: "t1".into(),
+        }
+    }
+
+    fn entry(body: &'static str) -> CachedResponse {
+        CachedResponse {
+            body: Bytes::from_static(body.as_bytes()),
+            created_at_ms: T0 + 1,
+            expires_at_ms: T0 + 60_000,
+            purge_at_ms: T0 + 120_000,
+        }
+    }
+
+    fn coalescer(store: &SharedStore, wait: Duration) -> Arc<Coalescer> {
+        Arc::new(Coalescer::new(
+            Arc::clone(store),
+            Arc::new(ManualClock::new(T0)),
+            wait,
+        ))
+    }
+
+    async fn join(c: &Arc<Coalescer>) -> Joined {
+        c.join(&key(), 0, LEASE, |e, now| now < e.expires_at_ms)
+            .await
+    }
+
+    fn store() -> SharedStore {
+        Arc::new(SqliteStore::open(":memory:").unwrap())
+    }
+
+    #[tokio::test]
+    async fn followers_in_the_process_get_the_leaders_answer_without_a_store_call() {
+        let store = store();
+        let c = coalescer(&store, Duration::from_secs(5));
+        let Joined::Lead(lead) = join(&c).await else {
+            panic!("the first request leads")
+        };
+        let followers: Vec<_> = (0..5)
+            .map(|_| {
+                let c = Arc::clone(&c);
+                tokio::spawn(async move { join(&c).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lead.land(entry("answer"), true).await;
+        for f in followers {
+            let Joined::Answer(got) = f.await.unwrap() else {
+                panic!("a follower is answered")
+            };
+            assert_eq!(got.body, "answer");
+        }
+        assert_eq!(c.local_flights(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_ends_its_marker_and_one_follower_takes_over() {
+        let store = store();
+        let c = coalescer(&store, Duration::from_secs(5));
+        let Joined::Lead(lead) = join(&c).await else {
+            panic!("the first request leads")
+        };
+        let followers: Vec<_> = (0..3)
+            .map(|_| {
+                let c = Arc::clone(&c);
+                tokio::spawn(async move { join(&c).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The leader's request is dropped mid-call (its client went away).
+        drop(lead);
+        // One follower leads now, holding a marker of its own; the others wait for it.
+        let mut next = None;
+        let mut waiting = Vec::new();
+        for mut f in followers {
+            match tokio::time::timeout(Duration::from_millis(500), &mut f).await {
+                Ok(Ok(Joined::Lead(l))) => {
+                    assert!(next.is_none(), "one follower takes over");
+                    next = Some(l);
+                }
+                Ok(_) => panic!("a follower may only take over"),
+                Err(_) => waiting.push(f),
+            }
+        }
+        let next = next.expect("a follower took over");
+        assert_eq!(waiting.len(), 2);
+        let poll = store.flight_poll(&key(), T0).await.unwrap();
+        let token = next.marker.as_ref().map(|m| m.token.clone());
+        assert!(token.is_some(), "with the store's marker");
+        assert_eq!(poll.flight.map(|f| f.token), token);
+        next.land(entry("second"), true).await;
+        for f in waiting {
+            let Joined::Answer(got) = f.await.unwrap() else {
+                panic!("the rest get the new leader's answer")
+            };
+            assert_eq!(got.body, "second");
+        }
+        assert_eq!(c.local_flights(), 0);
+    }
+
+    #[tokio::test]
+    async fn another_process_polls_until_the_answer_is_stored() {
+        let store = store();
+        let a = coalescer(&store, Duration::from_secs(5));
+        let b = coalescer(&store, Duration::from_secs(5));
+        let Joined::Lead(lead) = join(&a).await else {
+            panic!("the first request leads")
+        };
+        let follower = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { join(&b).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!follower.is_finished(), "it waits for the answer");
+        store.cache_put(&key(), &entry("stored")).await.unwrap();
+        lead.land(entry("stored"), true).await;
+        let Joined::Answer(got) = follower.await.unwrap() else {
+            panic!("the other process is answered from the store")
+        };
+        assert_eq!(got.body, "stored");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_was_not_stored_ends_the_marker_for_other_processes() {
+        let store = store();
+        let a = coalescer(&store, Duration::from_secs(5));
+        let b = coalescer(&store, Duration::from_secs(5));
+        let Joined::Lead(lead) = join(&a).await else {
+            panic!("the first request leads")
+        };
+        let follower = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { join(&b).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Too large to store, say: the other process must not wait for an entry.
+        lead.land(entry("big"), false).await;
+        let joined = tokio::time::timeout(Duration::from_secs(2), follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(joined, Joined::Lead(_)),
+            "it calls the provider itself"
+        );
     }
 }
