@@ -329,3 +329,74 @@ async fn a_leader_past_its_lease_is_taken_over_by_another_process() {
         "{got:?}"
     );
 }
+
+/// The figures of BENCHMARKS.md's coalescing section: a burst of N identical requests, with
+/// and without coalescing, in one process and in two over one SQLite file, against a provider
+/// that takes 500 ms: upstream calls, what was billed, and the burst's latency. Run with
+/// `cargo test --workspace --test e2e -- coalesce::burst_cost --nocapture` for the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_cost_with_and_without_coalescing() {
+    const N: usize = 100;
+    let up = FakeUpstream::start().await;
+    up.set(Behaviour::Slow(Duration::from_millis(500)));
+    println!(
+        "| N = {N} identical requests at once | processes | upstream calls | billed (USD) | latency p50 | p95 | max |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (label, extra) in [
+        (
+            "coalescing off (`coalesce_wait_s = 0`)",
+            "[cache]\ncoalesce_wait_s = 0",
+        ),
+        ("coalescing on (default)", ""),
+    ] {
+        for processes in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("bench.db");
+            let config = fake_config_with(&up.base_url, extra);
+            let mut gateways = Vec::new();
+            for _ in 0..processes {
+                gateways.push(TestGateway::start_with_db(&config, db.to_str().unwrap()).await);
+            }
+            let key = gateways[0].create_key("t1").await;
+            let calls_before = up.calls();
+            let prompt = format!("burst {label} {processes}");
+            let timed = join_all((0..N).map(|i| {
+                let gw = &gateways[i % processes];
+                let (key, prompt) = (&key, &prompt);
+                async move {
+                    let started = std::time::Instant::now();
+                    let got = send(gw, key, &chat(prompt), None).await;
+                    (got, started.elapsed())
+                }
+            }))
+            .await;
+            let calls = up.calls() - calls_before;
+            let billed: u64 = timed.iter().map(|(g, _)| g.cost.unwrap_or(0)).sum();
+            assert!(timed.iter().all(|(g, _)| g.status == 200));
+            let one_call = timed
+                .iter()
+                .find_map(|(g, _)| g.cost.filter(|c| *c > 0))
+                .unwrap();
+            if extra.is_empty() {
+                assert_eq!((calls, billed), (1, one_call), "{label}, {processes}");
+            } else {
+                assert_eq!(
+                    (calls, billed),
+                    (N, N as u64 * one_call),
+                    "{label}, {processes}"
+                );
+            }
+            let mut latencies: Vec<Duration> = timed.iter().map(|(_, d)| *d).collect();
+            latencies.sort();
+            let ms = |d: Duration| d.as_millis();
+            println!(
+                "| {label} | {processes} | {calls} | {:.9} | {} ms | {} ms | {} ms |",
+                billed as f64 / 1e9,
+                ms(latencies[N / 2]),
+                ms(latencies[N * 95 / 100]),
+                ms(latencies[N - 1]),
+            );
+        }
+    }
+}
