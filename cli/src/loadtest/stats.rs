@@ -22,7 +22,7 @@ pub enum Outcome {
         latency: Duration,
         /// Streams: to the first `data:` line.
         ttfb: Option<Duration>,
-        /// The `x-sluice-cache` header (`hit`, `miss`, `bypass`), if any.
+        /// The `x-sluice-cache` header (`hit`, `coalesced`, `miss`, `bypass`), if any.
         cache: Option<String>,
     },
     /// Anything else, by kind: the HTTP status (`"429"`), or `timeout`, `connect`,
@@ -92,7 +92,11 @@ impl Stats {
     pub fn summary(&mut self, run: Run, tally: Tally, elapsed: Duration) -> Summary {
         self.latency_us.sort_unstable();
         self.ttfb_us.sort_unstable();
-        let hits = self.cache.get("hit").copied().unwrap_or(0);
+        // A coalesced answer (an identical request's, in flight) saved a call as a hit does.
+        let hits = ["hit", "coalesced"]
+            .iter()
+            .map(|k| self.cache.get(*k).copied().unwrap_or(0))
+            .sum();
         Summary {
             run,
             elapsed,
