@@ -811,10 +811,12 @@ impl Config {
                 "must be zero or a positive number of seconds".into(),
             ));
         }
-        if !(self.cache.coalesce_wait_s.is_finite() && self.cache.coalesce_wait_s >= 0.0) {
+        if !(self.cache.coalesce_wait_s.is_finite()
+            && (0.0..=3600.0).contains(&self.cache.coalesce_wait_s))
+        {
             return Err(invalid(
                 "cache.coalesce_wait_s".into(),
-                "must be zero (off) or a positive number of seconds".into(),
+                "must be zero (off) or a number of seconds up to 3600".into(),
             ));
         }
         if self.metrics.flush_every_ms == 0 || self.metrics.max_pending_events == 0 {
@@ -1302,6 +1304,28 @@ cache_ttl_s = 3600
         ] {
             let msg = with(extra).unwrap_err().to_string();
             assert!(msg.contains(field), "{extra}: {msg}");
+        }
+    }
+
+    #[test]
+    fn coalesce_wait_has_a_default_and_is_checked() {
+        let c = Config::parse(EXAMPLE, "x.toml", &env).unwrap();
+        assert_eq!(c.cache.coalesce_wait_s, 30.0);
+        let with =
+            |extra: &str| Config::parse(&format!("[cache]\n{extra}\n{EXAMPLE}"), "x.toml", &env);
+        assert_eq!(
+            with("coalesce_wait_s = 0").unwrap().cache.coalesce_wait_s,
+            0.0
+        );
+        assert_eq!(
+            with("coalesce_wait_s = 2.5").unwrap().cache.coalesce_wait_s,
+            2.5
+        );
+        for bad in ["-1", "1e12", "nan", "\"long\""] {
+            let msg = with(&format!("coalesce_wait_s = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("cache.coalesce_wait_s"), "{bad}: {msg}");
         }
     }
 
