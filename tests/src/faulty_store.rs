@@ -33,6 +33,7 @@ pub enum Op {
     CacheGet,
     CachePut,
     FlightBegin,
+    FlightRenew,
     FlightPoll,
     FlightEnd,
     InsertJob,
@@ -54,9 +55,10 @@ pub enum Op {
 
 impl Op {
     /// Every operation that writes, in the order a request or job meets them.
-    pub const WRITES: [Op; 16] = [
+    pub const WRITES: [Op; 17] = [
         Op::IdempotencyBegin,
         Op::FlightBegin,
+        Op::FlightRenew,
         Op::Apply,
         Op::CachePut,
         Op::FlightEnd,
@@ -258,6 +260,19 @@ impl CacheStore for FaultyStore {
             Op::FlightBegin,
             self.inner
                 .flight_begin(key, token, now_ms, lease_ms, landed_ms),
+        )
+        .await
+    }
+    async fn flight_renew(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.guard(
+            Op::FlightRenew,
+            self.inner.flight_renew(key, token, now_ms, lease_ms),
         )
         .await
     }

@@ -13,8 +13,9 @@
 //!   request of a key registers; the others subscribe and wait, at no store cost.
 //! - **Across processes** (several `sluice serve` over one store, Lambda instances), that first
 //!   request takes the key's in-flight marker with one conditional write
-//!   ([`CacheStore::flight_begin`](crate::store::CacheStore::flight_begin)), leased for the
-//!   leader's whole deadline. If another process holds it, this request polls the store
+//!   ([`CacheStore::flight_begin`](crate::store::CacheStore::flight_begin)), leased for 10 s
+//!   and renewed every 3 s while the leader works (a call under 3 s costs no renewal; a dead
+//!   leader's process is taken over within 10 s). If another process holds it, this request polls the store
 //!   ([`CacheStore::flight_poll`](crate::store::CacheStore::flight_poll): the entry and the
 //!   marker in one read) on behalf of every follower in its process, after 20 ms, then twice as
 //!   long each time up to 500 ms, until the answer is stored (served), the marker is gone or
@@ -40,6 +41,12 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::store::{CacheKey, CachedResponse, FlightBegin, SharedStore};
 
+/// How long a leader's in-flight marker holds without renewal: a leader whose process died is
+/// taken over this long after its last renewal at most.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How often a leader still calling renews its marker's lease (so a call under this long
+/// costs no renewal).
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// First wait between two polls of another process's flight.
 pub const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest wait between two polls.
@@ -72,6 +79,8 @@ pub struct Coalescer {
     store: SharedStore,
     clock: Arc<dyn Clock>,
     wait: Duration,
+    lease: Duration,
+    renew_every: Duration,
     local: Mutex<Flights>,
     next_id: AtomicU64,
 }
@@ -83,19 +92,27 @@ impl Coalescer {
             store,
             clock,
             wait,
+            lease: LEASE,
+            renew_every: RENEW_EVERY,
             local: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         }
     }
 
+    /// The same with another lease and renewal period (tests make them short).
+    pub fn with_lease(mut self, lease: Duration, renew_every: Duration) -> Self {
+        self.lease = lease;
+        self.renew_every = renew_every;
+        self
+    }
+
     /// Decides who calls the provider for `key` after a miss. `landed_ms` is the creation time
-    /// of the (stale or too old) entry the lookup saw, 0 if none; `lease` how long a leader
-    /// may take before another request presumes it dead; `fresh` whether an entry may answer.
+    /// of the (stale or too old) entry the lookup saw, 0 if none; `fresh` whether an entry may
+    /// answer.
     pub async fn join(
         self: &Arc<Self>,
         key: &CacheKey,
         landed_ms: u64,
-        lease: Duration,
         fresh: impl Fn(&CachedResponse, u64) -> bool,
     ) -> Joined {
         let deadline = Instant::from_std(crate::invocation::deadline_within(self.wait));
@@ -120,9 +137,7 @@ impl Coalescer {
                     }
                 }
                 Role::Lead(slot) => {
-                    return self
-                        .across(slot, key, landed_ms, lease, deadline, &fresh)
-                        .await;
+                    return self.across(slot, key, landed_ms, deadline, &fresh).await;
                 }
             }
         }
@@ -165,12 +180,11 @@ impl Coalescer {
         slot: Slot,
         key: &CacheKey,
         landed_ms: u64,
-        lease: Duration,
         deadline: Instant,
         fresh: &impl Fn(&CachedResponse, u64) -> bool,
     ) -> Joined {
         let token = crate::keys::random_alnum(20);
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
         let alone = |slot: Slot| Joined::Lead(Lead { slot, marker: None });
         let mut landed = landed_ms;
         let mut delay = FIRST_POLL;
@@ -182,12 +196,20 @@ impl Coalescer {
                 .await
             {
                 Ok(FlightBegin::Leading) => {
+                    let renewal = tokio::spawn(renew(
+                        Arc::clone(&self.store),
+                        Arc::clone(&self.clock),
+                        key.clone(),
+                        token.clone(),
+                        (lease_ms, self.renew_every),
+                    ));
                     return Joined::Lead(Lead {
                         slot,
                         marker: Some(Marker {
                             store: Arc::clone(&self.store),
                             key: key.clone(),
                             token,
+                            renewal,
                         }),
                     });
                 }
@@ -267,19 +289,52 @@ impl Drop for Slot {
     }
 }
 
-/// The store's in-flight marker a leader holds.
+/// Renews a leader's marker for `lease_ms` every `every` until it is aborted (the lead ended)
+/// or the marker is no longer its own.
+async fn renew(
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    key: CacheKey,
+    token: String,
+    (lease_ms, every): (u64, Duration),
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store
+            .flight_renew(&key, &token, clock.now_ms(), lease_ms)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            // The next renewal may succeed; if none does, a follower takes over: one more
+            // provider call, never a wrong answer.
+            Err(e) => tracing::warn!(error = %e, "could not renew an in-flight marker"),
+        }
+    }
+}
+
+/// The store's in-flight marker a leader holds, and the task renewing its lease.
 struct Marker {
     store: SharedStore,
     key: CacheKey,
     token: String,
+    renewal: tokio::task::JoinHandle<()>,
 }
 
 impl Marker {
     async fn end(self) {
+        self.renewal.abort();
         if let Err(e) = self.store.flight_end(&self.key, &self.token).await {
             // Its lease ends it anyway; followers elsewhere wait until then at most.
             tracing::warn!(error = %e, "could not end an in-flight marker");
         }
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        // A landed leader's marker stays (spent by its entry) but is renewed no more.
+        self.renewal.abort();
     }
 }
 
@@ -331,10 +386,10 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::store::CacheStore;
     use crate::store::sqlite::SqliteStore;
 
     const T0: u64 = 1_800_000_000_000;
-    const LEASE: Duration = Duration::from_secs(10);
 
     fn key() -> CacheKey {
         CacheKey {
@@ -361,8 +416,7 @@ mod tests {
     }
 
     async fn join(c: &Arc<Coalescer>) -> Joined {
-        c.join(&key(), 0, LEASE, |e, now| now < e.expires_at_ms)
-            .await
+        c.join(&key(), 0, |e, now| now < e.expires_at_ms).await
     }
 
     fn store() -> SharedStore {
@@ -458,6 +512,46 @@ mod tests {
             panic!("the other process is answered from the store")
         };
         assert_eq!(got.body, "stored");
+    }
+
+    #[tokio::test]
+    async fn a_leader_working_past_its_lease_renews_it_and_is_not_taken_over() {
+        let store = store();
+        let short = |c: Coalescer| {
+            Arc::new(c.with_lease(Duration::from_millis(300), Duration::from_millis(100)))
+        };
+        let clock = || Arc::new(crate::clock::SystemClock);
+        let a = short(Coalescer::new(
+            Arc::clone(&store),
+            clock(),
+            Duration::from_secs(5),
+        ));
+        let b = short(Coalescer::new(
+            Arc::clone(&store),
+            clock(),
+            Duration::from_secs(5),
+        ));
+        let Joined::Lead(lead) = join(&a).await else {
+            panic!("the first request leads")
+        };
+        let follower = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { join(&b).await }
+        });
+        // Three leases long: without renewal the other process would have taken over.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!follower.is_finished(), "the leader's renewed lease holds");
+        let now = crate::clock::SystemClock.now_ms();
+        let mut stored = entry("late but whole");
+        stored.created_at_ms = now;
+        stored.expires_at_ms = now + 60_000;
+        stored.purge_at_ms = now + 120_000;
+        store.cache_put(&key(), &stored).await.unwrap();
+        lead.land(stored, true).await;
+        let Joined::Answer(got) = follower.await.unwrap() else {
+            panic!("the follower is answered, not made to call")
+        };
+        assert_eq!(got.body, "late but whole");
     }
 
     #[tokio::test]

@@ -241,10 +241,6 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
 }
 
-/// Added to a leader's own deadline for its in-flight marker's lease: settling and storing
-/// the answer come after the provider call.
-const LEASE_MARGIN: Duration = Duration::from_secs(2);
-
 /// Builds the one HTTP client a process uses for every provider: pooled keep-alive
 /// connections, HTTP/2 where the provider offers it over TLS (rustls).
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
@@ -420,13 +416,8 @@ impl Gateway {
                 let landed = stale
                     .as_ref()
                     .map_or(0, |e: &CachedResponse| e.created_at_ms);
-                let own = options.timeout.unwrap_or(self.request_timeout);
-                let lease = crate::invocation::time_left().map_or(own, |left| own.min(left));
                 let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
-                match coalescer
-                    .join(key, landed, lease + LEASE_MARGIN, fresh)
-                    .await
-                {
+                match coalescer.join(key, landed, fresh).await {
                     coalesce::Joined::Answer(entry) => {
                         self.cache.remember(key, &entry);
                         let coalesced = (entry, CacheStatus::Coalesced);

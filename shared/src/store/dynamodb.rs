@@ -8,7 +8,7 @@
 //! | keys | `hash#<sha256 hex>` | a gateway key | GetItem on every uncached auth; Scan (admin list) |
 //! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke, and then the `hash#` item per distinct key of a job batch |
 //! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
-//! | cache | `flight#<digest hex>` | an in-flight marker of identical misses (`token`, `started_at_ms`, `lease_until_ms`) | conditional PutItem (old item returned on conflict); BatchGetItem with the entry (a follower's poll); conditional DeleteItem |
+//! | cache | `flight#<digest hex>` | an in-flight marker of identical misses (`token`, `started_at_ms`, `lease_until_ms`) | conditional PutItem (old item returned on conflict); conditional UpdateItem (lease renewal); BatchGetItem with the entry (a follower's poll); conditional DeleteItem |
 //! | cache | `idem#<tenant>#<key digest>` | an `Idempotency-Key` claim or its stored response | conditional PutItem (old item returned on conflict), PutItem, DeleteItem |
 //! | jobs | job id | request, state, lease, result; `open_shard` while not final | PutItem, GetItem, conditional UpdateItem; housekeeping queries the sparse index `open-jobs` (`open_shard`, `updated_at_ms`) |
 //! | limits | counter id (`rate:…`, `budget:…`) | `count`, or `committed` + `spent` | one `TransactWriteItems` per admit and per settle |
@@ -734,6 +734,36 @@ impl CacheStore for DynamoStore {
                 Ok(FlightBegin::Following(flight_from_item(old)?))
             }
             other => Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+        }
+    }
+
+    async fn flight_renew(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let lease_until_ms = now_ms.saturating_add(lease_ms);
+        self.count();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.tables.cache)
+            .key("pk", s(flight_pk(key)))
+            .update_expression("SET lease_until_ms = :until, expires_at = :ttl")
+            .condition_expression("#token = :token")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", n(lease_until_ms))
+            .expression_attribute_values(":ttl", ttl_secs(lease_until_ms))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            // Ended, or taken over: not ours any more.
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
         }
     }
 

@@ -137,6 +137,15 @@ pub trait CacheStore: Send + Sync {
         lease_ms: u64,
         landed_ms: u64,
     ) -> Result<FlightBegin, StoreError>;
+    /// Extends the marker under `key` to `now_ms + lease_ms` if `token` still holds it (a
+    /// leader still working renews its short lease); `false` if it no longer does.
+    async fn flight_renew(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError>;
     /// The entry and the in-flight marker under `key`, in one read (a follower's poll).
     async fn flight_poll(&self, key: &CacheKey, now_ms: u64) -> Result<FlightPoll, StoreError>;
     /// Deletes the marker under `key` if `token` still holds it (the leader failed, or its

@@ -657,6 +657,32 @@ impl CacheStore for SqliteStore {
         .await
     }
 
+    async fn flight_renew(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let digest = key.digest;
+        let token = token.to_owned();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE cache_flights SET lease_until_ms = ?3 WHERE digest = ?1 AND token = ?2",
+                )
+                .map_err(backend)?
+                .execute(params![
+                    &digest[..],
+                    token,
+                    to_i64(now_ms.saturating_add(lease_ms))
+                ])
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn flight_poll(&self, key: &CacheKey, now_ms: u64) -> Result<FlightPoll, StoreError> {
         let entry = self.cache_get(key, now_ms).await?;
         let digest = key.digest;

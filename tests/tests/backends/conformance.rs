@@ -1230,34 +1230,78 @@ async fn in_flight_markers_have_one_holder_and_end_by_token_lease_or_landing(b: 
         None
     );
     assert_eq!(begin("c", 10_700, 0).await, FlightBegin::Leading);
+    // Its holder renews the lease; another token cannot.
+    assert!(
+        b.store
+            .flight_renew(&key, "c", 11_500, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.store
+            .flight_renew(&key, "b", 11_500, 5_000)
+            .await
+            .unwrap()
+    );
+    let renewed = b
+        .store
+        .flight_poll(&key, 12_000)
+        .await
+        .unwrap()
+        .flight
+        .unwrap();
+    assert_eq!(
+        (
+            renewed.token.as_str(),
+            renewed.started_at_ms,
+            renewed.lease_until_ms
+        ),
+        ("c", 10_700, 12_500)
+    );
+    assert!(matches!(
+        begin("d", 12_000, 0).await,
+        FlightBegin::Following(_)
+    ));
     // A lease that ran out is taken over; the poll no longer reports it.
     assert_eq!(
-        b.store.flight_poll(&key, 11_700).await.unwrap().flight,
+        b.store.flight_poll(&key, 12_500).await.unwrap().flight,
         None
     );
-    assert_eq!(begin("d", 11_700, 0).await, FlightBegin::Leading);
+    assert_eq!(begin("d", 12_500, 0).await, FlightBegin::Leading);
+    // An ended or taken-over marker is not its old holder's to renew.
+    assert!(
+        !b.store
+            .flight_renew(&key, "c", 12_600, 1_000)
+            .await
+            .unwrap()
+    );
     // The leader stores its answer and leaves its marker: the entry, created after the
     // marker began, makes it spent for whoever saw that entry (once it is stale).
     let entry = CachedResponse {
         body: Bytes::from_static(br#"{"answer":"landed"}"#),
-        created_at_ms: 12_000,
-        expires_at_ms: 12_100,
+        created_at_ms: 13_000,
+        expires_at_ms: 13_100,
         purge_at_ms: 50_000,
     };
     b.store.cache_put(&key, &entry).await.unwrap();
-    let polled = b.store.flight_poll(&key, 12_050).await.unwrap();
+    let polled = b.store.flight_poll(&key, 13_050).await.unwrap();
     assert_eq!(polled.entry, Some(entry.clone()));
     assert_eq!(polled.flight.as_ref().map(|f| f.token.as_str()), Some("d"));
-    assert_eq!(begin("e", 12_200, 12_000).await, FlightBegin::Leading);
+    // Not spent for one who saw no entry (or an older one): its lease still holds.
+    assert!(matches!(
+        begin("e", 13_200, 12_000).await,
+        FlightBegin::Following(_)
+    ));
+    assert_eq!(begin("e", 13_200, 13_000).await, FlightBegin::Leading);
     // Markers are per key: another key's flight is its own.
     let other = cache_key("t1", 23);
     assert_eq!(
-        b.store.flight_poll(&other, 12_200).await.unwrap(),
+        b.store.flight_poll(&other, 13_200).await.unwrap(),
         FlightPoll::default()
     );
     assert_eq!(
         b.store
-            .flight_begin(&other, "f", 12_200, 1_000, 0)
+            .flight_begin(&other, "f", 13_200, 1_000, 0)
             .await
             .unwrap(),
         FlightBegin::Leading

@@ -309,11 +309,11 @@ async fn a_leader_past_its_lease_is_taken_over_by_another_process() {
             .collect::<Vec<_>>()
         }
     });
-    // B's requests are polling A's marker; then, to B, A's lease (the request timeout plus a
-    // margin) runs out.
+    // B's requests are polling A's marker; then, to B, A's lease (10 s, renewed every 3 s
+    // by A's clock, which stands still) runs out, as if A's process had died.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(up.calls(), 1);
-    b.clock.advance_ms(130_000);
+    b.clock.advance_ms(11_000);
     let got = followers.await.unwrap();
     assert_eq!(leader.await.unwrap(), 200);
     assert_eq!(up.calls(), 2, "{got:?}");
