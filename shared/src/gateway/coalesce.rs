@@ -386,7 +386,6 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::CacheStore;
     use crate::store::sqlite::SqliteStore;
 
     const T0: u64 = 1_800_000_000_000;
