@@ -107,15 +107,17 @@ impl Coalescer {
     }
 
     /// Decides who calls the provider for `key` after a miss. `landed_ms` is the creation time
-    /// of the (stale or too old) entry the lookup saw, 0 if none; `fresh` whether an entry may
-    /// answer.
+    /// of the (stale or too old) entry the lookup saw, 0 if none; `request_deadline` the
+    /// request's own, which bounds the wait too; `fresh` whether an entry may answer.
     pub async fn join(
         self: &Arc<Self>,
         key: &CacheKey,
         landed_ms: u64,
+        request_deadline: std::time::Instant,
         fresh: impl Fn(&CachedResponse, u64) -> bool,
     ) -> Joined {
-        let deadline = Instant::from_std(crate::invocation::deadline_within(self.wait));
+        let waited = crate::invocation::deadline_within(self.wait).min(request_deadline);
+        let deadline = Instant::from_std(waited);
         loop {
             match self.local_role(key) {
                 Role::Follow(mut rx) => {
@@ -415,7 +417,8 @@ mod tests {
     }
 
     async fn join(c: &Arc<Coalescer>) -> Joined {
-        c.join(&key(), 0, |e, now| now < e.expires_at_ms).await
+        let far = std::time::Instant::now() + Duration::from_secs(60);
+        c.join(&key(), 0, far, |e, now| now < e.expires_at_ms).await
     }
 
     fn store() -> SharedStore {

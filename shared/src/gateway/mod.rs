@@ -392,6 +392,10 @@ impl Gateway {
         let policy = self.cache_policy(&model, options.cache);
         let key = (policy.lookup || policy.store)
             .then(|| cache::cache_key(&caller.tenant, endpoint, &model.name, &request.body));
+        // The whole request's deadline, from its start: waiting for an identical request's
+        // answer counts against it like the provider call.
+        let deadline =
+            crate::invocation::deadline_within(options.timeout.unwrap_or(self.request_timeout));
         let mut stale = None;
         // Set when this request calls the provider for identical requests waiting for it.
         let mut lead = None;
@@ -417,7 +421,7 @@ impl Gateway {
                     .as_ref()
                     .map_or(0, |e: &CachedResponse| e.created_at_ms);
                 let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
-                match coalescer.join(key, landed, fresh).await {
+                match coalescer.join(key, landed, deadline, fresh).await {
                     coalesce::Joined::Answer(entry) => {
                         self.cache.remember(key, &entry);
                         let coalesced = (entry, CacheStatus::Coalesced);
@@ -455,9 +459,7 @@ impl Gateway {
             stream: request.stream,
             tokens: ask.tokens,
             output_ceiling,
-            deadline: crate::invocation::deadline_within(
-                options.timeout.unwrap_or(self.request_timeout),
-            ),
+            deadline,
         };
         let answered = match self.call_providers(&model, call).await {
             Ok(a) => a,

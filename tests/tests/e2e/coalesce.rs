@@ -206,6 +206,45 @@ async fn a_follower_waits_no_longer_than_coalesce_wait_s_then_calls_itself() {
     assert!(started.elapsed() < Duration::from_millis(1400));
 }
 
+/// `x-sluice-timeout` is the whole request's deadline, waiting included: a follower with a
+/// short one does not wait out `coalesce_wait_s` for a slow leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_own_timeout_bounds_its_wait() {
+    let up = FakeUpstream::start().await;
+    up.set(Behaviour::Slow(Duration::from_millis(800)));
+    let gw = TestGateway::start(&fake_config(&up.base_url)).await;
+    let key = gw.create_key("t1").await;
+    let leader = tokio::spawn({
+        let (url, key) = (gw.url.clone(), key.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&chat("in a hurry"))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .header("x-sluice-timeout", "0.3")
+        .json(&chat("in a hurry"))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    // Its deadline passed while it waited: the provider's timeout answer, at its deadline.
+    assert_eq!(r.status(), 504);
+    assert!(waited < Duration::from_millis(700), "{waited:?}");
+    assert_eq!(leader.await.unwrap(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalescing_off_sends_every_identical_miss_upstream() {
     let up = slow_upstream().await;
