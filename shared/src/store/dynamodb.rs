@@ -5,7 +5,7 @@
 //!
 //! | table | `pk` | holds | access |
 //! | --- | --- | --- | --- |
-//! | keys | `hash#<sha256 hex>` | a gateway key | GetItem on every uncached auth; Scan (admin list) |
+//! | keys | `hash#<sha256 hex>` | a gateway key, `list_shard` | GetItem on every uncached auth; the admin list queries the sparse index `keys-by-creation` (`list_shard`, `created_at_ms`) |
 //! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke, and then the `hash#` item per distinct key of a job batch |
 //! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
 //! | cache | `idem#<tenant>#<key digest>` | an `Idempotency-Key` claim or its stored response | conditional PutItem (old item returned on conflict), PutItem, DeleteItem |
@@ -65,6 +65,11 @@ pub const OPEN_JOBS_INDEX: &str = "open-jobs";
 /// The limits table's sparse index of reservations (holds) by expiry: partition key
 /// `hold_shard` (only hold items have it), sort key `expires_at_ms`.
 pub const HOLDS_INDEX: &str = "holds-by-expiry";
+/// The keys table's sparse index of keys by creation, for the admin list: partition key
+/// `list_shard` (only `hash#` items have it, not the `id#` items), sort key `created_at_ms`,
+/// every attribute projected. Read eventually consistently: a key created a moment ago may be
+/// missing from a list for about a second (it authenticates at once: that is a `GetItem`).
+pub const KEYS_INDEX: &str = "keys-by-creation";
 /// Partitions of each index: housekeeping queries each one, and writes spread over them
 /// (one index partition takes about 1,000 writes a second).
 const INDEX_SHARDS: u32 = 8;
@@ -245,15 +250,23 @@ impl DynamoStore {
                 .table_name(table)
                 .billing_mode(BillingMode::PayPerRequest);
             // Housekeeping's sparse indexes (see the module table), queried, never scanned.
+            // The admin list's index of keys (every attribute projected: `None`).
             let index = if table == self.tables.jobs {
                 Some((
                     OPEN_JOBS_INDEX,
                     "open_shard",
                     "updated_at_ms",
-                    vec!["status", "attempts", "lease_until_ms", "expires_at_ms"],
+                    Some(vec!["status", "attempts", "lease_until_ms", "expires_at_ms"]),
                 ))
             } else if table == self.tables.limits {
-                Some((HOLDS_INDEX, "hold_shard", "expires_at_ms", vec!["undo"]))
+                Some((
+                    HOLDS_INDEX,
+                    "hold_shard",
+                    "expires_at_ms",
+                    Some(vec!["undo"]),
+                ))
+            } else if table == self.tables.keys {
+                Some((KEYS_INDEX, "list_shard", "created_at_ms", None))
             } else {
                 None
             };
@@ -290,14 +303,17 @@ impl DynamoStore {
                                     .build()
                                     .map_err(build)?,
                             )
-                            .projection(
-                                Projection::builder()
+                            .projection(match projected {
+                                Some(attributes) => Projection::builder()
                                     .projection_type(ProjectionType::Include)
                                     .set_non_key_attributes(Some(
-                                        projected.into_iter().map(str::to_owned).collect(),
+                                        attributes.into_iter().map(str::to_owned).collect(),
                                     ))
                                     .build(),
-                            )
+                                None => Projection::builder()
+                                    .projection_type(ProjectionType::All)
+                                    .build(),
+                            })
                             .build()
                             .map_err(build)?,
                     );
@@ -455,6 +471,7 @@ fn key_item(k: &KeyRecord) -> Item {
         item.insert("name".into(), s(name));
     }
     item.insert("created_at_ms".into(), n(k.created_at_ms));
+    item.insert("list_shard".into(), s(index_shard(&k.id)));
     if let Some(t) = k.revoked_at_ms {
         item.insert("revoked_at_ms".into(), n(t));
     }
@@ -561,28 +578,23 @@ impl KeyStore for DynamoStore {
         self.read_key(&hash, true).await
     }
 
+    /// Every key, oldest first: one `Query` (or more, a page per 1 MB) of each partition of
+    /// the sparse index `keys-by-creation`, never a `Scan`, and never reading the `id#` items.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut keys = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            self.count();
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.tables.keys)
-                .filter_expression("begins_with(pk, :p)")
-                .expression_attribute_values(":p", s("hash#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in page.items() {
+        for shard in 0..INDEX_SHARDS {
+            let items = self
+                .query_index(
+                    &self.tables.keys,
+                    KEYS_INDEX,
+                    ("list_shard", &format!("s{shard}")),
+                    ("created_at_ms", u64::MAX),
+                    None,
+                    usize::MAX,
+                )
+                .await?;
+            for item in &items {
                 keys.push(key_from_item(item)?);
-            }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
             }
         }
         keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
