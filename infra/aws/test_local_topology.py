@@ -209,6 +209,24 @@ def test_no_role_may_scan(cfn):
     assert functions["AdminFunction"]["Properties"]["Role"] == {"Fn::GetAtt": ["AdminRole", "Arn"]}
 
 
+def test_only_the_admin_role_may_write_keys(cfn):
+    # The public functions authenticate (GetItem) and nothing more: a compromised ingest
+    # environment cannot mint, change or revoke gateway keys.
+    readers = set()
+    for name, role in of_type(cfn, "AWS::IAM::Role").items():
+        for policy in role["Properties"].get("Policies", []):
+            for st in policy["PolicyDocument"]["Statement"]:
+                resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                if not any("KeysTable" in json.dumps(r) for r in resources):
+                    continue
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                if name == "AdminRole":
+                    continue
+                readers.add(name)
+                assert actions == ["dynamodb:GetItem"], (name, actions)
+    assert readers == {"IngestRole", "ProcessorRole"}
+
+
 def test_every_function_logs_json_to_its_own_group_with_retention_and_may_trace(cfn):
     functions = of_type(cfn, "AWS::Lambda::Function")
     groups = of_type(cfn, "AWS::Logs::LogGroup")
