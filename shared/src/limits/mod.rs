@@ -83,6 +83,11 @@ pub struct Refusal {
     /// The request needs more than the limit's whole capacity: waiting cannot help, so it
     /// is answered 400, not 429 with a `Retry-After`.
     pub impossible: bool,
+    /// Parts the limit is split into (1 when it is not): a sharded limit's `limit` and
+    /// `remaining` are one part's, and a request must fit one part.
+    pub shards: u32,
+    /// The whole limit, all parts together (equal to `limit` when not sharded).
+    pub whole: u64,
 }
 
 /// An admitted request's reservation, to settle with the real usage.
@@ -119,6 +124,8 @@ struct Meta {
     /// How many shards the counter has (a refusal by a counter whose every shard was tried
     /// is final).
     shards: u32,
+    /// The whole limit, every shard's share together.
+    whole: u64,
 }
 
 /// A planned atomic charge across all levels.
@@ -321,6 +328,8 @@ impl Limiter {
             reset_s: 0,
             asked,
             impossible: true,
+            shards,
+            whole: limit,
         })
     }
 
@@ -645,6 +654,7 @@ impl Limiter {
                     scope: scope.clone(),
                     metric: rate::Metric::Requests,
                     limit: share(u64::from(rpm), shards, shard),
+                    whole: u64::from(rpm),
                     amount: 1,
                 });
             }
@@ -654,6 +664,7 @@ impl Limiter {
                     scope: scope.clone(),
                     metric: rate::Metric::Tokens,
                     limit: share(u64::from(tpm), shards, shard),
+                    whole: u64::from(tpm),
                     amount: ask.tokens,
                 });
             }
@@ -674,6 +685,7 @@ impl Limiter {
                     elapsed,
                     ends_at_ms: ends,
                     shards,
+                    whole: check.whole,
                 });
                 plan.increments.push(inc);
             }
@@ -696,6 +708,7 @@ impl Limiter {
                     elapsed: 0.0,
                     ends_at_ms: ends,
                     shards,
+                    whole,
                 });
                 plan.increments.push(inc);
             }
@@ -925,6 +938,8 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 reset_s: retry,
                 asked: amount,
                 impossible: false,
+                shards: meta.shards,
+                whole: meta.whole,
             }
         }
         LimitKind::Budget => {
@@ -939,6 +954,8 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 reset_s: reset,
                 asked: amount,
                 impossible: false,
+                shards: meta.shards,
+                whole: meta.whole,
             }
         }
     }
