@@ -8,9 +8,11 @@
 # timing (no latency threshold is passed; the figures are printed for the log only).
 # Usage: infra/k6/check.sh URL KEY   (k6 on PATH, or K6=path/to/k6; python3)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 URL=$1 KEY=$2
 K6=${K6:-k6}
+# k6 runs from a scratch directory below: a path to it is made absolute first.
+case $K6 in */*) K6=$(cd "$(dirname "$K6")" && pwd)/$(basename "$K6") ;; esac
+cd "$(dirname "$0")/../.."
 script=$PWD/infra/k6/sluice.js
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
