@@ -256,7 +256,12 @@ impl DynamoStore {
                     OPEN_JOBS_INDEX,
                     "open_shard",
                     "updated_at_ms",
-                    Some(vec!["status", "attempts", "lease_until_ms", "expires_at_ms"]),
+                    Some(vec![
+                        "status",
+                        "attempts",
+                        "lease_until_ms",
+                        "expires_at_ms",
+                    ]),
                 ))
             } else if table == self.tables.limits {
                 Some((

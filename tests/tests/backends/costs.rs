@@ -285,11 +285,18 @@ async fn listing_keys_queries_the_index_and_reads_only_the_keys() {
     let before = c.proxy.tally();
     let listed = c.store.list_keys().await.unwrap();
     let list = c.proxy.tally().since(&before);
-    eprintln!("listing 250 keys: {list}; items read {}", list.items_scanned);
+    eprintln!(
+        "listing 250 keys: {list}; items read {}",
+        list.items_scanned
+    );
     assert_eq!(list.of("Scan"), 0, "{list}");
     assert_eq!(list.of("Query"), 8, "{list}");
     assert_eq!(list.total(), 8, "{list}");
-    assert_eq!((list.items_returned, list.items_scanned), (250, 250), "{list:?}");
+    assert_eq!(
+        (list.items_returned, list.items_scanned),
+        (250, 250),
+        "{list:?}"
+    );
     // Every key, whole (the index projects every attribute), oldest first.
     made.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
     let mut expected = made;
