@@ -6,8 +6,10 @@
 //! - [`processor`]: runs delivered messages (the worker side: the processor Lambda, or the
 //!   worker tasks of `sluice serve`), batching embedding jobs into one upstream call.
 //! - [`worker`]: the polling loop `sluice serve` runs over its queue.
+//! - [`batch_api`]: jobs with a `completion_window`, sent through providers' Batch APIs.
 //! - [`callback`]: signed result callbacks with SSRF protection.
 
+pub mod batch_api;
 pub mod callback;
 pub mod model;
 pub mod processor;
@@ -65,6 +67,8 @@ pub struct Submission {
     pub cache_control: Option<String>,
     /// Where to POST the result.
     pub callback_url: Option<String>,
+    /// `completion_window` in seconds: the job may wait for a provider Batch API.
+    pub completion_window_s: Option<u64>,
 }
 
 /// Submission and lookup of jobs.
@@ -75,6 +79,7 @@ pub struct Jobs {
     callbacks: Arc<CallbackSender>,
     clock: Arc<dyn Clock>,
     retention_ms: u64,
+    batch_api: bool,
 }
 
 impl Jobs {
@@ -92,7 +97,13 @@ impl Jobs {
             callbacks,
             clock,
             retention_ms: config.retention_s.saturating_mul(1000),
+            batch_api: config.batch_api.enabled,
         }
+    }
+
+    /// Whether jobs may carry a `completion_window` (`[jobs.batch_api] enabled`).
+    pub fn batch_api_enabled(&self) -> bool {
+        self.batch_api
     }
 
     /// Validates, stores and queues a job; the request is checked exactly as a synchronous
@@ -117,6 +128,7 @@ impl Jobs {
             request: submission.body,
             cache_control: submission.cache_control,
             callback_url: submission.callback_url,
+            completion_window_s: submission.completion_window_s,
             status: JobStatus::Queued,
             attempts: 0,
             lease_until_ms: 0,
@@ -201,6 +213,10 @@ pub struct JobView {
     /// Where the result is POSTed, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The completion window it was submitted with (`24h`): it may be answered through a
+    /// provider's Batch API at the batch price, and is answered within it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_window: Option<String>,
     /// Once final: the HTTP status the synchronous call would have had.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
@@ -266,6 +282,7 @@ impl JobView {
             created_at: job.created_at_ms / 1000,
             updated_at: job.updated_at_ms / 1000,
             callback_url: job.callback_url.clone(),
+            completion_window: job.completion_window_s.map(batch_api::format_window),
             http_status: None,
             usage: None,
             cost_usd: None,

@@ -725,6 +725,7 @@ fn job_from_item(item: &Item) -> Result<Job, StoreError> {
         request: get_blob(item, "request")?.ok_or_else(|| corrupt("job request"))?,
         cache_control: opt_s(item, "cache_control"),
         callback_url: opt_s(item, "callback_url"),
+        completion_window_s: opt_n(item, "completion_window_s")?,
         status,
         attempts: get_n(item, "attempts")?,
         lease_until_ms: get_n(item, "lease_until_ms")?,
@@ -757,6 +758,9 @@ impl JobStore for DynamoStore {
         }
         if let Some(url) = &job.callback_url {
             item.insert("callback_url".into(), s(url));
+        }
+        if let Some(window) = job.completion_window_s {
+            item.insert("completion_window_s".into(), n(window));
         }
         item.insert("status".into(), s(job.status.as_str()));
         if !job.status.is_final() {

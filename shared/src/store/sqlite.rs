@@ -29,7 +29,7 @@ use crate::num::{to_i64, to_u16, to_u32, to_u64};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     request        BLOB NOT NULL,
     cache_control  TEXT,
     callback_url   TEXT,
+    completion_window_s INTEGER,
     status         TEXT NOT NULL,
     attempts       INTEGER NOT NULL,
     lease_until_ms INTEGER NOT NULL,
@@ -397,6 +398,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(backend)?;
     }
+    if (1..7).contains(&version)
+        && has_table(conn, "jobs")?
+        && !has_column(conn, "jobs", "completion_window_s")?
+    {
+        // v7: jobs that can wait for a provider Batch API.
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN completion_window_s INTEGER")
+            .map_err(backend)?;
+    }
     conn.execute_batch(SCHEMA).map_err(backend)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(backend)?;
@@ -644,6 +653,9 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreEr
         request: Bytes::from(row.get::<_, Vec<u8>>("request")?),
         cache_control: row.get("cache_control")?,
         callback_url: row.get("callback_url")?,
+        completion_window_s: row
+            .get::<_, Option<i64>>("completion_window_s")?
+            .map(to_u64),
         status,
         attempts: to_u32(row.get::<_, i64>("attempts")?),
         lease_until_ms: to_u64(row.get::<_, i64>("lease_until_ms")?),
@@ -671,8 +683,8 @@ impl JobStore for SqliteStore {
             let res = c.execute(
                 "INSERT INTO jobs (id, tenant, key_id, endpoint, request, cache_control,
                      callback_url, status, attempts, lease_until_ms, created_at_ms,
-                     updated_at_ms, expires_at_ms, key_limits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     updated_at_ms, expires_at_ms, key_limits, completion_window_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     job.id,
                     job.tenant,
@@ -688,6 +700,7 @@ impl JobStore for SqliteStore {
                     to_i64(job.updated_at_ms),
                     to_i64(job.expires_at_ms),
                     serde_json::to_string(&job.key_limits).ok(),
+                    job.completion_window_s.map(to_i64),
                 ],
             );
             match res {

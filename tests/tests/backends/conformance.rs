@@ -259,6 +259,8 @@ fn job(id: &str, now: u64, request: Bytes) -> Job {
         request,
         cache_control: Some("no-store".into()),
         callback_url: Some("https://example.com/hook".into()),
+        // Round-trips on both adapters (a job that may wait for a provider Batch API).
+        completion_window_s: Some(86_400),
         status: JobStatus::Queued,
         attempts: 0,
         lease_until_ms: 0,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod anthropic;
+mod batch_api;
 mod cache;
 mod dashboard;
 mod errors;
