@@ -7,6 +7,7 @@ mod batch_api;
 mod cache;
 mod dashboard;
 mod errors;
+mod fake_batches;
 mod faults;
 mod forwarding;
 mod gemini;
