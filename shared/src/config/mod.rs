@@ -1151,6 +1151,15 @@ impl Config {
                         ));
                     }
                 }
+                if price
+                    .batch_discount
+                    .is_some_and(|d| !(d.is_finite() && (0.0..1.0).contains(&d)))
+                {
+                    return Err(invalid(
+                        format!("models[{i}].price.batch_discount"),
+                        "must be at least 0 and less than 1 (0.5 = half price)".into(),
+                    ));
+                }
             }
         }
         // Money needs a price: with a gateway or tenant cap, every model can be billed to a
