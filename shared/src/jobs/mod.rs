@@ -37,6 +37,11 @@ use model::{Job, JobStatus};
 pub struct JobMessage {
     /// The job's id.
     pub job_id: String,
+    /// Set for a job with a `completion_window` when provider Batch APIs are on: the worker
+    /// parks it for a batch, leased until then (its fall-back time). Absent: run it now
+    /// (a job without a window, or one taken back from its batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_until_ms: Option<u64>,
 }
 
 /// Why a job could not be accepted.
@@ -80,6 +85,7 @@ pub struct Jobs {
     clock: Arc<dyn Clock>,
     retention_ms: u64,
     batch_api: bool,
+    fall_back_before_ms: u64,
 }
 
 impl Jobs {
@@ -98,6 +104,7 @@ impl Jobs {
             clock,
             retention_ms: config.retention_s.saturating_mul(1000),
             batch_api: config.batch_api.enabled,
+            fall_back_before_ms: config.batch_api.fall_back_before_s.saturating_mul(1000),
         }
     }
 
@@ -147,6 +154,10 @@ impl Jobs {
         }
         let message = serde_json::to_string(&JobMessage {
             job_id: job.id.clone(),
+            batch_until_ms: job
+                .window_ends_at_ms()
+                .filter(|_| self.batch_api)
+                .map(|end| end.saturating_sub(self.fall_back_before_ms)),
         })
         .map_err(|e| QueueError::Backend(e.to_string()))?;
         if let Err(e) = self.queue.send(&message).await {
