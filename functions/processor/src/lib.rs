@@ -43,12 +43,9 @@ pub async fn handle_any(
     let deadline_ms = event.context.deadline;
     match classify(event.payload)? {
         Invocation::Jobs(sqs) => {
-            let response = sluice::invocation::complete(
-                deadline_ms,
-                usage,
-                handle_batch(processor, sqs),
-            )
-            .await;
+            let response =
+                sluice::invocation::complete(deadline_ms, usage, handle_batch(processor, sqs))
+                    .await;
             serde_json::to_value(response).map_err(|e| e.to_string())
         }
         Invocation::BatchPass => {
