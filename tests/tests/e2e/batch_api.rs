@@ -468,3 +468,27 @@ async fn anthropic_jobs_go_through_message_batches() {
         "one poll and one results read"
     );
 }
+
+#[tokio::test]
+async fn batches_stay_within_the_request_limit() {
+    let up = FakeUpstream::start().await;
+    let config = running_config(&up.base_url).replace(
+        "poll_every_s = 60\n",
+        "poll_every_s = 60\nmax_requests = 3\n",
+    );
+    let gw = TestGateway::start(&config).await;
+    let key = gw.create_key("t1").await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(submit_waiting(&gw, &key, &format!("q{i}")).await);
+    }
+    parked(&gw, 7).await;
+    let report = pass(&gw).await;
+    assert_eq!(report.batches_submitted, 3, "{report:?}");
+    assert_eq!(report.jobs_submitted, 7);
+    assert_eq!(exact(&up, "/v1/batches"), 3);
+    assert_eq!(pass(&gw).await.jobs_answered, 7);
+    for id in &ids {
+        assert_eq!(get_job(&gw, &key, id).await["status"], "succeeded");
+    }
+}
