@@ -258,6 +258,13 @@ impl Processor {
         match self.store.claim_job(&message.job_id, now, lease_ms).await {
             Ok(Claim::Claimed(job)) => Step::Run(Box::new(job), park.is_some()),
             Ok(Claim::Finished(_)) => Step::Finished(Disposition::Done),
+            // A second copy of a parking message finds the job parked (leased for hours):
+            // the holder answers it, and if it dies the lease ends before the window does and
+            // housekeeping queues the job again. Retrying would only walk this copy to the
+            // dead-letter queue.
+            Ok(Claim::Leased { .. }) if message.batch_until_ms.is_some() => {
+                Step::Finished(Disposition::Done)
+            }
             Ok(Claim::Leased { .. }) => Step::Finished(Disposition::Retry),
             Ok(Claim::Missing) => {
                 tracing::warn!(target: "sluice::jobs", job_id = %message.job_id, "message for a job that does not exist");

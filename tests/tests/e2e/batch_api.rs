@@ -492,3 +492,23 @@ async fn batches_stay_within_the_request_limit() {
         assert_eq!(get_job(&gw, &key, id).await["status"], "succeeded");
     }
 }
+
+#[tokio::test]
+async fn a_second_copy_of_a_parking_message_is_done_with_and_the_job_stays_parked() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&running_config(&up.base_url)).await;
+    let key = gw.create_key("t1").await;
+    let id = submit_waiting(&gw, &key, "once").await;
+    parked(&gw, 1).await;
+    // SQS delivers at least once: the same message again, while the job is parked.
+    let until = gw.clock.now_ms() + 23 * 3600 * 1000;
+    let copy = json!({"job_id": id, "batch_until_ms": until}).to_string();
+    let dispositions = gw.services.processor.process(&[copy]).await;
+    assert_eq!(
+        dispositions,
+        vec![sluice::jobs::processor::Disposition::Done]
+    );
+    parked(&gw, 1).await;
+    assert_eq!(get_job(&gw, &key, &id).await["attempts"], 1);
+    assert_eq!(up.calls(), 0);
+}
