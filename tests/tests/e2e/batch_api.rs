@@ -232,6 +232,8 @@ async fn a_hundred_waiting_jobs_go_upstream_as_one_batch_each_billed_at_the_batc
     let report = pass(&gw).await;
     assert_eq!(report.jobs_answered, 100, "{report:?}");
     assert_eq!(paths(&up, "/v1/chat/completions"), 0, "no ordinary call");
+    // 100 jobs cost five upstream requests: upload, create, two polls, the output file.
+    assert_eq!(up.calls(), 5);
     let mut total = 0;
     for id in &ids {
         let job = get_job(&gw, &key, id).await;
