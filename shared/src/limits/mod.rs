@@ -90,8 +90,9 @@ pub struct Refusal {
     pub whole: u64,
 }
 
-/// An admitted request's reservation, to settle with the real usage.
-#[derive(Debug, Clone, Default)]
+/// An admitted request's reservation, to settle with the real usage. Serializable: a job
+/// waiting for a provider batch keeps its grant in the batch's record until the batch ends.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     hold_id: Option<String>,
     tokens: Vec<Increment>,
@@ -351,7 +352,20 @@ impl Limiter {
         subject: &Subject<'_>,
         ask: Ask,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
-        self.admit_with(subject, Some(ask)).await
+        self.admit_with(subject, Some(ask), None).await
+    }
+
+    /// Admits like [`Limiter::admit`], with a reservation held until `hold_until_ms` instead of
+    /// `limits.reservation_ttl_s` from now: a job waiting for a provider batch holds its
+    /// reservation until its window ends.
+    pub async fn admit_until(
+        &self,
+        subject: &Subject<'_>,
+        ask: Ask,
+        hold_until_ms: u64,
+    ) -> Result<Result<Grant, Refusal>, StoreError> {
+        self.admit_with(subject, Some(ask), Some(hold_until_ms))
+            .await
     }
 
     /// Admits a request answered from the cache: it counts against requests per minute only.
@@ -359,13 +373,14 @@ impl Limiter {
         &self,
         subject: &Subject<'_>,
     ) -> Result<Result<(), Refusal>, StoreError> {
-        Ok(self.admit_with(subject, None).await?.map(|_| ()))
+        Ok(self.admit_with(subject, None, None).await?.map(|_| ()))
     }
 
     async fn admit_with(
         &self,
         subject: &Subject<'_>,
         ask: Option<Ask>,
+        hold_until_ms: Option<u64>,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
         if let Some(refusal) = self.beyond_capacity(subject, ask) {
             return Ok(Err(refusal));
@@ -416,8 +431,9 @@ impl Limiter {
             let hold = (!undo.is_empty()).then(|| Hold {
                 id: format!("hold_{}", random_alnum(20)),
                 undo,
-                expires_at_ms: now
-                    .saturating_add(self.config.reservation_ttl_s.saturating_mul(1000)),
+                expires_at_ms: hold_until_ms.unwrap_or_else(|| {
+                    now.saturating_add(self.config.reservation_ttl_s.saturating_mul(1000))
+                }),
             });
             grant.hold_id = hold.as_ref().map(|h| h.id.clone());
             grant.hold_expires_at_ms = hold.as_ref().map_or(0, |h| h.expires_at_ms);

@@ -79,6 +79,7 @@ fn job(id: &str, updated_at_ms: u64) -> Job {
         ),
         cache_control: None,
         callback_url: None,
+        completion_window_s: None,
         status: JobStatus::Queued,
         attempts: 0,
         lease_until_ms: 0,

@@ -3,9 +3,11 @@
 
 mod admin;
 mod anthropic;
+mod batch_api;
 mod cache;
 mod dashboard;
 mod errors;
+mod fake_batches;
 mod faults;
 mod forwarding;
 mod gemini;
