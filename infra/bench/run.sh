@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# One-command benchmark of issue 7: a fake upstream called directly, and the same through
-# `sluice serve` (release build, SQLite store, cache on, key auth), side by side in one run:
-#   direct, direct stream                     the fake upstream alone (the baseline)
-#   miss, hit, rate-limited key, stream       through Sluice
-#   no-cache                                  through Sluice with the model's cache off (proxying alone)
+# One-command benchmark of issues 7 and 18: a fake upstream called directly, through a bare
+# reverse proxy (the floor: tests/src/bin/bare-proxy.rs, hyper with a pooled client, no auth,
+# no parsing), and through `sluice serve` (release build, SQLite store, cache on, key auth),
+# side by side in one run:
+#   direct, direct stream                     the fake upstream alone
+#   proxy                                     the bare proxy (every Sluice target is a ratio to it)
+#   no-cache                                  Sluice, the model's cache off, a key without limits
+#   full-miss                                 Sluice, distinct prompts, cache on, a key with rpm,
+#                                             tpm and a day budget, usage events on
+#   miss, hit, rate-limited key, stream       Sluice
 # at concurrency 1, 16, 64 and 256 (wrk, closed model), then 256 in flight against a fake
-# upstream that waits 50 ms (direct and through Sluice), then a soak of the miss path that
-# samples the gateway's RSS every 10 s. For every row: RPS, p50/p90/p99/max, errors, the
+# upstream that waits 50 ms and 1,024 against one that waits 500 ms (bare proxy and Sluice),
+# then a soak of the miss path that samples the gateway's RSS every 10 s. For every row: RPS, p50/p90/p99/max, errors, the
 # gateway's CPU time per request (utime+stime from /proc over the row) and its peak RSS in the
 # row (VmHWM, reset before each row). infra/bench/report.py then writes the Markdown table and
 # PNG charts (docs/bench/*.png) into BENCHMARKS.md between the `bench:run` markers.
@@ -38,7 +43,8 @@ if ! command -v wrk >/dev/null; then
 fi
 
 echo "== building ($PROFILE)"
-cargo build --profile "$PROFILE" --quiet -p sluice-cli -p sluice-tests --bin sluice --bin fake-upstream
+cargo build --profile "$PROFILE" --quiet -p sluice-cli -p sluice-tests --bin sluice --bin fake-upstream \
+    --bin bare-proxy
 bin_dir=target/$PROFILE
 [ "$PROFILE" = dev ] && bin_dir=target/debug
 
@@ -47,7 +53,7 @@ work=target/bench/$stamp
 mkdir -p "$work"
 rows=$work/rows.jsonl
 # Private copies: another build must not swap the binaries under the run.
-cp "$bin_dir/sluice" "$bin_dir/fake-upstream" "$work/"
+cp "$bin_dir/sluice" "$bin_dir/fake-upstream" "$bin_dir/bare-proxy" "$work/"
 
 pids=()
 cleanup() {
@@ -56,16 +62,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# 1,024 connections in, as many out, and the upstream's: raise the open-file limit.
+ulimit -n "$(ulimit -Hn)"
 UP=127.0.0.1:19991
 SLOW=127.0.0.1:19992
+SLOWER=127.0.0.1:19993
 GW=127.0.0.1:18088
+PROXY=127.0.0.1:18089
+PROXY_SLOW=127.0.0.1:18090
+PROXY_SLOWER=127.0.0.1:18091
 "$work/fake-upstream" $UP >"$work/upstream.log" 2>&1 & up_pid=$!; pids+=("$up_pid")
 "$work/fake-upstream" $SLOW 50 >"$work/slow-upstream.log" 2>&1 & slow_pid=$!; pids+=("$slow_pid")
+"$work/fake-upstream" $SLOWER 500 >"$work/slower-upstream.log" 2>&1 & slower_pid=$!; pids+=("$slower_pid")
+"$work/bare-proxy" $PROXY $UP 2>"$work/proxy.log" & proxy_pid=$!; pids+=("$proxy_pid")
+"$work/bare-proxy" $PROXY_SLOW $SLOW 2>"$work/proxy-slow.log" & proxy_slow_pid=$!; pids+=("$proxy_slow_pid")
+"$work/bare-proxy" $PROXY_SLOWER $SLOWER 2>"$work/proxy-slower.log" & proxy_slower_pid=$!
+pids+=("$proxy_slower_pid")
 
 db=$work/sluice.db
 key=$("$work/sluice" keys create --tenant bench --db "$db" 2>/dev/null)
 limited=$("$work/sluice" keys create --tenant limited --rpm 60 --db "$db" 2>/dev/null)
-BENCH_UPSTREAM=$UP BENCH_SLOW_UPSTREAM=$SLOW SLUICE_LOG=warn \
+# Every limit a key can have, none of them reached by the run: the checks and the counters'
+# writes are the cost.
+full=$("$work/sluice" keys create --tenant full --rpm 100000000 --tpm 2000000000 \
+    --budget-usd 1000000 --period day --db "$db" 2>/dev/null)
+BENCH_UPSTREAM=$UP BENCH_SLOW_UPSTREAM=$SLOW BENCH_SLOWER_UPSTREAM=$SLOWER SLUICE_LOG=warn \
     "$work/sluice" serve --listen $GW --db "$db" --config infra/bench/sluice.bench.toml \
     >"$work/gateway.log" 2>&1 & gw_pid=$!; pids+=("$gw_pid")
 for _ in $(seq 100); do curl -sf "http://$GW/health" >/dev/null && break; sleep 0.1; done
@@ -76,17 +97,21 @@ cpu_s() { awk -v t="$ticks" '{printf "%.3f", ($14 + $15) / t}' "/proc/$1/stat"; 
 kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 
 # row NAME VIA CONC URL BODY MODEL STREAM KEY [SECS]: one wrk run, one JSON line in $rows.
+# The "gateway" measured (CPU, RSS) is Sluice, or the bare proxy given as PID=.
 row() {
     local name=$1 via=$2 conc=$3 url=$4 body=$5 model=$6 stream=$7 auth=$8 secs=${9:-$SECS}
     local threads=$(( conc < 2 ? 1 : 2 ))
+    local gw_pid=${PID:-$gw_pid}
     echo 5 >"/proc/$gw_pid/clear_refs" # resets VmHWM: the peak is this row's
     local gw0 up0 out
     gw0=$(cpu_s "$gw_pid"); up0=$(cpu_s "$up_pid"); slow0=$(cpu_s "$slow_pid")
+    slower0=$(cpu_s "$slower_pid")
     out=$(RUN="$stamp-$name-$conc" BODY=$body MODEL=$model STREAM=$stream KEY=$auth \
         wrk -t$threads -c"$conc" -d"${secs}s" --timeout 10s -s infra/bench/request.lua "$url" |
         sed -n 's/^WRK_JSON //p')
     python3 - "$rows" "$name" "$via" "$conc" "$out" "$gw0" "$(cpu_s "$gw_pid")" \
-        "$(echo "$up0 $(cpu_s "$up_pid") $slow0 $(cpu_s "$slow_pid")" | awk '{print $2-$1+$4-$3}')" \
+        "$(echo "$up0 $(cpu_s "$up_pid") $slow0 $(cpu_s "$slow_pid") $slower0 $(cpu_s "$slower_pid")" |
+            awk '{print $2-$1+$4-$3+$6-$5}')" \
         "$(kb "$gw_pid" VmHWM)" "$(kb "$gw_pid" VmRSS)" <<'PY'
 import json, sys
 rows, name, via, conc, out, gw0, gw1, up_cpu, hwm, rss = sys.argv[1:]
@@ -106,23 +131,38 @@ PY
 }
 
 echo "== machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "== idle RSS: sluice $(kb "$gw_pid" VmRSS) kB, bare proxy $(kb "$proxy_pid" VmRSS) kB"
+python3 -c 'import json,sys; print(json.dumps({"sluice_kb": int(sys.argv[1]), "proxy_kb": int(sys.argv[2])}))' \
+    "$(kb "$gw_pid" VmRSS)" "$(kb "$proxy_pid" VmRSS)" >"$work/idle.json"
 echo "== $SECS s per row; warm-up"
-RUN="$stamp-warm" BODY=miss MODEL=gpt-test STREAM=0 KEY=$key \
-    wrk -t2 -c16 -d2s -s infra/bench/request.lua "http://$GW/v1/chat/completions" >/dev/null
+for k in "$key" "$full"; do
+    RUN="$stamp-warm" BODY=miss MODEL=gpt-test STREAM=0 KEY=$k \
+        wrk -t2 -c16 -d2s -s infra/bench/request.lua "http://$GW/v1/chat/completions" >/dev/null
+done
+RUN="$stamp-warm" BODY=miss MODEL=gpt-4o-mini STREAM=0 KEY=sk-bench-upstream \
+    wrk -t2 -c16 -d2s -s infra/bench/request.lua "http://$PROXY/v1/chat/completions" >/dev/null
 direct=http://$UP/v1/chat/completions
+proxied=http://$PROXY/v1/chat/completions
 via=http://$GW/v1/chat/completions
 for c in $CONCS; do
     row direct direct "$c" "$direct" miss gpt-4o-mini 0 sk-bench-upstream
     row direct-stream direct "$c" "$direct" miss gpt-4o-mini 1 sk-bench-upstream
-    row miss sluice "$c" "$via" miss gpt-test 0 "$key"
+    PID=$proxy_pid row proxy proxy "$c" "$proxied" miss gpt-4o-mini 0 sk-bench-upstream
     row no-cache sluice "$c" "$via" miss gpt-nocache 0 "$key"
+    row full-miss sluice "$c" "$via" miss gpt-test 0 "$full"
+    row miss sluice "$c" "$via" miss gpt-test 0 "$key"
     row hit sluice "$c" "$via" same gpt-test 0 "$key"
     row rate-limited sluice "$c" "$via" miss gpt-test 0 "$limited"
     row stream sluice "$c" "$via" miss gpt-test 1 "$key"
 done
-echo "== 256 in flight, upstream waits 50 ms"
+echo "== 256 in flight, upstream waits 50 ms; 1,024 in flight, upstream waits 500 ms"
 row direct-50ms direct 256 "http://$SLOW/v1/chat/completions" miss gpt-4o-mini 0 sk-bench-upstream
+PID=$proxy_slow_pid row proxy-50ms proxy 256 "http://$PROXY_SLOW/v1/chat/completions" miss gpt-4o-mini 0 \
+    sk-bench-upstream
 row miss-50ms sluice 256 "$via" miss gpt-slow 0 "$key"
+PID=$proxy_slower_pid row proxy-500ms proxy 1024 "http://$PROXY_SLOWER/v1/chat/completions" miss \
+    gpt-4o-mini 0 sk-bench-upstream
+row miss-500ms sluice 1024 "$via" miss gpt-slower 0 "$key"
 
 soak=$work/soak.csv
 echo "seconds,rss_kb" >"$soak"

@@ -21,12 +21,14 @@
 //              or is appended to it (as `sluice loadtest --body`)
 //   TIMEOUT    per request                                                  (60s)
 //   ERROR_RATE threshold on http_req_failed                                 (0.01)
-//   P95_MS, P99_MS  thresholds on http_req_duration                         (2000, 5000)
+//   P95_MS, P99_MS  thresholds on http_req_duration, only when set (none by default: a
+//              latency goal belongs to the deployment under test, and a shared machine's
+//              timing must not fail a correctness check)
 //
-// Thresholds fail the run (exit code 99): http_req_failed, http_req_duration p95/p99, and the
-// `answer_ok` check rate (a 2xx answer that is JSON, or a stream ending with [DONE]).
-// Custom metrics: `sluice_cache_hits` (rate of `x-sluice-cache: hit`), `sluice_ttfb` (streams:
-// k6's time to first byte of the response), `sluice_errors` (count, tagged by status).
+// Thresholds fail the run (exit code 99): http_req_failed, the `answer_ok` check rate (a 2xx
+// answer that is JSON, or a stream ending with [DONE]), and http_req_duration p95/p99 when
+// asked for. Custom metrics: `sluice_cache_hits` (rate of `x-sluice-cache: hit`), `sluice_ttfb`
+// (streams: k6's time to first byte of the response), `sluice_errors` (count, tagged by status).
 
 import http from 'k6/http';
 import exec from 'k6/execution';
@@ -77,20 +79,34 @@ function scenario() {
   return { executor: 'constant-vus', vus: Number(env('VUS', '1')), duration: DURATION };
 }
 
+function latencyThresholds() {
+  const limits = [];
+  for (const [name, stat] of [['P95_MS', 'p(95)'], ['P99_MS', 'p(99)']]) {
+    const ms = env(name, '');
+    if (!ms) continue;
+    if (!(Number(ms) > 0)) throw new Error(`${name}=${ms}: milliseconds, above 0`);
+    limits.push(`${stat}<${Number(ms)}`);
+  }
+  return limits.length ? { http_req_duration: limits } : {};
+}
+
 export const options = {
   scenarios: { [RATE ? 'open_model' : 'closed_model']: scenario() },
   thresholds: {
     http_req_failed: [`rate<${env('ERROR_RATE', '0.01')}`],
-    http_req_duration: [`p(95)<${env('P95_MS', '2000')}`, `p(99)<${env('P99_MS', '5000')}`],
     'checks{check:answer_ok}': ['rate>0.99'],
+    ...latencyThresholds(),
     // Always true: listed so the end-of-test summary shows errors per status.
     'sluice_errors{status:429}': ['count>=0'],
     'sluice_errors{status:502}': ['count>=0'],
     'sluice_errors{status:503}': ['count>=0'],
     'sluice_errors{status:504}': ['count>=0'],
     'sluice_errors{status:truncated}': ['count>=0'],
+    'sluice_errors{status:invalid_json}': ['count>=0'],
+    'sluice_errors{status:transport}': ['count>=0'],
   },
-  summaryTrendStats: ['avg', 'min', 'med', 'p(95)', 'p(99)', 'max'],
+  // `count` too: the summary export then says how many streams were timed.
+  summaryTrendStats: ['count', 'avg', 'min', 'med', 'p(95)', 'p(99)', 'max'],
 };
 
 const cacheHits = new Rate('sluice_cache_hits');
@@ -106,11 +122,20 @@ function markText(text) {
   return `${text}\n\n${MARK}`;
 }
 
+// k6 resolves a relative `open()` path against the script's directory; BODY means one in the
+// directory k6 was started from (as `sluice loadtest --body` does), which the shell passes as PWD.
+function bodyPath(path) {
+  if (path.startsWith('/')) return path;
+  const cwd = __ENV.PWD;
+  if (!cwd) throw new Error(`BODY=${path}: no PWD to resolve it against; give an absolute path`);
+  return `${cwd.replace(/\/+$/, '')}/${path}`;
+}
+
 // The request body with a hole for the prompt (the same rules as `sluice loadtest --body`).
 function template() {
   const path = env('BODY', '');
   const body = path
-    ? JSON.parse(open(path))
+    ? JSON.parse(open(bodyPath(path)))
     : { messages: [{ role: 'user', content: PLACEHOLDER }] };
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw new Error('BODY: the body must be a JSON object');

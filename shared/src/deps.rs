@@ -65,6 +65,9 @@ pub struct Services {
     pub processor: Arc<Processor>,
     /// Finds jobs left behind and reservations never settled.
     pub housekeeper: Arc<crate::housekeeping::Housekeeper>,
+    /// Packs jobs that can wait into provider batches and polls them (when
+    /// `[jobs.batch_api]` is enabled).
+    pub batcher: Option<Arc<crate::jobs::batch_api::Batcher>>,
 }
 
 impl Services {
@@ -88,14 +91,27 @@ impl Services {
             Arc::clone(&deps.clock),
             &config.jobs,
         );
-        let processor = Arc::new(Processor::new(
-            Arc::clone(&gateway),
-            Arc::clone(&deps.store),
-            Arc::clone(&callbacks),
-            Arc::clone(&deps.clock),
-            config.jobs.lease_s.saturating_mul(1000),
-            Arc::clone(&deps.usage),
-        ));
+        let processor = Arc::new(
+            Processor::new(
+                Arc::clone(&gateway),
+                Arc::clone(&deps.store),
+                Arc::clone(&callbacks),
+                Arc::clone(&deps.clock),
+                config.jobs.lease_s.saturating_mul(1000),
+                Arc::clone(&deps.usage),
+            )
+            .with_batch_api(config.jobs.batch_api.enabled),
+        );
+        let batcher = config.jobs.batch_api.enabled.then(|| {
+            Arc::new(crate::jobs::batch_api::Batcher::new(
+                Arc::clone(&gateway),
+                Arc::clone(&deps.store),
+                Arc::clone(&deps.queue),
+                Arc::clone(&processor),
+                Arc::clone(&deps.clock),
+                &config.jobs.batch_api,
+            ))
+        });
         let housekeeper = Arc::new(crate::housekeeping::Housekeeper::new(
             Arc::clone(&deps.store),
             Arc::clone(&deps.queue),
@@ -109,6 +125,7 @@ impl Services {
             jobs,
             processor,
             housekeeper,
+            batcher,
         })
     }
 }

@@ -277,8 +277,10 @@ impl Housekeeper {
     }
 
     async fn send(&self, job_id: &str) -> Result<(), HousekeepingError> {
+        // Queued again, a job runs now: a batch it may have waited for is not waited for.
         let message = serde_json::to_string(&JobMessage {
             job_id: job_id.to_owned(),
+            batch_until_ms: None,
         })
         .map_err(|e| QueueError::Backend(e.to_string()))?;
         self.queue.send(&message).await?;

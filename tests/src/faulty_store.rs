@@ -17,9 +17,10 @@ use sluice::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use sluice::keys::{KeyHash, KeyRecord};
 use sluice::metrics::RollupRow;
 use sluice::store::{
-    Applied, CacheKey, CacheStore, CachedResponse, CounterField, FlightBegin, FlightPoll, Hold,
-    IdempotencyBegin, IdempotencyStore, Increment, JobStore, KeyStore, LimitStore, MetricsStore,
-    Settlement, SharedStore, StoreError, StoredResponse,
+    Applied, BatchEntry, BatchEntryKind, BatchStore, CacheKey, CacheStore, CachedResponse,
+    CounterField, FlightBegin, FlightPoll, Hold, IdempotencyBegin, IdempotencyStore, Increment,
+    JobStore, KeyStore, LimitStore, MetricsStore, Settlement, SharedStore, StoreError,
+    StoredResponse,
 };
 
 /// A store operation, by the name of its trait method.
@@ -333,6 +334,28 @@ impl JobStore for FaultyStore {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         self.inner.requeue_job(id, changed_at_ms, now_ms).await
+    }
+}
+
+/// Provider-batch bookkeeping passes through (no faults are injected into it yet).
+#[async_trait]
+impl BatchStore for FaultyStore {
+    async fn put_batch_entry(&self, entry: &BatchEntry) -> Result<(), StoreError> {
+        self.inner.put_batch_entry(entry).await
+    }
+    async fn due_batch_entries(
+        &self,
+        kind: BatchEntryKind,
+        due_by_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<BatchEntry>, StoreError> {
+        self.inner
+            .due_batch_entries(kind, due_by_ms, now_ms, max)
+            .await
+    }
+    async fn delete_batch_entry(&self, kind: BatchEntryKind, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_batch_entry(kind, id).await
     }
 }
 

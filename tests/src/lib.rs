@@ -15,6 +15,7 @@ pub mod requests;
 pub mod throttle_proxy;
 
 pub use callback_receiver::CallbackReceiver;
+pub use fake_upstream::batches::BatchFate;
 pub use fake_upstream::{Behaviour, FakeUpstream, Recorded};
 pub use faulty_store::{Fault, FaultyStore, Op};
 pub use gateway::TestGateway;

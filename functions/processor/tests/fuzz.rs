@@ -92,6 +92,7 @@ fn fuzz_any_job_batch() {
             body: Bytes::from(body.to_string()),
             cache_control: None,
             callback_url: None,
+            completion_window_s: None,
         };
         let job = services
             .jobs

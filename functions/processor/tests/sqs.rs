@@ -56,6 +56,7 @@ async fn setup(dir: &tempfile::TempDir) -> (Deps, Services, Caller, Job) {
                 body: Bytes::from(body.to_string()),
                 cache_control: None,
                 callback_url: None,
+                completion_window_s: None,
             },
         )
         .await

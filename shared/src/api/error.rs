@@ -374,6 +374,27 @@ fn beyond_capacity(r: &Refusal) -> ApiError {
             ),
             "max_tokens",
         ),
+        // A cap split into parts (shards, so many instances can charge it at once): one
+        // request's reservation must fit one part, and the message says so — naming the
+        // part as the whole cap would contradict the operator's configured figure.
+        LimitKind::Budget if r.shards > 1 => (
+            "request_exceeds_budget",
+            format!(
+                "This request could cost up to ${:.9} (every prompt byte a token, every choice \
+                 at its output maximum), more than one part of this {}'s spending cap of ${:.9} \
+                 {}: the cap is split into {} parts of up to ${:.9} so that concurrent requests \
+                 can charge it at once, and one request must fit one part (over by ${:.9}). \
+                 Retrying cannot help: lower `max_tokens`, `n` or the prompt.",
+                r.asked as f64 / 1e9,
+                r.level,
+                r.whole as f64 / 1e9,
+                r.metric.trim_start_matches("spend "),
+                r.shards,
+                r.limit as f64 / 1e9,
+                over as f64 / 1e9,
+            ),
+            "max_tokens",
+        ),
         LimitKind::Budget => (
             "request_exceeds_budget",
             format!(
@@ -385,6 +406,17 @@ fn beyond_capacity(r: &Refusal) -> ApiError {
                 r.limit as f64 / 1e9,
                 r.metric.trim_start_matches("spend "),
                 over as f64 / 1e9,
+            ),
+            "max_tokens",
+        ),
+        LimitKind::Rate if r.shards > 1 => (
+            "request_exceeds_rate_limit",
+            format!(
+                "This request needs up to {} of this {}'s {}, more than one part of its limit \
+                 of {}: the limit is split into {} parts of up to {} so that concurrent \
+                 requests can count against it at once, and one request must fit one part \
+                 (over by {}). Retrying cannot help: lower `max_tokens`, `n` or the prompt.",
+                r.asked, r.level, r.metric, r.whole, r.shards, r.limit, over,
             ),
             "max_tokens",
         ),

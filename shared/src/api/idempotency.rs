@@ -80,6 +80,8 @@ pub enum Request<'a> {
         body: &'a [u8],
         /// Its callback URL.
         callback_url: Option<&'a str>,
+        /// Its completion window in seconds (`completion_window`), if any.
+        completion_window_s: Option<u64>,
     },
 }
 
@@ -110,6 +112,15 @@ impl Request<'_> {
             h.update([u8::from(callback_url.is_some())]);
             h.update((url.len() as u64).to_be_bytes());
             h.update(url.as_bytes());
+        }
+        if let Self::Job {
+            completion_window_s: Some(window),
+            ..
+        } = self
+        {
+            // Only present windows are hashed, so fingerprints of jobs without one are unchanged.
+            h.update(b"\0window");
+            h.update(window.to_be_bytes());
         }
         h.finalize().into()
     }
@@ -446,9 +457,18 @@ mod tests {
                 endpoint,
                 body,
                 callback_url,
+                completion_window_s: None,
             })
         };
         assert_eq!(call("embeddings", body), call("embeddings", reordered));
+        // A window makes it another job; no window hashes as before windows existed.
+        let waiting = fingerprint(Request::Job {
+            endpoint: Endpoint::Embeddings,
+            body,
+            callback_url: None,
+            completion_window_s: Some(86_400),
+        });
+        assert_ne!(waiting, job(Endpoint::Embeddings, body, None));
         assert_ne!(call("embeddings", body), call("messages", body));
         assert_ne!(
             call("embeddings", body),

@@ -78,6 +78,7 @@ pub async fn accept_once(
         endpoint: submission.endpoint,
         body: &submission.body,
         callback_url: submission.callback_url.as_deref(),
+        completion_window_s: submission.completion_window_s,
     };
     let now = state.clock.now_ms();
     match idempotency::begin(&*state.store, &caller.tenant, key, request, now).await? {
@@ -114,6 +115,13 @@ struct CreateJob {
     /// Where to POST the result.
     #[serde(default)]
     callback_url: Option<String>,
+    /// `24h` (the only window, as in OpenAI's Batch API): the job may wait for a provider's
+    /// Batch API and is billed at its batch price (about half); it is answered within the
+    /// window, by an ordinary call if the batch fails or would finish too late. Refused (400)
+    /// unless the operator enabled `[jobs.batch_api]`.
+    #[serde(default)]
+    #[schema(pattern = "^24h$")]
+    completion_window: Option<String>,
 }
 
 /// `POST /v1/jobs`
@@ -151,11 +159,30 @@ pub async fn create_job(
                 Some("endpoint"),
             )
         })?;
+        let completion_window_s = match spec.completion_window.as_deref() {
+            None => None,
+            Some(window) => {
+                let seconds = crate::jobs::batch_api::parse_window(window).map_err(|m| {
+                    let mut e = ApiError::invalid_request(m, Some("completion_window"));
+                    e.code = "invalid_value";
+                    e
+                })?;
+                if !state.jobs.batch_api_enabled() {
+                    return Err(ApiError::invalid_request(
+                        "`completion_window` needs provider Batch APIs, which this gateway has \
+                         not enabled (`[jobs.batch_api] enabled = true`); submit without it.",
+                        Some("completion_window"),
+                    ));
+                }
+                Some(seconds)
+            }
+        };
         let submission = Submission {
             endpoint,
             body: Bytes::from(spec.request.to_string()),
             cache_control: header_str(&headers, header::CACHE_CONTROL.as_str()),
             callback_url: spec.callback_url,
+            completion_window_s,
         };
         accept_once(&state, &caller, key, submission).await
     }

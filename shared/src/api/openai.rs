@@ -215,6 +215,7 @@ async fn proxy(
                 body,
                 cache_control: super::jobs::header_str(headers, header::CACHE_CONTROL.as_str()),
                 callback_url: super::jobs::header_str(headers, super::jobs::CALLBACK_HEADER),
+                completion_window_s: None,
             };
             // The job reports its usage when it runs.
             outcome.metered = false;

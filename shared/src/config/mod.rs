@@ -262,6 +262,39 @@ pub struct JobsConfig {
     /// Housekeeping fails a job with `job_abandoned` once it has been started this many times
     /// without finishing (each start cut short: the worker died), instead of queueing it again.
     pub max_attempts: u32,
+    /// Provider Batch APIs for jobs submitted with a `completion_window`.
+    pub batch_api: BatchApiConfig,
+}
+
+/// Provider Batch APIs (OpenAI Files + Batches, Anthropic Message Batches) for jobs that can
+/// wait: `[jobs.batch_api]`. Off by default; while off, `completion_window` is refused (400).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchApiConfig {
+    /// Whether jobs may carry a `completion_window` and go to a provider's Batch API.
+    pub enabled: bool,
+    /// How often waiting jobs are packed and open batches polled (`sluice serve`'s loop; on
+    /// AWS the processor's schedule in `template.yaml`).
+    pub poll_every_s: u64,
+    /// A job still unanswered this long before its window ends is taken out of its batch and
+    /// run as an ordinary call (the upstream batch is cancelled when none of its jobs wait).
+    pub fall_back_before_s: u64,
+    /// Most requests in one upstream batch (OpenAI allows 50,000, Anthropic 100,000).
+    pub max_requests: usize,
+    /// Most bytes of one upstream batch (OpenAI allows 200 MB per file, Anthropic 256 MB).
+    pub max_bytes: usize,
+}
+
+impl Default for BatchApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            poll_every_s: 60,
+            fall_back_before_s: 3600,
+            max_requests: 1000,
+            max_bytes: 100 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for JobsConfig {
@@ -278,6 +311,7 @@ impl Default for JobsConfig {
             callback_timeout_s: 10.0,
             requeue_after_s: 600,
             max_attempts: 10,
+            batch_api: BatchApiConfig::default(),
         }
     }
 }
@@ -839,6 +873,29 @@ impl Config {
                     .into(),
             ));
         }
+        let b = &self.jobs.batch_api;
+        if b.poll_every_s == 0 || b.fall_back_before_s == 0 {
+            return Err(invalid(
+                "jobs.batch_api".into(),
+                "poll_every_s and fall_back_before_s must be at least 1".into(),
+            ));
+        }
+        if b.fall_back_before_s >= crate::jobs::batch_api::WINDOW_24H_S {
+            return Err(invalid(
+                "jobs.batch_api.fall_back_before_s".into(),
+                "must be shorter than the 24h completion window".into(),
+            ));
+        }
+        if !(1..=crate::jobs::batch_api::MAX_REQUESTS).contains(&b.max_requests)
+            || !(1..=crate::jobs::batch_api::MAX_BYTES).contains(&b.max_bytes)
+        {
+            return Err(invalid(
+                "jobs.batch_api".into(),
+                "max_requests must be 1..=50000 and max_bytes 1..=200000000 (OpenAI's limits, \
+                 the lower of the two providers')"
+                    .into(),
+            ));
+        }
         if self.jobs.max_attempts == 0 {
             return Err(invalid(
                 "jobs.max_attempts".into(),
@@ -1106,6 +1163,15 @@ impl Config {
                             "must be a non-negative number".into(),
                         ));
                     }
+                }
+                if price
+                    .batch_discount
+                    .is_some_and(|d| !(d.is_finite() && (0.0..1.0).contains(&d)))
+                {
+                    return Err(invalid(
+                        format!("models[{i}].price.batch_discount"),
+                        "must be at least 0 and less than 1 (0.5 = half price)".into(),
+                    ));
                 }
             }
         }

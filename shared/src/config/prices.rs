@@ -43,7 +43,17 @@ pub struct Price {
     /// Higher prices for a long prompt (Gemini 2.5 Pro above 200k tokens).
     #[serde(default)]
     pub long_context: Option<LongContext>,
+    /// The share taken off every component when a request goes through the provider's Batch
+    /// API (jobs with a `completion_window`); default [`DEFAULT_BATCH_DISCOUNT`]: OpenAI
+    /// ("50% cost discount compared to synchronous APIs", platform.openai.com/docs/guides/batch)
+    /// and Anthropic ("all usage is charged at 50% of the standard API prices",
+    /// docs.anthropic.com/en/docs/build-with-claude/batch-processing) both halve.
+    #[serde(default)]
+    pub batch_discount: Option<f64>,
 }
+
+/// Batch APIs bill half the list price at OpenAI and at Anthropic.
+pub const DEFAULT_BATCH_DISCOUNT: f64 = 0.5;
 
 /// Prices that replace the base ones when a request's prompt is longer than a threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -75,6 +85,31 @@ impl Price {
             audio_input_per_mtok: None,
             audio_output_per_mtok: None,
             long_context: None,
+            batch_discount: None,
+        }
+    }
+
+    /// The price through the provider's Batch API: every component, the long-context tier
+    /// included, less the batch discount.
+    pub fn batch(&self) -> Self {
+        let keep = 1.0 - self.batch_discount.unwrap_or(DEFAULT_BATCH_DISCOUNT);
+        let scale = |v: Option<f64>| v.map(|p| p * keep);
+        Self {
+            input_per_mtok: self.input_per_mtok * keep,
+            output_per_mtok: self.output_per_mtok * keep,
+            cached_input_per_mtok: scale(self.cached_input_per_mtok),
+            cache_write_per_mtok: scale(self.cache_write_per_mtok),
+            cache_write_1h_per_mtok: scale(self.cache_write_1h_per_mtok),
+            audio_input_per_mtok: scale(self.audio_input_per_mtok),
+            audio_output_per_mtok: scale(self.audio_output_per_mtok),
+            long_context: self.long_context.map(|t| LongContext {
+                input_per_mtok: t.input_per_mtok * keep,
+                output_per_mtok: t.output_per_mtok * keep,
+                cached_input_per_mtok: t.cached_input_per_mtok.map(|p| p * keep),
+                ..t
+            }),
+            // Already applied.
+            batch_discount: Some(0.0),
         }
     }
 
@@ -233,6 +268,14 @@ impl Price {
                 b.output_per_mtok,
             ),
             long_context,
+            // The smaller discount never underestimates either.
+            batch_discount: match (a.batch_discount, b.batch_discount) {
+                (None, None) => None,
+                (x, y) => Some(
+                    x.unwrap_or(DEFAULT_BATCH_DISCOUNT)
+                        .min(y.unwrap_or(DEFAULT_BATCH_DISCOUNT)),
+                ),
+            },
         }
     }
 
@@ -400,6 +443,26 @@ mod tests {
             cache_write_1h_per_mtok: Some(6.0),
             ..Price::flat(3.0, 15.0)
         }
+    }
+
+    #[test]
+    fn batch_prices_are_half_by_default_and_never_discounted_twice() {
+        let usage = Usage {
+            cached_tokens: 200,
+            cache_write_tokens: 100,
+            ..Usage::plain(1_000, 500)
+        };
+        let full = anthropic().cost_nano_usd(&usage);
+        let batch = anthropic().batch();
+        assert_eq!(batch.cost_nano_usd(&usage), full / 2);
+        assert_eq!(batch.batch().cost_nano_usd(&usage), full / 2);
+        let quarter_off = Price {
+            batch_discount: Some(0.25),
+            ..anthropic()
+        };
+        assert_eq!(quarter_off.batch().cost_nano_usd(&usage), full * 3 / 4);
+        // The reservation at the batch price still covers the batch bill.
+        assert!(batch.worst_case_nano_usd(1_000, 500) >= batch.cost_nano_usd(&usage));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! authenticated [`Caller`]; the same code serves `sluice serve` and the Lambda functions.
 
 pub mod batch;
+pub mod batch_api;
 pub mod cache;
 pub mod catalog;
 pub mod coalesce;

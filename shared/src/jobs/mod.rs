@@ -6,8 +6,10 @@
 //! - [`processor`]: runs delivered messages (the worker side: the processor Lambda, or the
 //!   worker tasks of `sluice serve`), batching embedding jobs into one upstream call.
 //! - [`worker`]: the polling loop `sluice serve` runs over its queue.
+//! - [`batch_api`]: jobs with a `completion_window`, sent through providers' Batch APIs.
 //! - [`callback`]: signed result callbacks with SSRF protection.
 
+pub mod batch_api;
 pub mod callback;
 pub mod model;
 pub mod processor;
@@ -35,6 +37,11 @@ use model::{Job, JobStatus};
 pub struct JobMessage {
     /// The job's id.
     pub job_id: String,
+    /// Set for a job with a `completion_window` when provider Batch APIs are on: the worker
+    /// parks it for a batch, leased until then (its fall-back time). Absent: run it now
+    /// (a job without a window, or one taken back from its batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_until_ms: Option<u64>,
 }
 
 /// Why a job could not be accepted.
@@ -65,6 +72,8 @@ pub struct Submission {
     pub cache_control: Option<String>,
     /// Where to POST the result.
     pub callback_url: Option<String>,
+    /// `completion_window` in seconds: the job may wait for a provider Batch API.
+    pub completion_window_s: Option<u64>,
 }
 
 /// Submission and lookup of jobs.
@@ -75,6 +84,8 @@ pub struct Jobs {
     callbacks: Arc<CallbackSender>,
     clock: Arc<dyn Clock>,
     retention_ms: u64,
+    batch_api: bool,
+    fall_back_before_ms: u64,
 }
 
 impl Jobs {
@@ -92,7 +103,14 @@ impl Jobs {
             callbacks,
             clock,
             retention_ms: config.retention_s.saturating_mul(1000),
+            batch_api: config.batch_api.enabled,
+            fall_back_before_ms: config.batch_api.fall_back_before_s.saturating_mul(1000),
         }
+    }
+
+    /// Whether jobs may carry a `completion_window` (`[jobs.batch_api] enabled`).
+    pub fn batch_api_enabled(&self) -> bool {
+        self.batch_api
     }
 
     /// Validates, stores and queues a job; the request is checked exactly as a synchronous
@@ -117,6 +135,7 @@ impl Jobs {
             request: submission.body,
             cache_control: submission.cache_control,
             callback_url: submission.callback_url,
+            completion_window_s: submission.completion_window_s,
             status: JobStatus::Queued,
             attempts: 0,
             lease_until_ms: 0,
@@ -135,6 +154,10 @@ impl Jobs {
         }
         let message = serde_json::to_string(&JobMessage {
             job_id: job.id.clone(),
+            batch_until_ms: job
+                .window_ends_at_ms()
+                .filter(|_| self.batch_api)
+                .map(|end| end.saturating_sub(self.fall_back_before_ms)),
         })
         .map_err(|e| QueueError::Backend(e.to_string()))?;
         if let Err(e) = self.queue.send(&message).await {
@@ -201,6 +224,10 @@ pub struct JobView {
     /// Where the result is POSTed, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The completion window it was submitted with (`24h`): it may be answered through a
+    /// provider's Batch API at the batch price, and is answered within it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_window: Option<String>,
     /// Once final: the HTTP status the synchronous call would have had.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
@@ -266,6 +293,7 @@ impl JobView {
             created_at: job.created_at_ms / 1000,
             updated_at: job.updated_at_ms / 1000,
             callback_url: job.callback_url.clone(),
+            completion_window: job.completion_window_s.map(batch_api::format_window),
             http_status: None,
             usage: None,
             cost_usd: None,

@@ -66,6 +66,14 @@ pub struct JobResult {
     pub cost_nano_usd: u64,
 }
 
+impl Job {
+    /// When its completion window ends, if it has one.
+    pub fn window_ends_at_ms(&self) -> Option<u64> {
+        self.completion_window_s
+            .map(|w| self.created_at_ms.saturating_add(w.saturating_mul(1000)))
+    }
+}
+
 /// A stored job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -85,6 +93,9 @@ pub struct Job {
     pub cache_control: Option<String>,
     /// Where to POST the result, if anywhere.
     pub callback_url: Option<String>,
+    /// The submitter's completion window in seconds (`"completion_window": "24h"`): the job
+    /// may wait for a provider Batch API at the batch price, and must end within it.
+    pub completion_window_s: Option<u64>,
     /// Lifecycle state.
     pub status: JobStatus,
     /// How many times a worker has claimed it.

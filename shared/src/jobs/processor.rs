@@ -12,6 +12,12 @@
 //! sent upstream, nothing is billed and no callback is made. A job claimed before the revoke
 //! returned runs to its end and is billed like any other: the provider call is already paid
 //! for, and the spend must count against the caps.
+//!
+//! **Jobs that can wait.** A message with `batch_until_ms` (a job with a `completion_window`)
+//! is claimed with a lease until then and parked for a provider batch
+//! ([`super::batch_api`]) instead of run: nothing else claims it meanwhile, and if the batch
+//! path never answers it, the lease runs out before the window does and housekeeping queues
+//! it again as an ordinary job.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,16 +56,18 @@ pub struct Processor {
     clock: Arc<dyn Clock>,
     lease_ms: u64,
     usage: Arc<dyn UsageSink>,
+    batch_api: bool,
 }
 
 enum Step {
     Finished(Disposition),
-    Run(Box<Job>),
+    /// Claimed; `true` when it is to be parked for a provider batch.
+    Run(Box<Job>, bool),
 }
 
 /// A job's key as the store has it when the job is about to run.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum KeyState {
+pub(super) enum KeyState {
     /// Present and not revoked: the job may run.
     Active,
     /// Revoked, or gone: the job must not run.
@@ -69,15 +77,15 @@ enum KeyState {
 }
 
 /// How a job ended, to be recorded.
-struct Ending {
-    status: JobStatus,
-    outcome: JobResult,
-    settlement: Option<Settlement>,
-    trace: Trace,
-    cache: &'static str,
-    fallback: Option<&'static str>,
+pub(super) struct Ending {
+    pub(super) status: JobStatus,
+    pub(super) outcome: JobResult,
+    pub(super) settlement: Option<Settlement>,
+    pub(super) trace: Trace,
+    pub(super) cache: &'static str,
+    pub(super) fallback: Option<&'static str>,
     /// Whether the result goes to the job's callback URL.
-    call_back: bool,
+    pub(super) call_back: bool,
 }
 
 impl Processor {
@@ -97,7 +105,15 @@ impl Processor {
             clock,
             lease_ms,
             usage,
+            batch_api: false,
         }
+    }
+
+    /// Parks jobs whose message asks for it (`batch_until_ms`) for provider batches
+    /// (`[jobs.batch_api] enabled`); without this they run at once like any job.
+    pub fn with_batch_api(mut self, enabled: bool) -> Self {
+        self.batch_api = enabled;
+        self
     }
 
     /// Handles a batch of message bodies; the result has one disposition per body, in order.
@@ -123,10 +139,16 @@ impl Processor {
         .await;
         let mut dispositions = vec![Disposition::Retry; bodies.len()];
         let mut claimed: Vec<(usize, Job)> = Vec::new();
+        let mut parking: Vec<usize> = Vec::new();
         for (i, step) in steps.into_iter().enumerate() {
             match step {
                 Some(Step::Finished(d)) => dispositions[i] = d,
-                Some(Step::Run(job)) => claimed.push((i, *job)),
+                Some(Step::Run(job, park)) => {
+                    if park {
+                        parking.push(i);
+                    }
+                    claimed.push((i, *job));
+                }
                 None => {}
             }
         }
@@ -134,8 +156,10 @@ impl Processor {
         let mut embeddings: Vec<(usize, Job)> = Vec::new();
         let mut others: Vec<(usize, Job)> = Vec::new();
         let mut refused: Vec<(usize, Job)> = Vec::new();
+        let mut parked: Vec<(usize, Job)> = Vec::new();
         for (i, job) in claimed {
             match keys.get(&job.key_id).copied().unwrap_or(KeyState::Unknown) {
+                KeyState::Active if parking.contains(&i) => parked.push((i, job)),
                 KeyState::Active if job.endpoint == Endpoint::Embeddings => {
                     embeddings.push((i, job))
                 }
@@ -195,7 +219,15 @@ impl Processor {
                 .await;
             (i, job, result, trace)
         }));
-        let (mut ran, chats, refusals) = tokio::join!(embedded, chats, refusals);
+        let parks = join_all(
+            parked
+                .into_iter()
+                .map(|(i, job)| async move { (i, self.park(job).await) }),
+        );
+        let (mut ran, chats, refusals, parks) = tokio::join!(embedded, chats, refusals, parks);
+        for (i, d) in parks {
+            dispositions[i] = d;
+        }
         ran.extend(chats);
         let finished = join_all(ran.into_iter().map(|(i, job, result, trace)| async move {
             (i, self.finish(job, result, trace, started).await)
@@ -218,13 +250,21 @@ impl Processor {
             return Step::Finished(Disposition::Retry);
         };
         let now = self.clock.now_ms();
-        match self
-            .store
-            .claim_job(&message.job_id, now, self.lease_ms)
-            .await
-        {
-            Ok(Claim::Claimed(job)) => Step::Run(Box::new(job)),
+        // A job parked for a provider batch is held until its fall-back time.
+        let park = message
+            .batch_until_ms
+            .filter(|until| self.batch_api && *until > now.saturating_add(self.lease_ms));
+        let lease_ms = park.map_or(self.lease_ms, |until| until - now);
+        match self.store.claim_job(&message.job_id, now, lease_ms).await {
+            Ok(Claim::Claimed(job)) => Step::Run(Box::new(job), park.is_some()),
             Ok(Claim::Finished(_)) => Step::Finished(Disposition::Done),
+            // A second copy of a parking message finds the job parked (leased for hours):
+            // the holder answers it, and if it dies the lease ends before the window does and
+            // housekeeping queues the job again. Retrying would only walk this copy to the
+            // dead-letter queue.
+            Ok(Claim::Leased { .. }) if message.batch_until_ms.is_some() => {
+                Step::Finished(Disposition::Done)
+            }
             Ok(Claim::Leased { .. }) => Step::Finished(Disposition::Retry),
             Ok(Claim::Missing) => {
                 tracing::warn!(target: "sluice::jobs", job_id = %message.job_id, "message for a job that does not exist");
@@ -240,7 +280,7 @@ impl Processor {
     /// The state of each distinct key of the claimed jobs: one strongly consistent read per
     /// key, so a batch of ten jobs of one key costs one read, and a revocation that has
     /// returned is always seen (no cache between batches).
-    async fn key_states(&self, claimed: &[(usize, Job)]) -> HashMap<String, KeyState> {
+    pub(super) async fn key_states(&self, claimed: &[(usize, Job)]) -> HashMap<String, KeyState> {
         let mut ids: Vec<&str> = claimed.iter().map(|(_, j)| j.key_id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -260,9 +300,26 @@ impl Processor {
         .collect()
     }
 
+    /// Parks a claimed job for the next provider batch (see [`super::batch_api`]); if it
+    /// cannot be written down, the job is given back and its message comes again.
+    async fn park(&self, job: Job) -> Disposition {
+        let now = self.clock.now_ms();
+        match super::batch_api::park(&*self.store, &job, now).await {
+            Ok(()) => {
+                tracing::info!(target: "sluice::jobs", job_id = %job.id, "job waits for a provider batch");
+                Disposition::Done
+            }
+            Err(e) => {
+                tracing::warn!(target: "sluice::jobs", job_id = %job.id, error = %e, "could not park the job for a batch; will retry");
+                let _ = self.store.release_job(&job.id, job.attempts, now).await;
+                Disposition::Retry
+            }
+        }
+    }
+
     /// Ends a job whose key was revoked before it ran: failed, not called, not billed, and
     /// not called back (the key's holder may be the reason it was revoked).
-    async fn refuse_revoked(&self, job: Job, started: (Instant, u64)) -> Disposition {
+    pub(super) async fn refuse_revoked(&self, job: Job, started: (Instant, u64)) -> Disposition {
         let (status, outcome) = failed(ApiError::from(AuthError::Revoked));
         let ending = Ending {
             status,
@@ -337,7 +394,12 @@ impl Processor {
     }
 
     /// Records a job's end, reports its usage and logs it, then calls back if asked.
-    async fn conclude(&self, job: Job, ending: Ending, started: (Instant, u64)) -> Disposition {
+    pub(super) async fn conclude(
+        &self,
+        job: Job,
+        ending: Ending,
+        started: (Instant, u64),
+    ) -> Disposition {
         let now = self.clock.now_ms();
         let Ending {
             status,
@@ -450,7 +512,7 @@ impl Processor {
     }
 }
 
-fn caller_of(job: &Job) -> Caller {
+pub(super) fn caller_of(job: &Job) -> Caller {
     Caller {
         key_id: job.key_id.clone(),
         tenant: job.tenant.clone(),
@@ -458,7 +520,7 @@ fn caller_of(job: &Job) -> Caller {
     }
 }
 
-fn failed(error: ApiError) -> (JobStatus, JobResult) {
+pub(super) fn failed(error: ApiError) -> (JobStatus, JobResult) {
     let body = serde_json::json!({
         "error": {
             "message": error.message,

@@ -83,10 +83,16 @@ pub struct Refusal {
     /// The request needs more than the limit's whole capacity: waiting cannot help, so it
     /// is answered 400, not 429 with a `Retry-After`.
     pub impossible: bool,
+    /// Parts the limit is split into (1 when it is not): a sharded limit's `limit` and
+    /// `remaining` are one part's, and a request must fit one part.
+    pub shards: u32,
+    /// The whole limit, all parts together (equal to `limit` when not sharded).
+    pub whole: u64,
 }
 
-/// An admitted request's reservation, to settle with the real usage.
-#[derive(Debug, Clone, Default)]
+/// An admitted request's reservation, to settle with the real usage. Serializable: a job
+/// waiting for a provider batch keeps its grant in the batch's record until the batch ends.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     hold_id: Option<String>,
     tokens: Vec<Increment>,
@@ -119,6 +125,8 @@ struct Meta {
     /// How many shards the counter has (a refusal by a counter whose every shard was tried
     /// is final).
     shards: u32,
+    /// The whole limit, every shard's share together.
+    whole: u64,
 }
 
 /// A planned atomic charge across all levels.
@@ -321,6 +329,8 @@ impl Limiter {
             reset_s: 0,
             asked,
             impossible: true,
+            shards,
+            whole: limit,
         })
     }
 
@@ -342,7 +352,20 @@ impl Limiter {
         subject: &Subject<'_>,
         ask: Ask,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
-        self.admit_with(subject, Some(ask)).await
+        self.admit_with(subject, Some(ask), None).await
+    }
+
+    /// Admits like [`Limiter::admit`], with a reservation held until `hold_until_ms` instead of
+    /// `limits.reservation_ttl_s` from now: a job waiting for a provider batch holds its
+    /// reservation until its window ends.
+    pub async fn admit_until(
+        &self,
+        subject: &Subject<'_>,
+        ask: Ask,
+        hold_until_ms: u64,
+    ) -> Result<Result<Grant, Refusal>, StoreError> {
+        self.admit_with(subject, Some(ask), Some(hold_until_ms))
+            .await
     }
 
     /// Admits a request answered from the cache: it counts against requests per minute only.
@@ -350,13 +373,14 @@ impl Limiter {
         &self,
         subject: &Subject<'_>,
     ) -> Result<Result<(), Refusal>, StoreError> {
-        Ok(self.admit_with(subject, None).await?.map(|_| ()))
+        Ok(self.admit_with(subject, None, None).await?.map(|_| ()))
     }
 
     async fn admit_with(
         &self,
         subject: &Subject<'_>,
         ask: Option<Ask>,
+        hold_until_ms: Option<u64>,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
         if let Some(refusal) = self.beyond_capacity(subject, ask) {
             return Ok(Err(refusal));
@@ -407,8 +431,9 @@ impl Limiter {
             let hold = (!undo.is_empty()).then(|| Hold {
                 id: format!("hold_{}", random_alnum(20)),
                 undo,
-                expires_at_ms: now
-                    .saturating_add(self.config.reservation_ttl_s.saturating_mul(1000)),
+                expires_at_ms: hold_until_ms.unwrap_or_else(|| {
+                    now.saturating_add(self.config.reservation_ttl_s.saturating_mul(1000))
+                }),
             });
             grant.hold_id = hold.as_ref().map(|h| h.id.clone());
             grant.hold_expires_at_ms = hold.as_ref().map_or(0, |h| h.expires_at_ms);
@@ -645,6 +670,7 @@ impl Limiter {
                     scope: scope.clone(),
                     metric: rate::Metric::Requests,
                     limit: share(u64::from(rpm), shards, shard),
+                    whole: u64::from(rpm),
                     amount: 1,
                 });
             }
@@ -654,6 +680,7 @@ impl Limiter {
                     scope: scope.clone(),
                     metric: rate::Metric::Tokens,
                     limit: share(u64::from(tpm), shards, shard),
+                    whole: u64::from(tpm),
                     amount: ask.tokens,
                 });
             }
@@ -674,6 +701,7 @@ impl Limiter {
                     elapsed,
                     ends_at_ms: ends,
                     shards,
+                    whole: check.whole,
                 });
                 plan.increments.push(inc);
             }
@@ -696,6 +724,7 @@ impl Limiter {
                     elapsed: 0.0,
                     ends_at_ms: ends,
                     shards,
+                    whole,
                 });
                 plan.increments.push(inc);
             }
@@ -925,6 +954,8 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 reset_s: retry,
                 asked: amount,
                 impossible: false,
+                shards: meta.shards,
+                whole: meta.whole,
             }
         }
         LimitKind::Budget => {
@@ -939,6 +970,8 @@ fn explain(meta: &Meta, current: i64, amount: u64, now: u64) -> Refusal {
                 reset_s: reset,
                 asked: amount,
                 impossible: false,
+                shards: meta.shards,
+                whole: meta.whole,
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct RateCheck {
     pub metric: Metric,
     /// The limit (this shard's share of it).
     pub limit: u64,
+    /// The whole limit, every shard's share together.
+    pub whole: u64,
     /// How much this request adds.
     pub amount: u64,
 }

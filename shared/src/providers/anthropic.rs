@@ -65,6 +65,11 @@ impl Anthropic {
             base_url: base_url.trim_end_matches('/').to_owned(),
         }
     }
+
+    /// The base URL, without a trailing slash.
+    pub(super) fn base_url(&self) -> &str {
+        &self.base_url
+    }
 }
 
 impl ProviderApi for Anthropic {

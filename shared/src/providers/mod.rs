@@ -5,6 +5,7 @@
 //! the usage it reported. Translation to and from other wire formats lives in each provider.
 
 pub mod anthropic;
+pub mod batch_api;
 pub mod extensions;
 pub mod gemini;
 mod http;

@@ -34,6 +34,11 @@ impl OpenAi {
         }
     }
 
+    /// The base URL, without a trailing slash.
+    pub(super) fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     fn url(&self, endpoint: Endpoint) -> String {
         format!("{}/{}", self.base_url, endpoint.path())
     }
@@ -188,7 +193,9 @@ impl Stop {
 
 /// The body as the upstream model accepts it: unchanged for most models; for a reasoning
 /// model, `max_tokens` renamed, defaults left out, refused parameters refused.
-fn for_model(body: &Map<String, Value>) -> Result<Cow<'_, Map<String, Value>>, ProviderError> {
+pub(super) fn for_model(
+    body: &Map<String, Value>,
+) -> Result<Cow<'_, Map<String, Value>>, ProviderError> {
     let model = body.get("model").and_then(Value::as_str).unwrap_or("");
     let Some(rules) = Reasoning::of(model) else {
         return Ok(Cow::Borrowed(body));
@@ -270,7 +277,10 @@ fn for_reasoning(
 }
 
 /// Checks that a 200 body is the JSON the endpoint promises, and reads its usage.
-fn validate(endpoint: Endpoint, body: &Bytes) -> Result<Option<super::Usage>, ProviderError> {
+pub(super) fn validate(
+    endpoint: Endpoint,
+    body: &Bytes,
+) -> Result<Option<super::Usage>, ProviderError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|_| ProviderError::Malformed("body is not JSON".into()))?;
     if v.get("error").is_some_and(|e| !e.is_null()) {

@@ -5,12 +5,13 @@
 //!
 //! | table | `pk` | holds | access |
 //! | --- | --- | --- | --- |
-//! | keys | `hash#<sha256 hex>` | a gateway key | GetItem on every uncached auth; Scan (admin list) |
+//! | keys | `hash#<sha256 hex>` | a gateway key, `list_shard` | GetItem on every uncached auth; the admin list queries the sparse index `keys-by-creation` (`list_shard`, `created_at_ms`) |
 //! | keys | `id#<key id>` | `hash` of that key | GetItem on revoke, and then the `hash#` item per distinct key of a job batch |
 //! | cache | digest hex | one answer (`body`, deflated when large) | GetItem / PutItem |
 //! | cache | `flight#<digest hex>` | an in-flight marker of identical misses (`token`, `started_at_ms`, `lease_until_ms`) | conditional PutItem (old item returned on conflict); conditional UpdateItem (lease renewal); BatchGetItem with the entry (a follower's poll); conditional DeleteItem |
 //! | cache | `idem#<tenant>#<key digest>` | an `Idempotency-Key` claim or its stored response | conditional PutItem (old item returned on conflict), PutItem, DeleteItem |
 //! | jobs | job id | request, state, lease, result; `open_shard` while not final | PutItem, GetItem, conditional UpdateItem; housekeeping queries the sparse index `open-jobs` (`open_shard`, `updated_at_ms`) |
+//! | jobs | `batch#<kind>#<id>` | provider-batch bookkeeping: a job waiting to be packed (`waiting`) or an upstream batch to poll (`open`); `open_shard` `w<n>` / `o<n>`, `updated_at_ms` = when due | PutItem, GetItem, DeleteItem; found by querying `open-jobs` under those partitions (never the `s<n>` of jobs) |
 //! | limits | counter id (`rate:…`, `budget:…`) | `count`, or `committed` + `spent` | one `TransactWriteItems` per admit and per settle |
 //! | limits | `hold#<id>` | a reservation's `undo` list and expiry, `hold_shard` | in the same transactions; housekeeping queries the sparse index `holds-by-expiry` (`hold_shard`, `expires_at_ms`) |
 //! | limits | `mark#<marker>` | a once-only marker (soft-threshold warnings) | conditional PutItem |
@@ -43,9 +44,10 @@ use aws_sdk_dynamodb::types::{
 use bytes::Bytes;
 
 use super::{
-    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Flight, FlightBegin, FlightPoll,
-    Hold, IdempotencyBegin, IdempotencyStore, Increment, JobStore, KeyStore, LimitStore,
-    MetricsStore, Settlement, StoreError, StoredResponse,
+    Applied, BatchEntry, BatchEntryKind, BatchStore, CacheKey, CacheStore, CachedResponse,
+    CounterField, Flight, FlightBegin, FlightPoll, Hold, IdempotencyBegin, IdempotencyStore,
+    Increment, JobStore, KeyStore, LimitStore, MetricsStore, Settlement, StoreError,
+    StoredResponse,
 };
 use crate::clock::Clock;
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
@@ -66,6 +68,11 @@ pub const OPEN_JOBS_INDEX: &str = "open-jobs";
 /// The limits table's sparse index of reservations (holds) by expiry: partition key
 /// `hold_shard` (only hold items have it), sort key `expires_at_ms`.
 pub const HOLDS_INDEX: &str = "holds-by-expiry";
+/// The keys table's sparse index of keys by creation, for the admin list: partition key
+/// `list_shard` (only `hash#` items have it, not the `id#` items), sort key `created_at_ms`,
+/// every attribute projected. Read eventually consistently: a key created a moment ago may be
+/// missing from a list for about a second (it authenticates at once: that is a `GetItem`).
+pub const KEYS_INDEX: &str = "keys-by-creation";
 /// Partitions of each index: housekeeping queries each one, and writes spread over them
 /// (one index partition takes about 1,000 writes a second).
 const INDEX_SHARDS: u32 = 8;
@@ -246,15 +253,28 @@ impl DynamoStore {
                 .table_name(table)
                 .billing_mode(BillingMode::PayPerRequest);
             // Housekeeping's sparse indexes (see the module table), queried, never scanned.
+            // The admin list's index of keys (every attribute projected: `None`).
             let index = if table == self.tables.jobs {
                 Some((
                     OPEN_JOBS_INDEX,
                     "open_shard",
                     "updated_at_ms",
-                    vec!["status", "attempts", "lease_until_ms", "expires_at_ms"],
+                    Some(vec![
+                        "status",
+                        "attempts",
+                        "lease_until_ms",
+                        "expires_at_ms",
+                    ]),
                 ))
             } else if table == self.tables.limits {
-                Some((HOLDS_INDEX, "hold_shard", "expires_at_ms", vec!["undo"]))
+                Some((
+                    HOLDS_INDEX,
+                    "hold_shard",
+                    "expires_at_ms",
+                    Some(vec!["undo"]),
+                ))
+            } else if table == self.tables.keys {
+                Some((KEYS_INDEX, "list_shard", "created_at_ms", None))
             } else {
                 None
             };
@@ -291,14 +311,17 @@ impl DynamoStore {
                                     .build()
                                     .map_err(build)?,
                             )
-                            .projection(
-                                Projection::builder()
+                            .projection(match projected {
+                                Some(attributes) => Projection::builder()
                                     .projection_type(ProjectionType::Include)
                                     .set_non_key_attributes(Some(
-                                        projected.into_iter().map(str::to_owned).collect(),
+                                        attributes.into_iter().map(str::to_owned).collect(),
                                     ))
                                     .build(),
-                            )
+                                None => Projection::builder()
+                                    .projection_type(ProjectionType::All)
+                                    .build(),
+                            })
                             .build()
                             .map_err(build)?,
                     );
@@ -456,6 +479,7 @@ fn key_item(k: &KeyRecord) -> Item {
         item.insert("name".into(), s(name));
     }
     item.insert("created_at_ms".into(), n(k.created_at_ms));
+    item.insert("list_shard".into(), s(index_shard(&k.id)));
     if let Some(t) = k.revoked_at_ms {
         item.insert("revoked_at_ms".into(), n(t));
     }
@@ -562,28 +586,23 @@ impl KeyStore for DynamoStore {
         self.read_key(&hash, true).await
     }
 
+    /// Every key, oldest first: one `Query` (or more, a page per 1 MB) of each partition of
+    /// the sparse index `keys-by-creation`, never a `Scan`, and never reading the `id#` items.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut keys = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            self.count();
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.tables.keys)
-                .filter_expression("begins_with(pk, :p)")
-                .expression_attribute_values(":p", s("hash#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in page.items() {
+        for shard in 0..INDEX_SHARDS {
+            let items = self
+                .query_index(
+                    &self.tables.keys,
+                    KEYS_INDEX,
+                    ("list_shard", &format!("s{shard}")),
+                    ("created_at_ms", u64::MAX),
+                    None,
+                    usize::MAX,
+                )
+                .await?;
+            for item in &items {
                 keys.push(key_from_item(item)?);
-            }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
             }
         }
         keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -875,6 +894,126 @@ fn entry_from_item(
     }))
 }
 
+// ---- provider-batch bookkeeping -----------------------------------------------------------
+
+fn batch_pk(kind: BatchEntryKind, id: &str) -> String {
+    format!("batch#{}#{id}", kind.as_str())
+}
+
+/// The `open-jobs` partition of a batch entry: a letter of its own per kind, so housekeeping's
+/// queries of jobs (`s<n>`) never meet one.
+fn batch_shard(kind: BatchEntryKind, id: &str) -> String {
+    let letter = match kind {
+        BatchEntryKind::Waiting => 'w',
+        BatchEntryKind::Open => 'o',
+    };
+    format!("{letter}{}", &index_shard(id)[1..])
+}
+
+#[async_trait]
+impl BatchStore for DynamoStore {
+    async fn put_batch_entry(&self, entry: &BatchEntry) -> Result<(), StoreError> {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(batch_pk(entry.kind, &entry.id)));
+        item.insert("open_shard".into(), s(batch_shard(entry.kind, &entry.id)));
+        item.insert("updated_at_ms".into(), n(entry.due_at_ms));
+        item.insert("expires_at_ms".into(), n(entry.expires_at_ms));
+        item.insert("expires_at".into(), ttl_secs(entry.expires_at_ms));
+        if put_blob(&mut item, "body", &entry.body)? > MAX_BLOB_BYTES {
+            return Err(StoreError::TooLarge(format!(
+                "batch entry of {} bytes",
+                entry.body.len()
+            )));
+        }
+        self.count();
+        self.client
+            .put_item()
+            .table_name(&self.tables.jobs)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    async fn due_batch_entries(
+        &self,
+        kind: BatchEntryKind,
+        due_by_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<BatchEntry>, StoreError> {
+        let letter = match kind {
+            BatchEntryKind::Waiting => 'w',
+            BatchEntryKind::Open => 'o',
+        };
+        let mut keys = Vec::new();
+        for shard in 0..INDEX_SHARDS {
+            let items = self
+                .query_index(
+                    &self.tables.jobs,
+                    OPEN_JOBS_INDEX,
+                    ("open_shard", &format!("{letter}{shard}")),
+                    ("updated_at_ms", due_by_ms),
+                    Some(now_ms),
+                    max.saturating_sub(keys.len()),
+                )
+                .await?;
+            for item in &items {
+                keys.push(get_s(item, "pk")?);
+            }
+            if keys.len() >= max {
+                break;
+            }
+        }
+        // The index projects no body: read each entry (strongly consistent; gone = skipped).
+        let reads = futures_util::future::join_all(keys.iter().map(|pk| async move {
+            self.count();
+            self.client
+                .get_item()
+                .table_name(&self.tables.jobs)
+                .key("pk", s(pk))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(sdk)
+        }))
+        .await;
+        let prefix = format!("batch#{}#", kind.as_str());
+        let mut out = Vec::new();
+        for read in reads {
+            let Some(item) = read?.item else { continue };
+            let expires_at_ms: u64 = get_n(&item, "expires_at_ms")?;
+            let due_at_ms: u64 = get_n(&item, "updated_at_ms")?;
+            if expires_at_ms <= now_ms || due_at_ms > due_by_ms {
+                continue;
+            }
+            let pk = get_s(&item, "pk")?;
+            out.push(BatchEntry {
+                kind,
+                id: pk.strip_prefix(&prefix).unwrap_or(&pk).to_owned(),
+                due_at_ms,
+                body: get_blob(&item, "body")?.unwrap_or_default(),
+                expires_at_ms,
+            });
+        }
+        out.sort_by_key(|e| e.due_at_ms);
+        Ok(out)
+    }
+
+    async fn delete_batch_entry(&self, kind: BatchEntryKind, id: &str) -> Result<(), StoreError> {
+        self.count();
+        self.client
+            .delete_item()
+            .table_name(&self.tables.jobs)
+            .key("pk", s(batch_pk(kind, id)))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+}
+
 // ---- jobs -------------------------------------------------------------------------------
 
 fn job_from_item(item: &Item) -> Result<Job, StoreError> {
@@ -901,6 +1040,7 @@ fn job_from_item(item: &Item) -> Result<Job, StoreError> {
         request: get_blob(item, "request")?.ok_or_else(|| corrupt("job request"))?,
         cache_control: opt_s(item, "cache_control"),
         callback_url: opt_s(item, "callback_url"),
+        completion_window_s: opt_n(item, "completion_window_s")?,
         status,
         attempts: get_n(item, "attempts")?,
         lease_until_ms: get_n(item, "lease_until_ms")?,
@@ -933,6 +1073,9 @@ impl JobStore for DynamoStore {
         }
         if let Some(url) = &job.callback_url {
             item.insert("callback_url".into(), s(url));
+        }
+        if let Some(window) = job.completion_window_s {
+            item.insert("completion_window_s".into(), n(window));
         }
         item.insert("status".into(), s(job.status.as_str()));
         if !job.status.is_final() {

@@ -199,6 +199,60 @@ pub trait JobStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+/// Which kind of provider-batch bookkeeping an entry is (see [`BatchStore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchEntryKind {
+    /// A claimed job with a `completion_window`, waiting to be packed into an upstream batch.
+    Waiting,
+    /// An upstream batch submitted and not yet ended, to poll.
+    Open,
+}
+
+impl BatchEntryKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Open => "open",
+        }
+    }
+}
+
+/// One entry of provider-batch bookkeeping: its content is the jobs module's own JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchEntry {
+    /// Which list it is on.
+    pub kind: BatchEntryKind,
+    /// Unique within its kind (a job id, or a batch id).
+    pub id: String,
+    /// When it next needs attention (waiting: when it was pooled; open: the next poll).
+    pub due_at_ms: u64,
+    /// What the jobs module stored (JSON).
+    pub body: Bytes,
+    /// Gone after this, whatever happened.
+    pub expires_at_ms: u64,
+}
+
+/// Bookkeeping of jobs sent through providers' Batch APIs: the jobs waiting to be packed and
+/// the upstream batches to poll, each found by when it is due (SQLite: an index; DynamoDB: the
+/// jobs table's sparse index, under partitions of its own), never by a scan.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Stores the entry, replacing one of the same kind and id.
+    async fn put_batch_entry(&self, entry: &BatchEntry) -> Result<(), StoreError>;
+    /// Entries of `kind` due at or before `due_by_ms` and not past their expiry at `now_ms`,
+    /// up to `max`, earliest due first within each index partition.
+    async fn due_batch_entries(
+        &self,
+        kind: BatchEntryKind,
+        due_by_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<BatchEntry>, StoreError>;
+    /// Deletes the entry (nothing happens if it is gone).
+    async fn delete_batch_entry(&self, kind: BatchEntryKind, id: &str) -> Result<(), StoreError>;
+}
+
 /// Which number of a limit counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -428,12 +482,13 @@ where
 
 /// Everything the gateway needs from a store.
 pub trait Store:
-    KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore + MetricsStore
+    KeyStore + CacheStore + JobStore + BatchStore + LimitStore + IdempotencyStore + MetricsStore
 {
 }
 
-impl<T: KeyStore + CacheStore + JobStore + LimitStore + IdempotencyStore + MetricsStore> Store
-    for T
+impl<
+    T: KeyStore + CacheStore + JobStore + BatchStore + LimitStore + IdempotencyStore + MetricsStore,
+> Store for T
 {
 }
 

@@ -17,9 +17,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Applied, CacheKey, CacheStore, CachedResponse, CounterField, Flight, FlightBegin, FlightPoll,
-    Hold, IdempotencyBegin, IdempotencyStore, Increment, JobStore, KeyStore, LimitStore,
-    METRICS_MARKER_TTL_MS, MetricsStore, Settlement, StoreError, StoredResponse,
+    Applied, BatchEntry, BatchEntryKind, BatchStore, CacheKey, CacheStore, CachedResponse,
+    CounterField, Flight, FlightBegin, FlightPoll, Hold, IdempotencyBegin, IdempotencyStore,
+    Increment, JobStore, KeyStore, LimitStore, METRICS_MARKER_TTL_MS, MetricsStore, Settlement,
+    StoreError, StoredResponse,
 };
 use crate::clock::Clock;
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
@@ -29,7 +30,7 @@ use crate::num::{to_i64, to_u16, to_u32, to_u64};
 use crate::providers::Endpoint;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     purge_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS cache_entries_purge ON cache_entries (purge_at_ms);
--- v7: in-flight markers of identical misses (gateway/coalesce.rs), one per cache key.
+-- v8: in-flight markers of identical misses (gateway/coalesce.rs), one per cache key.
 CREATE TABLE IF NOT EXISTS cache_flights (
     digest         BLOB PRIMARY KEY,
     token          TEXT NOT NULL,
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     request        BLOB NOT NULL,
     cache_control  TEXT,
     callback_url   TEXT,
+    completion_window_s INTEGER,
     status         TEXT NOT NULL,
     attempts       INTEGER NOT NULL,
     lease_until_ms INTEGER NOT NULL,
@@ -84,6 +86,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 -- Open jobs by their last change, for housekeeping (partial: final jobs are not in it).
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (updated_at_ms) WHERE status IN ('queued', 'running');
+-- Provider Batch API bookkeeping: jobs waiting to be packed, upstream batches to poll.
+CREATE TABLE IF NOT EXISTS batch_entries (
+    kind          TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    due_at_ms     INTEGER NOT NULL,
+    body          BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS batch_entries_due ON batch_entries (kind, due_at_ms);
 CREATE TABLE IF NOT EXISTS queue_messages (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id    TEXT NOT NULL UNIQUE,
@@ -403,6 +415,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
              ALTER TABLE dead_letters ADD COLUMN receipt TEXT;",
         )
         .map_err(backend)?;
+    }
+    if (1..7).contains(&version)
+        && has_table(conn, "jobs")?
+        && !has_column(conn, "jobs", "completion_window_s")?
+    {
+        // v7: jobs that can wait for a provider Batch API.
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN completion_window_s INTEGER")
+            .map_err(backend)?;
     }
     conn.execute_batch(SCHEMA).map_err(backend)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -757,6 +777,9 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreEr
         request: Bytes::from(row.get::<_, Vec<u8>>("request")?),
         cache_control: row.get("cache_control")?,
         callback_url: row.get("callback_url")?,
+        completion_window_s: row
+            .get::<_, Option<i64>>("completion_window_s")?
+            .map(to_u64),
         status,
         attempts: to_u32(row.get::<_, i64>("attempts")?),
         lease_until_ms: to_u64(row.get::<_, i64>("lease_until_ms")?),
@@ -784,8 +807,8 @@ impl JobStore for SqliteStore {
             let res = c.execute(
                 "INSERT INTO jobs (id, tenant, key_id, endpoint, request, cache_control,
                      callback_url, status, attempts, lease_until_ms, created_at_ms,
-                     updated_at_ms, expires_at_ms, key_limits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     updated_at_ms, expires_at_ms, key_limits, completion_window_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     job.id,
                     job.tenant,
@@ -801,6 +824,7 @@ impl JobStore for SqliteStore {
                     to_i64(job.updated_at_ms),
                     to_i64(job.expires_at_ms),
                     serde_json::to_string(&job.key_limits).ok(),
+                    job.completion_window_s.map(to_i64),
                 ],
             );
             match res {
@@ -978,6 +1002,83 @@ impl JobStore for SqliteStore {
                 )
                 .map_err(backend)?;
             Ok(n == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BatchStore for SqliteStore {
+    async fn put_batch_entry(&self, entry: &BatchEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO batch_entries (kind, id, due_at_ms, body, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (kind, id) DO UPDATE SET due_at_ms = excluded.due_at_ms,
+                     body = excluded.body, expires_at_ms = excluded.expires_at_ms",
+                params![
+                    e.kind.as_str(),
+                    e.id,
+                    to_i64(e.due_at_ms),
+                    &e.body[..],
+                    to_i64(e.expires_at_ms)
+                ],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_batch_entries(
+        &self,
+        kind: BatchEntryKind,
+        due_by_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<BatchEntry>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, due_at_ms, body, expires_at_ms FROM batch_entries
+                     WHERE kind = ?1 AND due_at_ms <= ?2 AND expires_at_ms > ?3
+                     ORDER BY due_at_ms LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        kind.as_str(),
+                        to_i64(due_by_ms),
+                        to_i64(now_ms),
+                        i64::try_from(max).unwrap_or(i64::MAX)
+                    ],
+                    |r| {
+                        Ok(BatchEntry {
+                            kind,
+                            id: r.get(0)?,
+                            due_at_ms: to_u64(r.get(1)?),
+                            body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                            expires_at_ms: to_u64(r.get(3)?),
+                        })
+                    },
+                )
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_batch_entry(&self, kind: BatchEntryKind, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM batch_entries WHERE kind = ?1 AND id = ?2",
+                params![kind.as_str(), id],
+            )
+            .map_err(backend)?;
+            Ok(())
         })
         .await
     }

@@ -1,4 +1,5 @@
-//! A standalone fake OpenAI-compatible provider for benchmarks and manual testing:
+//! A standalone fake provider (OpenAI, Anthropic and Gemini formats, and both batch APIs) for
+//! benchmarks and manual testing:
 //! `fake-upstream [ADDR] [DELAY_MS] [FAULT]` (default 127.0.0.1:9999, no delay, no fault)
 //! serves until killed. With a delay every answer waits that long first, like a provider's
 //! think time. FAULT breaks every answer: `cut-off` (half the body, then the connection is

@@ -3,11 +3,15 @@
 //! Gemini (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
 //! `:batchEmbedContents`).
 //!
+//! Both batch APIs are served too (see [`batches`]): OpenAI's Files + Batches and Anthropic's
+//! Message Batches.
+//!
 //! Each format is answered as its public API reference documents it (including SSE streams,
 //! error bodies and rate-limit headers). The fake counts calls and TCP connections, records
 //! every request, and can be told to fail in each way a real provider fails.
 
 mod anthropic;
+pub mod batches;
 pub mod billing;
 mod gemini;
 mod openai;
@@ -23,7 +27,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
@@ -84,6 +88,8 @@ struct Shared {
     prompt_cache: Mutex<HashSet<String>>,
     /// Anthropic's prompt cache: the prefixes written so far (see `anthropic::cache_usage`).
     anthropic_cache: Mutex<HashSet<u64>>,
+    /// Uploaded files and batches of both batch APIs.
+    batches: Mutex<batches::Batches>,
 }
 
 /// A running fake provider. Dropping it stops the server.
@@ -130,6 +136,21 @@ impl FakeUpstream {
             .route("/v1/embeddings", post(handle))
             .route("/v1/messages", post(handle))
             .route("/v1beta/models/{*call}", post(handle))
+            .route("/v1/files", post(batches::upload))
+            .route("/v1/files/{id}/content", get(batches::file_content))
+            .route("/v1/batches", post(batches::create_openai))
+            .route("/v1/batches/{id}", get(batches::get_openai))
+            .route("/v1/batches/{id}/cancel", post(batches::cancel_openai))
+            .route("/v1/messages/batches", post(batches::create_anthropic))
+            .route("/v1/messages/batches/{id}", get(batches::get_anthropic))
+            .route(
+                "/v1/messages/batches/{id}/results",
+                get(batches::results_anthropic),
+            )
+            .route(
+                "/v1/messages/batches/{id}/cancel",
+                post(batches::cancel_anthropic),
+            )
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -173,6 +194,17 @@ impl FakeUpstream {
     /// [`billing`]): a provider as expensive as its rules let it be.
     pub fn bill_max(&self, on: bool) {
         self.shared.bill_max.store(on, Ordering::SeqCst);
+    }
+
+    /// Batches created from now on end only once this long has passed since their creation
+    /// (until then they report `in_progress`), so that a client must poll.
+    pub fn set_batch_delay(&self, delay: Duration) {
+        self.shared.batches.lock().unwrap().delay = delay;
+    }
+
+    /// How batches created from now on end.
+    pub fn set_batch_fate(&self, fate: batches::BatchFate) {
+        self.shared.batches.lock().unwrap().fate = fate;
     }
 
     /// Requests received so far.

@@ -665,3 +665,132 @@ async fn usage_events_travel_through_sqs_to_rollups_in_dynamodb_once() {
     assert_eq!(metrics["totals"]["cache_hits"], 4);
     assert_eq!(metrics["totals"]["errors_by_class"]["client"], 1);
 }
+
+/// Jobs with a `completion_window` on DynamoDB and SQS: parked through SQS, packed into one
+/// provider batch, answered at the batch price; then a failing batch's jobs go back through
+/// SQS and run as ordinary calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_jobs_go_through_a_provider_batch_over_dynamodb_and_sqs() {
+    use sluice::clock::Clock as _;
+    use sluice::store::BatchEntryKind;
+    let up = FakeUpstream::start().await;
+    let toml = format!(
+        "{}\n[jobs.batch_api]\nenabled = true\npoll_every_s = 60\n",
+        fake_config_with_jobs(&up.base_url, 1)
+    );
+    let config = Config::parse(&toml, "test", &|_| None).unwrap();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let deps = Deps::new(
+        Arc::new(aws::dynamo_store().await),
+        Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
+        sluice::gateway::http_client().unwrap(),
+        Arc::new(clock.clone()),
+    );
+    let gw = TestGateway::start_deps(&config, deps, clock).await;
+    let key = gw
+        .admin_create(json!({"tenant": "t1", "budget_usd": 10.0, "period": "day"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let submit = |prompt: String| {
+        let (gw, key) = (&gw, &key);
+        async move {
+            let r = gw
+                .post(
+                    "/v1/jobs",
+                    key,
+                    &json!({"endpoint": "/v1/chat/completions", "completion_window": "24h",
+                        "request": {"model": "gpt-test", "max_tokens": 20,
+                            "messages": [{"role": "user", "content": prompt}]}}),
+                )
+                .await;
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let parked = |n: usize| {
+        let gw = &gw;
+        async move {
+            for _ in 0..200 {
+                let now = gw.clock.now_ms();
+                let waiting = gw
+                    .deps
+                    .store
+                    .due_batch_entries(BatchEntryKind::Waiting, now, now, 100)
+                    .await
+                    .unwrap();
+                if waiting.len() == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{n} jobs were not parked");
+        }
+    };
+    let pass = || {
+        let gw = &gw;
+        async move {
+            gw.clock.advance_ms(60_000);
+            gw.services
+                .batcher
+                .as_ref()
+                .unwrap()
+                .run_once()
+                .await
+                .unwrap()
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(submit(format!("overnight {i}")).await);
+    }
+    parked(10).await;
+    let report = pass().await;
+    assert_eq!(
+        (report.batches_submitted, report.jobs_submitted),
+        (1, 10),
+        "{report:?}"
+    );
+    assert_eq!(pass().await.jobs_answered, 10);
+    let mut total = 0u64;
+    for id in &ids {
+        let job = wait_job(&gw, &key, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let tin = job["usage"]["prompt_tokens"].as_u64().unwrap() as f64;
+        let tout = job["usage"]["completion_tokens"].as_u64().unwrap() as f64;
+        let half = ((tin * 0.15 + tout * 0.60) * 1000.0 * 0.5).round() as u64;
+        let cost = (job["cost_usd"].as_f64().unwrap() * 1e9).round() as u64;
+        assert_eq!(cost, half, "{job}");
+        total += cost;
+    }
+    let (spent, reserved) = spent_nanos(&gw, &key, "key").await;
+    assert_eq!(spent, total);
+    assert_eq!(reserved, 0.0);
+    assert_eq!(
+        up.requests()
+            .iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .count(),
+        0
+    );
+    // A failing batch: its jobs come back through SQS as ordinary jobs.
+    up.set_batch_fate(sluice_tests::BatchFate::Fail);
+    let again = [submit("a".into()).await, submit("b".into()).await];
+    parked(2).await;
+    assert_eq!(pass().await.jobs_submitted, 2);
+    assert_eq!(pass().await.jobs_taken_back, 2);
+    for id in &again {
+        assert_eq!(wait_job(&gw, &key, id).await["status"], "succeeded");
+    }
+    assert_eq!(
+        up.requests()
+            .iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .count(),
+        2
+    );
+}

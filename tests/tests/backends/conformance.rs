@@ -15,8 +15,9 @@ use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
-    Applied, CacheKey, CachedResponse, CounterField, FlightBegin, FlightPoll, Hold,
-    IdempotencyBegin, Increment, Settlement, SharedStore, StoreError, StoredResponse,
+    Applied, BatchEntry, BatchEntryKind, CacheKey, CachedResponse, CounterField, FlightBegin,
+    FlightPoll, Hold, IdempotencyBegin, Increment, Settlement, SharedStore, StoreError,
+    StoredResponse,
 };
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -87,6 +88,7 @@ conformance!(
     queue_moves_a_message_to_the_dead_letter_queue_after_max_receives,
     dead_letters_are_read_hidden_and_deleted_for_housekeeping,
     jobs_left_behind_are_found_by_age_and_queued_again_once,
+    batch_entries_are_found_when_due_by_kind_replaced_and_deleted,
     limit_increments_apply_all_or_nothing,
     concurrent_conditional_increments_never_pass_the_limit,
     holds_settle_once_and_expired_holds_are_listed,
@@ -261,6 +263,8 @@ fn job(id: &str, now: u64, request: Bytes) -> Job {
         request,
         cache_control: Some("no-store".into()),
         callback_url: Some("https://example.com/hook".into()),
+        // Round-trips on both adapters (a job that may wait for a provider Batch API).
+        completion_window_s: Some(86_400),
         status: JobStatus::Queued,
         attempts: 0,
         lease_until_ms: 0,
@@ -527,6 +531,85 @@ async fn dead_letters_are_read_hidden_and_deleted_for_housekeeping(b: Backend) {
 /// Housekeeping finds jobs that are not final and have not changed for a while through an
 /// index (never a scan), and queues each one again at most once per look: the write is
 /// conditional on the change it saw, and refused for a job a worker holds or that ended.
+async fn batch_entries_are_found_when_due_by_kind_replaced_and_deleted(b: Backend) {
+    use BatchEntryKind::{Open, Waiting};
+    let entry = |kind, id: &str, due: u64, body: &str| BatchEntry {
+        kind,
+        id: id.into(),
+        due_at_ms: due,
+        body: Bytes::from(body.to_owned()),
+        expires_at_ms: 10_000,
+    };
+    // A body past the deflate threshold round-trips too.
+    let big = "x".repeat(5000);
+    for e in [
+        entry(Waiting, "job_a", 100, "{\"attempt\":1}"),
+        entry(Waiting, "job_b", 300, "{\"attempt\":2}"),
+        entry(Open, "batch_1", 200, &big),
+    ] {
+        b.store.put_batch_entry(&e).await.unwrap();
+    }
+    let due = b
+        .store
+        .due_batch_entries(Waiting, 250, 50, 10)
+        .await
+        .unwrap();
+    assert_eq!(due, vec![entry(Waiting, "job_a", 100, "{\"attempt\":1}")]);
+    let all = b
+        .store
+        .due_batch_entries(Waiting, 1000, 50, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].id, "job_a");
+    let open = b.store.due_batch_entries(Open, 1000, 50, 10).await.unwrap();
+    assert_eq!(open, vec![entry(Open, "batch_1", 200, &big)]);
+    // Replaced: a new due time and body.
+    b.store
+        .put_batch_entry(&entry(Open, "batch_1", 900, "{}"))
+        .await
+        .unwrap();
+    assert!(
+        b.store
+            .due_batch_entries(Open, 800, 50, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.store.due_batch_entries(Open, 900, 50, 10).await.unwrap(),
+        vec![entry(Open, "batch_1", 900, "{}")]
+    );
+    // Past its expiry it is gone for every purpose.
+    assert!(
+        b.store
+            .due_batch_entries(Waiting, 1000, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleted once; deleting again is not an error.
+    b.store.delete_batch_entry(Waiting, "job_a").await.unwrap();
+    b.store.delete_batch_entry(Waiting, "job_a").await.unwrap();
+    let left = b
+        .store
+        .due_batch_entries(Waiting, 1000, 50, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["job_b"]
+    );
+    // Housekeeping's view of jobs left behind never meets them (DynamoDB shares the index).
+    assert!(
+        b.store
+            .stale_jobs(u64::MAX / 2, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn jobs_left_behind_are_found_by_age_and_queued_again_once(b: Backend) {
     let small = || Bytes::from_static(br#"{"model":"m"}"#);
     // Stored at 1 s and never queued (ingest died between its two writes).

@@ -6,6 +6,7 @@
 //! - Housekeeping reads only what expired: with thousands of rate windows, live holds, keys,
 //!   cache entries and jobs present, one pass reads the expired holds and stale jobs and
 //!   nothing else, never with a `Scan`.
+//! - The admin key list queries an index and reads only the keys, never with a `Scan`.
 //! - Usage events of any size reach SQS whole: packed by bytes, no batch is refused.
 //! - Calls per request by path (cache hit, miss, with and without limits, job accepted, job
 //!   run, usage aggregated): the figures behind docs/aws.md's cost table.
@@ -78,6 +79,7 @@ fn job(id: &str, updated_at_ms: u64) -> Job {
         ),
         cache_control: None,
         callback_url: None,
+        completion_window_s: None,
         status: JobStatus::Queued,
         attempts: 0,
         lease_until_ms: 0,
@@ -264,6 +266,47 @@ async fn housekeeping_reads_only_what_expired_among_thousands_of_items() {
     assert_eq!(idle, Report::default());
     assert_eq!((pass.of("Query"), pass.items_scanned), (16, 0), "{pass:?}");
     assert_eq!(pass.total(), 17, "{pass}");
+}
+
+/// `GET /admin/keys` on DynamoDB: one `Query` per partition of the sparse index
+/// `keys-by-creation`, reading the keys and nothing else (not the `id#` item each key also
+/// has, which a filtered `Scan` of the table would read and throw away), never a `Scan`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_keys_queries_the_index_and_reads_only_the_keys() {
+    use sluice::store::KeyStore;
+    let c = counted().await;
+    let mut made = Vec::new();
+    for i in 0..250u64 {
+        let key = keys::generate("t1", None, KeyLimits::default(), T0 + i % 7).unwrap();
+        c.direct.insert_key(&key.record).await.unwrap();
+        made.push(key.record);
+    }
+    let revoked = made[17].id.clone();
+    assert!(c.direct.revoke_key(&revoked, T0 + 99).await.unwrap());
+    let before = c.proxy.tally();
+    let listed = c.store.list_keys().await.unwrap();
+    let list = c.proxy.tally().since(&before);
+    eprintln!(
+        "listing 250 keys: {list}; items read {}",
+        list.items_scanned
+    );
+    assert_eq!(list.of("Scan"), 0, "{list}");
+    assert_eq!(list.of("Query"), 8, "{list}");
+    assert_eq!(list.total(), 8, "{list}");
+    assert_eq!(
+        (list.items_returned, list.items_scanned),
+        (250, 250),
+        "{list:?}"
+    );
+    // Every key, whole (the index projects every attribute), oldest first.
+    made.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+    let mut expected = made;
+    for k in &mut expected {
+        if k.id == revoked {
+            k.revoked_at_ms = Some(T0 + 99);
+        }
+    }
+    assert_eq!(listed, expected);
 }
 
 fn usage_event(i: usize, error_bytes: usize, model_bytes: usize) -> UsageEvent {

@@ -101,6 +101,7 @@ fn stored_job(id: &str, caller: &Caller, prompt: &str, attempts: u32) -> Job {
         request: chat(prompt),
         cache_control: None,
         callback_url: None,
+        completion_window_s: None,
         status: JobStatus::Queued,
         attempts,
         lease_until_ms: 0,
@@ -171,6 +172,7 @@ async fn no_job_is_left_behind(b: Backend) {
                 body: chat(prompt),
                 cache_control: None,
                 callback_url: None,
+                completion_window_s: None,
             };
             services
                 .jobs

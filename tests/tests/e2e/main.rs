@@ -3,10 +3,12 @@
 
 mod admin;
 mod anthropic;
+mod batch_api;
 mod cache;
 mod coalesce;
 mod dashboard;
 mod errors;
+mod fake_batches;
 mod faults;
 mod forwarding;
 mod gemini;

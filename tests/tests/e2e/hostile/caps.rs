@@ -298,6 +298,111 @@ fn concurrent_generated_requests_never_overspend_a_cap() {
     });
 }
 
+/// A tenant's cap split into 8 shards (as on DynamoDB by default, forced here on SQLite with
+/// a low `budget_shard_min_usd`): many generated requests at once from several keys of the
+/// tenant. Each shard holds an eighth of the cap, so the cap holds however the requests land
+/// on shards; a request whose worst case exceeds one shard is refused as impossible (400,
+/// free); the ledger is exactly what the answers were billed.
+#[test]
+fn concurrent_generated_requests_never_overspend_a_sharded_tenant_cap() {
+    let up_and_gw = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let up = FakeUpstream::start_for_load("127.0.0.1:0").await;
+            up.bill_max(true);
+            let cfg = format!(
+                "{}\n[limits]\nbudget_shards = 8\nbudget_shard_min_usd = 0.001\n\n\
+                 [[tenants]]\nname = \"sharded\"\nbudget_usd = 1.0\nperiod = \"day\"\n",
+                config(&up)
+            );
+            let gw = TestGateway::start(&cfg).await;
+            (up, gw)
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_up, gw) = up_and_gw(&rt);
+    let mut runner = runner(1);
+    let bodies: Vec<Value> = (0..240)
+        .map(|i| {
+            let mut body = chat_request().new_tree(&mut runner).unwrap().current();
+            let models = ["m-openai", "m-anthropic", "m-gemini", "m-mock"];
+            body.insert("model".into(), models[i % 4].into());
+            body.remove("stream");
+            Value::Object(body)
+        })
+        .collect();
+    rt.block_on(async {
+        let mut keys = Vec::new();
+        for _ in 0..4 {
+            let created = gw.admin_create(json!({"tenant": "sharded"})).await;
+            keys.push(created["key"].as_str().unwrap().to_owned());
+        }
+        let answers = join_all(
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| gw.post("/v1/chat/completions", &keys[i % 4], b)),
+        )
+        .await;
+        let (mut billed, mut ok, mut impossible, mut over) = (0, 0, 0, 0);
+        for r in answers {
+            let status = r.status().as_u16();
+            if status == 200 {
+                ok += 1;
+                billed += crate::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
+                continue;
+            }
+            over += usize::from(status == 429);
+            let body = r.text().await.unwrap();
+            assert!(matches!(status, 400 | 422 | 429), "{status}: {body}");
+            if body.contains("request_exceeds_budget") {
+                impossible += 1;
+                // The refusal names the configured cap and the part a request must fit.
+                assert!(
+                    body.contains("spending cap of $1.000000000 per day")
+                        && body.contains("split into 8 parts of up to $0.125000000"),
+                    "{body}"
+                );
+            }
+        }
+        let spent = tenant_spend(&gw, &keys[0]).await;
+        eprintln!(
+            "sharded tenant cap: {ok} answered, {over} refused at the cap, {impossible} \
+             impossible, spent {spent}"
+        );
+        assert!(ok >= 10, "only {ok} answered");
+        // Not a vacuous pass: the requests together asked for more than the cap holds.
+        assert!(over > 0, "the cap was never reached");
+        assert_eq!(spent, billed, "the ledger is what the answers were billed");
+        assert!(spent <= 1_000_000_000, "spent {spent} over the 1 USD cap");
+    });
+}
+
+/// A tenant's spend once every reservation is settled, from `/v1/usage` with one of its keys.
+async fn tenant_spend(gw: &TestGateway, key: &str) -> u64 {
+    for _ in 0..200 {
+        let u = json(
+            gw.http
+                .get(format!("{}/v1/usage", gw.url))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let b = &u["limits"]["tenant"]["budget"];
+        let nanos = |v: &Value| (v.as_f64().unwrap() * 1e9).round() as u64;
+        if nanos(&b["reserved_usd"]) == 0 {
+            return nanos(&b["spent_usd"]);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a reservation was never settled");
+}
+
 /// The gateway's per-image bound covers the most the fake (any provider) bills for one.
 const _: () = assert!(sluice::tokens::IMAGE_TOKENS_MAX >= billing::IMAGE_TOKENS);
 
