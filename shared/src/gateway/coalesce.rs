@@ -15,8 +15,8 @@
 //!   request takes the key's in-flight marker with one conditional write
 //!   ([`CacheStore::flight_begin`](crate::store::CacheStore::flight_begin)), leased for 10 s
 //!   and renewed every 3 s while the leader works (a call under 3 s costs no renewal; a dead
-//!   leader's process is taken over within 10 s). If another process holds it, this request polls the store
-//!   ([`CacheStore::flight_poll`](crate::store::CacheStore::flight_poll): the entry and the
+//!   leader's process is taken over within 10 s). If another process holds it, this request
+//!   polls the store ([`CacheStore::flight_poll`](crate::store::CacheStore::flight_poll): the entry and the
 //!   marker in one read) on behalf of every follower in its process, after 20 ms, then twice as
 //!   long each time up to 500 ms, until the answer is stored (served), the marker is gone or
 //!   its lease ran out (the leader failed or died: it takes over and calls the provider), or
@@ -26,9 +26,9 @@
 //! A leader that stores its answer leaves its marker: the entry, newer than the marker, marks
 //! it spent. A leader that fails, is cancelled, or cannot store its answer ends the marker and
 //! tells its local followers, and one of them takes over (the others follow it): no follower
-//! gets an error for having waited. Every wait is bounded by `cache.coalesce_wait_s` (and by
-//! the invocation's deadline on Lambda); a store failure here only ends coalescing for that
-//! request, never the request.
+//! gets an error for having waited. Every wait is bounded by `cache.coalesce_wait_s` and by
+//! the request's own deadline (held to the invocation's on Lambda); a store failure here only
+//! ends coalescing for that request, never the request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
