@@ -27,7 +27,7 @@
 //
 // Thresholds fail the run (exit code 99): http_req_failed, the `answer_ok` check rate (a 2xx
 // answer that is JSON, or a stream ending with [DONE]), and http_req_duration p95/p99 when
-// asked for. Custom metrics: `sluice_cache_hits` (rate of `x-sluice-cache: hit`), `sluice_ttfb`
+// asked for. Custom metrics: `sluice_cache_hits` (rate of `x-sluice-cache: hit` or `coalesced`), `sluice_ttfb`
 // (streams: k6's time to first byte of the response), `sluice_errors` (count, tagged by status).
 
 import http from 'k6/http';
@@ -214,6 +214,8 @@ export default function (data) {
   check(res, { answer_ok: () => answered });
   if (answered) {
     const header = Object.keys(res.headers).find((k) => k.toLowerCase() === 'x-sluice-cache');
-    cacheHits.add(header !== undefined && res.headers[header] === 'hit');
+    // A coalesced answer (another identical request's call, shared) is a call saved, as a hit is.
+    const cached = header !== undefined ? res.headers[header] : undefined;
+    cacheHits.add(cached === 'hit' || cached === 'coalesced');
   }
 }
