@@ -26,8 +26,9 @@ use crate::{assert_error, json};
 
 // ---- the check ---------------------------------------------------------------------------
 
-/// Spend and reservations of a key's cap, in nano-USD.
-async fn budget(gw: &TestGateway, key: &str) -> (u64, u64) {
+/// Spend and reservations of the cap at `level` (`key` or `tenant`) as the key sees it, in
+/// nano-USD.
+async fn budget(gw: &TestGateway, key: &str, level: &str) -> (u64, u64) {
     let u = json(
         gw.http
             .get(format!("{}/v1/usage", gw.url))
@@ -37,7 +38,7 @@ async fn budget(gw: &TestGateway, key: &str) -> (u64, u64) {
             .unwrap(),
     )
     .await;
-    let b = &u["limits"]["key"]["budget"];
+    let b = &u["limits"][level]["budget"];
     let nanos = |v: &Value| (v.as_f64().unwrap() * 1e9).round() as u64;
     (nanos(&b["spent_usd"]), nanos(&b["reserved_usd"]))
 }
@@ -59,11 +60,16 @@ async fn capped_key(gw: &TestGateway, cap_usd: f64) -> (String, Caller) {
     (created["key"].as_str().unwrap().to_owned(), caller)
 }
 
-/// Waits until every reservation of the key is settled (a stream settles after its last
-/// byte), then returns what was spent.
+/// Waits until every reservation of the key's cap is settled (a stream settles after its
+/// last byte), then returns what was spent.
 async fn settled_spend(gw: &TestGateway, key: &str) -> u64 {
+    settled_spend_at(gw, key, "key").await
+}
+
+/// [`settled_spend`] of the cap at `level` (`key` or `tenant`).
+async fn settled_spend_at(gw: &TestGateway, key: &str, level: &str) -> u64 {
     for _ in 0..200 {
-        let (spent, reserved) = budget(gw, key).await;
+        let (spent, reserved) = budget(gw, key, level).await;
         if reserved == 0 {
             return spent;
         }
@@ -368,7 +374,7 @@ fn concurrent_generated_requests_never_overspend_a_sharded_tenant_cap() {
                 );
             }
         }
-        let spent = tenant_spend(&gw, &keys[0]).await;
+        let spent = settled_spend_at(&gw, &keys[0], "tenant").await;
         eprintln!(
             "sharded tenant cap: {ok} answered, {over} refused at the cap, {impossible} \
              impossible, spent {spent}"
@@ -379,28 +385,6 @@ fn concurrent_generated_requests_never_overspend_a_sharded_tenant_cap() {
         assert_eq!(spent, billed, "the ledger is what the answers were billed");
         assert!(spent <= 1_000_000_000, "spent {spent} over the 1 USD cap");
     });
-}
-
-/// A tenant's spend once every reservation is settled, from `/v1/usage` with one of its keys.
-async fn tenant_spend(gw: &TestGateway, key: &str) -> u64 {
-    for _ in 0..200 {
-        let u = json(
-            gw.http
-                .get(format!("{}/v1/usage", gw.url))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        let b = &u["limits"]["tenant"]["budget"];
-        let nanos = |v: &Value| (v.as_f64().unwrap() * 1e9).round() as u64;
-        if nanos(&b["reserved_usd"]) == 0 {
-            return nanos(&b["spent_usd"]);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("a reservation was never settled");
 }
 
 /// The gateway's per-image bound covers the most the fake (any provider) bills for one.
