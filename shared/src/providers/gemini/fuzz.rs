@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::answer::{completion, usage};
+use super::response::{completion, usage};
 use super::embeddings::{base64_vector, embedding_inputs, embedding_vectors};
 use super::request::generate_request;
 use super::stream::{ChunkTranslator, chunk_stream};

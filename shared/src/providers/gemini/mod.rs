@@ -14,10 +14,10 @@
 //! by the shared HTTP helpers.
 //!
 //! Layout: this file is the client (URLs, authentication, the three calls); `request`
-//! translates OpenAI requests, `answer` and `stream` translate answers and stream events,
+//! translates OpenAI requests, `response` and `stream` translate answers and stream events,
 //! `embeddings` the embedding calls.
 
-mod answer;
+mod response;
 mod call_id;
 mod embeddings;
 #[cfg(test)]
@@ -36,7 +36,7 @@ use super::http;
 use super::{Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
 pub(crate) use call_id::without_signatures;
 
-use answer::completion;
+use response::completion;
 use embeddings::{batch_embed_request, embedding_inputs, embedding_list, embedding_vectors};
 use request::generate_request;
 use stream::{ChunkTranslator, chunk_stream};

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde_json::{Map, Value, json};
 
-use super::answer::{
+use super::response::{
     block_reason, candidate_index, candidate_text, finish_reason, parse, tool_calls, usage,
 };
 use super::call_id::CallIds;
@@ -275,7 +275,7 @@ mod tests {
             super::super::call_id::signature(id.as_str().unwrap()).as_deref(),
             Some("c2ln")
         );
-        let (whole, _) = super::super::answer::completion(&event, "m").unwrap();
+        let (whole, _) = super::super::response::completion(&event, "m").unwrap();
         assert_eq!(&whole["choices"][0]["message"]["tool_calls"][0]["id"], id);
     }
 
