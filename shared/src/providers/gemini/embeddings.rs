@@ -16,8 +16,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::response::no_error_object;
 use super::bad_request;
+use super::response::no_error_object;
 use super::wire::{Content, Part};
 use crate::providers::{ProviderError, Usage};
 use crate::tokens;

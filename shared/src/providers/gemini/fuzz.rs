@@ -6,9 +6,9 @@ use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::response::{completion, usage};
 use super::embeddings::{base64_vector, embedding_inputs, embedding_vectors};
 use super::request::generate_request;
+use super::response::{completion, usage};
 use super::stream::{ChunkTranslator, chunk_stream};
 use super::upstream_model;
 use super::wire::UsageMetadata;

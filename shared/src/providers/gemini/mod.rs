@@ -17,12 +17,12 @@
 //! translates OpenAI requests, `response` and `stream` translate answers and stream events,
 //! `embeddings` the embedding calls.
 
-mod response;
 mod call_id;
 mod embeddings;
 #[cfg(test)]
 mod fuzz;
 mod request;
+mod response;
 mod stream;
 mod wire;
 
@@ -36,9 +36,9 @@ use super::http;
 use super::{Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
 pub(crate) use call_id::without_signatures;
 
-use response::completion;
 use embeddings::{batch_embed_request, embedding_inputs, embedding_list, embedding_vectors};
 use request::generate_request;
+use response::completion;
 use stream::{ChunkTranslator, chunk_stream};
 
 /// The Gemini API at a base URL such as `https://generativelanguage.googleapis.com/v1beta`.

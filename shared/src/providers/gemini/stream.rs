@@ -6,10 +6,10 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde_json::{Map, Value, json};
 
+use super::call_id::CallIds;
 use super::response::{
     block_reason, candidate_index, candidate_text, finish_reason, parse, tool_calls, usage,
 };
-use super::call_id::CallIds;
 use super::wire::{Candidate, UsageMetadata};
 use super::{completion_id, unix_now};
 use crate::providers::http::{self, stream_error};
