@@ -1,9 +1,13 @@
-//! OpenAI chat request → Anthropic Messages request.
+//! OpenAI chat request → Anthropic Messages request ([`to_messages_request`]): the OpenAI
+//! body is read field by field (every field translated, left out for a stated reason, or
+//! refused with a 400 naming it) and the answer is built from the types in [`super::wire`].
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::wire::{MessagesRequest, Turn};
+use super::wire::{
+    Block, Content, ContentBlock, MessagesRequest, Metadata, Source, Tool, ToolChoice, Turn,
+};
 use super::{DEFAULT_MAX_TOKENS, EFFORT_BUDGETS, NATIVE_PARTS, rejected};
 use crate::providers::ProviderError;
 
@@ -17,7 +21,7 @@ pub fn to_messages_request(
     }
     refuse_unmappable(body)?;
     let mut system = Vec::new();
-    let mut turns: Vec<Turn> = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Block>)> = Vec::new();
     for (i, message) in body
         .get("messages")
         .and_then(Value::as_array)
@@ -44,11 +48,8 @@ pub fn to_messages_request(
         mark_last(message, &mut blocks);
         match turns.last_mut() {
             // One turn per role change, as Anthropic's examples have them: merge neighbours.
-            Some(last) if last.role == role => last.content.extend(blocks),
-            _ => turns.push(Turn {
-                role,
-                content: blocks,
-            }),
+            Some((last, content)) if *last == role => content.extend(blocks),
+            _ => turns.push((role, blocks)),
         }
     }
     let explicit_max = body
@@ -58,17 +59,24 @@ pub fn to_messages_request(
     let (thinking, budget) = thinking(body, explicit_max)?;
     let (temperature, top_p) = sampling(body)?;
     let stop_sequences = match body.get("stop") {
-        Some(Value::String(s)) => Some(vec![json!(s)]),
+        Some(Value::String(s)) => Some(vec![Value::String(s.clone())]),
         Some(Value::Array(items)) if !items.is_empty() => Some(items.clone()),
         _ => None,
     };
+    let messages = turns
+        .into_iter()
+        .map(|(role, blocks)| Turn {
+            role: Some(role.to_owned()),
+            content: Some(Content::Blocks(blocks)),
+        })
+        .collect();
     Ok(MessagesRequest {
-        model: body.get("model").cloned().unwrap_or(Value::Null),
+        model: body.get("model").and_then(Value::as_str).map(str::to_owned),
         // With a thinking budget and no ceiling from the client, the budget comes on top of
         // the default answer length (Anthropic counts thinking in `max_tokens`).
-        max_tokens: explicit_max.unwrap_or(DEFAULT_MAX_TOKENS.saturating_add(budget)),
-        messages: turns,
-        system,
+        max_tokens: Some(explicit_max.unwrap_or(DEFAULT_MAX_TOKENS.saturating_add(budget))),
+        messages: Some(messages),
+        system: (!system.is_empty()).then_some(Content::Blocks(system)),
         temperature,
         top_p,
         top_k: present(body, "top_k").cloned(),
@@ -76,13 +84,17 @@ pub fn to_messages_request(
         metadata: body
             .get("user")
             .and_then(Value::as_str)
-            .map(|user| json!({"user_id": user})),
+            .map(|user| Metadata {
+                user_id: Some(user.to_owned()),
+                extra: Map::new(),
+            }),
         tools: tools(body)?,
         tool_choice: tool_choice(body),
         thinking,
         output_config: present(body, "output_config").cloned(),
         cache_control: present(body, "cache_control").cloned(),
-        stream,
+        stream: stream.then_some(true),
+        extra: Map::new(),
     })
 }
 
@@ -231,7 +243,7 @@ fn thinking(
 }
 
 /// OpenAI function tools as Anthropic tools (`cache_control` on the tool kept).
-fn tools(body: &Map<String, Value>) -> Result<Vec<Value>, ProviderError> {
+fn tools(body: &Map<String, Value>) -> Result<Vec<Tool>, ProviderError> {
     let mut out = Vec::new();
     for (i, t) in body
         .get("tools")
@@ -245,41 +257,41 @@ fn tools(body: &Map<String, Value>) -> Result<Vec<Value>, ProviderError> {
                 "tools[{i}]: only function tools can be sent to Anthropic"
             )));
         };
-        let mut tool = Map::new();
-        tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-        if let Some(d) = f.get("description") {
-            tool.insert("description".into(), d.clone());
-        }
-        tool.insert(
-            "input_schema".into(),
-            f.get("parameters")
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object"})),
-        );
-        if let Some(cc) = t.get("cache_control") {
-            tool.insert("cache_control".into(), cc.clone());
-        }
-        out.push(Value::Object(tool));
+        out.push(Tool {
+            kind: None,
+            name: f.get("name").cloned().unwrap_or(Value::Null),
+            description: f.get("description").cloned(),
+            input_schema: Some(
+                f.get("parameters")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            ),
+            cache_control: t.get("cache_control").cloned(),
+            extra: Map::new(),
+        });
     }
     Ok(out)
 }
 
 /// OpenAI's `tool_choice` and `parallel_tool_calls` as Anthropic's `tool_choice`.
-fn tool_choice(body: &Map<String, Value>) -> Option<Value> {
+fn tool_choice(body: &Map<String, Value>) -> Option<ToolChoice> {
     let mut choice = match body.get("tool_choice") {
-        Some(Value::String(s)) if s == "none" => json!({"type": "none"}),
-        Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
+        Some(Value::String(s)) if s == "none" => ToolChoice::of("none"),
+        Some(Value::String(s)) if s == "required" => ToolChoice::of("any"),
         Some(Value::Object(o)) => {
             let name = o.get("function")?.get("name")?;
-            json!({"type": "tool", "name": name})
+            ToolChoice {
+                name: Some(name.clone()),
+                ..ToolChoice::of("tool")
+            }
         }
-        _ if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) => {
-            json!({"type": "auto"})
-        }
+        _ if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) => ToolChoice::of("auto"),
         _ => return None,
     };
-    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) && choice["type"] != "none" {
-        choice["disable_parallel_tool_use"] = json!(true);
+    if body.get("parallel_tool_calls") == Some(&Value::Bool(false))
+        && choice.kind.as_deref() != Some("none")
+    {
+        choice.disable_parallel_tool_use = Some(true);
     }
     Some(choice)
 }
@@ -299,10 +311,9 @@ enum Place {
 
 /// A message-level `cache_control` (LiteLLM's form) marks the message's last block, unless
 /// that block has its own.
-fn mark_last(message: &Value, blocks: &mut [Value]) {
-    if let (Some(cc), Some(Value::Object(last))) = (message.get("cache_control"), blocks.last_mut())
-    {
-        last.entry("cache_control").or_insert_with(|| cc.clone());
+fn mark_last(message: &Value, blocks: &mut [Block]) {
+    if let (Some(cc), Some(last)) = (message.get("cache_control"), blocks.last_mut()) {
+        last.mark_cache(cc);
     }
 }
 
@@ -312,10 +323,10 @@ fn content_blocks(
     content: Option<&Value>,
     i: usize,
     place: Place,
-) -> Result<Vec<Value>, ProviderError> {
+) -> Result<Vec<Block>, ProviderError> {
     match content {
         Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
+        Some(Value::String(s)) => Ok(vec![ContentBlock::text(s.as_str()).into()]),
         Some(Value::Array(parts)) => {
             let mut blocks = Vec::with_capacity(parts.len());
             for (j, part) in parts.iter().enumerate() {
@@ -333,20 +344,29 @@ fn content_blocks(
 
 /// One OpenAI content part as an Anthropic block (`None`: an empty text part), or a 400
 /// naming the part when Anthropic has nothing that means the same.
-fn part_block(part: &Value, at: &str, place: Place) -> Result<Option<Value>, ProviderError> {
+fn part_block(part: &Value, at: &str, place: Place) -> Result<Option<Block>, ProviderError> {
     let refuse = |why: &str| Err(rejected(&format!("{at}: {why}")));
     let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-    let mut block = match (kind, place) {
+    let cache_control = part.get("cache_control").cloned();
+    let block = match (kind, place) {
         ("text", _) => {
             let text = part.get("text").and_then(Value::as_str).unwrap_or("");
             if text.is_empty() {
                 return Ok(None);
             }
-            json!({"type": "text", "text": text})
+            ContentBlock::Text {
+                text: text.to_owned(),
+                cache_control,
+                extra: Map::new(),
+            }
         }
         ("refusal", Place::Assistant) => {
             let text = part.get("refusal").and_then(Value::as_str).unwrap_or("");
-            json!({"type": "text", "text": text})
+            ContentBlock::Text {
+                text: text.to_owned(),
+                cache_control,
+                extra: Map::new(),
+            }
         }
         (_, Place::System | Place::Assistant) => {
             return refuse(&format!(
@@ -362,17 +382,23 @@ fn part_block(part: &Value, at: &str, place: Place) -> Result<Option<Value>, Pro
             else {
                 return refuse("image_url has no url");
             };
-            json!({"type": "image", "source": image_source(url)})
+            ContentBlock::Image {
+                source: image_source(url),
+                cache_control,
+                extra: Map::new(),
+            }
         }
         ("file", _) => {
-            let mut block = file_block(part.get("file").unwrap_or(&Value::Null), at)?;
-            // A document's `context` and `citations`, from the `/v1/messages` ingress.
-            for field in ["context", "citations"] {
-                if let Some(v) = part.get(field) {
-                    block[field] = v.clone();
-                }
+            let (source, title) = file_source(part.get("file").unwrap_or(&Value::Null), at)?;
+            ContentBlock::Document {
+                source,
+                title,
+                // A document's `context` and `citations`, from the `/v1/messages` ingress.
+                context: part.get("context").cloned(),
+                citations: part.get("citations").cloned(),
+                cache_control,
+                extra: Map::new(),
             }
-            block
         }
         ("input_audio", _) => {
             return refuse(
@@ -381,7 +407,7 @@ fn part_block(part: &Value, at: &str, place: Place) -> Result<Option<Value>, Pro
         }
         (native, _) if NATIVE_PARTS.contains(&native) => {
             // Anthropic's own block, carried through from the `/v1/messages` ingress.
-            return Ok(Some(part.clone()));
+            return Ok(Some(Block::Other(part.clone())));
         }
         _ => {
             return refuse(&format!(
@@ -389,18 +415,20 @@ fn part_block(part: &Value, at: &str, place: Place) -> Result<Option<Value>, Pro
             ));
         }
     };
-    if let Some(cc) = part.get("cache_control") {
-        block["cache_control"] = cc.clone();
-    }
-    Ok(Some(block))
+    Ok(Some(block.into()))
 }
 
 /// `data:image/png;base64,…` → a base64 source; anything else → a URL source.
-fn image_source(url: &str) -> Value {
+fn image_source(url: &str) -> Source {
     if let Some((media_type, data)) = data_url(url) {
-        return json!({"type": "base64", "media_type": media_type, "data": data});
+        return Source::Base64 {
+            media_type: media_type.to_owned(),
+            data: data.to_owned(),
+        };
     }
-    json!({"type": "url", "url": url})
+    Source::Url {
+        url: url.to_owned(),
+    }
 }
 
 /// `data:<type>;base64,<data>` → (type, data).
@@ -408,9 +436,9 @@ fn data_url(url: &str) -> Option<(&str, &str)> {
     url.strip_prefix("data:")?.split_once(";base64,")
 }
 
-/// OpenAI's `file` part (`file_data` as a data URL) as a `document`: PDFs as a base64
-/// source, plain text as a text source. `filename` becomes the document's `title`.
-fn file_block(file: &Value, at: &str) -> Result<Value, ProviderError> {
+/// OpenAI's `file` part (`file_data` as a data URL) as a `document`'s source: PDFs as a
+/// base64 source, plain text as a text source; and its title, the `filename`.
+fn file_source(file: &Value, at: &str) -> Result<(Source, Option<Value>), ProviderError> {
     let refuse = |why: &str| rejected(&format!("{at}: {why}"));
     if file.get("file_id").is_some_and(|id| !id.is_null()) {
         return Err(refuse(
@@ -427,14 +455,20 @@ fn file_block(file: &Value, at: &str) -> Result<Value, ProviderError> {
         ));
     };
     let source = match media_type {
-        "application/pdf" => json!({"type": "base64", "media_type": media_type, "data": data}),
+        "application/pdf" => Source::Base64 {
+            media_type: media_type.to_owned(),
+            data: data.to_owned(),
+        },
         "text/plain" => {
             let text = base64::engine::general_purpose::STANDARD
                 .decode(data)
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
                 .ok_or_else(|| refuse("`file_data` is not base64 of UTF-8 text"))?;
-            json!({"type": "text", "media_type": media_type, "data": text})
+            Source::Text {
+                media_type: media_type.to_owned(),
+                data: text,
+            }
         }
         other => {
             return Err(refuse(&format!(
@@ -442,16 +476,13 @@ fn file_block(file: &Value, at: &str) -> Result<Value, ProviderError> {
             )));
         }
     };
-    let mut block = json!({"type": "document", "source": source});
-    if let Some(title) = file.get("filename").filter(|t| t.is_string()) {
-        block["title"] = title.clone();
-    }
-    Ok(block)
+    let title = file.get("filename").filter(|t| t.is_string()).cloned();
+    Ok((source, title))
 }
 
 /// An assistant message as blocks: its thinking blocks (first, unmodified: Anthropic checks
 /// their signatures), its text, then one `tool_use` per tool call.
-fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, ProviderError> {
+fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Block>, ProviderError> {
     let mut blocks = Vec::new();
     for (k, block) in message
         .get("thinking_blocks")
@@ -473,7 +504,8 @@ fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, ProviderErr
         };
         // Left over from streaming (see `thinking_blocks` chunks).
         block.remove("index");
-        blocks.push(Value::Object(block));
+        // Sent back as it came, whatever its fields: Anthropic checks the signature.
+        blocks.push(Block::Other(Value::Object(block)));
     }
     blocks.extend(content_blocks(message.get("content"), i, Place::Assistant)?);
     for call in message
@@ -493,16 +525,16 @@ fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, ProviderErr
             serde_json::from_str(arguments)
                 .map_err(|_| rejected("a tool call's `arguments` is not JSON"))?
         };
-        let mut block = json!({
-            "type": "tool_use",
-            "id": tool_id(call.get("id")),
-            "name": function.get("name").cloned().unwrap_or(Value::Null),
-            "input": input,
-        });
-        if let Some(cc) = call.get("cache_control") {
-            block["cache_control"] = cc.clone();
-        }
-        blocks.push(block);
+        blocks.push(
+            ContentBlock::ToolUse {
+                id: tool_id(call.get("id")),
+                name: function.get("name").cloned().unwrap_or(Value::Null),
+                input: Some(input),
+                cache_control: call.get("cache_control").cloned(),
+                extra: Map::new(),
+            }
+            .into(),
+        );
     }
     Ok(blocks)
 }
@@ -532,21 +564,23 @@ pub fn valid_tool_id(id: &str) -> bool {
 }
 
 /// A `tool` message as a `tool_result` block: text, or blocks (images, documents) when the
-/// result has them; `is_error` kept (an Anthropic extension, see [`super::extensions`]).
-fn tool_result_block(message: &Value, i: usize) -> Result<Value, ProviderError> {
-    let mut block = json!({
-        "type": "tool_result",
-        "tool_use_id": tool_id(message.get("tool_call_id")),
-    });
-    match message.get("content") {
-        Some(Value::String(s)) => block["content"] = json!(s),
-        content @ Some(Value::Array(_)) => {
-            block["content"] = Value::Array(content_blocks(content, i, Place::ToolResult)?);
-        }
-        _ => {}
+/// result has them; `is_error` kept (an Anthropic extension, see [`crate::providers::extensions`]).
+fn tool_result_block(message: &Value, i: usize) -> Result<Block, ProviderError> {
+    let content = match message.get("content") {
+        Some(Value::String(s)) => Some(Content::Text(s.clone())),
+        content @ Some(Value::Array(_)) => Some(Content::Blocks(content_blocks(
+            content,
+            i,
+            Place::ToolResult,
+        )?)),
+        _ => None,
+    };
+    Ok(ContentBlock::ToolResult {
+        tool_use_id: tool_id(message.get("tool_call_id")),
+        content,
+        is_error: (message.get("is_error") == Some(&Value::Bool(true))).then_some(true),
+        cache_control: None,
+        extra: Map::new(),
     }
-    if message.get("is_error") == Some(&Value::Bool(true)) {
-        block["is_error"] = json!(true);
-    }
-    Ok(block)
+    .into())
 }

@@ -1,66 +1,574 @@
-//! Anthropic's Messages API wire format as types.
+//! Anthropic's Messages API wire format as types, after Anthropic's reference
+//! (docs.anthropic.com/en/api/messages, …/messages-streaming): the request
+//! ([`MessagesRequest`], its turns and content blocks), the answer ([`Message`]), the stream
+//! events ([`StreamEvent`]), `usage` ([`AnthropicUsage`]) and the one mapping between
+//! Anthropic's `stop_reason` and OpenAI's `finish_reason`.
+//!
+//! Both directions use these types: the Anthropic provider builds requests and reads answers
+//! and events with them, and the `/v1/messages` ingress (`crate::api::messages`) reads
+//! requests and writes answers and events with them. What Sluice does not read is kept in
+//! `extra` (or, for a block type Sluice has no variant for, the whole block as
+//! [`Block::Other`]) and passed through untouched. Answers and events are read leniently: a
+//! field of an unexpected type reads as absent, as the hand-written reader did.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::providers::Usage;
 
-/// A Messages API request body.
-#[derive(Debug, Clone, Serialize)]
+// ---- Requests -------------------------------------------------------------------------------
+
+/// A Messages API request body (`POST /v1/messages`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessagesRequest {
-    /// The upstream model.
-    pub model: Value,
+    /// The model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Output ceiling (required by Anthropic).
-    pub max_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
     /// Alternating user and assistant turns.
-    pub messages: Vec<Turn>,
-    /// System prompt blocks.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub system: Vec<Value>,
-    /// Sampling temperature, 0 to 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub messages: Option<Vec<Turn>>,
+    /// The system prompt: a string, or text blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<Content>,
+    /// Sampling temperature, 0 to 1, as the client wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<Value>,
     /// Nucleus sampling.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<Value>,
-    /// Top-k sampling (an Anthropic extension on the OpenAI side).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Top-k sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<Value>,
     /// Stop sequences.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_sequences: Option<Vec<Value>>,
-    /// `{"user_id": …}` from OpenAI's `user`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    /// `{"user_id": …}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     /// Tool definitions.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<Value>,
-    /// Tool choice.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_choice: Option<Value>,
-    /// Extended thinking.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// How tools may be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// Extended thinking, passed as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<Value>,
-    /// Effort and structured output (an Anthropic extension on the OpenAI side).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Effort and structured output, passed as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_config: Option<Value>,
     /// Automatic caching: a breakpoint on the last cacheable block.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Value>,
     /// Server-sent events.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stream: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: Option<bool>,
+    /// Anything else, untouched.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn is_false(stream: &Option<bool>) -> bool {
+    *stream != Some(true)
 }
 
 /// One turn of a Messages request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Turn {
     /// `user` or `assistant`.
-    pub role: &'static str,
-    /// Content blocks.
-    pub content: Vec<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub role: Option<String>,
+    /// A string, or content blocks.
+    #[serde(default, deserialize_with = "lenient")]
+    pub content: Option<Content>,
 }
+
+/// A turn's (or the system prompt's) content: a string, or blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content blocks.
+    Blocks(Vec<Block>),
+}
+
+/// `metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// An opaque id of the end user.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user_id: Option<String>,
+    /// Anything else, untouched.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A tool definition. Client tools have no `type` (or `custom`); server tools (web search,
+/// code execution, …) name theirs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    /// `custom`, a server tool's type, or none.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Value>,
+    /// The tool's name.
+    #[serde(default)]
+    pub name: Value,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Value>,
+    /// Its input as JSON Schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// A cache breakpoint on the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Value>,
+    /// Anything else, untouched.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `tool_choice`: `auto`, `any`, `tool` (with its name) or `none`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolChoice {
+    /// `auto`, `any`, `tool` or `none`.
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    pub kind: Option<String>,
+    /// The tool, for `tool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Value>,
+    /// At most one tool call per answer.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_parallel_tool_use: Option<bool>,
+    /// Anything else, untouched.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ToolChoice {
+    /// A choice of this type.
+    pub fn of(kind: &str) -> Self {
+        Self {
+            kind: Some(kind.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+// ---- Content blocks -------------------------------------------------------------------------
+
+/// A content block: one Sluice reads, or any other, kept whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Block {
+    /// A block of a type Sluice reads, its fields of the documented types.
+    Known(ContentBlock),
+    /// Anything else (`search_result`, server tool blocks, blocks added later, or a known
+    /// type with a field of the wrong type), as it came.
+    Other(Value),
+}
+
+impl Block {
+    /// The block's `type`.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            Self::Known(block) => Some(block.kind()),
+            Self::Other(value) => value.get("type").and_then(Value::as_str),
+        }
+    }
+
+    /// The block as JSON, as it will be sent.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Sets the block's `cache_control` unless it has one.
+    pub fn mark_cache(&mut self, cc: &Value) {
+        let slot = match self {
+            Self::Known(
+                ContentBlock::Text { cache_control, .. }
+                | ContentBlock::Image { cache_control, .. }
+                | ContentBlock::Document { cache_control, .. }
+                | ContentBlock::ToolUse { cache_control, .. }
+                | ContentBlock::ToolResult { cache_control, .. },
+            ) => cache_control,
+            Self::Known(
+                ContentBlock::Thinking { extra, .. } | ContentBlock::RedactedThinking { extra, .. },
+            ) => {
+                extra.entry("cache_control").or_insert_with(|| cc.clone());
+                return;
+            }
+            Self::Other(Value::Object(block)) => {
+                block.entry("cache_control").or_insert_with(|| cc.clone());
+                return;
+            }
+            Self::Other(_) => return,
+        };
+        slot.get_or_insert_with(|| cc.clone());
+    }
+}
+
+impl From<ContentBlock> for Block {
+    fn from(block: ContentBlock) -> Self {
+        Self::Known(block)
+    }
+}
+
+/// The content blocks Sluice reads and writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    /// Text.
+    Text {
+        /// The text.
+        #[serde(default)]
+        text: String,
+        /// A cache breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+        /// Anything else (`citations`), untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    /// An image.
+    Image {
+        /// Where its bytes are.
+        source: Source,
+        /// A cache breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+        /// Anything else, untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    /// A document (PDF or plain text).
+    Document {
+        /// Where its content is.
+        source: Source,
+        /// Its title.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<Value>,
+        /// What it is about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<Value>,
+        /// Citation settings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        citations: Option<Value>,
+        /// A cache breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+        /// Anything else, untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    /// A call the model makes.
+    ToolUse {
+        /// The call's id.
+        #[serde(default)]
+        id: Value,
+        /// The tool.
+        #[serde(default)]
+        name: Value,
+        /// Its input, an object.
+        #[serde(default)]
+        input: Option<Value>,
+        /// A cache breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+        /// Anything else, untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    /// A call's result, in a user turn.
+    ToolResult {
+        /// The call it answers.
+        #[serde(default)]
+        tool_use_id: Value,
+        /// Text, or blocks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<Content>,
+        /// Whether the call failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
+        /// A cache breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+        /// Anything else, untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    /// The model's reasoning, signed (sent back unmodified).
+    Thinking {
+        /// The reasoning.
+        #[serde(default)]
+        thinking: String,
+        /// Its signature.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        /// Anything else, untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+    /// Reasoning the safety systems encrypted.
+    RedactedThinking {
+        /// The encrypted reasoning.
+        #[serde(default)]
+        data: Value,
+        /// Anything else, untouched.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
+    },
+}
+
+impl ContentBlock {
+    /// The block's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Image { .. } => "image",
+            Self::Document { .. } => "document",
+            Self::ToolUse { .. } => "tool_use",
+            Self::ToolResult { .. } => "tool_result",
+            Self::Thinking { .. } => "thinking",
+            Self::RedactedThinking { .. } => "redacted_thinking",
+        }
+    }
+
+    /// A text block.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text {
+            text: text.into(),
+            cache_control: None,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// An image's or document's `source`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Source {
+    /// Base64 bytes of a media type.
+    Base64 {
+        /// E.g. `image/png`, `application/pdf`.
+        media_type: String,
+        /// The bytes, base64.
+        data: String,
+    },
+    /// Plain text (documents).
+    Text {
+        /// `text/plain`.
+        media_type: String,
+        /// The text.
+        data: String,
+    },
+    /// A URL Anthropic fetches.
+    Url {
+        /// The URL.
+        url: String,
+    },
+}
+
+// ---- Answers and stream events --------------------------------------------------------------
+
+/// A Messages API answer (`"type": "message"`), also the `message` of `message_start`.
+/// Read leniently: every field is optional and a field of another type reads as absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Message {
+    /// `msg_…`.
+    #[serde(default, deserialize_with = "lenient")]
+    pub id: Option<String>,
+    /// `message`.
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    pub kind: Option<String>,
+    /// `assistant`.
+    #[serde(default, deserialize_with = "lenient")]
+    pub role: Option<String>,
+    /// The model that answered.
+    #[serde(default, deserialize_with = "lenient")]
+    pub model: Option<String>,
+    /// The answer's blocks.
+    #[serde(default, deserialize_with = "lenient")]
+    pub content: Option<Vec<Block>>,
+    /// Why it stopped (null in `message_start`).
+    #[serde(default, deserialize_with = "lenient")]
+    pub stop_reason: Option<String>,
+    /// The stop sequence that ended it.
+    #[serde(default, deserialize_with = "lenient")]
+    pub stop_sequence: Option<String>,
+    /// Tokens used.
+    #[serde(default, deserialize_with = "lenient_usage")]
+    pub usage: Option<AnthropicUsage>,
+}
+
+/// One event of a Messages stream, by its `type` (the SSE event name when the data has
+/// none). Read leniently, as [`Message`] is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// The answer begins: its id, model and the prompt's usage.
+    MessageStart {
+        /// The message so far (no content).
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        message: Message,
+    },
+    /// A content block begins.
+    ContentBlockStart {
+        /// Its index in the answer.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        index: u64,
+        /// The block, empty but for a tool's id and name or a redacted block's data.
+        #[serde(default, deserialize_with = "lenient")]
+        content_block: Option<Block>,
+    },
+    /// A piece of a content block.
+    ContentBlockDelta {
+        /// The block's index.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        index: u64,
+        /// The piece.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        delta: Delta,
+    },
+    /// A content block ends.
+    ContentBlockStop {
+        /// The block's index.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        index: u64,
+    },
+    /// The answer's stop reason and cumulative usage.
+    MessageDelta {
+        /// The stop reason and sequence.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        delta: MessageDeltaBody,
+        /// Cumulative counts.
+        #[serde(default, deserialize_with = "lenient_usage")]
+        usage: Option<AnthropicUsage>,
+    },
+    /// The answer ends.
+    MessageStop,
+    /// A keep-alive.
+    Ping,
+    /// An error mid-stream.
+    Error {
+        /// What went wrong.
+        #[serde(default)]
+        error: Value,
+    },
+    /// An event type added later.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A `content_block_delta`'s `delta`, by its `type`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Delta {
+    /// Text.
+    TextDelta {
+        /// The text.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        text: String,
+    },
+    /// A piece of a tool call's input JSON.
+    InputJsonDelta {
+        /// The piece.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        partial_json: String,
+    },
+    /// Reasoning text.
+    ThinkingDelta {
+        /// The text.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        thinking: String,
+    },
+    /// A thinking block's signature.
+    SignatureDelta {
+        /// The signature.
+        #[serde(default, deserialize_with = "lenient_or_default")]
+        signature: String,
+    },
+    /// A delta type added later.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// `message_delta`'s `delta`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageDeltaBody {
+    /// Why the answer stopped.
+    #[serde(default, deserialize_with = "lenient")]
+    pub stop_reason: Option<String>,
+    /// The stop sequence that ended it.
+    #[serde(default, deserialize_with = "lenient")]
+    pub stop_sequence: Option<String>,
+}
+
+/// `usage` of a `message_delta` event as the ingress writes it: cumulative counts, as
+/// Anthropic documents them (`MessageDeltaUsage`: no TTL breakdown, which `message_start`
+/// carries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeltaUsage {
+    /// See [`AnthropicUsage::input_tokens`].
+    pub input_tokens: Option<u64>,
+    /// See [`AnthropicUsage::cache_creation_input_tokens`].
+    pub cache_creation_input_tokens: Option<u64>,
+    /// See [`AnthropicUsage::cache_read_input_tokens`].
+    pub cache_read_input_tokens: Option<u64>,
+    /// See [`AnthropicUsage::output_tokens`].
+    pub output_tokens: Option<u64>,
+}
+
+impl From<AnthropicUsage> for DeltaUsage {
+    fn from(u: AnthropicUsage) -> Self {
+        Self {
+            input_tokens: u.input_tokens,
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+            output_tokens: u.output_tokens,
+        }
+    }
+}
+
+// ---- Stop reasons ---------------------------------------------------------------------------
+
+/// Anthropic's `stop_reason` as OpenAI's `finish_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// OpenAI's `finish_reason` as Anthropic's `stop_reason` (the inverse of [`finish_reason`]);
+/// `stop_sequence` says whether a stop sequence ended the answer (kept on the OpenAI choice
+/// by the Anthropic provider).
+pub fn stop_reason(finish_reason: &str, stop_sequence: bool) -> &'static str {
+    match finish_reason {
+        "stop" if stop_sequence => "stop_sequence",
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+// ---- Usage ----------------------------------------------------------------------------------
 
 /// Anthropic's `usage` object, in answers, `message_start` and `message_delta` (whose counts
 /// are cumulative). Every count is optional and read leniently: a provider's odd value is
@@ -128,6 +636,18 @@ pub struct OutputTokensDetails {
     /// Output tokens spent thinking.
     #[serde(default, deserialize_with = "lenient_count")]
     pub thinking_tokens: u64,
+}
+
+/// A value of the expected type, or its default for anything else.
+fn lenient_or_default<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(lenient::<D, T>(d)?.unwrap_or_default())
+}
+
+/// A `usage` object, or `None` for anything else (see [`AnthropicUsage::read`]).
+fn lenient_usage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AnthropicUsage>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.and_then(|v| AnthropicUsage::read(&v)))
 }
 
 /// A value of the expected type, or `None` for anything else.
