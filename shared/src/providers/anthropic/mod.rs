@@ -138,9 +138,12 @@ mod stream;
 mod wire;
 
 pub use request::{to_messages_request, valid_tool_id};
-pub use response::{finish_reason, from_message};
+pub use response::from_message;
 use stream::StreamState;
-pub use wire::{AnthropicUsage, CacheCreation, MessagesRequest, OutputTokensDetails, Turn};
+pub use wire::{
+    AnthropicUsage, CacheCreation, MessagesRequest, OutputTokensDetails, Turn, finish_reason,
+    stop_reason,
+};
 
 // What the tests below reach through `super::*`.
 #[cfg(test)]

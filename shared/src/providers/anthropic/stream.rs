@@ -1,16 +1,22 @@
-//! Anthropic's stream events → OpenAI `chat.completion.chunk`s.
+//! Anthropic's stream events → OpenAI `chat.completion.chunk`s ([`StreamState`]): each
+//! event is read as a [`StreamEvent`]; `message_start` gives the id, model and the prompt's
+//! usage, `content_block_*` events become content, tool-call and thinking deltas, and
+//! `message_delta` the finish reason and a last chunk with the usage.
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::response::{finish_reason, matched_stop_sequence};
-use super::wire::AnthropicUsage;
+use super::response::matched_stop_sequence;
+use super::wire::{AnthropicUsage, Block, ContentBlock, Delta, StreamEvent, finish_reason};
 use crate::providers::ProviderError;
 use crate::providers::http::stream_error;
 use crate::providers::sse::Event;
+
+/// What the stream translation knows of one content block.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Block {
+enum OpenBlock {
     /// A `tool_use` block: its OpenAI tool-call index, its `input` from `content_block_start`
     /// (sent if no input arrives in pieces), and whether any piece arrived.
     Tool {
@@ -31,7 +37,7 @@ pub(super) struct StreamState {
     /// Send the prompt's usage on the first chunk too (see [`continuous_usage`]).
     early_usage: bool,
     /// Anthropic content-block index → what that block is, for tools and thinking.
-    blocks: HashMap<u64, Block>,
+    blocks: HashMap<u64, OpenBlock>,
     tool_calls: u64,
     thinking_blocks: u64,
 }
@@ -66,7 +72,7 @@ impl StreamState {
     /// The arguments of a tool call no input piece arrived for: its start `input`, or `{}`
     /// (an empty string is not JSON, and clients parse it).
     fn finish_tool(&mut self, index: u64) -> Option<Value> {
-        let Some(Block::Tool {
+        let Some(OpenBlock::Tool {
             call,
             start_input,
             streamed,
@@ -95,25 +101,18 @@ impl StreamState {
             Ok(e) => e,
             Err(e) => return vec![Err(e)],
         };
-        let data = &event.data;
-        if let Some(error) = stream_error(data) {
+        if let Some(error) = stream_error(&event.data) {
             return vec![Err(error)];
         }
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or(&event.name);
-        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-        match kind {
-            "message_start" => {
-                let message = data.get("message").unwrap_or(&Value::Null);
-                if let Some(id) = message.get("id").and_then(Value::as_str) {
-                    self.id = id.to_owned();
+        match read_event(event) {
+            Some(StreamEvent::MessageStart { message }) => {
+                if let Some(id) = message.id {
+                    self.id = id;
                 }
-                if let Some(model) = message.get("model").and_then(Value::as_str) {
-                    self.model = model.to_owned();
+                if let Some(model) = message.model {
+                    self.model = model;
                 }
-                if let Some(usage) = message.get("usage").and_then(AnthropicUsage::read) {
+                if let Some(usage) = message.usage {
                     self.usage.merge(usage);
                 }
                 let mut first = self.delta(json!({"role": "assistant", "content": ""}), None);
@@ -122,13 +121,19 @@ impl StreamState {
                 }
                 vec![Ok(first)]
             }
-            "content_block_start" => self.block_start(index, data.get("content_block")),
-            "content_block_delta" => {
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                self.block_delta(index, delta).into_iter().map(Ok).collect()
+            Some(StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            }) => self.block_start(index, content_block.as_ref()),
+            Some(StreamEvent::ContentBlockDelta { index, delta }) => self
+                .block_delta(index, &delta)
+                .into_iter()
+                .map(Ok)
+                .collect(),
+            Some(StreamEvent::ContentBlockStop { index }) => {
+                self.finish_tool(index).into_iter().map(Ok).collect()
             }
-            "content_block_stop" => self.finish_tool(index).into_iter().map(Ok).collect(),
-            "message_delta" => {
+            Some(StreamEvent::MessageDelta { delta, usage }) => {
                 let mut out: Vec<Result<Value, ProviderError>> = Vec::new();
                 // A tool block the stream never closed still gets valid arguments.
                 let mut open: Vec<u64> = self.blocks.keys().copied().collect();
@@ -136,17 +141,13 @@ impl StreamState {
                 for index in open {
                     out.extend(self.finish_tool(index).map(Ok));
                 }
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                let stop = delta
-                    .get("stop_reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("end_turn");
-                if let Some(usage) = data.get("usage").and_then(AnthropicUsage::read) {
+                let stop = delta.stop_reason.as_deref().unwrap_or("end_turn");
+                if let Some(usage) = usage {
                     self.usage.merge(usage);
                 }
                 let mut last = self.delta(json!({}), Some(finish_reason(stop)));
-                if let Some(sequence) = matched_stop_sequence(stop, delta.get("stop_sequence")) {
-                    last["choices"][0]["stop_sequence"] = sequence;
+                if let Some(sequence) = matched_stop_sequence(stop, delta.stop_sequence) {
+                    last["choices"][0]["stop_sequence"] = Value::String(sequence);
                 }
                 let mut usage_chunk = self.chunk(json!([]));
                 usage_chunk["usage"] = self.usage.to_usage().to_openai();
@@ -162,22 +163,23 @@ impl StreamState {
     fn block_start(
         &mut self,
         index: u64,
-        block: Option<&Value>,
+        block: Option<&Block>,
     ) -> Vec<Result<Value, ProviderError>> {
-        let block = block.unwrap_or(&Value::Null);
-        match block.get("type").and_then(Value::as_str) {
-            Some("tool_use") => {
+        match block {
+            Some(Block::Known(ContentBlock::ToolUse {
+                id, name, input, ..
+            })) => {
                 let call = self.tool_calls;
                 self.tool_calls += 1;
                 // Client tools start with `input: {}` and send it in pieces; a non-empty start
                 // input is the whole input.
-                let start_input = block
-                    .get("input")
+                let start_input = input
+                    .as_ref()
                     .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
                     .map(Value::to_string);
                 self.blocks.insert(
                     index,
-                    Block::Tool {
+                    OpenBlock::Tool {
                         call,
                         start_input,
                         streamed: false,
@@ -185,25 +187,37 @@ impl StreamState {
                 );
                 vec![Ok(self.delta(
                     json!({"tool_calls": [{
-                        "index": call, "id": block.get("id"), "type": "function",
-                        "function": {"name": block.get("name"), "arguments": ""},
+                        "index": call, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""},
                     }]}),
                     None,
                 ))]
             }
-            Some(kind @ ("thinking" | "redacted_thinking")) => {
+            Some(block) if matches!(block.kind(), Some("thinking" | "redacted_thinking")) => {
                 let k = self.thinking_blocks;
                 self.thinking_blocks += 1;
-                self.blocks.insert(index, Block::Thinking(k));
-                let mut piece = json!({"index": k, "type": kind});
+                self.blocks.insert(index, OpenBlock::Thinking(k));
+                let mut piece = json!({"index": k, "type": block.kind()});
                 // A redacted block arrives whole; a thinking block's text and signature
                 // arrive as deltas, but a start that carries some is kept.
-                for field in ["data", "thinking", "signature"] {
-                    if let Some(v) = block
-                        .get(field)
-                        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-                    {
-                        piece[field] = v.clone();
+                let (data, thinking, signature) = match block {
+                    Block::Known(ContentBlock::RedactedThinking { data, .. }) => {
+                        (data.as_str(), None, None)
+                    }
+                    Block::Known(ContentBlock::Thinking {
+                        thinking,
+                        signature,
+                        ..
+                    }) => (None, Some(thinking.as_str()), signature.as_deref()),
+                    _ => (None, None, None),
+                };
+                for (field, value) in [
+                    ("data", data),
+                    ("thinking", thinking),
+                    ("signature", signature),
+                ] {
+                    if let Some(v) = value.filter(|v| !v.is_empty()) {
+                        piece[field] = Value::String(v.to_owned());
                     }
                 }
                 vec![Ok(self.delta(json!({"thinking_blocks": [piece]}), None))]
@@ -212,42 +226,54 @@ impl StreamState {
         }
     }
 
-    fn block_delta(&mut self, index: u64, delta: &Value) -> Option<Value> {
-        let piece = |field: &str| delta.get(field).and_then(Value::as_str).unwrap_or("");
-        match (
-            delta.get("type").and_then(Value::as_str),
-            self.blocks.get_mut(&index),
-        ) {
-            (Some("text_delta"), _) => Some(self.delta(json!({"content": piece("text")}), None)),
-            (Some("input_json_delta"), Some(Block::Tool { call, streamed, .. })) => {
-                let partial = piece("partial_json");
-                if partial.is_empty() {
+    fn block_delta(&mut self, index: u64, delta: &Delta) -> Option<Value> {
+        match (delta, self.blocks.get_mut(&index)) {
+            (Delta::TextDelta { text }, _) => Some(self.delta(json!({"content": text}), None)),
+            (
+                Delta::InputJsonDelta { partial_json },
+                Some(OpenBlock::Tool { call, streamed, .. }),
+            ) => {
+                if partial_json.is_empty() {
                     return None;
                 }
                 *streamed = true;
                 let call = *call;
                 Some(self.delta(
-                    json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
+                    json!({"tool_calls": [{"index": call, "function": {"arguments": partial_json}}]}),
                     None,
                 ))
             }
-            (Some("thinking_delta"), Some(Block::Thinking(k))) => {
+            (Delta::ThinkingDelta { thinking }, Some(OpenBlock::Thinking(k))) => {
                 let k = *k;
-                let text = piece("thinking");
                 Some(self.delta(
-                    json!({"reasoning_content": text,
-                           "thinking_blocks": [{"index": k, "type": "thinking", "thinking": text}]}),
+                    json!({"reasoning_content": thinking,
+                           "thinking_blocks": [{"index": k, "type": "thinking", "thinking": thinking}]}),
                     None,
                 ))
             }
-            (Some("signature_delta"), Some(Block::Thinking(k))) => {
+            (Delta::SignatureDelta { signature }, Some(OpenBlock::Thinking(k))) => {
                 let k = *k;
                 Some(self.delta(
-                    json!({"thinking_blocks": [{"index": k, "type": "thinking", "signature": piece("signature")}]}),
+                    json!({"thinking_blocks": [{"index": k, "type": "thinking", "signature": signature}]}),
                     None,
                 ))
             }
             _ => None,
         }
     }
+}
+
+/// An event's data as a [`StreamEvent`], its type from the SSE event name when the data has
+/// none. `None` for data that is no event Sluice reads.
+fn read_event(event: Event) -> Option<StreamEvent> {
+    let Event { name, data } = event;
+    if data.get("type").is_some_and(Value::is_string) {
+        return StreamEvent::deserialize(&data).ok();
+    }
+    let mut object = match data {
+        Value::Object(object) => object,
+        _ => serde_json::Map::new(),
+    };
+    object.insert("type".into(), Value::String(name));
+    StreamEvent::deserialize(Value::Object(object)).ok()
 }
