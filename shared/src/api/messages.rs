@@ -17,7 +17,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
@@ -29,6 +29,10 @@ use super::openai::{finish, options, read_body, reply_response};
 use crate::gateway::stream::EventBytes;
 use crate::gateway::{ReplyBody, Trace};
 use crate::metrics::UsageTicket;
+use crate::providers::anthropic::wire::{
+    Block, Content, ContentBlock, Delta, Message, MessageDeltaBody, MessagesRequest, Source,
+    StreamEvent, Tool,
+};
 use crate::providers::anthropic::{self, AnthropicUsage};
 use crate::providers::{Endpoint, Usage, sse};
 
@@ -207,36 +211,41 @@ fn untranslatable(field: &str, why: &str) -> ApiError {
     ApiError::invalid_request(format!("{field}: {why}"), Some(field))
 }
 
+/// The 400 for a request without a required field (or with one of the wrong type).
+fn required(field: &str) -> ApiError {
+    let message = match field {
+        "max_tokens" => "max_tokens: Field required (a positive integer)".to_owned(),
+        _ => format!("{field}: Field required"),
+    };
+    ApiError::invalid_request(message, Some(field))
+}
+
 /// Translates a Messages API request into an OpenAI chat request. Anthropic features with
 /// no OpenAI field travel as the extensions the Anthropic provider maps back (see
 /// [`crate::providers::extensions`]); a block that has no translation at all is a 400
 /// naming it, never dropped.
 pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> {
-    let Some(model) = request.get("model").and_then(Value::as_str) else {
-        return Err(ApiError::invalid_request(
-            "model: Field required",
-            Some("model"),
-        ));
+    // Read leniently (see `anthropic::wire`): a field of the wrong type reads as absent.
+    let request = match request {
+        Value::Object(_) => MessagesRequest::deserialize(request).unwrap_or_default(),
+        _ => MessagesRequest::default(),
     };
-    let Some(max_tokens) = request.get("max_tokens").and_then(Value::as_u64) else {
-        return Err(ApiError::invalid_request(
-            "max_tokens: Field required (a positive integer)",
-            Some("max_tokens"),
-        ));
+    let Some(model) = request.model else {
+        return Err(required("model"));
     };
-    let Some(input) = request.get("messages").and_then(Value::as_array) else {
-        return Err(ApiError::invalid_request(
-            "messages: Field required",
-            Some("messages"),
-        ));
+    let Some(max_tokens) = request.max_tokens else {
+        return Err(required("max_tokens"));
+    };
+    let Some(input) = request.messages else {
+        return Err(required("messages"));
     };
     let mut messages = Vec::new();
-    match request.get("system") {
-        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
-        Some(Value::Array(blocks)) => {
+    match request.system {
+        Some(Content::Text(s)) => messages.push(json!({"role": "system", "content": s})),
+        Some(Content::Blocks(blocks)) => {
             let mut parts = Vec::new();
             for (j, block) in blocks.iter().enumerate() {
-                if block.get("type").and_then(Value::as_str) != Some("text") {
+                if block.kind() != Some("text") {
                     return Err(untranslatable(
                         &format!("system.{j}"),
                         "system blocks are text blocks",
@@ -246,20 +255,21 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
             }
             messages.push(json!({"role": "system", "content": text_content(parts, "\n")}));
         }
-        _ => {}
+        None => {}
     }
-    for (i, message) in input.iter().enumerate() {
-        let role = message.get("role").and_then(Value::as_str);
-        match (role, message.get("content")) {
-            (Some("user"), Some(Value::String(s))) => {
+    for (i, message) in input.into_iter().enumerate() {
+        match (message.role.as_deref(), message.content) {
+            (Some("user"), Some(Content::Text(s))) => {
                 messages.push(json!({"role": "user", "content": s}));
             }
-            (Some("user"), Some(Value::Array(blocks))) => user_blocks(blocks, i, &mut messages)?,
-            (Some("assistant"), Some(Value::String(s))) => {
+            (Some("user"), Some(Content::Blocks(blocks))) => {
+                user_blocks(&blocks, i, &mut messages)?;
+            }
+            (Some("assistant"), Some(Content::Text(s))) => {
                 messages.push(json!({"role": "assistant", "content": s}));
             }
-            (Some("assistant"), Some(Value::Array(blocks))) => {
-                messages.push(assistant_message(blocks, i)?);
+            (Some("assistant"), Some(Content::Blocks(blocks))) => {
+                messages.push(assistant_message(&blocks, i)?);
             }
             _ => {
                 return Err(ApiError::invalid_request(
@@ -272,53 +282,50 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
         }
     }
     let mut chat = Map::new();
-    chat.insert("model".into(), json!(model));
+    chat.insert("model".into(), Value::String(model));
     chat.insert("messages".into(), Value::Array(messages));
-    chat.insert("max_tokens".into(), json!(max_tokens));
+    chat.insert("max_tokens".into(), max_tokens.into());
     // `top_k`, `thinking`, `output_config` (effort, structured output) and the top-level
     // `cache_control` are Anthropic's own: carried as they are, for the Anthropic provider
     // (others refuse or drop them, see `extensions`).
-    for field in [
-        "temperature",
-        "top_p",
-        "top_k",
-        "thinking",
-        "output_config",
-        "cache_control",
+    for (field, value) in [
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("top_k", request.top_k),
+        ("thinking", request.thinking),
+        ("output_config", request.output_config),
+        ("cache_control", request.cache_control),
     ] {
-        if let Some(v) = request.get(field).filter(|v| !v.is_null()) {
-            chat.insert(field.into(), v.clone());
+        if let Some(v) = value.filter(|v| !v.is_null()) {
+            chat.insert(field.into(), v);
         }
     }
-    if let Some(stop) = request.get("stop_sequences").filter(|v| v.is_array()) {
-        chat.insert("stop".into(), stop.clone());
+    if let Some(stop) = request.stop_sequences {
+        chat.insert("stop".into(), Value::Array(stop));
     }
-    if let Some(user) = request
-        .pointer("/metadata/user_id")
-        .filter(|v| v.is_string())
-    {
-        chat.insert("user".into(), user.clone());
+    if let Some(user) = request.metadata.and_then(|m| m.user_id) {
+        chat.insert("user".into(), Value::String(user));
     }
-    let tools = tools(request)?;
+    let tools = tools(&request.tools)?;
     if !tools.is_empty() {
         chat.insert("tools".into(), Value::Array(tools));
     }
-    if let Some(choice) = request.get("tool_choice") {
-        let openai = match choice.get("type").and_then(Value::as_str) {
+    if let Some(choice) = request.tool_choice {
+        let openai = match choice.kind.as_deref() {
             Some("any") => json!("required"),
             Some("none") => json!("none"),
             Some("tool") => {
-                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}})
+                json!({"type": "function", "function": {"name": choice.name.unwrap_or(Value::Null)}})
             }
             _ => json!("auto"),
         };
         chat.insert("tool_choice".into(), openai);
-        if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
-            chat.insert("parallel_tool_calls".into(), json!(false));
+        if choice.disable_parallel_tool_use == Some(true) {
+            chat.insert("parallel_tool_calls".into(), Value::Bool(false));
         }
     }
-    if request.get("stream") == Some(&Value::Bool(true)) {
-        chat.insert("stream".into(), json!(true));
+    if request.stream == Some(true) {
+        chat.insert("stream".into(), Value::Bool(true));
         // Anthropic streams always end with usage, and `message_start` has the prompt's:
         // ask the pipeline for both.
         chat.insert(
@@ -331,16 +338,10 @@ pub fn to_chat_request(request: &Value) -> Result<Map<String, Value>, ApiError> 
 
 /// Client tools as OpenAI function tools (`cache_control` on the tool kept). Anthropic's
 /// server tools (web search, code execution, …) run at Anthropic and have no translation.
-fn tools(request: &Value) -> Result<Vec<Value>, ApiError> {
+fn tools(tools: &[Tool]) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
-    for (i, t) in request
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if t.get("type").is_some_and(|k| k != "custom") {
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind.as_ref().is_some_and(|k| k != "custom") {
             return Err(untranslatable(
                 &format!("tools.{i}"),
                 "Anthropic's server tools cannot be sent through Sluice; define client tools \
@@ -348,14 +349,14 @@ fn tools(request: &Value) -> Result<Vec<Value>, ApiError> {
             ));
         }
         let mut function = json!({
-            "name": t.get("name").cloned().unwrap_or(Value::Null),
-            "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+            "name": t.name,
+            "parameters": t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
         });
-        if let Some(d) = t.get("description") {
+        if let Some(d) = &t.description {
             function["description"] = d.clone();
         }
         let mut tool = json!({"type": "function", "function": function});
-        if let Some(cc) = t.get("cache_control") {
+        if let Some(cc) = &t.cache_control {
             tool["cache_control"] = cc.clone();
         }
         out.push(tool);
@@ -364,10 +365,25 @@ fn tools(request: &Value) -> Result<Vec<Value>, ApiError> {
 }
 
 /// A text block as an OpenAI text part, its `cache_control` kept.
-fn text_part(block: &Value) -> Value {
-    let mut part = json!({"type": "text", "text": block.get("text").cloned().unwrap_or(json!(""))});
-    if let Some(cc) = block.get("cache_control") {
-        part["cache_control"] = cc.clone();
+fn text_part(block: &Block) -> Value {
+    let (text, cache_control) = match block {
+        Block::Known(ContentBlock::Text {
+            text,
+            cache_control,
+            ..
+        }) => (Value::String(text.clone()), cache_control.clone()),
+        // A text block whose text is not a string, passed on for the provider to refuse.
+        other => {
+            let value = other.to_value();
+            (
+                value.get("text").cloned().unwrap_or(json!("")),
+                value.get("cache_control").cloned(),
+            )
+        }
+    };
+    let mut part = json!({"type": "text", "text": text});
+    if let Some(cc) = cache_control {
+        part["cache_control"] = cc;
     }
     part
 }
@@ -393,51 +409,86 @@ fn text_content(parts: Vec<Value>, separator: &str) -> Value {
 /// A content block as an OpenAI content part: text, images (base64 and URL sources as
 /// `image_url`), PDFs (base64 as a `file`), and Anthropic's other blocks as they are (see
 /// [`anthropic::NATIVE_PARTS`]). `None` for a block no provider can take here.
-fn content_part(block: &Value) -> Option<Value> {
-    let kind = block.get("type").and_then(Value::as_str)?;
-    let source = block.get("source").unwrap_or(&Value::Null);
-    let source_type = source.get("type").and_then(Value::as_str);
-    let media_type = source.get("media_type").and_then(Value::as_str);
-    let data = source.get("data").and_then(Value::as_str);
-    let mut part = match (kind, source_type) {
-        ("text", _) => return Some(text_part(block)),
-        ("image", Some("base64")) => {
-            let url = format!("data:{};base64,{}", media_type?, data?);
-            json!({"type": "image_url", "image_url": {"url": url}})
+fn content_part(block: &Block) -> Option<Value> {
+    let (mut part, cache_control) = match block {
+        Block::Known(ContentBlock::Text { .. }) => return Some(text_part(block)),
+        Block::Known(ContentBlock::Image {
+            source: Source::Base64 { media_type, data },
+            cache_control,
+            ..
+        }) => {
+            let url = format!("data:{media_type};base64,{data}");
+            (
+                json!({"type": "image_url", "image_url": {"url": url}}),
+                cache_control,
+            )
         }
-        ("image", Some("url")) => {
-            json!({"type": "image_url", "image_url": {"url": source.get("url")?}})
-        }
-        ("document", Some("base64")) if media_type == Some("application/pdf") => {
-            let mut file = json!({"file_data": format!("data:application/pdf;base64,{}", data?)});
-            if let Some(title) = block.get("title").filter(|t| t.is_string()) {
+        Block::Known(ContentBlock::Image {
+            source: Source::Url { url },
+            cache_control,
+            ..
+        }) => (
+            json!({"type": "image_url", "image_url": {"url": url}}),
+            cache_control,
+        ),
+        Block::Known(ContentBlock::Document {
+            source: Source::Base64 { media_type, data },
+            title,
+            context,
+            citations,
+            cache_control,
+            ..
+        }) if media_type == "application/pdf" => {
+            let mut file = json!({"file_data": format!("data:application/pdf;base64,{data}")});
+            if let Some(title) = title.as_ref().filter(|t| t.is_string()) {
                 file["filename"] = title.clone();
             }
             let mut part = json!({"type": "file", "file": file});
-            for field in ["context", "citations"] {
-                if let Some(v) = block.get(field) {
+            for (field, value) in [("context", context), ("citations", citations)] {
+                if let Some(v) = value {
                     part[field] = v.clone();
                 }
             }
-            part
+            (part, cache_control)
         }
-        (native, _) if anthropic::NATIVE_PARTS.contains(&native) => return Some(block.clone()),
-        _ => return None,
+        // An image or PDF whose source lacks a field: nothing any provider can read.
+        Block::Other(value) if malformed_source(value) => return None,
+        other => {
+            return other
+                .kind()
+                .is_some_and(|kind| anthropic::NATIVE_PARTS.contains(&kind))
+                .then(|| other.to_value());
+        }
     };
-    if let Some(cc) = block.get("cache_control") {
+    if let Some(cc) = cache_control {
         part["cache_control"] = cc.clone();
     }
     Some(part)
 }
 
+/// An image or PDF document with a base64 or URL source that is not of
+/// [`Source`]'s shape (a field missing or not a string).
+fn malformed_source(block: &Value) -> bool {
+    let source = block.get("source").unwrap_or(&Value::Null);
+    let kind = source.get("type").and_then(Value::as_str);
+    match block.get("type").and_then(Value::as_str) {
+        Some("image") => matches!(kind, Some("base64" | "url")),
+        Some("document") => {
+            kind == Some("base64")
+                && source.get("media_type").and_then(Value::as_str) == Some("application/pdf")
+        }
+        _ => false,
+    }
+}
+
 /// A user turn's blocks: tool results become `tool` messages (first, as OpenAI wants them
 /// right after the assistant's calls), the rest one user message with text, image, file
 /// and Anthropic's own parts.
-fn user_blocks(blocks: &[Value], i: usize, messages: &mut Vec<Value>) -> Result<(), ApiError> {
+fn user_blocks(blocks: &[Block], i: usize, messages: &mut Vec<Value>) -> Result<(), ApiError> {
     let mut parts = Vec::new();
     for (j, block) in blocks.iter().enumerate() {
         let at = || format!("messages.{i}.content.{j}");
-        if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+        if block.kind() == Some("tool_result") {
             messages.push(tool_message(block, &at())?);
             continue;
         }
@@ -446,10 +497,7 @@ fn user_blocks(blocks: &[Value], i: usize, messages: &mut Vec<Value>) -> Result<
                 &at(),
                 &format!(
                     "a `{}` block cannot be translated for a user turn",
-                    block
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("(untyped)")
+                    block.kind().unwrap_or("(untyped)")
                 ),
             )
         })?;
@@ -463,10 +511,23 @@ fn user_blocks(blocks: &[Value], i: usize, messages: &mut Vec<Value>) -> Result<
 
 /// A `tool_result` block as a `tool` message: its text, or parts when it holds images or
 /// documents; `is_error` and `cache_control` kept (Anthropic extensions).
-fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
-    let content = match block.get("content") {
-        Some(Value::String(s)) => json!(s),
-        Some(Value::Array(inner)) => {
+fn tool_message(block: &Block, at: &str) -> Result<Value, ApiError> {
+    let Block::Known(ContentBlock::ToolResult {
+        tool_use_id,
+        content,
+        is_error,
+        cache_control,
+        ..
+    }) = block
+    else {
+        return Err(untranslatable(
+            at,
+            "a tool_result block has a field of the wrong type",
+        ));
+    };
+    let content = match content {
+        Some(Content::Text(s)) => json!(s),
+        Some(Content::Blocks(inner)) => {
             let mut parts = Vec::new();
             for (k, b) in inner.iter().enumerate() {
                 parts.push(content_part(b).ok_or_else(|| {
@@ -478,17 +539,17 @@ fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
             }
             text_content(parts, "\n")
         }
-        _ => json!(""),
+        None => json!(""),
     };
     let mut message = json!({
         "role": "tool",
-        "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
+        "tool_call_id": tool_use_id,
         "content": content,
     });
-    if block.get("is_error") == Some(&Value::Bool(true)) {
-        message["is_error"] = json!(true);
+    if *is_error == Some(true) {
+        message["is_error"] = Value::Bool(true);
     }
-    if let Some(cc) = block.get("cache_control") {
+    if let Some(cc) = cache_control {
         message["cache_control"] = cc.clone();
     }
     Ok(message)
@@ -496,37 +557,45 @@ fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
 
 /// An assistant turn's blocks: text, thinking blocks (kept whole, signatures included, as
 /// `thinking_blocks`), and `tool_use` blocks as tool calls.
-fn assistant_message(blocks: &[Value], i: usize) -> Result<Value, ApiError> {
+fn assistant_message(blocks: &[Block], i: usize) -> Result<Value, ApiError> {
     let mut text = Vec::new();
     let mut thinking = Vec::new();
     let mut calls = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push(text_part(b)),
-            Some("thinking" | "redacted_thinking") => thinking.push(b.clone()),
-            Some("tool_use") => {
+        match b {
+            Block::Known(ContentBlock::ToolUse {
+                id,
+                name,
+                input,
+                cache_control,
+                ..
+            }) => {
                 let mut call = json!({
-                    "id": b.get("id"),
+                    "id": id,
                     "type": "function",
                     "function": {
-                        "name": b.get("name"),
-                        "arguments": b.get("input").unwrap_or(&json!({})).to_string(),
+                        "name": name,
+                        "arguments": input.as_ref().unwrap_or(&json!({})).to_string(),
                     },
                 });
-                if let Some(cc) = b.get("cache_control") {
+                if let Some(cc) = cache_control {
                     call["cache_control"] = cc.clone();
                 }
                 calls.push(call);
             }
-            other => {
-                return Err(untranslatable(
-                    &format!("messages.{i}.content.{j}"),
-                    &format!(
-                        "a `{}` block cannot be translated for an assistant turn",
-                        other.unwrap_or("(untyped)")
-                    ),
-                ));
-            }
+            _ => match b.kind() {
+                Some("text") => text.push(text_part(b)),
+                Some("thinking" | "redacted_thinking") => thinking.push(b.to_value()),
+                other => {
+                    return Err(untranslatable(
+                        &format!("messages.{i}.content.{j}"),
+                        &format!(
+                            "a `{}` block cannot be translated for an assistant turn",
+                            other.unwrap_or("(untyped)")
+                        ),
+                    ));
+                }
+            },
         }
     }
     let content = match text_content(text, "") {
@@ -545,57 +614,10 @@ fn assistant_message(blocks: &[Value], i: usize) -> Result<Value, ApiError> {
 
 // ---- OpenAI answer → Anthropic answer ------------------------------------------------------
 
-/// OpenAI's `finish_reason` as Anthropic's `stop_reason`; a choice's `stop_sequence` (kept by
-/// the Anthropic provider) says which sequence ended it.
-fn stop_reason(finish_reason: &str, stop_sequence: Option<&Value>) -> &'static str {
-    match finish_reason {
-        "stop" if stop_sequence.is_some_and(Value::is_string) => "stop_sequence",
-        "length" => "max_tokens",
-        "tool_calls" | "function_call" => "tool_use",
-        "content_filter" => "refusal",
-        _ => "end_turn",
-    }
-}
-
 /// Anthropic's usage for an OpenAI `usage` object, whatever provider answered: cache reads
 /// and writes by TTL apart, `input_tokens` only the rest (clients add them up).
 fn message_usage(usage: &Value) -> AnthropicUsage {
     AnthropicUsage::from_usage(&Usage::from_openai(usage).unwrap_or_default())
-}
-
-/// A Messages API `message`.
-#[derive(Debug, Serialize)]
-struct MessageBody<'a> {
-    id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: Vec<Value>,
-    stop_reason: &'static str,
-    stop_sequence: Option<Value>,
-    usage: AnthropicUsage,
-}
-
-/// `usage` of a `message_delta` event: cumulative counts, as Anthropic documents them
-/// (`MessageDeltaUsage`: no TTL breakdown, which `message_start` carries).
-#[derive(Debug, Serialize)]
-struct DeltaUsage {
-    input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-impl From<AnthropicUsage> for DeltaUsage {
-    fn from(u: AnthropicUsage) -> Self {
-        Self {
-            input_tokens: u.input_tokens,
-            cache_creation_input_tokens: u.cache_creation_input_tokens,
-            cache_read_input_tokens: u.cache_read_input_tokens,
-            output_tokens: u.output_tokens,
-        }
-    }
 }
 
 /// A message id from a completion id (`chatcmpl-x` → `msg_x`; `msg_…` kept).
@@ -608,42 +630,69 @@ fn message_id(id: Option<&str>) -> String {
 }
 
 /// A thinking block as it goes out: as it came, without the streaming `index`.
-fn thinking_block(block: &Value) -> Option<Value> {
+fn thinking_block(block: &Value) -> Option<Block> {
     let mut block = block.as_object()?.clone();
     block.remove("index");
-    Some(Value::Object(block))
+    Some(Block::Other(Value::Object(block)))
+}
+
+/// A `message` of the answer so far: no content, no stop reason yet.
+fn message(id: String, model: &str, usage: AnthropicUsage) -> Message {
+    Message {
+        id: Some(id),
+        kind: Some("message".to_owned()),
+        role: Some("assistant".to_owned()),
+        model: Some(model.to_owned()),
+        content: Some(Vec::new()),
+        stop_reason: None,
+        stop_sequence: None,
+        usage: Some(usage),
+    }
 }
 
 /// A `chat.completion` as a Messages API `message`.
 pub fn to_message(completion: &Value, model: &str) -> Value {
     let choice = &completion["choices"][0];
-    let message = &choice["message"];
-    let mut content: Vec<Value> = message["thinking_blocks"]
+    let openai = &choice["message"];
+    let mut content: Vec<Block> = openai["thinking_blocks"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(thinking_block)
         .collect();
-    if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
-        content.push(json!({"type": "text", "text": text}));
+    if let Some(text) = openai["content"].as_str().filter(|t| !t.is_empty()) {
+        content.push(ContentBlock::text(text).into());
     }
-    for call in message["tool_calls"].as_array().into_iter().flatten() {
+    for call in openai["tool_calls"].as_array().into_iter().flatten() {
         let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
         let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
-        content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
+        content.push(
+            ContentBlock::ToolUse {
+                id: call["id"].clone(),
+                name: call["function"]["name"].clone(),
+                input: Some(input),
+                cache_control: None,
+                extra: Map::new(),
+            }
+            .into(),
+        );
     }
-    let sequence = choice.get("stop_sequence").filter(|s| s.is_string());
-    let body = MessageBody {
-        id: message_id(completion["id"].as_str()),
-        kind: "message",
-        role: "assistant",
-        model,
-        content,
-        stop_reason: stop_reason(choice["finish_reason"].as_str().unwrap_or("stop"), sequence),
-        stop_sequence: sequence.cloned(),
-        usage: message_usage(&completion["usage"]),
+    let sequence = choice
+        .get("stop_sequence")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let finish = choice["finish_reason"].as_str().unwrap_or("stop");
+    let message = Message {
+        content: Some(content),
+        stop_reason: Some(anthropic::stop_reason(finish, sequence.is_some()).to_owned()),
+        stop_sequence: sequence,
+        ..message(
+            message_id(completion["id"].as_str()),
+            model,
+            message_usage(&completion["usage"]),
+        )
     };
-    serde_json::to_value(body).unwrap_or(Value::Null)
+    serde_json::to_value(message).unwrap_or(Value::Null)
 }
 
 fn to_message_bytes(completion: &Bytes, model: &str) -> Result<Bytes, ApiError> {
@@ -668,7 +717,7 @@ struct EventWriter {
     open: Option<(u64, BlockKind)>,
     next_index: u64,
     stop_reason: &'static str,
-    stop_sequence: Option<Value>,
+    stop_sequence: Option<String>,
     usage: Value,
 }
 
@@ -681,7 +730,10 @@ enum BlockKind {
     Thinking(u64),
 }
 
-fn frame(name: &str, data: &Value) -> Bytes {
+/// One SSE frame: the event named by its type, its data the event as JSON.
+fn frame(event: &StreamEvent) -> Bytes {
+    let data = serde_json::to_value(event).unwrap_or(Value::Null);
+    let name = data.get("type").and_then(Value::as_str).unwrap_or("error");
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
@@ -705,36 +757,22 @@ impl EventWriter {
             return;
         }
         self.started = true;
-        let message = MessageBody {
-            id: message_id(chunk["id"].as_str()),
-            kind: "message",
-            role: "assistant",
-            model: &self.model,
-            content: Vec::new(),
-            stop_reason: "end_turn",
-            stop_sequence: None,
-            usage: message_usage(&chunk["usage"]),
-        };
-        let mut message = serde_json::to_value(message).unwrap_or(Value::Null);
-        // Not decided yet.
-        message["stop_reason"] = Value::Null;
-        out.push(frame(
-            "message_start",
-            &json!({"type": "message_start", "message": message}),
-        ));
+        let message = message(
+            message_id(chunk["id"].as_str()),
+            &self.model,
+            message_usage(&chunk["usage"]),
+        );
+        out.push(frame(&StreamEvent::MessageStart { message }));
     }
 
     fn close(&mut self, out: &mut Vec<Bytes>) {
         if let Some((index, _)) = self.open.take() {
-            out.push(frame(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": index}),
-            ));
+            out.push(frame(&StreamEvent::ContentBlockStop { index }));
         }
     }
 
     /// Opens a block of this kind unless it is already open; returns its index.
-    fn open(&mut self, kind: BlockKind, block: Value, out: &mut Vec<Bytes>) -> u64 {
+    fn open(&mut self, kind: BlockKind, block: ContentBlock, out: &mut Vec<Bytes>) -> u64 {
         if let Some((index, open)) = self.open
             && open == kind
         {
@@ -744,18 +782,15 @@ impl EventWriter {
         let index = self.next_index;
         self.next_index += 1;
         self.open = Some((index, kind));
-        out.push(frame(
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": index, "content_block": block}),
-        ));
+        out.push(frame(&StreamEvent::ContentBlockStart {
+            index,
+            content_block: Some(block.into()),
+        }));
         index
     }
 
-    fn delta(index: u64, delta: Value) -> Bytes {
-        frame(
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
-        )
+    fn delta(index: u64, delta: Delta) -> Bytes {
+        frame(&StreamEvent::ContentBlockDelta { index, delta })
     }
 
     fn chunk(&mut self, chunk: &Value) -> Vec<Bytes> {
@@ -769,50 +804,55 @@ impl EventWriter {
         for piece in delta["thinking_blocks"].as_array().into_iter().flatten() {
             let k = piece["index"].as_u64().unwrap_or(0);
             let start = if piece["type"] == "redacted_thinking" {
-                json!({"type": "redacted_thinking", "data": piece["data"]})
+                ContentBlock::RedactedThinking {
+                    data: piece["data"].clone(),
+                    extra: Map::new(),
+                }
             } else {
-                json!({"type": "thinking", "thinking": "", "signature": ""})
+                ContentBlock::Thinking {
+                    thinking: String::new(),
+                    signature: Some(String::new()),
+                    extra: Map::new(),
+                }
             };
             let index = self.open(BlockKind::Thinking(k), start, &mut out);
-            for (field, kind) in [
-                ("thinking", "thinking_delta"),
-                ("signature", "signature_delta"),
-            ] {
-                if let Some(text) = piece[field].as_str().filter(|t| !t.is_empty()) {
-                    out.push(Self::delta(index, json!({"type": kind, field: text})));
-                }
+            if let Some(thinking) = piece["thinking"].as_str().filter(|t| !t.is_empty()) {
+                let thinking = thinking.to_owned();
+                out.push(Self::delta(index, Delta::ThinkingDelta { thinking }));
+            }
+            if let Some(signature) = piece["signature"].as_str().filter(|t| !t.is_empty()) {
+                let signature = signature.to_owned();
+                out.push(Self::delta(index, Delta::SignatureDelta { signature }));
             }
         }
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-            let index = self.open(
-                BlockKind::Text,
-                json!({"type": "text", "text": ""}),
-                &mut out,
-            );
-            out.push(Self::delta(
-                index,
-                json!({"type": "text_delta", "text": text}),
-            ));
+            let index = self.open(BlockKind::Text, ContentBlock::text(""), &mut out);
+            let text = text.to_owned();
+            out.push(Self::delta(index, Delta::TextDelta { text }));
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let tool = call["index"].as_u64().unwrap_or(0);
-            let block = json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}});
+            let block = ContentBlock::ToolUse {
+                id: call["id"].clone(),
+                name: call["function"]["name"].clone(),
+                input: Some(json!({})),
+                cache_control: None,
+                extra: Map::new(),
+            };
             let index = self.open(BlockKind::Tool(tool), block, &mut out);
             if let Some(partial) = call["function"]["arguments"]
                 .as_str()
                 .filter(|a| !a.is_empty())
             {
-                out.push(Self::delta(
-                    index,
-                    json!({"type": "input_json_delta", "partial_json": partial}),
-                ));
+                let partial_json = partial.to_owned();
+                out.push(Self::delta(index, Delta::InputJsonDelta { partial_json }));
             }
         }
-        if let Some(sequence) = choice.get("stop_sequence").filter(|s| s.is_string()) {
-            self.stop_sequence = Some(sequence.clone());
+        if let Some(sequence) = choice.get("stop_sequence").and_then(Value::as_str) {
+            self.stop_sequence = Some(sequence.to_owned());
         }
         if let Some(reason) = choice["finish_reason"].as_str() {
-            self.stop_reason = stop_reason(reason, self.stop_sequence.as_ref());
+            self.stop_reason = anthropic::stop_reason(reason, self.stop_sequence.is_some());
         }
         out
     }
@@ -821,14 +861,20 @@ impl EventWriter {
         let mut out = Vec::new();
         self.start(&Value::Null, &mut out);
         self.close(&mut out);
-        let usage = DeltaUsage::from(message_usage(&self.usage));
-        out.push(frame(
-            "message_delta",
-            &json!({"type": "message_delta",
-                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
-                    "usage": usage}),
-        ));
-        out.push(frame("message_stop", &json!({"type": "message_stop"})));
+        // `MessageDeltaUsage`: cumulative counts, no TTL breakdown (`message_start` has it).
+        let usage = AnthropicUsage {
+            cache_creation: None,
+            output_tokens_details: None,
+            ..message_usage(&self.usage)
+        };
+        out.push(frame(&StreamEvent::MessageDelta {
+            delta: MessageDeltaBody {
+                stop_reason: Some(self.stop_reason.to_owned()),
+                stop_sequence: self.stop_sequence.clone(),
+            },
+            usage: Some(usage),
+        }));
+        out.push(frame(&StreamEvent::MessageStop));
         out
     }
 }
@@ -844,7 +890,7 @@ fn to_message_events(events: EventBytes, model: String) -> EventBytes {
         let frames = match chunks.next().await {
             // The gateway's own error event: the provider's stream broke off.
             Some(Ok(event)) if event.data.get("error").is_some() => {
-                vec![frame("error", &stream_broke_off())]
+                vec![frame(&stream_broke_off())]
             }
             Some(Ok(event)) => {
                 let frames = writer.chunk(&event.data);
@@ -853,7 +899,7 @@ fn to_message_events(events: EventBytes, model: String) -> EventBytes {
             None => writer.end(),
             Some(Err(e)) => {
                 tracing::warn!(parent: &span, error = %e, "stream failed after its first byte");
-                vec![frame("error", &stream_broke_off())]
+                vec![frame(&stream_broke_off())]
             }
         };
         Some((frames, None))
@@ -863,9 +909,10 @@ fn to_message_events(events: EventBytes, model: String) -> EventBytes {
 }
 
 /// Anthropic's `error` event for a stream the provider broke off.
-fn stream_broke_off() -> Value {
-    json!({"type": "error", "error": {"type": "api_error",
-           "message": "The provider's stream broke off."}})
+fn stream_broke_off() -> StreamEvent {
+    StreamEvent::Error {
+        error: json!({"type": "api_error", "message": "The provider's stream broke off."}),
+    }
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ fn continuous_usage(body: &Map<String, Value>) -> bool {
 mod request;
 mod response;
 mod stream;
-mod wire;
+pub mod wire;
 
 pub use request::{to_messages_request, valid_tool_id};
 pub use response::from_message;

@@ -23,16 +23,29 @@ use crate::providers::Usage;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessagesRequest {
     /// The model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub model: Option<String>,
     /// Output ceiling (required by Anthropic).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tokens: Option<u64>,
-    /// Alternating user and assistant turns.
-    #[serde(default)]
+    /// Alternating user and assistant turns (one that is not an object reads as a turn
+    /// with neither role nor content).
+    #[serde(default, deserialize_with = "lenient_items")]
     pub messages: Option<Vec<Turn>>,
     /// The system prompt: a string, or text blocks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub system: Option<Content>,
     /// Sampling temperature, 0 to 1, as the client wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,16 +57,32 @@ pub struct MessagesRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<Value>,
     /// Stop sequences.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_sequences: Option<Vec<Value>>,
     /// `{"user_id": …}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub metadata: Option<Metadata>,
-    /// Tool definitions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Tool definitions (one that is not an object reads as a tool with no fields).
+    #[serde(
+        default,
+        deserialize_with = "lenient_items_or_none",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tools: Vec<Tool>,
     /// How tools may be used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tool_choice: Option<ToolChoice>,
     /// Extended thinking, passed as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,7 +94,11 @@ pub struct MessagesRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Value>,
     /// Server-sent events.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "is_false"
+    )]
     pub stream: Option<bool>,
     /// Anything else, untouched.
     #[serde(flatten)]
@@ -297,10 +330,18 @@ pub enum ContentBlock {
         #[serde(default)]
         tool_use_id: Value,
         /// Text, or blocks.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "lenient",
+            skip_serializing_if = "Option::is_none"
+        )]
         content: Option<Content>,
         /// Whether the call failed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "lenient",
+            skip_serializing_if = "Option::is_none"
+        )]
         is_error: Option<bool>,
         /// A cache breakpoint.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -517,32 +558,6 @@ pub struct MessageDeltaBody {
     pub stop_sequence: Option<String>,
 }
 
-/// `usage` of a `message_delta` event as the ingress writes it: cumulative counts, as
-/// Anthropic documents them (`MessageDeltaUsage`: no TTL breakdown, which `message_start`
-/// carries).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeltaUsage {
-    /// See [`AnthropicUsage::input_tokens`].
-    pub input_tokens: Option<u64>,
-    /// See [`AnthropicUsage::cache_creation_input_tokens`].
-    pub cache_creation_input_tokens: Option<u64>,
-    /// See [`AnthropicUsage::cache_read_input_tokens`].
-    pub cache_read_input_tokens: Option<u64>,
-    /// See [`AnthropicUsage::output_tokens`].
-    pub output_tokens: Option<u64>,
-}
-
-impl From<AnthropicUsage> for DeltaUsage {
-    fn from(u: AnthropicUsage) -> Self {
-        Self {
-            input_tokens: u.input_tokens,
-            cache_creation_input_tokens: u.cache_creation_input_tokens,
-            cache_read_input_tokens: u.cache_read_input_tokens,
-            output_tokens: u.output_tokens,
-        }
-    }
-}
-
 // ---- Stop reasons ---------------------------------------------------------------------------
 
 /// Anthropic's `stop_reason` as OpenAI's `finish_reason`.
@@ -636,6 +651,29 @@ pub struct OutputTokensDetails {
     /// Output tokens spent thinking.
     #[serde(default, deserialize_with = "lenient_count")]
     pub thinking_tokens: u64,
+}
+
+/// An array's items, each of the expected type or its default; `None` for anything but an
+/// array.
+fn lenient_items<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::Array(items)) => Some(
+            items
+                .into_iter()
+                .map(|item| serde_json::from_value(item).unwrap_or_default())
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+/// [`lenient_items`], none for anything but an array.
+fn lenient_items_or_none<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(lenient_items(d)?.unwrap_or_default())
 }
 
 /// A value of the expected type, or its default for anything else.
