@@ -13,12 +13,14 @@
 //!   own rule of thumb.
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::bad_request;
 use super::response::no_error_object;
-use super::wire::{Content, Part};
+use super::wire::{
+    BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest, Part,
+};
 use crate::providers::{ProviderError, Usage};
 use crate::tokens;
 
@@ -27,34 +29,6 @@ pub(super) const BATCH: usize = 100;
 
 /// How many batches of one request are in flight at once.
 pub(super) const CONCURRENT_BATCHES: usize = 4;
-
-/// `BatchEmbedContentsRequest`.
-#[derive(Debug, Serialize)]
-pub(super) struct BatchEmbedContentsRequest {
-    requests: Vec<EmbedContentRequest>,
-}
-
-/// `EmbedContentRequest`: one text; its `model` must be the URL's.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EmbedContentRequest {
-    model: String,
-    content: Content,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output_dimensionality: Option<u64>,
-}
-
-/// `BatchEmbedContentsResponse`.
-#[derive(Debug, Deserialize)]
-struct BatchEmbedContentsResponse {
-    embeddings: Vec<ContentEmbedding>,
-}
-
-/// `ContentEmbedding`.
-#[derive(Debug, Deserialize)]
-struct ContentEmbedding {
-    values: Vec<f64>,
-}
 
 /// The OpenAI embedding fields; another one would be left out, so it is refused.
 const FIELDS: &[&str] = &["model", "input", "dimensions", "encoding_format", "user"];

@@ -14,113 +14,16 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::bad_request;
 use super::call_id;
-use super::wire::{Blob, Content, FileData, FunctionCall, FunctionResponse, Part};
+use super::wire::{
+    Blob, Content, FileData, FunctionCall, FunctionCallingConfig, FunctionDeclaration,
+    FunctionResponse, GenerateContentRequest, GenerationConfig, Part, ThinkingConfig, Tool,
+    ToolConfig,
+};
 use crate::providers::ProviderError;
-
-/// `GenerateContentRequest` (ai.google.dev/api/generate-content).
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct GenerateContentRequest {
-    /// The conversation.
-    pub contents: Vec<Content>,
-    /// System and developer messages.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub system_instruction: Option<Content>,
-    /// Function declarations.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<Tool>,
-    /// How functions may be called.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_config: Option<ToolConfig>,
-    /// Sampling, limits, output format, thinking.
-    #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
-    pub generation_config: GenerationConfig,
-}
-
-/// `GenerationConfig`. Numbers the client chose are passed as written.
-#[derive(Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct GenerationConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    candidate_count: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency_penalty: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_output_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stop_sequences: Option<Vec<Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_mime_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_json_schema: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thinking_config: Option<ThinkingConfig>,
-}
-
-impl GenerationConfig {
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// `ThinkingConfig`: a level on Gemini 3, a token budget on 2.5.
-#[derive(Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ThinkingConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thinking_level: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thinking_budget: Option<u64>,
-}
-
-/// `Tool` with function declarations.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Tool {
-    function_declarations: Vec<FunctionDeclaration>,
-}
-
-/// `FunctionDeclaration`, its parameters as JSON Schema.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionDeclaration {
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters_json_schema: Option<Value>,
-}
-
-/// `ToolConfig`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ToolConfig {
-    function_calling_config: FunctionCallingConfig,
-}
-
-/// `FunctionCallingConfig`: `AUTO`, `ANY` (possibly of some functions) or `NONE`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionCallingConfig {
-    mode: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    allowed_function_names: Option<Vec<String>>,
-}
 
 /// The largest `int32`: Gemini's integer fields (`maxOutputTokens`, `seed`) are 32-bit.
 const INT32_MAX: u64 = 2_147_483_647;

@@ -1,6 +1,10 @@
-//! Gemini's wire format as types: what requests and answers share (`Content`, `Part`) and the
-//! answer itself (`GenerateContentResponse`, its candidates and `usageMetadata`), after
-//! Google's reference (ai.google.dev/api/generate-content, ai.google.dev/api/caching).
+//! Gemini's wire format as types, after Google's reference (ai.google.dev/api/generate-content,
+//! ai.google.dev/api/caching, ai.google.dev/api/embeddings): what requests and answers share
+//! (`Content`, `Part`), the answer (`GenerateContentResponse`, its candidates and
+//! `usageMetadata`; a stream event is one too), the request (`GenerateContentRequest` and its
+//! generation, tool and tool-choice settings) and the embedding calls
+//! (`BatchEmbedContentsRequest` and its answer). The translations live beside this file:
+//! `request`, `response`, `stream` and `embeddings`.
 //!
 //! Every field is optional on the way in, as the reference marks them, so a field Gemini
 //! leaves out is never an error; a field of the wrong type is (the answer is malformed).
@@ -200,4 +204,136 @@ pub(super) struct ModalityTokenCount {
     /// Its tokens.
     #[serde(default)]
     pub token_count: Option<u64>,
+}
+
+// ---- Requests -------------------------------------------------------------------------------
+
+/// `GenerateContentRequest` (ai.google.dev/api/generate-content).
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct GenerateContentRequest {
+    /// The conversation.
+    pub contents: Vec<Content>,
+    /// System and developer messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_instruction: Option<Content>,
+    /// Function declarations.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// How functions may be called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_config: Option<ToolConfig>,
+    /// Sampling, limits, output format, thinking.
+    #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
+    pub generation_config: GenerationConfig,
+}
+
+/// `GenerationConfig`. Numbers the client chose are passed as written.
+#[derive(Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct GenerationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_count: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_sequences: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_json_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_config: Option<ThinkingConfig>,
+}
+
+impl GenerationConfig {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `ThinkingConfig`: a level on Gemini 3, a token budget on 2.5.
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ThinkingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_budget: Option<u64>,
+}
+
+/// `Tool` with function declarations.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Tool {
+    pub function_declarations: Vec<FunctionDeclaration>,
+}
+
+/// `FunctionDeclaration`, its parameters as JSON Schema.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FunctionDeclaration {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters_json_schema: Option<Value>,
+}
+
+/// `ToolConfig`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ToolConfig {
+    pub function_calling_config: FunctionCallingConfig,
+}
+
+/// `FunctionCallingConfig`: `AUTO`, `ANY` (possibly of some functions) or `NONE`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FunctionCallingConfig {
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_function_names: Option<Vec<String>>,
+}
+
+// ---- Embeddings -----------------------------------------------------------------------------
+
+/// `BatchEmbedContentsRequest`.
+#[derive(Debug, Serialize)]
+pub(super) struct BatchEmbedContentsRequest {
+    pub requests: Vec<EmbedContentRequest>,
+}
+
+/// `EmbedContentRequest`: one text; its `model` must be the URL's.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct EmbedContentRequest {
+    pub model: String,
+    pub content: Content,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dimensionality: Option<u64>,
+}
+
+/// `BatchEmbedContentsResponse`.
+#[derive(Debug, Deserialize)]
+pub(super) struct BatchEmbedContentsResponse {
+    pub embeddings: Vec<ContentEmbedding>,
+}
+
+/// `ContentEmbedding`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ContentEmbedding {
+    pub values: Vec<f64>,
 }
