@@ -16,6 +16,23 @@
 //! cache reads and writes, OpenAI's `prompt_tokens` includes them. The event stream
 //! (`message_start`, `content_block_*`, `message_delta`, …) becomes `chat.completion.chunk`s.
 //! Anthropic has no embeddings API.
+//!
+//! Layout: this file is the client (URL, headers, the call); `wire` holds the Messages API's
+//! types (shared with the `/v1/messages` ingress), `request` translates OpenAI requests,
+//! `response` answers and `stream` stream events.
+
+mod request;
+mod response;
+mod stream;
+pub mod wire;
+
+pub use request::{to_messages_request, valid_tool_id};
+pub use response::from_message;
+use stream::StreamState;
+pub use wire::{
+    AnthropicUsage, CacheCreation, MessagesRequest, OutputTokensDetails, Turn, finish_reason,
+    stop_reason,
+};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -131,19 +148,6 @@ fn continuous_usage(body: &Map<String, Value>) -> bool {
         .and_then(Value::as_bool)
         .unwrap_or(false)
 }
-
-mod request;
-mod response;
-mod stream;
-pub mod wire;
-
-pub use request::{to_messages_request, valid_tool_id};
-pub use response::from_message;
-use stream::StreamState;
-pub use wire::{
-    AnthropicUsage, CacheCreation, MessagesRequest, OutputTokensDetails, Turn, finish_reason,
-    stop_reason,
-};
 
 // What the tests below reach through `super::*`.
 #[cfg(test)]

@@ -784,3 +784,93 @@ impl AnthropicUsage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Blocks of every kind come back out as they went in: the fields Sluice reads, and in
+    /// `extra` (or whole, for a type it has no variant for) the ones it does not.
+    #[test]
+    fn blocks_round_trip_with_unknown_fields_untouched() {
+        let blocks = json!([
+            {"type": "text", "text": "Hi", "citations": [{"type": "char_location"}], "cache_control": {"type": "ephemeral"}},
+            {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}, "title": "N", "future": 1},
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}},
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "42"}], "is_error": true},
+            {"type": "thinking", "thinking": "Hmm.", "signature": "EqQB"},
+            {"type": "redacted_thinking", "data": "EmwK"},
+            {"type": "search_result", "source": "https://x", "title": "X", "content": [{"type": "text", "text": "x"}]},
+            {"type": "image", "source": {"type": "file", "file_id": "file_1"}}
+        ]);
+        let read: Vec<Block> = serde_json::from_value(blocks.clone()).unwrap();
+        let kinds: Vec<bool> = read.iter().map(|b| matches!(b, Block::Known(_))).collect();
+        assert_eq!(
+            kinds,
+            [true, true, true, true, true, true, true, false, false]
+        );
+        assert_eq!(serde_json::to_value(&read).unwrap(), blocks);
+    }
+
+    #[test]
+    fn a_request_keeps_fields_sluice_does_not_read() {
+        let request = json!({"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+            "service_tier": "auto", "metadata": {"user_id": "u", "tag": 1}});
+        let read: MessagesRequest = serde_json::from_value(request.clone()).unwrap();
+        assert_eq!(read.extra["service_tier"], "auto");
+        assert_eq!(serde_json::to_value(&read).unwrap(), request);
+    }
+
+    /// Events are read leniently, as the hand-written reader did: an odd field reads as
+    /// absent, an event type added later as `Unknown`.
+    #[test]
+    fn events_are_read_leniently() {
+        let read = |v: Value| serde_json::from_value::<StreamEvent>(v).unwrap();
+        assert!(matches!(
+            read(json!({"type": "content_block_delta", "index": "x", "delta": {"type": "text_delta", "text": 5}})),
+            StreamEvent::ContentBlockDelta { index: 0, delta: Delta::TextDelta { text } } if text.is_empty()
+        ));
+        assert!(matches!(
+            read(
+                json!({"type": "content_block_delta", "index": 2, "delta": {"type": "citations_delta"}})
+            ),
+            StreamEvent::ContentBlockDelta {
+                index: 2,
+                delta: Delta::Unknown
+            }
+        ));
+        assert!(matches!(
+            read(json!({"type": "brand_new_event", "x": 1})),
+            StreamEvent::Unknown
+        ));
+        let StreamEvent::MessageStart { message } = read(
+            json!({"type": "message_start", "message": {"id": 7, "model": "claude", "usage": [1]}}),
+        ) else {
+            panic!("not a message_start");
+        };
+        assert_eq!(
+            (message.id, message.model.as_deref(), message.usage),
+            (None, Some("claude"), None)
+        );
+    }
+
+    /// The one mapping, both ways: every Anthropic stop reason comes back as itself.
+    #[test]
+    fn stop_reasons_map_both_ways() {
+        for reason in [
+            "end_turn",
+            "max_tokens",
+            "tool_use",
+            "refusal",
+            "stop_sequence",
+        ] {
+            let finish = finish_reason(reason);
+            assert_eq!(stop_reason(finish, reason == "stop_sequence"), reason);
+        }
+        assert_eq!(finish_reason("model_context_window_exceeded"), "length");
+        assert_eq!(finish_reason("pause_turn"), "stop");
+    }
+}
