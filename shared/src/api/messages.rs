@@ -17,9 +17,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use utoipa::ToSchema;
 
 use super::AppState;
 use super::access_log::Outcome;
@@ -29,6 +28,7 @@ use super::openai::{finish, options, read_body, reply_response};
 use crate::gateway::stream::EventBytes;
 use crate::gateway::{ReplyBody, Trace};
 use crate::metrics::UsageTicket;
+pub use crate::providers::anthropic::wire::{AnthropicError, AnthropicErrorBody};
 use crate::providers::anthropic::wire::{
     Block, Content, ContentBlock, Delta, Message, MessageDeltaBody, MessagesRequest, Source,
     StreamEvent, Tool,
@@ -177,30 +177,6 @@ fn finish_anthropic(result: Result<Response, ApiError>, outcome: Outcome) -> Res
     let mut response = finish(Err(error), outcome);
     *response.body_mut() = Body::from(body);
     response
-}
-
-/// The body of an error answer on `/v1/messages`: Anthropic's error shape.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AnthropicError<'a> {
-    /// Always `error`.
-    #[serde(rename = "type")]
-    #[schema(pattern = "^error$")]
-    pub kind: &'a str,
-    /// What went wrong.
-    #[schema(inline)]
-    pub error: AnthropicErrorBody<'a>,
-}
-
-/// Anthropic's error object.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AnthropicErrorBody<'a> {
-    /// Anthropic's class of error, from the status: `invalid_request_error`,
-    /// `authentication_error`, `permission_error`, `not_found_error`, `request_too_large`,
-    /// `rate_limit_error`, `timeout_error`, `api_error`, ...
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    /// A sentence for humans.
-    pub message: &'a str,
 }
 
 // ---- Anthropic request → OpenAI request ----------------------------------------------------

@@ -14,6 +14,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::providers::Usage;
 
@@ -556,6 +557,32 @@ pub struct MessageDeltaBody {
     /// The stop sequence that ended it.
     #[serde(default, deserialize_with = "lenient")]
     pub stop_sequence: Option<String>,
+}
+
+// ---- Errors -------------------------------------------------------------------------------
+
+/// The body of an error answer on `/v1/messages`: Anthropic's error shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicError<'a> {
+    /// Always `error`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^error$")]
+    pub kind: &'a str,
+    /// What went wrong.
+    #[schema(inline)]
+    pub error: AnthropicErrorBody<'a>,
+}
+
+/// Anthropic's error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicErrorBody<'a> {
+    /// Anthropic's class of error, from the status: `invalid_request_error`,
+    /// `authentication_error`, `permission_error`, `not_found_error`, `request_too_large`,
+    /// `rate_limit_error`, `timeout_error`, `api_error`, ...
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// A sentence for humans.
+    pub message: &'a str,
 }
 
 // ---- Stop reasons ---------------------------------------------------------------------------
