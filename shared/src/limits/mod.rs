@@ -61,13 +61,41 @@ pub enum LimitKind {
     Budget,
 }
 
+/// Whose limit it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// The calling key's own.
+    Key,
+    /// The key's tenant's, shared by all its keys.
+    Tenant,
+    /// The whole gateway's (`limits.global_budget_usd`).
+    Gateway,
+}
+
+impl Level {
+    /// The name in error messages, usage reports and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Tenant => "tenant",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a request was refused, and when to come back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Rate or budget.
     pub kind: LimitKind,
-    /// `key`, `tenant` or `gateway`.
-    pub level: &'static str,
+    /// Whose limit refused.
+    pub level: Level,
     /// What is limited, e.g. `requests per minute`.
     pub metric: String,
     /// The limit (requests, tokens, or nano-USD for budgets).
@@ -116,7 +144,7 @@ struct Meta {
     kind: LimitKind,
     /// A tokens-per-minute counter (settled to real usage), as opposed to requests.
     tokens: bool,
-    level: &'static str,
+    level: Level,
     metric: String,
     limit: u64,
     previous: i64,
@@ -145,7 +173,7 @@ pub struct Limiter {
     /// Closed rate windows' final counts, so each is read once per process.
     previous: Mutex<(u64, HashMap<String, i64>)>,
     /// Budget counters seen recently, for the soft-threshold check.
-    watched: Mutex<HashSet<(String, u64, &'static str)>>,
+    watched: Mutex<HashSet<(String, u64, Level)>>,
     /// When this process next checks soft thresholds.
     maintenance_due_ms: AtomicU64,
     /// Shards of a large tenant or gateway cap (`limits.budget_shards`, else the store's).
@@ -191,9 +219,9 @@ impl Limiter {
     /// or the gateway's, written by every request of many keys, are split into
     /// `budget_shards` when each shard then holds at least `limits.budget_shard_min_usd`
     /// (a request's worst case must fit one shard), else they follow `counter_shards`.
-    fn budget_shards_of(&self, level: &str, cap_nanos: u64) -> u32 {
+    fn budget_shards_of(&self, level: Level, cap_nanos: u64) -> u32 {
         let keyed = self.config.counter_shards.max(1);
-        if level == "key" || self.budget_shards <= keyed {
+        if level == Level::Key || self.budget_shards <= keyed {
             return keyed;
         }
         let min_share = budget::usd_to_nanos(self.config.budget_shard_min_usd).max(1);
@@ -260,11 +288,11 @@ impl Limiter {
         let shards = self.config.counter_shards.max(1);
         let tenant = self.tenants.get(subject.tenant);
         let key = subject.key_limits;
-        let mut checks: Vec<(LimitKind, &'static str, &'static str, u64, u64, u32)> = Vec::new();
+        let mut checks: Vec<(LimitKind, Level, &'static str, u64, u64, u32)> = Vec::new();
         for (level, rpm, tpm) in [
-            ("key", key.rpm, key.tpm),
+            (Level::Key, key.rpm, key.tpm),
             (
-                "tenant",
+                Level::Tenant,
                 tenant.and_then(|t| t.rpm),
                 tenant.and_then(|t| t.tpm),
             ),
@@ -287,10 +315,13 @@ impl Limiter {
         }
         if let Some(ask) = ask {
             let caps = [
-                ("key", key.budget_usd.zip(key.budget_period)),
-                ("tenant", tenant.and_then(|t| t.budget_usd.zip(t.period))),
+                (Level::Key, key.budget_usd.zip(key.budget_period)),
                 (
-                    "gateway",
+                    Level::Tenant,
+                    tenant.and_then(|t| t.budget_usd.zip(t.period)),
+                ),
+                (
+                    Level::Gateway,
                     self.config
                         .global_budget_usd
                         .map(|usd| (usd, self.config.global_period)),
@@ -579,7 +610,7 @@ impl Limiter {
     /// Logs a warning event, once per period, for every recently used spending cap past the
     /// soft threshold (`limits.soft_threshold`). Returns the caps warned about now.
     pub async fn check_soft_thresholds(&self) -> Result<Vec<String>, StoreError> {
-        let watched: Vec<(String, u64, &'static str)> = self
+        let watched: Vec<(String, u64, Level)> = self
             .watched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -612,7 +643,7 @@ impl Limiter {
                 tracing::warn!(
                     target: "sluice::limits",
                     event = "budget_soft_threshold",
-                    level,
+                    level = level.as_str(),
                     counter = %counter,
                     spent_usd = spent as f64 / 1e9,
                     cap_usd = cap as f64 / 1e9,
@@ -652,13 +683,13 @@ impl Limiter {
         let mut rates = Vec::new();
         for (level, scope, rpm, tpm) in [
             (
-                "key",
+                Level::Key,
                 &key_scope,
                 subject.key_limits.rpm,
                 subject.key_limits.tpm,
             ),
             (
-                "tenant",
+                Level::Tenant,
                 &tenant_scope,
                 tenant.and_then(|t| t.rpm),
                 tenant.and_then(|t| t.tpm),
@@ -733,21 +764,21 @@ impl Limiter {
     }
 
     /// The spending caps that apply to the subject: level, counter scope, USD, period.
-    fn caps(&self, subject: &Subject<'_>) -> Vec<(&'static str, String, f64, BudgetPeriod)> {
+    fn caps(&self, subject: &Subject<'_>) -> Vec<(Level, String, f64, BudgetPeriod)> {
         let mut caps = Vec::new();
         if let (Some(usd), Some(p)) = (
             subject.key_limits.budget_usd,
             subject.key_limits.budget_period,
         ) {
-            caps.push(("key", format!("key:{}", subject.key_id), usd, p));
+            caps.push((Level::Key, format!("key:{}", subject.key_id), usd, p));
         }
         let tenant = self.tenants.get(subject.tenant);
         if let Some((usd, p)) = tenant.and_then(|t| t.budget_usd.zip(t.period)) {
-            caps.push(("tenant", format!("tenant:{}", subject.tenant), usd, p));
+            caps.push((Level::Tenant, format!("tenant:{}", subject.tenant), usd, p));
         }
         if let Some(usd) = self.config.global_budget_usd {
             caps.push((
-                "gateway",
+                Level::Gateway,
                 "global".to_owned(),
                 usd,
                 self.config.global_period,
@@ -765,7 +796,7 @@ impl Limiter {
         }
         self.caps(subject)
             .iter()
-            .map(|(level, _, usd, _)| self.budget_shards_of(level, budget::usd_to_nanos(*usd)))
+            .map(|(level, _, usd, _)| self.budget_shards_of(*level, budget::usd_to_nanos(*usd)))
             .fold(keyed, u32::max)
     }
 
@@ -836,7 +867,7 @@ impl Limiter {
             .map(|usd| (usd, self.config.global_period));
         for (level, scope, rpm, tpm, cap) in [
             (
-                "key",
+                Level::Key,
                 Some(&key_scope),
                 subject.key_limits.rpm,
                 subject.key_limits.tpm,
@@ -846,13 +877,13 @@ impl Limiter {
                     .zip(subject.key_limits.budget_period),
             ),
             (
-                "tenant",
+                Level::Tenant,
                 Some(&tenant_scope),
                 tenant.and_then(|t| t.rpm),
                 tenant.and_then(|t| t.tpm),
                 tenant.and_then(|t| t.budget_usd.zip(t.period)),
             ),
-            ("gateway", None, None, None, global),
+            (Level::Gateway, None, None, None, global),
         ] {
             let mut entry = serde_json::Map::new();
             for (name, metric, limit) in [
@@ -908,7 +939,7 @@ impl Limiter {
                 );
             }
             if !entry.is_empty() {
-                levels.insert(level.into(), Value::Object(entry));
+                levels.insert(level.as_str().into(), Value::Object(entry));
             }
         }
         Ok(json!({
