@@ -18,18 +18,20 @@
 pub mod budget;
 pub mod period;
 pub mod rate;
+mod report;
 pub mod window;
 
+pub use report::GatewayLevel;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
-use serde_json::{Value, json};
 
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig, TenantConfig};
-use crate::keys::{BudgetPeriod, KeyLimits, random_alnum};
+use crate::keys::{KeyLimits, random_alnum};
 use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, Settlement, StoreError};
 
 /// Who a request is limited as.
@@ -180,9 +182,6 @@ pub struct Limiter {
     budget_shards: u32,
 }
 
-/// How often each process checks soft thresholds (see [`Limiter::warn_soft_thresholds_if_due`]).
-const MAINTENANCE_EVERY_MS: u64 = 60_000;
-
 /// How far another process's clock may run ahead of ours when it judges a hold abandoned.
 const SETTLE_CLOCK_MARGIN_MS: u64 = 30_000;
 
@@ -213,53 +212,6 @@ impl Limiter {
                 .clamp(1, 64),
             store,
         }
-    }
-
-    /// Shards of a spending cap's counter: a key's follow `limits.counter_shards`; a tenant's
-    /// or the gateway's, written by every request of many keys, are split into
-    /// `budget_shards` when each shard then holds at least `limits.budget_shard_min_usd`
-    /// (a request's worst case must fit one shard), else they follow `counter_shards`.
-    fn budget_shards_of(&self, level: Level, cap_nanos: u64) -> u32 {
-        let keyed = self.config.counter_shards.max(1);
-        if level == Level::Key || self.budget_shards <= keyed {
-            return keyed;
-        }
-        let min_share = budget::usd_to_nanos(self.config.budget_shard_min_usd).max(1);
-        if cap_nanos / u64::from(self.budget_shards) >= min_share {
-            self.budget_shards
-        } else {
-            keyed
-        }
-    }
-
-    /// At most once a minute per process: warn about spending caps past their soft
-    /// threshold. Called on the request path (no timer survives between Lambda invocations);
-    /// the check follows the answer ([`crate::invocation::after_response`]: spawned in
-    /// `sluice serve`, awaited before a Lambda invocation ends). Giving back abandoned
-    /// reservations is housekeeping's ([`crate::housekeeping`]): on DynamoDB it reads an
-    /// index, which one scheduled function does, not every warm environment.
-    pub fn warn_soft_thresholds_if_due(self: &Arc<Self>) {
-        let now = self.clock.now_ms();
-        let due = self.maintenance_due_ms.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .maintenance_due_ms
-                .compare_exchange(
-                    due,
-                    now + MAINTENANCE_EVERY_MS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let limiter = Arc::clone(self);
-        crate::invocation::after_response(async move {
-            if let Err(e) = limiter.check_soft_thresholds().await {
-                tracing::warn!(target: "sluice::limits", error = %e, "soft-threshold check failed");
-            }
-        });
     }
 
     /// The configured limits of a tenant, if any.
@@ -363,16 +315,6 @@ impl Limiter {
             shards,
             whole: limit,
         })
-    }
-
-    /// Whether any spending cap applies to the subject's requests.
-    pub fn budget_applies(&self, subject: &Subject<'_>) -> bool {
-        subject.key_limits.budget_usd.is_some()
-            || self
-                .tenants
-                .get(subject.tenant)
-                .is_some_and(|t| t.budget_usd.is_some())
-            || self.config.global_budget_usd.is_some()
     }
 
     /// Admits a request that will call a provider: one more request and `ask.tokens` tokens
@@ -607,65 +549,6 @@ impl Limiter {
         Ok(released)
     }
 
-    /// Logs a warning event, once per period, for every recently used spending cap past the
-    /// soft threshold (`limits.soft_threshold`). Returns the caps warned about now.
-    pub async fn check_soft_thresholds(&self) -> Result<Vec<String>, StoreError> {
-        let watched: Vec<(String, u64, Level)> = self
-            .watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        if watched.is_empty() {
-            return Ok(Vec::new());
-        }
-        let counters: Vec<(String, CounterField)> = watched
-            .iter()
-            .map(|(c, _, _)| (c.clone(), CounterField::Spent))
-            .collect();
-        let spent = self.store.read_counters(&counters).await?;
-        let mut warned = Vec::new();
-        for ((counter, cap, level), spent) in watched.into_iter().zip(spent) {
-            if (spent as f64) < cap as f64 * self.config.soft_threshold {
-                continue;
-            }
-            let expires = self.clock.now_ms() + 40 * 86_400_000;
-            // Once per cap, not per shard: a sharded cap warns when its first shard passes
-            // the threshold of its share (requests spread evenly, so the others are close).
-            let cap_counter = counter
-                .rsplit_once(':')
-                .map_or(counter.as_str(), |(c, _)| c);
-            if self
-                .store
-                .mark_once(&format!("soft:{cap_counter}"), expires)
-                .await?
-            {
-                tracing::warn!(
-                    target: "sluice::limits",
-                    event = "budget_soft_threshold",
-                    level = level.as_str(),
-                    counter = %counter,
-                    spent_usd = spent as f64 / 1e9,
-                    cap_usd = cap as f64 / 1e9,
-                    threshold = self.config.soft_threshold,
-                    "spend passed the soft threshold of a cap"
-                );
-                warned.push(counter);
-            }
-        }
-        Ok(warned)
-    }
-
-    fn watch(&self, plan: &Plan) {
-        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        for (inc, meta) in plan.increments.iter().zip(&plan.meta) {
-            if meta.kind == LimitKind::Budget && watched.len() < 10_000 {
-                let cap = crate::num::to_u64(inc.at_most.unwrap_or(0));
-                watched.insert((inc.counter.clone(), cap, meta.level));
-            }
-        }
-    }
-
     /// The plan of increments for one shard.
     async fn plan(
         &self,
@@ -763,30 +646,6 @@ impl Limiter {
         Ok(plan)
     }
 
-    /// The spending caps that apply to the subject: level, counter scope, USD, period.
-    fn caps(&self, subject: &Subject<'_>) -> Vec<(Level, String, f64, BudgetPeriod)> {
-        let mut caps = Vec::new();
-        if let (Some(usd), Some(p)) = (
-            subject.key_limits.budget_usd,
-            subject.key_limits.budget_period,
-        ) {
-            caps.push((Level::Key, format!("key:{}", subject.key_id), usd, p));
-        }
-        let tenant = self.tenants.get(subject.tenant);
-        if let Some((usd, p)) = tenant.and_then(|t| t.budget_usd.zip(t.period)) {
-            caps.push((Level::Tenant, format!("tenant:{}", subject.tenant), usd, p));
-        }
-        if let Some(usd) = self.config.global_budget_usd {
-            caps.push((
-                Level::Gateway,
-                "global".to_owned(),
-                usd,
-                self.config.global_period,
-            ));
-        }
-        caps
-    }
-
     /// The most shards any counter of the subject's request has: how many attempts it takes
     /// to try every shard of each.
     fn most_shards(&self, subject: &Subject<'_>, ask: Option<Ask>) -> u32 {
@@ -845,120 +704,6 @@ impl Limiter {
             .map(|id| cache.1.get(id).copied().unwrap_or(0))
             .collect())
     }
-
-    /// Current standing of every limit that applies to the subject, for `/v1/usage` (without
-    /// the gateway level) and `/admin/usage` (with it).
-    pub async fn usage(
-        &self,
-        subject: &Subject<'_>,
-        gateway: GatewayLevel,
-    ) -> Result<Value, StoreError> {
-        let now = self.clock.now_ms();
-        let (w, elapsed) = window::position(now);
-        let shards = self.config.counter_shards.max(1);
-        let tenant = self.tenants.get(subject.tenant);
-        let mut levels = serde_json::Map::new();
-        let key_scope = format!("key:{}", subject.key_id);
-        let tenant_scope = format!("tenant:{}", subject.tenant);
-        let global = self
-            .config
-            .global_budget_usd
-            .filter(|_| gateway == GatewayLevel::Shown)
-            .map(|usd| (usd, self.config.global_period));
-        for (level, scope, rpm, tpm, cap) in [
-            (
-                Level::Key,
-                Some(&key_scope),
-                subject.key_limits.rpm,
-                subject.key_limits.tpm,
-                subject
-                    .key_limits
-                    .budget_usd
-                    .zip(subject.key_limits.budget_period),
-            ),
-            (
-                Level::Tenant,
-                Some(&tenant_scope),
-                tenant.and_then(|t| t.rpm),
-                tenant.and_then(|t| t.tpm),
-                tenant.and_then(|t| t.budget_usd.zip(t.period)),
-            ),
-            (Level::Gateway, None, None, None, global),
-        ] {
-            let mut entry = serde_json::Map::new();
-            for (name, metric, limit) in [
-                ("rpm", rate::Metric::Requests, rpm),
-                ("tpm", rate::Metric::Tokens, tpm),
-            ] {
-                let (Some(limit), Some(scope)) = (limit, scope) else {
-                    continue;
-                };
-                let mut counters = Vec::new();
-                for s in 0..shards {
-                    counters.push((
-                        rate::counter_id(scope, metric, w.saturating_sub(1), s),
-                        CounterField::Count,
-                    ));
-                    counters.push((rate::counter_id(scope, metric, w, s), CounterField::Count));
-                }
-                let values = self.store.read_counters(&counters).await?;
-                let used: i64 = values
-                    .chunks(2)
-                    .map(|pair| window::estimate(pair[0], pair[1], elapsed))
-                    .sum();
-                entry.insert(
-                    name.into(),
-                    json!({"limit": limit, "used": used, "remaining": (i64::from(limit) - used).max(0),
-                           "window_s": window::WINDOW_MS / 1000}),
-                );
-            }
-            if let Some((usd, period)) = cap {
-                let scope = scope.map_or("global", String::as_str);
-                let (id, ends) = period::current(period, now);
-                let mut counters = Vec::new();
-                for s in 0..self.budget_shards_of(level, budget::usd_to_nanos(usd)) {
-                    let c = budget::counter_id(scope, &id, s);
-                    counters.push((c.clone(), CounterField::Committed));
-                    counters.push((c, CounterField::Spent));
-                }
-                let values = self.store.read_counters(&counters).await?;
-                let committed: i64 = values.iter().step_by(2).sum();
-                let spent: i64 = values.iter().skip(1).step_by(2).sum();
-                let cap = signed(budget::usd_to_nanos(usd));
-                entry.insert(
-                    "budget".into(),
-                    json!({
-                        "period": period.as_str(),
-                        "period_id": id,
-                        "cap_usd": usd,
-                        "spent_usd": spent as f64 / 1e9,
-                        "reserved_usd": (committed - spent).max(0) as f64 / 1e9,
-                        "remaining_usd": cap.saturating_sub(committed).max(0) as f64 / 1e9,
-                        "resets_at": ends / 1000,
-                    }),
-                );
-            }
-            if !entry.is_empty() {
-                levels.insert(level.as_str().into(), Value::Object(entry));
-            }
-        }
-        Ok(json!({
-            "object": "usage",
-            "key_id": subject.key_id,
-            "tenant": subject.tenant,
-            "limits": levels,
-        }))
-    }
-}
-
-/// Whether a usage report shows the gateway-wide level (`limits.global_budget_usd`). It is
-/// the operator's figure: the admin sees it, a gateway key sees only its key and tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayLevel {
-    /// In the report (`/admin/usage`).
-    Shown,
-    /// Left out (`/v1/usage`).
-    Hidden,
 }
 
 /// An amount as a counter delta. Amounts come from clients (`max_tokens` is any u64): one
