@@ -11,7 +11,7 @@ use super::DynamoStore;
 use super::codec::{
     Item, MAX_BLOB_BYTES, corrupt, get_blob, get_n, get_s, n, opt_s, put_blob, s, ttl_secs,
 };
-use super::error::{build, is_condition_failure, sdk};
+use super::error::{build, is_condition_failure, sdk, service_error};
 use crate::store::{
     CacheKey, CacheStore, CachedResponse, Flight, FlightBegin, FlightPoll, StoreError,
 };
@@ -112,7 +112,7 @@ impl CacheStore for DynamoStore {
                     .ok_or_else(|| corrupt("flight marker missing on conflict"))?;
                 Ok(FlightBegin::Following(flight_from_item(old)?))
             }
-            other => Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+            other => Err(service_error(other)),
         }
     }
 

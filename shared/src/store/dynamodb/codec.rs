@@ -72,7 +72,7 @@ pub(super) fn put_blob(item: &mut Item, name: &str, bytes: &[u8]) -> Result<usiz
         z.write_all(bytes)
             .and_then(|()| z.finish())
             .map(|d| (d, Some("deflate")))
-            .map_err(|e| StoreError::Backend(format!("deflate: {e}")))?
+            .map_err(|e| StoreError::backend_from(format!("deflate: {e}"), e))?
     } else {
         (bytes.to_vec(), None)
     };

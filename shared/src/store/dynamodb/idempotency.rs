@@ -9,7 +9,7 @@ use super::DynamoStore;
 use super::codec::{
     Item, MAX_BLOB_BYTES, corrupt, get_blob, get_n, get_s, n, put_blob, s, ttl_secs,
 };
-use super::error::sdk;
+use super::error::{sdk, service_error};
 use crate::store::{IdempotencyBegin, IdempotencyStore, StoreError, StoredResponse};
 
 #[async_trait]
@@ -67,7 +67,7 @@ impl IdempotencyStore for DynamoStore {
                 }
                 Ok(IdempotencyBegin::InProgress)
             }
-            other => Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+            other => Err(service_error(other)),
         }
     }
 

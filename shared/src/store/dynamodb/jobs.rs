@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 use super::codec::{
     Item, MAX_BLOB_BYTES, corrupt, get_blob, get_n, get_s, n, opt_n, opt_s, put_blob, s, ttl_secs,
 };
-use super::error::{build, is_condition_failure, sdk};
+use super::error::{build, is_condition_failure, sdk, service_error};
 use super::{DynamoStore, INDEX_SHARDS, OPEN_JOBS_INDEX, index_shard};
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use crate::providers::Endpoint;
@@ -176,7 +176,7 @@ impl JobStore for DynamoStore {
                         }
                     })
                 }
-                other => Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+                other => Err(service_error(other)),
             },
             Err(e) => Err(sdk(e)),
         }
@@ -305,8 +305,8 @@ impl JobStore for DynamoStore {
             // The hold is gone: again, with the real usage alone.
             Some(reasons) if failed(&reasons, 1) => {}
             Some(_) => {
-                return Err(StoreError::Backend(
-                    "DynamoDB: finish transaction cancelled".into(),
+                return Err(StoreError::backend(
+                    "DynamoDB: finish transaction cancelled",
                 ));
             }
         }
@@ -315,8 +315,8 @@ impl JobStore for DynamoStore {
         match self.transact(items).await? {
             None => Ok(true),
             Some(reasons) if failed(&reasons, 0) => Ok(false),
-            Some(_) => Err(StoreError::Backend(
-                "DynamoDB: finish transaction cancelled".into(),
+            Some(_) => Err(StoreError::backend(
+                "DynamoDB: finish transaction cancelled",
             )),
         }
     }

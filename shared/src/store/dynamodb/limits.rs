@@ -2,6 +2,7 @@
 //! `mark#` items of the limits table, written in `TransactWriteItems`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -12,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::codec::{Item, corrupt, get_n, get_s, n, opt_n, s, ttl_secs};
-use super::error::{build, sdk};
+use super::error::{THROTTLED_CANCELLATIONS, build, sdk, service_error};
 use super::{DynamoStore, HOLDS_INDEX, INDEX_SHARDS, index_shard};
 use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, StoreError};
 
@@ -127,19 +128,31 @@ impl DynamoStore {
                     let failed = reasons
                         .iter()
                         .any(|(c, _)| c.as_deref() == Some("ConditionalCheckFailed"));
+                    let throttled = reasons.iter().any(|(c, _)| {
+                        c.as_deref()
+                            .is_some_and(|c| THROTTLED_CANCELLATIONS.contains(&c))
+                    });
+                    if throttled && !failed {
+                        return Err(StoreError::throttled(
+                            format!("DynamoDB: {t}"),
+                            Some(Arc::new(
+                                TransactWriteItemsError::TransactionCanceledException(t),
+                            )),
+                        ));
+                    }
                     if failed || !conflict {
                         return Ok(Some(reasons));
                     }
                 }
                 TransactWriteItemsError::TransactionInProgressException(_) => {}
-                other => return Err(StoreError::Backend(format!("DynamoDB: {other}"))),
+                other => return Err(service_error(other)),
             }
             let backoff = 5u64 << attempt.min(5);
             let jitter = rand::random_range(0..=backoff);
             tokio::time::sleep(std::time::Duration::from_millis(backoff + jitter)).await;
         }
-        Err(StoreError::Backend(
-            "DynamoDB: limits transaction kept conflicting".into(),
+        Err(StoreError::backend(
+            "DynamoDB: limits transaction kept conflicting",
         ))
     }
 }
@@ -202,7 +215,7 @@ impl LimitStore for DynamoStore {
             item.insert(
                 "undo".into(),
                 s(serde_json::to_string(&hold.undo)
-                    .map_err(|e| StoreError::Backend(e.to_string()))?),
+                    .map_err(|e| StoreError::backend_from(e.to_string(), e))?),
             );
             item.insert("expires_at_ms".into(), n(hold.expires_at_ms));
             item.insert("hold_shard".into(), s(index_shard(&hold.id)));
@@ -235,9 +248,7 @@ impl LimitStore for DynamoStore {
                 return Ok(Applied::Stale { index });
             }
             let Some((_, idxs)) = groups.get(g) else {
-                return Err(StoreError::Backend(
-                    "DynamoDB: reservation id collision".into(),
-                ));
+                return Err(StoreError::backend("DynamoDB: reservation id collision"));
             };
             // The old item came back with the failure: the refusal needs no second read.
             let index = idxs
@@ -260,8 +271,8 @@ impl LimitStore for DynamoStore {
                 .map(|v| v.unwrap_or(0));
             return Ok(Applied::Refused { index, current });
         }
-        Err(StoreError::Backend(
-            "DynamoDB: limits transaction cancelled without a failed condition".into(),
+        Err(StoreError::backend(
+            "DynamoDB: limits transaction cancelled without a failed condition",
         ))
     }
 
@@ -287,8 +298,8 @@ impl LimitStore for DynamoStore {
             {
                 Ok(false)
             }
-            Some(_) => Err(StoreError::Backend(
-                "DynamoDB: settle transaction cancelled".into(),
+            Some(_) => Err(StoreError::backend(
+                "DynamoDB: settle transaction cancelled",
             )),
         }
     }

@@ -128,7 +128,7 @@ impl MetricsStore for DynamoStore {
                         code.as_deref() == Some("ConditionalCheckFailed")
                     }) => {}
                 Some(reasons) => {
-                    return Err(StoreError::Backend(format!(
+                    return Err(StoreError::backend(format!(
                         "DynamoDB: rollup transaction cancelled: {:?}",
                         reasons.iter().map(|(c, _)| c).collect::<Vec<_>>()
                     )));

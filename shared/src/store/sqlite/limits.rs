@@ -90,7 +90,7 @@ impl LimitStore for SqliteStore {
             }
             if let Some(hold) = &hold {
                 let undo = serde_json::to_string(&hold.undo)
-                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    .map_err(|e| StoreError::backend_from(e.to_string(), e))?;
                 c.execute(
                     "INSERT INTO limit_holds (id, undo, expires_at_ms) VALUES (?1, ?2, ?3)",
                     params![hold.id, undo, to_i64(hold.expires_at_ms)],

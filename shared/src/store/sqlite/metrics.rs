@@ -72,7 +72,7 @@ impl MetricsStore for SqliteStore {
                 let mut total = existing.map(|r| r.rollup).unwrap_or_default();
                 total.merge(&row.rollup);
                 let latency = serde_json::to_string(&total.latency)
-                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    .map_err(|e| StoreError::backend_from(e.to_string(), e))?;
                 let counters = total.counters().map(|(_, v)| to_i64(v));
                 c.execute(
                     &format!(

@@ -147,7 +147,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(backend)?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "database schema version {version} is newer than this build ({SCHEMA_VERSION})"
         )));
     }

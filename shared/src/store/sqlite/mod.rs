@@ -33,7 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use checkpoint::checkpoint_loop;
-use error::backend;
+pub(crate) use error::backend;
 use migrations::migrate;
 use writer::{WriteJob, in_savepoint, writer_loop};
 
@@ -99,7 +99,7 @@ impl SqliteStore {
             std::thread::Builder::new()
                 .name("sluice-sqlite-checkpoint".into())
                 .spawn(move || checkpoint_loop(checkpointer, stop_rx))
-                .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
+                .map_err(|e| StoreError::backend(format!("cannot start the checkpointer: {e}")))?;
         }
         let readers = if path == ":memory:" {
             Vec::new()
@@ -112,7 +112,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sluice-sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, jobs))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 writer,
@@ -144,7 +144,7 @@ impl SqliteStore {
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("store task failed: {e}")))?
     }
 
     /// Runs a write atomically on the writer thread; resolves once it is committed.
@@ -167,8 +167,8 @@ impl SqliteStore {
         self.inner
             .writer
             .send(job)
-            .map_err(|_| StoreError::Backend("the SQLite writer thread has stopped".into()))?;
+            .map_err(|_| StoreError::backend("the SQLite writer thread has stopped"))?;
         rx.await
-            .map_err(|_| StoreError::Backend("the SQLite writer dropped a write".into()))?
+            .map_err(|_| StoreError::backend("the SQLite writer dropped a write"))?
     }
 }
