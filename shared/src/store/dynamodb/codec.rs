@@ -1,5 +1,10 @@
 //! The attribute codec: typed reads and writes of item attributes, and large bodies stored
 //! deflated.
+//!
+//! Hand-written rather than `serde_dynamo`: items carry key prefixes, index shards, TTL
+//! seconds and deflated bodies that are not fields of the domain types, and most writes are
+//! `UpdateItem` expressions that name attributes one by one, so a serde mapping would add an
+//! item struct per port beside the domain type without removing these helpers.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
