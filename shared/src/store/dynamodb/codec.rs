@@ -20,7 +20,7 @@ pub(super) type Item = HashMap<String, AttributeValue>;
 /// DynamoDB's item size limit is 400 KB; leave room for the other attributes.
 pub(super) const MAX_BLOB_BYTES: usize = 380 * 1024;
 /// Bodies above this are deflated before storing.
-pub(super) const DEFLATE_ABOVE: usize = 1024;
+const DEFLATE_ABOVE: usize = 1024;
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())

@@ -15,7 +15,7 @@ use crate::store::{
 };
 
 /// How often (in cache writes) expired entries are swept out.
-pub(super) const PURGE_EVERY_PUTS: usize = 512;
+const PURGE_EVERY_PUTS: usize = 512;
 
 #[async_trait]
 impl CacheStore for SqliteStore {
@@ -173,7 +173,7 @@ impl CacheStore for SqliteStore {
     }
 }
 
-pub(super) fn flight_row(c: &Connection, digest: &[u8; 32]) -> Result<Option<Flight>, StoreError> {
+fn flight_row(c: &Connection, digest: &[u8; 32]) -> Result<Option<Flight>, StoreError> {
     c.prepare_cached(
         "SELECT token, started_at_ms, lease_until_ms FROM cache_flights WHERE digest = ?1",
     )

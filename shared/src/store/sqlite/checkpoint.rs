@@ -9,9 +9,9 @@ use super::error::backend;
 use crate::store::StoreError;
 
 /// How often the background checkpointer copies the WAL into the database.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL frames (one page each, 4 KiB) past which the checkpointer also resets the WAL.
-pub(super) const WAL_RESET_FRAMES: i64 = 4096;
+const WAL_RESET_FRAMES: i64 = 4096;
 
 /// Checkpoints the WAL in the background until the store is dropped.
 pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
@@ -28,7 +28,7 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 /// grows without bound (11 GB in a 10-minute soak, with the wal-index mapped into memory
 /// growing alongside). TRUNCATE waits (busy handler) for the readers of the moment, holds off
 /// writers for that instant, and empties the file. Returns the WAL's frames before.
-pub(super) fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
+fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     let frames: i64 = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
         .map_err(backend)?;

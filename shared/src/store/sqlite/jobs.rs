@@ -12,7 +12,7 @@ use crate::num::{to_i64, to_u16, to_u32, to_u64};
 use crate::providers::Endpoint;
 use crate::store::{JobStore, Settlement, StoreError};
 
-pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
     let endpoint: String = row.get("endpoint")?;
     let status: String = row.get("status")?;
     let (Some(endpoint), Some(status)) = (Endpoint::parse(&endpoint), JobStatus::parse(&status))
@@ -59,7 +59,7 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<J
     }))
 }
 
-pub(super) fn job_by_id(c: &Connection, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError> {
+fn job_by_id(c: &Connection, id: &str, now_ms: u64) -> Result<Option<Job>, StoreError> {
     c.prepare_cached("SELECT * FROM jobs WHERE id = ?1 AND expires_at_ms > ?2")
         .map_err(backend)?
         .query_row(params![id, to_i64(now_ms)], job_from_row)

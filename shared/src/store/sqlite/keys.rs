@@ -9,9 +9,7 @@ use crate::keys::{BudgetPeriod, KeyHash, KeyLimits, KeyRecord};
 use crate::num::{to_i64, to_u64};
 use crate::store::{KeyStore, StoreError};
 
-pub(super) fn key_from_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
     let hash: String = row.get("hash")?;
     let period: Option<String> = row.get("budget_period")?;
     let Some(hash) = KeyHash::from_hex(&hash) else {

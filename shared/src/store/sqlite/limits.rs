@@ -25,11 +25,7 @@ pub(super) fn settle_in(c: &Connection, settle: &Settlement) -> Result<(), Store
     Ok(())
 }
 
-pub(super) fn counter_value(
-    c: &Connection,
-    counter: &str,
-    field: CounterField,
-) -> Result<i64, StoreError> {
+fn counter_value(c: &Connection, counter: &str, field: CounterField) -> Result<i64, StoreError> {
     c.prepare_cached("SELECT value FROM limit_counters WHERE counter = ?1 AND field = ?2")
         .map_err(backend)?
         .query_row(params![counter, field.as_str()], |r| r.get::<_, i64>(0))
@@ -38,7 +34,7 @@ pub(super) fn counter_value(
         .map(|v| v.unwrap_or(0))
 }
 
-pub(super) fn add_to_counter(c: &Connection, inc: &Increment) -> Result<(), StoreError> {
+fn add_to_counter(c: &Connection, inc: &Increment) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO limit_counters (counter, field, value, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (counter, field) DO UPDATE SET value = value + excluded.value,

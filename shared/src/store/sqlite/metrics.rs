@@ -10,13 +10,11 @@ use crate::metrics::{Rollup, RollupKey, RollupRow};
 use crate::num::{to_i64, to_u64};
 use crate::store::{METRICS_MARKER_TTL_MS, MetricsStore, StoreError};
 
-pub(super) const ROLLUP_COLUMNS: &str = "minute, tenant, model, provider, requests, errors_client, \
+const ROLLUP_COLUMNS: &str = "minute, tenant, model, provider, requests, errors_client, \
     errors_rate_limited, errors_upstream, errors_server, cache_hits, fallbacks, tokens_in, \
     tokens_out, cost_nano_usd, latency";
 
-pub(super) fn rollup_from_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<Result<RollupRow, StoreError>> {
+fn rollup_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RollupRow, StoreError>> {
     let key = RollupKey {
         minute: to_u64(row.get::<_, i64>(0)?),
         tenant: row.get(1)?,

@@ -12,9 +12,9 @@ use super::error::backend;
 use crate::store::StoreError;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 8;
 
-pub(super) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
     id            TEXT PRIMARY KEY,
     hash          TEXT NOT NULL UNIQUE,
@@ -186,7 +186,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(super) fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     conn.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [name],
@@ -196,7 +196,7 @@ pub(super) fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreErro
     .map_err(backend)
 }
 
-pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
     let mut stmt = conn
         .prepare(&format!("PRAGMA table_info({table})"))
         .map_err(backend)?;

@@ -9,12 +9,12 @@ use super::error::backend;
 use crate::store::StoreError;
 
 /// Most writes committed together in one transaction.
-pub(super) const MAX_GROUP_COMMIT: usize = 256;
+const MAX_GROUP_COMMIT: usize = 256;
 
 /// A write queued for the writer thread. It runs inside its own savepoint and returns the
 /// function that delivers its result once the enclosing transaction has committed (or failed).
 pub(super) type WriteJob = Box<dyn FnOnce(&Connection) -> Deliver + Send>;
-pub(super) type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
 /// Runs `f` inside a savepoint: its writes are kept if it succeeds and undone if it fails,
 /// without disturbing the other writes of the same group commit.
