@@ -417,7 +417,7 @@ impl Limiter {
                 }
                 Applied::Refused { index, current } => {
                     let Some(meta) = plan.meta.get(index) else {
-                        return Err(StoreError::Backend("refusal names no increment".into()));
+                        return Err(StoreError::backend("refusal names no increment"));
                     };
                     let delta = crate::num::to_u64(plan.increments[index].delta);
                     refusal = Some(explain(meta, current.unwrap_or(0), delta, now));
@@ -433,8 +433,8 @@ impl Limiter {
                     continue;
                 }
                 Applied::Stale { .. } => {
-                    return Err(StoreError::Backend(
-                        "rate window kept changing under the check".into(),
+                    return Err(StoreError::backend(
+                        "rate window kept changing under the check",
                     ));
                 }
             }
