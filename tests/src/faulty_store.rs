@@ -98,9 +98,10 @@ impl Fault {
             Fault::Throttled | Fault::LostAnswer => "ProvisionedThroughputExceededException",
             Fault::ThrottledRequests => "ThrottlingException",
         };
-        StoreError::Backend(format!(
-            "DynamoDB: {name}: injected fault on {op:?} (the request rate is too high)"
-        ))
+        StoreError::throttled(
+            format!("DynamoDB: {name}: injected fault on {op:?} (the request rate is too high)"),
+            None,
+        )
     }
 }
 

@@ -46,7 +46,7 @@ pub struct Outcome {
     /// Cache status.
     pub cache: CacheStatus,
     /// The fallback that answered, for degraded answers.
-    pub fallback: Option<&'static str>,
+    pub fallback: Option<crate::gateway::Fallback>,
     /// Error code, if the request failed.
     pub error: Option<&'static str>,
     /// Whether the request yields a usage event (model routes; not async acceptances,
@@ -147,7 +147,7 @@ pub async fn access_log(
             e.tokens_out = outcome.tokens_out;
             e.cost_nano_usd = outcome.cost_nano_usd;
             e.cache = outcome.cache.as_str().to_owned();
-            e.fallback = outcome.fallback.map(str::to_owned);
+            e.fallback = outcome.fallback.map(|f| f.as_str().to_owned());
         });
     }
     tracing::info!(
@@ -165,7 +165,7 @@ pub async fn access_log(
         tokens_out = outcome.tokens_out,
         cost_usd = outcome.cost_nano_usd as f64 / 1e9,
         cache = outcome.cache.as_str(),
-        fallback = outcome.fallback,
+        fallback = outcome.fallback.map(crate::gateway::Fallback::as_str),
         error = outcome.error,
         request_body = bodies.request.as_deref(),
         response_body = bodies.response.as_deref(),

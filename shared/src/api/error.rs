@@ -363,7 +363,7 @@ fn beyond_capacity(r: &Refusal) -> ApiError {
     let (code, message, param) = match r.kind {
         // The gateway-wide cap is the operator's figure: a key learns that its request is
         // beyond it, not how large it is (see `limited`).
-        LimitKind::Budget if r.level == "gateway" => (
+        LimitKind::Budget if r.level == crate::limits::Level::Gateway => (
             "request_exceeds_budget",
             format!(
                 "This request could cost up to ${:.9} (every prompt byte a token, every choice \
@@ -446,7 +446,7 @@ fn beyond_capacity(r: &Refusal) -> ApiError {
 fn limited(r: &Refusal) -> ApiError {
     // The gateway-wide cap is the operator's figure (`/admin/usage`): a key learns that it
     // was reached and when it resets, not how large it is or what is left of it.
-    let gateway = r.level == "gateway";
+    let gateway = r.level == crate::limits::Level::Gateway;
     let (code, message) = match r.kind {
         LimitKind::Rate => (
             "rate_limit_exceeded",

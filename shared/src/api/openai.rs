@@ -345,7 +345,7 @@ pub(super) fn reply_response(reply: Reply, deployment: Option<&str>) -> Response
         headers.insert("x-sluice-provider", v);
     }
     if let Some(tier) = fallback {
-        headers.insert("x-sluice-fallback", HeaderValue::from_static(tier));
+        headers.insert("x-sluice-fallback", HeaderValue::from_static(tier.as_str()));
     }
     response
 }

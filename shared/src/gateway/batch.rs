@@ -22,12 +22,13 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use super::cache::{self, CacheControl, CacheStatus};
-use super::request::{self, ParsedRequest};
-use super::{Caller, Gateway, GatewayError, Reply, ReplyBody, Trace};
+use super::cache::{self, CacheControl};
+use super::lookup::Coalescing;
+use super::request;
+use super::resolve::Context;
+use super::{Caller, Gateway, GatewayError, Reply, RequestOptions, Trace};
 use crate::limits::Grant;
 use crate::providers::{Endpoint, ProviderError, UpstreamResponse, Usage};
-use crate::store::{CacheKey, CachedResponse};
 use crate::tokens;
 
 /// Most inputs sent in one upstream embeddings request (OpenAI's limit).
@@ -56,7 +57,7 @@ struct Group {
 }
 
 /// A chunk the provider did not answer, with the reason, its jobs not yet settled.
-type Unanswered = (Vec<Pending>, GatewayError);
+type Unanswered<'c> = (Vec<Pending<'c>>, GatewayError);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum InputKind {
@@ -64,16 +65,13 @@ enum InputKind {
     Tokens,
 }
 
-struct Pending {
+/// A job admitted and waiting for its group's upstream call.
+struct Pending<'c> {
     index: usize,
-    request: ParsedRequest,
-    key: Option<CacheKey>,
-    looked_up: bool,
-    store: bool,
-    ttl_s: u64,
+    ctx: Context<'c>,
+    grant: Grant,
     inputs: Vec<Value>,
     trace: Trace,
-    grant: Grant,
 }
 
 /// The input as a list of items (a single string or token list is one item).
@@ -98,115 +96,41 @@ impl Gateway {
         items: Vec<BatchItem>,
         timeout: Duration,
     ) -> Vec<BatchOutcome> {
-        let deadline = crate::invocation::deadline_within(timeout);
         let mut outcomes: Vec<Option<BatchOutcome>> = (0..items.len()).map(|_| None).collect();
-        let mut groups: HashMap<Group, Vec<Pending>> = HashMap::new();
-        let now = self.clock.now_ms();
-        for (index, item) in items.iter().enumerate() {
-            let mut trace = Trace::default();
-            let request = match request::parse(Endpoint::Embeddings, &item.body) {
-                Ok(r) => r,
-                Err(e) => {
-                    outcomes[index] = Some((Err(e.into()), trace));
-                    continue;
-                }
-            };
-            let Some(model) = self.catalog.get(&request.model).cloned() else {
-                let e = GatewayError::UnknownModel(request.model.clone());
-                outcomes[index] = Some((Err(e), trace));
-                continue;
-            };
-            trace.model = Some(model.name.clone());
-            let policy = self.cache_policy(&model, item.cache_control);
-            let key = (policy.lookup || policy.store).then(|| {
-                cache::cache_key(
-                    &item.caller.tenant,
-                    Endpoint::Embeddings,
-                    &model.name,
-                    &request.body,
-                )
-            });
-            if let (true, Some(key)) = (policy.lookup, &key) {
-                match self.cache.get(key, now).await {
-                    Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
-                        let reply = Reply {
-                            body: ReplyBody::Json(entry.body),
-                            cache: CacheStatus::Hit,
-                            usage: Usage::default(),
-                            cost_nano_usd: 0,
-                            fallback: None,
-                            settlement: None,
-                        };
-                        outcomes[index] = Some((Ok(reply), trace));
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cache lookup failed; calling provider"),
-                }
+        // Every job through resolve, lookup and admit at once, each against its own key's and
+        // tenant's limits; those answered there (a hit, a refusal, `on_limit`) are done.
+        let prepared = join_all(
+            items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| self.prepare(index, item, timeout)),
+        )
+        .await;
+        let mut groups: HashMap<Group, Vec<Pending<'_>>> = HashMap::new();
+        for prepared in prepared {
+            match prepared {
+                Ok((group, pending)) => groups.entry(group).or_default().push(pending),
+                Err((index, outcome)) => outcomes[index] = Some(outcome),
             }
-            // Each job is admitted against its own key's and tenant's limits.
-            let ask = match self.ask(&model, &request, &item.caller.subject()) {
-                Ok((ask, _)) => ask,
-                Err(e) => {
-                    outcomes[index] = Some((Err(e), trace));
-                    continue;
-                }
-            };
-            let grant = match self.limiter.admit(&item.caller.subject(), ask).await {
-                Ok(Ok(grant)) => grant,
-                Ok(Err(refusal)) => {
-                    outcomes[index] = Some((Err(GatewayError::Limited(refusal)), trace));
-                    continue;
-                }
-                Err(e) => {
-                    outcomes[index] = Some((Err(e.into()), trace));
-                    continue;
-                }
-            };
-            let (inputs, kind) = split_input(request.body.get("input").unwrap_or(&Value::Null));
-            let mut params = request.body.clone();
-            params.remove("input");
-            let group = Group {
-                tenant: item.caller.tenant.clone(),
-                model: model.name.clone(),
-                params: cache::canonical_json(&Value::Object(params)),
-                kind,
-            };
-            groups.entry(group).or_default().push(Pending {
-                index,
-                request,
-                key,
-                looked_up: policy.lookup,
-                store: policy.store,
-                ttl_s: policy.ttl_s,
-                inputs,
-                trace,
-                grant,
-            });
         }
-        let mut chunks: Vec<(String, Vec<Pending>)> = Vec::new();
-        for (group, pending) in groups {
-            let mut chunk: Vec<Pending> = Vec::new();
+        let mut chunks: Vec<Vec<Pending<'_>>> = Vec::new();
+        for pending in groups.into_values() {
+            let mut chunk: Vec<Pending<'_>> = Vec::new();
             let mut count = 0;
             for p in pending {
                 if count + p.inputs.len() > MAX_INPUTS_PER_CALL && !chunk.is_empty() {
-                    chunks.push((group.model.clone(), std::mem::take(&mut chunk)));
+                    chunks.push(std::mem::take(&mut chunk));
                     count = 0;
                 }
                 count += p.inputs.len();
                 chunk.push(p);
             }
             if !chunk.is_empty() {
-                chunks.push((group.model, chunk));
+                chunks.push(chunk);
             }
         }
         // Chunks of different tenants and models are independent calls: send them together.
-        let answered = join_all(
-            chunks
-                .iter_mut()
-                .map(|(model, chunk)| self.answer_chunk(model, std::mem::take(chunk), deadline)),
-        )
-        .await;
+        let answered = join_all(chunks.into_iter().map(|chunk| self.answer_chunk(chunk))).await;
         for (index, outcome) in answered.into_iter().flatten() {
             outcomes[index] = Some(outcome);
         }
@@ -227,15 +151,67 @@ impl Gateway {
             .collect()
     }
 
+    /// One job through resolve, lookup and admit, as [`Gateway::handle`] runs them (stored
+    /// answers admitted too, refusals to `on_limit`), except that it never waits for an
+    /// identical request: identical jobs here go up in the same call. `Err` is the job's
+    /// outcome when it needs no upstream call.
+    async fn prepare<'c>(
+        &self,
+        index: usize,
+        item: &'c BatchItem,
+        timeout: Duration,
+    ) -> Result<(Group, Pending<'c>), (usize, BatchOutcome)> {
+        let mut trace = Trace::default();
+        let request = match request::parse(Endpoint::Embeddings, &item.body) {
+            Ok(request) => request,
+            Err(e) => return Err((index, (Err(e.into()), trace))),
+        };
+        let options = RequestOptions {
+            cache: item.cache_control,
+            timeout: Some(timeout),
+            // The processor writes each job's spend with its result.
+            defer_settlement: true,
+        };
+        let mut ctx = match self.resolve(&item.caller, request, options, false, &mut trace) {
+            Ok(ctx) => ctx,
+            Err(e) => return Err((index, (Err(e), trace))),
+        };
+        if let Some(stored) = self.lookup(&mut ctx, Coalescing::Skip).await {
+            let result = self.serve_stored(ctx, stored, &mut trace).await;
+            return Err((index, (result, trace)));
+        }
+        let admitted = match self.admit(&ctx).await {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(refusal)) => {
+                let stale = ctx.stale.take();
+                let result = self.over_limit(ctx, refusal, stale, &mut trace).await;
+                return Err((index, (result, trace)));
+            }
+            Err(e) => return Err((index, (Err(e), trace))),
+        };
+        let (inputs, kind) = split_input(ctx.request.body.get("input").unwrap_or(&Value::Null));
+        let mut params = ctx.request.body.clone();
+        params.remove("input");
+        let group = Group {
+            tenant: item.caller.tenant.clone(),
+            model: ctx.model.name.clone(),
+            params: cache::canonical_json(&Value::Object(params)),
+            kind,
+        };
+        let pending = Pending {
+            index,
+            ctx,
+            grant: admitted.grant,
+            inputs,
+            trace,
+        };
+        Ok((group, pending))
+    }
+
     /// Answers one chunk. When the provider refuses the combined call as invalid, each job
     /// is sent again on its own: one job's input must not fail, or be quoted in, another's.
-    async fn answer_chunk(
-        &self,
-        model_name: &str,
-        chunk: Vec<Pending>,
-        deadline: Instant,
-    ) -> Vec<(usize, BatchOutcome)> {
-        match self.send_chunk(model_name, chunk, deadline).await {
+    async fn answer_chunk(&self, chunk: Vec<Pending<'_>>) -> Vec<(usize, BatchOutcome)> {
+        match self.send_chunk(chunk).await {
             Ok(answers) => answers,
             Err((chunk, error)) if chunk.len() > 1 && rejects_request(&error) => {
                 tracing::info!(
@@ -243,7 +219,7 @@ impl Gateway {
                     "the provider refused a batched call as invalid; sending its jobs one by one"
                 );
                 let alone = join_all(chunk.into_iter().map(|p| async move {
-                    match self.send_chunk(model_name, vec![p], deadline).await {
+                    match self.send_chunk(vec![p]).await {
                         Ok(answers) => answers,
                         Err((chunk, error)) => self.fail_chunk(chunk, &error).await,
                     }
@@ -255,10 +231,11 @@ impl Gateway {
         }
     }
 
-    /// The same failure for every job of a chunk; their reservations are given back.
+    /// The same failure for every job of a chunk: their reservations are given back, and each
+    /// job gets the ladder's last tiers (a stale answer) as a request of its own would.
     async fn fail_chunk(
         &self,
-        chunk: Vec<Pending>,
+        chunk: Vec<Pending<'_>>,
         error: &GatewayError,
     ) -> Vec<(usize, BatchOutcome)> {
         let deployment = match error {
@@ -271,25 +248,26 @@ impl Gateway {
         for mut p in chunk {
             self.settle(p.grant, 0, 0).await;
             p.trace.deployment = deployment.clone();
-            failed.push((p.index, (Err(clone_error(error)), p.trace)));
+            let result = self.last_resorts(p.ctx, clone_error(error), &mut p.trace);
+            failed.push((p.index, (result, p.trace)));
         }
         failed
     }
 
-    /// One upstream call for the chunk, split back into one answer per job; on failure the
-    /// chunk comes back unsettled with the reason, for [`Gateway::answer_chunk`] to decide.
-    async fn send_chunk(
+    /// Stage 4 for a chunk: one upstream call, split back into one answer per job and each
+    /// recorded; on failure the chunk comes back unsettled with the reason, for
+    /// [`Gateway::answer_chunk`] to decide.
+    async fn send_chunk<'c>(
         &self,
-        model_name: &str,
-        chunk: Vec<Pending>,
-        deadline: Instant,
-    ) -> Result<Vec<(usize, BatchOutcome)>, Unanswered> {
-        let Some(model) = self.catalog.get(model_name).cloned() else {
-            return Err((chunk, GatewayError::UnknownModel(model_name.to_owned())));
+        chunk: Vec<Pending<'c>>,
+    ) -> Result<Vec<(usize, BatchOutcome)>, Unanswered<'c>> {
+        let Some(first) = chunk.first() else {
+            return Ok(Vec::new());
         };
+        let model = std::sync::Arc::clone(&first.ctx.model);
         // A lone request goes upstream as sent and its answer comes back byte for byte.
         let single = chunk.len() == 1;
-        let mut body = chunk[0].request.body.clone();
+        let mut body = first.ctx.request.body.clone();
         let all: Vec<Value> = chunk
             .iter()
             .flat_map(|p| p.inputs.iter().cloned())
@@ -299,6 +277,11 @@ impl Gateway {
             body.insert("input".into(), Value::Array(all));
         }
         let tokens = chunk.iter().map(|p| estimate(&p.inputs)).sum();
+        let deadline = chunk
+            .iter()
+            .map(|p| p.ctx.deadline)
+            .min()
+            .unwrap_or_else(Instant::now);
         // The same routing as a single request: deployments in order, retries, fallbacks.
         let call = super::routing::Call {
             endpoint: Endpoint::Embeddings,
@@ -309,28 +292,21 @@ impl Gateway {
             deadline,
         };
         let answered = self.call_providers(&model, call).await;
-        let deployment = answered
-            .as_ref()
-            .map(|a| a.deployment.clone())
-            .unwrap_or_default();
-        let split = answered.and_then(|a| {
-            let price = a.model.price;
-            match a.response {
-                UpstreamResponse::Complete { body, usage, .. } => {
-                    parse_embeddings(&body, total_inputs, usage)
-                        .map(|parts| (body, parts, price))
-                        .map_err(|error| GatewayError::Upstream {
-                            deployment: a.deployment.clone(),
-                            error,
-                        })
-                }
-                UpstreamResponse::Stream { .. } => Err(GatewayError::Upstream {
-                    deployment: a.deployment.clone(),
-                    error: ProviderError::Malformed("unexpected stream".into()),
-                }),
+        let split = answered.and_then(|a| match a.response {
+            UpstreamResponse::Complete { body, usage, .. } => {
+                parse_embeddings(&body, total_inputs, usage)
+                    .map(|parts| (body, parts, a.model.price, a.deployment.clone(), a.tier))
+                    .map_err(|error| GatewayError::Upstream {
+                        deployment: a.deployment.clone(),
+                        error,
+                    })
             }
+            UpstreamResponse::Stream { .. } => Err(GatewayError::Upstream {
+                deployment: a.deployment.clone(),
+                error: ProviderError::Malformed("unexpected stream".into()),
+            }),
         });
-        let (raw, (data, upstream_model, usage), price) = match split {
+        let (raw, (data, upstream_model, usage), price, deployment, tier) = match split {
             Ok(parts) => parts,
             Err(error) => return Err((chunk, error)),
         };
@@ -345,9 +321,8 @@ impl Gateway {
                 .map(|p| estimate(&p.inputs))
                 .collect::<Vec<_>>(),
         );
-        let now = self.clock.now_ms();
         let mut data = data.into_iter();
-        let mut answers = Vec::with_capacity(chunk.len());
+        let mut parts = Vec::with_capacity(chunk.len());
         for (mut p, share) in chunk.into_iter().zip(shares) {
             p.trace.deployment = Some(deployment.clone());
             let mine: Vec<Value> = data
@@ -370,41 +345,18 @@ impl Gateway {
                 });
                 Bytes::from(answer.to_string())
             };
-            if let (true, Some(key)) = (p.store, &p.key)
-                && bytes.len() <= self.cache_config.max_entry_bytes
-            {
-                let expires_at_ms = now.saturating_add(p.ttl_s.saturating_mul(1000));
-                let entry = CachedResponse {
-                    body: bytes.clone(),
-                    created_at_ms: now,
-                    expires_at_ms,
-                    purge_at_ms: expires_at_ms
-                        .saturating_add(self.cache_config.stale_keep_s.saturating_mul(1000)),
-                };
-                if let Err(e) = self.cache.put(key, &entry).await {
-                    tracing::warn!(error = %e, "cache store failed; answer not cached");
-                }
-            }
-            let usage = Usage::plain(share, 0);
-            // Recorded by the processor in the same write as the job's result.
-            let settlement = self
-                .limiter
-                .settlement(&p.grant, share, price.cost_nano_usd(&usage));
-            let reply = Reply {
-                body: ReplyBody::Json(bytes),
-                cache: if p.looked_up {
-                    CacheStatus::Miss
-                } else {
-                    CacheStatus::Bypass
-                },
-                usage,
-                cost_nano_usd: price.cost_nano_usd(&usage),
-                fallback: None,
-                settlement,
-            };
-            answers.push((p.index, (Ok(reply), p.trace)));
+            parts.push((p, bytes, Usage::plain(share, 0)));
         }
-        Ok(answers)
+        // Stage 5 for each job: its cache entry, and its spend as its reply's settlement
+        // (recorded by the processor in the same write as the job's result).
+        let recorded = join_all(parts.into_iter().map(|(p, bytes, usage)| async move {
+            let reply = self
+                .record_answer(p.ctx, p.grant, bytes, usage, price, tier)
+                .await;
+            (p.index, (Ok(reply), p.trace))
+        }))
+        .await;
+        Ok(recorded)
     }
 }
 

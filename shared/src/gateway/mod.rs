@@ -1,16 +1,38 @@
-//! The request pipeline: validate → resolve model → cache → coalesce identical misses
-//! (`coalesce`) → pick deployment → provider → price → store → answer. Hosting-agnostic: the HTTP layer calls [`Gateway::handle`] with an
-//! authenticated [`Caller`]; the same code serves `sluice serve` and the Lambda functions.
+//! The request pipeline, in named stages over one request [`resolve::Context`]:
+//!
+//! 1. **resolve** ([`resolve`]): the model, the cache policy and key, the deadline;
+//! 2. **lookup** ([`lookup`]): a fresh cache entry, or an identical request's answer
+//!    ([`coalesce`]);
+//! 3. **admit** ([`admit`]): rate limits and spending caps, the model's `on_limit` on a
+//!    refusal — for stored answers too;
+//! 4. **call** ([`routing`]): deployments in routing order with retries, then fallback
+//!    models; the ladder's last tiers when none answers ([`fallback`]);
+//! 5. **record** ([`record`]): the cache entry, the settlement, the waiting requests served.
+//!
+//! [`Gateway::handle`] runs them in that order for one request (a stream records when it ends,
+//! [`stream`]); async jobs run the same with their settlement deferred to the job's own write;
+//! the embeddings micro-batch ([`batch`]) runs resolve, lookup and admit per job and replaces
+//! only the call (one upstream call for many jobs, split back) before recording each.
+//! Hosting-agnostic: the HTTP layer calls [`Gateway::handle`] with an authenticated
+//! [`Caller`]; the same code serves `sluice serve` and the Lambda functions.
 
+mod admit;
 pub mod batch;
 pub mod batch_api;
 pub mod cache;
 pub mod catalog;
 pub mod coalesce;
+pub mod fallback;
+mod lookup;
+mod record;
 pub mod request;
+mod resolve;
 pub mod response_cache;
 pub mod routing;
 pub mod stream;
+
+pub use fallback::Fallback;
+pub use record::CacheTarget;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +43,14 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::config::{CacheConfig, Config, OnLimit, RoutingConfig};
 use crate::keys::KeyLimits;
-use crate::limits::{Ask, Grant, Limiter, Refusal, Subject};
-use crate::providers::{Endpoint, ProviderError, UpstreamResponse, Usage};
-use crate::store::{CachedResponse, Settlement, SharedStore, StoreError};
-use crate::tokens;
+use crate::limits::{Ask, Limiter, Refusal, Subject};
+use crate::providers::{Endpoint, ProviderError, Usage};
+use crate::store::{Settlement, SharedStore, StoreError};
 use cache::{CacheControl, CacheStatus};
-use catalog::{Catalog, Model};
+use catalog::Catalog;
+use lookup::Coalescing;
 use request::{InvalidRequest, ParsedRequest};
+use resolve::Context;
 
 /// Per-request options from the client's headers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,29 +149,10 @@ pub struct Reply {
     /// Cost of the provider call in nano-USD (zero for cache hits).
     pub cost_nano_usd: u64,
     /// Set when the answer is degraded: which fallback produced it (`x-sluice-fallback`).
-    pub fallback: Option<&'static str>,
+    pub fallback: Option<Fallback>,
     /// With [`RequestOptions::defer_settlement`]: the reservation's settlement, for the
     /// caller to write. Dropped unwritten, the reservation expires and is given back.
     pub settlement: Option<Settlement>,
-}
-
-/// Text of the last user message (string content, or the text parts of an array).
-fn last_user_text(body: &serde_json::Map<String, Value>) -> String {
-    let messages = body.get("messages").and_then(Value::as_array);
-    let last = messages.and_then(|m| {
-        m.iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-    });
-    match last.and_then(|m| m.get("content")) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
 }
 
 /// Whether a streamed request asked for the usage chunk (`stream_options.include_usage`).
@@ -187,33 +191,6 @@ impl Reply {
             settlement: None,
         }
     }
-}
-
-/// Why a request is being answered by `on_limit`.
-struct Over {
-    refusal: Refusal,
-    stale: Option<CachedResponse>,
-    downgraded: bool,
-}
-
-/// A completion whose content is a configured message (the `message` limit fallback).
-fn canned_completion(model: &str, text: &str) -> Value {
-    serde_json::json!({
-        "id": format!("chatcmpl-sluice-{}", crate::keys::random_alnum(20)),
-        "object": "chat.completion",
-        "created": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": "stop"
-        }],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    })
 }
 
 /// What is known about a request so far, for its log line; filled in as the pipeline goes.
@@ -353,7 +330,8 @@ impl Gateway {
         let request = request::parse(endpoint, body)?;
         let streamed = request.stream;
         let include_usage = wants_usage(&request);
-        let reply = match self.answer(caller, request, options, trace, false).await {
+        let ctx = self.resolve(caller, request, options, false, trace)?;
+        let reply = match self.answer(ctx, trace).await {
             Ok(reply) => reply,
             Err(e) => {
                 // A failure is attributed to the deployment that failed last.
@@ -371,333 +349,27 @@ impl Gateway {
         })
     }
 
-    /// Answers a parsed request: cache, limits, provider, settle. `downgraded` is set when
-    /// this is already the cheaper model another model's `on_limit` pointed to.
-    async fn answer(
-        &self,
-        caller: &Caller,
-        request: ParsedRequest,
-        options: RequestOptions,
-        trace: &mut Trace,
-        downgraded: bool,
-    ) -> Result<Reply, GatewayError> {
-        let endpoint = request.endpoint;
-        let model = Arc::clone(
-            self.catalog
-                .get(&request.model)
-                .ok_or_else(|| GatewayError::UnknownModel(request.model.clone()))?,
-        );
-        trace.model = Some(model.name.clone());
-        let subject = caller.subject();
-
-        let policy = self.cache_policy(&model, options.cache);
-        let key = (policy.lookup || policy.store)
-            .then(|| cache::cache_key(&caller.tenant, endpoint, &model.name, &request.body));
-        // The whole request's deadline, from its start: waiting for an identical request's
-        // answer counts against it like the provider call.
-        let deadline =
-            crate::invocation::deadline_within(options.timeout.unwrap_or(self.request_timeout));
-        let mut stale = None;
-        // Set when this request calls the provider for identical requests waiting for it.
-        let mut lead = None;
-        if let (true, Some(key)) = (policy.lookup, &key) {
-            let now = self.clock.now_ms();
-            match self.cache.get(key, now).await {
-                Ok(Some(entry)) if policy.is_fresh(&entry, now) => {
-                    let hit = (entry, CacheStatus::Hit);
-                    return self
-                        .serve_cached(caller, &model, request, options, trace, hit, downgraded)
-                        .await;
-                }
-                Ok(entry) => stale = entry,
-                // The cache is an optimisation: when it fails, the provider still answers.
-                Err(e) => tracing::warn!(error = %e, "cache lookup failed; calling provider"),
-            }
-            // Streams are not coalesced (README, "Coalescing"): a follower would wait for the
-            // leader's whole answer before its first byte, or need the leader's events
-            // relayed live between processes, which the store cannot do.
-            if let (true, false, Some(coalescer)) = (policy.store, request.stream, &self.coalescer)
-            {
-                let landed = stale
-                    .as_ref()
-                    .map_or(0, |e: &CachedResponse| e.created_at_ms);
-                let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
-                match coalescer.join(key, landed, deadline, fresh).await {
-                    coalesce::Joined::Answer(entry) => {
-                        self.cache.remember(key, &entry);
-                        let coalesced = (entry, CacheStatus::Coalesced);
-                        return self
-                            .serve_cached(
-                                caller, &model, request, options, trace, coalesced, downgraded,
-                            )
-                            .await;
-                    }
-                    coalesce::Joined::Lead(l) => lead = Some(l),
-                    coalesce::Joined::Alone => {}
-                }
-            }
+    /// Runs the stages after resolve: lookup → admit → call → record, each refusal or
+    /// failure handed to its fallbacks (`on_limit`, then the ladder's last tiers).
+    async fn answer(&self, mut ctx: Context<'_>, trace: &mut Trace) -> Result<Reply, GatewayError> {
+        if let Some(stored) = self.lookup(&mut ctx, Coalescing::Join).await {
+            return self.serve_stored(ctx, stored, trace).await;
         }
-
-        self.limiter.warn_soft_thresholds_if_due();
-        let (ask, output_ceiling) = self.ask(&model, &request, &subject)?;
-        let grant = match self.limiter.admit(&subject, ask).await? {
-            Ok(grant) => grant,
+        let admitted = match self.admit(&ctx).await? {
+            Ok(admitted) => admitted,
             Err(refusal) => {
-                let over = Over {
-                    refusal,
-                    stale,
-                    downgraded,
-                };
-                return self
-                    .over_limit(caller, &model, request, options, trace, over)
-                    .await;
+                let stale = ctx.stale.take();
+                return self.over_limit(ctx, refusal, stale, trace).await;
             }
         };
-
-        let call = routing::Call {
-            endpoint,
-            body: &request.body,
-            stream: request.stream,
-            tokens: ask.tokens,
-            output_ceiling,
-            deadline,
-        };
-        let answered = match self.call_providers(&model, call).await {
-            Ok(a) => a,
+        match self.call(&ctx, &admitted).await {
+            Ok(answered) => Ok(self.record(ctx, admitted.grant, answered, trace).await),
             Err(error) => {
                 // Nothing was spent: give the whole reservation back.
-                self.settle(grant, 0, 0).await;
-                return self.last_resorts(&model, &request, error, stale, trace);
-            }
-        };
-        trace.deployment = Some(answered.deployment.clone());
-        let tier = answered.tier;
-        let model = answered.model;
-        let answer = answered.response;
-        let status = if policy.lookup {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Bypass
-        };
-        match answer {
-            UpstreamResponse::Stream { chunks, .. } => {
-                // Metered as it flows: settled and cached when the stream ends.
-                let finish = stream::Finish {
-                    limiter: Arc::clone(&self.limiter),
-                    grant,
-                    price: model.price,
-                    prompt_estimate: estimate_usage(&request).prompt_tokens,
-                    cache: match (policy.store, key) {
-                        (true, Some(key)) => Some(stream::CacheTarget {
-                            cache: Arc::clone(&self.cache),
-                            key,
-                            ttl_s: policy.ttl_s,
-                            stale_keep_s: self.cache_config.stale_keep_s,
-                            max_entry_bytes: self.cache_config.max_entry_bytes,
-                        }),
-                        _ => None,
-                    },
-                    clock: Arc::clone(&self.clock),
-                    usage: trace.usage.clone(),
-                };
-                Ok(Reply {
-                    body: ReplyBody::EventStream(stream::metered(
-                        chunks,
-                        wants_usage(&request),
-                        finish,
-                    )),
-                    cache: status,
-                    usage: Usage::default(),
-                    cost_nano_usd: 0,
-                    fallback: tier,
-                    settlement: None,
-                })
-            }
-            UpstreamResponse::Complete { body, usage, .. } => {
-                let usage = usage.unwrap_or_else(|| estimate_usage(&request));
-                let cost_nano_usd = model.price.cost_nano_usd(&usage);
-                let entry = policy.store.then(|| {
-                    let now = self.clock.now_ms();
-                    let expires_at_ms = now.saturating_add(policy.ttl_s.saturating_mul(1000));
-                    CachedResponse {
-                        body: body.clone(),
-                        created_at_ms: now,
-                        expires_at_ms,
-                        purge_at_ms: expires_at_ms
-                            .saturating_add(self.cache_config.stale_keep_s.saturating_mul(1000)),
-                    }
-                });
-                let store_answer = async {
-                    if let (Some(entry), Some(key)) = (&entry, &key)
-                        && body.len() <= self.cache_config.max_entry_bytes
-                    {
-                        match self.cache.put(key, entry).await {
-                            Ok(()) => return true,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cache store failed; answer not cached");
-                            }
-                        }
-                    }
-                    false
-                };
-                // Independent writes: settle the reservation and store the answer together.
-                let settlement = if options.defer_settlement {
-                    self.limiter
-                        .settlement(&grant, usage.total(), cost_nano_usd)
-                } else {
-                    None
-                };
-                let settle = async {
-                    if !options.defer_settlement {
-                        self.settle(grant, usage.total(), cost_nano_usd).await;
-                    }
-                };
-                let ((), stored) = tokio::join!(settle, store_answer);
-                if let (Some(lead), Some(entry)) = (lead, entry) {
-                    lead.land(entry, stored).await;
-                }
-                Ok(Reply {
-                    body: ReplyBody::Json(body),
-                    cache: status,
-                    usage,
-                    cost_nano_usd,
-                    fallback: tier,
-                    settlement,
-                })
+                self.settle(admitted.grant, 0, 0).await;
+                self.last_resorts(ctx, error, trace)
             }
         }
-    }
-
-    /// Serves a stored answer (a cache hit, or an identical request's answer): a request for
-    /// the rate limits (requests per minute), no tokens, no reservation, no spend.
-    #[allow(clippy::too_many_arguments)]
-    async fn serve_cached(
-        &self,
-        caller: &Caller,
-        model: &Model,
-        request: ParsedRequest,
-        options: RequestOptions,
-        trace: &mut Trace,
-        (entry, status): (CachedResponse, CacheStatus),
-        downgraded: bool,
-    ) -> Result<Reply, GatewayError> {
-        match self.limiter.admit_cached(&caller.subject()).await? {
-            Ok(()) => Ok(Reply::cached(entry.body, status)),
-            Err(refusal) => {
-                let over = Over {
-                    refusal,
-                    stale: Some(entry),
-                    downgraded,
-                };
-                self.over_limit(caller, model, request, options, trace, over)
-                    .await
-            }
-        }
-    }
-
-    /// The ladder's last tiers when no provider could answer: a stale cached answer, a
-    /// rule-based answer, a friendly message — each only if the model enables it. Failures
-    /// that are the request's own fault (a 400 from the provider) are returned as they are.
-    fn last_resorts(
-        &self,
-        model: &Model,
-        request: &ParsedRequest,
-        error: GatewayError,
-        stale: Option<CachedResponse>,
-        trace: &mut Trace,
-    ) -> Result<Reply, GatewayError> {
-        let provider_trouble = match &error {
-            GatewayError::Upstream { error, .. } => error.may_work_elsewhere(),
-            GatewayError::AllUnavailable | GatewayError::NoDeployment(_) => true,
-            _ => false,
-        };
-        if !provider_trouble {
-            return Err(error);
-        }
-        if let (true, Some(entry)) = (model.stale_fallback, stale) {
-            trace.deployment = Some("sluice/cache".into());
-            let mut reply = Reply::cached(entry.body, CacheStatus::Stale);
-            reply.fallback = Some("stale_cache");
-            return Ok(reply);
-        }
-        if request.endpoint == Endpoint::ChatCompletions {
-            let last_user = last_user_text(&request.body);
-            if let Some((_, reply)) = model.rules.iter().find(|(re, _)| re.is_match(&last_user)) {
-                trace.deployment = Some("sluice/rule".into());
-                let mut r = Reply::cached(
-                    Bytes::from(canned_completion(&model.name, reply).to_string()),
-                    CacheStatus::Bypass,
-                );
-                r.fallback = Some("rule");
-                return Ok(r);
-            }
-            if let Some(text) = &model.fallback_message {
-                trace.deployment = Some("sluice/message".into());
-                let mut r = Reply::cached(
-                    Bytes::from(canned_completion(&model.name, text).to_string()),
-                    CacheStatus::Bypass,
-                );
-                r.fallback = Some("message");
-                return Ok(r);
-            }
-        }
-        Err(error)
-    }
-
-    /// Settles a grant; a failure is logged (the reservation then expires and is released).
-    async fn settle(&self, grant: Grant, tokens: u64, cost_nano_usd: u64) {
-        if let Err(e) = self.limiter.settle(grant, tokens, cost_nano_usd).await {
-            tracing::error!(target: "sluice::limits", error = %e, "could not settle a reservation");
-        }
-    }
-
-    /// The worst case a request can use, and the output ceiling to impose on the provider
-    /// when the request set none and a limit depends on it. Refuses what cannot be bounded
-    /// (audio, files) or priced (a model without a price) where a limit needs the number.
-    fn ask(
-        &self,
-        model: &Model,
-        request: &ParsedRequest,
-        subject: &Subject<'_>,
-    ) -> Result<(Ask, Option<u64>), GatewayError> {
-        let capped = self.limiter.budget_applies(subject);
-        let metered = capped || self.limiter.tokens_limited(subject);
-        if metered && let Some(field) = tokens::unbounded_input(request) {
-            return Err(InvalidRequest::Unbounded { field }.into());
-        }
-        // A fallback model may answer instead: reserve for the most expensive that could.
-        let candidates: Vec<&Model> = std::iter::once(model)
-            .chain(
-                model
-                    .fallbacks
-                    .iter()
-                    .filter_map(|name| self.catalog.get(name).map(|m| &**m)),
-            )
-            .collect();
-        if capped && let Some(unpriced) = candidates.iter().find(|m| !m.priced) {
-            return Err(GatewayError::Unpriced(unpriced.name.clone()));
-        }
-        let prompt_bound = tokens::prompt_upper_bound(request);
-        let ceiling = model
-            .max_output_tokens
-            .unwrap_or(self.limiter.config().default_max_output_tokens);
-        let output = tokens::output_upper_bound(request, ceiling);
-        let explicit = ["max_tokens", "max_completion_tokens"]
-            .iter()
-            .any(|f| request.body.get(*f).is_some_and(|v| !v.is_null()));
-        let impose = (request.endpoint == Endpoint::ChatCompletions && !explicit && metered)
-            .then_some(ceiling);
-        let cost = candidates
-            .iter()
-            .map(|m| m.price.worst_case_nano_usd(prompt_bound, output))
-            .max()
-            .unwrap_or(0);
-        let ask = Ask {
-            // `max_tokens` is any u64 the client sends: saturate rather than wrap.
-            tokens: prompt_bound.saturating_add(output),
-            cost_nano_usd: cost,
-        };
-        Ok((ask, impose))
     }
 
     /// The reservation a request would make for `caller` (worst-case tokens and cost), as
@@ -715,107 +387,4 @@ impl Gateway {
             .ok_or_else(|| GatewayError::UnknownModel(request.model.clone()))?;
         Ok(self.ask(model, &request, &caller.subject())?.0)
     }
-
-    /// What a model does over a limit (`on_limit` in its config).
-    async fn over_limit(
-        &self,
-        caller: &Caller,
-        model: &Model,
-        request: ParsedRequest,
-        options: RequestOptions,
-        trace: &mut Trace,
-        over: Over,
-    ) -> Result<Reply, GatewayError> {
-        let refused = || GatewayError::Limited(over.refusal.clone());
-        match &model.on_limit {
-            OnLimit::Reject => Err(refused()),
-            OnLimit::CacheOnly => match over.stale {
-                Some(entry) => {
-                    let status = if entry.expires_at_ms > self.clock.now_ms() {
-                        CacheStatus::Hit
-                    } else {
-                        CacheStatus::Stale
-                    };
-                    let mut reply = Reply::cached(entry.body, status);
-                    reply.fallback = Some("stale_cache");
-                    Ok(reply)
-                }
-                None => Err(refused()),
-            },
-            OnLimit::Downgrade(target) if !over.downgraded => {
-                let mut cheaper = request;
-                cheaper.model = target.clone();
-                cheaper
-                    .body
-                    .insert("model".into(), Value::String(target.clone()));
-                let attempt = Box::pin(self.answer(caller, cheaper, options, trace, true)).await;
-                match attempt {
-                    Ok(mut reply) => {
-                        reply.fallback = Some("downgrade");
-                        Ok(reply)
-                    }
-                    Err(GatewayError::Limited(_)) => Err(refused()),
-                    Err(e) => Err(e),
-                }
-            }
-            OnLimit::Downgrade(_) => Err(refused()),
-            OnLimit::Message(text) if request.endpoint == Endpoint::ChatCompletions => {
-                let mut reply = Reply::cached(
-                    Bytes::from(canned_completion(&model.name, text).to_string()),
-                    CacheStatus::Bypass,
-                );
-                reply.fallback = Some("message");
-                Ok(reply)
-            }
-            OnLimit::Message(_) => Err(refused()),
-        }
-    }
-
-    fn cache_policy(&self, model: &Model, cc: CacheControl) -> CachePolicy {
-        // A client may keep its answer for less time than the operator allows, never longer.
-        let ttl_s = cc
-            .max_age_s
-            .map_or(model.cache_ttl_s, |age| age.min(model.cache_ttl_s));
-        let usable = self.cache_config.enabled && model.cache_ttl_s > 0;
-        CachePolicy {
-            lookup: usable && !cc.no_cache && cc.max_age_s != Some(0),
-            store: usable && !cc.no_store && ttl_s > 0,
-            max_age_ms: cc.max_age_s.map(|s| s.saturating_mul(1000)),
-            ttl_s,
-        }
-    }
-}
-
-/// What the cache may do for one request.
-struct CachePolicy {
-    lookup: bool,
-    store: bool,
-    max_age_ms: Option<u64>,
-    ttl_s: u64,
-}
-
-impl CachePolicy {
-    /// Fresh = not expired, and no older than the request's `max-age` if it gave one.
-    fn is_fresh(&self, entry: &CachedResponse, now: u64) -> bool {
-        now < entry.expires_at_ms
-            && self
-                .max_age_ms
-                .is_none_or(|max| now.saturating_sub(entry.created_at_ms) <= max)
-    }
-}
-
-/// Usage for a provider that reported none: the prompt estimated, the answer unknown (0).
-fn estimate_usage(request: &ParsedRequest) -> Usage {
-    let prompt_tokens = match request.endpoint {
-        Endpoint::ChatCompletions => {
-            let messages = request
-                .body
-                .get("messages")
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice);
-            tokens::estimate_chat_prompt(messages, request.body.get("tools"))
-        }
-        Endpoint::Embeddings => request.body.get("input").map_or(0, tokens::estimate_value),
-    };
-    Usage::plain(prompt_tokens, 0)
 }

@@ -1,5 +1,6 @@
-//! Which deployment answers: load balancing, retries with backoff, circuit breaking, and the
-//! provider tiers of the fallback ladder (next deployment, then fallback models).
+//! Stage 4, **call**: which deployment answers — load balancing, retries with backoff, circuit
+//! breaking, and the provider tiers of the fallback ladder (next deployment, then fallback
+//! models).
 //!
 //! Per deployment, each process keeps live statistics ([`DeploymentStats`]): requests in
 //! flight, an EWMA of latency, consecutive failures (the circuit breaker), the rate-limit room
@@ -16,7 +17,10 @@ use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{Map, Value};
 
+use super::admit::Admitted;
 use super::catalog::{Deployment, Model};
+use super::fallback::Fallback;
+use super::resolve::Context;
 use super::{Gateway, GatewayError};
 use crate::config::Routing;
 use crate::providers::{
@@ -261,7 +265,7 @@ pub(super) struct Answered {
     /// The answer.
     pub response: UpstreamResponse,
     /// `next_deployment` or `fallback_model` when not the first choice.
-    pub tier: Option<&'static str>,
+    pub tier: Option<Fallback>,
 }
 
 /// What one request needs from the providers.
@@ -275,6 +279,23 @@ pub(super) struct Call<'a> {
 }
 
 impl Gateway {
+    /// Stage 4, **call**: the admitted request to the providers (see [`Gateway::call_providers`]).
+    pub(super) async fn call(
+        &self,
+        ctx: &Context<'_>,
+        admitted: &Admitted,
+    ) -> Result<Answered, GatewayError> {
+        let call = Call {
+            endpoint: ctx.request.endpoint,
+            body: &ctx.request.body,
+            stream: ctx.request.stream,
+            tokens: admitted.tokens,
+            output_ceiling: admitted.output_ceiling,
+            deadline: ctx.deadline,
+        };
+        self.call_providers(&ctx.model, call).await
+    }
+
     /// Tries the model's deployments (in routing order, with retries), then its fallback
     /// models, until one answers, a failure shows the request itself is at fault, or the
     /// deadline passes. The error is the last provider failure.
@@ -324,8 +345,8 @@ impl Gateway {
                             deployment.stats.succeeded(started.elapsed(), headroom, now);
                             let tier = match (m, d) {
                                 (0, 0) => None,
-                                (0, _) => Some("next_deployment"),
-                                _ => Some("fallback_model"),
+                                (0, _) => Some(Fallback::NextDeployment),
+                                _ => Some(Fallback::FallbackModel),
                             };
                             return Ok(Answered {
                                 model: std::sync::Arc::clone(candidate),

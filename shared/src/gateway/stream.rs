@@ -30,30 +30,15 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
+use super::CacheTarget;
 use crate::clock::Clock;
 use crate::config::Price;
-use crate::gateway::response_cache::ResponseCache;
 use crate::limits::{Grant, Limiter};
 use crate::providers::{ChunkStream, ProviderError, Usage, usage_from_openai};
-use crate::store::{CacheKey, CachedResponse};
 use crate::tokens;
 
 /// Server-sent-event bytes for the client.
 pub type EventBytes = BoxStream<'static, Result<Bytes, ProviderError>>;
-
-/// Where an assembled answer is cached.
-pub struct CacheTarget {
-    /// The cache (memory and store).
-    pub cache: Arc<ResponseCache>,
-    /// The entry's key.
-    pub key: CacheKey,
-    /// Seconds fresh.
-    pub ttl_s: u64,
-    /// Seconds kept after that for stale fallbacks.
-    pub stale_keep_s: u64,
-    /// Larger answers are not stored.
-    pub max_entry_bytes: usize,
-}
 
 /// What happens when a stream ends: settle the reservation, cache the answer.
 pub struct Finish {
@@ -100,20 +85,7 @@ impl Finish {
         );
         if let (true, Some(target)) = (complete, self.cache) {
             let body = Bytes::from(assembled.completion().to_string());
-            if body.len() > target.max_entry_bytes {
-                return;
-            }
-            let now = self.clock.now_ms();
-            let expires_at_ms = now.saturating_add(target.ttl_s.saturating_mul(1000));
-            let entry = CachedResponse {
-                body,
-                created_at_ms: now,
-                expires_at_ms,
-                purge_at_ms: expires_at_ms.saturating_add(target.stale_keep_s.saturating_mul(1000)),
-            };
-            if let Err(e) = target.cache.put(&target.key, &entry).await {
-                tracing::warn!(error = %e, "cache store failed; streamed answer not cached");
-            }
+            target.put(&target.entry(body, self.clock.now_ms())).await;
         }
     }
 }

@@ -147,7 +147,7 @@ impl Jobs {
         if let Err(e) = self.store.insert_job(&job).await {
             // A backend failure may have landed with its answer lost: close the job, so that
             // one the client never heard of does not sit `queued` until its retention ends.
-            if matches!(e, StoreError::Backend(_)) {
+            if e.is_backend_failure() {
                 self.abandon(&job).await;
             }
             return Err(e.into());

@@ -83,7 +83,7 @@ pub(super) struct Ending {
     pub(super) settlement: Option<Settlement>,
     pub(super) trace: Trace,
     pub(super) cache: &'static str,
-    pub(super) fallback: Option<&'static str>,
+    pub(super) fallback: Option<crate::gateway::Fallback>,
     /// Whether the result goes to the job's callback URL.
     pub(super) call_back: bool,
 }
@@ -443,7 +443,7 @@ impl Processor {
             tokens_out: outcome.tokens_out,
             cost_nano_usd: outcome.cost_nano_usd,
             cache: cache.to_owned(),
-            fallback: fallback.map(str::to_owned),
+            fallback: fallback.map(|f| f.as_str().to_owned()),
         });
         tracing::info!(
             target: "sluice::jobs",

@@ -18,18 +18,20 @@
 pub mod budget;
 pub mod period;
 pub mod rate;
+mod report;
 pub mod window;
 
+pub use report::GatewayLevel;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
-use serde_json::{Value, json};
 
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig, TenantConfig};
-use crate::keys::{BudgetPeriod, KeyLimits, random_alnum};
+use crate::keys::{KeyLimits, random_alnum};
 use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, Settlement, StoreError};
 
 /// Who a request is limited as.
@@ -61,13 +63,41 @@ pub enum LimitKind {
     Budget,
 }
 
+/// Whose limit it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// The calling key's own.
+    Key,
+    /// The key's tenant's, shared by all its keys.
+    Tenant,
+    /// The whole gateway's (`limits.global_budget_usd`).
+    Gateway,
+}
+
+impl Level {
+    /// The name in error messages, usage reports and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Tenant => "tenant",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a request was refused, and when to come back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Rate or budget.
     pub kind: LimitKind,
-    /// `key`, `tenant` or `gateway`.
-    pub level: &'static str,
+    /// Whose limit refused.
+    pub level: Level,
     /// What is limited, e.g. `requests per minute`.
     pub metric: String,
     /// The limit (requests, tokens, or nano-USD for budgets).
@@ -116,7 +146,7 @@ struct Meta {
     kind: LimitKind,
     /// A tokens-per-minute counter (settled to real usage), as opposed to requests.
     tokens: bool,
-    level: &'static str,
+    level: Level,
     metric: String,
     limit: u64,
     previous: i64,
@@ -145,15 +175,12 @@ pub struct Limiter {
     /// Closed rate windows' final counts, so each is read once per process.
     previous: Mutex<(u64, HashMap<String, i64>)>,
     /// Budget counters seen recently, for the soft-threshold check.
-    watched: Mutex<HashSet<(String, u64, &'static str)>>,
+    watched: Mutex<HashSet<(String, u64, Level)>>,
     /// When this process next checks soft thresholds.
     maintenance_due_ms: AtomicU64,
     /// Shards of a large tenant or gateway cap (`limits.budget_shards`, else the store's).
     budget_shards: u32,
 }
-
-/// How often each process checks soft thresholds (see [`Limiter::warn_soft_thresholds_if_due`]).
-const MAINTENANCE_EVERY_MS: u64 = 60_000;
 
 /// How far another process's clock may run ahead of ours when it judges a hold abandoned.
 const SETTLE_CLOCK_MARGIN_MS: u64 = 30_000;
@@ -187,53 +214,6 @@ impl Limiter {
         }
     }
 
-    /// Shards of a spending cap's counter: a key's follow `limits.counter_shards`; a tenant's
-    /// or the gateway's, written by every request of many keys, are split into
-    /// `budget_shards` when each shard then holds at least `limits.budget_shard_min_usd`
-    /// (a request's worst case must fit one shard), else they follow `counter_shards`.
-    fn budget_shards_of(&self, level: &str, cap_nanos: u64) -> u32 {
-        let keyed = self.config.counter_shards.max(1);
-        if level == "key" || self.budget_shards <= keyed {
-            return keyed;
-        }
-        let min_share = budget::usd_to_nanos(self.config.budget_shard_min_usd).max(1);
-        if cap_nanos / u64::from(self.budget_shards) >= min_share {
-            self.budget_shards
-        } else {
-            keyed
-        }
-    }
-
-    /// At most once a minute per process: warn about spending caps past their soft
-    /// threshold. Called on the request path (no timer survives between Lambda invocations);
-    /// the check follows the answer ([`crate::invocation::after_response`]: spawned in
-    /// `sluice serve`, awaited before a Lambda invocation ends). Giving back abandoned
-    /// reservations is housekeeping's ([`crate::housekeeping`]): on DynamoDB it reads an
-    /// index, which one scheduled function does, not every warm environment.
-    pub fn warn_soft_thresholds_if_due(self: &Arc<Self>) {
-        let now = self.clock.now_ms();
-        let due = self.maintenance_due_ms.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .maintenance_due_ms
-                .compare_exchange(
-                    due,
-                    now + MAINTENANCE_EVERY_MS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let limiter = Arc::clone(self);
-        crate::invocation::after_response(async move {
-            if let Err(e) = limiter.check_soft_thresholds().await {
-                tracing::warn!(target: "sluice::limits", error = %e, "soft-threshold check failed");
-            }
-        });
-    }
-
     /// The configured limits of a tenant, if any.
     pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
         self.tenants.get(name)
@@ -260,11 +240,11 @@ impl Limiter {
         let shards = self.config.counter_shards.max(1);
         let tenant = self.tenants.get(subject.tenant);
         let key = subject.key_limits;
-        let mut checks: Vec<(LimitKind, &'static str, &'static str, u64, u64, u32)> = Vec::new();
+        let mut checks: Vec<(LimitKind, Level, &'static str, u64, u64, u32)> = Vec::new();
         for (level, rpm, tpm) in [
-            ("key", key.rpm, key.tpm),
+            (Level::Key, key.rpm, key.tpm),
             (
-                "tenant",
+                Level::Tenant,
                 tenant.and_then(|t| t.rpm),
                 tenant.and_then(|t| t.tpm),
             ),
@@ -287,10 +267,13 @@ impl Limiter {
         }
         if let Some(ask) = ask {
             let caps = [
-                ("key", key.budget_usd.zip(key.budget_period)),
-                ("tenant", tenant.and_then(|t| t.budget_usd.zip(t.period))),
+                (Level::Key, key.budget_usd.zip(key.budget_period)),
                 (
-                    "gateway",
+                    Level::Tenant,
+                    tenant.and_then(|t| t.budget_usd.zip(t.period)),
+                ),
+                (
+                    Level::Gateway,
                     self.config
                         .global_budget_usd
                         .map(|usd| (usd, self.config.global_period)),
@@ -332,16 +315,6 @@ impl Limiter {
             shards,
             whole: limit,
         })
-    }
-
-    /// Whether any spending cap applies to the subject's requests.
-    pub fn budget_applies(&self, subject: &Subject<'_>) -> bool {
-        subject.key_limits.budget_usd.is_some()
-            || self
-                .tenants
-                .get(subject.tenant)
-                .is_some_and(|t| t.budget_usd.is_some())
-            || self.config.global_budget_usd.is_some()
     }
 
     /// Admits a request that will call a provider: one more request and `ask.tokens` tokens
@@ -444,7 +417,7 @@ impl Limiter {
                 }
                 Applied::Refused { index, current } => {
                     let Some(meta) = plan.meta.get(index) else {
-                        return Err(StoreError::Backend("refusal names no increment".into()));
+                        return Err(StoreError::backend("refusal names no increment"));
                     };
                     let delta = crate::num::to_u64(plan.increments[index].delta);
                     refusal = Some(explain(meta, current.unwrap_or(0), delta, now));
@@ -460,8 +433,8 @@ impl Limiter {
                     continue;
                 }
                 Applied::Stale { .. } => {
-                    return Err(StoreError::Backend(
-                        "rate window kept changing under the check".into(),
+                    return Err(StoreError::backend(
+                        "rate window kept changing under the check",
                     ));
                 }
             }
@@ -576,65 +549,6 @@ impl Limiter {
         Ok(released)
     }
 
-    /// Logs a warning event, once per period, for every recently used spending cap past the
-    /// soft threshold (`limits.soft_threshold`). Returns the caps warned about now.
-    pub async fn check_soft_thresholds(&self) -> Result<Vec<String>, StoreError> {
-        let watched: Vec<(String, u64, &'static str)> = self
-            .watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        if watched.is_empty() {
-            return Ok(Vec::new());
-        }
-        let counters: Vec<(String, CounterField)> = watched
-            .iter()
-            .map(|(c, _, _)| (c.clone(), CounterField::Spent))
-            .collect();
-        let spent = self.store.read_counters(&counters).await?;
-        let mut warned = Vec::new();
-        for ((counter, cap, level), spent) in watched.into_iter().zip(spent) {
-            if (spent as f64) < cap as f64 * self.config.soft_threshold {
-                continue;
-            }
-            let expires = self.clock.now_ms() + 40 * 86_400_000;
-            // Once per cap, not per shard: a sharded cap warns when its first shard passes
-            // the threshold of its share (requests spread evenly, so the others are close).
-            let cap_counter = counter
-                .rsplit_once(':')
-                .map_or(counter.as_str(), |(c, _)| c);
-            if self
-                .store
-                .mark_once(&format!("soft:{cap_counter}"), expires)
-                .await?
-            {
-                tracing::warn!(
-                    target: "sluice::limits",
-                    event = "budget_soft_threshold",
-                    level,
-                    counter = %counter,
-                    spent_usd = spent as f64 / 1e9,
-                    cap_usd = cap as f64 / 1e9,
-                    threshold = self.config.soft_threshold,
-                    "spend passed the soft threshold of a cap"
-                );
-                warned.push(counter);
-            }
-        }
-        Ok(warned)
-    }
-
-    fn watch(&self, plan: &Plan) {
-        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        for (inc, meta) in plan.increments.iter().zip(&plan.meta) {
-            if meta.kind == LimitKind::Budget && watched.len() < 10_000 {
-                let cap = crate::num::to_u64(inc.at_most.unwrap_or(0));
-                watched.insert((inc.counter.clone(), cap, meta.level));
-            }
-        }
-    }
-
     /// The plan of increments for one shard.
     async fn plan(
         &self,
@@ -652,13 +566,13 @@ impl Limiter {
         let mut rates = Vec::new();
         for (level, scope, rpm, tpm) in [
             (
-                "key",
+                Level::Key,
                 &key_scope,
                 subject.key_limits.rpm,
                 subject.key_limits.tpm,
             ),
             (
-                "tenant",
+                Level::Tenant,
                 &tenant_scope,
                 tenant.and_then(|t| t.rpm),
                 tenant.and_then(|t| t.tpm),
@@ -732,30 +646,6 @@ impl Limiter {
         Ok(plan)
     }
 
-    /// The spending caps that apply to the subject: level, counter scope, USD, period.
-    fn caps(&self, subject: &Subject<'_>) -> Vec<(&'static str, String, f64, BudgetPeriod)> {
-        let mut caps = Vec::new();
-        if let (Some(usd), Some(p)) = (
-            subject.key_limits.budget_usd,
-            subject.key_limits.budget_period,
-        ) {
-            caps.push(("key", format!("key:{}", subject.key_id), usd, p));
-        }
-        let tenant = self.tenants.get(subject.tenant);
-        if let Some((usd, p)) = tenant.and_then(|t| t.budget_usd.zip(t.period)) {
-            caps.push(("tenant", format!("tenant:{}", subject.tenant), usd, p));
-        }
-        if let Some(usd) = self.config.global_budget_usd {
-            caps.push((
-                "gateway",
-                "global".to_owned(),
-                usd,
-                self.config.global_period,
-            ));
-        }
-        caps
-    }
-
     /// The most shards any counter of the subject's request has: how many attempts it takes
     /// to try every shard of each.
     fn most_shards(&self, subject: &Subject<'_>, ask: Option<Ask>) -> u32 {
@@ -765,7 +655,7 @@ impl Limiter {
         }
         self.caps(subject)
             .iter()
-            .map(|(level, _, usd, _)| self.budget_shards_of(level, budget::usd_to_nanos(*usd)))
+            .map(|(level, _, usd, _)| self.budget_shards_of(*level, budget::usd_to_nanos(*usd)))
             .fold(keyed, u32::max)
     }
 
@@ -814,120 +704,6 @@ impl Limiter {
             .map(|id| cache.1.get(id).copied().unwrap_or(0))
             .collect())
     }
-
-    /// Current standing of every limit that applies to the subject, for `/v1/usage` (without
-    /// the gateway level) and `/admin/usage` (with it).
-    pub async fn usage(
-        &self,
-        subject: &Subject<'_>,
-        gateway: GatewayLevel,
-    ) -> Result<Value, StoreError> {
-        let now = self.clock.now_ms();
-        let (w, elapsed) = window::position(now);
-        let shards = self.config.counter_shards.max(1);
-        let tenant = self.tenants.get(subject.tenant);
-        let mut levels = serde_json::Map::new();
-        let key_scope = format!("key:{}", subject.key_id);
-        let tenant_scope = format!("tenant:{}", subject.tenant);
-        let global = self
-            .config
-            .global_budget_usd
-            .filter(|_| gateway == GatewayLevel::Shown)
-            .map(|usd| (usd, self.config.global_period));
-        for (level, scope, rpm, tpm, cap) in [
-            (
-                "key",
-                Some(&key_scope),
-                subject.key_limits.rpm,
-                subject.key_limits.tpm,
-                subject
-                    .key_limits
-                    .budget_usd
-                    .zip(subject.key_limits.budget_period),
-            ),
-            (
-                "tenant",
-                Some(&tenant_scope),
-                tenant.and_then(|t| t.rpm),
-                tenant.and_then(|t| t.tpm),
-                tenant.and_then(|t| t.budget_usd.zip(t.period)),
-            ),
-            ("gateway", None, None, None, global),
-        ] {
-            let mut entry = serde_json::Map::new();
-            for (name, metric, limit) in [
-                ("rpm", rate::Metric::Requests, rpm),
-                ("tpm", rate::Metric::Tokens, tpm),
-            ] {
-                let (Some(limit), Some(scope)) = (limit, scope) else {
-                    continue;
-                };
-                let mut counters = Vec::new();
-                for s in 0..shards {
-                    counters.push((
-                        rate::counter_id(scope, metric, w.saturating_sub(1), s),
-                        CounterField::Count,
-                    ));
-                    counters.push((rate::counter_id(scope, metric, w, s), CounterField::Count));
-                }
-                let values = self.store.read_counters(&counters).await?;
-                let used: i64 = values
-                    .chunks(2)
-                    .map(|pair| window::estimate(pair[0], pair[1], elapsed))
-                    .sum();
-                entry.insert(
-                    name.into(),
-                    json!({"limit": limit, "used": used, "remaining": (i64::from(limit) - used).max(0),
-                           "window_s": window::WINDOW_MS / 1000}),
-                );
-            }
-            if let Some((usd, period)) = cap {
-                let scope = scope.map_or("global", String::as_str);
-                let (id, ends) = period::current(period, now);
-                let mut counters = Vec::new();
-                for s in 0..self.budget_shards_of(level, budget::usd_to_nanos(usd)) {
-                    let c = budget::counter_id(scope, &id, s);
-                    counters.push((c.clone(), CounterField::Committed));
-                    counters.push((c, CounterField::Spent));
-                }
-                let values = self.store.read_counters(&counters).await?;
-                let committed: i64 = values.iter().step_by(2).sum();
-                let spent: i64 = values.iter().skip(1).step_by(2).sum();
-                let cap = signed(budget::usd_to_nanos(usd));
-                entry.insert(
-                    "budget".into(),
-                    json!({
-                        "period": period.as_str(),
-                        "period_id": id,
-                        "cap_usd": usd,
-                        "spent_usd": spent as f64 / 1e9,
-                        "reserved_usd": (committed - spent).max(0) as f64 / 1e9,
-                        "remaining_usd": cap.saturating_sub(committed).max(0) as f64 / 1e9,
-                        "resets_at": ends / 1000,
-                    }),
-                );
-            }
-            if !entry.is_empty() {
-                levels.insert(level.into(), Value::Object(entry));
-            }
-        }
-        Ok(json!({
-            "object": "usage",
-            "key_id": subject.key_id,
-            "tenant": subject.tenant,
-            "limits": levels,
-        }))
-    }
-}
-
-/// Whether a usage report shows the gateway-wide level (`limits.global_budget_usd`). It is
-/// the operator's figure: the admin sees it, a gateway key sees only its key and tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayLevel {
-    /// In the report (`/admin/usage`).
-    Shown,
-    /// Left out (`/v1/usage`).
-    Hidden,
 }
 
 /// An amount as a counter delta. Amounts come from clients (`max_tokens` is any u64): one

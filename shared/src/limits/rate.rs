@@ -33,8 +33,8 @@ impl Metric {
 /// One rate limit to check for a request.
 #[derive(Debug, Clone)]
 pub struct RateCheck {
-    /// `key` or `tenant`.
-    pub level: &'static str,
+    /// Whose limit: a key's or a tenant's.
+    pub level: super::Level,
     /// `key:<id>` or `tenant:<name>`.
     pub scope: String,
     /// Requests or tokens.

@@ -111,7 +111,7 @@ impl SqliteQueue {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    crate::store::sqlite::backend(e)
 }
 
 impl From<StoreError> for QueueError {

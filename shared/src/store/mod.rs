@@ -19,21 +19,127 @@ use serde::{Deserialize, Serialize};
 use crate::jobs::model::{Claim, Job, JobResult, JobStatus, StaleJob};
 use crate::keys::{KeyHash, KeyRecord};
 
+/// The backend's own error behind a [`StoreError`], kept for `Error::source` chains (shared, so
+/// that one failed group commit can be reported to every write in it).
+pub type BackendSource = Arc<dyn std::error::Error + Send + Sync>;
+
 /// A store operation failed for a reason the caller cannot fix by changing its input.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// The three backend variants display alike (`store backend error: …`, the message the adapter
+/// wrote, never a secret); they differ in what a caller may do: a throttled call may succeed if
+/// tried later, a failed condition will not succeed as it is, and any other backend failure may
+/// or may not have been applied.
+#[derive(Debug, Clone)]
 pub enum StoreError {
-    /// The backend refused or failed the call (I/O, lock timeout, throttling, …).
-    #[error("store backend error: {0}")]
-    Backend(String),
+    /// The backend is over its request rate or busy: DynamoDB's
+    /// `ProvisionedThroughputExceededException`, `ThrottlingException` or
+    /// `RequestLimitExceeded`, SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED`.
+    Throttled {
+        /// What failed, for logs.
+        message: String,
+        /// The backend's error.
+        source: Option<BackendSource>,
+    },
+    /// A conditional write's condition did not hold where the adapter has no answer of the port
+    /// for it (DynamoDB's `ConditionalCheckFailedException`, an SQLite constraint).
+    ConditionFailed {
+        /// What failed, for logs.
+        message: String,
+        /// The backend's error.
+        source: Option<BackendSource>,
+    },
+    /// The backend refused or failed the call for another reason (I/O, a lost connection, a
+    /// stopped writer, …).
+    Backend {
+        /// What failed, for logs.
+        message: String,
+        /// The backend's error, when there is one.
+        source: Option<BackendSource>,
+    },
     /// A stored item could not be decoded.
-    #[error("stored item is corrupt: {0}")]
     Corrupt(String),
     /// An item with the same identity already exists.
-    #[error("item already exists: {0}")]
     AlreadyExists(String),
     /// The item is too large for the backend even compressed.
-    #[error("item too large to store: {0}")]
     TooLarge(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Throttled { message, .. }
+            | Self::ConditionFailed { message, .. }
+            | Self::Backend { message, .. } => write!(f, "store backend error: {message}"),
+            Self::Corrupt(what) => write!(f, "stored item is corrupt: {what}"),
+            Self::AlreadyExists(what) => write!(f, "item already exists: {what}"),
+            Self::TooLarge(what) => write!(f, "item too large to store: {what}"),
+        }
+    }
+}
+
+/// Written out rather than derived: the source is shared (an `Arc`), and the chain should lead
+/// to the backend's error itself (a `rusqlite::Error`, a DynamoDB operation error), not to the
+/// `Arc` around it.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Throttled { source, .. }
+            | Self::ConditionFailed { source, .. }
+            | Self::Backend { source, .. } => source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            Self::Corrupt(_) | Self::AlreadyExists(_) | Self::TooLarge(_) => None,
+        }
+    }
+}
+
+impl StoreError {
+    /// A backend failure without an underlying error (a broken invariant, a stopped thread).
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure caused by `source`.
+    pub fn backend_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A throttled call, caused by `source` when there is one.
+    pub fn throttled(message: impl Into<String>, source: Option<BackendSource>) -> Self {
+        Self::Throttled {
+            message: message.into(),
+            source,
+        }
+    }
+
+    /// True when the backend refused the call for its rate or for a busy lock: the same call
+    /// may succeed later.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, Self::Throttled { .. })
+    }
+
+    /// True when a conditional write failed without a port-level answer.
+    pub fn is_condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionFailed { .. })
+    }
+
+    /// True for every failure of the backend itself (throttled, a failed condition, other), as
+    /// opposed to corrupt, duplicate or oversized items.
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Throttled { .. } | Self::ConditionFailed { .. } | Self::Backend { .. }
+        )
+    }
 }
 
 /// Gateway keys, found by the hash of their secret.
@@ -469,7 +575,7 @@ where
         match write(failures).await {
             Ok(v) => return Ok(v),
             // Only backend failures may pass: a corrupt or oversized item stays so.
-            Err(e @ StoreError::Backend(_)) if failures + 1 < WRITE_ATTEMPTS => {
+            Err(e) if e.is_backend_failure() && failures + 1 < WRITE_ATTEMPTS => {
                 failures += 1;
                 tracing::warn!(error = %e, attempt = failures, "{what} failed; retrying");
                 let wait = std::time::Duration::from_millis(50) * 2u32.pow(failures - 1);

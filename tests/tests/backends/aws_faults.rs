@@ -15,7 +15,8 @@ use sluice::deps::Deps;
 use sluice::jobs::worker::process_deliveries;
 use sluice::queue::JobQueue;
 use sluice::queue::sqs::SqsQueue;
-use sluice::store::dynamodb::DynamoStore;
+use sluice::store::dynamodb::{DynamoStore, Tables};
+use sluice::store::{CounterField, Increment, KeyStore, LimitStore};
 use sluice_tests::{
     Behaviour, FakeUpstream, TestGateway, Throttle, ThrottleProxy, aws, fake_config_with_jobs,
 };
@@ -263,5 +264,56 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
         proxy.throttled_total(),
         proxy.forwarded(),
         jobs.len()
+    );
+}
+
+/// What is left of DynamoDB throttling after the SDK's own retries reaches the caller as a
+/// throttled store error, told apart from other failures, for a single-item read and a
+/// transaction alike (issue 17: `StoreError` keeps its source and says what failed).
+#[tokio::test]
+async fn throttling_left_after_the_sdk_retries_is_a_throttled_store_error() {
+    let tables = aws::dynamo_store().await.tables().clone();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = ThrottleProxy::start(&moto).await;
+    let client = aws_sdk_dynamodb::Client::new(&aws::sdk_config_at(&proxy.url).await);
+    let store = DynamoStore::new(client.clone(), tables);
+    let increment = Increment {
+        counter: "rate:key:key_throttled:rpm:1".into(),
+        field: CounterField::Count,
+        delta: 1,
+        at_most: Some(10),
+        expires_at_ms: 4_000_000_000_000,
+        guard: None,
+    };
+    for error in [
+        Throttle::ProvisionedThroughputExceeded,
+        Throttle::Throttling,
+    ] {
+        proxy.throttle("GetItem", error, SDK_ATTEMPTS);
+        let e = store.key_by_id("key_throttled").await.unwrap_err();
+        assert!(e.is_throttled(), "{error:?}: {e:?}");
+        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+        proxy.throttle("TransactWriteItems", error, SDK_ATTEMPTS);
+        let e = store
+            .apply(std::slice::from_ref(&increment), None)
+            .await
+            .unwrap_err();
+        assert!(e.is_throttled(), "{error:?}: {e:?}");
+    }
+    assert_eq!(proxy.throttled("GetItem"), 2 * SDK_ATTEMPTS);
+    assert_eq!(proxy.throttled("TransactWriteItems"), 2 * SDK_ATTEMPTS);
+    // Once through, the same calls succeed.
+    assert_eq!(store.key_by_id("key_throttled").await.unwrap(), None);
+    store
+        .apply(std::slice::from_ref(&increment), None)
+        .await
+        .unwrap();
+    // A failure of another kind (no such table) is a backend failure, neither throttled nor a
+    // failed condition.
+    let missing = DynamoStore::new(client, Tables::with_prefix("sluice-no-such-table"));
+    let e = missing.key_by_id("key_throttled").await.unwrap_err();
+    assert!(
+        e.is_backend_failure() && !e.is_throttled() && !e.is_condition_failed(),
+        "{e:?}"
     );
 }

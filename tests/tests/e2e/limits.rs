@@ -776,7 +776,10 @@ async fn a_sharded_tenant_cap_holds_its_shares_and_small_caps_stay_whole() {
         .find_map(|r| r.as_ref().err())
         .unwrap()
         .clone();
-    assert_eq!((refusal.kind, refusal.level), (LimitKind::Budget, "tenant"));
+    assert_eq!(
+        (refusal.kind, refusal.level),
+        (LimitKind::Budget, sluice::limits::Level::Tenant)
+    );
     assert!(!refusal.impossible);
     let usage = limiter
         .usage(&subject("big"), sluice::limits::GatewayLevel::Hidden)

@@ -17,6 +17,7 @@ mod invocation;
 mod jobs;
 mod limits;
 mod metrics;
+mod micro_batch;
 mod openapi;
 mod pooling;
 mod providers_anthropic;

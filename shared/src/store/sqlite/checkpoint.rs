@@ -1,0 +1,73 @@
+//! The background checkpointer, which copies the WAL back into the database file.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::error::backend;
+use crate::store::StoreError;
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (one page each, 4 KiB) past which the checkpointer also resets the WAL.
+const WAL_RESET_FRAMES: i64 = 4096;
+
+/// Checkpoints the WAL in the background until the store is dropped.
+pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = checkpoint(&conn, WAL_RESET_FRAMES) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    }
+}
+
+/// One checkpoint: PASSIVE (never blocks anyone), then, when the WAL has grown past
+/// `reset_frames`, TRUNCATE. A PASSIVE checkpoint copies frames back but cannot restart the
+/// WAL while readers keep using it, and under steady load some reader always is: the WAL then
+/// grows without bound (11 GB in a 10-minute soak, with the wal-index mapped into memory
+/// growing alongside). TRUNCATE waits (busy handler) for the readers of the moment, holds off
+/// writers for that instant, and empties the file. Returns the WAL's frames before.
+fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
+    let frames: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+        .map_err(backend)?;
+    if frames >= reset_frames {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(backend)?;
+    }
+    Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::connect;
+
+    #[test]
+    fn a_grown_wal_is_emptied_by_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let path = path.to_str().unwrap();
+        let conn = connect(path).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0;")
+            .unwrap();
+        for _ in 0..64 {
+            conn.execute("INSERT INTO t (v) VALUES (zeroblob(8192))", [])
+                .unwrap();
+        }
+        let wal = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+        let checkpointer = connect(path).unwrap();
+        // Below the threshold: copied back, the file kept for reuse.
+        let frames = checkpoint(&checkpointer, i64::MAX).unwrap();
+        assert!(frames >= 128, "{frames} frames");
+        assert!(wal() > 0);
+        // Past it: the WAL is emptied.
+        checkpoint(&checkpointer, 64).unwrap();
+        assert_eq!(wal(), 0);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 64);
+    }
+}

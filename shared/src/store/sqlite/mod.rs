@@ -1,0 +1,174 @@
+//! The embedded store: one SQLite file (WAL), the default for `sluice serve` and tests.
+//!
+//! rusqlite is synchronous, so every call runs on tokio's blocking pool. Writes go through one
+//! writer connection behind a mutex: SQLite allows one writer at a time anyway, and queueing on
+//! a mutex is far cheaper than SQLite's busy handler, which sleeps in millisecond steps. Reads
+//! use a small pool of reader connections, which WAL lets run while a write commits.
+//! `busy_timeout` still covers several processes sharing one file.
+//!
+//! Layout: this module opens the database and holds the reader pool and the door to the
+//! writer; `writer` is the writer thread (group commit), `checkpoint` the background WAL
+//! checkpointer, `migrations` the schema and its versions, `error` the mapping of rusqlite
+//! failures; then one file per port (`keys`, `cache`, `batch`, `jobs`, `limits`, `metrics`,
+//! `idempotency`).
+
+mod batch;
+mod cache;
+mod checkpoint;
+mod error;
+mod idempotency;
+mod jobs;
+mod keys;
+mod limits;
+mod metrics;
+mod migrations;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use checkpoint::checkpoint_loop;
+pub(crate) use error::backend;
+use migrations::migrate;
+use writer::{WriteJob, in_savepoint, writer_loop};
+
+use crate::store::StoreError;
+
+/// The SQLite adapter for every store port.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Queue to the writer thread, which owns the only writing connection.
+    writer: mpsc::Sender<WriteJob>,
+    /// Held only so that dropping the store stops the checkpointer.
+    _stop: mpsc::Sender<()>,
+    /// Reader connections (none for `:memory:`, where the writer's connection is the database).
+    readers: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+    puts: AtomicUsize,
+}
+
+fn connect(path: &str) -> Result<Connection, StoreError> {
+    let memory = path == ":memory:";
+    let conn = if memory {
+        Connection::open_in_memory()
+    } else {
+        Connection::open_with_flags(
+            Path::new(path),
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    }
+    .map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(backend)?;
+    if !memory {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory
+    /// database for unit tests.
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        let writer_conn = connect(path)?;
+        migrate(&writer_conn)?;
+        // Dropping the store drops `_stop`, which ends the checkpointer thread.
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        if path != ":memory:" {
+            // Checkpoints copy the WAL back into the database and fsync; run at commit time they
+            // stall the writer (and every request waiting on it) for milliseconds. A background
+            // thread does them instead; PASSIVE never blocks writers or readers.
+            writer_conn
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(backend)?;
+            let checkpointer = connect(path)?;
+            std::thread::Builder::new()
+                .name("sluice-sqlite-checkpoint".into())
+                .spawn(move || checkpoint_loop(checkpointer, stop_rx))
+                .map_err(|e| StoreError::backend(format!("cannot start the checkpointer: {e}")))?;
+        }
+        let readers = if path == ":memory:" {
+            Vec::new()
+        } else {
+            (0..3)
+                .map(|_| connect(path).map(Mutex::new))
+                .collect::<Result<_, _>>()?
+        };
+        let (writer, jobs) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("sluice-sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, jobs))
+            .map_err(|e| StoreError::backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer,
+                _stop: stop,
+                readers,
+                next: AtomicUsize::new(0),
+                puts: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Runs a read on a reader connection on tokio's blocking pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.inner.readers.is_empty() {
+            return self.write(f).await;
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            // A poisoned lock only means another call panicked mid-use; SQLite itself rolled
+            // back any open statement, so the connection is still usable.
+            let conn = inner.readers[i]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::backend(format!("store task failed: {e}")))?
+    }
+
+    /// Runs a write atomically on the writer thread; resolves once it is committed.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error| {
+                let result = match commit_error {
+                    Some(e) => Err(e),
+                    None => result,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.inner
+            .writer
+            .send(job)
+            .map_err(|_| StoreError::backend("the SQLite writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::backend("the SQLite writer dropped a write"))?
+    }
+}
