@@ -1288,7 +1288,7 @@ mod fuzz {
         /// reason and sequence, usage by component.
         #[test]
         fn fuzz_an_anthropic_answer_comes_back_as_it_was(message in answer()) {
-            let (completion, _) = anthropic::from_message(&message, "claude").unwrap();
+            let (completion, _) = anthropic::from_message(&message, "claude", 0).unwrap();
             let back = to_message(&completion, "claude");
             for field in ["id", "content", "stop_reason", "stop_sequence", "usage"] {
                 prop_assert_eq!(&back[field], &message[field], "{}", field);

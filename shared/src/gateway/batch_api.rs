@@ -15,7 +15,7 @@ use super::catalog::Model;
 use super::request::{self, InvalidRequest};
 use super::{Caller, Gateway, GatewayError};
 use crate::limits::{Ask, Grant, Refusal};
-use crate::providers::batch_api::{BatchApi, Polled};
+use crate::providers::batch_api::{Answers, BatchApi, Polled};
 use crate::providers::{Endpoint, ProviderError, Usage};
 use crate::store::{Settlement, StoreError};
 use crate::tokens;
@@ -203,7 +203,10 @@ impl Gateway {
                 &self.http,
                 &t.key,
                 id,
-                upstream_model,
+                Answers {
+                    model: upstream_model,
+                    created_s: self.clock.now_ms() / 1000,
+                },
                 endpoint,
                 self.batch_timeout(),
             )

@@ -414,6 +414,7 @@ impl Gateway {
                     api_key: &deployment.api_key.expose(),
                     stream: call.stream,
                     timeout,
+                    now_ms: self.clock.now_ms(),
                 },
             )
             .await?;

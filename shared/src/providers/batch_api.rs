@@ -144,20 +144,20 @@ impl BatchApi {
         result.map_err(|e| e.without_secret(key))
     }
 
-    /// Where the batch is; once ended, every request's outcome. `model` is the upstream
-    /// model (Anthropic's answers are translated with it).
+    /// Where the batch is; once ended, every request's outcome (Anthropic's translated as
+    /// `answers` says).
     pub async fn poll(
         &self,
         http: &reqwest::Client,
         key: &str,
         id: &str,
-        model: &str,
+        answers: Answers<'_>,
         endpoint: Endpoint,
         timeout: Duration,
     ) -> Result<Polled, ProviderError> {
         let result = match self {
             Self::OpenAi(base) => poll_openai(http, base, key, id, endpoint, timeout).await,
-            Self::Anthropic(base) => poll_anthropic(http, base, key, id, model, timeout).await,
+            Self::Anthropic(base) => poll_anthropic(http, base, key, id, answers, timeout).await,
         };
         result.map_err(|e| e.without_secret(key))
     }
@@ -184,6 +184,15 @@ impl BatchApi {
             .map(|_| ())
             .map_err(|e| e.without_secret(key))
     }
+}
+
+/// How a batch's answers are translated to OpenAI's format (Anthropic's).
+#[derive(Debug, Clone, Copy)]
+pub struct Answers<'a> {
+    /// The upstream model the batch ran.
+    pub model: &'a str,
+    /// Their `created` time, in Unix seconds (the gateway's clock).
+    pub created_s: u64,
 }
 
 fn anthropic(request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
@@ -314,7 +323,7 @@ async fn poll_anthropic(
     base: &str,
     key: &str,
     id: &str,
-    model: &str,
+    answers: Answers<'_>,
     timeout: Duration,
 ) -> Result<Polled, ProviderError> {
     let get = anthropic(http.get(format!("{base}/messages/batches/{id}")), key);
@@ -344,13 +353,15 @@ async fn poll_anthropic(
         };
         let result = &line["result"];
         let outcome = match result["type"].as_str() {
-            Some("succeeded") => match from_message(&result["message"], model) {
-                Ok((completion, usage)) => LineOutcome::Answered {
-                    body: Bytes::from(completion.to_string()),
-                    usage,
-                },
-                Err(e) => LineOutcome::NotRun(e.to_string()),
-            },
+            Some("succeeded") => {
+                match from_message(&result["message"], answers.model, answers.created_s) {
+                    Ok((completion, usage)) => LineOutcome::Answered {
+                        body: Bytes::from(completion.to_string()),
+                        usage,
+                    },
+                    Err(e) => LineOutcome::NotRun(e.to_string()),
+                }
+            }
             // [Results]: `errored` carries the error the request would have had; an
             // `invalid_request_error` is the request's own fault, anything else is not.
             Some("errored") if result["error"]["error"]["type"] == "invalid_request_error" => {

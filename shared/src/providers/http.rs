@@ -11,38 +11,40 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
-use super::{ChunkStream, Headroom, ProviderError, headroom_from, now_ms, sse};
+use super::{ChunkStream, ProviderError, sse};
 
 /// Longest provider error message kept (they are logged and may be shown to clients).
 const MAX_ERROR_MESSAGE: usize = 500;
 
-/// Sends a request and reads the whole 2xx body before `timeout`.
+/// Sends a request and reads the whole 2xx body before `timeout`; with the answer's headers
+/// (for [`super::headroom_from`]).
 pub(super) async fn send_for_body(
     request: reqwest::RequestBuilder,
     timeout: Duration,
-) -> Result<(Bytes, Headroom), ProviderError> {
+) -> Result<(Bytes, HeaderMap), ProviderError> {
     tokio::time::timeout(timeout, async {
         let response = check_status(request.send().await.map_err(transport)?, timeout).await?;
-        let headroom = headroom_from(response.headers(), now_ms());
-        Ok::<_, ProviderError>((response.bytes().await.map_err(transport)?, headroom))
+        let headers = response.headers().clone();
+        Ok::<_, ProviderError>((response.bytes().await.map_err(transport)?, headers))
     })
     .await
     .map_err(|_| ProviderError::Timeout)?
 }
 
-/// Sends a request whose 2xx answer is an event stream; waits for the headers only.
+/// Sends a request whose 2xx answer is an event stream; waits for the headers only (and
+/// returns them).
 pub(super) async fn send_for_events(
     request: reqwest::RequestBuilder,
     timeout: Duration,
-) -> Result<(sse::EventStream, Headroom), ProviderError> {
+) -> Result<(sse::EventStream, HeaderMap), ProviderError> {
     let response = tokio::time::timeout(timeout, request.send())
         .await
         .map_err(|_| ProviderError::Timeout)?
         .map_err(transport)?;
     let response = check_status(response, timeout).await?;
-    let headroom = headroom_from(response.headers(), now_ms());
+    let headers = response.headers().clone();
     let events = sse::json_events(response.bytes_stream().map(|r| r.map_err(transport)));
-    Ok((events, headroom))
+    Ok((events, headers))
 }
 
 /// Maps a transport error; the URL is dropped so nothing internal (or a key in a query

@@ -4,7 +4,7 @@
 //! names containing `error` answer HTTP 500, names containing `slow` wait 1.5 s first.
 //! Everything else answers deterministically from the request, so caching is visible.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -49,17 +49,15 @@ impl ProviderApi for Mock {
             });
         }
         match request.endpoint {
-            Endpoint::ChatCompletions => Ok(chat(model, request.body, request.stream)),
+            Endpoint::ChatCompletions => Ok(chat(
+                model,
+                request.body,
+                request.stream,
+                request.now_ms / 1000,
+            )),
             Endpoint::Embeddings => Ok(embeddings(model, request.body)),
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Text of the last user message (string content, or the text parts of an array).
@@ -87,7 +85,7 @@ fn short_id(seed: &str) -> String {
     hex::encode(&Sha256::digest(seed.as_bytes())[..12])
 }
 
-fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamResponse {
+fn chat(model: &str, body: &Map<String, Value>, stream: bool, created: u64) -> UpstreamResponse {
     let prompt: String = last_user_text(body).chars().take(200).collect();
     let mut words: Vec<String> = format!("Mock response to: {prompt}")
         .split_whitespace()
@@ -114,7 +112,6 @@ fn chat(model: &str, body: &Map<String, Value>, stream: bool) -> UpstreamRespons
         words.len() as u64,
     );
     let id = format!("chatcmpl-mock-{}", short_id(&content));
-    let created = unix_now();
     let usage_json = json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -313,7 +310,7 @@ mod tests {
         let body = json!({"model": "m", "max_tokens": 3,
             "messages": [{"role": "user", "content": "one two three four"}]});
         let UpstreamResponse::Complete { body, usage, .. } =
-            chat("m", body.as_object().unwrap(), false)
+            chat("m", body.as_object().unwrap(), false, 0)
         else {
             panic!("expected a complete answer");
         };

@@ -72,6 +72,9 @@ pub struct UpstreamRequest<'a> {
     pub stream: bool,
     /// Deadline for the whole answer, or for the first byte of a stream.
     pub timeout: Duration,
+    /// The gateway's clock at the call: the `created` time of translated answers, and what
+    /// rate-limit reset times in the provider's headers are read against.
+    pub now_ms: u64,
 }
 
 /// Tokens a call used, as the provider reported (or as estimated when it did not), by the
@@ -297,12 +300,6 @@ fn scrub(text: String, secret: &str) -> String {
         text.push_str(REDACTED);
     }
     text
-}
-
-/// Wall-clock milliseconds (provider headers carry absolute reset times).
-pub(crate) fn now_ms() -> u64 {
-    use crate::clock::Clock;
-    crate::clock::SystemClock.now_ms()
 }
 
 /// Reads rate-limit headers in OpenAI's and Anthropic's formats.

@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 
 use super::http::{self, error_message, stream_error};
 use super::{
-    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, usage_from_openai,
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from,
+    usage_from_openai,
 };
 
 /// An OpenAI-compatible API at a base URL such as `https://api.openai.com/v1`.
@@ -65,7 +66,7 @@ impl ProviderApi for OpenAi {
                 "stream_options".into(),
                 serde_json::json!({"include_usage": true}),
             );
-            let (events, headroom) =
+            let (events, headers) =
                 http::send_for_events(post.json(&body), request.timeout).await?;
             let chunks = events.map(|e| {
                 let e = e?;
@@ -76,15 +77,15 @@ impl ProviderApi for OpenAi {
             });
             return Ok(UpstreamResponse::Stream {
                 chunks: http::boxed(chunks),
-                headroom,
+                headroom: headroom_from(&headers, request.now_ms),
             });
         }
-        let (body, headroom) = http::send_for_body(post.json(&body), request.timeout).await?;
+        let (body, headers) = http::send_for_body(post.json(&body), request.timeout).await?;
         let usage = validate(request.endpoint, &body)?;
         Ok(UpstreamResponse::Complete {
             body,
             usage,
-            headroom,
+            headroom: headroom_from(&headers, request.now_ms),
         })
     }
 }

@@ -39,7 +39,9 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::http;
-use super::{Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
+use super::{
+    Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from,
+};
 
 /// The API version every request pins.
 pub const API_VERSION: &str = "2023-06-01";
@@ -107,24 +109,25 @@ impl ProviderApi for Anthropic {
             .unwrap_or_default()
             .to_owned();
         if request.stream {
-            let (events, headroom) = http::send_for_events(post, request.timeout).await?;
-            let mut state = StreamState::new(model, continuous_usage(request.body));
+            let (events, headers) = http::send_for_events(post, request.timeout).await?;
+            let created_s = request.now_ms / 1000;
+            let mut state = StreamState::new(model, continuous_usage(request.body), created_s);
             let chunks = events
                 .map(move |e| state.translate(e))
                 .flat_map(futures_util::stream::iter);
             return Ok(UpstreamResponse::Stream {
                 chunks: http::boxed(chunks),
-                headroom,
+                headroom: headroom_from(&headers, request.now_ms),
             });
         }
-        let (bytes, headroom) = http::send_for_body(post, request.timeout).await?;
+        let (bytes, headers) = http::send_for_body(post, request.timeout).await?;
         let message: Value = serde_json::from_slice(&bytes)
             .map_err(|_| ProviderError::Malformed("body is not JSON".into()))?;
-        let (completion, usage) = from_message(&message, &model)?;
+        let (completion, usage) = from_message(&message, &model, request.now_ms / 1000)?;
         Ok(UpstreamResponse::Complete {
             body: Bytes::from(completion.to_string()),
             usage,
-            headroom,
+            headroom: headroom_from(&headers, request.now_ms),
         })
     }
 }
@@ -284,7 +287,7 @@ mod tests {
             "stop_reason": "tool_use", "stop_sequence": null,
             "usage": {"input_tokens": 2095, "output_tokens": 503, "cache_read_input_tokens": 5}
         });
-        let (completion, usage) = from_message(&message, "m").unwrap();
+        let (completion, usage) = from_message(&message, "m", 0).unwrap();
         let choice = &completion["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         assert_eq!(choice["message"]["content"], "I'll check.");
@@ -306,8 +309,10 @@ mod tests {
             completion["usage"]["prompt_tokens_details"]["cached_tokens"],
             5
         );
-        assert!(from_message(&json!({"type": "error", "error": {"message": "x"}}), "m").is_err());
-        assert!(from_message(&json!({"id": "x"}), "m").is_err());
+        assert!(
+            from_message(&json!({"type": "error", "error": {"message": "x"}}), "m", 0).is_err()
+        );
+        assert!(from_message(&json!({"id": "x"}), "m", 0).is_err());
     }
 
     #[test]
@@ -348,7 +353,7 @@ mod tests {
             ),
             ("message_stop", json!({"type": "message_stop"})),
         ];
-        let mut state = StreamState::new("m".into(), false);
+        let mut state = StreamState::new("m".into(), false, 0);
         let mut assembler = crate::gateway::stream::Assembler::default();
         for (name, data) in events {
             for chunk in state.translate(Ok(Event {
@@ -610,7 +615,7 @@ mod tests {
                 {"type": "text", "text": "Done"}],
             "stop_reason": "stop_sequence", "stop_sequence": "END",
             "usage": {"input_tokens": 3, "output_tokens": 40, "output_tokens_details": {"thinking_tokens": 30}}});
-        let (completion, usage) = from_message(&message, "m").unwrap();
+        let (completion, usage) = from_message(&message, "m", 0).unwrap();
         let choice = &completion["choices"][0];
         assert_eq!(choice["finish_reason"], "stop");
         assert_eq!(choice["stop_sequence"], "END");
@@ -631,7 +636,7 @@ mod tests {
         let message = json!({"content": [], "usage": {"input_tokens": 50, "output_tokens": 7,
             "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 300,
             "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}});
-        let (completion, usage) = from_message(&message, "m").unwrap();
+        let (completion, usage) = from_message(&message, "m", 0).unwrap();
         let usage = usage.unwrap();
         assert_eq!(
             usage,
@@ -695,7 +700,7 @@ mod tests {
                 ("message_delta", end.clone()),
             ],
         ] {
-            let mut state = StreamState::new("m".into(), false);
+            let mut state = StreamState::new("m".into(), false, 0);
             let mut assembler = crate::gateway::stream::Assembler::default();
             for chunk in translated(&mut state, events) {
                 assembler.add(&chunk);
@@ -709,7 +714,7 @@ mod tests {
 
     #[test]
     fn a_thinking_stream_assembles_into_blocks_with_signatures() {
-        let mut state = StreamState::new("m".into(), true);
+        let mut state = StreamState::new("m".into(), true, 0);
         let chunks = translated(
             &mut state,
             vec![
@@ -867,7 +872,7 @@ mod fuzz {
     }
 
     fn read(chunks: Vec<Bytes>) -> Result<Value, Vec<String>> {
-        let mut state = StreamState::new("m".into(), false);
+        let mut state = StreamState::new("m".into(), false, 0);
         let chunks: Vec<_> = block_on(event_stream(chunks).collect::<Vec<_>>())
             .into_iter()
             .flat_map(|e| state.translate(e))
@@ -1022,10 +1027,10 @@ mod fuzz {
     #[test]
     fn regression_huge_token_counts_saturate() {
         let message = json!({"content": [], "usage": {"input_tokens": u64::MAX, "cache_read_input_tokens": 5, "output_tokens": 7}});
-        let (completion, usage) = from_message(&message, "m").unwrap();
+        let (completion, usage) = from_message(&message, "m", 0).unwrap();
         assert_eq!(usage.map(|u| u.prompt_tokens), Some(u64::MAX));
         assert_eq!(completion["usage"]["total_tokens"], u64::MAX);
-        let mut state = StreamState::new("m".into(), false);
+        let mut state = StreamState::new("m".into(), false, 0);
         let start = json!({"type": "message_start", "message": {"usage": {"input_tokens": u64::MAX - 1, "cache_read_input_tokens": 2}}});
         let _ = state.translate(Ok(Event {
             name: String::new(),
@@ -1045,7 +1050,7 @@ mod fuzz {
 
         #[test]
         fn fuzz_any_message(message in prop_oneof![json_value(), mutated(valid_message())]) {
-            match from_message(&message, "m") {
+            match from_message(&message, "m", 0) {
                 Ok((completion, usage)) => {
                     prop_assert_eq!(&completion["object"], "chat.completion");
                     prop_assert!(completion["choices"][0]["message"].is_object());
@@ -1057,7 +1062,7 @@ mod fuzz {
 
         #[test]
         fn fuzz_any_events(events in proptest::collection::vec((fuzzing::word(), prop_oneof![json_value(), valid_event()]), 0..10)) {
-            let mut state = StreamState::new("m".into(), false);
+            let mut state = StreamState::new("m".into(), false, 0);
             for (name, data) in events {
                 for chunk in state.translate(Ok(Event { name, data })).into_iter().flatten() {
                     prop_assert_eq!(&chunk["object"], "chat.completion.chunk");
@@ -1090,7 +1095,7 @@ mod fuzz {
         /// component exactly, and Sluice's usage maps back to the same Anthropic usage.
         #[test]
         fn fuzz_answers_keep_stop_reasons_tool_ids_and_usage((message, expected) in answer()) {
-            let (completion, usage) = from_message(&message, "m").unwrap();
+            let (completion, usage) = from_message(&message, "m", 0).unwrap();
             let choice = &completion["choices"][0];
             let stop = message["stop_reason"].as_str().unwrap();
             prop_assert_eq!(&choice["finish_reason"], finish_reason(stop));
@@ -1115,7 +1120,7 @@ mod fuzz {
         /// The same answer streamed assembles into what the unstreamed one translates to.
         #[test]
         fn fuzz_a_streamed_answer_is_the_same_answer((message, _) in answer(), at in cuts(8)) {
-            let (whole, usage) = from_message(&message, "m").unwrap();
+            let (whole, usage) = from_message(&message, "m", 0).unwrap();
             let streamed = read(split(&sse_text(&events_of(&message)), &at)).unwrap();
             let (a, b) = (&whole["choices"][0], &streamed["choices"][0]);
             prop_assert_eq!(&a["finish_reason"], &b["finish_reason"]);

@@ -12,7 +12,11 @@ use crate::providers::http::error_message;
 use crate::providers::{ProviderError, Usage};
 
 /// A Messages API answer as a `chat.completion`, with its usage.
-pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage>), ProviderError> {
+pub fn from_message(
+    message: &Value,
+    model: &str,
+    created_s: u64,
+) -> Result<(Value, Option<Usage>), ProviderError> {
     if message.get("type").and_then(Value::as_str) == Some("error") {
         return Err(ProviderError::Malformed(
             error_message(message).unwrap_or_else(|| "error object in a 200 answer".into()),
@@ -56,7 +60,7 @@ pub fn from_message(message: &Value, model: &str) -> Result<(Value, Option<Usage
     let mut out = json!({
         "id": message.id.as_deref().unwrap_or("msg"),
         "object": "chat.completion",
-        "created": crate::providers::now_ms() / 1000,
+        "created": created_s,
         "model": message.model.as_deref().unwrap_or(model),
         "choices": [{
             "index": 0,

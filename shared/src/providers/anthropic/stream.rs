@@ -43,11 +43,11 @@ pub(super) struct StreamState {
 }
 
 impl StreamState {
-    pub(super) fn new(model: String, early_usage: bool) -> Self {
+    pub(super) fn new(model: String, early_usage: bool, created_s: u64) -> Self {
         Self {
             id: String::new(),
             model,
-            created: crate::providers::now_ms() / 1000,
+            created: created_s,
             usage: AnthropicUsage::default(),
             early_usage,
             blocks: HashMap::new(),

@@ -75,8 +75,9 @@ fn valid_stream() -> impl Strategy<Value = (Vec<u8>, String)> {
 }
 
 fn read(chunks: Vec<Bytes>) -> Result<Value, Vec<String>> {
-    let chunks =
-        block_on(chunk_stream(event_stream(chunks), ChunkTranslator::new("m")).collect::<Vec<_>>());
+    let chunks = block_on(
+        chunk_stream(event_stream(chunks), ChunkTranslator::new("m", 0)).collect::<Vec<_>>(),
+    );
     assemble(chunks)
 }
 
@@ -137,7 +138,7 @@ proptest! {
 
     #[test]
     fn fuzz_any_answer(answer in prop_oneof![json_value(), mutated(valid_answer())]) {
-        match completion(&answer, "m") {
+        match completion(&answer, "m", 0) {
             Ok((out, usage)) => {
                 prop_assert!(out["choices"].as_array().is_some_and(|c| !c.is_empty()));
                 prop_assert_eq!(usage.is_some(), out.get("usage").is_some());
@@ -148,7 +149,7 @@ proptest! {
 
     #[test]
     fn fuzz_any_events(events in proptest::collection::vec(prop_oneof![json_value(), mutated(valid_answer())], 0..8)) {
-        let mut translator = ChunkTranslator::new("m");
+        let mut translator = ChunkTranslator::new("m", 0);
         for data in &events {
             if let Ok(chunks) = translator.event(data) {
                 for chunk in chunks {
@@ -214,7 +215,7 @@ proptest! {
     #[test]
     fn fuzz_an_answer_round_trips(answer in gemini_answer()) {
         let parts = answer["candidates"][0]["content"]["parts"].clone();
-        let (completion, usage) = completion(&answer, "gemini-3-pro-preview").unwrap();
+        let (completion, usage) = completion(&answer, "gemini-3-pro-preview", 0).unwrap();
         let usage = usage.unwrap();
         let metadata = &answer["usageMetadata"];
         prop_assert_eq!(Some(usage.prompt_tokens), metadata["promptTokenCount"].as_u64());

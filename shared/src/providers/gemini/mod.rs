@@ -26,14 +26,15 @@ mod response;
 mod stream;
 mod wire;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
 use super::http;
-use super::{Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse};
+use super::{
+    Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse,
+    headroom_from,
+};
 pub(crate) use call_id::without_signatures;
 
 use embeddings::{batch_embed_request, embedding_inputs, embedding_list, embedding_vectors};
@@ -82,14 +83,15 @@ impl Gemini {
     ) -> Result<UpstreamResponse, ProviderError> {
         let body = generate_request(request.body)?;
         let post = self.post(client, &request, "generateContent", &body)?;
-        let (answer, headroom) = http::send_for_body(post, request.timeout).await?;
+        let (answer, headers) = http::send_for_body(post, request.timeout).await?;
         let answer: Value = serde_json::from_slice(&answer)
             .map_err(|_| ProviderError::Malformed("body is not JSON".into()))?;
-        let (completion, usage) = completion(&answer, request_model(request.body))?;
+        let created_s = request.now_ms / 1000;
+        let (completion, usage) = completion(&answer, request_model(request.body), created_s)?;
         Ok(UpstreamResponse::Complete {
             body: Bytes::from(completion.to_string()),
             usage,
-            headroom,
+            headroom: headroom_from(&headers, request.now_ms),
         })
     }
 
@@ -100,11 +102,11 @@ impl Gemini {
     ) -> Result<UpstreamResponse, ProviderError> {
         let body = generate_request(request.body)?;
         let post = self.post(client, &request, "streamGenerateContent?alt=sse", &body)?;
-        let (events, headroom) = http::send_for_events(post, request.timeout).await?;
-        let translator = ChunkTranslator::new(request_model(request.body));
+        let (events, headers) = http::send_for_events(post, request.timeout).await?;
+        let translator = ChunkTranslator::new(request_model(request.body), request.now_ms / 1000);
         Ok(UpstreamResponse::Stream {
             chunks: chunk_stream(events, translator),
-            headroom,
+            headroom: headroom_from(&headers, request.now_ms),
         })
     }
 
@@ -122,7 +124,12 @@ impl Gemini {
         for batch in inputs.chunks(embeddings::BATCH) {
             let body = batch_embed_request(model, batch, dimensions);
             let post = self.post(client, &request, "batchEmbedContents", &body)?;
-            calls.push(embed_batch(post, request.timeout, batch.len()));
+            calls.push(embed_batch(
+                post,
+                request.timeout,
+                batch.len(),
+                request.now_ms,
+            ));
         }
         let answers: Vec<_> = futures_util::stream::iter(calls)
             .buffered(embeddings::CONCURRENT_BATCHES)
@@ -145,9 +152,13 @@ async fn embed_batch(
     post: reqwest::RequestBuilder,
     timeout: std::time::Duration,
     inputs: usize,
+    now_ms: u64,
 ) -> Result<(Vec<Vec<f64>>, Headroom), ProviderError> {
-    let (answer, headroom) = http::send_for_body(post, timeout).await?;
-    Ok((embedding_vectors(&answer, inputs)?, headroom))
+    let (answer, headers) = http::send_for_body(post, timeout).await?;
+    Ok((
+        embedding_vectors(&answer, inputs)?,
+        headroom_from(&headers, now_ms),
+    ))
 }
 
 impl ProviderApi for Gemini {
@@ -187,13 +198,6 @@ pub(super) fn upstream_model(body: &Map<String, Value>) -> Result<&str, Provider
         return Err(bad_request("no model to send to Gemini"));
     }
     Ok(model)
-}
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `chatcmpl-` and Gemini's `responseId`, or a random id when it sent none.
@@ -242,6 +246,7 @@ mod tests {
             api_key: "AIza-secret",
             stream: true,
             timeout: Duration::from_secs(1),
+            now_ms: 0,
         };
         let built = gemini
             .post(

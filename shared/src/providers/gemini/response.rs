@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::call_id::CallIds;
+use super::completion_id;
 use super::wire::{Candidate, GenerateContentResponse, ModalityTokenCount, Part, UsageMetadata};
-use super::{completion_id, unix_now};
 use crate::providers::http::error_message;
 use crate::providers::{ProviderError, Usage};
 
@@ -137,10 +137,11 @@ fn choice(candidate: &Candidate, position: usize, ids: &mut CallIds) -> Value {
     })
 }
 
-/// A `GenerateContentResponse` as a `chat.completion`, with its usage.
+/// A `GenerateContentResponse` as a `chat.completion` created at `created_s`, with its usage.
 pub(super) fn completion(
     answer: &Value,
     model: &str,
+    created_s: u64,
 ) -> Result<(Value, Option<Usage>), ProviderError> {
     let answer = parse(answer)?;
     if answer.candidates.is_none() && answer.prompt_feedback.is_none() {
@@ -172,7 +173,7 @@ pub(super) fn completion(
     let mut out = json!({
         "id": completion_id(answer.response_id.as_deref()),
         "object": "chat.completion",
-        "created": unix_now(),
+        "created": created_s,
         "model": answer.model_version.as_deref().unwrap_or(model),
         "choices": choices,
     });
@@ -210,11 +211,11 @@ mod tests {
 
     #[test]
     fn a_text_answer_becomes_a_chat_completion() {
-        let (c, usage) = completion(&text_answer(), "requested").unwrap();
+        let (c, usage) = completion(&text_answer(), "requested", 1_800_000_000).unwrap();
         assert_eq!(c["id"], "chatcmpl-mZQIaLa1Bq6Y1MkPy5vHsQk");
         assert_eq!(c["object"], "chat.completion");
         assert_eq!(c["model"], "gemini-2.0-flash");
-        assert!(c["created"].as_u64().unwrap() > 1_700_000_000);
+        assert_eq!(c["created"], 1_800_000_000, "the gateway's clock");
         assert_eq!(
             c["choices"],
             json!([{"index": 0, "logprobs": null, "finish_reason": "stop",
@@ -236,7 +237,7 @@ mod tests {
                 {"text": "Let me think", "thought": true}, {"text": "42"}]}, "finishReason": "MAX_TOKENS"}],
             "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1, "thoughtsTokenCount": 30, "totalTokenCount": 36}
         });
-        let (c, usage) = completion(&answer, "gemini-2.5-flash").unwrap();
+        let (c, usage) = completion(&answer, "gemini-2.5-flash", 0).unwrap();
         assert_eq!(c["model"], "gemini-2.5-flash");
         assert!(c["id"].as_str().unwrap().starts_with("chatcmpl-"));
         assert_eq!(c["choices"][0]["message"]["content"], "42");
@@ -264,7 +265,7 @@ mod tests {
             "usageMetadata": {"promptTokenCount": 50, "candidatesTokenCount": 20, "totalTokenCount": 70},
             "modelVersion": "gemini-2.0-flash"
         });
-        let (c, _) = completion(&answer, "m").unwrap();
+        let (c, _) = completion(&answer, "m", 0).unwrap();
         let choice = &c["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         assert_eq!(choice["message"]["content"], Value::Null);
@@ -272,7 +273,7 @@ mod tests {
         // No id from Gemini: one made from the answer, never `call_0` again in the next one.
         let id = calls[0]["id"].as_str().unwrap();
         assert!(id.starts_with("call_") && id.len() == 29, "{id}");
-        let (again, _) = completion(&answer, "m").unwrap();
+        let (again, _) = completion(&answer, "m", 0).unwrap();
         assert_ne!(again["choices"][0]["message"]["tool_calls"][0]["id"], id);
         assert_eq!(calls[0]["type"], "function");
         assert_eq!(calls[0]["function"]["name"], "find_theaters");
@@ -298,14 +299,14 @@ mod tests {
                 "finishReason": "STOP", "index": 0}],
             "responseId": "r-42"
         });
-        let (c, _) = completion(&answer, "gemini-3-pro-preview").unwrap();
+        let (c, _) = completion(&answer, "gemini-3-pro-preview", 0).unwrap();
         let calls = c["choices"][0]["message"]["tool_calls"].as_array().unwrap();
         let first = calls[0]["id"].as_str().unwrap();
         assert_eq!(call_id::signature(first).as_deref(), Some("<Signature A>"));
         // Parallel calls: only the first part has a signature (and so only its id).
         assert_eq!(call_id::signature(calls[1]["id"].as_str().unwrap()), None);
         assert_ne!(calls[0]["id"], calls[1]["id"]);
-        let (again, _) = completion(&answer, "gemini-3-pro-preview").unwrap();
+        let (again, _) = completion(&answer, "gemini-3-pro-preview", 0).unwrap();
         assert_eq!(again["choices"][0]["message"]["tool_calls"], json!(calls));
     }
 
@@ -320,7 +321,7 @@ mod tests {
                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 900}, {"modality": "AUDIO", "tokenCount": 100}],
                 "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 560}, {"modality": "AUDIO", "tokenCount": 40}]}
         });
-        let (c, usage) = completion(&answer, "gemini-2.5-pro").unwrap();
+        let (c, usage) = completion(&answer, "gemini-2.5-pro", 0).unwrap();
         let usage = usage.unwrap();
         assert_eq!(
             usage,
@@ -345,7 +346,7 @@ mod tests {
                 {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
             "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}
         });
-        let (c, usage) = completion(&blocked_prompt, "m").unwrap();
+        let (c, usage) = completion(&blocked_prompt, "m", 0).unwrap();
         assert_eq!(
             c["choices"],
             json!([{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null},
@@ -354,7 +355,7 @@ mod tests {
         assert_eq!(usage.unwrap().prompt_tokens, 12);
         let blocked_answer = json!({"candidates": [{"finishReason": "SAFETY", "index": 0,
             "safetyRatings": [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "MEDIUM", "blocked": true}]}]});
-        let (c, usage) = completion(&blocked_answer, "m").unwrap();
+        let (c, usage) = completion(&blocked_answer, "m", 0).unwrap();
         assert_eq!(c["choices"][0]["finish_reason"], "content_filter");
         assert_eq!(c["choices"][0]["message"]["content"], Value::Null);
         assert!(usage.is_none());
@@ -374,16 +375,16 @@ mod tests {
     #[test]
     fn error_and_shapeless_answers_are_malformed() {
         let error = json!({"error": {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}});
-        match completion(&error, "m") {
+        match completion(&error, "m", 0) {
             Err(ProviderError::Malformed(m)) => assert_eq!(m, "An internal error has occurred."),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            completion(&json!({"usageMetadata": {}}), "m"),
+            completion(&json!({"usageMetadata": {}}), "m", 0),
             Err(ProviderError::Malformed(_))
         ));
         assert!(matches!(
-            completion(&json!({"candidates": []}), "m"),
+            completion(&json!({"candidates": []}), "m", 0),
             Err(ProviderError::Malformed(_))
         ));
     }

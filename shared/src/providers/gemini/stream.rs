@@ -7,11 +7,11 @@ use futures_util::stream;
 use serde_json::{Map, Value, json};
 
 use super::call_id::CallIds;
+use super::completion_id;
 use super::response::{
     block_reason, candidate_index, candidate_text, finish_reason, parse, tool_calls, usage,
 };
 use super::wire::{Candidate, UsageMetadata};
-use super::{completion_id, unix_now};
 use crate::providers::http::{self, stream_error};
 use crate::providers::{ChunkStream, ProviderError, sse};
 
@@ -30,11 +30,11 @@ pub(super) struct ChunkTranslator {
 }
 
 impl ChunkTranslator {
-    pub(super) fn new(model: &str) -> Self {
+    pub(super) fn new(model: &str, created_s: u64) -> Self {
         Self {
             id: None,
             model: model.to_owned(),
-            created: unix_now(),
+            created: created_s,
             started: HashSet::new(),
             calls: HashMap::new(),
             ids: CallIds::new(None),
@@ -178,7 +178,7 @@ mod tests {
     async fn translate_stream(sse_text: &'static str) -> Vec<Result<Value, ProviderError>> {
         let bytes = stream::iter([Ok(Bytes::from_static(sse_text.as_bytes()))]);
         let events = sse::json_events(bytes);
-        chunk_stream(events, ChunkTranslator::new("requested"))
+        chunk_stream(events, ChunkTranslator::new("requested", 0))
             .collect()
             .await
     }
@@ -275,7 +275,7 @@ mod tests {
             super::super::call_id::signature(id.as_str().unwrap()).as_deref(),
             Some("c2ln")
         );
-        let (whole, _) = super::super::response::completion(&event, "m").unwrap();
+        let (whole, _) = super::super::response::completion(&event, "m", 0).unwrap();
         assert_eq!(&whole["choices"][0]["message"]["tool_calls"][0]["id"], id);
     }
 
