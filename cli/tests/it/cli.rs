@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_tests::FakeUpstream;
 
-mod common;
+use crate::common;
 
 use common::{BIN, Served, create_key, sluice};
 

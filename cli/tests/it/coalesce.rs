@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use sluice_tests::{Behaviour, FakeUpstream, fake_config};
 
-mod common;
+use crate::common;
 
 use common::{Served, create_key};
 

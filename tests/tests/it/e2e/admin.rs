@@ -3,7 +3,7 @@
 use serde_json::json;
 use sluice_tests::{FakeUpstream, TestGateway, fake_config, gateway::ADMIN_KEY};
 
-use crate::{assert_error, json};
+use crate::e2e::{assert_error, json};
 
 #[tokio::test]
 async fn admin_routes_need_the_admin_key() {

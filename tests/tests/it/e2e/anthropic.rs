@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway};
 
-use crate::{assert_error, events, header, json};
+use crate::e2e::{assert_error, events, header, json};
 
 /// Model `claude` on Anthropic (keys `ak-1`, and `ak-2` when `two_keys`); model `gpt` on the
 /// same fake's OpenAI routes, as a fallback target.

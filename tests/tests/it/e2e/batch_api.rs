@@ -9,8 +9,8 @@ use sluice::store::BatchEntryKind;
 use sluice_tests::gateway::ADMIN_KEY;
 use sluice_tests::{BatchFate, FakeUpstream, TestGateway, fake_config_with};
 
-use crate::jobs::wait_job;
-use crate::{assert_error, json};
+use crate::e2e::jobs::wait_job;
+use crate::e2e::{assert_error, json};
 
 /// [`fake_config_with`] with provider Batch APIs on and no job workers (jobs stay queued).
 fn batch_config(base_url: &str, enabled: bool) -> String {

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config};
 
-use crate::{header, json};
+use crate::e2e::{header, json};
 
 async fn send(
     gw: &TestGateway,

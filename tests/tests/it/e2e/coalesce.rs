@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config, fake_config_with};
 
-use crate::{header, json, nanos};
+use crate::e2e::{header, json, nanos};
 
 /// What one request of a burst got.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use sluice_tests::TestGateway;
 
-use crate::header;
+use crate::e2e::header;
 
 /// The text inside the page's `<tag>…</tag>`.
 fn block<'a>(page: &'a str, tag: &str) -> &'a str {

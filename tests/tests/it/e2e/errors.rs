@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_tests::{Behaviour, FakeUpstream, PROVIDER_KEY, TestGateway, fake_config};
 
-use crate::{assert_error, header};
+use crate::e2e::{assert_error, header};
 
 async fn raw(gw: &TestGateway, key: Option<&str>, body: &str) -> reqwest::Response {
     let mut req = gw

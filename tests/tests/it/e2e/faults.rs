@@ -18,7 +18,7 @@ use sluice_tests::{
     fake_config_with_jobs,
 };
 
-use crate::{header, json, nanos};
+use crate::e2e::{header, json, nanos};
 
 /// A gateway over SQLite behind a [`FaultyStore`], recording every usage event. Every write
 /// goes through the wrapper, including the local rollups of usage.

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{FakeUpstream, PROVIDER_KEY, TestGateway, fake_config};
 
-use crate::{events, header, json};
+use crate::e2e::{events, header, json};
 
 #[tokio::test]
 async fn health_needs_no_key_and_models_lists_names_and_aliases() {

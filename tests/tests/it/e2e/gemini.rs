@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway};
 
-use crate::{assert_error, events, header, json};
+use crate::e2e::{assert_error, events, header, json};
 
 const GEMINI_KEY: &str = "gk-test";
 

@@ -17,7 +17,7 @@ use sluice::invocation::{self, Delivery};
 use sluice::keys::{self, BudgetPeriod, KeyLimits};
 use sluice_tests::{Behaviour, FakeUpstream, Fault, FaultyStore, Op, fake_config};
 
-use crate::nanos;
+use crate::e2e::nanos;
 
 struct Served {
     url: String,

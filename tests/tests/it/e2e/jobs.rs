@@ -13,7 +13,7 @@ use sluice_tests::{
     fake_config_with_jobs,
 };
 
-use crate::{assert_error, header, json};
+use crate::e2e::{assert_error, header, json};
 
 /// Polls a job until it is final.
 pub async fn wait_job(gw: &TestGateway, key: &str, id: &str) -> Value {

@@ -10,7 +10,7 @@ use sluice::keys::KeyLimits;
 use sluice::limits::Ask;
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config_with};
 
-use crate::{assert_error, header, json, nanos};
+use crate::e2e::{assert_error, header, json, nanos};
 
 fn prompt(i: usize) -> Value {
     json!({"model": "gpt-test", "max_tokens": 5, "messages": [{"role": "user", "content": format!("q{i}")}]})

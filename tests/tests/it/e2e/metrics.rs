@@ -9,7 +9,7 @@ use sluice::metrics::{EventKind, UsageEvent};
 use sluice_tests::gateway::ADMIN_KEY;
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config_with};
 
-use crate::json;
+use crate::e2e::json;
 
 /// Quantile resolution of the latency histogram (four buckets per doubling).
 const RESOLUTION: f64 = 0.0906;
@@ -221,10 +221,10 @@ async fn metrics_refuse_what_a_key_may_not_see_and_bad_parameters() {
         ("from=0&to=1800000000", "from"),
     ] {
         let error =
-            crate::assert_error(metrics(&gw, &key, query).await, 400, "invalid_request").await;
+            crate::e2e::assert_error(metrics(&gw, &key, query).await, 400, "invalid_request").await;
         assert_eq!(error["param"], param, "{query}");
     }
-    crate::assert_error(
+    crate::e2e::assert_error(
         metrics(&gw, "sk-sluice-nope", "").await,
         401,
         "invalid_api_key",

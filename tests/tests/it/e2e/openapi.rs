@@ -3,7 +3,7 @@
 
 use sluice_tests::TestGateway;
 
-use crate::json;
+use crate::e2e::json;
 
 #[tokio::test]
 async fn the_document_is_served_without_a_key_and_lists_every_route() {

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{FakeUpstream, TestGateway};
 
-use crate::{assert_error, events, header, json, nanos};
+use crate::e2e::{assert_error, events, header, json, nanos};
 
 /// Model `claude` on Anthropic priced with Anthropic's cache multipliers (reads 0.1×, writes
 /// 1.25× for 5 minutes and 2× for an hour); `gpt` on the fake's OpenAI routes; `gemini` on

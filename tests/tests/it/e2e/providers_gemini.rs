@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway};
 
-use crate::{assert_error, events, header, json};
+use crate::e2e::{assert_error, events, header, json};
 
 /// Chat models on the fake's Gemini API: `g20` (gemini-2.0-flash), `g25` (gemini-2.5-flash,
 /// a thinking model), `g3` (gemini-3-pro-preview, strict thought signatures) and `g25pro`
@@ -628,7 +628,7 @@ mod round_trips {
     use sluice_tests::{FakeUpstream, TestGateway};
 
     use super::config;
-    use crate::events;
+    use crate::e2e::events;
 
     #[derive(Debug, Clone)]
     struct Script {

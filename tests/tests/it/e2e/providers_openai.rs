@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use sluice_tests::{FakeUpstream, TestGateway, fake_config_with};
 
-use crate::{assert_error, events, header, json, nanos};
+use crate::e2e::{assert_error, events, header, json, nanos};
 
 /// `o4-mini` (a reasoning model) and `gpt-4o-mini` on the fake, each with a cached-input
 /// price, so bills show which component each token was priced as.

@@ -3,7 +3,7 @@
 
 use sluice_tests::{FakeUpstream, TestGateway, fake_config};
 
-use crate::header;
+use crate::e2e::header;
 
 #[tokio::test]
 async fn keys_and_cache_survive_a_restart_and_secrets_are_not_on_disk() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_tests::{Behaviour, FakeUpstream, TestGateway};
 
-use crate::{assert_error, header, json};
+use crate::e2e::{assert_error, header, json};
 
 /// Two providers `a` and `b`; model `m` has one deployment on each with the given settings;
 /// `extra` is appended (more `[routing]` keys, more models...).

@@ -17,7 +17,7 @@ use sluice_tests::{
     CallbackReceiver, FakeUpstream, TestGateway, fake_config, fake_config_with_jobs,
 };
 
-use crate::{assert_error, header, json};
+use crate::e2e::{assert_error, header, json};
 
 fn chat_body(prompt: &str) -> Value {
     json!({"model": "gpt-test", "messages": [{"role": "user", "content": prompt}]})

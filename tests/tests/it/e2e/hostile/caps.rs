@@ -22,7 +22,7 @@ use sluice_tests::fake_upstream::billing;
 use sluice_tests::requests::{chat_request, config, embeddings_request, messages_request, runner};
 use sluice_tests::{FakeUpstream, TestGateway};
 
-use crate::{assert_error, json};
+use crate::e2e::{assert_error, json};
 
 // ---- the check ---------------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ fn concurrent_generated_requests_never_overspend_a_cap() {
             let status = r.status().as_u16();
             if status == 200 {
                 ok += 1;
-                billed += crate::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
+                billed += crate::e2e::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
             } else {
                 assert!(matches!(status, 400 | 422 | 429), "{status}");
             }
@@ -358,7 +358,7 @@ fn concurrent_generated_requests_never_overspend_a_sharded_tenant_cap() {
             let status = r.status().as_u16();
             if status == 200 {
                 ok += 1;
-                billed += crate::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
+                billed += crate::e2e::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
                 continue;
             }
             over += usize::from(status == 429);
@@ -429,7 +429,7 @@ async fn the_reported_overspends_are_refused_or_fit() {
     let (rich, _) = capped_key(&gw, 0.5).await;
     let r = gw.post("/v1/chat/completions", &rich, &big).await;
     assert_eq!(r.status(), 200);
-    let billed = crate::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
+    let billed = crate::e2e::nanos(r.headers()["x-sluice-cost-usd"].to_str().unwrap());
     assert!(billed >= 200_000_000, "the schema was billed: {billed}");
     assert!(settled_spend(&gw, &rich).await <= 500_000_000);
 

@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::{assert_error, json};
+use crate::e2e::{assert_error, json};
 
 // ---- An in-process `sluice serve` ----------------------------------------------------------
 

@@ -15,7 +15,7 @@ use sluice::deps::Deps;
 use sluice_tests::hostile_jobs::{self, Hostile};
 use sluice_tests::{Behaviour, FakeUpstream, Fault, Op, TestGateway, fake_config};
 
-use crate::{assert_error, header};
+use crate::e2e::{assert_error, header};
 
 async fn sqlite(up: &FakeUpstream) -> Hostile {
     let config = hostile_jobs::config(&up.base_url);
