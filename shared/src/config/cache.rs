@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::{ConfigError, invalid};
+
 /// Response cache settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,5 +34,19 @@ impl Default for CacheConfig {
             memory_mb: 16,
             coalesce_wait_s: 30.0,
         }
+    }
+}
+
+impl CacheConfig {
+    /// Checks the coalescing wait.
+    pub(super) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if !(self.coalesce_wait_s.is_finite() && (0.0..=3600.0).contains(&self.coalesce_wait_s)) {
+            return Err(invalid(
+                origin,
+                "cache.coalesce_wait_s",
+                "must be zero (off) or a number of seconds up to 3600",
+            ));
+        }
+        Ok(())
     }
 }

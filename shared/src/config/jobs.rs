@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{ConfigError, Secret, invalid};
 
 /// Async job settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,5 +86,70 @@ impl Default for JobsConfig {
             max_attempts: 10,
             batch_api: BatchApiConfig::default(),
         }
+    }
+}
+
+impl JobsConfig {
+    /// Checks the lease against the visibility timeout (a redelivery must find the claim
+    /// expired), the requeue delay, attempts, the callback timeout and `[jobs.batch_api]`.
+    pub(super) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.lease_s == 0 || self.lease_s >= self.visibility_timeout_s {
+            return Err(invalid(
+                origin,
+                "jobs.lease_s",
+                "must be at least 1 and shorter than jobs.visibility_timeout_s",
+            ));
+        }
+        if self.requeue_after_s < self.visibility_timeout_s {
+            return Err(invalid(
+                origin,
+                "jobs.requeue_after_s",
+                "must be at least jobs.visibility_timeout_s: until then a job's message may \
+                 still be on its way, and queueing it again only adds a duplicate",
+            ));
+        }
+        self.batch_api.validate(origin)?;
+        if self.max_attempts == 0 {
+            return Err(invalid(origin, "jobs.max_attempts", "must be at least 1"));
+        }
+        if !(self.callback_timeout_s.is_finite() && self.callback_timeout_s > 0.0) {
+            return Err(invalid(
+                origin,
+                "jobs.callback_timeout_s",
+                "must be a positive number of seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BatchApiConfig {
+    /// Checks the periods and that a batch stays within the providers' own limits.
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.poll_every_s == 0 || self.fall_back_before_s == 0 {
+            return Err(invalid(
+                origin,
+                "jobs.batch_api",
+                "poll_every_s and fall_back_before_s must be at least 1",
+            ));
+        }
+        if self.fall_back_before_s >= crate::jobs::batch_api::WINDOW_24H_S {
+            return Err(invalid(
+                origin,
+                "jobs.batch_api.fall_back_before_s",
+                "must be shorter than the 24h completion window",
+            ));
+        }
+        if !(1..=crate::jobs::batch_api::MAX_REQUESTS).contains(&self.max_requests)
+            || !(1..=crate::jobs::batch_api::MAX_BYTES).contains(&self.max_bytes)
+        {
+            return Err(invalid(
+                origin,
+                "jobs.batch_api",
+                "max_requests must be 1..=50000 and max_bytes 1..=200000000 (OpenAI's limits, \
+                 the lower of the two providers')",
+            ));
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::{ConfigError, Pattern, invalid};
+
 /// The request log's optional contents. Keys and headers are never logged, whatever this says.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -11,7 +13,7 @@ pub struct LoggingConfig {
     /// Each logged body is cut to this many bytes (after redaction).
     pub max_logged_body_bytes: usize,
     /// Regular expressions whose every match in a logged body becomes `[REDACTED]`.
-    pub redact: Vec<RedactPattern>,
+    pub redact: Vec<Pattern>,
 }
 
 impl Default for LoggingConfig {
@@ -24,25 +26,16 @@ impl Default for LoggingConfig {
     }
 }
 
-/// A `logging.redact` pattern, compiled when the config is read so a bad one is a config
-/// error naming its field (`logging.redact[1]`), never a surprise at the first request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "String")]
-pub struct RedactPattern(regex_lite::Regex);
-
-impl RedactPattern {
-    /// The compiled pattern.
-    pub fn regex(&self) -> &regex_lite::Regex {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for RedactPattern {
-    type Error = String;
-
-    fn try_from(pattern: String) -> Result<Self, Self::Error> {
-        regex_lite::Regex::new(&pattern)
-            .map(Self)
-            .map_err(|e| format!("not a valid regex: {e}"))
+impl LoggingConfig {
+    /// Checks the logged body size (the patterns were checked as they were read).
+    pub(super) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if !(1..=1024 * 1024).contains(&self.max_logged_body_bytes) {
+            return Err(invalid(
+                origin,
+                "logging.max_logged_body_bytes",
+                "must be between 1 and 1048576",
+            ));
+        }
+        Ok(())
     }
 }

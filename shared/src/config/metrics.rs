@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::{ConfigError, invalid};
+
 /// Usage events and their rollups.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,5 +21,19 @@ impl Default for MetricsConfig {
             flush_every_ms: 1000,
             max_pending_events: 100_000,
         }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks that events are flushed and buffered at all.
+    pub(super) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.flush_every_ms == 0 || self.max_pending_events == 0 {
+            return Err(invalid(
+                origin,
+                "metrics",
+                "flush_every_ms and max_pending_events must be positive",
+            ));
+        }
+        Ok(())
     }
 }

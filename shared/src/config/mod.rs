@@ -13,6 +13,7 @@ mod limits;
 mod logging;
 mod metrics;
 mod models;
+mod pattern;
 mod prices;
 mod pricing;
 mod providers;
@@ -20,7 +21,6 @@ mod routing;
 mod secret;
 mod server;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -28,9 +28,10 @@ use serde::Deserialize;
 pub use cache::CacheConfig;
 pub use jobs::{BatchApiConfig, JobsConfig};
 pub use limits::{LimitsConfig, TenantConfig};
-pub use logging::{LoggingConfig, RedactPattern};
+pub use logging::LoggingConfig;
 pub use metrics::MetricsConfig;
 pub use models::{DeploymentConfig, ModelConfig, OnLimit, Routing, RuleConfig};
+pub use pattern::Pattern;
 pub use prices::{
     Listed, LongContext, Matched, Price, PriceTable, TableEntry, default_price, lookup, price_table,
 };
@@ -72,6 +73,15 @@ pub enum ConfigError {
     /// Both `SLUICE_CONFIG` and `SLUICE_CONFIG_TOML` are set, so which one is meant is unclear.
     #[error("SLUICE_CONFIG ({path}) and SLUICE_CONFIG_TOML are both set; set one of them")]
     TwoSources { path: String },
+}
+
+/// A [`ConfigError::Invalid`]: `field` of the config read from `origin` is wrong.
+fn invalid(origin: &str, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole gateway configuration.
@@ -286,6 +296,14 @@ impl Config {
         env::interpolate(&mut value, origin, lookup, keep)?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
+            let error = e.into_inner();
+            // toml ends every error raised inside a table with "in `models.rules`"; a bad
+            // pattern is named by `field` (with its indices) and says only what is wrong.
+            let message = if error.message().starts_with(pattern::NOT_A_REGEX) {
+                error.message().to_owned()
+            } else {
+                error.to_string()
+            };
             ConfigError::Invalid {
                 origin: origin.to_owned(),
                 field: if field == "." {
@@ -293,7 +311,7 @@ impl Config {
                 } else {
                     field
                 },
-                message: e.into_inner().to_string(),
+                message,
             }
         })?;
         config.validate(origin)?;
@@ -349,379 +367,19 @@ impl Config {
     }
 
     /// Checks what the types cannot: names are unique, references resolve, numbers make sense.
+    /// Each section checks itself; the first error found is the answer.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            field,
-            message,
-        };
-        if !(self.server.upstream_timeout_s.is_finite() && self.server.upstream_timeout_s > 0.0) {
-            return Err(invalid(
-                "server.upstream_timeout_s".into(),
-                "must be a positive number of seconds".into(),
-            ));
-        }
-        if !(self.server.key_cache_ttl_s.is_finite() && self.server.key_cache_ttl_s >= 0.0) {
-            return Err(invalid(
-                "server.key_cache_ttl_s".into(),
-                "must be zero or a positive number of seconds".into(),
-            ));
-        }
-        if !(self.cache.coalesce_wait_s.is_finite()
-            && (0.0..=3600.0).contains(&self.cache.coalesce_wait_s))
-        {
-            return Err(invalid(
-                "cache.coalesce_wait_s".into(),
-                "must be zero (off) or a number of seconds up to 3600".into(),
-            ));
-        }
-        if self.metrics.flush_every_ms == 0 || self.metrics.max_pending_events == 0 {
-            return Err(invalid(
-                "metrics".into(),
-                "flush_every_ms and max_pending_events must be positive".into(),
-            ));
-        }
-        if self.jobs.lease_s == 0 || self.jobs.lease_s >= self.jobs.visibility_timeout_s {
-            return Err(invalid(
-                "jobs.lease_s".into(),
-                "must be at least 1 and shorter than jobs.visibility_timeout_s".into(),
-            ));
-        }
-        if self.jobs.requeue_after_s < self.jobs.visibility_timeout_s {
-            return Err(invalid(
-                "jobs.requeue_after_s".into(),
-                "must be at least jobs.visibility_timeout_s: until then a job's message may \
-                 still be on its way, and queueing it again only adds a duplicate"
-                    .into(),
-            ));
-        }
-        let b = &self.jobs.batch_api;
-        if b.poll_every_s == 0 || b.fall_back_before_s == 0 {
-            return Err(invalid(
-                "jobs.batch_api".into(),
-                "poll_every_s and fall_back_before_s must be at least 1".into(),
-            ));
-        }
-        if b.fall_back_before_s >= crate::jobs::batch_api::WINDOW_24H_S {
-            return Err(invalid(
-                "jobs.batch_api.fall_back_before_s".into(),
-                "must be shorter than the 24h completion window".into(),
-            ));
-        }
-        if !(1..=crate::jobs::batch_api::MAX_REQUESTS).contains(&b.max_requests)
-            || !(1..=crate::jobs::batch_api::MAX_BYTES).contains(&b.max_bytes)
-        {
-            return Err(invalid(
-                "jobs.batch_api".into(),
-                "max_requests must be 1..=50000 and max_bytes 1..=200000000 (OpenAI's limits, \
-                 the lower of the two providers')"
-                    .into(),
-            ));
-        }
-        if self.jobs.max_attempts == 0 {
-            return Err(invalid(
-                "jobs.max_attempts".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.server.housekeeping_every_s == 0 {
-            return Err(invalid(
-                "server.housekeeping_every_s".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if !(self.jobs.callback_timeout_s.is_finite() && self.jobs.callback_timeout_s > 0.0) {
-            return Err(invalid(
-                "jobs.callback_timeout_s".into(),
-                "must be a positive number of seconds".into(),
-            ));
-        }
-        let r = &self.routing;
-        if r.attempts_per_deployment == 0
-            || !(r.request_timeout_s.is_finite() && r.request_timeout_s > 0.0)
-            || !(r.circuit_cooldown_s.is_finite() && r.circuit_cooldown_s >= 0.0)
-            || r.circuit_failures == 0
-        {
-            return Err(invalid(
-                "routing".into(),
-                "attempts_per_deployment and circuit_failures must be at least 1, \
-                 request_timeout_s positive and circuit_cooldown_s not negative"
-                    .into(),
-            ));
-        }
-        if self.server.max_body_bytes == 0 {
-            return Err(invalid(
-                "server.max_body_bytes".into(),
-                "must be greater than 0".into(),
-            ));
-        }
-        for (field, seconds) in [
-            ("header_read_timeout_s", self.server.header_read_timeout_s),
-            ("body_read_timeout_s", self.server.body_read_timeout_s),
-            ("idle_timeout_s", self.server.idle_timeout_s),
-        ] {
-            // Up to a day: longer is no deadline at all, and `Duration` must not overflow.
-            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-                return Err(invalid(
-                    format!("server.{field}"),
-                    "must be a number of seconds above 0 and at most 86400".into(),
-                ));
-            }
-        }
-        if self.server.max_connections == 0 {
-            return Err(invalid(
-                "server.max_connections".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self
-            .server
-            .metrics_token
-            .as_ref()
-            .is_some_and(|t| t.expose().trim().is_empty())
-        {
-            return Err(invalid(
-                "server.metrics_token".into(),
-                "is empty; leave it out to keep /metrics open".into(),
-            ));
-        }
-        let l = &self.limits;
-        if let Some(b) = l.global_budget_usd
-            && !(b.is_finite() && b > 0.0)
-        {
-            return Err(invalid(
-                "limits.global_budget_usd".into(),
-                "must be a positive number".into(),
-            ));
-        }
-        if !(l.soft_threshold > 0.0 && l.soft_threshold <= 1.0) {
-            return Err(invalid(
-                "limits.soft_threshold".into(),
-                "must be in (0, 1]".into(),
-            ));
-        }
-        if l.counter_shards == 0 || l.counter_shards > 64 {
-            return Err(invalid(
-                "limits.counter_shards".into(),
-                "must be between 1 and 64".into(),
-            ));
-        }
-        if l.budget_shards.is_some_and(|n| n == 0 || n > 64) {
-            return Err(invalid(
-                "limits.budget_shards".into(),
-                "must be between 1 and 64".into(),
-            ));
-        }
-        if !(l.budget_shard_min_usd.is_finite() && l.budget_shard_min_usd > 0.0) {
-            return Err(invalid(
-                "limits.budget_shard_min_usd".into(),
-                "must be a positive number".into(),
-            ));
-        }
-        if l.reservation_ttl_s == 0 || l.default_max_output_tokens == 0 {
-            return Err(invalid(
-                "limits".into(),
-                "reservation_ttl_s and default_max_output_tokens must be at least 1".into(),
-            ));
-        }
-        if !(1..=1024 * 1024).contains(&self.logging.max_logged_body_bytes) {
-            return Err(invalid(
-                "logging.max_logged_body_bytes".into(),
-                "must be between 1 and 1048576".into(),
-            ));
-        }
-        let mut tenant_names = HashSet::new();
-        for (i, t) in self.tenants.iter().enumerate() {
-            let at = |f: &str| format!("tenants[{i}].{f}");
-            if !tenant_names.insert(t.name.as_str()) {
-                return Err(invalid(
-                    at("name"),
-                    format!("duplicate tenant `{}`", t.name),
-                ));
-            }
-            if t.budget_usd.is_some() != t.period.is_some() {
-                return Err(invalid(
-                    at("budget_usd"),
-                    "budget_usd and period must be given together".into(),
-                ));
-            }
-            if let Some(b) = t.budget_usd
-                && !(b.is_finite() && b > 0.0)
-            {
-                return Err(invalid(
-                    at("budget_usd"),
-                    "must be a positive number".into(),
-                ));
-            }
-            if t.rpm == Some(0) || t.tpm == Some(0) {
-                return Err(invalid(at("rpm"), "rate limits must be at least 1".into()));
-            }
-        }
-        let mut provider_names = HashSet::new();
-        for (i, p) in self.providers.iter().enumerate() {
-            let at = |f: &str| format!("providers[{i}].{f}");
-            if p.name.trim().is_empty() {
-                return Err(invalid(at("name"), "must not be empty".into()));
-            }
-            if !provider_names.insert(p.name.as_str()) {
-                return Err(invalid(
-                    at("name"),
-                    format!("duplicate provider name `{}`", p.name),
-                ));
-            }
-            if p.kind == ProviderKind::Mock {
-                continue;
-            }
-            let kind = p.kind.name();
-            let Some(url) = p.base_url() else {
-                return Err(invalid(
-                    at("base_url"),
-                    format!("is required for kind = \"{kind}\""),
-                ));
-            };
-            if reqwest::Url::parse(url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .is_none()
-            {
-                return Err(invalid(
-                    at("base_url"),
-                    format!("`{url}` is not an http(s) URL"),
-                ));
-            }
-            if p.api_keys.is_empty() {
-                return Err(invalid(
-                    at("api_keys"),
-                    format!("needs at least one key for kind = \"{kind}\""),
-                ));
-            }
-            if let Some(k) = p.api_keys.iter().position(|k| k.expose().trim().is_empty()) {
-                return Err(invalid(
-                    format!("providers[{i}].api_keys[{k}]"),
-                    "is empty".into(),
-                ));
-            }
-        }
-        let mut model_names = HashSet::new();
-        for (i, m) in self.models.iter().enumerate() {
-            let at = |f: &str| format!("models[{i}].{f}");
-            for name in std::iter::once(&m.name).chain(&m.aliases) {
-                if name.trim().is_empty() {
-                    return Err(invalid(at("name"), "model names must not be empty".into()));
-                }
-                if !model_names.insert(name.as_str()) {
-                    return Err(invalid(
-                        at("name"),
-                        format!("model name or alias `{name}` is used twice"),
-                    ));
-                }
-            }
-            if m.deployments.is_empty() {
-                return Err(invalid(at("deployments"), "needs at least one".into()));
-            }
-            for (j, d) in m.deployments.iter().enumerate() {
-                if !provider_names.contains(d.provider.as_str()) {
-                    return Err(invalid(
-                        format!("models[{i}].deployments[{j}].provider"),
-                        format!("no provider is named `{}`", d.provider),
-                    ));
-                }
-                if d.model.trim().is_empty() {
-                    return Err(invalid(
-                        format!("models[{i}].deployments[{j}].model"),
-                        "must not be empty".into(),
-                    ));
-                }
-                if d.weight == 0 {
-                    return Err(invalid(
-                        format!("models[{i}].deployments[{j}].weight"),
-                        "must be at least 1".into(),
-                    ));
-                }
-            }
-            if let OnLimit::Downgrade(target) = &m.on_limit {
-                let exists = self
-                    .models
-                    .iter()
-                    .any(|o| &o.name == target || o.aliases.contains(target));
-                if !exists || target == &m.name {
-                    return Err(invalid(
-                        at("on_limit"),
-                        format!("downgrade target `{target}` is not another configured model"),
-                    ));
-                }
-            }
-            for (k, f) in m.fallbacks.iter().enumerate() {
-                let exists = self
-                    .models
-                    .iter()
-                    .any(|o| &o.name == f || o.aliases.contains(f));
-                if !exists || f == &m.name {
-                    return Err(invalid(
-                        format!("models[{i}].fallbacks[{k}]"),
-                        format!("`{f}` is not another configured model"),
-                    ));
-                }
-            }
-            for (k, r) in m.rules.iter().enumerate() {
-                if let Err(e) = regex_lite::Regex::new(&r.pattern) {
-                    return Err(invalid(
-                        format!("models[{i}].rules[{k}].pattern"),
-                        format!("not a valid regex: {e}"),
-                    ));
-                }
-            }
-            if m.max_output_tokens == Some(0) {
-                return Err(invalid(
-                    at("max_output_tokens"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if let Some(price) = &m.price {
-                for (f, v) in price.components() {
-                    if !(v.is_finite() && v >= 0.0) {
-                        return Err(invalid(
-                            format!("models[{i}].price.{f}"),
-                            "must be a non-negative number".into(),
-                        ));
-                    }
-                }
-                if price
-                    .batch_discount
-                    .is_some_and(|d| !(d.is_finite() && (0.0..1.0).contains(&d)))
-                {
-                    return Err(invalid(
-                        format!("models[{i}].price.batch_discount"),
-                        "must be at least 0 and less than 1 (0.5 = half price)".into(),
-                    ));
-                }
-            }
-        }
-        // Money needs a price: with a gateway or tenant cap, every model can be billed to a
-        // cap, and a model priced at a silent zero would never be held by it.
-        let cap = self
-            .limits
-            .global_budget_usd
-            .map(|_| "limits.global_budget_usd".to_owned());
-        let cap = cap.or_else(|| {
-            self.tenants
-                .iter()
-                .position(|t| t.budget_usd.is_some())
-                .map(|j| format!("tenants[{j}].budget_usd"))
-        });
-        if let Some(cap) = cap
-            && let Some(i) = self.models.iter().position(|m| Self::price_of(m).is_none())
-        {
-            return Err(invalid(
-                format!("models[{i}].price"),
-                format!(
-                    "required: `{cap}` caps spending, and `{}` is not in the built-in price \
-                     table (by its name or every deployment's model)",
-                    self.models[i].name
-                ),
-            ));
-        }
-        Ok(())
+        self.server.validate(origin)?;
+        self.cache.validate(origin)?;
+        self.metrics.validate(origin)?;
+        self.jobs.validate(origin)?;
+        self.routing.validate(origin)?;
+        self.limits.validate(origin)?;
+        self.logging.validate(origin)?;
+        TenantConfig::validate_all(&self.tenants, origin)?;
+        let providers = ProviderConfig::validate_all(&self.providers, origin)?;
+        ModelConfig::validate_all(&self.models, &providers, origin)?;
+        self.validate_capped_models_are_priced(origin)
     }
 }
 

@@ -1,9 +1,11 @@
 //! `[[models]]`: each public model name, its deployments, and what it does over a limit or
 //! when every deployment failed (routing strategy, fallbacks, rules, last-resort message).
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 
-use super::Price;
+use super::{ConfigError, Pattern, Price, invalid};
 
 /// One public model name.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,8 +72,8 @@ pub enum Routing {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// Regular expression (Rust `regex` syntax).
-    pub pattern: String,
+    /// Regular expression (Rust `regex` syntax), compiled as the config is read.
+    pub pattern: Pattern,
     /// The answer's text.
     pub reply: String,
 }
@@ -112,4 +114,135 @@ pub struct DeploymentConfig {
 
 fn default_weight() -> u32 {
     1
+}
+
+impl ModelConfig {
+    /// Checks that every name and alias is unique and not empty, then each model against the
+    /// others and the `providers` names.
+    pub(super) fn validate_all(
+        models: &[Self],
+        providers: &HashSet<&str>,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, m) in models.iter().enumerate() {
+            for name in std::iter::once(&m.name).chain(&m.aliases) {
+                if name.trim().is_empty() {
+                    return Err(invalid(
+                        origin,
+                        format!("models[{i}].name"),
+                        "model names must not be empty",
+                    ));
+                }
+                if !names.insert(name.as_str()) {
+                    return Err(invalid(
+                        origin,
+                        format!("models[{i}].name"),
+                        format!("model name or alias `{name}` is used twice"),
+                    ));
+                }
+            }
+            m.validate(i, models, providers, origin)?;
+        }
+        Ok(())
+    }
+
+    /// Checks model `i`: its deployments name providers, its downgrade and fallback targets
+    /// are other models, and its numbers and price make sense.
+    fn validate(
+        &self,
+        i: usize,
+        models: &[Self],
+        providers: &HashSet<&str>,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        let at = |f: &str| format!("models[{i}].{f}");
+        let is_other_model = |target: &String| {
+            target != &self.name
+                && models
+                    .iter()
+                    .any(|o| &o.name == target || o.aliases.contains(target))
+        };
+        if self.deployments.is_empty() {
+            return Err(invalid(origin, at("deployments"), "needs at least one"));
+        }
+        for (j, d) in self.deployments.iter().enumerate() {
+            d.validate(&format!("models[{i}].deployments[{j}]"), providers, origin)?;
+        }
+        if let OnLimit::Downgrade(target) = &self.on_limit
+            && !is_other_model(target)
+        {
+            return Err(invalid(
+                origin,
+                at("on_limit"),
+                format!("downgrade target `{target}` is not another configured model"),
+            ));
+        }
+        if let Some(k) = self.fallbacks.iter().position(|f| !is_other_model(f)) {
+            return Err(invalid(
+                origin,
+                format!("models[{i}].fallbacks[{k}]"),
+                format!("`{}` is not another configured model", self.fallbacks[k]),
+            ));
+        }
+        if self.max_output_tokens == Some(0) {
+            return Err(invalid(
+                origin,
+                at("max_output_tokens"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(price) = &self.price {
+            for (f, v) in price.components() {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(
+                        origin,
+                        format!("models[{i}].price.{f}"),
+                        "must be a non-negative number",
+                    ));
+                }
+            }
+            if price
+                .batch_discount
+                .is_some_and(|d| !(d.is_finite() && (0.0..1.0).contains(&d)))
+            {
+                return Err(invalid(
+                    origin,
+                    format!("models[{i}].price.batch_discount"),
+                    "must be at least 0 and less than 1 (0.5 = half price)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeploymentConfig {
+    /// Checks the deployment at `at` (`models[i].deployments[j]`): a known provider, an
+    /// upstream model, a weight.
+    fn validate(
+        &self,
+        at: &str,
+        providers: &HashSet<&str>,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        if !providers.contains(self.provider.as_str()) {
+            return Err(invalid(
+                origin,
+                format!("{at}.provider"),
+                format!("no provider is named `{}`", self.provider),
+            ));
+        }
+        if self.model.trim().is_empty() {
+            return Err(invalid(origin, format!("{at}.model"), "must not be empty"));
+        }
+        if self.weight == 0 {
+            return Err(invalid(
+                origin,
+                format!("{at}.weight"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }

@@ -2,7 +2,7 @@
 //! entry for its name, else the dearest of its deployments' upstream models ([`PriceOrigin`]
 //! says which, for `sluice prices`).
 
-use super::{Config, Listed, ModelConfig, Price, default_price, lookup};
+use super::{Config, ConfigError, Listed, ModelConfig, Price, default_price, invalid, lookup};
 
 /// Where a model's price comes from ([`Config::price_origin`]).
 #[derive(Debug, Clone)]
@@ -48,5 +48,37 @@ impl Config {
         let mut prices = model.deployments.iter().map(|d| default_price(&d.model));
         let first = prices.next()??;
         prices.try_fold(first, |dearest, p| Some(dearest.dearest(&p?)))
+    }
+
+    /// Money needs a price: with a gateway or tenant cap, every model can be billed to a cap,
+    /// and a model priced at a silent zero would never be held by it.
+    pub(super) fn validate_capped_models_are_priced(
+        &self,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        let cap = self
+            .limits
+            .global_budget_usd
+            .map(|_| "limits.global_budget_usd".to_owned());
+        let cap = cap.or_else(|| {
+            self.tenants
+                .iter()
+                .position(|t| t.budget_usd.is_some())
+                .map(|j| format!("tenants[{j}].budget_usd"))
+        });
+        if let Some(cap) = cap
+            && let Some(i) = self.models.iter().position(|m| Self::price_of(m).is_none())
+        {
+            return Err(invalid(
+                origin,
+                format!("models[{i}].price"),
+                format!(
+                    "required: `{cap}` caps spending, and `{}` is not in the built-in price \
+                     table (by its name or every deployment's model)",
+                    self.models[i].name
+                ),
+            ));
+        }
+        Ok(())
     }
 }

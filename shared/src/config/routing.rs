@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::{ConfigError, invalid};
+
 /// Retries, deadlines and circuit breaking.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,5 +33,25 @@ impl Default for RoutingConfig {
             circuit_failures: 5,
             circuit_cooldown_s: 30.0,
         }
+    }
+}
+
+impl RoutingConfig {
+    /// Checks that a deployment is tried at all, the deadline is positive and the breaker
+    /// can open.
+    pub(super) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.attempts_per_deployment == 0
+            || !(self.request_timeout_s.is_finite() && self.request_timeout_s > 0.0)
+            || !(self.circuit_cooldown_s.is_finite() && self.circuit_cooldown_s >= 0.0)
+            || self.circuit_failures == 0
+        {
+            return Err(invalid(
+                origin,
+                "routing",
+                "attempts_per_deployment and circuit_failures must be at least 1, \
+                 request_timeout_s positive and circuit_cooldown_s not negative",
+            ));
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{ConfigError, Secret, invalid};
 
 /// HTTP server settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,5 +46,73 @@ impl Default for ServerConfig {
             metrics_token: None,
             housekeeping_every_s: 60,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks that every timeout, limit and period is usable, and that a `/metrics` token,
+    /// when given, is not empty.
+    pub(super) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if !(self.upstream_timeout_s.is_finite() && self.upstream_timeout_s > 0.0) {
+            return Err(invalid(
+                origin,
+                "server.upstream_timeout_s",
+                "must be a positive number of seconds",
+            ));
+        }
+        if !(self.key_cache_ttl_s.is_finite() && self.key_cache_ttl_s >= 0.0) {
+            return Err(invalid(
+                origin,
+                "server.key_cache_ttl_s",
+                "must be zero or a positive number of seconds",
+            ));
+        }
+        if self.housekeeping_every_s == 0 {
+            return Err(invalid(
+                origin,
+                "server.housekeeping_every_s",
+                "must be at least 1",
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid(
+                origin,
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
+        }
+        for (field, seconds) in [
+            ("header_read_timeout_s", self.header_read_timeout_s),
+            ("body_read_timeout_s", self.body_read_timeout_s),
+            ("idle_timeout_s", self.idle_timeout_s),
+        ] {
+            // Up to a day: longer is no deadline at all, and `Duration` must not overflow.
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                return Err(invalid(
+                    origin,
+                    format!("server.{field}"),
+                    "must be a number of seconds above 0 and at most 86400",
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(
+                origin,
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return Err(invalid(
+                origin,
+                "server.metrics_token",
+                "is empty; leave it out to keep /metrics open",
+            ));
+        }
+        Ok(())
     }
 }
