@@ -3,9 +3,9 @@
 //! half-sent requests larger than that limit, proxy environment variables.
 //!
 //! Each test prints what it tried and measured (`hostile-edge:` lines) for RELIABILITY.md:
-//! `cargo test -p sluice-cli --test hostile_edge -- --nocapture`. The same limits in process
+//! `cargo test -p sluice-cli --test it hostile_edge:: -- --nocapture`. The same limits in process
 //! (deadlines, the cap's eviction order, 408, shutdown) are in
-//! `tests/tests/e2e/hostile/edge.rs`.
+//! `tests/tests/it/e2e/hostile/edge.rs`.
 
 // Tests may cast freely (the workspace denies lossy casts in the code they test).
 #![allow(

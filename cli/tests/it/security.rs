@@ -3,8 +3,8 @@
 //! job result or callback, and bodies over the limit are refused without being read whole.
 //!
 //! Each test prints what it tried (`security:` lines) for RELIABILITY.md:
-//! `cargo test -p sluice-cli --test security -- --nocapture`.
-//! Tenant isolation, the admin API and callback addresses are in `tests/tests/e2e/security.rs`.
+//! `cargo test -p sluice-cli --test it security:: -- --nocapture`.
+//! Tenant isolation, the admin API and callback addresses are in `tests/tests/it/e2e/security.rs`.
 
 // Tests may cast freely (the workspace denies lossy casts in the code they test).
 #![allow(

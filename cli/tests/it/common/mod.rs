@@ -1,7 +1,7 @@
 //! What the `sluice` process tests share: the binary, a running `sluice serve` whose output
 //! is collected, and the `keys` command.
 
-// Each test binary uses some of these; test helpers fail loudly by design.
+// Each test module uses some of these; test helpers fail loudly by design.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,7 @@
 //! The ingest function's Lambda adapter with real API Gateway HTTP API (payload v2) events:
 //! event JSON → `lambda_http`'s adapter → the axum router → the v2 response JSON.
 //! The router runs on SQLite here; on Lambda it runs on DynamoDB and SQS (see
-//! `tests/tests/backends` for those adapters on moto).
+//! `tests/tests/it/backends` for those adapters on moto).
 
 // Tests may cast freely (the workspace denies lossy casts in the code they test).
 #![allow(

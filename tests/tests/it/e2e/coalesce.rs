@@ -1,7 +1,7 @@
 //! Coalescing of identical misses, observed from outside: calls counted at the fake upstream,
 //! `x-sluice-cache`, `x-sluice-cost-usd` and the key's ledger. Two gateways over one SQLite
-//! file stand for two processes (`cli/tests/coalesce.rs` runs two real `sluice serve`
-//! processes; `tests/backends/aws_e2e.rs` two instances over DynamoDB on moto).
+//! file stand for two processes (`cli/tests/it/coalesce.rs` runs two real `sluice serve`
+//! processes; `tests/tests/it/backends/aws_e2e.rs` two instances over DynamoDB on moto).
 
 use std::time::Duration;
 
@@ -372,7 +372,7 @@ async fn a_leader_past_its_lease_is_taken_over_by_another_process() {
 /// The figures of BENCHMARKS.md's coalescing section: a burst of N identical requests, with
 /// and without coalescing, in one process and in two over one SQLite file, against a provider
 /// that takes 500 ms: upstream calls, what was billed, and the burst's latency. Run with
-/// `cargo test --workspace --test e2e -- coalesce::burst_cost --nocapture` for the table.
+/// `cargo test --workspace --test it -- e2e::coalesce::burst_cost --nocapture` for the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_cost_with_and_without_coalescing() {
     const N: usize = 100;

@@ -4,9 +4,9 @@
 //! passed earlier, or by a redirect.
 //!
 //! Each test prints what it tried (`security:` lines) for RELIABILITY.md:
-//! `cargo test -p sluice-tests --test e2e security -- --nocapture`.
+//! `cargo test -p sluice-tests --test it e2e::security -- --nocapture`.
 //! Keys stored as hashes, secrets in logs and the body limit need the `sluice` binary and
-//! are in `cli/tests/security.rs`.
+//! are in `cli/tests/it/security.rs`.
 
 use std::time::Duration;
 

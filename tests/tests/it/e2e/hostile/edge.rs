@@ -12,9 +12,9 @@
 //!   cap's amount, and `/metrics` behind `server.metrics_token` when one is set.
 //!
 //! The same limits on the real binary (descriptor limit, a flood of half-open sockets, proxy
-//! environment variables) are in `cli/tests/hostile_edge.rs`. Each test prints what it tried
+//! environment variables) are in `cli/tests/it/hostile_edge.rs`. Each test prints what it tried
 //! and measured (`hostile-edge:` lines) for RELIABILITY.md:
-//! `cargo test -p sluice-tests --test e2e hostile::edge -- --nocapture`.
+//! `cargo test -p sluice-tests --test it e2e::hostile::edge -- --nocapture`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
