@@ -5,6 +5,13 @@
 //! field path), then typed deserialization with `deny_unknown_fields` (with the field path).
 //! [`Config::validate`] then checks what types cannot: references between sections, weights,
 //! prices, URLs. Without a file, [`Config::builtin`] serves the offline `mock` provider.
+//!
+//! This module owns the whole ([`Config`], its sources, parsing, secrets and [`ConfigError`]);
+//! each section is a module with its types and its own `validate`: `server`, `cache`, `jobs`
+//! (with `[jobs.batch_api]`), `limits` (with `[[tenants]]`), `providers`, `models`,
+//! `routing`, `metrics`, `logging`. `pattern` holds the compiled regexes the config carries,
+//! `prices` the price type and built-in table, `pricing` which price a model is billed at,
+//! `env` the `${VAR}` interpolation and `secret` the rotatable secret values.
 
 mod cache;
 mod env;
