@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts moto's server (DynamoDB + SQS stand-in) on 127.0.0.1 in the background and prints the
 # environment to point the AWS SDK at it:
-#   eval "$(infra/aws/moto.sh)"        # then: cargo test --test backends, sluice serve --store dynamodb ...
+#   eval "$(infra/aws/moto.sh)"        # then: cargo test --workspace --test it -- backends::, sluice serve --store dynamodb ...
 # Usage: infra/aws/moto.sh [port]      (default: a free port). Needs .venv with moto[server]
 # (./infra/test.sh creates it). Stop it with: kill "$SLUICE_MOTO_PID"
 set -euo pipefail

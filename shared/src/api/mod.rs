@@ -8,8 +8,10 @@
 //! of all these, [`openapi`]); the admin API
 //! `GET /admin/usage?tenant=`, `POST|GET /admin/keys`,
 //! `DELETE /admin/keys/{id}` ([`Surface`] says which of these a router serves: on AWS the
-//! admin API is a separate, IAM-only function). Every response carries `x-request-id`, every error is
-//! OpenAI-shaped, and every request produces one access-log line.
+//! admin API is a separate, IAM-only function). The routes are listed once, in [`routes`], with
+//! each handler's OpenAPI operation: the router and the document are both built from it. Every
+//! response carries `x-request-id`, every error is OpenAI-shaped, and every request produces
+//! one access-log line.
 
 mod access_log;
 pub mod admin;
@@ -29,7 +31,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
@@ -144,37 +147,45 @@ pub fn router(state: Arc<AppState>) -> Router {
     router_for(state, Surface::All)
 }
 
+/// Every route `surface` serves, each with its OpenAPI operation (`#[utoipa::path]` on the
+/// handler): the one list of routes, from which both the router ([`router_for`]) and the
+/// document at `/openapi.json` ([`openapi::ApiDoc`], built from [`Surface::All`]) are made.
+pub(crate) fn routes(surface: Surface) -> OpenApiRouter<Arc<AppState>> {
+    // On every surface: liveness, and the metrics (the admin function serves them for the
+    // admin key's all-tenant view, which only it holds on AWS).
+    let mut routes = OpenApiRouter::new()
+        .routes(routes!(openai::health))
+        .routes(routes!(metrics::metrics));
+    if surface != Surface::Admin {
+        routes = routes
+            .routes(routes!(openapi::openapi_json))
+            .routes(routes!(dashboard::dashboard))
+            .routes(routes!(openai::models))
+            .routes(routes!(openai::chat_completions))
+            .routes(routes!(openai::embeddings))
+            .routes(routes!(messages::messages))
+            .routes(routes!(jobs::create_job))
+            .routes(routes!(jobs::get_job))
+            .routes(routes!(usage::key_usage))
+            .routes(routes!(metrics::prometheus));
+    }
+    if surface != Surface::Public {
+        routes = routes
+            .routes(routes!(usage::tenant_usage))
+            .routes(routes!(admin::create_key, admin::list_keys))
+            .routes(routes!(admin::revoke_key));
+    }
+    routes
+}
+
 /// The router serving `surface`'s routes, with the body limit and the access log.
 pub fn router_for(state: Arc<AppState>, surface: Surface) -> Router {
     let max_body = state.max_body_bytes;
-    let mut routes = Router::new().route("/health", get(openai::health));
-    if surface != Surface::Admin {
-        routes = routes
-            .route("/openapi.json", get(openapi::openapi_json))
-            .route("/dashboard", get(dashboard::dashboard))
-            .route("/v1/models", get(openai::models))
-            .route("/v1/chat/completions", post(openai::chat_completions))
-            .route("/v1/embeddings", post(openai::embeddings))
-            .route("/v1/messages", post(messages::messages))
-            .route("/v1/jobs", post(jobs::create_job))
-            .route("/v1/jobs/{id}", get(jobs::get_job))
-            .route("/v1/usage", get(usage::key_usage))
-            .route("/v1/metrics", get(metrics::metrics))
-            .route("/metrics", get(metrics::prometheus));
-    }
-    if surface == Surface::Admin {
-        // The all-tenant view of the metrics needs the admin key, which only this function
-        // holds on AWS.
-        routes = routes.route("/v1/metrics", get(metrics::metrics));
-    }
-    routes = if surface == Surface::Public {
+    let (routes, _document) = routes(surface).split_for_parts();
+    let routes = if surface == Surface::Public {
         routes.fallback(admin::not_served_here)
     } else {
-        routes
-            .route("/admin/usage", get(usage::tenant_usage))
-            .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
-            .route("/admin/keys/{id}", delete(admin::revoke_key))
-            .fallback(openai::no_route)
+        routes.fallback(openai::no_route)
     };
     routes
         .method_not_allowed_fallback(openai::wrong_method)

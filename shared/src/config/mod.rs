@@ -5,20 +5,48 @@
 //! field path), then typed deserialization with `deny_unknown_fields` (with the field path).
 //! [`Config::validate`] then checks what types cannot: references between sections, weights,
 //! prices, URLs. Without a file, [`Config::builtin`] serves the offline `mock` provider.
+//!
+//! This module owns the whole ([`Config`], its sources, parsing, secrets and [`ConfigError`]);
+//! each section is a module with its types and its own `validate`: `server`, `cache`, `jobs`
+//! (with `[jobs.batch_api]`), `limits` (with `[[tenants]]`), `providers`, `models`,
+//! `routing`, `metrics`, `logging`. `pattern` holds the compiled regexes the config carries,
+//! `prices` the price type and built-in table, `pricing` which price a model is billed at,
+//! `env` the `${VAR}` interpolation and `secret` the rotatable secret values.
 
+mod cache;
 mod env;
+mod jobs;
+mod limits;
+mod logging;
+mod metrics;
+mod models;
+mod pattern;
 mod prices;
+mod pricing;
+mod providers;
+mod routing;
 mod secret;
+mod server;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use cache::CacheConfig;
+pub use jobs::{BatchApiConfig, JobsConfig};
+pub use limits::{LimitsConfig, TenantConfig};
+pub use logging::LoggingConfig;
+pub use metrics::MetricsConfig;
+pub use models::{DeploymentConfig, ModelConfig, OnLimit, Routing, RuleConfig};
+pub use pattern::Pattern;
 pub use prices::{
     Listed, LongContext, Matched, Price, PriceTable, TableEntry, default_price, lookup, price_table,
 };
+pub use pricing::PriceOrigin;
+pub use providers::{ProviderConfig, ProviderKind};
+pub use routing::RoutingConfig;
 pub use secret::Secret;
+pub use server::ServerConfig;
 
 /// Why a configuration could not be loaded. Every message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +80,15 @@ pub enum ConfigError {
     /// Both `SLUICE_CONFIG` and `SLUICE_CONFIG_TOML` are set, so which one is meant is unclear.
     #[error("SLUICE_CONFIG ({path}) and SLUICE_CONFIG_TOML are both set; set one of them")]
     TwoSources { path: String },
+}
+
+/// A [`ConfigError::Invalid`]: `field` of the config read from `origin` is wrong.
+fn invalid(origin: &str, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole gateway configuration.
@@ -88,504 +125,6 @@ pub struct Config {
     /// What the request log may hold beyond ids and numbers: bodies, and what to redact.
     #[serde(default)]
     pub logging: LoggingConfig,
-}
-
-/// Usage events and their rollups.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// How long usage events are collected before their rollups are stored (and, on AWS,
-    /// before buffered events are sent to the usage queue), milliseconds.
-    pub flush_every_ms: u64,
-    /// Events waiting for the aggregator in `sluice serve`; more are dropped and counted.
-    pub max_pending_events: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            flush_every_ms: 1000,
-            max_pending_events: 100_000,
-        }
-    }
-}
-
-/// The request log's optional contents. Keys and headers are never logged, whatever this says.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoggingConfig {
-    /// Add the request body and the JSON response body (not event streams) to the access line.
-    pub bodies: bool,
-    /// Each logged body is cut to this many bytes (after redaction).
-    pub max_logged_body_bytes: usize,
-    /// Regular expressions whose every match in a logged body becomes `[REDACTED]`.
-    pub redact: Vec<RedactPattern>,
-}
-
-impl Default for LoggingConfig {
-    fn default() -> Self {
-        Self {
-            bodies: false,
-            max_logged_body_bytes: 8192,
-            redact: Vec::new(),
-        }
-    }
-}
-
-/// A `logging.redact` pattern, compiled when the config is read so a bad one is a config
-/// error naming its field (`logging.redact[1]`), never a surprise at the first request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "String")]
-pub struct RedactPattern(regex_lite::Regex);
-
-impl RedactPattern {
-    /// The compiled pattern.
-    pub fn regex(&self) -> &regex_lite::Regex {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for RedactPattern {
-    type Error = String;
-
-    fn try_from(pattern: String) -> Result<Self, Self::Error> {
-        regex_lite::Regex::new(&pattern)
-            .map(Self)
-            .map_err(|e| format!("not a valid regex: {e}"))
-    }
-}
-
-/// Gateway-wide limit settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// One spending cap for the whole gateway, in USD per `global_period`.
-    pub global_budget_usd: Option<f64>,
-    /// `day` or `month` (UTC).
-    pub global_period: crate::keys::BudgetPeriod,
-    /// Fraction of a cap at which a warning event is logged, once per period.
-    pub soft_threshold: f64,
-    /// How long a reservation may stay unsettled before it counts as abandoned (a crashed
-    /// request) and is released; must exceed the longest request.
-    pub reservation_ttl_s: u64,
-    /// Output-token ceiling reserved for requests without `max_tokens`, unless the model sets
-    /// its own `max_output_tokens`.
-    pub default_max_output_tokens: u64,
-    /// Counter shards per key on DynamoDB, so one hot key can exceed a partition's write rate.
-    pub counter_shards: u32,
-    /// Shards of each tenant's and the gateway's spending-cap counter, which every request of
-    /// many keys writes; unset: the store's default (8 on DynamoDB, 1 on SQLite). A cap is
-    /// split only when each shard then holds at least `budget_shard_min_usd`.
-    pub budget_shards: Option<u32>,
-    /// The smallest share of a tenant or gateway cap one shard may hold, in USD: a request's
-    /// worst case must fit one shard, so small caps stay whole.
-    pub budget_shard_min_usd: f64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            global_budget_usd: None,
-            global_period: crate::keys::BudgetPeriod::Month,
-            soft_threshold: 0.8,
-            reservation_ttl_s: 600,
-            default_max_output_tokens: 4096,
-            counter_shards: 1,
-            budget_shards: None,
-            budget_shard_min_usd: 10.0,
-        }
-    }
-}
-
-/// Limits of one tenant (all its keys together).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {
-    /// The tenant name keys are created with.
-    pub name: String,
-    /// Requests per minute across the tenant's keys.
-    #[serde(default)]
-    pub rpm: Option<u32>,
-    /// Tokens per minute across the tenant's keys.
-    #[serde(default)]
-    pub tpm: Option<u32>,
-    /// Spending cap in USD per `period`.
-    #[serde(default)]
-    pub budget_usd: Option<f64>,
-    /// `day` or `month` (UTC).
-    #[serde(default)]
-    pub period: Option<crate::keys::BudgetPeriod>,
-}
-
-/// What a model does when a request is over a rate limit or spending cap.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnLimit {
-    /// 429 with `rate_limit_exceeded` or `budget_exceeded`.
-    #[default]
-    Reject,
-    /// Serve a cached answer (stale allowed), else reject.
-    CacheOnly,
-    /// Answer with this (cheaper) model instead, within its own limits.
-    Downgrade(String),
-    /// Answer with this text as a normal completion.
-    Message(String),
-}
-
-/// Async job settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobsConfig {
-    /// Worker tasks `sluice serve` runs over the queue (0 = accept jobs but do not run them).
-    pub workers: usize,
-    /// A received message stays invisible this long (local queue and `--queue sqs` polling;
-    /// on Lambda the queue's own setting applies).
-    pub visibility_timeout_s: u64,
-    /// Deliveries before a message moves to the dead-letter queue (local queue).
-    pub max_receive_count: u32,
-    /// A worker's claim on a job; must be shorter than the visibility timeout so that a
-    /// redelivery after a crash can claim the job again.
-    pub lease_s: u64,
-    /// How long a worker waits after the first message to gather more for batching.
-    pub batch_window_ms: u64,
-    /// How long finished jobs can be read.
-    pub retention_s: u64,
-    /// HMAC key for `X-Sluice-Signature`; callbacks are refused without one.
-    pub callback_secret: Option<Secret>,
-    /// Let callbacks reach loopback/private/link-local addresses (tests, private networks).
-    pub allow_private_callbacks: bool,
-    /// Timeout of one callback attempt.
-    pub callback_timeout_s: f64,
-    /// Housekeeping queues a job again when it is not final and has not changed for this
-    /// long (stored but never queued, or its message lost); a duplicate message is harmless.
-    pub requeue_after_s: u64,
-    /// Housekeeping fails a job with `job_abandoned` once it has been started this many times
-    /// without finishing (each start cut short: the worker died), instead of queueing it again.
-    pub max_attempts: u32,
-    /// Provider Batch APIs for jobs submitted with a `completion_window`.
-    pub batch_api: BatchApiConfig,
-}
-
-/// Provider Batch APIs (OpenAI Files + Batches, Anthropic Message Batches) for jobs that can
-/// wait: `[jobs.batch_api]`. Off by default; while off, `completion_window` is refused (400).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchApiConfig {
-    /// Whether jobs may carry a `completion_window` and go to a provider's Batch API.
-    pub enabled: bool,
-    /// How often waiting jobs are packed and open batches polled (`sluice serve`'s loop; on
-    /// AWS the processor's schedule in `template.yaml`).
-    pub poll_every_s: u64,
-    /// A job still unanswered this long before its window ends is taken out of its batch and
-    /// run as an ordinary call (the upstream batch is cancelled when none of its jobs wait).
-    pub fall_back_before_s: u64,
-    /// Most requests in one upstream batch (OpenAI allows 50,000, Anthropic 100,000).
-    pub max_requests: usize,
-    /// Most bytes of one upstream batch (OpenAI allows 200 MB per file, Anthropic 256 MB).
-    pub max_bytes: usize,
-}
-
-impl Default for BatchApiConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            poll_every_s: 60,
-            fall_back_before_s: 3600,
-            max_requests: 1000,
-            max_bytes: 100 * 1024 * 1024,
-        }
-    }
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        Self {
-            workers: 2,
-            visibility_timeout_s: 60,
-            max_receive_count: 5,
-            lease_s: 50,
-            batch_window_ms: 50,
-            retention_s: 7 * 86_400,
-            callback_secret: None,
-            allow_private_callbacks: false,
-            callback_timeout_s: 10.0,
-            requeue_after_s: 600,
-            max_attempts: 10,
-            batch_api: BatchApiConfig::default(),
-        }
-    }
-}
-
-/// HTTP server settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Largest accepted request body; larger bodies get 413 without being read whole.
-    pub max_body_bytes: usize,
-    /// Deadline for one upstream call (connect + full answer, or first byte for streams).
-    pub upstream_timeout_s: f64,
-    /// How long a looked-up gateway key is trusted from memory before the store is asked again.
-    pub key_cache_ttl_s: f64,
-    /// `sluice serve`: a request's headers must be complete this long after the connection
-    /// was accepted, or after their first byte on a kept-alive connection; else it is closed.
-    pub header_read_timeout_s: f64,
-    /// `sluice serve`: a request's body must be complete this long after its headers; else
-    /// 408 and the connection is closed.
-    pub body_read_timeout_s: f64,
-    /// `sluice serve`: a kept-alive connection with no request for this long is closed.
-    pub idle_timeout_s: f64,
-    /// `sluice serve`: most connections open at once (also held to what the process's file
-    /// descriptor limit allows). At the cap a new connection closes the one that has waited
-    /// longest for a request.
-    pub max_connections: usize,
-    /// A bearer token `GET /metrics` requires (none: `/metrics` is open).
-    pub metrics_token: Option<Secret>,
-    /// `sluice serve`: how often it runs housekeeping (jobs left behind, dead letters,
-    /// abandoned reservations). On AWS a scheduled function does it instead.
-    pub housekeeping_every_s: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            upstream_timeout_s: 120.0,
-            key_cache_ttl_s: 5.0,
-            header_read_timeout_s: 10.0,
-            body_read_timeout_s: 30.0,
-            idle_timeout_s: 60.0,
-            max_connections: 4096,
-            metrics_token: None,
-            housekeeping_every_s: 60,
-        }
-    }
-}
-
-/// Response cache settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Master switch; when off every request is `x-sluice-cache: bypass`.
-    pub enabled: bool,
-    /// TTL for models that do not set `cache_ttl_s`.
-    pub default_ttl_s: u64,
-    /// How long an expired entry is kept for stale fallbacks before it is purged.
-    pub stale_keep_s: u64,
-    /// Answers larger than this are not stored (they are still returned).
-    pub max_entry_bytes: usize,
-    /// Recent entries kept in process memory in front of the store, in MiB (0: none).
-    pub memory_mb: usize,
-    /// How long a request waits for an identical request's provider call already in flight
-    /// (in this process or another sharing the store) before it calls the provider itself;
-    /// 0 turns coalescing off (`gateway/coalesce.rs`).
-    pub coalesce_wait_s: f64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            default_ttl_s: 3600,
-            stale_keep_s: 86_400,
-            max_entry_bytes: 1024 * 1024,
-            memory_mb: 16,
-            coalesce_wait_s: 30.0,
-        }
-    }
-}
-
-/// Which wire protocol a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// OpenAI, or any OpenAI-compatible base URL (Azure OpenAI, vLLM, Ollama, …).
-    Openai,
-    /// Anthropic's Messages API (`base_url` defaults to `https://api.anthropic.com/v1`).
-    Anthropic,
-    /// Google Gemini's `generateContent` API (`base_url` defaults to
-    /// `https://generativelanguage.googleapis.com/v1beta`).
-    Gemini,
-    /// The built-in offline provider for demos and tests.
-    Mock,
-}
-
-impl ProviderKind {
-    /// The name used in config files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Openai => "openai",
-            Self::Anthropic => "anthropic",
-            Self::Gemini => "gemini",
-            Self::Mock => "mock",
-        }
-    }
-}
-
-/// One upstream provider.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    /// Name that deployments refer to.
-    pub name: String,
-    /// Wire protocol.
-    pub kind: ProviderKind,
-    /// Base URL including the version path, e.g. `https://api.openai.com/v1`.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// One or more API keys; each becomes its own deployment for load balancing.
-    #[serde(default)]
-    pub api_keys: Vec<Secret>,
-}
-
-impl ProviderConfig {
-    /// The configured base URL, or the provider's public one (none for `openai`, which is
-    /// as often a self-hosted compatible server as OpenAI itself).
-    pub fn base_url(&self) -> Option<&str> {
-        self.base_url.as_deref().or(match self.kind {
-            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
-            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
-            ProviderKind::Openai | ProviderKind::Mock => None,
-        })
-    }
-}
-
-/// Where a model's price comes from ([`Config::price_origin`]).
-#[derive(Debug, Clone)]
-pub enum PriceOrigin {
-    /// Its own `price` in config.
-    Config,
-    /// The built-in table's entry for its public name.
-    Table(Listed),
-    /// The dearest of its deployments' upstream models, each in the built-in table.
-    Deployments(Vec<(String, Listed)>),
-    /// Nowhere: a request under a spending cap is refused.
-    Unpriced,
-}
-
-/// One public model name.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// The name clients send in `model`.
-    pub name: String,
-    /// Other names that resolve to this model (e.g. `fast`).
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// Where requests for this model can go.
-    pub deployments: Vec<DeploymentConfig>,
-    /// USD per million tokens; defaults to the built-in table for well-known upstream models.
-    #[serde(default)]
-    pub price: Option<Price>,
-    /// Cache TTL for this model's answers; `0` disables caching for it.
-    #[serde(default)]
-    pub cache_ttl_s: Option<u64>,
-    /// Output-token ceiling reserved when a request has no `max_tokens`.
-    #[serde(default)]
-    pub max_output_tokens: Option<u64>,
-    /// What to do over a limit: `"reject"`, `"cache_only"`, `{ downgrade = "model" }` or
-    /// `{ message = "text" }`.
-    #[serde(default)]
-    pub on_limit: OnLimit,
-    /// How a deployment is chosen: `weighted`, `least_inflight`, `lowest_latency`,
-    /// `most_headroom`.
-    #[serde(default)]
-    pub routing: Routing,
-    /// Models to try, in order, when every deployment of this one failed.
-    #[serde(default)]
-    pub fallbacks: Vec<String>,
-    /// Whether an expired cached answer may be served when every provider failed.
-    #[serde(default = "default_true")]
-    pub stale_fallback: bool,
-    /// Canned answers for when everything else failed: a regex on the last user message.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-    /// The last resort: a friendly assistant message when nothing could answer.
-    #[serde(default)]
-    pub fallback_message: Option<String>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// How a model's deployment is chosen for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Routing {
-    /// At random, in proportion to `weight`.
-    #[default]
-    Weighted,
-    /// The one with the fewest requests in flight.
-    LeastInflight,
-    /// The one with the lowest recent latency (EWMA).
-    LowestLatency,
-    /// The one with the most rate-limit room left (provider headers and its own rpm/tpm).
-    MostHeadroom,
-}
-
-/// A rule-based answer: if `pattern` (a regex) matches the last user message, answer `reply`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Regular expression (Rust `regex` syntax).
-    pub pattern: String,
-    /// The answer's text.
-    pub reply: String,
-}
-
-/// Retries, deadlines and circuit breaking.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingConfig {
-    /// Tries per deployment for failures worth retrying (connection, timeout, 408/429/5xx,
-    /// malformed answers) before moving to the next deployment.
-    pub attempts_per_deployment: u32,
-    /// First backoff; doubled per retry, with full jitter.
-    pub backoff_base_ms: u64,
-    /// Longest backoff.
-    pub backoff_max_ms: u64,
-    /// Whole-request deadline unless the client sends `x-sluice-timeout` (seconds).
-    pub request_timeout_s: f64,
-    /// Consecutive failures that open a deployment's circuit.
-    pub circuit_failures: u32,
-    /// How long an open circuit skips the deployment before one probe is let through.
-    pub circuit_cooldown_s: f64,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            attempts_per_deployment: 2,
-            backoff_base_ms: 100,
-            backoff_max_ms: 2_000,
-            request_timeout_s: 120.0,
-            circuit_failures: 5,
-            circuit_cooldown_s: 30.0,
-        }
-    }
-}
-
-/// One provider + upstream model + weight.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentConfig {
-    /// A provider `name`.
-    pub provider: String,
-    /// The model name sent upstream.
-    pub model: String,
-    /// Relative share of traffic.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// This key's requests per minute at the provider (skipped before it would get a 429).
-    #[serde(default)]
-    pub rpm: Option<u32>,
-    /// This key's tokens per minute at the provider.
-    #[serde(default)]
-    pub tpm: Option<u32>,
-}
-
-fn default_weight() -> u32 {
-    1
 }
 
 /// Resolves `${VAR}` from the environment (`sluice serve`, and the functions for what their
@@ -764,6 +303,14 @@ impl Config {
         env::interpolate(&mut value, origin, lookup, keep)?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
+            let error = e.into_inner();
+            // toml ends every error raised inside a table with "in `models.rules`"; a bad
+            // pattern is named by `field` (with its indices) and says only what is wrong.
+            let message = if error.message().starts_with(pattern::NOT_A_REGEX) {
+                error.message().to_owned()
+            } else {
+                error.to_string()
+            };
             ConfigError::Invalid {
                 origin: origin.to_owned(),
                 field: if field == "." {
@@ -771,7 +318,7 @@ impl Config {
                 } else {
                     field
                 },
-                message: e.into_inner().to_string(),
+                message,
             }
         })?;
         config.validate(origin)?;
@@ -827,411 +374,19 @@ impl Config {
     }
 
     /// Checks what the types cannot: names are unique, references resolve, numbers make sense.
+    /// Each section checks itself; the first error found is the answer.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            field,
-            message,
-        };
-        if !(self.server.upstream_timeout_s.is_finite() && self.server.upstream_timeout_s > 0.0) {
-            return Err(invalid(
-                "server.upstream_timeout_s".into(),
-                "must be a positive number of seconds".into(),
-            ));
-        }
-        if !(self.server.key_cache_ttl_s.is_finite() && self.server.key_cache_ttl_s >= 0.0) {
-            return Err(invalid(
-                "server.key_cache_ttl_s".into(),
-                "must be zero or a positive number of seconds".into(),
-            ));
-        }
-        if !(self.cache.coalesce_wait_s.is_finite()
-            && (0.0..=3600.0).contains(&self.cache.coalesce_wait_s))
-        {
-            return Err(invalid(
-                "cache.coalesce_wait_s".into(),
-                "must be zero (off) or a number of seconds up to 3600".into(),
-            ));
-        }
-        if self.metrics.flush_every_ms == 0 || self.metrics.max_pending_events == 0 {
-            return Err(invalid(
-                "metrics".into(),
-                "flush_every_ms and max_pending_events must be positive".into(),
-            ));
-        }
-        if self.jobs.lease_s == 0 || self.jobs.lease_s >= self.jobs.visibility_timeout_s {
-            return Err(invalid(
-                "jobs.lease_s".into(),
-                "must be at least 1 and shorter than jobs.visibility_timeout_s".into(),
-            ));
-        }
-        if self.jobs.requeue_after_s < self.jobs.visibility_timeout_s {
-            return Err(invalid(
-                "jobs.requeue_after_s".into(),
-                "must be at least jobs.visibility_timeout_s: until then a job's message may \
-                 still be on its way, and queueing it again only adds a duplicate"
-                    .into(),
-            ));
-        }
-        let b = &self.jobs.batch_api;
-        if b.poll_every_s == 0 || b.fall_back_before_s == 0 {
-            return Err(invalid(
-                "jobs.batch_api".into(),
-                "poll_every_s and fall_back_before_s must be at least 1".into(),
-            ));
-        }
-        if b.fall_back_before_s >= crate::jobs::batch_api::WINDOW_24H_S {
-            return Err(invalid(
-                "jobs.batch_api.fall_back_before_s".into(),
-                "must be shorter than the 24h completion window".into(),
-            ));
-        }
-        if !(1..=crate::jobs::batch_api::MAX_REQUESTS).contains(&b.max_requests)
-            || !(1..=crate::jobs::batch_api::MAX_BYTES).contains(&b.max_bytes)
-        {
-            return Err(invalid(
-                "jobs.batch_api".into(),
-                "max_requests must be 1..=50000 and max_bytes 1..=200000000 (OpenAI's limits, \
-                 the lower of the two providers')"
-                    .into(),
-            ));
-        }
-        if self.jobs.max_attempts == 0 {
-            return Err(invalid(
-                "jobs.max_attempts".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.server.housekeeping_every_s == 0 {
-            return Err(invalid(
-                "server.housekeeping_every_s".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if !(self.jobs.callback_timeout_s.is_finite() && self.jobs.callback_timeout_s > 0.0) {
-            return Err(invalid(
-                "jobs.callback_timeout_s".into(),
-                "must be a positive number of seconds".into(),
-            ));
-        }
-        let r = &self.routing;
-        if r.attempts_per_deployment == 0
-            || !(r.request_timeout_s.is_finite() && r.request_timeout_s > 0.0)
-            || !(r.circuit_cooldown_s.is_finite() && r.circuit_cooldown_s >= 0.0)
-            || r.circuit_failures == 0
-        {
-            return Err(invalid(
-                "routing".into(),
-                "attempts_per_deployment and circuit_failures must be at least 1, \
-                 request_timeout_s positive and circuit_cooldown_s not negative"
-                    .into(),
-            ));
-        }
-        if self.server.max_body_bytes == 0 {
-            return Err(invalid(
-                "server.max_body_bytes".into(),
-                "must be greater than 0".into(),
-            ));
-        }
-        for (field, seconds) in [
-            ("header_read_timeout_s", self.server.header_read_timeout_s),
-            ("body_read_timeout_s", self.server.body_read_timeout_s),
-            ("idle_timeout_s", self.server.idle_timeout_s),
-        ] {
-            // Up to a day: longer is no deadline at all, and `Duration` must not overflow.
-            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-                return Err(invalid(
-                    format!("server.{field}"),
-                    "must be a number of seconds above 0 and at most 86400".into(),
-                ));
-            }
-        }
-        if self.server.max_connections == 0 {
-            return Err(invalid(
-                "server.max_connections".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self
-            .server
-            .metrics_token
-            .as_ref()
-            .is_some_and(|t| t.expose().trim().is_empty())
-        {
-            return Err(invalid(
-                "server.metrics_token".into(),
-                "is empty; leave it out to keep /metrics open".into(),
-            ));
-        }
-        let l = &self.limits;
-        if let Some(b) = l.global_budget_usd
-            && !(b.is_finite() && b > 0.0)
-        {
-            return Err(invalid(
-                "limits.global_budget_usd".into(),
-                "must be a positive number".into(),
-            ));
-        }
-        if !(l.soft_threshold > 0.0 && l.soft_threshold <= 1.0) {
-            return Err(invalid(
-                "limits.soft_threshold".into(),
-                "must be in (0, 1]".into(),
-            ));
-        }
-        if l.counter_shards == 0 || l.counter_shards > 64 {
-            return Err(invalid(
-                "limits.counter_shards".into(),
-                "must be between 1 and 64".into(),
-            ));
-        }
-        if l.budget_shards.is_some_and(|n| n == 0 || n > 64) {
-            return Err(invalid(
-                "limits.budget_shards".into(),
-                "must be between 1 and 64".into(),
-            ));
-        }
-        if !(l.budget_shard_min_usd.is_finite() && l.budget_shard_min_usd > 0.0) {
-            return Err(invalid(
-                "limits.budget_shard_min_usd".into(),
-                "must be a positive number".into(),
-            ));
-        }
-        if l.reservation_ttl_s == 0 || l.default_max_output_tokens == 0 {
-            return Err(invalid(
-                "limits".into(),
-                "reservation_ttl_s and default_max_output_tokens must be at least 1".into(),
-            ));
-        }
-        if !(1..=1024 * 1024).contains(&self.logging.max_logged_body_bytes) {
-            return Err(invalid(
-                "logging.max_logged_body_bytes".into(),
-                "must be between 1 and 1048576".into(),
-            ));
-        }
-        let mut tenant_names = HashSet::new();
-        for (i, t) in self.tenants.iter().enumerate() {
-            let at = |f: &str| format!("tenants[{i}].{f}");
-            if !tenant_names.insert(t.name.as_str()) {
-                return Err(invalid(
-                    at("name"),
-                    format!("duplicate tenant `{}`", t.name),
-                ));
-            }
-            if t.budget_usd.is_some() != t.period.is_some() {
-                return Err(invalid(
-                    at("budget_usd"),
-                    "budget_usd and period must be given together".into(),
-                ));
-            }
-            if let Some(b) = t.budget_usd
-                && !(b.is_finite() && b > 0.0)
-            {
-                return Err(invalid(
-                    at("budget_usd"),
-                    "must be a positive number".into(),
-                ));
-            }
-            if t.rpm == Some(0) || t.tpm == Some(0) {
-                return Err(invalid(at("rpm"), "rate limits must be at least 1".into()));
-            }
-        }
-        let mut provider_names = HashSet::new();
-        for (i, p) in self.providers.iter().enumerate() {
-            let at = |f: &str| format!("providers[{i}].{f}");
-            if p.name.trim().is_empty() {
-                return Err(invalid(at("name"), "must not be empty".into()));
-            }
-            if !provider_names.insert(p.name.as_str()) {
-                return Err(invalid(
-                    at("name"),
-                    format!("duplicate provider name `{}`", p.name),
-                ));
-            }
-            if p.kind == ProviderKind::Mock {
-                continue;
-            }
-            let kind = p.kind.name();
-            let Some(url) = p.base_url() else {
-                return Err(invalid(
-                    at("base_url"),
-                    format!("is required for kind = \"{kind}\""),
-                ));
-            };
-            if reqwest::Url::parse(url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .is_none()
-            {
-                return Err(invalid(
-                    at("base_url"),
-                    format!("`{url}` is not an http(s) URL"),
-                ));
-            }
-            if p.api_keys.is_empty() {
-                return Err(invalid(
-                    at("api_keys"),
-                    format!("needs at least one key for kind = \"{kind}\""),
-                ));
-            }
-            if let Some(k) = p.api_keys.iter().position(|k| k.expose().trim().is_empty()) {
-                return Err(invalid(
-                    format!("providers[{i}].api_keys[{k}]"),
-                    "is empty".into(),
-                ));
-            }
-        }
-        let mut model_names = HashSet::new();
-        for (i, m) in self.models.iter().enumerate() {
-            let at = |f: &str| format!("models[{i}].{f}");
-            for name in std::iter::once(&m.name).chain(&m.aliases) {
-                if name.trim().is_empty() {
-                    return Err(invalid(at("name"), "model names must not be empty".into()));
-                }
-                if !model_names.insert(name.as_str()) {
-                    return Err(invalid(
-                        at("name"),
-                        format!("model name or alias `{name}` is used twice"),
-                    ));
-                }
-            }
-            if m.deployments.is_empty() {
-                return Err(invalid(at("deployments"), "needs at least one".into()));
-            }
-            for (j, d) in m.deployments.iter().enumerate() {
-                if !provider_names.contains(d.provider.as_str()) {
-                    return Err(invalid(
-                        format!("models[{i}].deployments[{j}].provider"),
-                        format!("no provider is named `{}`", d.provider),
-                    ));
-                }
-                if d.model.trim().is_empty() {
-                    return Err(invalid(
-                        format!("models[{i}].deployments[{j}].model"),
-                        "must not be empty".into(),
-                    ));
-                }
-                if d.weight == 0 {
-                    return Err(invalid(
-                        format!("models[{i}].deployments[{j}].weight"),
-                        "must be at least 1".into(),
-                    ));
-                }
-            }
-            if let OnLimit::Downgrade(target) = &m.on_limit {
-                let exists = self
-                    .models
-                    .iter()
-                    .any(|o| &o.name == target || o.aliases.contains(target));
-                if !exists || target == &m.name {
-                    return Err(invalid(
-                        at("on_limit"),
-                        format!("downgrade target `{target}` is not another configured model"),
-                    ));
-                }
-            }
-            for (k, f) in m.fallbacks.iter().enumerate() {
-                let exists = self
-                    .models
-                    .iter()
-                    .any(|o| &o.name == f || o.aliases.contains(f));
-                if !exists || f == &m.name {
-                    return Err(invalid(
-                        format!("models[{i}].fallbacks[{k}]"),
-                        format!("`{f}` is not another configured model"),
-                    ));
-                }
-            }
-            for (k, r) in m.rules.iter().enumerate() {
-                if let Err(e) = regex_lite::Regex::new(&r.pattern) {
-                    return Err(invalid(
-                        format!("models[{i}].rules[{k}].pattern"),
-                        format!("not a valid regex: {e}"),
-                    ));
-                }
-            }
-            if m.max_output_tokens == Some(0) {
-                return Err(invalid(
-                    at("max_output_tokens"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if let Some(price) = &m.price {
-                for (f, v) in price.components() {
-                    if !(v.is_finite() && v >= 0.0) {
-                        return Err(invalid(
-                            format!("models[{i}].price.{f}"),
-                            "must be a non-negative number".into(),
-                        ));
-                    }
-                }
-                if price
-                    .batch_discount
-                    .is_some_and(|d| !(d.is_finite() && (0.0..1.0).contains(&d)))
-                {
-                    return Err(invalid(
-                        format!("models[{i}].price.batch_discount"),
-                        "must be at least 0 and less than 1 (0.5 = half price)".into(),
-                    ));
-                }
-            }
-        }
-        // Money needs a price: with a gateway or tenant cap, every model can be billed to a
-        // cap, and a model priced at a silent zero would never be held by it.
-        let cap = self
-            .limits
-            .global_budget_usd
-            .map(|_| "limits.global_budget_usd".to_owned());
-        let cap = cap.or_else(|| {
-            self.tenants
-                .iter()
-                .position(|t| t.budget_usd.is_some())
-                .map(|j| format!("tenants[{j}].budget_usd"))
-        });
-        if let Some(cap) = cap
-            && let Some(i) = self.models.iter().position(|m| Self::price_of(m).is_none())
-        {
-            return Err(invalid(
-                format!("models[{i}].price"),
-                format!(
-                    "required: `{cap}` caps spending, and `{}` is not in the built-in price \
-                     table (by its name or every deployment's model)",
-                    self.models[i].name
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Where [`Config::price_of`] finds a model's price, for `sluice prices`.
-    pub fn price_origin(model: &ModelConfig) -> PriceOrigin {
-        if model.price.is_some() {
-            return PriceOrigin::Config;
-        }
-        if let Some(listed) = lookup(&model.name) {
-            return PriceOrigin::Table(listed);
-        }
-        let deployments: Option<Vec<(String, Listed)>> = model
-            .deployments
-            .iter()
-            .map(|d| lookup(&d.model).map(|l| (d.model.clone(), l)))
-            .collect();
-        match deployments {
-            Some(d) if !d.is_empty() => PriceOrigin::Deployments(d),
-            _ => PriceOrigin::Unpriced,
-        }
-    }
-
-    /// The price of a model: its own `price`, else the built-in table's for its public name,
-    /// else the highest of its deployments' upstream models (input and output each), so a
-    /// reservation covers whichever deployment answers. `None` when neither gives one, or
-    /// when a deployment's upstream model has no built-in price.
-    pub fn price_of(model: &ModelConfig) -> Option<Price> {
-        if let Some(price) = model.price.or_else(|| default_price(&model.name)) {
-            return Some(price);
-        }
-        let mut prices = model.deployments.iter().map(|d| default_price(&d.model));
-        let first = prices.next()??;
-        prices.try_fold(first, |dearest, p| Some(dearest.dearest(&p?)))
+        self.server.validate(origin)?;
+        self.cache.validate(origin)?;
+        self.metrics.validate(origin)?;
+        self.jobs.validate(origin)?;
+        self.routing.validate(origin)?;
+        self.limits.validate(origin)?;
+        self.logging.validate(origin)?;
+        TenantConfig::validate_all(&self.tenants, origin)?;
+        let providers = ProviderConfig::validate_all(&self.providers, origin)?;
+        ModelConfig::validate_all(&self.models, &providers, origin)?;
+        self.validate_capped_models_are_priced(origin)
     }
 }
 
@@ -1335,6 +490,30 @@ cache_ttl_s = 3600
             .unwrap_err()
             .to_string();
         assert!(msg.contains("logging") && msg.contains("headers"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_rule_pattern_is_a_config_error_naming_its_field() {
+        let text = format!(
+            "{EXAMPLE}rules = [{{ pattern = \"(?i)refund\", reply = \"a\" }}, \
+             {{ pattern = \"(unclosed\", reply = \"b\" }}]\n"
+        );
+        let msg = Config::parse(&text, "x.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "x.toml: models[0].rules[1].pattern: not a valid regex: found open group without \
+             closing ')'"
+        );
+        let good = format!("{EXAMPLE}rules = [{{ pattern = \"(?i)refund\", reply = \"a\" }}]\n");
+        let c = Config::parse(&good, "x.toml", &env).unwrap();
+        assert!(
+            c.models[0].rules[0]
+                .pattern
+                .regex()
+                .is_match("a REFUND please")
+        );
     }
 
     #[test]

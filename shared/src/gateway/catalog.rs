@@ -146,11 +146,11 @@ impl Catalog {
                 routing: m.routing,
                 fallbacks: m.fallbacks.clone(),
                 stale_fallback: m.stale_fallback,
-                // Patterns were compiled once in `Config::validate`; none fail here.
+                // Patterns were compiled as the config was read (`config::Pattern`).
                 rules: m
                     .rules
                     .iter()
-                    .filter_map(|r| Some((Regex::new(&r.pattern).ok()?, r.reply.clone())))
+                    .map(|r| (r.pattern.regex().clone(), r.reply.clone()))
                     .collect(),
                 fallback_message: m.fallback_message.clone(),
             });
