@@ -596,3 +596,27 @@ async fn openai_fields_anthropic_cannot_honour_are_refused_not_dropped() {
     assert_eq!(r.status(), 200);
     assert_eq!(up.calls(), 1);
 }
+
+/// Answers Sluice translates (Anthropic's, Gemini's) are stamped by the gateway's clock, the
+/// same one that dates cache entries and limit windows, streamed or not.
+#[tokio::test]
+async fn translated_answers_are_created_at_the_gateways_time() {
+    let (_up, gw, key) = start().await;
+    gw.clock.advance_ms(123_000);
+    let now_s = 1_800_000_123;
+    for model in ["claude", "gemini"] {
+        let body = json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "when?"}]});
+        let r = gw.post("/v1/chat/completions", &key, &body).await;
+        assert_eq!(r.status(), 200, "{model}");
+        assert_eq!(json(r).await["created"], now_s, "{model}");
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let r = gw.post("/v1/chat/completions", &key, &streamed).await;
+        assert_eq!(r.status(), 200, "{model}");
+        let chunks = events(&r.text().await.unwrap());
+        assert!(!chunks.is_empty(), "{model}");
+        for chunk in chunks {
+            assert_eq!(chunk["created"], now_s, "{model}: {chunk}");
+        }
+    }
+}
