@@ -23,8 +23,9 @@ pub(super) async fn send_for_body(
     timeout: Duration,
 ) -> Result<(Bytes, HeaderMap), ProviderError> {
     tokio::time::timeout(timeout, async {
-        let response = check_status(request.send().await.map_err(transport)?, timeout).await?;
-        let headers = response.headers().clone();
+        let mut response = check_status(request.send().await.map_err(transport)?, timeout).await?;
+        // Taken, not copied: the body is all that is read from the response after this.
+        let headers = std::mem::take(response.headers_mut());
         Ok::<_, ProviderError>((response.bytes().await.map_err(transport)?, headers))
     })
     .await
@@ -41,8 +42,8 @@ pub(super) async fn send_for_events(
         .await
         .map_err(|_| ProviderError::Timeout)?
         .map_err(transport)?;
-    let response = check_status(response, timeout).await?;
-    let headers = response.headers().clone();
+    let mut response = check_status(response, timeout).await?;
+    let headers = std::mem::take(response.headers_mut());
     let events = sse::json_events(response.bytes_stream().map(|r| r.map_err(transport)));
     Ok((events, headers))
 }
