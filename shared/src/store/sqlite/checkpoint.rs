@@ -10,7 +10,7 @@ use crate::store::StoreError;
 
 /// How often the background checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL frames (one page each, 4 KiB) past which the checkpointer also resets the WAL.
+/// WAL frames (one page each, 4 KiB) past which the checkpointer also restarts the WAL.
 const WAL_RESET_FRAMES: i64 = 4096;
 
 /// Checkpoints the WAL in the background until the store is dropped.
@@ -23,17 +23,22 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 }
 
 /// One checkpoint: PASSIVE (never blocks anyone), then, when the WAL has grown past
-/// `reset_frames`, TRUNCATE. A PASSIVE checkpoint copies frames back but cannot restart the
+/// `reset_frames`, RESTART. A PASSIVE checkpoint copies frames back but cannot restart the
 /// WAL while readers keep using it, and under steady load some reader always is: the WAL then
 /// grows without bound (11 GB in a 10-minute soak, with the wal-index mapped into memory
-/// growing alongside). TRUNCATE waits (busy handler) for the readers of the moment, holds off
-/// writers for that instant, and empties the file. Returns the WAL's frames before.
+/// growing alongside). RESTART waits (busy handler) for the readers of the moment, holds off
+/// writers for that instant, and makes the next write start the WAL over from its first frame.
+/// It leaves the file in place (cut back to [`super::WAL_KEEP_BYTES`] by that write), where
+/// TRUNCATE emptied it: on ext4 every write into an emptied WAL allocates blocks, which ties
+/// the writer's next commits to the journal commit of the checkpoint's fsync — the stalls of
+/// tens of milliseconds in the miss path's p99 (BENCHMARKS.md, issue 18). Returns the WAL's
+/// frames before.
 fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     let frames: i64 = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
         .map_err(backend)?;
     if frames >= reset_frames {
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .map_err(backend)?;
     }
     Ok(frames)
@@ -45,29 +50,57 @@ mod tests {
     use crate::store::sqlite::connect;
 
     #[test]
-    fn a_grown_wal_is_emptied_by_the_checkpointer() {
+    fn a_grown_wal_is_restarted_in_place_by_the_checkpointer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let path = path.to_str().unwrap();
         let conn = connect(path).unwrap();
         conn.execute_batch("CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0;")
             .unwrap();
+        let insert = |n| {
+            for _ in 0..n {
+                conn.execute("INSERT INTO t (v) VALUES (zeroblob(8192))", [])
+                    .unwrap();
+            }
+        };
+        insert(64);
+        let wal = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+        let grown = wal();
+        let checkpointer = connect(path).unwrap();
+        // Below the threshold: copied back, the file kept for reuse.
+        let frames = checkpoint(&checkpointer, i64::MAX).unwrap();
+        assert!(frames >= 128, "{frames} frames");
+        assert_eq!(wal(), grown);
+        // Past it: restarted. The file stays (its blocks reused, not allocated again) and the
+        // next writes go to its start instead of growing it.
+        checkpoint(&checkpointer, 64).unwrap();
+        assert_eq!(wal(), grown);
+        insert(32);
+        assert_eq!(wal(), grown, "the WAL grew instead of starting over");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 96);
+    }
+
+    #[test]
+    fn a_restarted_wal_is_cut_back_to_its_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let path = path.to_str().unwrap();
+        let conn = connect(path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 65536;",
+        )
+        .unwrap();
         for _ in 0..64 {
             conn.execute("INSERT INTO t (v) VALUES (zeroblob(8192))", [])
                 .unwrap();
         }
         let wal = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
-        let checkpointer = connect(path).unwrap();
-        // Below the threshold: copied back, the file kept for reuse.
-        let frames = checkpoint(&checkpointer, i64::MAX).unwrap();
-        assert!(frames >= 128, "{frames} frames");
-        assert!(wal() > 0);
-        // Past it: the WAL is emptied.
-        checkpoint(&checkpointer, 64).unwrap();
-        assert_eq!(wal(), 0);
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 64);
+        assert!(wal() > 65536);
+        checkpoint(&connect(path).unwrap(), 64).unwrap();
+        conn.execute("INSERT INTO t (v) VALUES (1)", []).unwrap();
+        assert!(wal() <= 65536, "{} bytes", wal());
     }
 }

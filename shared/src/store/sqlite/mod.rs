@@ -4,7 +4,7 @@
 //! writer connection behind a mutex: SQLite allows one writer at a time anyway, and queueing on
 //! a mutex is far cheaper than SQLite's busy handler, which sleeps in millisecond steps. Reads
 //! use a small pool of reader connections, which WAL lets run while a write commits.
-//! `busy_timeout` still covers several processes sharing one file.
+//! A busy handler ([`busy_wait`]) still covers several processes sharing one file.
 //!
 //! Layout: this module opens the database and holds the reader pool and the door to the
 //! writer; `writer` is the writer thread (group commit), `checkpoint` the background WAL
@@ -58,7 +58,7 @@ struct Inner {
 
 fn connect(path: &str) -> Result<Connection, StoreError> {
     let memory = path == ":memory:";
-    let conn = if memory {
+    let mut conn = if memory {
         Connection::open_in_memory()
     } else {
         Connection::open_with_flags(
@@ -69,15 +69,42 @@ fn connect(path: &str) -> Result<Connection, StoreError> {
         )
     }
     .map_err(backend)?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(backend)?;
+    conn.busy_handler(Some(busy_wait)).map_err(backend)?;
     if !memory {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
+            .map_err(backend)?;
     }
     Ok(conn)
+}
+
+/// What a restarted WAL is cut back to (`journal_size_limit`): the file is reused in place up
+/// to this size rather than emptied (see `checkpoint`).
+const WAL_KEEP_BYTES: i64 = 64 << 20;
+
+/// Retries of a locked database every 100 µs for the first 10 ms.
+const BUSY_FAST_TRIES: i32 = 100;
+/// Then every millisecond, up to about 10 s in all; then the caller gets `SQLITE_BUSY`.
+const BUSY_TRIES: i32 = BUSY_FAST_TRIES + 9_990;
+
+/// The busy handler of every connection: how long to wait when another connection holds the
+/// lock (the checkpointer's TRUNCATE, or another process on the same file). SQLite's own
+/// (`busy_timeout`) sleeps 1, 2, 5, 10, … up to 100 ms between tries, so a writer that meets a
+/// lock held for a millisecond sleeps far past its release, and every request queued behind
+/// the writer waits with it: those sleeps were the full-miss path's p99 (BENCHMARKS.md, issue
+/// 18). Retrying every 100 µs resumes within that of the release; after 10 ms the lock is held
+/// by something slow and a millisecond step costs nothing that matters.
+fn busy_wait(retries: i32) -> bool {
+    let pause = match retries {
+        r if r < BUSY_FAST_TRIES => Duration::from_micros(100),
+        r if r < BUSY_TRIES => Duration::from_millis(1),
+        _ => return false,
+    };
+    std::thread::sleep(pause);
+    true
 }
 
 impl SqliteStore {
