@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file (WAL), the default for `sluice serve` and tests.
 //!
-//! rusqlite is synchronous, so every call runs on tokio's blocking pool. Writes go through one
+//! rusqlite is synchronous, so calls run on tokio's blocking pool (point reads by key on the
+//! caller's thread when a reader is free: [`SqliteStore::read_point`]). Writes go through one
 //! writer connection behind a mutex: SQLite allows one writer at a time anyway, and queueing on
 //! a mutex is far cheaper than SQLite's busy handler, which sleeps in millisecond steps. Reads
 //! use a small pool of reader connections, which WAL lets run while a write commits.
@@ -172,6 +173,27 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::backend(format!("store task failed: {e}")))?
+    }
+
+    /// Runs a point read (one lookup by primary key: microseconds, its pages in the page
+    /// cache) on the calling task's own thread when a reader connection is free, and on the
+    /// blocking pool (as [`Self::read`]) when none is. A hop to the blocking pool and back
+    /// costs two thread wake-ups, more than the read itself: on the cache-miss path that hop
+    /// was a tenth of the latency at concurrency 1 (BENCHMARKS.md, issue 18). Only for reads
+    /// that cannot take long — never scans.
+    pub(crate) async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let n = self.inner.readers.len();
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(conn) = self.inner.readers[(first + i) % n].try_lock() {
+                return f(&conn);
+            }
+        }
+        self.read(f).await
     }
 
     /// Runs a write atomically on the writer thread; resolves once it is committed.
