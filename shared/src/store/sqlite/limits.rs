@@ -87,10 +87,10 @@ impl LimitStore for SqliteStore {
             if let Some(hold) = &hold {
                 let undo = serde_json::to_string(&hold.undo)
                     .map_err(|e| StoreError::backend_from(e.to_string(), e))?;
-                c.execute(
+                c.prepare_cached(
                     "INSERT INTO limit_holds (id, undo, expires_at_ms) VALUES (?1, ?2, ?3)",
-                    params![hold.id, undo, to_i64(hold.expires_at_ms)],
                 )
+                .and_then(|mut s| s.execute(params![hold.id, undo, to_i64(hold.expires_at_ms)]))
                 .map_err(backend)?;
             }
             Ok(Applied::Granted)
@@ -103,7 +103,8 @@ impl LimitStore for SqliteStore {
         let increments = increments.to_vec();
         self.write(move |c| {
             let deleted = c
-                .execute("DELETE FROM limit_holds WHERE id = ?1", [hold_id])
+                .prepare_cached("DELETE FROM limit_holds WHERE id = ?1")
+                .and_then(|mut s| s.execute([hold_id]))
                 .map_err(backend)?;
             if deleted == 0 {
                 return Ok(false);

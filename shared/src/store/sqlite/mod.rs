@@ -71,6 +71,7 @@ fn connect(path: &str) -> Result<Connection, StoreError> {
     }
     .map_err(backend)?;
     conn.busy_handler(Some(busy_wait)).map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     if !memory {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
@@ -81,6 +82,12 @@ fn connect(path: &str) -> Result<Connection, StoreError> {
     }
     Ok(conn)
 }
+
+/// Prepared statements kept per connection. rusqlite keeps 16 by default, fewer than the
+/// writer runs (every port's writes plus the savepoint and transaction statements): its
+/// cache turned over and statements were parsed again and again (3% of the full miss path's
+/// CPU in `sqlite3_prepare_v3`, BENCHMARKS.md, issue 18).
+const STATEMENT_CACHE: usize = 128;
 
 /// What a restarted WAL is cut back to (`journal_size_limit`): the file is reused in place up
 /// to this size rather than emptied (see `checkpoint`).

@@ -22,15 +22,22 @@ pub(super) fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    run(conn, "SAVEPOINT job")?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(end).map_err(backend)?;
+    if result.is_err() {
+        run(conn, "ROLLBACK TO job")?;
+    }
+    run(conn, "RELEASE job")?;
     result
+}
+
+/// Runs one statement without parameters, prepared once per connection (the savepoint and
+/// transaction statements run for every write; parsing them each time showed in profiles).
+fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(drop)
+        .map_err(backend)
 }
 
 /// The writer thread: takes every queued write, runs them in one transaction (group commit),
@@ -45,16 +52,16 @@ pub(super) fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run(&conn, "BEGIN IMMEDIATE") {
             tracing::warn!(error = %e, writes = batch.len(), "SQLite write transaction could not start");
             // Dropping the jobs closes their reply channels: each caller gets a backend error.
             drop(batch);
             continue;
         }
         let delivers: Vec<Deliver> = batch.into_iter().map(|job| job(&conn)).collect();
-        let commit_error = conn.execute_batch("COMMIT").err().map(backend);
+        let commit_error = run(&conn, "COMMIT").err();
         if commit_error.is_some() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run(&conn, "ROLLBACK");
         }
         for deliver in delivers {
             deliver(commit_error.clone());
