@@ -99,7 +99,7 @@ const BUSY_FAST_TRIES: i32 = 100;
 const BUSY_TRIES: i32 = BUSY_FAST_TRIES + 9_990;
 
 /// The busy handler of every connection: how long to wait when another connection holds the
-/// lock (the checkpointer's TRUNCATE, or another process on the same file). SQLite's own
+/// lock (the checkpointer's RESTART, or another process on the same file). SQLite's own
 /// (`busy_timeout`) sleeps 1, 2, 5, 10, … up to 100 ms between tries, so a writer that meets a
 /// lock held for a millisecond sleeps far past its release, and every request queued behind
 /// the writer waits with it: those sleeps were the full-miss path's p99 (BENCHMARKS.md, issue
@@ -187,7 +187,7 @@ impl SqliteStore {
     /// blocking pool (as [`Self::read`]) when none is. A hop to the blocking pool and back
     /// costs two thread wake-ups, more than the read itself: on the cache-miss path that hop
     /// was a tenth of the latency at concurrency 1 (BENCHMARKS.md, issue 18). Only for reads
-    /// that cannot take long — never scans.
+    /// that cannot take long — never scans: the read holds the task's worker thread.
     pub(crate) async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
