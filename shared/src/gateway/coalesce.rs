@@ -28,8 +28,8 @@
 //! own write, keeping its table small). A leader that fails, is cancelled, or cannot store its
 //! answer ends the marker and tells its local followers, and one of them takes over (the others
 //! follow it): no follower gets an error for having waited. Every wait is bounded by
-//! `cache.coalesce_wait_s` and by the request's own deadline (held to the invocation's on Lambda); a store failure here only
-//! ends coalescing for that request, never the request.
+//! `cache.coalesce_wait_s` and by the request's own deadline (held to the invocation's on
+//! Lambda); a store failure here only ends coalescing for that request, never the request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
