@@ -24,12 +24,11 @@
 //!   `5 + 2 × wait_s` times however many of its requests wait for it.
 //!
 //! A leader that stores its answer leaves its marker: the entry, newer than the marker, marks
-//! it spent (DynamoDB keeps it until its TTL, saving a call; SQLite deletes it in the entry's
-//! own write, keeping its table small). A leader that fails, is cancelled, or cannot store its
-//! answer ends the marker and tells its local followers, and one of them takes over (the others
-//! follow it): no follower gets an error for having waited. Every wait is bounded by
-//! `cache.coalesce_wait_s` and by the request's own deadline (held to the invocation's on
-//! Lambda); a store failure here only ends coalescing for that request, never the request.
+//! it spent. A leader that fails, is cancelled, or cannot store its answer ends the marker and
+//! tells its local followers, and one of them takes over (the others follow it): no follower
+//! gets an error for having waited. Every wait is bounded by `cache.coalesce_wait_s` and by
+//! the request's own deadline (held to the invocation's on Lambda); a store failure here only
+//! ends coalescing for that request, never the request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

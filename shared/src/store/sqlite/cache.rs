@@ -70,15 +70,6 @@ impl CacheStore for SqliteStore {
                 to_i64(entry.purge_at_ms),
             ])
             .map_err(backend)?;
-            // A marker that started before this entry is spent by it (`CacheStore::flight_begin`
-            // and `flight_poll` treat it as gone); deleting it here, in the same write, keeps
-            // `cache_flights` down to the flights still in the air — a few pages, always in the
-            // page cache — instead of one row per miss for the lease's 10 s (40,000 rows at
-            // 4,000 misses a second, each begin touching a leaf page of them).
-            c.prepare_cached("DELETE FROM cache_flights WHERE digest = ?1 AND started_at_ms <= ?2")
-                .map_err(backend)?
-                .execute(params![&key.digest[..], to_i64(entry.created_at_ms)])
-                .map_err(backend)?;
             if sweep {
                 c.execute(
                     "DELETE FROM cache_entries WHERE purge_at_ms <= ?1",
@@ -218,50 +209,5 @@ mod tests {
         store.cache_put(&key, &entry).await.unwrap();
         assert_eq!(store.cache_get(&key, 2_500).await.unwrap(), Some(entry));
         assert_eq!(store.cache_get(&key, 3_000).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn a_stored_entry_clears_the_markers_it_spends_and_only_those() {
-        let store = SqliteStore::open(":memory:").unwrap();
-        let key = |d| CacheKey {
-            digest: [d; 32],
-            tenant: "t".into(),
-        };
-        let entry = |created_at_ms| CachedResponse {
-            body: Bytes::from_static(b"{}"),
-            created_at_ms,
-            expires_at_ms: created_at_ms + 1_000,
-            purge_at_ms: created_at_ms + 2_000,
-        };
-        let lease = 10_000;
-        let begin = |d, token: &'static str, at| {
-            let store = store.clone();
-            async move {
-                store
-                    .flight_begin(&key(d), token, at, lease, 0)
-                    .await
-                    .unwrap()
-            }
-        };
-        assert_eq!(begin(1, "a", 1_000).await, FlightBegin::Leading);
-        assert_eq!(begin(2, "b", 1_000).await, FlightBegin::Leading);
-        // The leader of key 1 stores its answer: its marker goes with the same write.
-        store.cache_put(&key(1), &entry(1_500)).await.unwrap();
-        let rows = |d: u8| {
-            let store = store.clone();
-            async move {
-                store
-                    .read(move |c| flight_row(c, &[d; 32]))
-                    .await
-                    .unwrap()
-                    .map(|f| f.token)
-            }
-        };
-        assert_eq!(rows(1).await, None);
-        // Another key's flight is untouched, and so is a flight begun after the entry.
-        assert_eq!(rows(2).await.as_deref(), Some("b"));
-        assert_eq!(begin(1, "c", 2_000).await, FlightBegin::Leading);
-        store.cache_put(&key(1), &entry(1_800)).await.unwrap();
-        assert_eq!(rows(1).await.as_deref(), Some("c"));
     }
 }
