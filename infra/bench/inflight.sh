@@ -5,18 +5,10 @@
 # The bare proxy's figure for the same load is run.sh's proxy-500ms row.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=$1; C=$2; D=$3; SECS=${4:-8}; MODEL=${MODEL:-gpt-test}
-work=$(mktemp -d)
+BIN=$1; C=$2; DELAY_MS=$3; SECS=${4:-8}; MODEL=${MODEL:-gpt-test}
 UP=127.0.0.1:19993; GW=127.0.0.1:18093
-target/release/fake-upstream $UP "$D" >/dev/null 2>&1 & up=$!
-gw=
-trap 'kill $up $gw 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"
-db=$work/inflight.db
-key=$($BIN keys create --tenant bench --db "$db" 2>/dev/null)
-BENCH_UPSTREAM=$UP BENCH_SLOW_UPSTREAM=$UP BENCH_SLOWER_UPSTREAM=$UP SLUICE_LOG=warn \
-  $BIN serve --listen $GW --db "$db" --config infra/bench/sluice.bench.toml >/dev/null 2>&1 & gw=$!
-for _ in $(seq 100); do curl -sf "http://$GW/health" >/dev/null && break; sleep 0.1; done
+. infra/bench/gateway.sh
 rss() { awk "/$1/{print \$2}" /proc/$gw/status; }
 idle=$(rss VmRSS)
 RUN=inf$RANDOM BODY=miss MODEL=$MODEL STREAM=0 KEY=$key wrk -t2 -c"$C" -d"${SECS}"s --timeout 10s -s infra/bench/request.lua http://$GW/v1/chat/completions | grep -E "^Requests/sec" & load=$!

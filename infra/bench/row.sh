@@ -9,18 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$1; MODEL=$2; BODY=$3; KIND=$4; C=$5; SECS=$6
-work=$(mktemp -d "${TMPBASE:-/tmp}/sluice-row.XXXX")
 UP=127.0.0.1:19995; GW=127.0.0.1:18095
-target/release/fake-upstream $UP >/dev/null 2>&1 & up=$!
-gw=
-trap 'kill $up $gw 2>/dev/null || true; rm -rf "$work"' EXIT
-db=$work/row.db
-key=$($BIN keys create --tenant bench --db "$db" 2>/dev/null)
-full=$($BIN keys create --tenant full --rpm 100000000 --tpm 2000000000 --budget-usd 1000000 --period day --db "$db" 2>/dev/null)
+. infra/bench/gateway.sh
 [ "$KIND" = full ] && key=$full
-BENCH_UPSTREAM=$UP BENCH_SLOW_UPSTREAM=$UP BENCH_SLOWER_UPSTREAM=$UP SLUICE_LOG=warn \
-  $BIN serve --listen $GW --db "$db" --config infra/bench/sluice.bench.toml >/dev/null 2>&1 & gw=$!
-for _ in $(seq 100); do curl -sf "http://$GW/health" >/dev/null && break; sleep 0.1; done
 RUN=warm$RANDOM BODY=miss MODEL=gpt-test STREAM=0 KEY=$key wrk -t2 -c16 -d2s -s infra/bench/request.lua http://$GW/v1/chat/completions >/dev/null
 ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{printf "%.3f", ($14 + $15) / t}' "/proc/$1/stat"; }

@@ -49,34 +49,48 @@ mod tests {
     use super::*;
     use crate::store::sqlite::connect;
 
+    /// A database at `dir` with automatic checkpoints off (as the store opens it) and one
+    /// table of 8 KiB blobs; returns its path and connection.
+    fn wal_db(dir: &tempfile::TempDir) -> (String, Connection) {
+        let path = dir.path().join("w.db").to_str().unwrap().to_owned();
+        let conn = connect(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0;")
+            .unwrap();
+        (path, conn)
+    }
+
+    fn insert(conn: &Connection, n: usize) {
+        for _ in 0..n {
+            conn.execute("INSERT INTO t (v) VALUES (zeroblob(8192))", [])
+                .unwrap();
+        }
+    }
+
+    fn wal_len(path: &str) -> u64 {
+        std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len())
+    }
+
     #[test]
     fn a_grown_wal_is_restarted_in_place_by_the_checkpointer() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let path = path.to_str().unwrap();
-        let conn = connect(path).unwrap();
-        conn.execute_batch("CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0;")
-            .unwrap();
-        let insert = |n| {
-            for _ in 0..n {
-                conn.execute("INSERT INTO t (v) VALUES (zeroblob(8192))", [])
-                    .unwrap();
-            }
-        };
-        insert(64);
-        let wal = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
-        let grown = wal();
-        let checkpointer = connect(path).unwrap();
+        let (path, conn) = wal_db(&dir);
+        insert(&conn, 64);
+        let grown = wal_len(&path);
+        let checkpointer = connect(&path).unwrap();
         // Below the threshold: copied back, the file kept for reuse.
         let frames = checkpoint(&checkpointer, i64::MAX).unwrap();
         assert!(frames >= 128, "{frames} frames");
-        assert_eq!(wal(), grown);
+        assert_eq!(wal_len(&path), grown);
         // Past it: restarted. The file stays (its blocks reused, not allocated again) and the
         // next writes go to its start instead of growing it.
         checkpoint(&checkpointer, 64).unwrap();
-        assert_eq!(wal(), grown);
-        insert(32);
-        assert_eq!(wal(), grown, "the WAL grew instead of starting over");
+        assert_eq!(wal_len(&path), grown);
+        insert(&conn, 32);
+        assert_eq!(
+            wal_len(&path),
+            grown,
+            "the WAL grew instead of starting over"
+        );
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
@@ -86,21 +100,13 @@ mod tests {
     #[test]
     fn a_restarted_wal_is_cut_back_to_its_size_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let path = path.to_str().unwrap();
-        let conn = connect(path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t (v BLOB); PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 65536;",
-        )
-        .unwrap();
-        for _ in 0..64 {
-            conn.execute("INSERT INTO t (v) VALUES (zeroblob(8192))", [])
-                .unwrap();
-        }
-        let wal = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
-        assert!(wal() > 65536);
-        checkpoint(&connect(path).unwrap(), 64).unwrap();
+        let (path, conn) = wal_db(&dir);
+        conn.execute_batch("PRAGMA journal_size_limit = 65536;")
+            .unwrap();
+        insert(&conn, 64);
+        assert!(wal_len(&path) > 65536);
+        checkpoint(&connect(&path).unwrap(), 64).unwrap();
         conn.execute("INSERT INTO t (v) VALUES (1)", []).unwrap();
-        assert!(wal() <= 65536, "{} bytes", wal());
+        assert!(wal_len(&path) <= 65536, "{} bytes", wal_len(&path));
     }
 }
