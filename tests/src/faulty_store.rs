@@ -18,8 +18,8 @@ use sluice::keys::{KeyHash, KeyRecord};
 use sluice::metrics::RollupRow;
 use sluice::store::{
     Applied, BatchEntry, BatchEntryKind, BatchStore, CacheKey, CacheStore, CachedResponse,
-    CounterField, FlightBegin, FlightPoll, Hold, IdempotencyBegin, IdempotencyStore, Increment,
-    JobStore, KeyStore, LimitStore, MetricsStore, Settlement, SharedStore, StoreError,
+    CounterField, FlightBegin, FlightClaim, FlightPoll, Hold, IdempotencyBegin, IdempotencyStore,
+    Increment, JobStore, KeyStore, LimitStore, MetricsStore, Settlement, SharedStore, StoreError,
     StoredResponse,
 };
 
@@ -368,6 +368,16 @@ impl LimitStore for FaultyStore {
         hold: Option<&Hold>,
     ) -> Result<Applied, StoreError> {
         self.guard(Op::Apply, self.inner.apply(increments, hold))
+            .await
+    }
+    async fn apply_leading(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+        claim: &FlightClaim,
+    ) -> Result<Applied, StoreError> {
+        // The reservation's write, which takes the marker too: its faults are `Apply`'s.
+        self.guard(Op::Apply, self.inner.apply_leading(increments, hold, claim))
             .await
     }
     async fn settle(&self, hold_id: &str, increments: &[Increment]) -> Result<bool, StoreError> {

@@ -12,12 +12,13 @@ use serde_json::Value;
 
 use super::cache::CacheStatus;
 use super::catalog::Model;
+use super::coalesce::{Joined, Lead};
 use super::fallback::{Fallback, canned_completion};
 use super::request::{InvalidRequest, ParsedRequest};
 use super::resolve::Context;
 use super::{Gateway, GatewayError, Reply, Trace};
 use crate::config::OnLimit;
-use crate::limits::{Ask, Grant, Refusal, Subject};
+use crate::limits::{Admission, Ask, Grant, Marker, Refusal, Subject};
 use crate::providers::Endpoint;
 use crate::store::CachedResponse;
 use crate::tokens;
@@ -32,7 +33,86 @@ pub(super) struct Admitted {
     pub output_ceiling: Option<u64>,
 }
 
+/// What admitting a request that may lead identical ones came to.
+pub(super) enum Admit {
+    /// Reserved: call the provider.
+    Admitted(Admitted),
+    /// A limit refused it.
+    Refused(Refusal),
+    /// Another process's identical request called the provider meanwhile: serve its answer
+    /// (nothing of this request's reservation was kept).
+    Answered((CachedResponse, CacheStatus)),
+}
+
 impl Gateway {
+    /// Admits a request, and when it leads identical requests ([`Context::lead`]) takes the
+    /// store's in-flight marker in the reservation's write; if another process's flight holds
+    /// it, follows that flight (nothing was written) and admits again once it ends, or serves
+    /// its answer.
+    pub(super) async fn admit_leading(&self, ctx: &mut Context<'_>) -> Result<Admit, GatewayError> {
+        loop {
+            let Some(claim) = ctx.lead.as_ref().and_then(Lead::claim) else {
+                return Ok(match self.admit(ctx).await? {
+                    Ok(admitted) => Admit::Admitted(admitted),
+                    Err(refusal) => Admit::Refused(refusal),
+                });
+            };
+            self.limiter.warn_soft_thresholds_if_due();
+            let subject = ctx.caller.subject();
+            let (ask, output_ceiling) = self.ask(&ctx.model, &ctx.request, &subject)?;
+            let policy = &ctx.policy;
+            let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
+            let joined = match self.limiter.admit_leading(&subject, ask, &claim).await? {
+                Admission::Refused(refusal) => return Ok(Admit::Refused(refusal)),
+                Admission::Granted(grant, marker) => {
+                    let admitted = Admitted {
+                        grant,
+                        tokens: ask.tokens,
+                        output_ceiling,
+                    };
+                    let Some(mut lead) = ctx.lead.take() else {
+                        return Ok(Admit::Admitted(admitted));
+                    };
+                    if marker == Marker::Taken {
+                        lead.claimed();
+                        ctx.lead = Some(lead);
+                        return Ok(Admit::Admitted(admitted));
+                    }
+                    // No limit applies, so nothing was written: the marker on its own.
+                    match lead.begin(fresh).await {
+                        Joined::Answer(entry) => {
+                            self.settle(admitted.grant, 0, 0).await;
+                            entry
+                        }
+                        Joined::Lead(lead) => {
+                            ctx.lead = Some(lead);
+                            return Ok(Admit::Admitted(admitted));
+                        }
+                        Joined::Alone => return Ok(Admit::Admitted(admitted)),
+                    }
+                }
+                Admission::InFlight => {
+                    let Some(lead) = ctx.lead.take() else {
+                        continue;
+                    };
+                    match lead.follow(fresh).await {
+                        Joined::Answer(entry) => entry,
+                        // Its flight ended (take over) or the wait is over (call alone).
+                        Joined::Lead(lead) => {
+                            ctx.lead = Some(lead);
+                            continue;
+                        }
+                        Joined::Alone => continue,
+                    }
+                }
+            };
+            if let Some(key) = &ctx.key {
+                self.cache.remember(key, &joined);
+            }
+            return Ok(Admit::Answered((joined, CacheStatus::Coalesced)));
+        }
+    }
+
     /// Reserves the request's worst case against every limit that applies; `Ok(Err(_))` is a
     /// refusal for [`Gateway::over_limit`].
     pub(super) async fn admit(

@@ -12,8 +12,11 @@
 //! - **Within a process**, a map from cache key to a `watch` channel: the process's first
 //!   request of a key registers; the others subscribe and wait, at no store cost.
 //! - **Across processes** (several `sluice serve` over one store, Lambda instances), that first
-//!   request takes the key's in-flight marker with one conditional write
-//!   ([`CacheStore::flight_begin`](crate::store::CacheStore::flight_begin)), leased for 10 s
+//!   request takes the key's in-flight marker with a conditional write: in the same write as
+//!   its reservation when a limit applies (the admit stage,
+//!   [`LimitStore::apply_leading`](crate::store::LimitStore::apply_leading): no write of its
+//!   own, and a refused request leaves no marker), else on its own
+//!   ([`CacheStore::flight_begin`](crate::store::CacheStore::flight_begin)). It is leased for 10 s
 //!   and renewed every 3 s while the leader works (a call under 3 s costs no renewal; a dead
 //!   leader's process is taken over within 10 s). If another process holds it, this request
 //!   polls the store ([`CacheStore::flight_poll`](crate::store::CacheStore::flight_poll): the entry and the
@@ -39,7 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::store::{CacheKey, CachedResponse, FlightBegin, SharedStore};
+use crate::store::{CacheKey, CachedResponse, FlightBegin, FlightClaim, SharedStore};
 
 /// How long a leader's in-flight marker holds without renewal: a leader whose process died is
 /// taken over this long after its last renewal at most.
@@ -106,15 +109,19 @@ impl Coalescer {
         self
     }
 
-    /// Decides who calls the provider for `key` after a miss. `landed_ms` is the creation time
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Decides who calls the provider for `key` after a miss (within the process: a lead
+    /// still has the store's marker to take, see [`Lead`]). `landed_ms` is the creation time
     /// of the (stale or too old) entry the lookup saw, 0 if none; `request_deadline` the
-    /// request's own, which bounds the wait too; `fresh` whether an entry may answer.
+    /// request's own, which bounds the wait too.
     pub async fn join(
         self: &Arc<Self>,
         key: &CacheKey,
         landed_ms: u64,
         request_deadline: std::time::Instant,
-        fresh: impl Fn(&CachedResponse, u64) -> bool,
     ) -> Joined {
         let waited = crate::invocation::deadline_within(self.wait).min(request_deadline);
         let deadline = Instant::from_std(waited);
@@ -139,7 +146,19 @@ impl Coalescer {
                     }
                 }
                 Role::Lead(slot) => {
-                    return self.across(slot, key, landed_ms, deadline, &fresh).await;
+                    // Across processes it leads once it holds the store's marker: taken with
+                    // its reservation ([`Lead::claim`]), or on its own ([`Lead::begin`]).
+                    return Joined::Lead(Lead {
+                        slot,
+                        marker: None,
+                        claim: Some(Box::new(Pending {
+                            key: key.clone(),
+                            token: crate::keys::random_alnum(20),
+                            landed_ms,
+                            deadline,
+                            delay: FIRST_POLL,
+                        })),
+                    });
                 }
             }
         }
@@ -173,83 +192,6 @@ impl Coalescer {
             id,
             tx: Some(tx),
         })
-    }
-
-    /// The process's first request of a key: lead across processes, or follow another
-    /// process's flight by polling the store.
-    async fn across(
-        &self,
-        slot: Slot,
-        key: &CacheKey,
-        landed_ms: u64,
-        deadline: Instant,
-        fresh: &impl Fn(&CachedResponse, u64) -> bool,
-    ) -> Joined {
-        let token = crate::keys::random_alnum(20);
-        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
-        let alone = |slot: Slot| Joined::Lead(Lead { slot, marker: None });
-        let mut landed = landed_ms;
-        let mut delay = FIRST_POLL;
-        loop {
-            let now = self.clock.now_ms();
-            match self
-                .store
-                .flight_begin(key, &token, now, lease_ms, landed)
-                .await
-            {
-                Ok(FlightBegin::Leading) => {
-                    let renewal = tokio::spawn(renew(
-                        Arc::clone(&self.store),
-                        Arc::clone(&self.clock),
-                        key.clone(),
-                        token.clone(),
-                        (lease_ms, self.renew_every),
-                    ));
-                    return Joined::Lead(Lead {
-                        slot,
-                        marker: Some(Marker {
-                            store: Arc::clone(&self.store),
-                            key: key.clone(),
-                            token,
-                            renewal,
-                        }),
-                    });
-                }
-                Ok(FlightBegin::Following(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "in-flight marker failed; calling the provider");
-                    return alone(slot);
-                }
-            }
-            // Another process is calling: poll until its answer lands or its flight ends.
-            loop {
-                tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
-                delay = (delay * 2).min(MAX_POLL);
-                let now = self.clock.now_ms();
-                let poll = match self.store.flight_poll(key, now).await {
-                    Ok(poll) => poll,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "in-flight poll failed; calling the provider");
-                        return alone(slot);
-                    }
-                };
-                if let Some(entry) = poll.entry {
-                    if fresh(&entry, now) {
-                        slot.finish(Outcome::Landed(entry.clone()));
-                        return Joined::Answer(entry);
-                    }
-                    landed = landed.max(entry.created_at_ms);
-                }
-                if Instant::now() >= deadline {
-                    return alone(slot);
-                }
-                match poll.flight {
-                    Some(flight) if flight.started_at_ms > landed => {}
-                    // Gone, run out, or spent: try to take over.
-                    _ => break,
-                }
-            }
-        }
     }
 }
 
@@ -341,14 +283,143 @@ impl Drop for Marker {
 }
 
 /// The right, and duty, to call the provider for a key and hand the answer to the requests
-/// waiting for it. Dropped without [`Lead::land`] (the call failed, the request was refused
-/// or cancelled), it ends its marker and then tells its followers, so one of them takes over.
+/// waiting for it. Within the process it is this request's from [`Coalescer::join`]; across
+/// processes once it holds the store's in-flight marker, taken in the reservation's write
+/// ([`Lead::claim`], [`Lead::claimed`]) or on its own ([`Lead::begin`]) — or never, when it
+/// waited for another process's flight as long as allowed and calls alone. Dropped without
+/// [`Lead::land`] (the call failed, the request was refused or cancelled), it ends its marker
+/// and then tells its followers, so one of them takes over.
 pub struct Lead {
     slot: Slot,
     marker: Option<Marker>,
+    claim: Option<Box<Pending>>,
+}
+
+/// A lead's store marker not taken yet, and its waiting for other processes' flights so far.
+struct Pending {
+    key: CacheKey,
+    token: String,
+    /// The newest entry seen: a flight that began before it has landed.
+    landed_ms: u64,
+    /// Waiting for another process's flight ends here.
+    deadline: Instant,
+    /// Next wait between two polls.
+    delay: Duration,
 }
 
 impl Lead {
+    /// The store's marker to take with the reservation's write, unless taken already or given
+    /// up (`None`).
+    pub fn claim(&self) -> Option<FlightClaim> {
+        let pending = self.claim.as_ref()?;
+        Some(FlightClaim {
+            key: pending.key.clone(),
+            token: pending.token.clone(),
+            now_ms: self.slot.coalescer.clock.now_ms(),
+            lease_ms: self.slot.coalescer.lease_ms(),
+            landed_ms: pending.landed_ms,
+        })
+    }
+
+    /// The claim's marker was taken: it is renewed while this lead calls.
+    pub fn claimed(&mut self) {
+        let Some(pending) = self.claim.take() else {
+            return;
+        };
+        let coalescer = &self.slot.coalescer;
+        let renewal = tokio::spawn(renew(
+            Arc::clone(&coalescer.store),
+            Arc::clone(&coalescer.clock),
+            pending.key.clone(),
+            pending.token.clone(),
+            (coalescer.lease_ms(), coalescer.renew_every),
+        ));
+        self.marker = Some(Marker {
+            store: Arc::clone(&coalescer.store),
+            key: pending.key,
+            token: pending.token,
+            renewal,
+        });
+    }
+
+    /// Takes the store's marker with a write of its own (nothing else was to be written):
+    /// leads, follows another process's flight ([`Lead::follow`]) until it lands or ends,
+    /// or calls alone.
+    pub async fn begin(mut self, fresh: impl Fn(&CachedResponse, u64) -> bool) -> Joined {
+        loop {
+            let Some(claim) = self.claim() else {
+                return Joined::Lead(self);
+            };
+            let begun = self
+                .slot
+                .coalescer
+                .store
+                .flight_begin(
+                    &claim.key,
+                    &claim.token,
+                    claim.now_ms,
+                    claim.lease_ms,
+                    claim.landed_ms,
+                )
+                .await;
+            match begun {
+                Ok(FlightBegin::Leading) => {
+                    self.claimed();
+                    return Joined::Lead(self);
+                }
+                Ok(FlightBegin::Following(_)) => match self.follow(&fresh).await {
+                    Joined::Lead(lead) => self = lead,
+                    answered => return answered,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-flight marker failed; calling the provider");
+                    self.claim = None;
+                    return Joined::Lead(self);
+                }
+            }
+        }
+    }
+
+    /// Another process's flight holds the marker: polls the store until its answer lands
+    /// (served, to this process's followers too), or its flight ends (back as a lead with its
+    /// claim, to try again), or the wait is over (back as a lead without one: call alone).
+    /// `fresh` says whether an entry may answer.
+    pub async fn follow(mut self, fresh: impl Fn(&CachedResponse, u64) -> bool) -> Joined {
+        let Some(pending) = self.claim.as_mut() else {
+            return Joined::Lead(self);
+        };
+        let coalescer = Arc::clone(&self.slot.coalescer);
+        loop {
+            tokio::time::sleep_until((Instant::now() + pending.delay).min(pending.deadline)).await;
+            pending.delay = (pending.delay * 2).min(MAX_POLL);
+            let now = coalescer.clock.now_ms();
+            let poll = match coalescer.store.flight_poll(&pending.key, now).await {
+                Ok(poll) => poll,
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-flight poll failed; calling the provider");
+                    self.claim = None;
+                    return Joined::Lead(self);
+                }
+            };
+            if let Some(entry) = poll.entry {
+                if fresh(&entry, now) {
+                    self.slot.publish(Outcome::Landed(entry.clone()));
+                    return Joined::Answer(entry);
+                }
+                pending.landed_ms = pending.landed_ms.max(entry.created_at_ms);
+            }
+            if Instant::now() >= pending.deadline {
+                self.claim = None;
+                return Joined::Lead(self);
+            }
+            match poll.flight {
+                Some(flight) if flight.started_at_ms > pending.landed_ms => {}
+                // Gone, run out, or spent: try to take over.
+                _ => return Joined::Lead(self),
+            }
+        }
+    }
+
     /// Serves the answer to this process's followers; `stored` says whether it is in the
     /// store, where other processes' followers find it (if not, the marker is ended so one of
     /// them calls the provider instead of waiting for an entry that will not come).
@@ -416,9 +487,17 @@ mod tests {
         ))
     }
 
+    fn fresh(e: &CachedResponse, now: u64) -> bool {
+        now < e.expires_at_ms
+    }
+
+    /// Joins as a request without limits does: a lead takes the store's marker on its own.
     async fn join(c: &Arc<Coalescer>) -> Joined {
         let far = std::time::Instant::now() + Duration::from_secs(60);
-        c.join(&key(), 0, far, |e, now| now < e.expires_at_ms).await
+        match c.join(&key(), 0, far).await {
+            Joined::Lead(lead) => lead.begin(fresh).await,
+            joined => joined,
+        }
     }
 
     fn store() -> SharedStore {
@@ -579,5 +658,66 @@ mod tests {
             matches!(joined, Joined::Lead(_)),
             "it calls the provider itself"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lead_with_limits_takes_the_marker_in_its_reservation_and_another_follows_it() {
+        use crate::store::{Applied, CounterField, Increment};
+        let store = store();
+        let a = coalescer(&store, Duration::from_secs(5));
+        let b = coalescer(&store, Duration::from_secs(5));
+        let far = std::time::Instant::now() + Duration::from_secs(60);
+        let rpm = Increment {
+            counter: "rate:key:k1:rpm:1".into(),
+            field: CounterField::Count,
+            delta: 1,
+            at_most: Some(10),
+            expires_at_ms: T0 + 120_000,
+            guard: None,
+        };
+        let Joined::Lead(mut first) = a.join(&key(), 0, far).await else {
+            panic!("the first request leads in its process")
+        };
+        let Joined::Lead(second) = b.join(&key(), 0, far).await else {
+            panic!("and so does the first of another process")
+        };
+        // Nothing is in the store before the reservation's write.
+        assert_eq!(store.flight_poll(&key(), T0).await.unwrap().flight, None);
+        let claim = first.claim().expect("a claim until the marker is taken");
+        assert_eq!(
+            store
+                .apply_leading(std::slice::from_ref(&rpm), None, &claim)
+                .await
+                .unwrap(),
+            Applied::Granted
+        );
+        first.claimed();
+        assert!(first.claim().is_none(), "taken");
+        let held = store.flight_poll(&key(), T0).await.unwrap().flight.unwrap();
+        assert_eq!(held.token, claim.token);
+        // The other process's reservation is refused by the marker, with nothing applied.
+        let other = second.claim().unwrap();
+        assert_eq!(
+            store
+                .apply_leading(std::slice::from_ref(&rpm), None, &other)
+                .await
+                .unwrap(),
+            Applied::InFlight(held)
+        );
+        let counted = store
+            .read_counters(&[(rpm.counter.clone(), CounterField::Count)])
+            .await
+            .unwrap();
+        assert_eq!(counted, vec![1]);
+        let follower = tokio::spawn(second.follow(fresh));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!follower.is_finished(), "it waits for the answer");
+        store.cache_put(&key(), &entry("stored")).await.unwrap();
+        first.land(entry("stored"), true).await;
+        let Joined::Answer(got) = follower.await.unwrap() else {
+            panic!("the other process is served the stored answer")
+        };
+        assert_eq!(got.body, "stored");
+        assert_eq!((a.local_flights(), b.local_flights()), (0, 0));
     }
 }

@@ -49,9 +49,7 @@ impl Gateway {
             _ => return None,
         };
         let landed = ctx.stale.as_ref().map_or(0, |e| e.created_at_ms);
-        let policy = &ctx.policy;
-        let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
-        match coalescer.join(key, landed, ctx.deadline, fresh).await {
+        match coalescer.join(key, landed, ctx.deadline).await {
             Joined::Answer(entry) => {
                 self.cache.remember(key, &entry);
                 Some((entry, CacheStatus::Coalesced))

@@ -355,12 +355,13 @@ impl Gateway {
         if let Some(stored) = self.lookup(&mut ctx, Coalescing::Join).await {
             return self.serve_stored(ctx, stored, trace).await;
         }
-        let admitted = match self.admit(&ctx).await? {
-            Ok(admitted) => admitted,
-            Err(refusal) => {
+        let admitted = match self.admit_leading(&mut ctx).await? {
+            admit::Admit::Admitted(admitted) => admitted,
+            admit::Admit::Refused(refusal) => {
                 let stale = ctx.stale.take();
                 return self.over_limit(ctx, refusal, stale, trace).await;
             }
+            admit::Admit::Answered(stored) => return self.serve_stored(ctx, stored, trace).await,
         };
         match self.call(&ctx, &admitted).await {
             Ok(answered) => Ok(self.record(ctx, admitted.grant, answered, trace).await),

@@ -32,7 +32,40 @@ use rand::Rng;
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig, TenantConfig};
 use crate::keys::{KeyLimits, random_alnum};
-use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, Settlement, StoreError};
+use crate::store::{
+    Applied, CounterField, FlightClaim, Hold, Increment, LimitStore, Settlement, StoreError,
+};
+
+/// What [`Limiter::admit_leading`] did.
+#[derive(Debug)]
+pub enum Admission {
+    /// Reserved; and whether the in-flight marker was taken with the reservation.
+    Granted(Grant, Marker),
+    /// A limit refused the request: nothing was written.
+    Refused(Refusal),
+    /// Another request's flight holds the marker: nothing was written (follow it).
+    InFlight,
+}
+
+/// Whether an admission took the in-flight marker it was asked to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// Taken in the reservation's write.
+    Taken,
+    /// Not taken: no claim, or no limit applied and nothing was written.
+    Skipped,
+}
+
+/// An admission made without a claim as a grant or a refusal.
+fn unclaimed(admission: Admission) -> Result<Result<Grant, Refusal>, StoreError> {
+    match admission {
+        Admission::Granted(grant, _) => Ok(Ok(grant)),
+        Admission::Refused(refusal) => Ok(Err(refusal)),
+        Admission::InFlight => Err(StoreError::backend(
+            "an in-flight marker reported without a claim",
+        )),
+    }
+}
 
 /// Who a request is limited as.
 #[derive(Debug, Clone, Copy)]
@@ -325,7 +358,20 @@ impl Limiter {
         subject: &Subject<'_>,
         ask: Ask,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
-        self.admit_with(subject, Some(ask), None).await
+        unclaimed(self.admit_with(subject, Some(ask), None, None).await?)
+    }
+
+    /// Admits like [`Limiter::admit`] and takes `claim`'s in-flight marker in the same write
+    /// ([`LimitStore::apply_leading`]): [`Admission::InFlight`], with nothing applied, when
+    /// another request's flight holds it; [`Marker::Skipped`] when no limit applies (nothing
+    /// to write, so the caller takes the marker on its own).
+    pub async fn admit_leading(
+        &self,
+        subject: &Subject<'_>,
+        ask: Ask,
+        claim: &FlightClaim,
+    ) -> Result<Admission, StoreError> {
+        self.admit_with(subject, Some(ask), None, Some(claim)).await
     }
 
     /// Admits like [`Limiter::admit`], with a reservation held until `hold_until_ms` instead of
@@ -337,8 +383,10 @@ impl Limiter {
         ask: Ask,
         hold_until_ms: u64,
     ) -> Result<Result<Grant, Refusal>, StoreError> {
-        self.admit_with(subject, Some(ask), Some(hold_until_ms))
-            .await
+        unclaimed(
+            self.admit_with(subject, Some(ask), Some(hold_until_ms), None)
+                .await?,
+        )
     }
 
     /// Admits a request answered from the cache: it counts against requests per minute only.
@@ -346,7 +394,7 @@ impl Limiter {
         &self,
         subject: &Subject<'_>,
     ) -> Result<Result<(), Refusal>, StoreError> {
-        Ok(self.admit_with(subject, None, None).await?.map(|_| ()))
+        Ok(unclaimed(self.admit_with(subject, None, None, None).await?)?.map(|_| ()))
     }
 
     async fn admit_with(
@@ -354,9 +402,10 @@ impl Limiter {
         subject: &Subject<'_>,
         ask: Option<Ask>,
         hold_until_ms: Option<u64>,
-    ) -> Result<Result<Grant, Refusal>, StoreError> {
+        claim: Option<&FlightClaim>,
+    ) -> Result<Admission, StoreError> {
         if let Some(refusal) = self.beyond_capacity(subject, ask) {
-            return Ok(Err(refusal));
+            return Ok(Admission::Refused(refusal));
         }
         // Each counter of the plan has its own number of shards n; attempt a uses shard
         // (first + a) mod n of each, so consecutive attempts try every shard of every counter.
@@ -376,7 +425,7 @@ impl Limiter {
             let now = self.clock.now_ms();
             let plan = self.plan(subject, ask, now, shard).await?;
             if plan.increments.is_empty() {
-                return Ok(Ok(Grant::default()));
+                return Ok(Admission::Granted(Grant::default(), Marker::Skipped));
             }
             let mut grant = Grant::default();
             if let Some(ask) = ask {
@@ -410,11 +459,25 @@ impl Limiter {
             });
             grant.hold_id = hold.as_ref().map(|h| h.id.clone());
             grant.hold_expires_at_ms = hold.as_ref().map_or(0, |h| h.expires_at_ms);
-            match self.store.apply(&plan.increments, hold.as_ref()).await? {
+            let applied = match claim {
+                Some(claim) => {
+                    self.store
+                        .apply_leading(&plan.increments, hold.as_ref(), claim)
+                        .await?
+                }
+                None => self.store.apply(&plan.increments, hold.as_ref()).await?,
+            };
+            match applied {
                 Applied::Granted => {
                     self.watch(&plan);
-                    return Ok(Ok(grant));
+                    let marker = if claim.is_some() {
+                        Marker::Taken
+                    } else {
+                        Marker::Skipped
+                    };
+                    return Ok(Admission::Granted(grant, marker));
                 }
+                Applied::InFlight(_) => return Ok(Admission::InFlight),
                 Applied::Refused { index, current } => {
                     let Some(meta) = plan.meta.get(index) else {
                         return Err(StoreError::backend("refusal names no increment"));
@@ -441,8 +504,8 @@ impl Limiter {
             attempt += 1;
         }
         match refusal {
-            Some(r) => Ok(Err(r)),
-            None => Ok(Ok(Grant::default())),
+            Some(r) => Ok(Admission::Refused(r)),
+            None => Ok(Admission::Granted(Grant::default(), Marker::Skipped)),
         }
     }
 

@@ -454,6 +454,27 @@ pub enum Applied {
         /// The increment whose guard failed.
         index: usize,
     },
+    /// Nothing was applied: another request's flight holds the in-flight marker the write
+    /// was to take ([`LimitStore::apply_leading`] only).
+    InFlight(Flight),
+}
+
+/// An in-flight marker to take in the same atomic write as a reservation
+/// ([`LimitStore::apply_leading`]), by the rule of [`CacheStore::flight_begin`]: so a miss that
+/// leads its identical requests costs no write of its own for the marker, and a refused one
+/// leaves none behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlightClaim {
+    /// The cache key the flight is for.
+    pub key: CacheKey,
+    /// The would-be leader's token.
+    pub token: String,
+    /// Now, as the gateway's clock says.
+    pub now_ms: u64,
+    /// How long the marker holds without renewal.
+    pub lease_ms: u64,
+    /// The creation time of the entry the caller saw, 0 if none (a flight older is spent).
+    pub landed_ms: u64,
 }
 
 /// Counters for rate limits and spending caps, changed atomically.
@@ -465,6 +486,15 @@ pub trait LimitStore: Send + Sync {
         &self,
         increments: &[Increment],
         hold: Option<&Hold>,
+    ) -> Result<Applied, StoreError>;
+    /// [`LimitStore::apply`] that also takes `claim`'s in-flight marker in the same atomic
+    /// write: [`Applied::InFlight`] with the holder, and nothing written, when another flight
+    /// holds it (checked first); no marker when the increments are refused.
+    async fn apply_leading(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+        claim: &FlightClaim,
     ) -> Result<Applied, StoreError>;
     /// Settles a hold: deletes it and applies `increments` (unconditionally) atomically.
     /// `false`, with nothing applied, if the hold no longer exists.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure};
 
 use super::DynamoStore;
 use super::codec::{
@@ -13,7 +13,7 @@ use super::codec::{
 };
 use super::error::{build, is_condition_failure, sdk, service_error};
 use crate::store::{
-    CacheKey, CacheStore, CachedResponse, Flight, FlightBegin, FlightPoll, StoreError,
+    CacheKey, CacheStore, CachedResponse, Flight, FlightBegin, FlightClaim, FlightPoll, StoreError,
 };
 
 #[async_trait]
@@ -87,9 +87,7 @@ impl CacheStore for DynamoStore {
             .item("started_at_ms", n(now_ms))
             .item("lease_until_ms", n(lease_until_ms))
             .item("expires_at", ttl_secs(lease_until_ms))
-            .condition_expression(
-                "attribute_not_exists(pk) OR lease_until_ms <= :now OR started_at_ms <= :landed",
-            )
+            .condition_expression(FLIGHT_FREE)
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":landed", n(landed_ms))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -223,11 +221,37 @@ impl CacheStore for DynamoStore {
 }
 
 /// The cache table's key of the in-flight marker of a cache key.
+/// When a flight's marker may be taken: none, its lease ran out, or an entry the caller saw
+/// (created at `:landed`) is newer than it.
+const FLIGHT_FREE: &str =
+    "attribute_not_exists(pk) OR lease_until_ms <= :now OR started_at_ms <= :landed";
+
+impl DynamoStore {
+    /// `claim`'s marker as a transaction's conditional `Put` (the holder returned when the
+    /// condition fails), for [`crate::store::LimitStore::apply_leading`].
+    pub(super) fn flight_put(&self, claim: &FlightClaim) -> Result<Put, StoreError> {
+        let lease_until_ms = claim.now_ms.saturating_add(claim.lease_ms);
+        Put::builder()
+            .table_name(&self.tables.cache)
+            .item("pk", s(flight_pk(&claim.key)))
+            .item("token", s(&claim.token))
+            .item("started_at_ms", n(claim.now_ms))
+            .item("lease_until_ms", n(lease_until_ms))
+            .item("expires_at", ttl_secs(lease_until_ms))
+            .condition_expression(FLIGHT_FREE)
+            .expression_attribute_values(":now", n(claim.now_ms))
+            .expression_attribute_values(":landed", n(claim.landed_ms))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build)
+    }
+}
+
 fn flight_pk(key: &CacheKey) -> String {
     format!("flight#{}", key.to_hex())
 }
 
-fn flight_from_item(item: &Item) -> Result<Flight, StoreError> {
+pub(super) fn flight_from_item(item: &Item) -> Result<Flight, StoreError> {
     Ok(Flight {
         token: get_s(item, "token")?,
         started_at_ms: get_n(item, "started_at_ms")?,

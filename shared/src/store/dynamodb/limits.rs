@@ -12,10 +12,11 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 
+use super::cache::flight_from_item;
 use super::codec::{Item, corrupt, get_n, get_s, n, opt_n, s, ttl_secs};
 use super::error::{THROTTLED_CANCELLATIONS, build, sdk, service_error};
 use super::{DynamoStore, HOLDS_INDEX, INDEX_SHARDS, index_shard};
-use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, StoreError};
+use crate::store::{Applied, CounterField, FlightClaim, Hold, Increment, LimitStore, StoreError};
 
 /// Shards of a tenant's or the gateway's spending-cap counter by default: every request of
 /// every key of a tenant writes it twice (reserve, settle), in transactions (two write units
@@ -157,16 +158,13 @@ impl DynamoStore {
     }
 }
 
-#[async_trait]
-impl LimitStore for DynamoStore {
-    fn default_budget_shards(&self) -> u32 {
-        DEFAULT_BUDGET_SHARDS
-    }
-
-    async fn apply(
+impl DynamoStore {
+    /// [`LimitStore::apply`], with `claim`'s in-flight marker as the transaction's last item.
+    async fn apply_claiming(
         &self,
         increments: &[Increment],
         hold: Option<&Hold>,
+        claim: Option<&FlightClaim>,
     ) -> Result<Applied, StoreError> {
         for (index, inc) in increments.iter().enumerate() {
             if inc.at_most.is_some_and(|m| inc.delta > m) {
@@ -178,7 +176,7 @@ impl LimitStore for DynamoStore {
             }
         }
         let groups = by_counter(increments);
-        let mut items = Vec::with_capacity(groups.len() + 1);
+        let mut items = Vec::with_capacity(groups.len() + 2);
         for (counter, idxs) in &groups {
             let incs: Vec<&Increment> = idxs.iter().map(|&i| &increments[i]).collect();
             items.push(
@@ -237,9 +235,27 @@ impl LimitStore for DynamoStore {
                     .build(),
             );
         }
+        // The marker last: its cancellation reason is the last one.
+        if let Some(claim) = claim {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(self.flight_put(claim)?)
+                    .build(),
+            );
+        }
+        let marker = claim.map(|_| items.len() - 1);
         let Some(reasons) = self.transact(items).await? else {
             return Ok(Applied::Granted);
         };
+        // Another flight holds the marker: follow it (whatever the counters said).
+        if let Some((Some(code), old)) = marker.and_then(|m| reasons.get(m))
+            && code == "ConditionalCheckFailed"
+        {
+            let old = old
+                .as_ref()
+                .ok_or_else(|| corrupt("flight marker missing on conflict"))?;
+            return Ok(Applied::InFlight(flight_from_item(old)?));
+        }
         for (g, (code, old)) in reasons.iter().enumerate() {
             if code.as_deref() != Some("ConditionalCheckFailed") {
                 continue;
@@ -274,6 +290,30 @@ impl LimitStore for DynamoStore {
         Err(StoreError::backend(
             "DynamoDB: limits transaction cancelled without a failed condition",
         ))
+    }
+}
+
+#[async_trait]
+impl LimitStore for DynamoStore {
+    fn default_budget_shards(&self) -> u32 {
+        DEFAULT_BUDGET_SHARDS
+    }
+
+    async fn apply(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+    ) -> Result<Applied, StoreError> {
+        self.apply_claiming(increments, hold, None).await
+    }
+
+    async fn apply_leading(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+        claim: &FlightClaim,
+    ) -> Result<Applied, StoreError> {
+        self.apply_claiming(increments, hold, Some(claim)).await
     }
 
     async fn settle(&self, hold_id: &str, increments: &[Increment]) -> Result<bool, StoreError> {

@@ -100,24 +100,10 @@ impl CacheStore for SqliteStore {
         // One write transaction on the single writer (`BEGIN IMMEDIATE` against other
         // processes): the read and the insert cannot interleave with another begin.
         self.write(move |c| {
-            if let Some(held) = flight_row(c, &digest)?
-                && held.lease_until_ms > now_ms
-                && held.started_at_ms > landed_ms
-            {
+            if let Some(held) = holder(c, &digest, now_ms, landed_ms)? {
                 return Ok(FlightBegin::Following(held));
             }
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO cache_flights (digest, token, started_at_ms, lease_until_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(backend)?
-            .execute(params![
-                &digest[..],
-                token,
-                to_i64(now_ms),
-                to_i64(now_ms.saturating_add(lease_ms))
-            ])
-            .map_err(backend)?;
+            take_flight(c, &digest, &token, now_ms, lease_ms)?;
             Ok(FlightBegin::Leading)
         })
         .await
@@ -171,6 +157,42 @@ impl CacheStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The flight that holds `digest`'s marker at `now_ms` for a caller that saw an entry created
+/// at `landed_ms` (0 if none): one whose lease is on and that began after that entry.
+pub(super) fn holder(
+    c: &Connection,
+    digest: &[u8; 32],
+    now_ms: u64,
+    landed_ms: u64,
+) -> Result<Option<Flight>, StoreError> {
+    Ok(flight_row(c, digest)?
+        .filter(|held| held.lease_until_ms > now_ms && held.started_at_ms > landed_ms))
+}
+
+/// Writes `token`'s marker for `digest` over any other (the caller checked [`holder`] in the
+/// same transaction).
+pub(super) fn take_flight(
+    c: &Connection,
+    digest: &[u8; 32],
+    token: &str,
+    now_ms: u64,
+    lease_ms: u64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO cache_flights (digest, token, started_at_ms, lease_until_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(backend)?
+    .execute(params![
+        &digest[..],
+        token,
+        to_i64(now_ms),
+        to_i64(now_ms.saturating_add(lease_ms))
+    ])
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn flight_row(c: &Connection, digest: &[u8; 32]) -> Result<Option<Flight>, StoreError> {

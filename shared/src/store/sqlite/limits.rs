@@ -4,9 +4,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
+use super::cache::{holder, take_flight};
 use super::error::backend;
 use crate::num::{to_i64, to_u64};
-use crate::store::{Applied, CounterField, Hold, Increment, LimitStore, Settlement, StoreError};
+use crate::store::{
+    Applied, CounterField, FlightClaim, Hold, Increment, LimitStore, Settlement, StoreError,
+};
 
 /// Settles a hold inside the caller's transaction: deleted with its increments applied, or,
 /// when it is already gone, the real usage on its own.
@@ -23,6 +26,44 @@ pub(super) fn settle_in(c: &Connection, settle: &Settlement) -> Result<(), Store
         add_to_counter(c, inc)?;
     }
     Ok(())
+}
+
+/// Applies every increment and stores `hold` inside the caller's transaction, or writes
+/// nothing if a guard or an `at_most` fails (every check runs before the first write).
+fn apply_in(
+    c: &Connection,
+    increments: &[Increment],
+    hold: Option<&Hold>,
+) -> Result<Applied, StoreError> {
+    for (index, inc) in increments.iter().enumerate() {
+        if let Some(g) = &inc.guard
+            && counter_value(c, &g.counter, g.field)? > g.at_most
+        {
+            return Ok(Applied::Stale { index });
+        }
+    }
+    for (index, inc) in increments.iter().enumerate() {
+        if let Some(at_most) = inc.at_most {
+            let current = counter_value(c, &inc.counter, inc.field)?;
+            if current.saturating_add(inc.delta) > at_most {
+                return Ok(Applied::Refused {
+                    index,
+                    current: Some(current),
+                });
+            }
+        }
+    }
+    for inc in increments {
+        add_to_counter(c, inc)?;
+    }
+    if let Some(hold) = hold {
+        let undo = serde_json::to_string(&hold.undo)
+            .map_err(|e| StoreError::backend_from(e.to_string(), e))?;
+        c.prepare_cached("INSERT INTO limit_holds (id, undo, expires_at_ms) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![hold.id, undo, to_i64(hold.expires_at_ms)]))
+            .map_err(backend)?;
+    }
+    Ok(Applied::Granted)
 }
 
 fn counter_value(c: &Connection, counter: &str, field: CounterField) -> Result<i64, StoreError> {
@@ -62,38 +103,30 @@ impl LimitStore for SqliteStore {
         let hold = hold.cloned();
         // One write job: checks and changes run in the same transaction on the single writer
         // (BEGIN IMMEDIATE also locks out other processes sharing the file), so they are atomic.
+        self.write(move |c| apply_in(c, &increments, hold.as_ref()))
+            .await
+    }
+
+    async fn apply_leading(
+        &self,
+        increments: &[Increment],
+        hold: Option<&Hold>,
+        claim: &FlightClaim,
+    ) -> Result<Applied, StoreError> {
+        let increments = increments.to_vec();
+        let hold = hold.cloned();
+        let claim = claim.clone();
+        // The same write job: the marker is checked first, taken only with a grant.
         self.write(move |c| {
-            for (index, inc) in increments.iter().enumerate() {
-                if let Some(g) = &inc.guard
-                    && counter_value(c, &g.counter, g.field)? > g.at_most
-                {
-                    return Ok(Applied::Stale { index });
-                }
+            let digest = &claim.key.digest;
+            if let Some(held) = holder(c, digest, claim.now_ms, claim.landed_ms)? {
+                return Ok(Applied::InFlight(held));
             }
-            for (index, inc) in increments.iter().enumerate() {
-                if let Some(at_most) = inc.at_most {
-                    let current = counter_value(c, &inc.counter, inc.field)?;
-                    if current.saturating_add(inc.delta) > at_most {
-                        return Ok(Applied::Refused {
-                            index,
-                            current: Some(current),
-                        });
-                    }
-                }
+            let applied = apply_in(c, &increments, hold.as_ref())?;
+            if applied == Applied::Granted {
+                take_flight(c, digest, &claim.token, claim.now_ms, claim.lease_ms)?;
             }
-            for inc in &increments {
-                add_to_counter(c, inc)?;
-            }
-            if let Some(hold) = &hold {
-                let undo = serde_json::to_string(&hold.undo)
-                    .map_err(|e| StoreError::backend_from(e.to_string(), e))?;
-                c.prepare_cached(
-                    "INSERT INTO limit_holds (id, undo, expires_at_ms) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute(params![hold.id, undo, to_i64(hold.expires_at_ms)]))
-                .map_err(backend)?;
-            }
-            Ok(Applied::Granted)
+            Ok(applied)
         })
         .await
     }

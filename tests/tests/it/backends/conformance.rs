@@ -15,9 +15,9 @@ use sluice::queue::JobQueue;
 use sluice::queue::sqlite::SqliteQueue;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
-    Applied, BatchEntry, BatchEntryKind, CacheKey, CachedResponse, CounterField, FlightBegin,
-    FlightPoll, Hold, IdempotencyBegin, Increment, Settlement, SharedStore, StoreError,
-    StoredResponse,
+    Applied, BatchEntry, BatchEntryKind, CacheKey, CachedResponse, CounterField, Flight,
+    FlightBegin, FlightClaim, FlightPoll, Hold, IdempotencyBegin, Increment, Settlement,
+    SharedStore, StoreError, StoredResponse,
 };
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -81,6 +81,7 @@ conformance!(
     large_cache_entries_never_fail,
     in_flight_markers_have_one_holder_and_end_by_token_lease_or_landing,
     concurrent_flight_begins_have_one_leader,
+    reservations_take_the_in_flight_marker_in_the_same_write,
     jobs_move_through_their_lifecycle_by_conditional_writes,
     concurrent_claims_of_one_job_have_one_winner,
     expired_jobs_are_gone,
@@ -1422,4 +1423,155 @@ async fn concurrent_flight_begins_have_one_leader(b: Backend) {
             assert_eq!(f, &holder);
         }
     }
+}
+
+/// A reservation that takes the in-flight marker in the same write (`apply_leading`, the admit
+/// stage of a request that leads identical ones): the marker only with a grant; nothing
+/// applied (no counter, no hold) while another flight holds it, even when a limit would also
+/// refuse; taken over once spent or run out; and of concurrent ones exactly one leads.
+async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
+    let key = cache_key("t1", 31);
+    let claim = |key: &CacheKey, token: &str, now_ms: u64, landed_ms: u64| FlightClaim {
+        key: key.clone(),
+        token: token.into(),
+        now_ms,
+        lease_ms: 1_000,
+        landed_ms,
+    };
+    let rpm = inc("c:lead:rpm", CounterField::Count, 1, Some(3));
+    let hold = |id: &str| Hold {
+        id: id.into(),
+        undo: vec![inc("c:lead:rpm", CounterField::Count, -1, None)],
+        expires_at_ms: 50_000,
+    };
+    let count = |counter: &'static str| {
+        let store = b.store.clone();
+        async move {
+            store
+                .read_counters(&[(counter.into(), CounterField::Count)])
+                .await
+                .unwrap()[0]
+        }
+    };
+    assert_eq!(
+        b.store
+            .apply_leading(
+                std::slice::from_ref(&rpm),
+                Some(&hold("hold_lead_a")),
+                &claim(&key, "a", 10_000, 0)
+            )
+            .await
+            .unwrap(),
+        Applied::Granted
+    );
+    let held = Flight {
+        token: "a".into(),
+        started_at_ms: 10_000,
+        lease_until_ms: 11_000,
+    };
+    assert_eq!(
+        b.store.flight_poll(&key, 10_000).await.unwrap().flight,
+        Some(held.clone())
+    );
+    // Another request's reservation meets the marker: nothing of it is written.
+    assert_eq!(
+        b.store
+            .apply_leading(
+                std::slice::from_ref(&rpm),
+                Some(&hold("hold_lead_b")),
+                &claim(&key, "b", 10_500, 0)
+            )
+            .await
+            .unwrap(),
+        Applied::InFlight(held.clone())
+    );
+    let refusing = inc("c:lead:rpm", CounterField::Count, 3, Some(3));
+    assert_eq!(
+        b.store
+            .apply_leading(
+                std::slice::from_ref(&refusing),
+                None,
+                &claim(&key, "b", 10_500, 0)
+            )
+            .await
+            .unwrap(),
+        Applied::InFlight(held),
+        "a held marker is followed, whatever the limits say"
+    );
+    assert_eq!(count("c:lead:rpm").await, 1);
+    assert!(
+        !b.store.settle("hold_lead_b", &[]).await.unwrap(),
+        "the follower's hold was not stored"
+    );
+    // A refused reservation takes no marker.
+    let other = cache_key("t1", 32);
+    assert!(matches!(
+        b.store
+            .apply_leading(&[refusing], None, &claim(&other, "r", 10_500, 0))
+            .await
+            .unwrap(),
+        Applied::Refused { index: 0, .. }
+    ));
+    assert_eq!(
+        b.store.flight_poll(&other, 10_500).await.unwrap().flight,
+        None
+    );
+    // Spent by an entry newer than it (its leader landed), or run out: taken over.
+    assert_eq!(
+        b.store
+            .apply_leading(
+                std::slice::from_ref(&rpm),
+                None,
+                &claim(&key, "c", 10_600, 10_200)
+            )
+            .await
+            .unwrap(),
+        Applied::Granted
+    );
+    assert_eq!(
+        b.store
+            .apply_leading(
+                std::slice::from_ref(&rpm),
+                None,
+                &claim(&key, "d", 11_700, 0)
+            )
+            .await
+            .unwrap(),
+        Applied::Granted
+    );
+    let taken = b.store.flight_poll(&key, 11_700).await.unwrap().flight;
+    assert_eq!(taken.map(|f| f.token), Some("d".to_owned()));
+    assert_eq!(count("c:lead:rpm").await, 3);
+    // Twenty processes' identical misses at once: one leads, only its reservation counts.
+    let many = cache_key("t1", 33);
+    let results = join_all((0..20).map(|i| {
+        let (store, claim) = (b.store.clone(), claim(&many, &format!("t{i}"), 20_000, 0));
+        async move {
+            store
+                .apply_leading(
+                    &[inc("c:lead:many", CounterField::Count, 1, Some(100))],
+                    None,
+                    &claim,
+                )
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let leaders = results.iter().filter(|r| **r == Applied::Granted).count();
+    assert_eq!(leaders, 1, "{results:?}");
+    let holder = b
+        .store
+        .flight_poll(&many, 20_001)
+        .await
+        .unwrap()
+        .flight
+        .unwrap();
+    for r in &results {
+        assert!(
+            *r == Applied::Granted || *r == Applied::InFlight(holder.clone()),
+            "{r:?}"
+        );
+    }
+    assert_eq!(count("c:lead:many").await, 1);
 }

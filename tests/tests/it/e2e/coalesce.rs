@@ -302,6 +302,57 @@ async fn two_gateways_over_one_sqlite_file_make_one_upstream_call() {
     assert_eq!(count(&got, "coalesced"), 49, "{got:?}");
 }
 
+/// The same with a key with limits: the marker rides in the admit write, so the other
+/// process's first request is refused the marker with its reservation (nothing of it kept)
+/// and follows. One call, one reservation settled, every request counted once per minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_with_a_limited_key_make_one_call_and_reserve_once() {
+    let up = slow_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let config = fake_config(&up.base_url);
+    let a = TestGateway::start_with_db(&config, db.to_str().unwrap()).await;
+    let b = TestGateway::start_with_db(&config, db.to_str().unwrap()).await;
+    let key = a
+        .admin_create(
+            json!({"tenant": "t1", "rpm": 1000, "tpm": 1000000, "budget_usd": 1.0,
+                             "period": "day"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = burst(
+        &[(&a, &key), (&b, &key)],
+        50,
+        &chat("limited, across processes"),
+        None,
+    )
+    .await;
+    assert_eq!(up.calls(), 1, "{got:?}");
+    assert!(got.iter().all(|g| g.status == 200), "{got:?}");
+    assert_eq!(count(&got, "miss"), 1, "{got:?}");
+    assert_eq!(count(&got, "coalesced"), 49, "{got:?}");
+    let leader = got.iter().find(|g| g.cache == "miss").unwrap();
+    let usage = json(
+        b.http
+            .get(format!("{}/v1/usage", b.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let limits = &usage["limits"]["key"];
+    assert_eq!(limits["rpm"]["used"], 50, "{usage}");
+    let spent = (limits["budget"]["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
+    assert_eq!(spent, leader.cost.unwrap(), "{usage}");
+    assert_eq!(limits["budget"]["reserved_usd"], 0.0, "{usage}");
+    for gw in [&a, &b] {
+        assert_eq!(gw.services.gateway.coalesced_flights(), 0);
+    }
+}
+
 /// The leader's process stalls past its marker's lease: the other process's waiting requests
 /// take over (one calls, the rest get its answer) instead of waiting for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
