@@ -41,7 +41,7 @@ pub async fn key_usage(State(state): State<Arc<AppState>>, headers: HeaderMap) -
 
 /// `GET /admin/usage?tenant=NAME`: the tenant's and the gateway's limits and spend.
 #[utoipa::path(get, path = "/admin/usage", tag = "admin",
-    params(("tenant" = String, Query, description = "The tenant")),
+    params(("tenant" = String, Query, description = "The tenant", min_length = 1)),
     responses(
         (status = 200, description = "The tenant's and the gateway's limits and spend.",
             body = super::openapi::UsageReport),
