@@ -386,6 +386,12 @@ async fn sharded_counters_still_never_pass_a_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_and_gateway_caps_are_sharded_by_default_and_hold_across_instances() {
+    // The gateway's warnings and errors go to the test's output (shown when it fails): a 503
+    // here says only "store error" to the client.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
     let up = FakeUpstream::start().await;
     // No `budget_shards`: DynamoDB's default of 8. The minimum share is lowered so that these
     // tiny caps are split (each shard holds 1/8 of the cap).
