@@ -346,15 +346,21 @@ async fn open_store(args: &StoreArgs) -> Result<SharedStore, String> {
     }
 }
 
+/// The jobs queue `serve` uses; a SQLite one in `sqlite`, the database the store opened, when
+/// there is one.
 async fn open_queue(
     args: &ServeArgs,
     config: &Config,
     clock: Arc<dyn Clock>,
+    sqlite: Option<SqliteStore>,
 ) -> Result<Arc<dyn JobQueue>, String> {
     let visibility = Duration::from_secs(config.jobs.visibility_timeout_s);
     match args.queue {
         QueueKind::Sqlite => Ok(Arc::new(SqliteQueue::new(
-            open_sqlite(&args.store)?,
+            match sqlite {
+                Some(db) => db,
+                None => open_sqlite(&args.store)?,
+            },
             clock,
             visibility,
             config.jobs.max_receive_count,
@@ -398,9 +404,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => Config::builtin(),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The SQLite file is opened once when the store and the queue both live in it: one writer
+    // thread and one checkpointer for the file, not two of each contending for its write lock
+    // and each syncing the same WAL.
+    let sqlite = if args.store.store == StoreKind::Sqlite || args.queue == QueueKind::Sqlite {
+        Some(open_sqlite(&args.store)?)
+    } else {
+        None
+    };
+    let store: SharedStore = match (&sqlite, args.store.store) {
+        (Some(db), StoreKind::Sqlite) => Arc::new(db.clone()),
+        _ => open_store(&args.store).await?,
+    };
     let deps = Deps::new(
-        open_store(&args.store).await?,
-        open_queue(&args, &config, Arc::clone(&clock)).await?,
+        store,
+        open_queue(&args, &config, Arc::clone(&clock), sqlite).await?,
         sluice::gateway::http_client().map_err(|e| format!("cannot build the HTTP client: {e}"))?,
         clock,
     )
