@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use super::cache::CacheStatus;
 use super::catalog::Model;
-use super::coalesce::{Joined, Lead};
+use super::coalesce::{Across, Lead};
 use super::fallback::{Fallback, canned_completion};
 use super::request::{InvalidRequest, ParsedRequest};
 use super::resolve::Context;
-use super::{Gateway, GatewayError, Reply, Trace};
+use super::{Caller, Gateway, GatewayError, Reply, Trace};
 use crate::config::OnLimit;
 use crate::limits::{Admission, Ask, Grant, Marker, Refusal, Subject};
 use crate::providers::Endpoint;
@@ -51,44 +51,37 @@ impl Gateway {
     /// its answer.
     pub(super) async fn admit_leading(&self, ctx: &mut Context<'_>) -> Result<Admit, GatewayError> {
         loop {
-            let Some(claim) = ctx.lead.as_ref().and_then(Lead::claim) else {
-                return Ok(match self.admit(ctx).await? {
-                    Ok(admitted) => Admit::Admitted(admitted),
-                    Err(refusal) => Admit::Refused(refusal),
-                });
+            let (subject, ask, output_ceiling) = self.reservation(ctx)?;
+            let admitted = |grant| Admitted {
+                grant,
+                tokens: ask.tokens,
+                output_ceiling,
             };
-            self.limiter.warn_soft_thresholds_if_due();
-            let subject = ctx.caller.subject();
-            let (ask, output_ceiling) = self.ask(&ctx.model, &ctx.request, &subject)?;
+            let claim = ctx.lead.as_mut().and_then(Lead::claim);
+            let admission = self.limiter.admit_leading(&subject, ask, claim).await?;
             let policy = &ctx.policy;
             let fresh = |e: &CachedResponse, now| policy.is_fresh(e, now);
-            let joined = match self.limiter.admit_leading(&subject, ask, &claim).await? {
+            let answer = match admission {
                 Admission::Refused(refusal) => return Ok(Admit::Refused(refusal)),
                 Admission::Granted(grant, marker) => {
-                    let admitted = Admitted {
-                        grant,
-                        tokens: ask.tokens,
-                        output_ceiling,
-                    };
                     let Some(mut lead) = ctx.lead.take() else {
-                        return Ok(Admit::Admitted(admitted));
+                        return Ok(Admit::Admitted(admitted(grant)));
                     };
                     if marker == Marker::Taken {
                         lead.claimed();
                         ctx.lead = Some(lead);
-                        return Ok(Admit::Admitted(admitted));
+                        return Ok(Admit::Admitted(admitted(grant)));
                     }
                     // No limit applies, so nothing was written: the marker on its own.
                     match lead.begin(fresh).await {
-                        Joined::Answer(entry) => {
-                            self.settle(admitted.grant, 0, 0).await;
+                        Across::Lead(lead) => {
+                            ctx.lead = Some(lead);
+                            return Ok(Admit::Admitted(admitted(grant)));
+                        }
+                        Across::Answer(entry) => {
+                            self.settle(grant, 0, 0).await;
                             entry
                         }
-                        Joined::Lead(lead) => {
-                            ctx.lead = Some(lead);
-                            return Ok(Admit::Admitted(admitted));
-                        }
-                        Joined::Alone => return Ok(Admit::Admitted(admitted)),
                     }
                 }
                 Admission::InFlight => {
@@ -96,21 +89,33 @@ impl Gateway {
                         continue;
                     };
                     match lead.follow(fresh).await {
-                        Joined::Answer(entry) => entry,
                         // Its flight ended (take over) or the wait is over (call alone).
-                        Joined::Lead(lead) => {
+                        Across::Lead(lead) => {
                             ctx.lead = Some(lead);
                             continue;
                         }
-                        Joined::Alone => continue,
+                        Across::Answer(entry) => entry,
                     }
                 }
             };
             if let Some(key) = &ctx.key {
-                self.cache.remember(key, &joined);
+                self.cache.remember(key, &answer);
             }
-            return Ok(Admit::Answered((joined, CacheStatus::Coalesced)));
+            return Ok(Admit::Answered((answer, CacheStatus::Coalesced)));
         }
+    }
+
+    /// What admitting `ctx` reserves: who is limited, the worst case, and the output ceiling
+    /// to impose (and the soft-threshold warnings, when due).
+    fn reservation<'c>(
+        &self,
+        ctx: &Context<'c>,
+    ) -> Result<(Subject<'c>, Ask, Option<u64>), GatewayError> {
+        self.limiter.warn_soft_thresholds_if_due();
+        let caller: &'c Caller = ctx.caller;
+        let subject = caller.subject();
+        let (ask, output_ceiling) = self.ask(&ctx.model, &ctx.request, &subject)?;
+        Ok((subject, ask, output_ceiling))
     }
 
     /// Reserves the request's worst case against every limit that applies; `Ok(Err(_))` is a
@@ -119,9 +124,7 @@ impl Gateway {
         &self,
         ctx: &Context<'_>,
     ) -> Result<Result<Admitted, Refusal>, GatewayError> {
-        self.limiter.warn_soft_thresholds_if_due();
-        let subject = ctx.caller.subject();
-        let (ask, output_ceiling) = self.ask(&ctx.model, &ctx.request, &subject)?;
+        let (subject, ask, output_ceiling) = self.reservation(ctx)?;
         Ok(self
             .limiter
             .admit(&subject, ask)

@@ -152,9 +152,13 @@ impl Coalescer {
                         slot,
                         marker: None,
                         claim: Some(Box::new(Pending {
-                            key: key.clone(),
-                            token: crate::keys::random_alnum(20),
-                            landed_ms,
+                            claim: FlightClaim {
+                                key: key.clone(),
+                                token: crate::keys::random_alnum(20),
+                                now_ms: 0,
+                                lease_ms: self.lease_ms(),
+                                landed_ms,
+                            },
                             deadline,
                             delay: FIRST_POLL,
                         })),
@@ -297,28 +301,32 @@ pub struct Lead {
 
 /// A lead's store marker not taken yet, and its waiting for other processes' flights so far.
 struct Pending {
-    key: CacheKey,
-    token: String,
-    /// The newest entry seen: a flight that began before it has landed.
-    landed_ms: u64,
+    /// The marker to take; `landed_ms` is the newest entry seen (a flight that began before
+    /// it has landed), `now_ms` set at each attempt.
+    claim: FlightClaim,
     /// Waiting for another process's flight ends here.
     deadline: Instant,
     /// Next wait between two polls.
     delay: Duration,
 }
 
+/// Where a lead's attempt to take the store's marker left it.
+pub enum Across {
+    /// Still leading: with the marker, with its claim to try again (the other flight ended),
+    /// or without either (the wait is over: it calls alone).
+    Lead(Lead),
+    /// The other process's answer, fresh: serve it (this process's followers have it too).
+    Answer(CachedResponse),
+}
+
 impl Lead {
-    /// The store's marker to take with the reservation's write, unless taken already or given
-    /// up (`None`).
-    pub fn claim(&self) -> Option<FlightClaim> {
-        let pending = self.claim.as_ref()?;
-        Some(FlightClaim {
-            key: pending.key.clone(),
-            token: pending.token.clone(),
-            now_ms: self.slot.coalescer.clock.now_ms(),
-            lease_ms: self.slot.coalescer.lease_ms(),
-            landed_ms: pending.landed_ms,
-        })
+    /// The store's marker to take with the reservation's write, as of now, unless taken
+    /// already or given up (`None`).
+    pub fn claim(&mut self) -> Option<&FlightClaim> {
+        let now_ms = self.slot.coalescer.clock.now_ms();
+        let pending = self.claim.as_mut()?;
+        pending.claim.now_ms = now_ms;
+        Some(&pending.claim)
     }
 
     /// The claim's marker was taken: it is renewed while this lead calls.
@@ -326,34 +334,37 @@ impl Lead {
         let Some(pending) = self.claim.take() else {
             return;
         };
+        let FlightClaim {
+            key,
+            token,
+            lease_ms,
+            ..
+        } = pending.claim;
         let coalescer = &self.slot.coalescer;
         let renewal = tokio::spawn(renew(
             Arc::clone(&coalescer.store),
             Arc::clone(&coalescer.clock),
-            pending.key.clone(),
-            pending.token.clone(),
-            (coalescer.lease_ms(), coalescer.renew_every),
+            key.clone(),
+            token.clone(),
+            (lease_ms, coalescer.renew_every),
         ));
         self.marker = Some(Marker {
             store: Arc::clone(&coalescer.store),
-            key: pending.key,
-            token: pending.token,
+            key,
+            token,
             renewal,
         });
     }
 
     /// Takes the store's marker with a write of its own (nothing else was to be written):
-    /// leads, follows another process's flight ([`Lead::follow`]) until it lands or ends,
-    /// or calls alone.
-    pub async fn begin(mut self, fresh: impl Fn(&CachedResponse, u64) -> bool) -> Joined {
+    /// leads, or follows another process's flight ([`Lead::follow`]) until it lands or ends.
+    pub async fn begin(mut self, fresh: impl Fn(&CachedResponse, u64) -> bool) -> Across {
         loop {
+            let store = Arc::clone(&self.slot.coalescer.store);
             let Some(claim) = self.claim() else {
-                return Joined::Lead(self);
+                return Across::Lead(self);
             };
-            let begun = self
-                .slot
-                .coalescer
-                .store
+            let begun = store
                 .flight_begin(
                     &claim.key,
                     &claim.token,
@@ -365,16 +376,16 @@ impl Lead {
             match begun {
                 Ok(FlightBegin::Leading) => {
                     self.claimed();
-                    return Joined::Lead(self);
+                    return Across::Lead(self);
                 }
                 Ok(FlightBegin::Following(_)) => match self.follow(&fresh).await {
-                    Joined::Lead(lead) => self = lead,
-                    answered => return answered,
+                    Across::Lead(lead) => self = lead,
+                    answer => return answer,
                 },
                 Err(e) => {
                     tracing::warn!(error = %e, "in-flight marker failed; calling the provider");
                     self.claim = None;
-                    return Joined::Lead(self);
+                    return Across::Lead(self);
                 }
             }
         }
@@ -384,38 +395,39 @@ impl Lead {
     /// (served, to this process's followers too), or its flight ends (back as a lead with its
     /// claim, to try again), or the wait is over (back as a lead without one: call alone).
     /// `fresh` says whether an entry may answer.
-    pub async fn follow(mut self, fresh: impl Fn(&CachedResponse, u64) -> bool) -> Joined {
+    pub async fn follow(mut self, fresh: impl Fn(&CachedResponse, u64) -> bool) -> Across {
         let Some(pending) = self.claim.as_mut() else {
-            return Joined::Lead(self);
+            return Across::Lead(self);
         };
         let coalescer = Arc::clone(&self.slot.coalescer);
         loop {
             tokio::time::sleep_until((Instant::now() + pending.delay).min(pending.deadline)).await;
             pending.delay = (pending.delay * 2).min(MAX_POLL);
             let now = coalescer.clock.now_ms();
-            let poll = match coalescer.store.flight_poll(&pending.key, now).await {
+            let poll = match coalescer.store.flight_poll(&pending.claim.key, now).await {
                 Ok(poll) => poll,
                 Err(e) => {
                     tracing::warn!(error = %e, "in-flight poll failed; calling the provider");
                     self.claim = None;
-                    return Joined::Lead(self);
+                    return Across::Lead(self);
                 }
             };
+            let landed = &mut pending.claim.landed_ms;
             if let Some(entry) = poll.entry {
                 if fresh(&entry, now) {
                     self.slot.publish(Outcome::Landed(entry.clone()));
-                    return Joined::Answer(entry);
+                    return Across::Answer(entry);
                 }
-                pending.landed_ms = pending.landed_ms.max(entry.created_at_ms);
+                *landed = (*landed).max(entry.created_at_ms);
             }
             if Instant::now() >= pending.deadline {
                 self.claim = None;
-                return Joined::Lead(self);
+                return Across::Lead(self);
             }
             match poll.flight {
-                Some(flight) if flight.started_at_ms > pending.landed_ms => {}
+                Some(flight) if flight.started_at_ms > *landed => {}
                 // Gone, run out, or spent: try to take over.
-                _ => return Joined::Lead(self),
+                _ => return Across::Lead(self),
             }
         }
     }
@@ -495,7 +507,10 @@ mod tests {
     async fn join(c: &Arc<Coalescer>) -> Joined {
         let far = std::time::Instant::now() + Duration::from_secs(60);
         match c.join(&key(), 0, far).await {
-            Joined::Lead(lead) => lead.begin(fresh).await,
+            Joined::Lead(lead) => match lead.begin(fresh).await {
+                Across::Lead(lead) => Joined::Lead(lead),
+                Across::Answer(entry) => Joined::Answer(entry),
+            },
             joined => joined,
         }
     }
@@ -678,12 +693,15 @@ mod tests {
         let Joined::Lead(mut first) = a.join(&key(), 0, far).await else {
             panic!("the first request leads in its process")
         };
-        let Joined::Lead(second) = b.join(&key(), 0, far).await else {
+        let Joined::Lead(mut second) = b.join(&key(), 0, far).await else {
             panic!("and so does the first of another process")
         };
         // Nothing is in the store before the reservation's write.
         assert_eq!(store.flight_poll(&key(), T0).await.unwrap().flight, None);
-        let claim = first.claim().expect("a claim until the marker is taken");
+        let claim = first
+            .claim()
+            .expect("a claim until the marker is taken")
+            .clone();
         assert_eq!(
             store
                 .apply_leading(std::slice::from_ref(&rpm), None, &claim)
@@ -696,7 +714,7 @@ mod tests {
         let held = store.flight_poll(&key(), T0).await.unwrap().flight.unwrap();
         assert_eq!(held.token, claim.token);
         // The other process's reservation is refused by the marker, with nothing applied.
-        let other = second.claim().unwrap();
+        let other = second.claim().unwrap().clone();
         assert_eq!(
             store
                 .apply_leading(std::slice::from_ref(&rpm), None, &other)
@@ -714,7 +732,7 @@ mod tests {
         assert!(!follower.is_finished(), "it waits for the answer");
         store.cache_put(&key(), &entry("stored")).await.unwrap();
         first.land(entry("stored"), true).await;
-        let Joined::Answer(got) = follower.await.unwrap() else {
+        let Across::Answer(got) = follower.await.unwrap() else {
             panic!("the other process is served the stored answer")
         };
         assert_eq!(got.body, "stored");

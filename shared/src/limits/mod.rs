@@ -361,17 +361,17 @@ impl Limiter {
         unclaimed(self.admit_with(subject, Some(ask), None, None).await?)
     }
 
-    /// Admits like [`Limiter::admit`] and takes `claim`'s in-flight marker in the same write
-    /// ([`LimitStore::apply_leading`]): [`Admission::InFlight`], with nothing applied, when
-    /// another request's flight holds it; [`Marker::Skipped`] when no limit applies (nothing
-    /// to write, so the caller takes the marker on its own).
+    /// Admits like [`Limiter::admit`] and takes `claim`'s in-flight marker, if any, in the
+    /// same write ([`LimitStore::apply_leading`]): [`Admission::InFlight`], with nothing
+    /// applied, when another request's flight holds it; [`Marker::Skipped`] when there is no
+    /// claim or no limit applies (nothing to write, so the caller takes the marker on its own).
     pub async fn admit_leading(
         &self,
         subject: &Subject<'_>,
         ask: Ask,
-        claim: &FlightClaim,
+        claim: Option<&FlightClaim>,
     ) -> Result<Admission, StoreError> {
-        self.admit_with(subject, Some(ask), None, Some(claim)).await
+        self.admit_with(subject, Some(ask), None, claim).await
     }
 
     /// Admits like [`Limiter::admit`], with a reservation held until `hold_until_ms` instead of

@@ -76,20 +76,14 @@ impl CacheStore for DynamoStore {
         lease_ms: u64,
         landed_ms: u64,
     ) -> Result<FlightBegin, StoreError> {
-        let lease_until_ms = now_ms.saturating_add(lease_ms);
         self.count();
         let res = self
             .client
             .put_item()
             .table_name(&self.tables.cache)
-            .item("pk", s(flight_pk(key)))
-            .item("token", s(token))
-            .item("started_at_ms", n(now_ms))
-            .item("lease_until_ms", n(lease_until_ms))
-            .item("expires_at", ttl_secs(lease_until_ms))
+            .set_item(Some(flight_item(key, token, now_ms, lease_ms)))
             .condition_expression(FLIGHT_FREE)
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":landed", n(landed_ms))
+            .set_expression_attribute_values(Some(flight_free_values(now_ms, landed_ms)))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -230,21 +224,43 @@ impl DynamoStore {
     /// `claim`'s marker as a transaction's conditional `Put` (the holder returned when the
     /// condition fails), for [`crate::store::LimitStore::apply_leading`].
     pub(super) fn flight_put(&self, claim: &FlightClaim) -> Result<Put, StoreError> {
-        let lease_until_ms = claim.now_ms.saturating_add(claim.lease_ms);
         Put::builder()
             .table_name(&self.tables.cache)
-            .item("pk", s(flight_pk(&claim.key)))
-            .item("token", s(&claim.token))
-            .item("started_at_ms", n(claim.now_ms))
-            .item("lease_until_ms", n(lease_until_ms))
-            .item("expires_at", ttl_secs(lease_until_ms))
+            .set_item(Some(flight_item(
+                &claim.key,
+                &claim.token,
+                claim.now_ms,
+                claim.lease_ms,
+            )))
             .condition_expression(FLIGHT_FREE)
-            .expression_attribute_values(":now", n(claim.now_ms))
-            .expression_attribute_values(":landed", n(claim.landed_ms))
+            .set_expression_attribute_values(Some(flight_free_values(
+                claim.now_ms,
+                claim.landed_ms,
+            )))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build)
     }
+}
+
+/// `token`'s marker for `key`, begun at `now_ms` and leased for `lease_ms`.
+fn flight_item(key: &CacheKey, token: &str, now_ms: u64, lease_ms: u64) -> Item {
+    let lease_until_ms = now_ms.saturating_add(lease_ms);
+    Item::from([
+        ("pk".to_owned(), s(flight_pk(key))),
+        ("token".to_owned(), s(token)),
+        ("started_at_ms".to_owned(), n(now_ms)),
+        ("lease_until_ms".to_owned(), n(lease_until_ms)),
+        ("expires_at".to_owned(), ttl_secs(lease_until_ms)),
+    ])
+}
+
+/// The values of [`FLIGHT_FREE`].
+fn flight_free_values(now_ms: u64, landed_ms: u64) -> Item {
+    Item::from([
+        (":now".to_owned(), n(now_ms)),
+        (":landed".to_owned(), n(landed_ms)),
+    ])
 }
 
 fn flight_pk(key: &CacheKey) -> String {

@@ -1444,6 +1444,15 @@ async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
         undo: vec![inc("c:lead:rpm", CounterField::Count, -1, None)],
         expires_at_ms: 50_000,
     };
+    let lead = |inc: Increment, hold: Option<Hold>, claim: FlightClaim| {
+        let store = b.store.clone();
+        async move {
+            store
+                .apply_leading(&[inc], hold.as_ref(), &claim)
+                .await
+                .unwrap()
+        }
+    };
     let count = |counter: &'static str| {
         let store = b.store.clone();
         async move {
@@ -1454,14 +1463,12 @@ async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
         }
     };
     assert_eq!(
-        b.store
-            .apply_leading(
-                std::slice::from_ref(&rpm),
-                Some(&hold("hold_lead_a")),
-                &claim(&key, "a", 10_000, 0)
-            )
-            .await
-            .unwrap(),
+        lead(
+            rpm.clone(),
+            Some(hold("hold_lead_a")),
+            claim(&key, "a", 10_000, 0)
+        )
+        .await,
         Applied::Granted
     );
     let held = Flight {
@@ -1475,26 +1482,17 @@ async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
     );
     // Another request's reservation meets the marker: nothing of it is written.
     assert_eq!(
-        b.store
-            .apply_leading(
-                std::slice::from_ref(&rpm),
-                Some(&hold("hold_lead_b")),
-                &claim(&key, "b", 10_500, 0)
-            )
-            .await
-            .unwrap(),
+        lead(
+            rpm.clone(),
+            Some(hold("hold_lead_b")),
+            claim(&key, "b", 10_500, 0)
+        )
+        .await,
         Applied::InFlight(held.clone())
     );
     let refusing = inc("c:lead:rpm", CounterField::Count, 3, Some(3));
     assert_eq!(
-        b.store
-            .apply_leading(
-                std::slice::from_ref(&refusing),
-                None,
-                &claim(&key, "b", 10_500, 0)
-            )
-            .await
-            .unwrap(),
+        lead(refusing.clone(), None, claim(&key, "b", 10_500, 0)).await,
         Applied::InFlight(held),
         "a held marker is followed, whatever the limits say"
     );
@@ -1506,10 +1504,7 @@ async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
     // A refused reservation takes no marker.
     let other = cache_key("t1", 32);
     assert!(matches!(
-        b.store
-            .apply_leading(&[refusing], None, &claim(&other, "r", 10_500, 0))
-            .await
-            .unwrap(),
+        lead(refusing, None, claim(&other, "r", 10_500, 0)).await,
         Applied::Refused { index: 0, .. }
     ));
     assert_eq!(
@@ -1518,25 +1513,11 @@ async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
     );
     // Spent by an entry newer than it (its leader landed), or run out: taken over.
     assert_eq!(
-        b.store
-            .apply_leading(
-                std::slice::from_ref(&rpm),
-                None,
-                &claim(&key, "c", 10_600, 10_200)
-            )
-            .await
-            .unwrap(),
+        lead(rpm.clone(), None, claim(&key, "c", 10_600, 10_200)).await,
         Applied::Granted
     );
     assert_eq!(
-        b.store
-            .apply_leading(
-                std::slice::from_ref(&rpm),
-                None,
-                &claim(&key, "d", 11_700, 0)
-            )
-            .await
-            .unwrap(),
+        lead(rpm.clone(), None, claim(&key, "d", 11_700, 0)).await,
         Applied::Granted
     );
     let taken = b.store.flight_poll(&key, 11_700).await.unwrap().flight;
@@ -1545,17 +1526,11 @@ async fn reservations_take_the_in_flight_marker_in_the_same_write(b: Backend) {
     // Twenty processes' identical misses at once: one leads, only its reservation counts.
     let many = cache_key("t1", 33);
     let results = join_all((0..20).map(|i| {
-        let (store, claim) = (b.store.clone(), claim(&many, &format!("t{i}"), 20_000, 0));
-        async move {
-            store
-                .apply_leading(
-                    &[inc("c:lead:many", CounterField::Count, 1, Some(100))],
-                    None,
-                    &claim,
-                )
-                .await
-                .unwrap()
-        }
+        lead(
+            inc("c:lead:many", CounterField::Count, 1, Some(100)),
+            None,
+            claim(&many, &format!("t{i}"), 20_000, 0),
+        )
     }))
     .await;
     let leaders = results.iter().filter(|r| **r == Applied::Granted).count();

@@ -70,6 +70,26 @@ fn count(got: &[Got], cache: &str) -> usize {
     got.iter().filter(|g| g.cache == cache).count()
 }
 
+/// The key's ledger after a burst `got` that one provider call answered: every request counted
+/// against its requests per minute, the leader's cost spent, nothing left reserved.
+async fn assert_paid_once(gw: &TestGateway, key: &str, got: &[Got]) {
+    let leader = got.iter().find(|g| g.cache == "miss").unwrap();
+    let usage = json(
+        gw.http
+            .get(format!("{}/v1/usage", gw.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let limits = &usage["limits"]["key"];
+    assert_eq!(limits["rpm"]["used"], got.len(), "{usage}");
+    let spent = (limits["budget"]["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
+    assert_eq!(spent, leader.cost.unwrap(), "{usage}");
+    assert_eq!(limits["budget"]["reserved_usd"], 0.0, "{usage}");
+}
+
 /// A config whose provider answers slowly enough for a burst to arrive while it works.
 async fn slow_upstream() -> FakeUpstream {
     let up = FakeUpstream::start().await;
@@ -102,20 +122,7 @@ async fn fifty_identical_requests_make_one_upstream_call_and_pay_once() {
         }
     }
     // The ledger holds one call; followers count as requests (like hits), reserve nothing.
-    let usage = json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let limits = &usage["limits"]["key"];
-    assert_eq!(limits["rpm"]["used"], 50, "{usage}");
-    let spent = (limits["budget"]["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
-    assert_eq!(spent, leader.cost.unwrap(), "{usage}");
-    assert_eq!(limits["budget"]["reserved_usd"], 0.0, "{usage}");
+    assert_paid_once(&gw, &key, &got).await;
     assert_eq!(
         gw.services.gateway.coalesced_flights(),
         0,
@@ -333,21 +340,7 @@ async fn two_gateways_with_a_limited_key_make_one_call_and_reserve_once() {
     assert!(got.iter().all(|g| g.status == 200), "{got:?}");
     assert_eq!(count(&got, "miss"), 1, "{got:?}");
     assert_eq!(count(&got, "coalesced"), 49, "{got:?}");
-    let leader = got.iter().find(|g| g.cache == "miss").unwrap();
-    let usage = json(
-        b.http
-            .get(format!("{}/v1/usage", b.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let limits = &usage["limits"]["key"];
-    assert_eq!(limits["rpm"]["used"], 50, "{usage}");
-    let spent = (limits["budget"]["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
-    assert_eq!(spent, leader.cost.unwrap(), "{usage}");
-    assert_eq!(limits["budget"]["reserved_usd"], 0.0, "{usage}");
+    assert_paid_once(&b, &key, &got).await;
     for gw in [&a, &b] {
         assert_eq!(gw.services.gateway.coalesced_flights(), 0);
     }
