@@ -8,8 +8,11 @@
 //! - [`Fault::LostAnswer`]: the write lands but its answer never comes back (a timeout or a
 //!   dropped connection after the backend applied it), so the caller cannot tell whether it
 //!   happened.
+//!
+//! It can also hold an operation back ([`FaultyStore::hold`]) until released, to look at what
+//! happens while a write is on its way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -120,6 +123,8 @@ pub struct FaultyStore {
     rules: Mutex<HashMap<Op, Rule>>,
     injected: Mutex<HashMap<(Op, Fault), usize>>,
     calls: Mutex<HashMap<Op, usize>>,
+    /// Operations held back: their calls wait until released.
+    held: tokio::sync::watch::Sender<HashSet<Op>>,
 }
 
 impl FaultyStore {
@@ -130,7 +135,23 @@ impl FaultyStore {
             rules: Mutex::new(HashMap::new()),
             injected: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            held: tokio::sync::watch::Sender::new(HashSet::new()),
         })
+    }
+
+    /// Calls of `op` from now on wait, before they reach the store, until
+    /// [`FaultyStore::release`].
+    pub fn hold(&self, op: Op) {
+        self.held.send_modify(|held| {
+            held.insert(op);
+        });
+    }
+
+    /// Lets the held calls of `op` go on, and the later ones through.
+    pub fn release(&self, op: Op) {
+        self.held.send_modify(|held| {
+            held.remove(&op);
+        });
     }
 
     /// From the `skip+1`-th call of `op` on, the next `times` calls fail with `fault`.
@@ -204,6 +225,9 @@ impl FaultyStore {
         op: Op,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let mut held = self.held.subscribe();
+        // The sender lives as long as `self`.
+        let _ = held.wait_for(|held| !held.contains(&op)).await;
         match self.next_fault(op) {
             None => call.await,
             Some(Fault::LostAnswer) if op.writes() => {

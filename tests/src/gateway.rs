@@ -80,9 +80,35 @@ impl TestGateway {
 
     /// Starts over given dependencies (e.g. DynamoDB and SQS on moto).
     pub async fn start_deps(config: &Config, deps: Deps, clock: ManualClock) -> Self {
+        Self::start_wrapped(config, deps, clock, |app| app).await
+    }
+
+    /// Starts like [`TestGateway::start_deps`], each request run as the ingest function runs
+    /// it on Lambda (`invocation::settle_before_answering`): its answer arrives only once the
+    /// work it owes is done (the cache entry written after the reply, …) and its usage events
+    /// are flushed, so what one request costs can be counted as soon as it is answered.
+    pub async fn start_deps_as_lambda(config: &Config, deps: Deps, clock: ManualClock) -> Self {
+        let usage = Arc::clone(&deps.usage);
+        Self::start_wrapped(config, deps, clock, move |app| {
+            sluice::invocation::settle_before_answering(
+                app,
+                usage,
+                sluice::invocation::Delivery::Buffered,
+                |_| None,
+            )
+        })
+        .await
+    }
+
+    async fn start_wrapped(
+        config: &Config,
+        deps: Deps,
+        clock: ManualClock,
+        wrap: impl FnOnce(axum::Router) -> axum::Router,
+    ) -> Self {
         let services = Services::build(config, &deps).unwrap();
         let state = AppState::new(config, &deps, &services, ADMIN_KEY);
-        let app = api::router(Arc::new(state));
+        let app = wrap(api::router(Arc::new(state)));
         let mut workers = Vec::new();
         for _ in 0..config.jobs.workers {
             workers.push(tokio::spawn(sluice::jobs::worker::run(

@@ -432,13 +432,32 @@ impl Lead {
         }
     }
 
-    /// Serves the answer to this process's followers; `stored` says whether it is in the
-    /// store, where other processes' followers find it (if not, the marker is ended so one of
-    /// them calls the provider instead of waiting for an entry that will not come).
-    pub async fn land(mut self, entry: CachedResponse, stored: bool) {
+    /// Serves the answer to this process's followers now; the store's marker stays with the
+    /// [`Landing`] until the entry is written.
+    pub fn publish(mut self, entry: CachedResponse) -> Landing {
         let marker = self.marker.take();
         self.slot.publish(Outcome::Landed(entry));
-        if let (Some(marker), false) = (marker, stored) {
+        Landing { marker }
+    }
+
+    /// [`Lead::publish`], then [`Landing::stored`].
+    pub async fn land(self, entry: CachedResponse, stored: bool) {
+        self.publish(entry).stored(stored).await;
+    }
+}
+
+/// A lead whose answer this process's followers have: what is left is the store's marker,
+/// renewed until the entry is written.
+pub struct Landing {
+    marker: Option<Marker>,
+}
+
+impl Landing {
+    /// `stored` says whether the entry is in the store, where other processes' followers find
+    /// it (if not, the marker is ended so one of them calls the provider instead of waiting
+    /// for an entry that will not come).
+    pub async fn stored(self, stored: bool) {
+        if let (Some(marker), false) = (self.marker, stored) {
             marker.end().await;
         }
     }

@@ -49,16 +49,35 @@ impl CacheTarget {
     /// Stores `entry` unless it is too large; whether it is in the store now. A failure is
     /// logged: the answer is still served, only not cached.
     pub async fn put(&self, entry: &CachedResponse) -> bool {
-        if entry.body.len() > self.max_entry_bytes {
+        self.remember(entry);
+        self.persist(entry).await
+    }
+
+    /// Keeps `entry` in this process's memory tier unless it is too large, so that identical
+    /// requests here hit before [`Self::persist`] has written it.
+    pub fn remember(&self, entry: &CachedResponse) {
+        if self.fits(entry) {
+            self.cache.remember(&self.key, entry);
+        }
+    }
+
+    /// Writes `entry` to the store unless it is too large; whether it is in the store now. A
+    /// failure is logged: the answer is still served, only not cached.
+    pub async fn persist(&self, entry: &CachedResponse) -> bool {
+        if !self.fits(entry) {
             return false;
         }
-        match self.cache.put(&self.key, entry).await {
+        match self.cache.persist(&self.key, entry).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "cache store failed; answer not cached");
                 false
             }
         }
+    }
+
+    fn fits(&self, entry: &CachedResponse) -> bool {
+        entry.body.len() <= self.max_entry_bytes
     }
 }
 
@@ -118,8 +137,14 @@ impl Gateway {
         }
     }
 
-    /// Records a complete answer that cost `usage` at `price`: the cache write and the
-    /// settlement go together (independent writes), then waiting requests are served.
+    /// Records a complete answer that cost `usage` at `price`: the settlement is written
+    /// before the reply (a counter is never lost), and the cache entry kept in memory; the
+    /// store's entry is written after the reply ([`crate::invocation::after_response`]:
+    /// spawned by `sluice serve`, awaited before a Lambda invocation ends), the requests waiting
+    /// on this one in this process are served with the reply. Until the entry is written,
+    /// other processes follow this lead's in-flight marker (and so does this one's next
+    /// identical request if it has no memory tier), so none of them calls the provider
+    /// again; a `kill -9` in between loses that one entry, never a counter.
     pub(super) async fn record_answer(
         &self,
         ctx: Context<'_>,
@@ -130,32 +155,24 @@ impl Gateway {
         fallback: Option<Fallback>,
     ) -> Reply {
         let cost_nano_usd = price.cost_nano_usd(&usage);
-        let target = self.cache_target(&ctx);
-        let entry = target
-            .as_ref()
-            .map(|t| t.entry(body.clone(), self.clock.now_ms()));
-        let store_answer = async {
-            match (&target, &entry) {
-                (Some(target), Some(entry)) => target.put(entry).await,
-                _ => false,
-            }
-        };
-        let defer = ctx.options.defer_settlement;
-        let settlement = if defer {
+        let settlement = if ctx.options.defer_settlement {
             self.limiter
                 .settlement(&grant, usage.total(), cost_nano_usd)
         } else {
+            self.settle(grant, usage.total(), cost_nano_usd).await;
             None
         };
-        let settle = async {
-            if !defer {
-                self.settle(grant, usage.total(), cost_nano_usd).await;
-            }
-        };
-        let ((), stored) = tokio::join!(settle, store_answer);
         let cache = miss(&ctx);
-        if let (Some(lead), Some(entry)) = (ctx.lead, entry) {
-            lead.land(entry, stored).await;
+        if let Some(target) = self.cache_target(&ctx) {
+            let entry = target.entry(body.clone(), self.clock.now_ms());
+            target.remember(&entry);
+            let landing = ctx.lead.map(|lead| lead.publish(entry.clone()));
+            crate::invocation::after_response(async move {
+                let stored = target.persist(&entry).await;
+                if let Some(landing) = landing {
+                    landing.stored(stored).await;
+                }
+            });
         }
         Reply {
             body: ReplyBody::Json(body),

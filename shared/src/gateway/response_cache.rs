@@ -107,19 +107,23 @@ impl ResponseCache {
         Ok(found)
     }
 
-    /// Keeps an entry another process stored (found by polling) in memory too.
+    /// Keeps an entry in memory: one another process stored (found by polling), or one this
+    /// process is about to store ([`Self::persist`]).
     pub fn remember(&self, key: &CacheKey, entry: &CachedResponse) {
         if let Some(mut hot) = self.hot() {
             hot.insert(key.digest, entry.clone());
         }
     }
 
+    /// Stores or replaces the entry under `key` in the store only (after [`Self::remember`]).
+    pub async fn persist(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError> {
+        self.store.cache_put(key, entry).await
+    }
+
     /// Stores or replaces the entry under `key`, in memory and in the store.
     pub async fn put(&self, key: &CacheKey, entry: &CachedResponse) -> Result<(), StoreError> {
-        if let Some(mut hot) = self.hot() {
-            hot.insert(key.digest, entry.clone());
-        }
-        self.store.cache_put(key, entry).await
+        self.remember(key, entry);
+        self.persist(key, entry).await
     }
 
     /// Bytes and entries held in memory now.

@@ -508,7 +508,9 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
             Arc::new(clock.clone()),
         );
         deps.usage = sink.clone();
-        TestGateway::start_deps(&config, deps, clock)
+        // Each request as one Lambda invocation: answered once its cache write is done and its
+        // usage event sent.
+        TestGateway::start_deps_as_lambda(&config, deps, clock)
     };
     let a = instance().await;
     let b = instance().await;
@@ -552,10 +554,6 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
             let r = gw.chat(key, "gpt-test", prompt).await;
             assert_eq!(r.status(), 200, "{path}");
             assert_eq!(r.headers()["x-sluice-cache"], cache, "{path}");
-            // The usage event is recorded as the answer's body ends; on Lambda the invocation
-            // waits for it (`settle_before_answering`), here the test does.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            UsageSink::flush(&*sink).await;
             costs.push(PathCost {
                 path,
                 per: 1,
@@ -675,16 +673,18 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
             });
         }
     }
-    // The first request's and the warm-up's five events, one message per measured request (a
-    // 202 sends no event of its own: the job's comes when it runs), and the job batch's.
-    assert_eq!(messages.len(), 1 + 5 + 1);
-    assert_eq!(messages[0].body.matches("\"event_id\"").count(), 5);
-    let measured: Vec<Message> = messages[1..6].to_vec();
-    assert!(
-        measured
-            .iter()
-            .all(|m| m.body.matches("\"event_id\"").count() == 1)
-    );
+    // One message per invocation: the first request's, the four warm-ups', the five measured
+    // requests' (a 202 sends no event of its own: the job's comes when it runs), and the job
+    // batch's ten events.
+    assert_eq!(messages.len(), 1 + 4 + 5 + 1);
+    let events = |m: &Message| m.body.matches("\"event_id\"").count();
+    let single: Vec<Message> = messages
+        .iter()
+        .filter(|m| events(m) == 1)
+        .cloned()
+        .collect();
+    assert_eq!(single.len(), 10, "one event per request's message");
+    let measured = single[..5].to_vec();
     let before = c.proxy.tally();
     let outcome = sluice::metrics::aggregator::handle(&c.store, &measured).await;
     assert!(outcome.retry.is_empty() && outcome.malformed == 0);

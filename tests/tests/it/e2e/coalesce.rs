@@ -3,11 +3,17 @@
 //! file stand for two processes (`cli/tests/it/coalesce.rs` runs two real `sluice serve`
 //! processes; `tests/tests/it/backends/aws_e2e.rs` two instances over DynamoDB on moto).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use sluice_tests::{Behaviour, FakeUpstream, TestGateway, fake_config, fake_config_with};
+use sluice::clock::ManualClock;
+use sluice::config::Config;
+use sluice::deps::Deps;
+use sluice_tests::{
+    Behaviour, FakeUpstream, FaultyStore, Op, TestGateway, fake_config, fake_config_with,
+};
 
 use crate::e2e::{header, json, nanos};
 
@@ -344,6 +350,58 @@ async fn two_gateways_with_a_limited_key_make_one_call_and_reserve_once() {
     for gw in [&a, &b] {
         assert_eq!(gw.services.gateway.coalesced_flights(), 0);
     }
+}
+
+/// `sluice serve` sends a buffered answer before its cache entry is written (on Lambda the
+/// invocation waits for the write). While the write is on its way, the same process answers
+/// the request again from memory, and another process over the same file follows the
+/// leader's in-flight marker until the entry lands: no second provider call either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_goes_out_before_its_cache_entry_is_written_and_nothing_calls_again_meanwhile() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let db = db.to_str().unwrap();
+    let text = fake_config(&up.base_url);
+    let config = Config::parse(&text, "test", &|_| None).unwrap();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let mut deps = Deps::sqlite(db, &config, Arc::new(clock.clone())).unwrap();
+    let faulty = FaultyStore::wrap(Arc::clone(&deps.store));
+    deps.store = faulty.clone();
+    let a = TestGateway::start_deps(&config, deps.with_local_metrics(&config.metrics), clock).await;
+    let b = TestGateway::start_with_db(&text, db).await;
+    let key = a.create_key("t1").await;
+    let body = chat("written after the answer");
+
+    faulty.hold(Op::CachePut);
+    let first = tokio::time::timeout(Duration::from_secs(5), send(&a, &key, &body, None))
+        .await
+        .expect("answered while its cache entry waits to be written");
+    assert_eq!((first.status, first.cache.as_str()), (200, "miss"));
+    let again = send(&a, &key, &body, None).await;
+    assert_eq!(again.cache, "hit", "the same process answers from memory");
+    assert_eq!(again.body, first.body);
+    let other = tokio::spawn({
+        let key = key.clone();
+        let body = body.clone();
+        async move { send(&b, &key, &body, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished(),
+        "the other process waits for the entry"
+    );
+    assert_eq!(up.calls(), 1);
+
+    faulty.release(Op::CachePut);
+    let other = tokio::time::timeout(Duration::from_secs(5), other)
+        .await
+        .expect("served once the entry lands")
+        .unwrap();
+    assert_eq!((other.status, other.cache.as_str()), (200, "coalesced"));
+    assert_eq!(other.body, first.body);
+    assert_eq!(up.calls(), 1, "one provider call in all");
+    assert_eq!(faulty.calls(Op::CachePut), 1);
 }
 
 /// The leader's process stalls past its marker's lease: the other process's waiting requests
