@@ -94,6 +94,21 @@ async fn keys_and_cache_survive_kill_dash_nine() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-sluice-cache"], "miss");
+    // The answer goes out first and its cache entry is written right after (a `kill -9` may
+    // lose the last few milliseconds of entries, never a counter): kill once it is in the file.
+    let stored = || {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM cache_entries", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stored() == 0 {
+        assert!(Instant::now() < deadline, "the entry was never written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     served.child.kill().unwrap(); // SIGKILL: no graceful shutdown
     served.child.wait().unwrap();
     drop(served);
