@@ -154,6 +154,19 @@ impl TestGateway {
         r.json().await.unwrap()
     }
 
+    /// `GET /v1/usage` with a gateway key: the key's limits and spend as JSON.
+    pub async fn usage(&self, key: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/usage", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A POST of a JSON body with a gateway key, returning the raw response.
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
         self.http

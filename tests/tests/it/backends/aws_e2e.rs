@@ -289,16 +289,7 @@ async fn burst(gw: &TestGateway, key: &str, n: usize) -> Vec<(u16, u64)> {
 }
 
 async fn spent_nanos(gw: &TestGateway, key: &str, level: &str) -> (u64, f64) {
-    let u: Value = gw
-        .http
-        .get(format!("{}/v1/usage", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let u: Value = gw.usage(key).await;
     let b = &u["limits"][level]["budget"];
     (
         (b["spent_usd"].as_f64().unwrap() * 1e9).round() as u64,
@@ -515,16 +506,7 @@ async fn tenant_and_gateway_caps_are_sharded_by_default_and_hold_across_instance
 }
 
 async fn spent_key_id(gw: &TestGateway, key: &str) -> String {
-    let u: Value = gw
-        .http
-        .get(format!("{}/v1/usage", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let u: Value = gw.usage(key).await;
     u["key_id"].as_str().unwrap().to_owned()
 }
 

@@ -207,15 +207,7 @@ async fn a_stream_is_translated_metered_cached_and_replayed() {
     assert_eq!(up.last().body["stream"], true);
 
     // Settled from the streamed usage: the same 0.000105 USD as a plain answer.
-    let spent = json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let spent = gw.usage(&key).await;
     let text = spent.to_string();
     assert!(text.contains("0.000105"), "{text}");
 

@@ -181,16 +181,7 @@ fn batch_cost_nanos(job: &Value) -> u64 {
 }
 
 async fn budget(gw: &TestGateway, key: &str) -> Value {
-    json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await["limits"]["key"]["budget"]
-        .clone()
+    gw.usage(key).await["limits"]["key"]["budget"].clone()
 }
 
 #[tokio::test]

@@ -80,15 +80,7 @@ fn count(got: &[Got], cache: &str) -> usize {
 /// against its requests per minute, the leader's cost spent, nothing left reserved.
 async fn assert_paid_once(gw: &TestGateway, key: &str, got: &[Got]) {
     let leader = got.iter().find(|g| g.cache == "miss").unwrap();
-    let usage = json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let usage = gw.usage(key).await;
     let limits = &usage["limits"]["key"];
     assert_eq!(limits["rpm"]["used"], got.len(), "{usage}");
     let spent = (limits["budget"]["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;

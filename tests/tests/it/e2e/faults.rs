@@ -51,15 +51,7 @@ async fn capped_key(gw: &TestGateway, tenant: &str) -> String {
 
 /// The key's budget as `/v1/usage` reports it: (spent, reserved) in nano-USD.
 async fn ledger(gw: &TestGateway, key: &str) -> (u64, u64) {
-    let u = json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let u = gw.usage(key).await;
     let budget = &u["limits"]["key"]["budget"];
     let n = |v: &Value| (v.as_f64().unwrap() * 1e9).round() as u64;
     (n(&budget["spent_usd"]), n(&budget["reserved_usd"]))

@@ -162,15 +162,7 @@ async fn streams_are_metered_cached_and_replayed() {
     // Metered from the stream's own usage chunk: 10 + 5 tokens at gpt-test's price.
     let mut spent = 0.0;
     for _ in 0..50 {
-        let u: Value = json(
-            gw.http
-                .get(format!("{}/v1/usage", gw.url))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let u: Value = gw.usage(&key).await;
         spent = u["limits"]["key"]["budget"]["spent_usd"].as_f64().unwrap();
         if spent > 0.0 {
             break;

@@ -36,18 +36,6 @@ async fn burst(gw: &TestGateway, key: &str, n: usize) -> Vec<(u16, u64, reqwest:
         .collect()
 }
 
-async fn usage(gw: &TestGateway, key: &str) -> Value {
-    json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn fifty_concurrent_requests_against_rpm_10_admit_exactly_10() {
     let up = FakeUpstream::start().await;
@@ -139,7 +127,7 @@ async fn tokens_per_minute_count_prompt_and_max_tokens() {
         let r = gw.post("/v1/chat/completions", &key, &prompt(i)).await;
         assert_eq!(r.status(), 200, "request {i}");
     }
-    let u = usage(&gw, &key).await;
+    let u = gw.usage(&key).await;
     assert_eq!(u["limits"]["key"]["tpm"]["used"], 6 * 15);
 }
 
@@ -170,8 +158,8 @@ async fn a_max_tokens_beyond_any_counter_is_refused_and_changes_nothing() {
         let r = gw.post("/v1/chat/completions", &capped, &huge).await;
         assert_error(r, 400, "request_exceeds_budget").await;
     }
-    assert_eq!(usage(&gw, &tpm).await["limits"]["key"]["tpm"]["used"], 0);
-    let budget = &usage(&gw, &capped).await["limits"]["key"]["budget"];
+    assert_eq!(gw.usage(&tpm).await["limits"]["key"]["tpm"]["used"], 0);
+    let budget = &gw.usage(&capped).await["limits"]["key"]["budget"];
     assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
     assert_eq!(budget["remaining_usd"], 1.0, "{budget}");
     // The counters still count: the same small requests as above fit, and are counted.
@@ -179,10 +167,7 @@ async fn a_max_tokens_beyond_any_counter_is_refused_and_changes_nothing() {
         let r = gw.post("/v1/chat/completions", &tpm, &prompt(i)).await;
         assert_eq!(r.status(), 200, "request {i}");
     }
-    assert_eq!(
-        usage(&gw, &tpm).await["limits"]["key"]["tpm"]["used"],
-        6 * 15
-    );
+    assert_eq!(gw.usage(&tpm).await["limits"]["key"]["tpm"]["used"], 6 * 15);
     // A cap too large for a counter is the largest there is, not a negative one.
     let rich = gw
         .admin_create(json!({"tenant": "t3", "budget_usd": 1e300, "period": "day"}))
@@ -228,7 +213,7 @@ async fn never_overspent_round(gw: &TestGateway, tenant: &str) {
         let retry: u64 = header(&r.2, "retry-after").parse().unwrap();
         assert!(retry > 0);
     }
-    let budget = &usage(gw, &key).await["limits"]["key"]["budget"];
+    let budget = &gw.usage(&key).await["limits"]["key"]["budget"];
     let spent = (budget["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
     assert!(spent <= 90_000, "spent {spent} nano-USD over a 90000 cap");
     assert_eq!(
@@ -345,7 +330,7 @@ async fn a_reservation_of_a_crashed_request_expires_and_is_given_back() {
     assert_eq!(limiter.release_expired().await.unwrap(), 1);
     let r = gw.post("/v1/chat/completions", key, &prompt(2)).await;
     assert_eq!(r.status(), 200);
-    let budget = &usage(&gw, key).await["limits"]["key"]["budget"];
+    let budget = &gw.usage(key).await["limits"]["key"]["budget"];
     assert_eq!(budget["reserved_usd"], 0.0);
     assert_eq!(budget["spent_usd"], 0.0000045);
 }
@@ -367,7 +352,7 @@ async fn a_failed_provider_call_gives_its_reservation_back() {
             .status(),
         502
     );
-    let budget = &usage(&gw, &key).await["limits"]["key"]["budget"];
+    let budget = &gw.usage(&key).await["limits"]["key"]["budget"];
     assert_eq!(budget["spent_usd"], 0.0);
     assert_eq!(budget["reserved_usd"], 0.0);
     assert_eq!(budget["remaining_usd"], 0.01);
@@ -547,7 +532,7 @@ async fn usage_reports_every_level_and_admin_usage_needs_the_admin_key() {
             .status(),
         200
     );
-    let u = usage(&gw, &key).await;
+    let u = gw.usage(&key).await;
     assert_eq!(u["object"], "usage");
     assert_eq!(u["limits"]["key"]["rpm"]["used"], 1);
     assert_eq!(u["limits"]["key"]["rpm"]["remaining"], 9);
@@ -609,7 +594,7 @@ async fn an_idempotency_key_replays_without_a_second_call_or_charge() {
     assert_eq!(header(&again, "x-sluice-cost-usd"), "0.000000000");
     assert_eq!(again.bytes().await.unwrap(), first_body);
     assert_eq!(up.calls(), 1);
-    let spent = usage(&gw, &key).await["limits"]["key"]["budget"]["spent_usd"].clone();
+    let spent = gw.usage(&key).await["limits"]["key"]["budget"]["spent_usd"].clone();
     assert_eq!(spent, 0.0000045, "charged once");
     // Same key, different request: 422.
     let error = assert_error(
@@ -684,7 +669,7 @@ async fn names_that_look_like_counter_parts_do_not_confuse_the_counters() {
         }
     }
     assert_eq!(ok, 3);
-    let u = usage(&gw, &key).await;
+    let u = gw.usage(&key).await;
     assert_eq!(u["limits"]["tenant"]["rpm"]["used"], 3);
     assert_eq!(u["limits"]["tenant"]["tpm"]["used"], 3 * 15);
 }

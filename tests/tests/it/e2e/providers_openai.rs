@@ -48,15 +48,7 @@ async fn capped_key(gw: &TestGateway) -> String {
 /// What the key has spent, in nano-USD, once nothing is reserved any more.
 async fn spent(gw: &TestGateway, key: &str) -> u64 {
     for _ in 0..200 {
-        let u = json(
-            gw.http
-                .get(format!("{}/v1/usage", gw.url))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let u = gw.usage(key).await;
         let b = &u["limits"]["key"]["budget"];
         if b["reserved_usd"].as_f64() == Some(0.0) {
             return (b["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;

@@ -92,16 +92,7 @@ async fn generated_requests_at_once_never_overspend_a_cap_on_dynamodb() {
             assert!(matches!(status, 400 | 422 | 429), "{status}");
         }
     }
-    let usage: Value = gw
-        .http
-        .get(format!("{}/v1/usage", gw.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = gw.usage(&key).await;
     let budget = &usage["limits"]["key"]["budget"];
     let spent = (budget["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
     assert!(ok > 0, "nothing was answered: {statuses:?}");

@@ -29,15 +29,7 @@ use crate::e2e::{assert_error, json};
 /// Spend and reservations of the cap at `level` (`key` or `tenant`) as the key sees it, in
 /// nano-USD.
 async fn budget(gw: &TestGateway, key: &str, level: &str) -> (u64, u64) {
-    let u = json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let u = gw.usage(key).await;
     let b = &u["limits"][level]["budget"];
     let nanos = |v: &Value| (v.as_f64().unwrap() * 1e9).round() as u64;
     (nanos(&b["spent_usd"]), nanos(&b["reserved_usd"]))

@@ -692,15 +692,7 @@ async fn a_key_never_sees_the_gateway_wide_budget() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mine = json(
-        gw.http
-            .get(format!("{}/v1/usage", gw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let mine = gw.usage(&key).await;
     let levels: Vec<&String> = mine["limits"].as_object().unwrap().keys().collect();
     assert_eq!(levels, ["key", "tenant"], "{mine}");
     assert!(!mine.to_string().contains("0.000123"), "{mine}");
