@@ -13,6 +13,27 @@ use serde_json::Value;
 
 use super::{ChunkStream, ProviderError, sse};
 
+/// A provider URL parsed once, when the provider is built. Given a string, reqwest parses it
+/// again on every call, which was ~4% of the proxying path's CPU (BENCHMARKS.md, issue 18). A
+/// URL that does not parse (config validation refuses those) is kept as the string, so the call
+/// fails as it did before: with reqwest's builder error, at send time.
+#[derive(Debug, Clone)]
+pub(super) struct PostUrl(Result<reqwest::Url, String>);
+
+impl PostUrl {
+    pub(super) fn new(url: String) -> Self {
+        Self(reqwest::Url::parse(&url).map_err(|_| url))
+    }
+
+    /// A `POST` to this URL.
+    pub(super) fn post(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        match &self.0 {
+            Ok(url) => client.post(url.clone()),
+            Err(unparsed) => client.post(unparsed.as_str()),
+        }
+    }
+}
+
 /// Longest provider error message kept (they are logged and may be shown to clients).
 const MAX_ERROR_MESSAGE: usize = 500;
 
@@ -154,6 +175,25 @@ where
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_url_is_parsed_once_and_one_that_does_not_parse_fails_at_send_as_before() {
+        let client = reqwest::Client::new();
+        let parsed = PostUrl::new("http://127.0.0.1:9/v1/chat/completions".into());
+        assert!(parsed.0.is_ok());
+        let request = parsed.post(&client).build().unwrap();
+        assert_eq!(
+            request.url().as_str(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert_eq!(request.method(), reqwest::Method::POST);
+
+        let unparsed = PostUrl::new("not a url/chat/completions".into());
+        let error = send_for_body(unparsed.post(&client), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ProviderError::Connect(_)), "{error:?}");
+    }
 
     #[test]
     fn google_retry_info_is_read_from_the_body() {

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::http::{self, error_message, stream_error};
+use super::http::{self, PostUrl, error_message, stream_error};
 use super::{
     Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from,
 };
@@ -24,13 +24,19 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct OpenAi {
     base_url: String,
+    chat_completions: PostUrl,
+    embeddings: PostUrl,
 }
 
 impl OpenAi {
     /// A provider at `base_url` (with or without a trailing slash).
     pub fn new(base_url: &str) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let url = |endpoint: Endpoint| PostUrl::new(format!("{base_url}/{}", endpoint.path()));
         Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            chat_completions: url(Endpoint::ChatCompletions),
+            embeddings: url(Endpoint::Embeddings),
+            base_url,
         }
     }
 
@@ -39,8 +45,11 @@ impl OpenAi {
         &self.base_url
     }
 
-    fn url(&self, endpoint: Endpoint) -> String {
-        format!("{}/{}", self.base_url, endpoint.path())
+    fn url(&self, endpoint: Endpoint) -> &PostUrl {
+        match endpoint {
+            Endpoint::ChatCompletions => &self.chat_completions,
+            Endpoint::Embeddings => &self.embeddings,
+        }
     }
 }
 
@@ -50,8 +59,9 @@ impl ProviderApi for OpenAi {
         client: &reqwest::Client,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
-        let post = client
-            .post(self.url(request.endpoint))
+        let post = self
+            .url(request.endpoint)
+            .post(client)
             .bearer_auth(request.api_key);
         let body = match request.endpoint {
             Endpoint::ChatCompletions => for_model(request.body)?,

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use super::http;
+use super::http::{self, PostUrl};
 use super::{
     Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from,
 };
@@ -69,13 +69,16 @@ pub const NATIVE_PARTS: &[&str] = &["document", "image", "search_result"];
 #[derive(Debug, Clone)]
 pub struct Anthropic {
     base_url: String,
+    messages: PostUrl,
 }
 
 impl Anthropic {
     /// A provider at `base_url` (with or without a trailing slash).
     pub fn new(base_url: &str) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
         Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            messages: PostUrl::new(format!("{base_url}/messages")),
+            base_url,
         }
     }
 
@@ -97,8 +100,9 @@ impl ProviderApi for Anthropic {
             ));
         }
         let body = to_messages_request(request.body, request.stream)?;
-        let post = client
-            .post(format!("{}/messages", self.base_url))
+        let post = self
+            .messages
+            .post(client)
             .header("x-api-key", request.api_key)
             .header("anthropic-version", API_VERSION)
             .json(&body);

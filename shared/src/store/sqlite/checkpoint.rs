@@ -31,13 +31,21 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 /// It leaves the file in place (cut back to [`super::WAL_KEEP_BYTES`] by that write), where
 /// TRUNCATE emptied it: on ext4 every write into an emptied WAL allocates blocks, which ties
 /// the writer's next commits to the journal commit of the checkpoint's fsync — the stalls of
-/// tens of milliseconds in the miss path's p99 (BENCHMARKS.md, issue 18). Returns the WAL's
-/// frames before.
+/// tens of milliseconds in the miss path's p99 (BENCHMARKS.md, issue 18).
+///
+/// RESTART holds the writer off while it copies whatever the WAL gained since the PASSIVE
+/// pass (and syncs): under load the first pass takes tens of milliseconds, so a second PASSIVE
+/// pass first leaves RESTART only the frames written during that one. The writer's wait at
+/// each restart was most of the full miss path's tail at concurrency 1 (BENCHMARKS.md, issue
+/// 18). Returns the WAL's frames before.
 fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
-    let frames: i64 = conn
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
-        .map_err(backend)?;
+    let passive = || -> Result<i64, StoreError> {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+            .map_err(backend)
+    };
+    let frames = passive()?;
     if frames >= reset_frames {
+        passive()?;
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .map_err(backend)?;
     }
