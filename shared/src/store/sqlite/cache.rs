@@ -232,4 +232,69 @@ mod tests {
         assert_eq!(store.cache_get(&key, 2_500).await.unwrap(), Some(entry));
         assert_eq!(store.cache_get(&key, 3_000).await.unwrap(), None);
     }
+
+    fn digest(i: u32, tag: u8) -> [u8; 32] {
+        let mut d = [tag; 32];
+        d[..4].copy_from_slice(&i.to_be_bytes());
+        d
+    }
+
+    /// Rows of `table` whose `column` is at most `ms` (run out by then) and after it (live).
+    async fn rows(store: &SqliteStore, table: &'static str, column: &str, ms: i64) -> (i64, i64) {
+        let sql = format!(
+            "SELECT count(*) FILTER (WHERE {column} <= ?1), count(*) FILTER (WHERE {column} > ?1) \
+             FROM {table}"
+        );
+        store
+            .read(move |c| {
+                c.query_row(&sql, [ms], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(backend)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn puts_sweep_out_run_out_entries_and_markers_and_keep_live_ones() {
+        let store = SqliteStore::open(":memory:").unwrap();
+        // 600 entries past their purge time and 600 markers past their lease, beside 10 of
+        // each that are still live.
+        store
+            .write(|c| {
+                for i in 0..610u32 {
+                    let end: i64 = if i < 600 { 500 } else { 1_000_000 };
+                    c.execute(
+                        "INSERT INTO cache_entries VALUES (?1, 't', x'7b7d', 0, ?2, ?2)",
+                        params![&digest(i, 1)[..], end],
+                    )
+                    .map_err(backend)?;
+                    c.execute(
+                        "INSERT INTO cache_flights VALUES (?1, 'tok', 0, ?2)",
+                        params![&digest(i, 2)[..], end],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let entry = CachedResponse {
+            body: Bytes::from_static(b"{}"),
+            created_at_ms: 1_000,
+            expires_at_ms: 2_000_000,
+            purge_at_ms: 2_000_000,
+        };
+        let puts = PURGE_EVERY_PUTS as u32 + 1;
+        for i in 0..puts {
+            let key = CacheKey {
+                digest: digest(i, 3),
+                tenant: "t".into(),
+            };
+            store.cache_put(&key, &entry).await.unwrap();
+        }
+        let entries = rows(&store, "cache_entries", "purge_at_ms", 500).await;
+        assert_eq!(entries, (0, 10 + i64::from(puts)));
+        let markers = rows(&store, "cache_flights", "lease_until_ms", 500).await;
+        assert_eq!(markers, (0, 10));
+    }
 }
