@@ -5,7 +5,9 @@
 work=$(mktemp -d "${TMPBASE:-/tmp}/sluice-bench.XXXX")
 target/release/fake-upstream "$UP" ${DELAY_MS:+"$DELAY_MS"} >/dev/null 2>&1 & up=$!
 gw=
-trap 'kill $up $gw 2>/dev/null || true; rm -rf "$work"' EXIT
+# Waits for both to exit, so a next row started at once can bind the same ports (a fake
+# upstream that cannot bind aborts, and the row would measure Sluice's 502s).
+trap 'kill $up $gw 2>/dev/null || true; wait $up $gw 2>/dev/null || true; rm -rf "$work"' EXIT
 db=$work/bench.db
 key=$($BIN keys create --tenant bench --db "$db" 2>/dev/null)
 full=$($BIN keys create --tenant full --rpm 100000000 --tpm 2000000000 --budget-usd 1000000 --period day --db "$db" 2>/dev/null)

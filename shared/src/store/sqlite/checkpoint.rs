@@ -1,5 +1,6 @@
 //! The background checkpointer, which copies the WAL back into the database file.
 
+use std::fs::File;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -33,11 +34,15 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 /// the writer's next commits to the journal commit of the checkpoint's fsync — the stalls of
 /// tens of milliseconds in the miss path's p99 (BENCHMARKS.md, issue 18).
 ///
-/// RESTART holds the writer off while it copies whatever the WAL gained since the PASSIVE
-/// pass (and syncs): under load the first pass takes tens of milliseconds, so a second PASSIVE
-/// pass first leaves RESTART only the frames written during that one. The writer's wait at
-/// each restart was most of the full miss path's tail at concurrency 1 (BENCHMARKS.md, issue
-/// 18). Returns the WAL's frames before.
+/// RESTART holds the writer off while it finishes: it copies what the WAL gained since the
+/// PASSIVE pass, syncs the WAL, and syncs the database file. A PASSIVE pass under load never
+/// syncs the database file itself (SQLite does so only when the pass reached the WAL's end,
+/// and under steady writes the WAL has always grown meanwhile), so every page it copied was
+/// still dirty when RESTART's sync wrote them all back, writer held: 10–15 ms at each restart,
+/// most of the full miss path's tail at concurrency 1 (BENCHMARKS.md, issue 18). So before
+/// RESTART the checkpointer syncs the database file itself, no lock held, and runs a second
+/// PASSIVE pass: RESTART is left the frames of that pass and two small syncs. Returns the WAL's
+/// frames before.
 fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     let passive = || -> Result<i64, StoreError> {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
@@ -45,6 +50,11 @@ fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     };
     let frames = passive()?;
     if frames >= reset_frames {
+        if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
+            File::open(path)
+                .and_then(|file| file.sync_data())
+                .map_err(|e| StoreError::backend(format!("cannot sync the database file: {e}")))?;
+        }
         passive()?;
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .map_err(backend)?;
