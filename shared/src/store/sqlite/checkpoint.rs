@@ -40,9 +40,9 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 /// and under steady writes the WAL has always grown meanwhile), so every page it copied was
 /// still dirty when RESTART's sync wrote them all back, writer held: 10–15 ms at each restart,
 /// most of the full miss path's tail at concurrency 1 (BENCHMARKS.md, issue 18). So before
-/// RESTART the checkpointer syncs the database file itself, no lock held, and runs a second
-/// PASSIVE pass: RESTART is left the frames of that pass and two small syncs. Returns the WAL's
-/// frames before.
+/// RESTART the checkpointer syncs the database file itself, no lock held, runs a second
+/// PASSIVE pass for what arrived meanwhile, and syncs again: RESTART is left the few frames
+/// written since and two small syncs. Returns the WAL's frames before.
 fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     let passive = || -> Result<i64, StoreError> {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
@@ -50,16 +50,24 @@ fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     };
     let frames = passive()?;
     if frames >= reset_frames {
-        if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
-            File::open(path)
-                .and_then(|file| file.sync_data())
-                .map_err(|e| StoreError::backend(format!("cannot sync the database file: {e}")))?;
-        }
+        sync_database(conn)?;
         passive()?;
+        sync_database(conn)?;
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .map_err(backend)?;
     }
     Ok(frames)
+}
+
+/// Writes the database file's dirty pages to disk (`fdatasync` on a descriptor of its own:
+/// SQLite's locks are not involved). Nothing for an in-memory database.
+fn sync_database(conn: &Connection) -> Result<(), StoreError> {
+    let Some(path) = conn.path().filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    File::open(path)
+        .and_then(|file| file.sync_data())
+        .map_err(|e| StoreError::backend(format!("cannot sync the database file: {e}")))
 }
 
 #[cfg(test)]
