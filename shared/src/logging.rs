@@ -19,7 +19,8 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -75,9 +76,22 @@ where
         .with_current_span(false)
         .with_span_list(false);
     tracing_subscriber::fmt::layer()
-        .fmt_fields(JsonFields::new())
+        .fmt_fields(NoSpanFields)
         .event_format(WithRequestId(format))
         .with_writer(writer)
+}
+
+/// Span fields as the JSON layer keeps them: not at all. Its lines print no span objects
+/// (`with_current_span(false)`, `with_span_list(false)`; event fields are written by the JSON
+/// format itself) and take the request id from [`RequestIdLayer`], yet the layer formats
+/// every new span's fields into JSON with the `FormatFields` it is given: for each request
+/// span, work no line read (~1% of the proxying path's CPU, BENCHMARKS.md, issue 18).
+struct NoSpanFields;
+
+impl<'w> FormatFields<'w> for NoSpanFields {
+    fn format_fields<R: RecordFields>(&self, _writer: Writer<'w>, _fields: R) -> std::fmt::Result {
+        Ok(())
+    }
 }
 
 /// The span a request is served in; lines logged inside it carry `request_id`.
