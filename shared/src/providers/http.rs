@@ -14,9 +14,10 @@ use serde_json::Value;
 use super::{ChunkStream, ProviderError, sse};
 
 /// A provider URL parsed once, when the provider is built. Given a string, reqwest parses it
-/// again on every call, which was ~4% of the proxying path's CPU (BENCHMARKS.md, issue 18). A
-/// URL that does not parse (config validation refuses those) is kept as the string, so the call
-/// fails as it did before: with reqwest's builder error, at send time.
+/// again on every call (1.4% of the proxying path's CPU samples; reqwest's redirect layer
+/// still parses it twice more, BENCHMARKS.md, issue 18). A URL that does not parse (config
+/// validation refuses those) is kept as the string, so the call fails as it did before: with
+/// reqwest's builder error, at send time.
 #[derive(Debug, Clone)]
 pub(super) struct PostUrl(Result<reqwest::Url, String>);
 
