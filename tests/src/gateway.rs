@@ -154,10 +154,10 @@ impl TestGateway {
         r.json().await.unwrap()
     }
 
-    /// `GET /v1/usage` with a gateway key: the key's limits and spend as JSON.
-    pub async fn usage(&self, key: &str) -> Value {
+    /// A GET of `path` with a gateway key, its JSON body (whatever the status).
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
         self.http
-            .get(format!("{}/v1/usage", self.url))
+            .get(format!("{}{path}", self.url))
             .bearer_auth(key)
             .send()
             .await
@@ -165,6 +165,11 @@ impl TestGateway {
             .json()
             .await
             .unwrap()
+    }
+
+    /// `GET /v1/usage` with a gateway key: the key's limits and spend as JSON.
+    pub async fn usage(&self, key: &str) -> Value {
+        self.get_json("/v1/usage", key).await
     }
 
     /// A POST of a JSON body with a gateway key, returning the raw response.

@@ -50,24 +50,29 @@ fn checkpoint(conn: &Connection, reset_frames: i64) -> Result<i64, StoreError> {
     };
     let frames = passive()?;
     if frames >= reset_frames {
-        sync_database(conn)?;
+        // A descriptor of its own (SQLite's locks are not involved); none in memory.
+        let file = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(File::open)
+            .transpose()
+            .map_err(sync_failed)?;
+        let sync = || {
+            file.as_ref()
+                .map_or(Ok(()), File::sync_data)
+                .map_err(sync_failed)
+        };
+        sync()?;
         passive()?;
-        sync_database(conn)?;
+        sync()?;
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .map_err(backend)?;
     }
     Ok(frames)
 }
 
-/// Writes the database file's dirty pages to disk (`fdatasync` on a descriptor of its own:
-/// SQLite's locks are not involved). Nothing for an in-memory database.
-fn sync_database(conn: &Connection) -> Result<(), StoreError> {
-    let Some(path) = conn.path().filter(|p| !p.is_empty()) else {
-        return Ok(());
-    };
-    File::open(path)
-        .and_then(|file| file.sync_data())
-        .map_err(|e| StoreError::backend(format!("cannot sync the database file: {e}")))
+fn sync_failed(e: std::io::Error) -> StoreError {
+    StoreError::backend(format!("cannot sync the database file: {e}"))
 }
 
 #[cfg(test)]

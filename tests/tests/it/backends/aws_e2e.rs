@@ -29,16 +29,7 @@ async fn aws_gateway(base_url: &str, workers: usize, queue: SqsQueue) -> TestGat
 
 async fn wait_job(gw: &TestGateway, key: &str, id: &str) -> Value {
     for _ in 0..200 {
-        let job: Value = gw
-            .http
-            .get(format!("{}/v1/jobs/{id}", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = gw.get_json(&format!("/v1/jobs/{id}"), key).await;
         if job["status"] == "succeeded" || job["status"] == "failed" {
             return job;
         }

@@ -60,7 +60,7 @@ async fn throttled_gateway(base_url: &str) -> (TestGateway, ThrottleProxy, Arc<S
 /// leases between empty rounds (SQS makes a message left for redelivery visible after 1 s).
 async fn drain(gw: &TestGateway, key: &str, queue: &SqsQueue, id: &str) {
     for _ in 0..40 {
-        let job = get(gw, key, &format!("/v1/jobs/{id}")).await;
+        let job = gw.get_json(&format!("/v1/jobs/{id}"), key).await;
         if job["status"] == "succeeded" || job["status"] == "failed" {
             return;
         }
@@ -73,18 +73,6 @@ async fn drain(gw: &TestGateway, key: &str, queue: &SqsQueue, id: &str) {
         process_deliveries(&gw.services.processor, queue, &batch).await;
     }
     panic!("job {id} did not finish");
-}
-
-async fn get(gw: &TestGateway, key: &str, path: &str) -> Value {
-    gw.http
-        .get(format!("{}{path}", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +220,7 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
     }
     let mut job_costs = 0;
     for id in &jobs {
-        let job = get(&gw, &key, &format!("/v1/jobs/{id}")).await;
+        let job = gw.get_json(&format!("/v1/jobs/{id}"), &key).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         job_costs += (job["cost_usd"].as_f64().unwrap() * 1e9).round() as u64;
     }
@@ -249,7 +237,7 @@ async fn dynamodb_throttling_on_each_write_ends_in_an_answer_or_a_clean_503() {
         .release_expired()
         .await
         .unwrap();
-    let usage = get(&gw, &key, "/v1/usage").await;
+    let usage = gw.usage(&key).await;
     let budget = &usage["limits"]["key"]["budget"];
     assert_eq!(budget["reserved_usd"], 0.0, "{usage}");
     let spent = (budget["spent_usd"].as_f64().unwrap() * 1e9).round() as u64;
