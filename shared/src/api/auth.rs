@@ -65,8 +65,12 @@ pub struct KeyAuth {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     ttl_ms: u64,
-    cache: Mutex<HashMap<KeyHash, (Option<KeyRecord>, u64)>>,
+    cache: Mutex<Lookups>,
 }
+
+/// Cached lookups: each key's record (shared, so a hit copies only what the caller needs) or
+/// its absence, until a time.
+type Lookups = HashMap<KeyHash, (Option<Arc<KeyRecord>>, u64)>;
 
 impl KeyAuth {
     /// A checker over `store`, trusting lookups for `ttl_ms`.
@@ -86,22 +90,22 @@ impl KeyAuth {
         let record = self.lookup(&hash).await?;
         match record {
             Some(r) if r.revoked_at_ms.is_none() && r.hash.ct_eq(&hash) => Ok(Caller {
-                key_id: r.id,
-                tenant: r.tenant,
-                limits: r.limits,
+                key_id: r.id.clone(),
+                tenant: r.tenant.clone(),
+                limits: r.limits.clone(),
             }),
             _ => Err(AuthError::Invalid),
         }
     }
 
-    async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
+    async fn lookup(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, AuthError> {
         let now = self.clock.now_ms();
         if let Some((record, until)) = self.lock().get(hash)
             && now < *until
         {
             return Ok(record.clone());
         }
-        let record = self.store.key_by_hash(hash).await?;
+        let record = self.store.key_by_hash(hash).await?.map(Arc::new);
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED_LOOKUPS {
             cache.clear();
@@ -115,7 +119,7 @@ impl KeyAuth {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (Option<KeyRecord>, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lookups> {
         // The map holds no invariants a panic could break; a poisoned lock is still usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -10,6 +10,8 @@
 //! alias and its model share entries. The tenant inside the digest is what keeps one tenant
 //! from ever reading another's answers.
 
+use std::io::Write as _;
+
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -134,12 +136,21 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
             // 10000000000000000: every integral float below 2^64 (the integers serde reads as
             // integers) is written as the exact integer it is.
             Some(f) if !n.is_u64() && !n.is_i64() && f.fract() == 0.0 && f.abs() < TWO_POW_64 => {
-                out.extend_from_slice(crate::num::f64_to_i128(f).to_string().as_bytes());
+                let whole = crate::num::f64_to_i128(f);
+                let written = write!(out, "{whole}");
+                debug_assert!(written.is_ok(), "writing to a Vec cannot fail");
             }
-            _ => out.extend_from_slice(n.to_string().as_bytes()),
+            _ => write_json(n, out),
         },
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        other => write_json(other, out),
     }
+}
+
+/// Appends `value`'s compact JSON: the bytes `to_string` would give, without the `String`.
+fn write_json(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
+    // A Vec takes every write, and strings, numbers, booleans and null always serialise.
+    let written = serde_json::to_writer(out, value);
+    debug_assert!(written.is_ok(), "writing JSON to a Vec cannot fail");
 }
 
 fn write_object(map: &Map<String, Value>, skip: &[&str], out: &mut Vec<u8>) {
@@ -150,7 +161,7 @@ fn write_object(map: &Map<String, Value>, skip: &[&str], out: &mut Vec<u8>) {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+        write_json(k.as_str(), out);
         out.push(b':');
         write_value(&map[k], out);
     }
@@ -279,6 +290,47 @@ mod fuzz {
             any::<u64>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
         ]
+    }
+
+    /// The canonical form as first written: each scalar and key through `to_string`.
+    fn spelled_by_to_string(value: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                    out.push(b':');
+                    out.extend(spelled_by_to_string(&map[k]));
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend(spelled_by_to_string(item));
+                }
+                out.push(b']');
+            }
+            Value::Number(n) => match n.as_f64() {
+                Some(f)
+                    if !n.is_u64() && !n.is_i64() && f.fract() == 0.0 && f.abs() < TWO_POW_64 =>
+                {
+                    out.extend_from_slice(crate::num::f64_to_i128(f).to_string().as_bytes());
+                }
+                _ => out.extend_from_slice(n.to_string().as_bytes()),
+            },
+            other => out.extend_from_slice(other.to_string().as_bytes()),
+        }
+        out
     }
 
     /// A valid chat completion request, with some optional fields and unknown extras.
@@ -551,6 +603,16 @@ mod fuzz {
                     Err(e) => prop_assert!(e.param().is_some_and(|p| !p.is_empty()), "{e}"),
                 }
             }
+        }
+
+        /// The canonical bytes are the ones `Value::to_string` spells for every string, key,
+        /// number and literal (the form before they were written without a `String` each):
+        /// stored cache entries and idempotency records keep their keys across the change.
+        #[test]
+        fn fuzz_canonical_bytes_are_to_string_spellings(
+            body in prop_oneof![chat_request(), json_value(), number()],
+        ) {
+            prop_assert_eq!(canonical_json(&body), spelled_by_to_string(&body));
         }
 
         /// One request, spelled two ways and sent once streamed: one key.

@@ -3,10 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 /// How a request was served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A synchronous JSON answer.
+    #[default]
     Sync,
     /// A server-sent-event stream.
     Stream,
@@ -42,7 +43,7 @@ impl ErrorClass {
 }
 
 /// One request's usage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// Unique per event (`ev_…`); lets consumers tell redeliveries apart.
     pub event_id: String,

@@ -4,6 +4,7 @@
 //! Labels are model, provider, status class and cache status: never tenants or keys, so the
 //! series count stays bounded and nothing about callers leaks to the scraper.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -20,29 +21,31 @@ use super::rollup::NONE;
 use super::sink::UsageSink;
 use crate::gateway::catalog::Catalog;
 
+// Label values are shared (`Arc<str>`) or static: looking a series up on every request then
+// allocates the model's and provider's names once, not once per family.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    model: String,
-    provider: String,
-    status: String,
-    cache: String,
+    model: Arc<str>,
+    provider: Arc<str>,
+    status: Cow<'static, str>,
+    cache: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
-    model: String,
+    model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SpendLabels {
-    model: String,
-    provider: String,
+    model: Arc<str>,
+    provider: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
-    model: String,
-    direction: String,
+    model: Arc<str>,
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,34 +163,37 @@ impl Prometheus {
 
 impl UsageSink for Prometheus {
     fn record(&self, event: UsageEvent) {
-        let model = event.model.clone().unwrap_or_else(|| NONE.to_owned());
-        let provider = event.provider().unwrap_or(NONE).to_owned();
-        let status = format!("{}xx", event.status / 100);
+        self.record_ref(&event);
+    }
+
+    fn record_ref(&self, event: &UsageEvent) {
+        let model: Arc<str> = Arc::from(event.model.as_deref().unwrap_or(NONE));
+        let provider: Arc<str> = Arc::from(event.provider().unwrap_or(NONE));
         self.requests
             .get_or_create(&RequestLabels {
-                model: model.clone(),
-                provider: provider.clone(),
-                status,
-                cache: event.cache.clone(),
+                model: Arc::clone(&model),
+                provider: Arc::clone(&provider),
+                status: status_class(event.status),
+                cache: cache_label(&event.cache),
             })
             .inc();
         self.latency
             .get_or_create(&ModelLabels {
-                model: model.clone(),
+                model: Arc::clone(&model),
             })
             .observe(event.latency_ms / 1000.0);
         // An identical request's answer saved a provider call as a hit does.
         if matches!(event.cache.as_str(), "hit" | "coalesced") {
             self.cache_hits
                 .get_or_create(&ModelLabels {
-                    model: model.clone(),
+                    model: Arc::clone(&model),
                 })
                 .inc();
         }
         if event.cost_nano_usd > 0 {
             self.spend
                 .get_or_create(&SpendLabels {
-                    model: model.clone(),
+                    model: Arc::clone(&model),
                     provider,
                 })
                 .inc_by(event.cost_nano_usd as f64 / 1e9);
@@ -196,12 +202,33 @@ impl UsageSink for Prometheus {
             if n > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {
-                        model: model.clone(),
-                        direction: direction.into(),
+                        model: Arc::clone(&model),
+                        direction,
                     })
                     .inc_by(n);
             }
         }
+    }
+}
+
+/// `2xx` and so on: the status label.
+fn status_class(status: u16) -> Cow<'static, str> {
+    match status / 100 {
+        1 => Cow::Borrowed("1xx"),
+        2 => Cow::Borrowed("2xx"),
+        3 => Cow::Borrowed("3xx"),
+        4 => Cow::Borrowed("4xx"),
+        5 => Cow::Borrowed("5xx"),
+        class => Cow::Owned(format!("{class}xx")),
+    }
+}
+
+/// The cache label: one of the statuses events carry, without a copy.
+fn cache_label(cache: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 5] = ["hit", "coalesced", "miss", "stale", "bypass"];
+    match KNOWN.iter().find(|known| **known == cache) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(cache.to_owned()),
     }
 }
 
@@ -212,7 +239,7 @@ impl UsageSink for Fanout {
     fn record(&self, event: UsageEvent) {
         if let Some((last, rest)) = self.0.split_last() {
             for sink in rest {
-                sink.record(event.clone());
+                sink.record_ref(&event);
             }
             last.record(event);
         }

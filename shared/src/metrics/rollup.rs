@@ -147,18 +147,28 @@ pub struct RollupRow {
 /// Rolls events up per minute, tenant, model and provider, sorted by key (so the same
 /// events always give the same rows, in the same order).
 pub fn roll_up(events: &[UsageEvent]) -> Vec<RollupRow> {
-    let mut rows: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
+    // Grouped under keys borrowed from the events, in `RollupKey`'s order (its fields in
+    // declaration order); each group's key is copied once, not once per event.
+    let mut rows: BTreeMap<(u64, &str, &str, &str), Rollup> = BTreeMap::new();
     for e in events {
-        let key = RollupKey {
-            minute: e.time_ms / 60_000 * 60,
-            tenant: e.tenant.clone(),
-            model: e.model.clone().unwrap_or_else(|| NONE.to_owned()),
-            provider: e.provider().unwrap_or(NONE).to_owned(),
-        };
+        let key = (
+            e.time_ms / 60_000 * 60,
+            e.tenant.as_str(),
+            e.model.as_deref().unwrap_or(NONE),
+            e.provider().unwrap_or(NONE),
+        );
         rows.entry(key).or_default().add_event(e);
     }
     rows.into_iter()
-        .map(|(key, rollup)| RollupRow { key, rollup })
+        .map(|((minute, tenant, model, provider), rollup)| RollupRow {
+            key: RollupKey {
+                minute,
+                tenant: tenant.to_owned(),
+                model: model.to_owned(),
+                provider: provider.to_owned(),
+            },
+            rollup,
+        })
         .collect()
 }
 

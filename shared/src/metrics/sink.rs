@@ -17,6 +17,12 @@ pub trait UsageSink: Send + Sync {
     /// Hands one event over without waiting.
     fn record(&self, event: UsageEvent);
 
+    /// Records an event the caller keeps (a fan-out handing it to several sinks): a copy for
+    /// sinks that keep events, none for sinks that only read them.
+    fn record_ref(&self, event: &UsageEvent) {
+        self.record(event.clone());
+    }
+
     /// Sends what is buffered now (a Lambda calls it before its invocation ends).
     fn flush(&self) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async {})

@@ -84,7 +84,8 @@ impl Drop for UsageTicket {
             return;
         }
         let ended = state.ended.unwrap_or_else(Instant::now);
-        let mut event = state.event.clone();
+        // The ticket is going away: its event is handed over, not copied.
+        let mut event = std::mem::take(&mut state.event);
         event.latency_ms = ended.duration_since(self.started).as_secs_f64() * 1000.0;
         self.sink.record(event);
     }

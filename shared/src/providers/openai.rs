@@ -312,7 +312,7 @@ pub(super) fn validate(
     if !listed.is_some_and(|l| l.0) {
         return Err(ProviderError::Malformed(format!("no `{list}` array")));
     }
-    Ok(checked.usage.as_ref().and_then(super::Usage::from_openai))
+    Ok(checked.usage.and_then(UsageRead::usage))
 }
 
 /// What [`validate`] reads of a 200 answer; every other field is skipped unread.
@@ -326,7 +326,239 @@ struct Checked {
     #[serde(default)]
     data: Option<IsArray>,
     #[serde(default)]
-    usage: Option<Value>,
+    usage: Option<UsageRead>,
+}
+
+/// A `usage` value read in place, as [`super::Usage::from_openai`] reads it from a `Value`
+/// (pinned by `fuzz_any_json_body`): a count is an unsigned integer or nothing; anything else
+/// (a float, a string, a negative number) counts as absent; a repeated key's last value wins;
+/// a `usage` that is not an object has no counts. Nothing of it is allocated.
+#[derive(Default)]
+struct UsageRead {
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    prompt_details: Details,
+    completion_details: Details,
+}
+
+impl UsageRead {
+    /// The usage, `None` without `prompt_tokens`.
+    fn usage(self) -> Option<super::Usage> {
+        Some(super::Usage {
+            prompt_tokens: self.prompt?,
+            completion_tokens: self.completion.unwrap_or(0),
+            cached_tokens: self.prompt_details.cached.unwrap_or(0),
+            cache_write_tokens: self.prompt_details.cache_write.unwrap_or(0),
+            cache_write_1h_tokens: self.prompt_details.cache_write_1h.unwrap_or(0),
+            audio_input_tokens: self.prompt_details.audio.unwrap_or(0),
+            reasoning_tokens: self.completion_details.reasoning.unwrap_or(0),
+            audio_output_tokens: self.completion_details.audio.unwrap_or(0),
+        })
+    }
+}
+
+/// The counts of a `*_tokens_details` object.
+#[derive(Default)]
+struct Details {
+    cached: Option<u64>,
+    cache_write: Option<u64>,
+    cache_write_1h: Option<u64>,
+    audio: Option<u64>,
+    reasoning: Option<u64>,
+}
+
+/// The keys [`UsageRead`] and [`Details`] read; every other key is skipped.
+enum UsageKey {
+    Prompt,
+    Completion,
+    PromptDetails,
+    CompletionDetails,
+    Cached,
+    CacheWrite,
+    CacheWrite1h,
+    Audio,
+    Reasoning,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for UsageKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = UsageKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<UsageKey, E> {
+                Ok(match key {
+                    "prompt_tokens" => UsageKey::Prompt,
+                    "completion_tokens" => UsageKey::Completion,
+                    "prompt_tokens_details" => UsageKey::PromptDetails,
+                    "completion_tokens_details" => UsageKey::CompletionDetails,
+                    "cached_tokens" => UsageKey::Cached,
+                    "cache_write_tokens" => UsageKey::CacheWrite,
+                    "cache_write_1h_tokens" => UsageKey::CacheWrite1h,
+                    "audio_tokens" => UsageKey::Audio,
+                    "reasoning_tokens" => UsageKey::Reasoning,
+                    _ => UsageKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
+
+/// Reads any JSON value as an object of counts: `fill` takes each key's value; any other
+/// value is skipped and leaves `T`'s default.
+struct Lenient<T>(T);
+
+impl<'de, T: Default + FillFrom> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Default + FillFrom> Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+                let mut out = T::default();
+                while let Some(key) = map.next_key::<UsageKey>()? {
+                    out.fill(key, &mut map)?;
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(T::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<T, E> {
+                Ok(T::default())
+            }
+            fn visit_unit<E>(self) -> Result<T, E> {
+                Ok(T::default())
+            }
+        }
+        deserializer
+            .deserialize_any(Object(std::marker::PhantomData))
+            .map(Lenient)
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageRead {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Lenient::deserialize(deserializer).map(|Lenient(read)| read)
+    }
+}
+
+/// An object of counts filled key by key.
+trait FillFrom {
+    /// Reads `key`'s value from `map` into `self`, or skips it.
+    fn fill<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: UsageKey,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
+}
+
+impl FillFrom for UsageRead {
+    fn fill<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: UsageKey,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            UsageKey::Prompt => self.prompt = map.next_value::<Count>()?.0,
+            UsageKey::Completion => self.completion = map.next_value::<Count>()?.0,
+            UsageKey::PromptDetails => {
+                self.prompt_details = map.next_value::<Lenient<Details>>()?.0
+            }
+            UsageKey::CompletionDetails => {
+                self.completion_details = map.next_value::<Lenient<Details>>()?.0;
+            }
+            _ => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FillFrom for Details {
+    fn fill<'de, A: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: UsageKey,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        let slot = match key {
+            UsageKey::Cached => &mut self.cached,
+            UsageKey::CacheWrite => &mut self.cache_write,
+            UsageKey::CacheWrite1h => &mut self.cache_write_1h,
+            UsageKey::Audio => &mut self.audio,
+            UsageKey::Reasoning => &mut self.reasoning,
+            _ => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                return Ok(());
+            }
+        };
+        *slot = map.next_value::<Count>()?.0;
+        Ok(())
+    }
+}
+
+/// A count as `Value::as_u64` reads one: an unsigned integer, else nothing.
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Number;
+        impl<'de> Visitor<'de> for Number {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Option<u64>, E> {
+                Ok(Some(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Option<u64>, E> {
+                Ok(u64::try_from(n).ok())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+        deserializer.deserialize_any(Number).map(Count)
+    }
 }
 
 /// Whether a value is an array, read without keeping any of it.
@@ -616,6 +848,34 @@ mod fuzz {
         assemble(chunks)
     }
 
+    fn usage_key() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(
+            &[
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "cached_tokens",
+                "cache_write_tokens",
+                "cache_write_1h_tokens",
+                "audio_tokens",
+                "reasoning_tokens",
+                "prompt_tokens_details",
+                "other",
+            ][..],
+        )
+    }
+
+    fn count_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            (0u64..1000).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-10.0f64..1e20).prop_map(|f| json!(f)),
+            Just(json!(1.0)),
+            json_value(),
+        ]
+    }
+
     fn valid_chat() -> Value {
         json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
@@ -632,6 +892,35 @@ mod fuzz {
                     prop_assert!(matches!(e, ProviderError::Malformed(_)));
                 }
             }
+        }
+
+        /// Any `usage` (counts of every JSON type, details objects or not, unknown keys), and
+        /// the same object's keys spelled twice: read in place, it is the usage a `Value` gives.
+        #[test]
+        fn fuzz_usage_reads_as_from_a_value(
+            fields in proptest::collection::vec((usage_key(), count_value()), 0..8),
+            details in proptest::collection::vec(
+                (prop_oneof![Just("prompt_tokens_details"), Just("completion_tokens_details")],
+                 proptest::collection::vec((usage_key(), count_value()), 0..5)), 0..3),
+            not_an_object in proptest::option::of(json_value()),
+        ) {
+            let mut members: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", json!(k)))
+                .collect();
+            for (name, inner) in &details {
+                let inner: Vec<String> = inner.iter().map(|(k, v)| format!("{}:{v}", json!(k))).collect();
+                members.push(format!("\"{name}\":{{{}}}", inner.join(",")));
+            }
+            let usage = match &not_an_object {
+                Some(v) if !v.is_object() => v.to_string(),
+                _ => format!("{{{}}}", members.join(",")),
+            };
+            // Written as text, so a key may repeat (a `Value` keeps the last).
+            let text = format!(r#"{{"choices":[],"usage":{usage}}}"#);
+            let body: Value = serde_json::from_str(&text).unwrap();
+            let read = validate(Endpoint::ChatCompletions, &Bytes::from(text)).unwrap();
+            prop_assert_eq!(read, crate::providers::usage_from_openai(&body));
         }
 
         #[test]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Heap allocations per request on one path: uprobes on glibc's malloc, realloc and calloc in
+# the gateway (`perf stat`) while wrk drives it; a count, not a timing, so it does not move with
+# the machine's load. The bare proxy's figure is the floor (issue 18).
+#   infra/bench/allocs.sh BIN MODEL BODY KEY [CONNS]   (MODEL, BODY, KEY as in row.sh)
+#   infra/bench/allocs.sh proxy                        (the bare proxy, same request)
+# Needs root (uprobes), perf, wrk, target/release/{fake-upstream,bare-proxy}. A binary with
+# another global allocator than glibc's counts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=$1; MODEL=${2:-gpt-nocache}; BODY=${3:-miss}; KIND=${4:-plain}; C=${5:-16}
+UP=127.0.0.1:19993; GW=127.0.0.1:18093
+libc=$(ldconfig -p | awk '/libc\.so\.6 .*x86-64|libc\.so\.6 .*AArch64/ {print $NF; exit}')
+for f in malloc realloc calloc; do
+  perf probe -l 2>/dev/null | grep -q "probe_libc:$f " || perf probe -q -x "$libc" --add "$f" >/dev/null
+done
+if [ "$BIN" = proxy ]; then
+  target/release/fake-upstream "$UP" >/dev/null 2>&1 & up=$!
+  target/release/bare-proxy "$GW" "$UP" >/dev/null 2>&1 & gw=$!
+  trap 'kill $up $gw 2>/dev/null || true; wait $up $gw 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do curl -s -o /dev/null "http://$GW/" && break; sleep 0.1; done
+  key=none
+else
+  . infra/bench/gateway.sh
+  [ "$KIND" = full ] && key=$full
+fi
+RUN=warm$RANDOM BODY=miss MODEL=gpt-test STREAM=0 KEY=$key wrk -t2 -c16 -d2s -s infra/bench/request.lua http://$GW/v1/chat/completions >/dev/null
+stat=$(mktemp)
+perf stat -x, -e probe_libc:malloc,probe_libc:realloc,probe_libc:calloc -p "$gw" -o "$stat" -- sleep 4 & ps=$!
+out=$(RUN=row$RANDOM BODY=$BODY MODEL=$MODEL STREAM=0 KEY=$key wrk -t2 -c"$C" -d4s -s infra/bench/request.lua http://$GW/v1/chat/completions | sed -n 's/^WRK_JSON //p')
+wait $ps
+n=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests'])" "$out")
+awk -F, -v n="$n" '/probe_libc/ {sub("probe_libc:", "", $3); printf "%s %.1f  ", $3, $1/n; s+=$1}
+  END {printf "allocations per request %.1f (%d requests)\n", s/n, n}' "$stat"
+rm -f "$stat"
