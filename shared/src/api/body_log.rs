@@ -1,8 +1,9 @@
 //! Request and response bodies in the access line, only with `[logging] bodies = true`.
 //!
-//! A middleware just inside the access log copies the request body as the handler reads it
-//! (so the body limit and its 413 are untouched) and the response body when it is JSON
-//! (JSON answers are already whole in memory; event streams are left alone). The copies are
+//! A middleware just inside the access log (layered only when body logging is on) copies the
+//! request body as the handler reads it (so the body limit and its 413 are untouched) and the
+//! response body when it is JSON (JSON answers are already whole in memory; event streams are
+//! left alone). The copies are
 //! redacted, cut to `logging.max_logged_body_bytes` and handed to the access log in the
 //! response's extensions as [`LoggedBodies`]. Handlers know nothing of it.
 //!
@@ -123,16 +124,13 @@ struct Seen {
     total: usize,
 }
 
-/// Middleware (inside the access log): when body logging is on, copies the request and JSON
-/// response bodies into [`LoggedBodies`] for the access line.
+/// Middleware (inside the access log), layered only when body logging is on: copies the
+/// request and JSON response bodies into [`LoggedBodies`] for the access line.
 pub async fn capture(
-    State(body_log): State<Option<Arc<BodyLog>>>,
+    State(body_log): State<Arc<BodyLog>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(body_log) = body_log else {
-        return next.run(request).await;
-    };
     let seen = Arc::new(Mutex::new(Seen::default()));
     let window = body_log.window();
     let sink = Arc::clone(&seen);

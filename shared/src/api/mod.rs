@@ -187,13 +187,19 @@ pub fn router_for(state: Arc<AppState>, surface: Surface) -> Router {
     } else {
         routes.fallback(openai::no_route)
     };
-    routes
+    let routes = routes
         .method_not_allowed_fallback(openai::wrong_method)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.body_log.clone(),
+        .layer(DefaultBodyLimit::max(max_body));
+    // Only with body logging on: a layer that passes every request through still costs each
+    // request its boxed futures and a clone of the service behind it.
+    let routes = match &state.body_log {
+        Some(body_log) => routes.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(body_log),
             body_log::capture,
-        ))
+        )),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             access_log::access_log,
