@@ -3,9 +3,8 @@
 //! A middleware just inside the access log (layered only when body logging is on) copies the
 //! request body as the handler reads it (so the body limit and its 413 are untouched) and the
 //! response body when it is JSON (JSON answers are already whole in memory; event streams are
-//! left alone). The copies are
-//! redacted, cut to `logging.max_logged_body_bytes` and handed to the access log in the
-//! response's extensions as [`LoggedBodies`]. Handlers know nothing of it.
+//! left alone). The copies are redacted, cut to `logging.max_logged_body_bytes` and handed to
+//! the access log in the response's extensions as [`LoggedBodies`]. Handlers know nothing of it.
 //!
 //! Redaction runs before the cut, over the first `max_logged_body_bytes` + 4 KiB of a body, so
 //! a match up to 4 KiB long is caught even where the body is cut. Always redacted, whatever the
