@@ -519,11 +519,19 @@ async fn dynamodb_calls_per_request_by_path() {
     let calls = |f: u64| store.calls() - f;
 
     let before = store.calls();
+    let started = std::time::Instant::now();
     assert_eq!(
         gw.chat(&key, "gpt-test", "a new question").await.status(),
         200
     );
     let miss = calls(before);
+    // The lead renews its in-flight marker every `RENEW_EVERY` while it calls: one write per
+    // 3 s of a miss, by the clock, not by the path. Quiet, a miss here takes well under a
+    // second and makes none; with the whole suite on one moto it once took longer.
+    let renewals = u64::try_from(
+        started.elapsed().as_millis() / sluice::gateway::coalesce::RENEW_EVERY.as_millis(),
+    )
+    .unwrap();
     let before = store.calls();
     let r = gw.chat(&key, "gpt-test", "a new question").await;
     assert_eq!(r.headers()["x-sluice-cache"], "hit");
@@ -560,10 +568,16 @@ async fn dynamodb_calls_per_request_by_path() {
         429
     );
     let rejected = calls(before);
-    eprintln!("DynamoDB calls per request: miss {miss}, hit {hit}, rejected {rejected}");
+    eprintln!(
+        "DynamoDB calls per request: miss {miss} ({renewals} marker renewals due), hit {hit}, \
+         rejected {rejected}"
+    );
     // A miss: cache read, admit (with the in-flight marker of coalescing identical misses in
     // the same transaction, `gateway/coalesce.rs`), settle, then the cache write.
-    assert!(miss <= 4, "miss made {miss} calls");
+    assert!(
+        miss <= 4 + renewals,
+        "miss made {miss} calls ({renewals} renewals due)"
+    );
     assert!(hit <= 2, "hit made {hit} calls");
     // A rejection: cache read and the refused transaction, which leaves no marker behind.
     assert!(
