@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -309,10 +310,10 @@ pub(super) fn validate(
         Endpoint::ChatCompletions => ("choices", checked.choices),
         Endpoint::Embeddings => ("data", checked.data),
     };
-    if !listed.is_some_and(|l| l.0) {
+    if !listed.is_some_and(|Skimmed(IsArray(is))| is) {
         return Err(ProviderError::Malformed(format!("no `{list}` array")));
     }
-    Ok(checked.usage.and_then(UsageRead::usage))
+    Ok(checked.usage.and_then(|Skimmed(read)| read.usage()))
 }
 
 /// What [`validate`] reads of a 200 answer; every other field is skipped unread.
@@ -320,19 +321,110 @@ pub(super) fn validate(
 struct Checked {
     /// An error object (`null` reads as none).
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    error: Option<IgnoredAny>,
     #[serde(default)]
-    choices: Option<IsArray>,
+    choices: Option<Skimmed<IsArray>>,
     #[serde(default)]
-    data: Option<IsArray>,
+    data: Option<Skimmed<IsArray>>,
     #[serde(default)]
-    usage: Option<UsageRead>,
+    usage: Option<Skimmed<UsageRead>>,
+}
+
+/// How [`Skimmed`] reads any JSON value into `Self`: a type reads the shapes it cares about;
+/// every other value is skipped unread and gives [`Skim::other`].
+trait Skim: Sized {
+    /// Any value the type does not read.
+    fn other() -> Self;
+
+    /// A non-negative integer.
+    fn unsigned(_: u64) -> Self {
+        Self::other()
+    }
+
+    /// An array.
+    fn seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::other())
+    }
+
+    /// An object.
+    fn map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::other())
+    }
+}
+
+/// Any JSON value, read into `T` by its [`Skim`] rules without building a `Value`.
+struct Skimmed<T>(T);
+
+impl<'de, T: Skim> Deserialize<'de> for Skimmed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Skim> Visitor<'de> for Shape<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<T, E> {
+                Ok(T::unsigned(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<T, E> {
+                Ok(u64::try_from(n).map_or_else(|_| T::other(), T::unsigned))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+                Ok(T::other())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+                Ok(T::other())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<T, E> {
+                Ok(T::other())
+            }
+            fn visit_unit<E>(self) -> Result<T, E> {
+                Ok(T::other())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+                T::seq(seq)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::map(map)
+            }
+        }
+        deserializer
+            .deserialize_any(Shape(std::marker::PhantomData))
+            .map(Skimmed)
+    }
+}
+
+/// Whether a value is an array, read without keeping any of it.
+struct IsArray(bool);
+
+impl Skim for IsArray {
+    fn other() -> Self {
+        Self(false)
+    }
+
+    fn seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self(true))
+    }
+}
+
+/// A count as `Value::as_u64` reads one: an unsigned integer, else nothing.
+impl Skim for Option<u64> {
+    fn other() -> Self {
+        None
+    }
+
+    fn unsigned(n: u64) -> Self {
+        Some(n)
+    }
 }
 
 /// A `usage` value read in place, as [`super::Usage::from_openai`] reads it from a `Value`
-/// (pinned by `fuzz_any_json_body`): a count is an unsigned integer or nothing; anything else
-/// (a float, a string, a negative number) counts as absent; a repeated key's last value wins;
-/// a `usage` that is not an object has no counts. Nothing of it is allocated.
+/// (pinned by `fuzz_usage_reads_as_from_a_value`): a count is an unsigned integer or nothing;
+/// anything else (a float, a string, a negative number) counts as absent; a repeated key's
+/// last value wins; a `usage` that is not an object has no counts. Nothing of it is allocated.
 #[derive(Default)]
 struct UsageRead {
     prompt: Option<u64>,
@@ -357,6 +449,28 @@ impl UsageRead {
     }
 }
 
+impl Skim for UsageRead {
+    fn other() -> Self {
+        Self::default()
+    }
+
+    fn map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut read = Self::default();
+        while let Some(key) = map.next_key::<UsageKey>()? {
+            match key {
+                UsageKey::Prompt => read.prompt = skimmed(&mut map)?,
+                UsageKey::Completion => read.completion = skimmed(&mut map)?,
+                UsageKey::PromptDetails => read.prompt_details = skimmed(&mut map)?,
+                UsageKey::CompletionDetails => read.completion_details = skimmed(&mut map)?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
 /// The counts of a `*_tokens_details` object.
 #[derive(Default)]
 struct Details {
@@ -365,6 +479,36 @@ struct Details {
     cache_write_1h: Option<u64>,
     audio: Option<u64>,
     reasoning: Option<u64>,
+}
+
+impl Skim for Details {
+    fn other() -> Self {
+        Self::default()
+    }
+
+    fn map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut read = Self::default();
+        while let Some(key) = map.next_key::<UsageKey>()? {
+            let slot = match key {
+                UsageKey::Cached => &mut read.cached,
+                UsageKey::CacheWrite => &mut read.cache_write,
+                UsageKey::CacheWrite1h => &mut read.cache_write_1h,
+                UsageKey::Audio => &mut read.audio,
+                UsageKey::Reasoning => &mut read.reasoning,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = skimmed(&mut map)?;
+        }
+        Ok(read)
+    }
+}
+
+/// The next value of `map`, read by `T`'s [`Skim`] rules.
+fn skimmed<'de, T: Skim, A: MapAccess<'de>>(map: &mut A) -> Result<T, A::Error> {
+    map.next_value::<Skimmed<T>>().map(|Skimmed(t)| t)
 }
 
 /// The keys [`UsageRead`] and [`Details`] read; every other key is skipped.
@@ -384,7 +528,7 @@ enum UsageKey {
 impl<'de> Deserialize<'de> for UsageKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Name;
-        impl serde::de::Visitor<'_> for Name {
+        impl Visitor<'_> for Name {
             type Value = UsageKey;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a key")
@@ -405,202 +549,6 @@ impl<'de> Deserialize<'de> for UsageKey {
             }
         }
         deserializer.deserialize_str(Name)
-    }
-}
-
-/// Reads any JSON value as an object of counts: `fill` takes each key's value; any other
-/// value is skipped and leaves `T`'s default.
-struct Lenient<T>(T);
-
-impl<'de, T: Default + FillFrom> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct Object<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Default + FillFrom> Visitor<'de> for Object<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
-                let mut out = T::default();
-                while let Some(key) = map.next_key::<UsageKey>()? {
-                    out.fill(key, &mut map)?;
-                }
-                Ok(out)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(T::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<T, E> {
-                Ok(T::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<T, E> {
-                Ok(T::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<T, E> {
-                Ok(T::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<T, E> {
-                Ok(T::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<T, E> {
-                Ok(T::default())
-            }
-            fn visit_unit<E>(self) -> Result<T, E> {
-                Ok(T::default())
-            }
-        }
-        deserializer
-            .deserialize_any(Object(std::marker::PhantomData))
-            .map(Lenient)
-    }
-}
-
-impl<'de> Deserialize<'de> for UsageRead {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Lenient::deserialize(deserializer).map(|Lenient(read)| read)
-    }
-}
-
-/// An object of counts filled key by key.
-trait FillFrom {
-    /// Reads `key`'s value from `map` into `self`, or skips it.
-    fn fill<'de, A: serde::de::MapAccess<'de>>(
-        &mut self,
-        key: UsageKey,
-        map: &mut A,
-    ) -> Result<(), A::Error>;
-}
-
-impl FillFrom for UsageRead {
-    fn fill<'de, A: serde::de::MapAccess<'de>>(
-        &mut self,
-        key: UsageKey,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
-        match key {
-            UsageKey::Prompt => self.prompt = map.next_value::<Count>()?.0,
-            UsageKey::Completion => self.completion = map.next_value::<Count>()?.0,
-            UsageKey::PromptDetails => {
-                self.prompt_details = map.next_value::<Lenient<Details>>()?.0
-            }
-            UsageKey::CompletionDetails => {
-                self.completion_details = map.next_value::<Lenient<Details>>()?.0;
-            }
-            _ => {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl FillFrom for Details {
-    fn fill<'de, A: serde::de::MapAccess<'de>>(
-        &mut self,
-        key: UsageKey,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
-        let slot = match key {
-            UsageKey::Cached => &mut self.cached,
-            UsageKey::CacheWrite => &mut self.cache_write,
-            UsageKey::CacheWrite1h => &mut self.cache_write_1h,
-            UsageKey::Audio => &mut self.audio,
-            UsageKey::Reasoning => &mut self.reasoning,
-            _ => {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                return Ok(());
-            }
-        };
-        *slot = map.next_value::<Count>()?.0;
-        Ok(())
-    }
-}
-
-/// A count as `Value::as_u64` reads one: an unsigned integer, else nothing.
-struct Count(Option<u64>);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct Number;
-        impl<'de> Visitor<'de> for Number {
-            type Value = Option<u64>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_u64<E>(self, n: u64) -> Result<Option<u64>, E> {
-                Ok(Some(n))
-            }
-            fn visit_i64<E>(self, n: i64) -> Result<Option<u64>, E> {
-                Ok(u64::try_from(n).ok())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
-                Ok(None)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
-                Ok(None)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
-                Ok(None)
-            }
-            fn visit_unit<E>(self) -> Result<Option<u64>, E> {
-                Ok(None)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(None)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(None)
-            }
-        }
-        deserializer.deserialize_any(Number).map(Count)
-    }
-}
-
-/// Whether a value is an array, read without keeping any of it.
-struct IsArray(bool);
-
-impl<'de> Deserialize<'de> for IsArray {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct Shape;
-        impl<'de> Visitor<'de> for Shape {
-            type Value = bool;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(true)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(false)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-                Ok(false)
-            }
-            fn visit_unit<E>(self) -> Result<bool, E> {
-                Ok(false)
-            }
-        }
-        deserializer.deserialize_any(Shape).map(IsArray)
     }
 }
 
