@@ -427,7 +427,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let admin_secret = match std::env::var("SLUICE_ADMIN_KEY") {
         Ok(s) if !s.trim().is_empty() => s,
         _ => {
-            let generated = format!("sk-sluice-admin-{}", keys::random_alnum(32));
+            let generated = keys::random_id("sk-sluice-admin-", 32);
             // Printed once to the terminal (not the log) so a first run is usable.
             eprintln!("No SLUICE_ADMIN_KEY set; admin key for this run: {generated}");
             generated

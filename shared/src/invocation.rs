@@ -309,7 +309,9 @@ async fn settle_request(
                     )
                     .into_response();
                     if let Some(id) = parts.headers.get("x-request-id") {
-                        refused.headers_mut().insert("x-request-id", id.clone());
+                        refused
+                            .headers_mut()
+                            .insert(crate::api::headers::X_REQUEST_ID, id.clone());
                     }
                     refused
                 }

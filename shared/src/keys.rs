@@ -164,9 +164,9 @@ pub fn generate(
         return Err(KeySpecError::ZeroLimit("tpm"));
     }
     // ThreadRng is a CSPRNG seeded from the OS; 40 alphanumerics carry ~238 bits.
-    let secret = format!("{KEY_PREFIX}{}", random_alnum(40));
+    let secret = random_id(KEY_PREFIX, 40);
     let record = KeyRecord {
-        id: format!("key_{}", random_alnum(16)),
+        id: random_id("key_", 16),
         hash: KeyHash::of(&secret),
         hint: format!("{}…", &secret[..KEY_PREFIX.len() + 4]),
         tenant: tenant.to_owned(),
@@ -180,11 +180,16 @@ pub fn generate(
 
 /// Random ASCII letters and digits from the thread's CSPRNG.
 pub fn random_alnum(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    random_id("", len)
+}
+
+/// `prefix` followed by `len` random ASCII letters and digits from the thread's CSPRNG, in one
+/// allocation (request, event and hold ids are made on every request).
+pub fn random_id(prefix: &str, len: usize) -> String {
+    let mut id = String::with_capacity(prefix.len() + len);
+    id.push_str(prefix);
+    id.extend(rand::rng().sample_iter(Alphanumeric).take(len).map(char::from));
+    id
 }
 
 #[cfg(test)]

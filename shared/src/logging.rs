@@ -99,7 +99,7 @@ impl<'w> FormatFields<'w> for NoSpanFields {
 /// Its level is ERROR only so that it exists under any `SLUICE_LOG` level (a span filtered
 /// out could not lend its id to the warnings inside it); it is never printed itself.
 pub fn request_span(request_id: &str) -> tracing::Span {
-    tracing::error_span!(target: "sluice::access", "request", request_id = %request_id)
+    tracing::error_span!(target: "sluice::access", "request", request_id)
 }
 
 /// A span's `request_id`, kept in the span's extensions for the formatter.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -21,9 +21,10 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::AppState;
+use super::headers::X_REQUEST_ID;
 use super::body_log::LoggedBodies;
 use crate::gateway::cache::CacheStatus;
-use crate::keys::random_alnum;
+use crate::keys::random_id;
 use crate::metrics::{EventKind, UsageEvent, UsageTicket};
 
 /// What a handler reports about a request for its log line.
@@ -77,29 +78,18 @@ pub async fn access_log(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let request_id = format!("req_{}", random_alnum(24));
+    let request_id = random_id("req_", 24);
     let method = request.method().clone();
     let path = loggable_path(request.uri().path());
     let ticket = Arc::new(UsageTicket::new(
         Arc::clone(&state.usage),
+        // What is not known yet is filled in when the ticket is armed; only armed tickets
+        // are sent.
         UsageEvent {
             event_id: UsageEvent::new_id(),
             request_id: request_id.clone(),
             time_ms: state.clock.now_ms(),
-            tenant: String::new(),
-            key_id: None,
-            model: None,
-            deployment: None,
-            kind: EventKind::Sync,
-            status: 0,
-            error: None,
-            latency_ms: 0.0,
-            ttfb_ms: None,
-            tokens_in: 0,
-            tokens_out: 0,
-            cost_nano_usd: 0,
-            cache: "bypass".into(),
-            fallback: None,
+            ..UsageEvent::default()
         },
     ));
     request
@@ -120,36 +110,12 @@ pub async fn access_log(
         .extensions_mut()
         .remove::<LoggedBodies>()
         .unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
     let streamed = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if outcome.metered {
-        ticket.arm(|e| {
-            e.tenant = outcome.tenant.clone().unwrap_or_default();
-            e.key_id = outcome.key_id.clone();
-            e.model = outcome.model.clone();
-            e.deployment = outcome.deployment.clone();
-            e.kind = if streamed {
-                EventKind::Stream
-            } else {
-                EventKind::Sync
-            };
-            e.status = status;
-            e.error = outcome.error.map(str::to_owned);
-            e.ttfb_ms = Some(latency_ms);
-            e.tokens_in = outcome.tokens_in;
-            e.tokens_out = outcome.tokens_out;
-            e.cost_nano_usd = outcome.cost_nano_usd;
-            e.cache = outcome.cache.as_str().to_owned();
-            e.fallback = outcome.fallback.map(|f| f.as_str().to_owned());
-        });
-    }
     tracing::info!(
         target: "sluice::access",
         request_id = %request_id,
@@ -171,6 +137,45 @@ pub async fn access_log(
         response_body = bodies.response.as_deref(),
         "request"
     );
+    if outcome.metered {
+        // The line is written: the outcome's strings move into the event.
+        let Outcome {
+            tenant,
+            key_id,
+            model,
+            deployment,
+            tokens_in,
+            tokens_out,
+            cost_nano_usd,
+            cache,
+            fallback,
+            error,
+            metered: _,
+        } = outcome;
+        ticket.arm(|e| {
+            e.tenant = tenant.unwrap_or_default();
+            e.key_id = key_id;
+            e.model = model;
+            e.deployment = deployment;
+            e.kind = if streamed {
+                EventKind::Stream
+            } else {
+                EventKind::Sync
+            };
+            e.status = status;
+            e.error = error.map(str::to_owned);
+            e.ttfb_ms = Some(latency_ms);
+            e.tokens_in = tokens_in;
+            e.tokens_out = tokens_out;
+            e.cost_nano_usd = cost_nano_usd;
+            e.cache = cache.as_str().to_owned();
+            e.fallback = fallback.map(|f| f.as_str().to_owned());
+        });
+    }
+    // The id's own bytes become the header value (allocated to its length: no copy).
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
+        response.headers_mut().insert(X_REQUEST_ID, v);
+    }
     if !streamed {
         ticket.end();
         return response;

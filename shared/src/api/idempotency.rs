@@ -295,7 +295,10 @@ pub fn replayed(stored: StoredResponse) -> Response {
         HeaderValue::from_static("application/json"),
     );
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    headers.insert("x-sluice-cost-usd", HeaderValue::from_static("0.000000000"));
+    headers.insert(
+        super::headers::X_SLUICE_COST_USD,
+        HeaderValue::from_static("0.000000000"),
+    );
     if let Some(id) = job_id {
         super::jobs::add_acceptance_headers(headers, &id);
     }

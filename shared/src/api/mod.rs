@@ -45,6 +45,23 @@ pub use admin::key_json;
 use auth::{AdminKey, KeyAuth, MetricsToken};
 pub use messages::to_chat_request;
 
+/// The headers Sluice adds to answers. Named once as constants: a name given as a `&str`
+/// is copied into a new allocation every time it is inserted.
+pub mod headers {
+    use axum::http::HeaderName;
+
+    /// Sluice's id of the request, on every response.
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// `hit`, `coalesced`, `miss`, `stale` or `bypass`.
+    pub const X_SLUICE_CACHE: HeaderName = HeaderName::from_static("x-sluice-cache");
+    /// The exact cost of a JSON answer, in USD.
+    pub const X_SLUICE_COST_USD: HeaderName = HeaderName::from_static("x-sluice-cost-usd");
+    /// The deployment that answered.
+    pub const X_SLUICE_PROVIDER: HeaderName = HeaderName::from_static("x-sluice-provider");
+    /// The fallback tier of a degraded answer.
+    pub const X_SLUICE_FALLBACK: HeaderName = HeaderName::from_static("x-sluice-fallback");
+}
+
 /// Everything a handler needs, built once at start-up and shared.
 pub struct AppState {
     /// The request pipeline.

@@ -13,6 +13,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::headers::{X_SLUICE_CACHE, X_SLUICE_COST_USD, X_SLUICE_FALLBACK, X_SLUICE_PROVIDER};
 use super::access_log::Outcome;
 use super::error::ApiError;
 use super::idempotency;
@@ -313,9 +314,19 @@ pub(super) fn read_body(
     })
 }
 
-/// Exact decimal USD from integer nano-USD, e.g. `0.000001950`.
-fn usd(nanos: u64) -> String {
-    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+/// A cost in nano-USD as a header value in USD with all nine decimals ("0.000001950"),
+/// written into a stack buffer (one allocation, the value's own, on every JSON answer).
+fn usd(nanos: u64) -> HeaderValue {
+    use std::io::Write as _;
+    // u64::MAX nano-USD is "18446744073.709551615": 21 bytes.
+    let mut buf = [0u8; 24];
+    let mut out = std::io::Cursor::new(&mut buf[..]);
+    let written = write!(out, "{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    let len = usize::try_from(out.position()).unwrap_or(0);
+    written
+        .ok()
+        .and_then(|()| HeaderValue::from_bytes(&buf[..len]).ok())
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 /// An answer as HTTP: the body (JSON or an event stream) and the `x-sluice-*` headers.
@@ -327,25 +338,22 @@ pub(super) fn reply_response(reply: Reply, deployment: Option<&str>) -> Response
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
+    // Room for these and what the access log and hyper add, without growing the map.
+    headers.reserve(8);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        "x-sluice-cache",
-        HeaderValue::from_static(reply.cache.as_str()),
-    );
+    headers.insert(X_SLUICE_CACHE, HeaderValue::from_static(reply.cache.as_str()));
     if content_type == "text/event-stream" {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     // A stream's cost is known only at its end (it is in the usage chunk and the log).
-    if content_type == "application/json"
-        && let Ok(v) = HeaderValue::from_str(&usd(reply.cost_nano_usd))
-    {
-        headers.insert("x-sluice-cost-usd", v);
+    if content_type == "application/json" {
+        headers.insert(X_SLUICE_COST_USD, usd(reply.cost_nano_usd));
     }
     if let Some(v) = deployment.and_then(|d| HeaderValue::from_str(d).ok()) {
-        headers.insert("x-sluice-provider", v);
+        headers.insert(X_SLUICE_PROVIDER, v);
     }
     if let Some(tier) = fallback {
-        headers.insert("x-sluice-fallback", HeaderValue::from_static(tier.as_str()));
+        headers.insert(X_SLUICE_FALLBACK, HeaderValue::from_static(tier.as_str()));
     }
     response
 }
@@ -356,8 +364,15 @@ mod tests {
 
     #[test]
     fn usd_is_exact() {
-        assert_eq!(usd(0), "0.000000000");
-        assert_eq!(usd(1_950), "0.000001950");
-        assert_eq!(usd(2_500_000_001), "2.500000001");
+        for (nanos, spelled) in [
+            (0, "0.000000000"),
+            (1_950, "0.000001950"),
+            (999_999_999, "0.999999999"),
+            (1_000_000_000, "1.000000000"),
+            (2_500_000_001, "2.500000001"),
+            (u64::MAX, "18446744073.709551615"),
+        ] {
+            assert_eq!(usd(nanos).to_str().unwrap(), spelled);
+        }
     }
 }

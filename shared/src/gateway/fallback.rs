@@ -95,7 +95,7 @@ impl Gateway {
 /// A completion whose content is a configured text (a rule's or a message fallback's).
 pub(super) fn canned_completion(model: &str, text: &str, now_ms: u64) -> Value {
     serde_json::json!({
-        "id": format!("chatcmpl-sluice-{}", crate::keys::random_alnum(20)),
+        "id": crate::keys::random_id("chatcmpl-sluice-", 20),
         "object": "chat.completion",
         "created": now_ms / 1000,
         "model": model,

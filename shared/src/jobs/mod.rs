@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 use crate::clock::Clock;
 use crate::config::JobsConfig;
 use crate::gateway::{Caller, Gateway, GatewayError};
-use crate::keys::random_alnum;
+use crate::keys::random_id;
 use crate::providers::Endpoint;
 use crate::queue::{JobQueue, QueueError};
 use crate::store::{SharedStore, StoreError};
@@ -127,7 +127,7 @@ impl Jobs {
         }
         let now = self.clock.now_ms();
         let job = Job {
-            id: format!("job_{}", random_alnum(24)),
+            id: random_id("job_", 24),
             tenant: caller.tenant.clone(),
             key_id: caller.key_id.clone(),
             key_limits: caller.limits.clone(),

@@ -31,7 +31,7 @@ use rand::Rng;
 
 use crate::clock::Clock;
 use crate::config::{Config, LimitsConfig, TenantConfig};
-use crate::keys::{KeyLimits, random_alnum};
+use crate::keys::{KeyLimits, random_id};
 use crate::store::{
     Applied, CounterField, FlightClaim, Hold, Increment, LimitStore, Settlement, StoreError,
 };
@@ -451,7 +451,7 @@ impl Limiter {
                 })
                 .collect();
             let hold = (!undo.is_empty()).then(|| Hold {
-                id: format!("hold_{}", random_alnum(20)),
+                id: random_id("hold_", 20),
                 undo,
                 expires_at_ms: hold_until_ms.unwrap_or_else(|| {
                     now.saturating_add(self.config.reservation_ttl_s.saturating_mul(1000))
@@ -624,23 +624,28 @@ impl Limiter {
         // Rate counters and a key's cap have `counter_shards`; see `budget_shards_of`.
         let shard = attempt % shards;
         let tenant = self.tenants.get(subject.tenant);
-        let key_scope = format!("key:{}", subject.key_id);
-        let tenant_scope = format!("tenant:{}", subject.tenant);
         let mut rates = Vec::new();
-        for (level, scope, rpm, tpm) in [
+        for (level, rpm, tpm) in [
             (
                 Level::Key,
-                &key_scope,
                 subject.key_limits.rpm,
                 subject.key_limits.tpm,
             ),
             (
                 Level::Tenant,
-                &tenant_scope,
                 tenant.and_then(|t| t.rpm),
                 tenant.and_then(|t| t.tpm),
             ),
         ] {
+            let tpm = tpm.zip(ask);
+            if rpm.is_none() && tpm.is_none() {
+                // No rate at this level: no scope to name (most keys, on every request).
+                continue;
+            }
+            let scope = match level {
+                Level::Key => format!("key:{}", subject.key_id),
+                _ => format!("tenant:{}", subject.tenant),
+            };
             if let Some(rpm) = rpm {
                 rates.push(rate::RateCheck {
                     level,
@@ -651,10 +656,10 @@ impl Limiter {
                     amount: 1,
                 });
             }
-            if let (Some(tpm), Some(ask)) = (tpm, ask) {
+            if let Some((tpm, ask)) = tpm {
                 rates.push(rate::RateCheck {
                     level,
-                    scope: scope.clone(),
+                    scope,
                     metric: rate::Metric::Tokens,
                     limit: share(u64::from(tpm), shards, shard),
                     whole: u64::from(tpm),

@@ -91,6 +91,6 @@ impl UsageEvent {
 
     /// A fresh event id.
     pub fn new_id() -> String {
-        format!("ev_{}", crate::keys::random_alnum(20))
+        crate::keys::random_id("ev_", 20)
     }
 }

@@ -111,7 +111,7 @@ pub async fn aggregate_loop(
         }
         // Retried under the same batch id, which the store applies at most once: a try that
         // landed with its answer lost is not counted twice.
-        let id = format!("local-{}", crate::keys::random_alnum(16));
+        let id = crate::keys::random_id("local-", 16);
         let stored =
             crate::store::retrying("storing usage rollups", |_| aggregate(&*store, &id, &batch))
                 .await;

@@ -215,7 +215,7 @@ fn str_field(v: &Value, field: &str) -> Result<String, ProviderError> {
 /// A `multipart/form-data` body with a `purpose` field and one file part (RFC 7578). The
 /// boundary is random, so no file content can contain it by chance.
 fn multipart_form(purpose: &str, filename: &str, content: &str) -> (String, Vec<u8>) {
-    let boundary = format!("sluice-{}", crate::keys::random_alnum(32));
+    let boundary = crate::keys::random_id("sluice-", 32);
     let mut body = Vec::with_capacity(content.len() + 512);
     body.extend_from_slice(
         format!(

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::{Delivery, JobQueue, QueueError};
 use crate::clock::Clock;
-use crate::keys::random_alnum;
+use crate::keys::{random_alnum, random_id};
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
 
@@ -125,7 +125,7 @@ impl JobQueue for SqliteQueue {
     async fn send(&self, body: &str) -> Result<(), QueueError> {
         let body = body.to_owned();
         let now = crate::num::to_i64(self.clock.now_ms());
-        let message_id = format!("msg_{}", random_alnum(20));
+        let message_id = random_id("msg_", 20);
         self.store
             .write(move |c| {
                 c.prepare_cached(
