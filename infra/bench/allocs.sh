@@ -4,6 +4,7 @@
 # the machine's load. The bare proxy's figure is the floor (issue 18).
 #   infra/bench/allocs.sh BIN MODEL BODY KEY [CONNS]   (MODEL, BODY, KEY as in row.sh)
 #   infra/bench/allocs.sh proxy                        (the bare proxy, same request)
+#   TURNS=N before either: a conversation of N earlier exchanges (request.lua)
 # Needs root (uprobes), perf, wrk, target/release/{fake-upstream,bare-proxy}. A binary with
 # another global allocator than glibc's counts nothing.
 set -euo pipefail

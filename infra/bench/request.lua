@@ -1,7 +1,9 @@
 -- wrk: one benchmark row. Set by the environment (see run.sh):
 --   BODY    "miss" (every prompt distinct), "same" (one prompt: cache hits after the first)
 --   MODEL   model name; STREAM "1" asks for a streamed answer; KEY the bearer key; RUN a
---   run id that keeps each row's prompts apart from every other row's.
+--   run id that keeps each row's prompts apart from every other row's. TURNS (default 0)
+--   puts that many earlier user/assistant exchanges (~300 bytes each) before the prompt: a
+--   conversation, as most real requests are.
 -- done() prints one JSON line with the row's counts and latency percentiles (µs); answers with
 -- a status of 400 or more count as `non_2xx` (wrk has no per-status count without a Lua call
 -- per response, which would slow it down).
@@ -17,10 +19,19 @@ function setup(thread)
   counter = counter + 1
 end
 
+local turns = tonumber(os.getenv("TURNS") or "0")
+local earlier = ""
+for i = 1, turns do
+  earlier = earlier .. string.format(
+    '{"role":"user","content":"Question %d: what does the gateway do with a request it has seen before, and with one it has not?"},' ..
+    '{"role":"assistant","content":"Answer %d: a request seen before is answered from the cache; one not seen before goes to a provider, and its answer is stored."},',
+    i, i)
+end
+
 local function body_for(prompt)
   local extra = stream and ',"stream":true' or ''
-  return string.format('{"model":"%s","messages":[{"role":"user","content":"%s"}]%s}',
-    model, prompt, extra)
+  return string.format('{"model":"%s","messages":[%s{"role":"user","content":"%s"}]%s}',
+    model, earlier, prompt, extra)
 end
 
 wrk.method = "POST"

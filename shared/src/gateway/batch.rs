@@ -285,7 +285,7 @@ impl Gateway {
         // The same routing as a single request: deployments in order, retries, fallbacks.
         let call = super::routing::Call {
             endpoint: Endpoint::Embeddings,
-            body: &body,
+            body: &mut body,
             stream: false,
             tokens,
             output_ceiling: None,

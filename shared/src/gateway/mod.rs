@@ -363,7 +363,7 @@ impl Gateway {
             }
             admit::Admit::Answered(stored) => return self.serve_stored(ctx, stored, trace).await,
         };
-        match self.call(&ctx, &admitted).await {
+        match self.call(&mut ctx, &admitted).await {
             Ok(answered) => Ok(self.record(ctx, admitted.grant, answered, trace).await),
             Err(error) => {
                 // Nothing was spent: give the whole reservation back.

@@ -256,6 +256,56 @@ fn shuffle<T>(items: &mut [T], rng: &mut impl Rng) {
     }
 }
 
+/// The client's body as a deployment is sent it: its `model` is the deployment's upstream
+/// model and, with an output ceiling, its `max_tokens` is the ceiling the reservation assumed.
+/// Set in place in the client's own map; the client's values are put back when this is dropped,
+/// whichever way the call ended (answered, failed, or the request dropped mid-call). The map
+/// keeps its keys sorted, so the body is afterwards exactly what the client sent.
+struct UpstreamBody<'b> {
+    body: &'b mut Map<String, Value>,
+    /// The client's `model` (every parsed request has one).
+    model: Option<Value>,
+    /// The client's `max_tokens`, when an output ceiling replaced it.
+    max_tokens: Option<Option<Value>>,
+}
+
+impl<'b> UpstreamBody<'b> {
+    fn new(body: &'b mut Map<String, Value>, output_ceiling: Option<u64>) -> Self {
+        // Taken out: every deployment sets its own before the body is sent.
+        let model = body.remove("model");
+        // The reservation assumed at most this many output tokens.
+        let max_tokens =
+            output_ceiling.map(|ceiling| body.insert("max_tokens".into(), Value::from(ceiling)));
+        Self {
+            body,
+            model,
+            max_tokens,
+        }
+    }
+
+    /// The body with `upstream_model` as its `model`.
+    fn for_deployment(&mut self, upstream_model: &str) -> &Map<String, Value> {
+        self.body
+            .insert("model".into(), Value::String(upstream_model.to_owned()));
+        self.body
+    }
+}
+
+impl Drop for UpstreamBody<'_> {
+    fn drop(&mut self) {
+        let put_back = |body: &mut Map<String, Value>, key: &str, value: Option<Value>| {
+            match value {
+                Some(value) => body.insert(key.to_owned(), value),
+                None => body.remove(key),
+            };
+        };
+        put_back(self.body, "model", self.model.take());
+        if let Some(max_tokens) = self.max_tokens.take() {
+            put_back(self.body, "max_tokens", max_tokens);
+        }
+    }
+}
+
 /// A provider answer and who gave it.
 pub(super) struct Answered {
     /// The model that answered (the requested one or a fallback).
@@ -271,7 +321,10 @@ pub(super) struct Answered {
 /// What one request needs from the providers.
 pub(super) struct Call<'a> {
     pub endpoint: Endpoint,
-    pub body: &'a Map<String, Value>,
+    /// The client's body. Each deployment's `model` (and the reservation's `max_tokens`) is
+    /// set in it for the call and the client's values put back after ([`UpstreamBody`]):
+    /// no copy of the conversation per attempt.
+    pub body: &'a mut Map<String, Value>,
     pub stream: bool,
     pub tokens: u64,
     pub output_ceiling: Option<u64>,
@@ -282,12 +335,12 @@ impl Gateway {
     /// Stage 4, **call**: the admitted request to the providers (see [`Gateway::call_providers`]).
     pub(super) async fn call(
         &self,
-        ctx: &Context<'_>,
+        ctx: &mut Context<'_>,
         admitted: &Admitted,
     ) -> Result<Answered, GatewayError> {
         let call = Call {
             endpoint: ctx.request.endpoint,
-            body: &ctx.request.body,
+            body: &mut ctx.request.body,
             stream: ctx.request.stream,
             tokens: admitted.tokens,
             output_ceiling: admitted.output_ceiling,
@@ -314,30 +367,36 @@ impl Gateway {
         let attempts = self.routing.attempts_per_deployment.max(1);
         let cooldown_ms = crate::num::f64_to_u64(self.routing.circuit_cooldown_s * 1000.0);
         let mut last: Option<(String, ProviderError)> = None;
+        let Call {
+            endpoint,
+            body,
+            stream,
+            tokens,
+            output_ceiling,
+            deadline,
+        } = call;
+        let mut body = UpstreamBody::new(body, output_ceiling);
         for (m, candidate) in models.iter().enumerate() {
             let now = self.clock.now_ms();
-            for (d, deployment) in order(candidate, call.tokens, now).into_iter().enumerate() {
+            for (d, deployment) in order(candidate, tokens, now).into_iter().enumerate() {
                 if !deployment.stats.admit(self.clock.now_ms()) {
                     continue;
                 }
-                let mut body = call.body.clone();
-                body.insert(
-                    "model".into(),
-                    Value::String(deployment.upstream_model.clone()),
-                );
-                if let Some(ceiling) = call.output_ceiling {
-                    // The reservation assumed at most this many output tokens.
-                    body.insert("max_tokens".into(), Value::from(ceiling));
-                }
+                let body = body.for_deployment(&deployment.upstream_model);
                 for attempt in 0..attempts {
-                    let left = call.deadline.saturating_duration_since(Instant::now());
+                    let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(self.give_up(last, true));
                     }
-                    deployment.stats.started(call.tokens, self.clock.now_ms());
+                    deployment.stats.started(tokens, self.clock.now_ms());
                     let started = Instant::now();
                     let result = self
-                        .call_once(deployment, &call, &body, left.min(self.upstream_timeout))
+                        .call_once(
+                            deployment,
+                            (endpoint, stream),
+                            body,
+                            left.min(self.upstream_timeout),
+                        )
                         .await;
                     let now = self.clock.now_ms();
                     match result {
@@ -383,7 +442,7 @@ impl Gateway {
                                 break;
                             }
                             let wait = self.backoff(attempt, retry_after);
-                            if Instant::now() + wait >= call.deadline {
+                            if Instant::now() + wait >= deadline {
                                 break;
                             }
                             tokio::time::sleep(wait).await;
@@ -399,7 +458,7 @@ impl Gateway {
     async fn call_once(
         &self,
         deployment: &Deployment,
-        call: &Call<'_>,
+        (endpoint, stream): (Endpoint, bool),
         body: &Map<String, Value>,
         timeout: Duration,
     ) -> Result<(UpstreamResponse, Headroom), ProviderError> {
@@ -409,10 +468,10 @@ impl Gateway {
             .call(
                 &self.http,
                 UpstreamRequest {
-                    endpoint: call.endpoint,
+                    endpoint,
                     body,
                     api_key: &deployment.api_key.expose(),
-                    stream: call.stream,
+                    stream,
                     timeout,
                     now_ms: self.clock.now_ms(),
                 },
@@ -480,6 +539,7 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Found by schemathesis: `max_tokens` near u64::MAX (no limit caps it) made the
     /// deployment's own token count overflow, a panic in debug builds.
@@ -489,5 +549,63 @@ mod tests {
         stats.started(u64::MAX, 60_000);
         stats.started(u64::MAX, 60_001);
         assert_eq!(DeploymentStats::lock(&stats.own).tokens, u64::MAX);
+    }
+
+    /// A JSON value of any shape, a few levels deep.
+    fn any_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            "[a-z]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the client sent (with or without `model` and `max_tokens`, of any type),
+        /// each deployment sees its own model and the ceiling, every other field as sent, and
+        /// after the call the body is exactly the client's again — also when no deployment
+        /// was tried.
+        #[test]
+        fn deployments_see_their_model_and_the_client_gets_its_body_back(
+            fields in proptest::collection::btree_map(
+                prop_oneof!["[a-z_]{1,10}", Just("model".to_owned()), Just("max_tokens".to_owned())],
+                any_value(),
+                0..8,
+            ),
+            ceiling in proptest::option::of(any::<u64>()),
+            deployments in proptest::collection::vec("[a-z0-9-]{1,12}", 0..4),
+        ) {
+            let sent: Map<String, Value> = fields.into_iter().collect();
+            let mut body = sent.clone();
+            {
+                let mut upstream = UpstreamBody::new(&mut body, ceiling);
+                for model in &deployments {
+                    let seen = upstream.for_deployment(model);
+                    prop_assert_eq!(seen.get("model"), Some(&Value::from(model.as_str())));
+                    match ceiling {
+                        Some(c) => prop_assert_eq!(seen.get("max_tokens"), Some(&Value::from(c))),
+                        None => prop_assert_eq!(seen.get("max_tokens"), sent.get("max_tokens")),
+                    }
+                    for (k, v) in &sent {
+                        if k != "model" && (k != "max_tokens" || ceiling.is_none()) {
+                            prop_assert_eq!(seen.get(k), Some(v));
+                        }
+                    }
+                    let extra = seen.keys().filter(|k| !sent.contains_key(*k)).count();
+                    let added = usize::from(!sent.contains_key("model"))
+                        + usize::from(ceiling.is_some() && !sent.contains_key("max_tokens"));
+                    prop_assert_eq!(extra, added);
+                }
+            }
+            prop_assert_eq!(body, sent);
+        }
     }
 }
