@@ -188,7 +188,12 @@ pub fn random_alnum(len: usize) -> String {
 pub fn random_id(prefix: &str, len: usize) -> String {
     let mut id = String::with_capacity(prefix.len() + len);
     id.push_str(prefix);
-    id.extend(rand::rng().sample_iter(Alphanumeric).take(len).map(char::from));
+    id.extend(
+        rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(len)
+            .map(char::from),
+    );
     id
 }
 

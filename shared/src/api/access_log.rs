@@ -21,8 +21,8 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::AppState;
-use super::headers::X_REQUEST_ID;
 use super::body_log::LoggedBodies;
+use super::headers::X_REQUEST_ID;
 use crate::gateway::cache::CacheStatus;
 use crate::keys::random_id;
 use crate::metrics::{EventKind, UsageEvent, UsageTicket};

@@ -13,9 +13,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::headers::{X_SLUICE_CACHE, X_SLUICE_COST_USD, X_SLUICE_FALLBACK, X_SLUICE_PROVIDER};
 use super::access_log::Outcome;
 use super::error::ApiError;
+use super::headers::{X_SLUICE_CACHE, X_SLUICE_COST_USD, X_SLUICE_FALLBACK, X_SLUICE_PROVIDER};
 use super::idempotency;
 use crate::gateway::cache::CacheControl;
 use crate::gateway::{Reply, ReplyBody, RequestOptions, Trace};
@@ -321,7 +321,12 @@ fn usd(nanos: u64) -> HeaderValue {
     // u64::MAX nano-USD is "18446744073.709551615": 21 bytes.
     let mut buf = [0u8; 24];
     let mut out = std::io::Cursor::new(&mut buf[..]);
-    let written = write!(out, "{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    let written = write!(
+        out,
+        "{}.{:09}",
+        nanos / 1_000_000_000,
+        nanos % 1_000_000_000
+    );
     let len = usize::try_from(out.position()).unwrap_or(0);
     written
         .ok()
@@ -341,7 +346,10 @@ pub(super) fn reply_response(reply: Reply, deployment: Option<&str>) -> Response
     // Room for these and what the access log and hyper add, without growing the map.
     headers.reserve(8);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(X_SLUICE_CACHE, HeaderValue::from_static(reply.cache.as_str()));
+    headers.insert(
+        X_SLUICE_CACHE,
+        HeaderValue::from_static(reply.cache.as_str()),
+    );
     if content_type == "text/event-stream" {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }

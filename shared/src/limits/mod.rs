@@ -626,11 +626,7 @@ impl Limiter {
         let tenant = self.tenants.get(subject.tenant);
         let mut rates = Vec::new();
         for (level, rpm, tpm) in [
-            (
-                Level::Key,
-                subject.key_limits.rpm,
-                subject.key_limits.tpm,
-            ),
+            (Level::Key, subject.key_limits.rpm, subject.key_limits.tpm),
             (
                 Level::Tenant,
                 tenant.and_then(|t| t.rpm),
