@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::Rng;
+use rand::seq::SliceRandom;
 use serde_json::{Map, Value};
 
 use super::admit::Admitted;
@@ -232,28 +233,22 @@ pub(super) fn order(model: &Model, tokens: u64, now_ms: u64) -> Vec<&Deployment>
         }
         Routing::LeastInflight => {
             // Shuffle first so equal loads share traffic.
-            shuffle(&mut ready, &mut rng);
+            ready.shuffle(&mut rng);
             ready.sort_by_key(|d| d.stats.inflight());
         }
         Routing::LowestLatency => {
-            shuffle(&mut ready, &mut rng);
+            ready.shuffle(&mut rng);
             // Unmeasured deployments first, so every one gets measured.
             ready.sort_by_key(|d| d.stats.latency().unwrap_or(Duration::ZERO));
         }
         Routing::MostHeadroom => {
-            shuffle(&mut ready, &mut rng);
+            ready.shuffle(&mut rng);
             ready.sort_by(|a, b| room(b).total_cmp(&room(a)));
         }
     }
     tight.sort_by(|a, b| room(b).total_cmp(&room(a)));
     ready.extend(tight);
     ready
-}
-
-fn shuffle<T>(items: &mut [T], rng: &mut impl Rng) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.random_range(0..=i));
-    }
 }
 
 /// The client's body as a deployment is sent it: its `model` is the deployment's upstream
