@@ -331,26 +331,23 @@ struct Checked {
 }
 
 /// How [`Skimmed`] reads any JSON value into `Self`: a type reads the shapes it cares about;
-/// every other value is skipped unread and gives [`Skim::other`].
-trait Skim: Sized {
-    /// Any value the type does not read.
-    fn other() -> Self;
-
+/// every other value is skipped unread and gives the type's `Default`.
+trait Skim: Default {
     /// A non-negative integer.
     fn unsigned(_: u64) -> Self {
-        Self::other()
+        Self::default()
     }
 
     /// An array.
     fn seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Self::other())
+        Ok(Self::default())
     }
 
     /// An object.
     fn map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Self::other())
+        Ok(Self::default())
     }
 }
 
@@ -369,19 +366,19 @@ impl<'de, T: Skim> Deserialize<'de> for Skimmed<T> {
                 Ok(T::unsigned(n))
             }
             fn visit_i64<E>(self, n: i64) -> Result<T, E> {
-                Ok(u64::try_from(n).map_or_else(|_| T::other(), T::unsigned))
+                Ok(u64::try_from(n).map_or_else(|_| T::default(), T::unsigned))
             }
             fn visit_f64<E>(self, _: f64) -> Result<T, E> {
-                Ok(T::other())
+                Ok(T::default())
             }
             fn visit_bool<E>(self, _: bool) -> Result<T, E> {
-                Ok(T::other())
+                Ok(T::default())
             }
             fn visit_str<E>(self, _: &str) -> Result<T, E> {
-                Ok(T::other())
+                Ok(T::default())
             }
             fn visit_unit<E>(self) -> Result<T, E> {
-                Ok(T::other())
+                Ok(T::default())
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
                 T::seq(seq)
@@ -397,13 +394,10 @@ impl<'de, T: Skim> Deserialize<'de> for Skimmed<T> {
 }
 
 /// Whether a value is an array, read without keeping any of it.
+#[derive(Default)]
 struct IsArray(bool);
 
 impl Skim for IsArray {
-    fn other() -> Self {
-        Self(false)
-    }
-
     fn seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Self(true))
@@ -412,10 +406,6 @@ impl Skim for IsArray {
 
 /// A count as `Value::as_u64` reads one: an unsigned integer, else nothing.
 impl Skim for Option<u64> {
-    fn other() -> Self {
-        None
-    }
-
     fn unsigned(n: u64) -> Self {
         Some(n)
     }
@@ -450,10 +440,6 @@ impl UsageRead {
 }
 
 impl Skim for UsageRead {
-    fn other() -> Self {
-        Self::default()
-    }
-
     fn map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         let mut read = Self::default();
         while let Some(key) = map.next_key::<UsageKey>()? {
@@ -482,10 +468,6 @@ struct Details {
 }
 
 impl Skim for Details {
-    fn other() -> Self {
-        Self::default()
-    }
-
     fn map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         let mut read = Self::default();
         while let Some(key) = map.next_key::<UsageKey>()? {
