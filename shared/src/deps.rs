@@ -19,7 +19,10 @@ use crate::store::{SharedStore, StoreError};
 pub enum StartError {
     /// The HTTP client could not be built.
     #[error("cannot build an HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(#[from] std::io::Error),
+    /// The webhook callbacks' HTTP client could not be built.
+    #[error("cannot build the callbacks' HTTP client: {0}")]
+    CallbackClient(#[from] reqwest::Error),
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
@@ -45,7 +48,7 @@ pub struct Deps {
     /// Where accepted jobs wait.
     pub queue: Arc<dyn JobQueue>,
     /// The one pooled client for providers.
-    pub http: reqwest::Client,
+    pub http: crate::providers::HttpClient,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// Where usage events go.
@@ -136,7 +139,7 @@ impl Deps {
     pub fn new(
         store: SharedStore,
         queue: Arc<dyn JobQueue>,
-        http: reqwest::Client,
+        http: crate::providers::HttpClient,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {

@@ -103,7 +103,7 @@ impl ProviderConfig {
                 format!("is required for kind = \"{kind}\""),
             ));
         };
-        if reqwest::Url::parse(url)
+        if url::Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .is_none()

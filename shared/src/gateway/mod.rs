@@ -44,7 +44,7 @@ use crate::clock::Clock;
 use crate::config::{CacheConfig, Config, OnLimit, RoutingConfig};
 use crate::keys::KeyLimits;
 use crate::limits::{Ask, Limiter, Refusal, Subject};
-use crate::providers::{Endpoint, ProviderError, Usage};
+use crate::providers::{Endpoint, HttpClient, ProviderError, Usage};
 use crate::store::{Settlement, SharedStore, StoreError};
 use cache::{CacheControl, CacheStatus};
 use catalog::Catalog;
@@ -215,19 +215,15 @@ pub struct Gateway {
     cache: Arc<response_cache::ResponseCache>,
     /// Single-flight of identical misses; `None` when `cache.coalesce_wait_s` is 0.
     coalescer: Option<Arc<coalesce::Coalescer>>,
-    http: reqwest::Client,
+    http: HttpClient,
     clock: Arc<dyn Clock>,
 }
 
 /// Builds the one HTTP client a process uses for every provider: pooled keep-alive
-/// connections, HTTP/2 where the provider offers it over TLS (rustls).
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .build()
+/// connections, HTTP/2 where the provider offers it over TLS (rustls), `HTTPS_PROXY` as
+/// curl reads it ([`HttpClient`]).
+pub fn http_client() -> std::io::Result<HttpClient> {
+    HttpClient::new()
 }
 
 impl Gateway {
@@ -235,7 +231,7 @@ impl Gateway {
     pub fn new(
         config: &Config,
         store: SharedStore,
-        http: reqwest::Client,
+        http: HttpClient,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {

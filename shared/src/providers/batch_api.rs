@@ -13,7 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::anthropic::{API_VERSION, from_message, to_messages_request};
+use super::HttpClient;
+use super::anthropic::{API_KEY, API_VERSION, VERSION_HEADER, from_message, to_messages_request};
+use super::client::RequestBuilder;
 use super::http::{error_message, send_for_body};
 use super::{Endpoint, Provider, ProviderError, Usage};
 
@@ -97,7 +99,7 @@ impl BatchApi {
     /// Submits the requests (`custom_id`, prepared body) as one batch; returns its id.
     pub async fn submit(
         &self,
-        http: &reqwest::Client,
+        http: &HttpClient,
         key: &str,
         endpoint: Endpoint,
         requests: &[(String, Value)],
@@ -118,7 +120,7 @@ impl BatchApi {
                 let upload = http
                     .post(format!("{base}/files"))
                     .bearer_auth(key)
-                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .header(hyper::header::CONTENT_TYPE, &content_type)
                     .body(form);
                 let file = json_of(send_for_body(upload, timeout).await?.0)?;
                 let file_id = str_field(&file, "id")?;
@@ -148,7 +150,7 @@ impl BatchApi {
     /// `answers` says).
     pub async fn poll(
         &self,
-        http: &reqwest::Client,
+        http: &HttpClient,
         key: &str,
         id: &str,
         answers: Answers<'_>,
@@ -165,7 +167,7 @@ impl BatchApi {
     /// Asks the provider to cancel the batch (its unfinished requests are not run).
     pub async fn cancel(
         &self,
-        http: &reqwest::Client,
+        http: &HttpClient,
         key: &str,
         id: &str,
         timeout: Duration,
@@ -195,10 +197,10 @@ pub struct Answers<'a> {
     pub created_s: u64,
 }
 
-fn anthropic(request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
+fn anthropic<'a>(request: RequestBuilder<'a>, key: &str) -> RequestBuilder<'a> {
     request
-        .header("x-api-key", key)
-        .header("anthropic-version", API_VERSION)
+        .header(API_KEY, key)
+        .header(VERSION_HEADER, API_VERSION)
 }
 
 fn json_of(bytes: Bytes) -> Result<Value, ProviderError> {
@@ -231,7 +233,7 @@ fn multipart_form(purpose: &str, filename: &str, content: &str) -> (String, Vec<
 }
 
 async fn poll_openai(
-    http: &reqwest::Client,
+    http: &HttpClient,
     base: &str,
     key: &str,
     id: &str,
@@ -319,7 +321,7 @@ fn openai_line(line: &Value, endpoint: Endpoint) -> LineOutcome {
 }
 
 async fn poll_anthropic(
-    http: &reqwest::Client,
+    http: &HttpClient,
     base: &str,
     key: &str,
     id: &str,

@@ -8,28 +8,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, RETRY_AFTER};
+use hyper::{Response, Uri};
 use serde_json::Value;
 
+use super::client::{self, HttpClient, IntoUri, RequestBuilder};
 use super::{ChunkStream, ProviderError, sse};
 
-/// A provider URL parsed once, when the provider is built. Given a string, reqwest parses it
-/// again on every call (1.4% of the proxying path's CPU samples; reqwest's redirect layer
-/// still parses it twice more, BENCHMARKS.md, issue 18). A URL that does not parse (config
-/// validation refuses those) is kept as the string, so the call fails as it did before: with
-/// reqwest's builder error, at send time.
+/// A provider URL parsed once, when the provider is built (every provider call posts to
+/// it). A URL that does not parse (config validation refuses those) is kept as the string, so
+/// the call fails as it did before: at send time, as [`ProviderError::Connect`].
 #[derive(Debug, Clone)]
-pub(super) struct PostUrl(Result<reqwest::Url, String>);
+pub(super) struct PostUrl(Result<Uri, String>);
 
 impl PostUrl {
     pub(super) fn new(url: String) -> Self {
-        Self(reqwest::Url::parse(&url).map_err(|_| url))
+        Self(url.as_str().into_uri().map_err(|_| url))
     }
 
     /// A `POST` to this URL.
-    pub(super) fn post(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+    pub(super) fn post<'a>(&self, client: &'a HttpClient) -> RequestBuilder<'a> {
         match &self.0 {
-            Ok(url) => client.post(url.clone()),
+            Ok(url) => client.post(url),
             Err(unparsed) => client.post(unparsed.as_str()),
         }
     }
@@ -41,14 +42,14 @@ const MAX_ERROR_MESSAGE: usize = 500;
 /// Sends a request and reads the whole 2xx body before `timeout`; with the answer's headers
 /// (for [`super::headroom_from`]).
 pub(super) async fn send_for_body(
-    request: reqwest::RequestBuilder,
+    request: RequestBuilder<'_>,
     timeout: Duration,
 ) -> Result<(Bytes, HeaderMap), ProviderError> {
     tokio::time::timeout(timeout, async {
-        let mut response = check_status(request.send().await.map_err(transport)?, timeout).await?;
+        let mut response = check_status(request.send().await?, timeout).await?;
         // Taken, not copied: the body is all that is read from the response after this.
         let headers = std::mem::take(response.headers_mut());
-        Ok::<_, ProviderError>((response.bytes().await.map_err(transport)?, headers))
+        Ok::<_, ProviderError>((client::bytes(response).await?, headers))
     })
     .await
     .map_err(|_| ProviderError::Timeout)?
@@ -57,40 +58,29 @@ pub(super) async fn send_for_body(
 /// Sends a request whose 2xx answer is an event stream; waits for the headers only (and
 /// returns them).
 pub(super) async fn send_for_events(
-    request: reqwest::RequestBuilder,
+    request: RequestBuilder<'_>,
     timeout: Duration,
 ) -> Result<(sse::EventStream, HeaderMap), ProviderError> {
     let response = tokio::time::timeout(timeout, request.send())
         .await
-        .map_err(|_| ProviderError::Timeout)?
-        .map_err(transport)?;
+        .map_err(|_| ProviderError::Timeout)??;
     let mut response = check_status(response, timeout).await?;
     let headers = std::mem::take(response.headers_mut());
-    let events = sse::json_events(response.bytes_stream().map(|r| r.map_err(transport)));
+    let events = sse::json_events(client::byte_stream(response));
     Ok((events, headers))
-}
-
-/// Maps a transport error; the URL is dropped so nothing internal (or a key in a query
-/// string) is carried along.
-pub(super) fn transport(e: reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout
-    } else {
-        ProviderError::Connect(e.without_url().to_string())
-    }
 }
 
 /// Passes 2xx answers on; turns the rest into [`ProviderError::Status`] with the provider's message.
 async fn check_status(
-    response: reqwest::Response,
+    response: Response<Incoming>,
     timeout: Duration,
-) -> Result<reqwest::Response, ProviderError> {
+) -> Result<Response<Incoming>, ProviderError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let header_retry = retry_after(response.headers());
-    let body = tokio::time::timeout(timeout, response.bytes())
+    let body = tokio::time::timeout(timeout, client::bytes(response))
         .await
         .ok()
         .and_then(Result::ok)
@@ -179,16 +169,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_url_is_parsed_once_and_one_that_does_not_parse_fails_at_send_as_before() {
-        let client = reqwest::Client::new();
         let parsed = PostUrl::new("http://127.0.0.1:9/v1/chat/completions".into());
-        assert!(parsed.0.is_ok());
-        let request = parsed.post(&client).build().unwrap();
         assert_eq!(
-            request.url().as_str(),
-            "http://127.0.0.1:9/v1/chat/completions"
+            parsed.0.as_ref().map(Uri::to_string).ok().as_deref(),
+            Some("http://127.0.0.1:9/v1/chat/completions")
         );
-        assert_eq!(request.method(), reqwest::Method::POST);
 
+        let client = HttpClient::new().unwrap();
         let unparsed = PostUrl::new("not a url/chat/completions".into());
         let error = send_for_body(unparsed.post(&client), Duration::from_secs(1))
             .await

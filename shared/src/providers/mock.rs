@@ -25,7 +25,7 @@ pub struct Mock;
 impl ProviderApi for Mock {
     async fn call(
         &self,
-        _http: &reqwest::Client,
+        _http: &super::HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let model = request

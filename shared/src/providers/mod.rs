@@ -6,9 +6,11 @@
 
 pub mod anthropic;
 pub mod batch_api;
+mod client;
 pub mod extensions;
 pub mod gemini;
 mod http;
+pub use client::HttpClient;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -303,7 +305,7 @@ fn scrub(text: String, secret: &str) -> String {
 }
 
 /// Reads rate-limit headers in OpenAI's and Anthropic's formats.
-pub fn headroom_from(headers: &reqwest::header::HeaderMap, now_ms: u64) -> Headroom {
+pub fn headroom_from(headers: &hyper::header::HeaderMap, now_ms: u64) -> Headroom {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
     let requests = num("x-ratelimit-remaining-requests")
@@ -394,7 +396,7 @@ pub trait ProviderApi {
     /// Sends one request and returns the OpenAI-format answer.
     fn call(
         &self,
-        http: &reqwest::Client,
+        http: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> impl Future<Output = Result<UpstreamResponse, ProviderError>> + Send;
 }
@@ -436,7 +438,7 @@ impl ProviderApi for Provider {
     /// API key provided: sk-…"), and provider messages reach logs, job results and clients.
     async fn call(
         &self,
-        http: &reqwest::Client,
+        http: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let key = request.api_key;
@@ -545,7 +547,7 @@ mod tests {
 
     #[test]
     fn headers_of_both_formats() {
-        let mut h = reqwest::header::HeaderMap::new();
+        let mut h = hyper::header::HeaderMap::new();
         h.insert("x-ratelimit-remaining-requests", "7".parse().unwrap());
         h.insert("x-ratelimit-remaining-tokens", "9000".parse().unwrap());
         h.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
@@ -557,7 +559,7 @@ mod tests {
                 reset_ms: Some(2000)
             }
         );
-        let mut a = reqwest::header::HeaderMap::new();
+        let mut a = hyper::header::HeaderMap::new();
         a.insert(
             "anthropic-ratelimit-requests-remaining",
             "3".parse().unwrap(),
@@ -607,7 +609,7 @@ mod fuzz {
                 "anthropic-ratelimit-tokens-remaining",
                 "anthropic-ratelimit-requests-reset",
             ];
-            let mut headers = reqwest::header::HeaderMap::new();
+            let mut headers = hyper::header::HeaderMap::new();
             for (name, value) in names.iter().zip(&values) {
                 if let Ok(v) = value.parse() {
                     headers.insert(*name, v);

@@ -16,6 +16,7 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::HttpClient;
 use super::http::{self, PostUrl, error_message, stream_error};
 use super::{
     Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from,
@@ -57,7 +58,7 @@ impl OpenAi {
 impl ProviderApi for OpenAi {
     async fn call(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let post = self

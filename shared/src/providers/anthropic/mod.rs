@@ -38,6 +38,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
+use super::HttpClient;
 use super::http::{self, PostUrl};
 use super::{
     Endpoint, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse, headroom_from,
@@ -45,6 +46,12 @@ use super::{
 
 /// The API version every request pins.
 pub const API_VERSION: &str = "2023-06-01";
+/// The header Anthropic reads the key from.
+pub(super) const API_KEY: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-api-key");
+/// The header that names [`API_VERSION`].
+pub(super) const VERSION_HEADER: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("anthropic-version");
 
 /// Output ceiling sent when neither the client nor the model config set one.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -91,7 +98,7 @@ impl Anthropic {
 impl ProviderApi for Anthropic {
     async fn call(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         if request.endpoint == Endpoint::Embeddings {
@@ -103,8 +110,8 @@ impl ProviderApi for Anthropic {
         let post = self
             .messages
             .post(client)
-            .header("x-api-key", request.api_key)
-            .header("anthropic-version", API_VERSION)
+            .header(API_KEY, request.api_key)
+            .header(VERSION_HEADER, API_VERSION)
             .json(&body);
         let model = request
             .body

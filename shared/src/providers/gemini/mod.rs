@@ -30,6 +30,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
+use super::HttpClient;
+use super::client::RequestBuilder;
 use super::http;
 use super::{
     Endpoint, Headroom, ProviderApi, ProviderError, UpstreamRequest, UpstreamResponse,
@@ -48,6 +50,9 @@ pub struct Gemini {
     base_url: String,
 }
 
+/// The header Gemini reads the key from (never the URL's `?key=`, which logs and proxies see).
+const API_KEY: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-goog-api-key");
+
 impl Gemini {
     /// A provider at `base_url` (with or without a trailing slash).
     pub fn new(base_url: &str) -> Self {
@@ -62,23 +67,23 @@ impl Gemini {
     }
 
     /// A POST of `body` to one of the model's methods, authenticated by header.
-    fn post(
+    fn post<'a>(
         &self,
-        client: &reqwest::Client,
+        client: &'a HttpClient,
         request: &UpstreamRequest<'_>,
         method: &str,
         body: &impl serde::Serialize,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<RequestBuilder<'a>, ProviderError> {
         let model = upstream_model(request.body)?;
         Ok(client
             .post(self.url(model, method))
-            .header("x-goog-api-key", request.api_key)
+            .header(API_KEY, request.api_key)
             .json(body))
     }
 
     async fn generate(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let body = generate_request(request.body)?;
@@ -97,7 +102,7 @@ impl Gemini {
 
     async fn stream(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let body = generate_request(request.body)?;
@@ -114,7 +119,7 @@ impl Gemini {
     /// joined in order.
     async fn embed(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let inputs = embedding_inputs(request.body)?;
@@ -149,7 +154,7 @@ impl Gemini {
 
 /// One `batchEmbedContents` call: its vectors and the room the answer reported.
 async fn embed_batch(
-    post: reqwest::RequestBuilder,
+    post: RequestBuilder<'_>,
     timeout: std::time::Duration,
     inputs: usize,
     now_ms: u64,
@@ -164,7 +169,7 @@ async fn embed_batch(
 impl ProviderApi for Gemini {
     async fn call(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, ProviderError> {
         match request.endpoint {
@@ -250,16 +255,16 @@ mod tests {
         };
         let built = gemini
             .post(
-                &reqwest::Client::new(),
+                &HttpClient::new().unwrap(),
                 &request,
                 "streamGenerateContent?alt=sse",
                 &json!({}),
             )
             .unwrap()
-            .build()
+            .into_request()
             .unwrap();
         assert_eq!(
-            built.url().as_str(),
+            built.uri().to_string(),
             "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
         );
         assert_eq!(built.headers()["x-goog-api-key"], "AIza-secret");
