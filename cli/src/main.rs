@@ -423,7 +423,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let deps = Deps::new(
         store,
         open_queue(&args, &config, Arc::clone(&clock), sqlite).await?,
-        sluice::gateway::http_client().map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+        sluice::providers::HttpClient::new()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
         clock,
     )
     .with_local_metrics(&config.metrics);

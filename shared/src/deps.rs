@@ -166,7 +166,7 @@ impl Deps {
         Ok(Self::new(
             Arc::new(store),
             Arc::new(queue),
-            crate::gateway::http_client()?,
+            crate::providers::HttpClient::new()?,
             clock,
         ))
     }
@@ -277,7 +277,7 @@ impl Deps {
         let mut deps = Self::new(
             Arc::new(store),
             Arc::new(queue),
-            crate::gateway::http_client()?,
+            crate::providers::HttpClient::new()?,
             Arc::new(crate::clock::SystemClock),
         );
         deps.usage = usage;

@@ -219,13 +219,6 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
 }
 
-/// Builds the one HTTP client a process uses for every provider: pooled keep-alive
-/// connections, HTTP/2 where the provider offers it over TLS (rustls), `HTTPS_PROXY` as
-/// curl reads it ([`HttpClient`]).
-pub fn http_client() -> std::io::Result<HttpClient> {
-    HttpClient::new()
-}
-
 impl Gateway {
     /// Assembles a gateway from a validated config and its dependencies.
     pub fn new(

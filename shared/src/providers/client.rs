@@ -48,15 +48,9 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Pooled keep-alive connections to every provider, HTTP/2 where a provider offers it over
 /// TLS (rustls, the system's root certificates). Cloning shares the pool.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: hyper_util::client::legacy::Client<HttpsConnector<Connect>, Full<Bytes>>,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpClient")
-    }
 }
 
 impl HttpClient {

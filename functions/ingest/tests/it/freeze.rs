@@ -185,7 +185,7 @@ async fn nothing_is_left_after_the_response(mode: &str, function_timeout_s: &str
     let deps = Deps::new(
         Arc::new(store.clone()),
         Arc::new(jobs),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(SystemClock),
     );
     let gw = TestGateway::start_deps(&config, deps, ManualClock::new(SystemClock.now_ms())).await;

@@ -19,7 +19,7 @@ async fn instance(store: &DynamoStore, base_url: &str) -> TestGateway {
     let deps = Deps::new(
         Arc::new(store.clone()),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     TestGateway::start_deps(&config, deps, clock).await

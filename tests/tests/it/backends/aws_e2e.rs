@@ -21,7 +21,7 @@ async fn aws_gateway(base_url: &str, workers: usize, queue: SqsQueue) -> TestGat
     let deps = Deps::new(
         Arc::new(aws::dynamo_store().await),
         Arc::new(queue),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     TestGateway::start_deps(&config, deps, clock).await
@@ -242,7 +242,7 @@ async fn gateway_on_dynamodb(
     let deps = Deps::new(
         Arc::new(store.clone()),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     let gw = if lambda {
@@ -408,7 +408,7 @@ async fn tenant_and_gateway_caps_are_sharded_by_default_and_hold_across_instance
     let deps = Deps::new(
         Arc::new(store.clone()),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     let b = TestGateway::start_deps(&config, deps, clock).await;
@@ -601,7 +601,7 @@ async fn usage_events_travel_through_sqs_to_rollups_in_dynamodb_once() {
     let mut deps = Deps::new(
         Arc::new(store.clone()),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     deps.usage = sink.clone();
@@ -692,7 +692,7 @@ async fn waiting_jobs_go_through_a_provider_batch_over_dynamodb_and_sqs() {
     let deps = Deps::new(
         Arc::new(aws::dynamo_store().await),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     let gw = TestGateway::start_deps(&config, deps, clock).await;

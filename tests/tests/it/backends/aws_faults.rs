@@ -46,7 +46,7 @@ async fn throttled_gateway(base_url: &str) -> (TestGateway, ThrottleProxy, Arc<S
     let deps = Deps::new(
         Arc::new(store),
         Arc::clone(&queue) as Arc<dyn JobQueue>,
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     (

@@ -226,7 +226,7 @@ async fn housekeeping_reads_only_what_expired_among_thousands_of_items() {
     let deps = Deps::new(
         store,
         Arc::new(c.queue.clone()),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     let services = Services::build(&config, &deps).unwrap();
@@ -504,7 +504,7 @@ async fn calls_per_request_by_path_on_dynamodb_and_sqs() {
         let mut deps = Deps::new(
             Arc::new(c.store.clone()),
             Arc::new(c.queue.clone()),
-            sluice::gateway::http_client().unwrap(),
+            sluice::providers::HttpClient::new().unwrap(),
             Arc::new(clock.clone()),
         );
         deps.usage = sink.clone();

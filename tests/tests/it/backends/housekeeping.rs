@@ -153,7 +153,7 @@ async fn no_job_is_left_behind(b: Backend) {
     let deps = Deps::new(
         Arc::clone(&b.store),
         Arc::clone(&b.queue),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(SystemClock),
     );
     let services = Services::build(&config, &deps).unwrap();
@@ -313,7 +313,7 @@ async fn a_kept_dead_letter_seen_again_in_the_same_pass_counts_once(b: Backend) 
     let deps = Deps::new(
         Arc::clone(&b.store),
         queue,
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(SystemClock),
     );
     let services = Services::build(&Config::builtin(), &deps).unwrap();

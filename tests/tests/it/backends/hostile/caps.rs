@@ -27,7 +27,7 @@ async fn generated_requests_at_once_never_overspend_a_cap_on_dynamodb() {
     let deps = Deps::new(
         Arc::new(aws::dynamo_store().await),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     let gw = TestGateway::start_deps(&config, deps, clock).await;

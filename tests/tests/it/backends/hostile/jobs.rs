@@ -16,7 +16,7 @@ async fn dynamodb_sqs(up: &FakeUpstream) -> Hostile {
     let deps = Deps::new(
         Arc::new(aws::dynamo_store().await),
         Arc::new(aws::sqs_queue(Duration::from_secs(30), 3).await),
-        sluice::gateway::http_client().unwrap(),
+        sluice::providers::HttpClient::new().unwrap(),
         Arc::new(clock.clone()),
     );
     Hostile::start(&config, deps, clock).await
