@@ -12,7 +12,7 @@ use super::error::backend;
 use crate::store::StoreError;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration step.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gateway_keys (
@@ -28,14 +28,18 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
     budget_usd    REAL,
     budget_period TEXT
 );
+-- v9: a rowid table (it was WITHOUT ROWID up to v8). An entry holds a whole answer, far above
+-- the twentieth of a page that SQLite advises WITHOUT ROWID rows to stay under
+-- (https://www.sqlite.org/withoutrowid.html, section 4): their B-tree's interior pages held
+-- whole rows, a few per page, so every lookup walked a deep tree of big pages.
 CREATE TABLE IF NOT EXISTS cache_entries (
-    digest        BLOB PRIMARY KEY,
+    digest        BLOB NOT NULL UNIQUE,
     tenant        TEXT NOT NULL,
     body          BLOB NOT NULL,
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL,
     purge_at_ms   INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS cache_entries_purge ON cache_entries (purge_at_ms);
 -- v8: in-flight markers of identical misses (gateway/coalesce.rs), one per cache key.
 CREATE TABLE IF NOT EXISTS cache_flights (
@@ -147,7 +151,17 @@ CREATE TABLE IF NOT EXISTS metrics_batches (
 );
 ";
 
+/// Brings the schema up to date in one write transaction: a process that opens the database
+/// meanwhile waits for it and then finds it current, and a crash mid-way leaves it as it was.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+    let result = migrate_in_transaction(conn);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn migrate_in_transaction(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(backend)?;
@@ -180,7 +194,27 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN completion_window_s INTEGER")
             .map_err(backend)?;
     }
+    let rebuild_cache = (1..9).contains(&version) && without_rowid(conn, "cache_entries")?;
+    if rebuild_cache {
+        // v9: the entries move to a rowid table (see SCHEMA). The purge index goes first:
+        // renamed along with its table, its name would keep SCHEMA from creating it anew.
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS cache_entries_purge;
+             ALTER TABLE cache_entries RENAME TO cache_entries_v8;",
+        )
+        .map_err(backend)?;
+    }
     conn.execute_batch(SCHEMA).map_err(backend)?;
+    if rebuild_cache {
+        conn.execute_batch(
+            "INSERT INTO cache_entries
+                 (digest, tenant, body, created_at_ms, expires_at_ms, purge_at_ms)
+             SELECT digest, tenant, body, created_at_ms, expires_at_ms, purge_at_ms
+             FROM cache_entries_v8;
+             DROP TABLE cache_entries_v8;",
+        )
+        .map_err(backend)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(backend)?;
     Ok(())
@@ -190,6 +224,16 @@ fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     conn.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
         [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(backend)
+}
+
+fn without_rowid(conn: &Connection, table: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_list WHERE schema = 'main' AND name = ?1 AND wr = 1",
+        [table],
         |r| r.get::<_, i64>(0),
     )
     .map(|n| n > 0)
@@ -221,7 +265,7 @@ mod tests {
     fn a_v6_database_is_brought_to_the_current_version_and_reopens_unchanged() {
         let c = Connection::open_in_memory().unwrap();
         migrate(&c).unwrap();
-        assert_eq!(version(&c), 8);
+        assert_eq!(version(&c), SCHEMA_VERSION);
         // What a v6 build left: no Batch API window on jobs.
         c.execute_batch(
             "INSERT INTO jobs (id, tenant, key_id, endpoint, request, status, attempts, \
@@ -241,6 +285,91 @@ mod tests {
             .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(jobs, 1);
+    }
+
+    #[test]
+    fn a_v8_cache_moves_to_a_rowid_table_with_its_entries_and_purge_index() {
+        let c = Connection::open_in_memory().unwrap();
+        // What a v8 build left: the entries in a WITHOUT ROWID table.
+        c.execute_batch(
+            "CREATE TABLE cache_entries (
+                 digest BLOB PRIMARY KEY, tenant TEXT NOT NULL, body BLOB NOT NULL,
+                 created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
+                 purge_at_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX cache_entries_purge ON cache_entries (purge_at_ms);
+             INSERT INTO cache_entries VALUES (x'01', 'a', x'7b7d', 1, 2, 3), (x'02', 'b', x'5b5d', 4, 5, 6);
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+        assert!(without_rowid(&c, "cache_entries").unwrap());
+        migrate(&c).unwrap();
+        assert_eq!(version(&c), SCHEMA_VERSION);
+        assert!(!without_rowid(&c, "cache_entries").unwrap());
+        assert!(!has_table(&c, "cache_entries_v8").unwrap());
+        let rows: Vec<(Vec<u8>, String, Vec<u8>, i64, i64, i64)> = c
+            .prepare("SELECT * FROM cache_entries ORDER BY digest")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (vec![1], "a".into(), b"{}".to_vec(), 1, 2, 3),
+                (vec![2], "b".into(), b"[]".to_vec(), 4, 5, 6)
+            ]
+        );
+        let purge_index_on: String = c
+            .query_row(
+                "SELECT tbl_name FROM sqlite_master WHERE name = 'cache_entries_purge'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(purge_index_on, "cache_entries");
+        // A digest is still one entry: a put replaces it.
+        c.execute(
+            "INSERT OR REPLACE INTO cache_entries VALUES (x'01', 'a', x'5b5d', 7, 8, 9)",
+            [],
+        )
+        .unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM cache_entries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        migrate(&c).unwrap();
+        assert_eq!(version(&c), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_database_as_it_was() {
+        let c = Connection::open_in_memory().unwrap();
+        // A v8 cache table whose rows cannot be copied (a NULL body breaks NOT NULL).
+        c.execute_batch(
+            "CREATE TABLE cache_entries (
+                 digest BLOB PRIMARY KEY, tenant TEXT, body BLOB,
+                 created_at_ms INTEGER, expires_at_ms INTEGER, purge_at_ms INTEGER
+             ) WITHOUT ROWID;
+             INSERT INTO cache_entries VALUES (x'01', 'a', NULL, 1, 2, 3);
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+        assert!(migrate(&c).is_err());
+        assert_eq!(version(&c), 8);
+        assert!(without_rowid(&c, "cache_entries").unwrap());
+        assert!(!has_table(&c, "cache_entries_v8").unwrap());
+        assert!(!has_table(&c, "jobs").unwrap());
     }
 
     #[test]
