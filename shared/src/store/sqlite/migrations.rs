@@ -221,23 +221,26 @@ fn migrate_in_transaction(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get::<_, i64>(0),
+    any_row(
+        conn,
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        name,
     )
-    .map(|n| n > 0)
-    .map_err(backend)
 }
 
 fn without_rowid(conn: &Connection, table: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_list WHERE schema = 'main' AND name = ?1 AND wr = 1",
-        [table],
-        |r| r.get::<_, i64>(0),
+    any_row(
+        conn,
+        "SELECT 1 FROM pragma_table_list WHERE schema = 'main' AND name = ?1 AND wr = 1",
+        table,
     )
-    .map(|n| n > 0)
-    .map_err(backend)
+}
+
+/// Whether the query, given `name` as its one parameter, returns a row.
+fn any_row(conn: &Connection, sql: &str, name: &str) -> Result<bool, StoreError> {
+    conn.prepare(sql)
+        .and_then(|mut stmt| stmt.exists([name]))
+        .map_err(backend)
 }
 
 fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
